@@ -1,0 +1,95 @@
+"""How much of the balanced dimension each node and guest uses, in one unit per dimension.
+
+Units: memory in bytes, CPU in cores, disk in bytes of local storage. A guest's `cpu` is a fraction
+of its own vCPUs while a node's is a fraction of all its cores, so both are turned into cores
+before they are compared (ProxLB mixes the two).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pvebalance.shared.models import ClusterSnapshot, GuestState, NodeState, NodeUsage, UsageSummary
+
+from .policy import Policy
+
+
+def guest_load(guest: GuestState, policy: Policy) -> float:
+    """The guest's share of the balanced dimension; stopped guests count only in assigned mode."""
+    if policy.mode == "used" and not guest.running:
+        return 0.0
+    if policy.method == "memory":
+        return float(guest.mem if policy.mode == "used" else guest.maxmem)
+    if policy.method == "cpu":
+        return guest.cpu * guest.maxcpu if policy.mode == "used" else float(guest.maxcpu)
+    return float(guest.local_disk)
+
+
+def node_capacity(node: NodeState, policy: Policy) -> float:
+    if policy.method == "memory":
+        return float(node.maxmem)
+    if policy.method == "cpu":
+        return float(node.maxcpu)
+    return float(node.local_maxdisk)
+
+
+def node_measured(node: NodeState, policy: Policy) -> float:
+    """What the node itself reports for the dimension (host overhead included), used mode only."""
+    if policy.method == "memory":
+        return float(node.mem)
+    if policy.method == "cpu":
+        return node.cpu * node.maxcpu
+    return float(node.local_disk)
+
+
+@dataclass
+class NodeLoad:
+    """A node's load during planning: a fixed base (host, unmoved guests) plus moved guests."""
+
+    name: str
+    capacity: float
+    load: float
+    mem_used: float  # real memory in use: what the safety limit is checked against
+    mem_limit: float
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.load / self.capacity if self.capacity > 0 else 0.0
+
+
+def initial_loads(snapshot: ClusterSnapshot, policy: Policy) -> dict[str, NodeLoad]:
+    by_node: dict[str, list[GuestState]] = {n.name: [] for n in snapshot.nodes}
+    for g in snapshot.guests:
+        by_node.setdefault(g.node, []).append(g)
+    loads = {}
+    for node in snapshot.nodes:
+        guests_sum = sum(guest_load(g, policy) for g in by_node[node.name])
+        if policy.mode == "used":
+            # The node's own figure includes the host; never below what its guests add up to.
+            load = max(node_measured(node, policy), guests_sum)
+        else:
+            load = guests_sum
+        running_mem = sum(g.mem for g in by_node[node.name] if g.running)
+        loads[node.name] = NodeLoad(
+            name=node.name,
+            capacity=node_capacity(node, policy),
+            load=load,
+            mem_used=float(max(node.mem, running_mem)),
+            mem_limit=node.maxmem * policy.max_node_usage / 100.0,
+        )
+    return loads
+
+
+def spread(loads: dict[str, NodeLoad], names: list[str]) -> float:
+    values = [loads[n].percent for n in names if loads[n].capacity > 0]
+    return max(values) - min(values) if len(values) > 1 else 0.0
+
+
+def summarize(loads: dict[str, NodeLoad], names: list[str]) -> UsageSummary:
+    return UsageSummary(
+        spread_pp=round(spread(loads, names), 3),
+        nodes={
+            n.name: NodeUsage(used=n.load, total=n.capacity, percent=round(n.percent, 3))
+            for n in loads.values()
+        },
+    )

@@ -1,0 +1,3 @@
+from pvebalance.cli import main
+
+main()

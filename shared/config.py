@@ -1,0 +1,176 @@
+"""The one settings model: a YAML file, overridden by PVEBALANCE_* environment variables.
+
+Key names follow ProxLB's where the concept is the same (proxmox_api.hosts, balancing.balanciness,
+...), so an operator can carry a ProxLB config over. Unknown keys are refused: a typo in a balancer's
+config must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "PVEBALANCE_"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: names the key and what is wrong."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ProxmoxApiSettings(Section):
+    hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1:8006"], min_length=1)
+    user: str = "root@pam"
+    password: SecretStr | None = Field(None, alias="pass")
+    token_id: str | None = None
+    token_secret: SecretStr | None = None
+    ssl_verification: bool = True
+    ca_file: Path | None = None
+    timeout: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_auth_method(self) -> ProxmoxApiSettings:
+        if self.token_id and "!" in self.token_id:
+            raise ValueError("token_id is the token's name only (without 'user@realm!')")
+        if bool(self.token_id) != bool(self.token_secret):
+            raise ValueError("token_id and token_secret must be given together")
+        if "@" not in self.user:
+            raise ValueError(f"user must be USER@REALM, got {self.user!r}")
+        return self
+
+
+class ProxmoxClusterSettings(Section):
+    maintenance_nodes: list[str] = Field(default_factory=list)
+    ignore_nodes: list[str] = Field(default_factory=list)
+
+
+class BalancingSettings(Section):
+    enable: bool = True
+    method: Literal["memory", "cpu", "disk"] = "memory"
+    mode: Literal["used", "assigned"] = "used"
+    balanciness: float = Field(5.0, ge=0, le=100)
+    max_node_usage: float = Field(95.0, gt=0, le=100, description="percent a node may reach mid-plan")
+    balance_types: list[Literal["vm", "ct"]] = Field(default_factory=lambda: ["vm", "ct"])
+    live: bool = True
+    with_local_disks: bool = True
+    max_migrations: int | None = Field(None, ge=1, description="cap on migrations per plan")
+
+
+class RedisSettings(Section):
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class CollectorSettings(Section):
+    interval: float = Field(30.0, gt=0)
+
+
+class PlannerSettings(Section):
+    max_snapshot_age: float = Field(120.0, gt=0, description="seconds; older snapshots are not planned on")
+
+
+class MigratorSettings(Section):
+    max_parallel_cluster: int = Field(2, ge=1)
+    max_parallel_per_source: int = Field(1, ge=1)
+    max_parallel_per_target: int = Field(1, ge=1)
+    slot_ttl: float = Field(120.0, gt=0, description="seconds a held slot lives without renewal")
+    slot_wait_timeout: float = Field(3600.0, gt=0)
+    poll_interval: float = Field(1.0, gt=0)
+    task_timeout_base: float = Field(300.0, gt=0)
+    task_timeout_per_gib: float = Field(60.0, ge=0)
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", populate_by_name=True
+    )
+
+    proxmox_api: ProxmoxApiSettings = Field(default_factory=ProxmoxApiSettings)
+    proxmox_cluster: ProxmoxClusterSettings = Field(default_factory=ProxmoxClusterSettings)
+    balancing: BalancingSettings = Field(default_factory=BalancingSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    planner: PlannerSettings = Field(default_factory=PlannerSettings)
+    migrator: MigratorSettings = Field(default_factory=MigratorSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _RedisUrlEnvSource(settings_cls),
+        ]
+        yaml_file = settings_cls.model_config.get("yaml_file")
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+class _RedisUrlEnvSource(PydanticBaseSettingsSource):
+    """REDIS_URL, the variable every Redis tool knows; PVEBALANCE_REDIS__URL wins over it."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        url = os.environ.get("REDIS_URL")
+        return {"redis": {"url": url}} if url else {}
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load and validate the settings, or raise ConfigError naming every bad key."""
+    path = Path(config_file) if config_file else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})
+
+    try:
+        loaded = _FileSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    except Exception as exc:  # a YAML syntax error, an unreadable file
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return loaded
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f"in {path}" if path else "in the environment"
+    lines = [f"invalid configuration ({where}, or {ENV_PREFIX}* variables):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        shown = err.get("input")
+        value = "" if isinstance(shown, dict | list) or shown is None else f" (got {shown!r})"
+        if "secret" in key or "pass" in key:
+            value = ""
+        lines.append(f"  {key}: {msg}{value}")
+    return "\n".join(lines)

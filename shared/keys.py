@@ -1,0 +1,50 @@
+"""Every Redis key, stream and queue name the services share, defined once."""
+
+from __future__ import annotations
+
+PREFIX = "pvebalance"
+
+SNAPSHOT_STREAM = f"{PREFIX}:snapshots"
+SNAPSHOT_LATEST = f"{PREFIX}:snapshot:latest"
+SNAPSHOT_STREAM_MAXLEN = 100
+PLANNER_GROUP = "planner"
+
+PLAN_LATEST = f"{PREFIX}:plan:latest"
+PLAN_INDEX = f"{PREFIX}:plans"  # sorted set of plan ids by creation time
+
+EVENT_STREAM = f"{PREFIX}:events"
+EVENT_STREAM_MAXLEN = 10_000
+
+ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids not yet in a terminal state
+
+GUEST_CONFIG_CACHE = f"{PREFIX}:guest-config"  # hash vmid -> cached config + fingerprint
+
+MIGRATION_QUEUE = "pvebalance-migrations"
+
+SLOTS_CLUSTER = f"{PREFIX}:slots:cluster"
+
+
+def plan(plan_id: str) -> str:
+    return f"{PREFIX}:plan:{plan_id}"
+
+
+def job(job_id: str) -> str:
+    """Hash with the job's payload, state, UPID and timestamps."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def guest_job(vmid: int) -> str:
+    """Which job currently owns this guest; set with NX so a guest never gets two jobs."""
+    return f"{PREFIX}:guest-job:{vmid}"
+
+
+def slots_source(node: str) -> str:
+    return f"{PREFIX}:slots:source:{node}"
+
+
+def slots_target(node: str) -> str:
+    return f"{PREFIX}:slots:target:{node}"
+
+
+def cooldown(vmid: int) -> str:
+    return f"{PREFIX}:cooldown:{vmid}"

@@ -1,0 +1,214 @@
+"""Messages exchanged between the services, each a pydantic model with a schema version.
+
+Data flows one way: collector -> ClusterSnapshot -> planner -> Plan + MigrationJob -> migrator
+-> JobStatusEvent. A reader refuses a message whose schema_version it does not know instead of
+guessing at its meaning.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION: Literal[1] = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class GuestType(StrEnum):
+    QEMU = "qemu"
+    LXC = "lxc"
+
+
+class NodeState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    online: bool = True
+    maintenance: bool = False
+    cpu: float = Field(0.0, description="fraction of all the node's cores in use (0..1)")
+    maxcpu: int = 1
+    mem: int = Field(0, description="bytes used, host and guests")
+    maxmem: int = 1
+    local_disk: int = Field(0, description="bytes used on the node's local (non-shared) guest storages")
+    local_maxdisk: int = Field(0, description="capacity of the node's local guest storages")
+
+
+class GuestState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vmid: int
+    name: str
+    type: GuestType
+    node: str
+    status: str = "running"
+    template: bool = False
+    lock: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    pool: str | None = None
+    hastate: str | None = None
+    cpu: float = Field(0.0, description="fraction of the guest's own vCPUs in use (0..1)")
+    maxcpu: int = 1
+    mem: int = 0
+    maxmem: int = 0
+    maxdisk: int = 0
+    local_disk: int = Field(0, description="bytes of disks on non-shared storage (copied by a migration)")
+    local_resources: list[str] = Field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+class HaRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rule: str
+    type: Literal["node-affinity", "resource-affinity"]
+    resources: list[str]
+    nodes: dict[str, int] = Field(default_factory=dict, description="node -> priority")
+    strict: bool = False
+    affinity: Literal["positive", "negative"] | None = None
+    disabled: bool = False
+
+
+class ClusterSnapshot(Message):
+    kind: Literal["snapshot"] = "snapshot"
+    snapshot_id: str = Field(default_factory=lambda: new_id("snap"))
+    taken_at: datetime = Field(default_factory=utcnow)
+    cluster: str = ""
+    quorate: bool = True
+    ha_auto_rebalance: bool = False
+    nodes: list[NodeState]
+    guests: list[GuestState]
+    ha_rules: list[HaRule] = Field(default_factory=list)
+    pools: dict[str, list[int]] = Field(default_factory=dict)
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        return ((now or utcnow()) - self.taken_at).total_seconds()
+
+
+class MigrationReason(StrEnum):
+    BALANCE = "balance"
+    MAINTENANCE = "maintenance"
+    AFFINITY = "affinity"
+    ANTI_AFFINITY = "anti-affinity"
+    PIN = "pin"
+    HA_RULE = "ha-rule"
+
+
+class Migration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vmid: int
+    name: str
+    type: GuestType
+    source: str
+    target: str
+    reason: MigrationReason
+    online: bool = Field(description="live migration (running VM); containers restart instead")
+    mem_bytes: int = 0
+    local_disk_bytes: int = 0
+    spread_before_pp: float = 0.0
+    spread_after_pp: float = 0.0
+    batch: int = Field(0, description="moves in the same batch may run in parallel")
+
+    @property
+    def gib_moved(self) -> float:
+        return ((self.mem_bytes if self.online else 0) + self.local_disk_bytes) / 2**30
+
+
+class NodeUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    used: float
+    total: float
+    percent: float
+
+
+class UsageSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spread_pp: float
+    nodes: dict[str, NodeUsage]
+
+
+class Unmet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rule: str
+    vmids: list[int]
+    reason: str
+
+
+class Plan(Message):
+    kind: Literal["plan"] = "plan"
+    plan_id: str = Field(default_factory=lambda: new_id("plan"))
+    snapshot_id: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    method: str
+    mode: str
+    balanciness: float
+    before: UsageSummary
+    after: UsageSummary
+    migrations: list[Migration]
+    violations: list[str] = Field(default_factory=list)
+    unmet: list[Unmet] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    WAITING = "waiting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED)
+
+
+class MigrationJob(Message):
+    kind: Literal["migration-job"] = "migration-job"
+    job_id: str
+    plan_id: str
+    vmid: int
+    name: str
+    guest_type: GuestType
+    source: str
+    target: str
+    online: bool
+    with_local_disks: bool = False
+    mem_bytes: int = 0
+    local_disk_bytes: int = 0
+    reason: MigrationReason = MigrationReason.BALANCE
+
+    @staticmethod
+    def id_for(plan_id: str, vmid: int) -> str:
+        """Deterministic per plan and guest, so re-enqueueing a plan never doubles a migration."""
+        return f"migrate-{plan_id}-{vmid}"
+
+
+class JobStatusEvent(Message):
+    kind: Literal["job-status"] = "job-status"
+    job_id: str
+    plan_id: str
+    vmid: int
+    source: str
+    target: str
+    state: JobState
+    at: datetime = Field(default_factory=utcnow)
+    upid: str | None = None
+    message: str = ""
+    duration_s: float | None = None

@@ -1,0 +1,135 @@
+"""A small, well-behaved Proxmox VE API client around proxmoxer.
+
+- Several API hosts: a host that does not answer is skipped for the next one.
+- Booleans go out as PVE's 0/1 (proxmoxer would send "True", which PVE refuses).
+- Every failure is a ProxmoxError that names the host and says what went wrong in one line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+from proxmoxer import AuthenticationError, ProxmoxAPI, ResourceException
+
+from .config import ProxmoxApiSettings
+
+UPID_RE = re.compile(
+    r"^UPID:(?P<node>[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):(?P<pid>[0-9A-Fa-f]{8}):"
+    r"(?P<pstart>[0-9A-Fa-f]{8,9}):(?P<starttime>[0-9A-Fa-f]{8}):(?P<type>[^:\s/]+):"
+    r"(?P<id>[^:\s/]*):(?P<user>[^:\s/]+):$"
+)
+
+
+class ProxmoxError(Exception):
+    """An API call that failed; `status` is the HTTP status (None when no host answered)."""
+
+    def __init__(self, message: str, status: int | None = None, host: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.host = host
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: no answer, a timeout, a 5xx that is not a refusal, or a lock held elsewhere."""
+        if self.status is None or self.status in (502, 503, 504, 595, 596):
+            return True
+        return self.status == 500 and "locked" in self.message.lower()
+
+
+def upid_node(upid: str) -> str:
+    m = UPID_RE.match(upid)
+    if not m:
+        raise ProxmoxError(f"not a Proxmox task id: {upid!r}")
+    return m.group("node")
+
+
+def pve_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (int(v) if isinstance(v, bool) else v) for k, v in params.items() if v is not None}
+
+
+class ProxmoxClient:
+    def __init__(self, settings: ProxmoxApiSettings) -> None:
+        self.settings = settings
+        self._api: ProxmoxAPI | None = None
+        self._host: str | None = None
+        self.requests = 0  # calls made, for the collector's own accounting
+
+    @property
+    def host(self) -> str | None:
+        return self._host
+
+    def _verify(self) -> bool | str:
+        if self.settings.ca_file:
+            return str(self.settings.ca_file)
+        return self.settings.ssl_verification
+
+    def _connect(self, host: str) -> ProxmoxAPI:
+        s = self.settings
+        kwargs: dict[str, Any] = {"verify_ssl": self._verify(), "timeout": s.timeout, "user": s.user}
+        if s.token_id and s.token_secret:
+            kwargs.update(token_name=s.token_id, token_value=s.token_secret.get_secret_value())
+        elif s.password:
+            kwargs["password"] = s.password.get_secret_value()
+        else:
+            raise ProxmoxError("proxmox_api: set token_id and token_secret, or pass (a password)")
+        try:
+            return ProxmoxAPI(host, **kwargs)
+        except AuthenticationError:
+            raise ProxmoxError(
+                f"authentication failed for {s.user} at {host}: check the password", 401, host
+            ) from None
+        except requests.RequestException as exc:
+            raise ProxmoxError(f"{host} does not answer: {_short(exc)}", None, host) from None
+
+    def _call(self, method: str, path: str, params: Mapping[str, Any]) -> Any:
+        hosts = self.settings.hosts
+        order = hosts if self._host is None else [self._host] + [h for h in hosts if h != self._host]
+        last: ProxmoxError | None = None
+        for host in order:
+            try:
+                if self._api is None or self._host != host:
+                    self._api = self._connect(host)
+                    self._host = host
+                self.requests += 1
+                resource = self._api(path.strip("/"))
+                if method == "GET":
+                    return resource.get(**pve_params(params))
+                return resource.post(**pve_params(params))
+            except ResourceException as exc:
+                raise self._error(exc, method, path, host) from None
+            except requests.RequestException as exc:
+                last = ProxmoxError(f"{host} does not answer ({method} {path}): {_short(exc)}", None, host)
+                self._api = None
+            except ProxmoxError as exc:
+                if exc.status is not None:
+                    raise
+                last = exc
+                self._api = None
+        assert last is not None
+        raise last
+
+    def _error(self, exc: ResourceException, method: str, path: str, host: str) -> ProxmoxError:
+        status = int(exc.status_code)
+        text = str(exc.content or exc.status_message or "").strip()
+        if status == 401:
+            who = self.settings.user + (f"!{self.settings.token_id}" if self.settings.token_id else "")
+            return ProxmoxError(f"authentication failed for {who} at {host}: {text}", status, host)
+        detail = ""
+        if isinstance(exc.errors, dict) and exc.errors and not isinstance(exc.errors.get("errors"), bytes):
+            detail = " (" + "; ".join(f"{k}: {v}" for k, v in exc.errors.items()) + ")"
+        return ProxmoxError(f"{method} {path} on {host}: {status} {text}{detail}", status, host)
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._call("GET", path, params)
+
+    def post(self, path: str, **data: Any) -> Any:
+        return self._call("POST", path, data)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "..."
