@@ -19,6 +19,7 @@ from pvebalance.shared.apidump import DumpError, load_dump, snapshot_from_api
 from pvebalance.shared.config import ConfigError, Settings, load_settings
 from pvebalance.shared.logging import configure_logging
 from pvebalance.shared.proxmox import ProxmoxError
+from pvebalance.shared.redisconn import RedisUnavailable
 
 from .render import plan_to_json, print_plan
 
@@ -73,9 +74,108 @@ def plan(
         print_plan(result, Console())
 
 
+@app.command()
+def simulator(
+    scenario: Annotated[str, typer.Option(help="recorded cluster to serve")] = "all-on-one",
+    port: Annotated[int, typer.Option(help="HTTPS port (0: any free port)")] = 8006,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    time_scale: Annotated[float, typer.Option(help="multiplies every simulated migration's duration")] = 1.0,
+    cert: Annotated[Path | None, typer.Option(help="PEM certificate (default: self-signed, made now)")] = None,
+    key: Annotated[Path | None, typer.Option(help="PEM key for --cert")] = None,
+    certdir: Annotated[Path, typer.Option(help="where a self-signed certificate is written")] = Path(".sim-certs"),
+) -> None:
+    """Serve a recorded cluster as a Proxmox VE 9 API over HTTPS, until interrupted."""
+    import threading
+
+    from pvebalance.simulator.server import Simulator
+
+    configure_logging("INFO", "console")
+    sim = Simulator(load_dump(scenario), time_scale=time_scale)
+    try:
+        bound = sim.start(port, host, certdir=certdir, certfile=cert, keyfile=key)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    token_ident, token_secret = next(iter(sim.tokens.items()))
+    user, token_id = token_ident.split("!")
+    err.print(f"Proxmox VE simulator for '{sim.cluster.name}' on https://{host}:{bound}/api2/json", highlight=False)
+    err.print(f"  CA certificate: {sim.cafile}", highlight=False)
+    err.print(f"  API token: user {user}, token_id {token_id}, token_secret {token_secret}", highlight=False)
+    err.print(f"  password login: {user} / {sim.users[user]}", highlight=False)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        sim.stop()
+
+
+@app.command()
+def collector(config: ConfigOpt = None) -> None:
+    """Run the collector service: publish a snapshot every `collector.interval` seconds."""
+    import threading
+
+    from pvebalance.services.collector.collector import Collector
+    from pvebalance.shared.proxmox import ProxmoxClient
+    from pvebalance.shared.redisconn import connect
+
+    settings = _settings(config)
+    Collector(ProxmoxClient(settings.proxmox_api), connect(settings.redis.url)).run(
+        settings.collector.interval, _stop_on_signals(threading.Event())
+    )
+
+
+@app.command()
+def planner(config: ConfigOpt = None) -> None:
+    """Run the planner service: plan on each new snapshot and enqueue the migrations."""
+    import threading
+
+    from pvebalance.services.planner.planner import Planner
+    from pvebalance.shared.redisconn import connect
+
+    settings = _settings(config)
+    Planner(connect(settings.redis.url), settings).run(_stop_on_signals(threading.Event()))
+
+
+@app.command()
+def migrator(
+    config: ConfigOpt = None,
+    burst: Annotated[bool, typer.Option(help="exit when the queue is empty")] = False,
+) -> None:
+    """Run one migrator worker (an rq worker); start several for parallel migrations."""
+    from pvebalance.services.migrator.worker import run_worker
+
+    run_worker(_settings(config), burst=burst)
+
+
+@app.command()
+def demo(
+    scenario: Annotated[str, typer.Option(help="recorded cluster to balance")] = "all-on-one",
+    redis_url: Annotated[
+        str | None, typer.Option(envvar="REDIS_URL", help="Redis to use; an embedded one if it does not answer")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="migrator worker processes")] = 3,
+    time_scale: Annotated[float, typer.Option(help="simulated migration time factor")] = 0.05,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 300.0,
+) -> None:
+    """Balance a simulated cluster end to end: simulator, Redis, collector, planner, migrators."""
+    from .demo import run_demo
+
+    ok = run_demo(scenario, redis_url, workers, time_scale, timeout, Console())
+    raise typer.Exit(0 if ok else 1)
+
+
+def _stop_on_signals(stop: Any) -> Any:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
 def main() -> None:
     try:
         app()
-    except (ConfigError, DumpError, ProxmoxError, UserError) as exc:
+    except (ConfigError, DumpError, ProxmoxError, RedisUnavailable, UserError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)

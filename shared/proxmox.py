@@ -34,10 +34,20 @@ class ProxmoxError(Exception):
 
     @property
     def transient(self) -> bool:
-        """Worth retrying: no answer, a timeout, a 5xx that is not a refusal, or a lock held elsewhere."""
+        """Worth retrying: no answer, a gateway or offline-node status, or a 500 that is not a refusal."""
         if self.status is None or self.status in (502, 503, 504, 595, 596):
             return True
-        return self.status == 500 and "locked" in self.message.lower()
+        if self.status != 500:
+            return False
+        text = self.message.lower()
+        return not any(p in text for p in _PERMANENT_500)
+
+
+# 500 answers that no retry will change: PVE refused the request itself.
+_PERMANENT_500 = (
+    "does not exist", "no such", "can't migrate", "cannot migrate", "not allowed",
+    "not implemented", "target is local node", "permission",
+)
 
 
 def upid_node(upid: str) -> str:

@@ -1,0 +1,54 @@
+"""The rq job function and the per-process context it runs with."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from rq import get_current_job
+
+from pvebalance.shared.config import Settings, load_settings
+from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.models import JobState, MigrationJob
+from pvebalance.shared.proxmox import ProxmoxClient
+
+from .runner import MigrationRunner
+from .slots import Slots
+
+CONFIG_ENV = "PVEBALANCE_CONFIG"
+
+
+class MigrationNotDone(Exception):
+    """Raised so rq records the job as failed when the migration failed."""
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+
+
+_context: WorkerContext | None = None
+
+
+def set_context(settings: Settings) -> None:
+    global _context
+    _context = WorkerContext(settings)
+
+
+def run_migration(payload: str) -> str:
+    """rq entry point: carry out one MigrationJob (given as its JSON)."""
+    global _context
+    if _context is None:
+        set_context(load_settings(os.environ.get(CONFIG_ENV)))
+    assert _context is not None
+    job = MigrationJob.model_validate_json(payload)
+    rq_job = get_current_job()
+    assert rq_job is not None, "run_migration runs inside an rq worker"
+    redis = rq_job.connection
+    settings = _context.settings
+    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), JobStore(redis), Slots(redis, settings.migrator),
+                             settings)
+    state = runner.run(job)
+    if state is JobState.FAILED:
+        raise MigrationNotDone(JobStore(redis).load(job.job_id).get("message", "failed"))
+    return state.value

@@ -1,0 +1,139 @@
+"""Consume snapshots, plan with the engine, store the plan and enqueue one migration job per move.
+
+The planner never plans while jobs of an earlier plan are still active: the snapshot would not yet
+show their effect and a second plan would move guests for the same imbalance twice. A guest is
+claimed by its job (shared/jobstore.py), so it can never have two jobs at once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from redis import Redis
+from redis.exceptions import ResponseError
+from rq import Queue
+from rq.job import Dependency
+
+from pvebalance.engine import Policy, plan_balance
+from pvebalance.shared import keys
+from pvebalance.shared.config import Settings
+from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.logging import get_logger
+from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan
+
+log = get_logger("pvebalance.planner")
+
+MIGRATION_FUNC = "pvebalance.services.migrator.jobs.run_migration"
+PLAN_TTL = 7 * 24 * 3600
+
+
+class Planner:
+    def __init__(self, redis: Redis, settings: Settings, consumer: str = "planner-1") -> None:
+        self.redis = redis
+        self.settings = settings
+        self.consumer = consumer
+        self.jobs = JobStore(redis)
+        self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, id="$", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def next_snapshot(self, block_ms: int = 1000) -> ClusterSnapshot | None:
+        """The newest unread snapshot; older unread ones are acknowledged and skipped."""
+        entries = self.redis.xreadgroup(
+            keys.PLANNER_GROUP, self.consumer, {keys.SNAPSHOT_STREAM: ">"}, count=100, block=block_ms
+        )
+        if not entries:
+            return None
+        messages = entries[0][1]
+        self.redis.xack(keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, *[mid for mid, _ in messages])
+        fields = messages[-1][1]
+        raw = fields.get(b"snapshot") or fields.get("snapshot")
+        return ClusterSnapshot.model_validate_json(raw)
+
+    def handle(self, snapshot: ClusterSnapshot) -> Plan | None:
+        age = snapshot.age_seconds()
+        if age > self.settings.planner.max_snapshot_age:
+            log.warning("snapshot too old, not planning", snapshot_id=snapshot.snapshot_id, age_s=round(age, 1))
+            return None
+        active = self.jobs.active_jobs()
+        if active:
+            log.info("migrations still running, not planning", active_jobs=len(active))
+            return None
+        if not snapshot.quorate:
+            log.warning("cluster not quorate, not planning", snapshot_id=snapshot.snapshot_id)
+            return None
+        policy = Policy.from_settings(self.settings.balancing, self.settings.proxmox_cluster)
+        plan = plan_balance(snapshot, policy)
+        self.save(plan)
+        log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id,
+                 spread_before=plan.before.spread_pp, spread_after=plan.after.spread_pp,
+                 migrations=len(plan.migrations))
+        if plan.migrations and self.settings.balancing.enable:
+            self.enqueue(plan)
+        return plan
+
+    def save(self, plan: Plan) -> None:
+        raw = plan.model_dump_json()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.plan(plan.plan_id), raw, ex=PLAN_TTL)
+        pipe.set(keys.PLAN_LATEST, raw, ex=PLAN_TTL)
+        pipe.zadd(keys.PLAN_INDEX, {plan.plan_id: plan.created_at.timestamp()})
+        pipe.execute()
+
+    def enqueue(self, plan: Plan) -> list[str]:
+        """One job per move; a move waits for the earlier moves that touch one of its nodes."""
+        last_on_node: dict[str, str] = {}
+        enqueued = []
+        for m in plan.migrations:
+            job = MigrationJob(
+                job_id=MigrationJob.id_for(plan.plan_id, m.vmid), plan_id=plan.plan_id, vmid=m.vmid,
+                name=m.name, guest_type=m.type, source=m.source, target=m.target, online=m.online,
+                with_local_disks=m.local_disk_bytes > 0 and self.settings.balancing.with_local_disks,
+                mem_bytes=m.mem_bytes, local_disk_bytes=m.local_disk_bytes, reason=m.reason,
+            )
+            holder = self.jobs.claim_guest(m.vmid, job.job_id)
+            if holder is not None:
+                log.warning("guest already has a job, not enqueued", vmid=m.vmid, job_id=holder)
+                continue
+            if not self.jobs.create(job):
+                continue  # this plan was enqueued before: the job exists already
+            after = sorted({last_on_node[n] for n in (m.source, m.target) if n in last_on_node})
+            try:
+                self.queue.enqueue_call(
+                    MIGRATION_FUNC,
+                    args=(job.model_dump_json(),),
+                    job_id=job.job_id,
+                    timeout=int(self._timeout(job)) + 60,
+                    result_ttl=PLAN_TTL,
+                    failure_ttl=PLAN_TTL,
+                    depends_on=Dependency(jobs=after, allow_failure=True) if after else None,
+                    description=f"migrate {m.type.value} {m.vmid} {m.source} -> {m.target}",
+                )
+            except Exception as exc:
+                # Never leave a job that no worker will ever see: end it, which frees the guest.
+                self.jobs.transition(job, JobState.FAILED, f"could not enqueue: {exc}")
+                raise
+            last_on_node[m.source] = last_on_node[m.target] = job.job_id
+            enqueued.append(job.job_id)
+        return enqueued
+
+    def _timeout(self, job: MigrationJob) -> float:
+        m = self.settings.migrator
+        gib = (job.mem_bytes + job.local_disk_bytes) / 2**30
+        return m.task_timeout_base + m.task_timeout_per_gib * gib + m.slot_wait_timeout
+
+    def run(self, stop: threading.Event) -> None:
+        self.ensure_group()
+        while not stop.is_set():
+            try:
+                snapshot = self.next_snapshot()
+                if snapshot is not None:
+                    self.handle(snapshot)
+            except Exception as exc:  # Redis away, a bad message: keep running, say so
+                log.error("planning failed", error=f"{type(exc).__name__}: {exc}")
+                stop.wait(2)
