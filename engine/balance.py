@@ -111,26 +111,39 @@ def _best_target(guest: GuestState, load: float, loads: dict[str, NodeLoad], tar
 def _best_balance_move(
     by_node: dict[str, list[GuestState]], loads: dict[str, NodeLoad], targets: list[str], policy: Policy
 ) -> _Move | None:
-    """The move that lowers the sum of squared node usages the most (ties: less data moved)."""
+    """The move that lowers the variance of node usage (in percent) the most; ties: less data moved.
+
+    Variance, not the plain sum of squares: with unequal nodes a move changes the mean percentage
+    too, and only the variance then says whether nodes came closer together.
+    """
     ranked = sorted(targets, key=lambda n: loads[n].percent)
     sources = ranked[::-1][:_SOURCES_TRIED]
     receivers = ranked[:_TARGETS_TRIED]
+    count = len(targets)
+    total = sum(loads[n].percent for n in targets)
+    total_sq = sum(loads[n].percent ** 2 for n in targets)
+    variance = total_sq / count - (total / count) ** 2
     best: tuple[float, float] | None = None
     choice: _Move | None = None
     for s in sources:
         src = loads[s]
+        p_s = src.percent
         for guest in by_node[s]:
             load = guest_load(guest, policy)
             if load <= 0:
                 continue
-            src_gain = ((src.load - load) / src.capacity) ** 2 - (src.load / src.capacity) ** 2
+            new_s = p_s - 100.0 * load / src.capacity
             for t in receivers:
                 dst = loads[t]
-                if t == s or dst.percent >= src.percent or not _fits(guest, dst):
+                p_t = dst.percent
+                if t == s or p_t >= p_s or not _fits(guest, dst):
                     continue
-                delta = src_gain + ((dst.load + load) / dst.capacity) ** 2 - (dst.load / dst.capacity) ** 2
+                new_t = p_t + 100.0 * load / dst.capacity
+                new_total = total - p_s - p_t + new_s + new_t
+                new_sq = total_sq - p_s**2 - p_t**2 + new_s**2 + new_t**2
+                delta = new_sq / count - (new_total / count) ** 2 - variance
                 key = (delta, guest.mem + guest.local_disk)
-                if delta < -1e-12 and (best is None or key < best):
+                if delta < -1e-9 and (best is None or key < best):
                     best, choice = key, _Move(guest, load, s, t, MigrationReason.BALANCE)
     return choice
 

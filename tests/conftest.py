@@ -1,0 +1,97 @@
+"""Fixtures: bundled scenarios, the simulator over HTTPS, fakeredis, and a real Redis server.
+
+The real Redis is PVEBALANCE_TEST_REDIS_URL if set, otherwise a redis-server this session starts
+on a free port (the binary must be installed; .ci/run installs it). A missing Redis fails the
+integration tests instead of skipping them, so a green run always means they ran.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+from pvebalance.shared.apidump import load_dump
+from pvebalance.simulator.server import Simulator
+from redis import Redis
+
+from tests.helpers import REPO, SimFactory
+
+
+@pytest.fixture
+def fake_redis() -> Redis:
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("PVEBALANCE_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("integration tests need redis-server on PATH or PVEBALANCE_TEST_REDIS_URL")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except Exception:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def real_redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def certdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture
+def start_simulator(certdir: Path) -> Iterator[SimFactory]:
+    started: list[Simulator] = []
+
+    def start(scenario: str = "all-on-one", time_scale: float = 0.01, **kwargs: Any) -> Simulator:
+        sim = Simulator(load_dump(REPO / "scenarios" / f"{scenario}.json"), time_scale=time_scale, **kwargs)
+        sim.start(0, certdir=certdir)
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
