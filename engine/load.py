@@ -64,11 +64,8 @@ def initial_loads(snapshot: ClusterSnapshot, policy: Policy) -> dict[str, NodeLo
     loads = {}
     for node in snapshot.nodes:
         guests_sum = sum(guest_load(g, policy) for g in by_node[node.name])
-        if policy.mode == "used":
-            # The node's own figure includes the host; never below what its guests add up to.
-            load = max(node_measured(node, policy), guests_sum)
-        else:
-            load = guests_sum
+        # In used mode the node's own figure includes the host; never below what its guests add up to.
+        load = max(node_measured(node, policy), guests_sum) if policy.mode == "used" else guests_sum
         running_mem = sum(g.mem for g in by_node[node.name] if g.running)
         loads[node.name] = NodeLoad(
             name=node.name,

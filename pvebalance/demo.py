@@ -37,7 +37,7 @@ from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.redisconn import answers, connect, redact
 from pvebalance.simulator.server import Simulator
 
-from .embedded_redis import EmbeddedRedis, free_port
+from .embedded_redis import EmbeddedRedis
 from .render import usage_table
 
 _MARK = {JobState.SUCCEEDED: "ok", JobState.FAILED: "FAILED", JobState.SKIPPED: "skipped",

@@ -144,11 +144,12 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
             maxmem=int(res.get("maxmem", 1)) or 1,
         )
     for res in resources_:
-        if res.get("type") == "storage" and not res.get("shared", 0) and res["node"] in nodes:
-            if "images" in str(res.get("content", "images")) or "rootdir" in str(res.get("content", "")):
-                node = nodes[res["node"]]
-                node.local_disk += int(res.get("disk", 0))
-                node.local_maxdisk += int(res.get("maxdisk", 0))
+        content = str(res.get("content", "images"))
+        guest_storage = "images" in content or "rootdir" in content
+        if res.get("type") == "storage" and not res.get("shared", 0) and res["node"] in nodes and guest_storage:
+            node = nodes[res["node"]]
+            node.local_disk += int(res.get("disk", 0))
+            node.local_maxdisk += int(res.get("maxdisk", 0))
 
     guests = []
     for res in resources_:

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "PVEBALANCE_"
+GuestKind = Literal["vm", "ct"]
 
 
 class ConfigError(Exception):
@@ -63,7 +64,7 @@ class BalancingSettings(Section):
     mode: Literal["used", "assigned"] = "used"
     balanciness: float = Field(5.0, ge=0, le=100)
     max_node_usage: float = Field(95.0, gt=0, le=100, description="percent a node may reach mid-plan")
-    balance_types: list[Literal["vm", "ct"]] = Field(default_factory=lambda: ["vm", "ct"])
+    balance_types: list[GuestKind] = Field(default_factory=lambda: list[GuestKind](["vm", "ct"]))
     live: bool = True
     with_local_disks: bool = True
     max_migrations: int | None = Field(None, ge=1, description="cap on migrations per plan")

@@ -105,7 +105,8 @@ def cluster_status(api: Api, req: Request, m: re.Match[str]) -> Any:
 def cluster_resources(api: Api, req: Request, m: re.Match[str]) -> Any:
     rtype = req.params.get("type")
     if rtype not in (None, "vm", "node", "storage", "pool", "sdn"):
-        raise ApiError(400, "Parameter verification failed.", {"type": f"value '{rtype}' does not have a value in the enumeration 'vm, storage, node, sdn'"})
+        enum = "value '{}' does not have a value in the enumeration 'vm, storage, node, sdn'"
+        raise ApiError(400, "Parameter verification failed.", {"type": enum.format(rtype)})
     return api.cluster.resources(rtype)
 
 

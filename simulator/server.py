@@ -94,7 +94,7 @@ class Simulator:
         if auth.startswith("PVEAPIToken="):
             ident, _, secret = auth[len("PVEAPIToken="):].partition("=")
             if self.tokens.get(ident) == secret:
-                return ident
+                return str(ident)
             raise ApiError(401, "Authentication failed!")
         cookie = headers.get("Cookie", "")
         for part in cookie.split(";"):
@@ -105,7 +105,7 @@ class Simulator:
                     raise ApiError(401, "Authentication failed!")
                 if method != "GET" and headers.get("CSRFPreventionToken") != found[1]:
                     raise ApiError(401, "Permission denied - invalid csrf token")
-                return found[0]
+                return str(found[0])
         raise ApiError(401, "No ticket")
 
     def control(self, method: str, path: str, body: dict[str, Any]) -> Any:

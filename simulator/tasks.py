@@ -103,7 +103,8 @@ class TaskManager:
         c = self.cluster
         target = params.get("target", "")
         if not target:
-            raise ApiError(400, "Parameter verification failed.", {"target": "property is missing and it is not optional"})
+            missing = {"target": "property is missing and it is not optional"}
+            raise ApiError(400, "Parameter verification failed.", missing)
         if target == g.node:
             raise ApiError(400, "Parameter verification failed.", {"target": "target is local node."})
         c.node(target, require_online=False)

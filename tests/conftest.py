@@ -18,10 +18,10 @@ from typing import Any
 
 import fakeredis
 import pytest
-from pvebalance.shared.apidump import load_dump
-from pvebalance.simulator.server import Simulator
 from redis import Redis
 
+from pvebalance.shared.apidump import load_dump
+from pvebalance.simulator.server import Simulator
 from tests.helpers import REPO, SimFactory
 
 

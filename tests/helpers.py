@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from pvebalance.shared.config import ProxmoxApiSettings, Settings, load_settings
 from pvebalance.simulator.server import Simulator
 
@@ -46,7 +47,9 @@ def settings_for(sim: Simulator, redis_url: str, tmp_path: Path, **sections: dic
     return load_settings(write_config(tmp_path / "pvebalance.yaml", sim, redis_url, **sections))
 
 
-def start_workers(config: Path, count: int, burst: bool = True, log_dir: Path | None = None) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    config: Path, count: int, burst: bool = True, log_dir: Path | None = None
+) -> list[subprocess.Popen[bytes]]:
     """Real rq worker processes, as `pvebalance migrator` starts them."""
     args = [sys.executable, "-m", "pvebalance", "migrator", "-c", str(config)] + (["--burst"] if burst else [])
     procs = []

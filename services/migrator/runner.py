@@ -53,7 +53,7 @@ class MigrationRunner:
         poll = self.settings.migrator.poll_interval
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(initial=poll, max=30 * poll),
+            wait=wait_exponential_jitter(multiplier=poll, max=30 * poll),
             retry=retry_if_exception(_is_transient),
             sleep=self.sleep,
             reraise=True,

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from pvebalance.shared.config import ConfigError, load_settings
 
 

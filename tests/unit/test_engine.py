@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from pvebalance.engine import Policy, is_movable, plan_balance
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.models import ClusterSnapshot, Plan
-
 from tests.helpers import REPO, SCENARIOS
 
 

@@ -7,8 +7,8 @@ import time
 import pytest
 import requests
 from proxmoxer import ProxmoxAPI, ResourceException
-from pvebalance.shared.proxmox import UPID_RE, ProxmoxClient, ProxmoxError
 
+from pvebalance.shared.proxmox import UPID_RE, ProxmoxClient, ProxmoxError
 from tests.helpers import SimFactory, api_settings
 
 
@@ -56,7 +56,7 @@ def test_bad_credentials_are_401_as_pve_answers(start_simulator: SimFactory) -> 
     resp = requests.post(f"https://127.0.0.1:{sim.port}/api2/json/access/ticket",
                          data={"username": "root@pam", "password": "wrong"}, verify=str(sim.cafile), timeout=5)
     assert resp.status_code == 401 and resp.json()["data"] is None
-    with pytest.raises(ProxmoxError, match="authentication failed for root@pam!pvebalance at 127.0.0.1"):
+    with pytest.raises(ProxmoxError, match=r"authentication failed for root@pam!pvebalance at 127\.0\.0\.1"):
         ProxmoxClient(api_settings(sim, token_secret="wrong")).get("/version")
 
 

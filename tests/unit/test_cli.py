@@ -1,0 +1,79 @@
+"""The `pvebalance` command as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pvebalance.shared.apidump import load_dump, snapshot_from_api
+from tests.helpers import REPO
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pvebalance", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_plan_json_runs_in_order_to_the_target_without_overloading() -> None:
+    scenario = REPO / "scenarios" / "all-on-one.json"
+    out = run("plan", "--scenario", str(scenario), "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert {"method", "mode", "balanciness", "before", "after", "migrations", "violations", "unmet"} <= set(plan)
+    assert (plan["method"], plan["mode"], plan["balanciness"]) == ("memory", "used", 5.0)
+    assert set(plan["before"]) == {"spread_pp", "nodes"}
+    for m in plan["migrations"]:
+        assert {"vmid", "name", "type", "source", "target", "reason"} <= set(m)
+    # replay the moves, in the printed order, on the recorded memory figures
+    snap = snapshot_from_api(load_dump(scenario)["api"])
+    used = {n.name: n.mem for n in snap.nodes}
+    cap = {n.name: n.maxmem for n in snap.nodes}
+    mem = {g.vmid: g.mem for g in snap.guests}
+    where = {g.vmid: g.node for g in snap.guests}
+    for m in plan["migrations"]:
+        assert where[m["vmid"]] == m["source"]
+        used[m["source"]] -= mem[m["vmid"]]
+        used[m["target"]] += mem[m["vmid"]]
+        where[m["vmid"]] = m["target"]
+        assert max(100 * used[n] / cap[n] for n in used) <= 95
+    percents = [100 * used[n] / cap[n] for n in used]
+    assert max(percents) - min(percents) <= 5
+
+
+def test_plan_options_override_the_policy() -> None:
+    out = run("plan", "--scenario", "all-on-one", "--json", "--method", "cpu", "--mode", "assigned",
+              "--balanciness", "10")
+    plan = json.loads(out.stdout)
+    assert (plan["method"], plan["mode"], plan["balanciness"]) == ("cpu", "assigned", 10.0)
+
+
+def test_plan_table_is_readable() -> None:
+    out = run("plan", "--scenario", "all-on-one")
+    assert out.returncode == 0
+    assert "spread (pp)" in out.stdout and "migrations, in order" in out.stdout
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("balancing:\n  balanciness: -1\n")
+    cases = [
+        ("plan", "--scenario", "no-such-cluster"),
+        ("plan", "--scenario", "all-on-one", "--config", str(bad)),
+        ("plan", "--scenario", "all-on-one", "--method", "ram"),
+        ("collector", "--config", str(tmp_path / "missing.yaml")),
+    ]
+    for args in cases:
+        out = run(*args)
+        assert out.returncode == 2, args
+        assert "Traceback" not in out.stderr
+        assert out.stderr.startswith("error: "), out.stderr
+    out = run("plan", "--scenario", "all-on-one", "--config", str(bad))
+    assert "balancing.balanciness" in out.stderr
+
+
+def test_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("redis:\n  url: redis://127.0.0.1:1/0\n")
+    out = run("planner", "--config", str(cfg))
+    assert out.returncode == 2 and "does not answer" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,60 @@
+"""The collector against the simulator, with its config cache in fakeredis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from redis import Redis
+
+from pvebalance.services.collector.collector import CollectError, Collector
+from pvebalance.shared import keys
+from pvebalance.shared.models import ClusterSnapshot
+from pvebalance.shared.proxmox import ProxmoxClient
+from tests.helpers import SimFactory, api_settings
+
+
+def test_snapshot_matches_the_cluster(start_simulator: SimFactory, fake_redis: Redis) -> None:
+    sim = start_simulator("homelab")
+    snap = Collector(ProxmoxClient(api_settings(sim)), fake_redis).snapshot()
+    assert {n.name for n in snap.nodes} == set(sim.cluster.nodes)
+    assert {g.vmid for g in snap.guests} == set(sim.cluster.guests)
+    assert any(g.local_disk > 0 for g in snap.guests), "local disks come from the configs"
+    assert any(g.template for g in snap.guests)
+
+
+def test_steady_state_requests_do_not_grow_with_guests(start_simulator: SimFactory, fake_redis: Redis) -> None:
+    sim = start_simulator("mid-300")
+    client = ProxmoxClient(api_settings(sim))
+    collector = Collector(client, fake_redis)
+    collector.snapshot()
+    first = client.requests
+    assert first > 300, "the first snapshot fetches every guest's config"
+    collector.snapshot()
+    steady = client.requests - first
+    assert steady <= 10
+    # a guest that moves is fetched again, and only that one
+    sim.cluster.guests[100].entry["node"] = "pve2" if sim.cluster.guests[100].node != "pve2" else "pve3"
+    before = client.requests
+    collector.snapshot()
+    assert client.requests - before == steady + 1
+
+
+def test_published_snapshot_is_on_the_stream_and_latest(start_simulator: SimFactory, fake_redis: Redis) -> None:
+    sim = start_simulator()
+    collector = Collector(ProxmoxClient(api_settings(sim)), fake_redis)
+    snap = collector.snapshot()
+    collector.publish(snap, latest_ttl=30)
+    latest = ClusterSnapshot.model_validate_json(fake_redis.get(keys.SNAPSHOT_LATEST))
+    assert latest.snapshot_id == snap.snapshot_id and latest.schema_version == 1
+    assert 0 < fake_redis.ttl(keys.SNAPSHOT_LATEST) <= 30
+    entries = fake_redis.xrange(keys.SNAPSHOT_STREAM)
+    assert json.loads(entries[-1][1][b"snapshot"])["snapshot_id"] == snap.snapshot_id
+
+
+def test_an_api_failure_publishes_nothing(start_simulator: SimFactory, fake_redis: Redis) -> None:
+    sim = start_simulator()
+    sim.faults.add({"kind": "http", "path": "^/cluster/ha/rules$", "status": 500, "message": "boom", "count": None})
+    with pytest.raises(CollectError, match="boom"):
+        Collector(ProxmoxClient(api_settings(sim)), fake_redis).snapshot()
+    assert fake_redis.get(keys.SNAPSHOT_LATEST) is None

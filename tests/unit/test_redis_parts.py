@@ -1,0 +1,116 @@
+"""Job store, slots and planner on fakeredis."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from redis import Redis
+from rq import Queue
+
+from pvebalance.engine import Policy, plan_balance
+from pvebalance.services.migrator.slots import SlotRequest, Slots
+from pvebalance.services.planner.planner import Planner
+from pvebalance.shared import keys
+from pvebalance.shared.apidump import load_dump, snapshot_from_api
+from pvebalance.shared.config import MigratorSettings, load_settings
+from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.models import GuestType, JobState, MigrationJob, utcnow
+from tests.helpers import REPO
+
+
+def job(vmid: int = 100, plan: str = "plan-a", source: str = "pve1", target: str = "pve2") -> MigrationJob:
+    return MigrationJob(job_id=MigrationJob.id_for(plan, vmid), plan_id=plan, vmid=vmid, name=f"vm{vmid}",
+                        guest_type=GuestType.QEMU, source=source, target=target, online=True)
+
+
+def test_job_ids_are_deterministic_per_plan_and_guest() -> None:
+    assert MigrationJob.id_for("plan-a", 100) == MigrationJob.id_for("plan-a", 100)
+    assert MigrationJob.id_for("plan-a", 100) != MigrationJob.id_for("plan-b", 100)
+
+
+def test_every_transition_goes_to_the_job_and_the_stream(fake_redis: Redis) -> None:
+    store = JobStore(fake_redis)
+    j = job()
+    assert store.create(j)
+    assert not store.create(j), "a second create of the same job id is refused"
+    store.transition(j, JobState.RUNNING, upid="UPID:pve1:00000001:00000002:00000003:qmigrate:100:root@pam:")
+    store.transition(j, JobState.FAILED, "migration aborted", duration_s=1.5)
+    record = store.load(j.job_id)
+    assert record["state"] == "failed" and record["message"] == "migration aborted"
+    assert record["upid"].startswith("UPID:pve1")
+    assert {"at_queued", "at_running", "at_failed"} <= set(record)
+    states = [e.state for _, e in store.events()]
+    assert states == [JobState.QUEUED, JobState.RUNNING, JobState.FAILED]
+    assert store.active_jobs() == set()
+
+
+def test_a_guest_is_claimed_by_one_job_until_it_ends(fake_redis: Redis) -> None:
+    store = JobStore(fake_redis)
+    first, second = job(plan="plan-a"), job(plan="plan-b")
+    assert store.claim_guest(100, first.job_id) is None
+    assert store.claim_guest(100, second.job_id) == first.job_id
+    store.create(first)
+    store.transition(first, JobState.SUCCEEDED)
+    assert store.claim_guest(100, second.job_id) is None
+
+
+def slots(redis: Redis, **kw: int) -> Slots:
+    return Slots(redis, MigratorSettings(slot_ttl=30, slot_wait_timeout=1, **kw))
+
+
+def test_slots_enforce_cluster_source_and_target_limits(fake_redis: Redis) -> None:
+    s = slots(fake_redis, max_parallel_cluster=2, max_parallel_per_source=1, max_parallel_per_target=1)
+    assert s.try_acquire(SlotRequest("a", "pve1", "pve2"))
+    assert not s.try_acquire(SlotRequest("b", "pve1", "pve3")), "source pve1 is busy"
+    assert not s.try_acquire(SlotRequest("c", "pve3", "pve2")), "target pve2 is busy"
+    assert s.try_acquire(SlotRequest("d", "pve3", "pve4"))
+    assert not s.try_acquire(SlotRequest("e", "pve5", "pve6")), "two cluster-wide"
+    # a refused request took nothing anywhere
+    assert fake_redis.zcard(keys.slots_source("pve5")) == 0
+    s.release(SlotRequest("a", "pve1", "pve2"))
+    assert s.try_acquire(SlotRequest("e", "pve5", "pve6"))
+
+
+def test_slots_of_a_dead_holder_expire(fake_redis: Redis) -> None:
+    s = Slots(fake_redis, MigratorSettings(slot_ttl=0.2, max_parallel_cluster=1))
+    assert s.try_acquire(SlotRequest("dead", "pve1", "pve2"))
+    assert not s.try_acquire(SlotRequest("next", "pve3", "pve4"))
+    time.sleep(0.3)
+    assert s.try_acquire(SlotRequest("next", "pve3", "pve4"))
+
+
+def test_slots_are_released_when_the_body_raises(fake_redis: Redis) -> None:
+    s = slots(fake_redis)
+    req = SlotRequest("a", "pve1", "pve2")
+    try:
+        with s.held(req):
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert fake_redis.zcard(keys.SLOTS_CLUSTER) == 0
+
+
+def all_on_one():  # type: ignore[no-untyped-def]
+    return snapshot_from_api(load_dump(REPO / "scenarios" / "all-on-one.json")["api"])
+
+
+def test_planner_enqueues_one_job_per_move_and_never_twice(fake_redis: Redis) -> None:
+    planner = Planner(fake_redis, load_settings())
+    plan = planner.handle(all_on_one())
+    assert plan is not None and plan.migrations
+    queue = Queue(keys.MIGRATION_QUEUE, connection=fake_redis)
+    total = queue.count + len(queue.deferred_job_registry.get_job_ids())
+    assert total == len(plan.migrations)
+    assert planner.enqueue(plan) == [], "the same plan enqueued again adds no job"
+    # while its jobs are active the planner does not plan again
+    assert planner.handle(all_on_one()) is None
+    # a different plan over the same guests gets no job for a guest already claimed
+    other = plan_balance(all_on_one(), Policy())
+    assert planner.enqueue(other) == []
+
+
+def test_planner_refuses_a_stale_snapshot(fake_redis: Redis) -> None:
+    snap = all_on_one().model_copy(update={"taken_at": utcnow() - timedelta(hours=1)})
+    assert Planner(fake_redis, load_settings()).handle(snap) is None
+    assert fake_redis.get(keys.PLAN_LATEST) is None

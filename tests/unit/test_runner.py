@@ -1,0 +1,107 @@
+"""MigrationRunner in this process: real proxmoxer against the simulator, fakeredis for state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from redis import Redis
+
+from pvebalance.services.migrator.runner import MigrationRunner
+from pvebalance.services.migrator.slots import Slots
+from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.models import GuestType, JobState, MigrationJob
+from pvebalance.shared.proxmox import ProxmoxClient
+from pvebalance.simulator.server import Simulator
+from tests.helpers import SimFactory, settings_for
+
+
+def runner(sim: Simulator, redis: Redis, tmp_path: Path) -> tuple[MigrationRunner, JobStore]:
+    settings = settings_for(sim, "redis://unused", tmp_path)
+    store = JobStore(redis)
+    return MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(redis, settings.migrator),
+                           settings), store
+
+
+def make_job(store: JobStore, vmid: int, source: str = "pve1", target: str = "pve2") -> MigrationJob:
+    job = MigrationJob(job_id=MigrationJob.id_for("plan-t", vmid), plan_id="plan-t", vmid=vmid, name=f"vm{vmid}",
+                       guest_type=GuestType.QEMU, source=source, target=target, online=True)
+    store.create(job)
+    return job
+
+
+def test_success_lands_the_guest_and_records_the_upid(start_simulator: SimFactory, fake_redis: Redis,
+                                                       tmp_path: Path) -> None:
+    sim = start_simulator()
+    r, store = runner(sim, fake_redis, tmp_path)
+    job = make_job(store, 118)
+    assert r.run(job) is JobState.SUCCEEDED
+    assert sim.cluster.guests[118].node == "pve2"
+    record = store.load(job.job_id)
+    assert ":qmigrate:118:" in record["upid"]
+    assert [e.state for _, e in store.events()] == [JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]
+
+
+def test_failed_task_ends_failed_with_proxmox_text(start_simulator: SimFactory, fake_redis: Redis,
+                                                   tmp_path: Path) -> None:
+    sim = start_simulator()
+    sim.faults.add({"kind": "task_error", "vmid": 118, "message": "migration aborted"})
+    r, store = runner(sim, fake_redis, tmp_path)
+    job = make_job(store, 118)
+    assert r.run(job) is JobState.FAILED
+    assert store.load(job.job_id)["message"] == "migration aborted"
+    assert sim.cluster.guests[118].node == "pve1"
+
+
+def test_500_twice_then_success_is_retried(start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    sim = start_simulator()
+    sim.faults.add({"kind": "http", "method": "POST", "path": "/migrate$", "status": 500,
+                    "message": "proxy loop detected", "count": 2})
+    r, store = runner(sim, fake_redis, tmp_path)
+    job = make_job(store, 118)
+    assert r.run(job) is JobState.SUCCEEDED
+    assert sim.cluster.stats.migrate_posts[118] == 1, "refused POSTs created no task; one migration ran"
+
+
+def test_guest_moved_by_hand_is_skipped(start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    sim = start_simulator()
+    sim.cluster.guests[118].entry["node"] = "pve3"
+    r, store = runner(sim, fake_redis, tmp_path)
+    job = make_job(store, 118)
+    assert r.run(job) is JobState.SKIPPED
+    assert "moved to pve3" in store.load(job.job_id)["message"]
+    assert sim.cluster.stats.migrate_posts[118] == 0
+
+
+def test_locked_guest_is_migrated_once_the_lock_goes(start_simulator: SimFactory, fake_redis: Redis,
+                                                     tmp_path: Path) -> None:
+    import threading
+
+    sim = start_simulator()
+    sim.cluster.guests[118].config["lock"] = "backup"
+    threading.Timer(0.3, lambda: sim.cluster.guests[118].config.pop("lock")).start()
+    r, store = runner(sim, fake_redis, tmp_path)
+    job = make_job(store, 118)
+    assert r.run(job) is JobState.SUCCEEDED
+    assert sim.cluster.stats.migrate_posts[118] == 1
+
+
+def test_resumed_job_polls_the_stored_upid_and_never_posts_again(start_simulator: SimFactory, fake_redis: Redis,
+                                                                 tmp_path: Path) -> None:
+    sim = start_simulator(time_scale=0.05)
+    r, store = runner(sim, fake_redis, tmp_path)
+    job = make_job(store, 118)
+    # a first worker POSTed and stored the UPID, then died
+    upid = r.client.post("/nodes/pve1/qemu/118/migrate", target="pve2", online=True)
+    store.set_upid(job.job_id, upid)
+    store.transition(job, JobState.RUNNING, upid=upid)
+    assert r.run(job) is JobState.SUCCEEDED
+    assert sim.cluster.stats.migrate_posts[118] == 1
+
+
+def test_a_finished_job_is_not_run_again(start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    sim = start_simulator()
+    r, store = runner(sim, fake_redis, tmp_path)
+    job = make_job(store, 118)
+    assert r.run(job) is JobState.SUCCEEDED
+    assert r.run(job) is JobState.SUCCEEDED
+    assert sim.cluster.stats.migrate_posts[118] == 1
