@@ -1,0 +1,38 @@
+"""The deployment files stay in step with the code (no container engine or helm binary here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from pvebalance.shared.config import Settings
+from tests.helpers import REPO
+
+
+def subcommands() -> set[str]:
+    out = subprocess.run([sys.executable, "-m", "pvebalance", "--help"], capture_output=True, text=True, check=True)
+    return {word for word in ("collector", "planner", "migrator", "simulator", "plan", "demo") if word in out.stdout}
+
+
+def test_compose_services_run_real_subcommands_after_a_healthy_redis() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    known = subcommands()
+    for name in ("collector", "planner", "migrator"):
+        assert services[name]["command"][0] in known
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "token_secret" not in str(services[name].get("environment", {})).lower()
+    assert "healthcheck" in services["redis"]
+
+
+def test_helm_values_config_is_a_valid_settings_file() -> None:
+    values = yaml.safe_load((REPO / "helm/pvebalance/values.yaml").read_text())
+    config = values["config"]
+    config["proxmox_api"]["token_secret"] = "injected-from-the-secret"
+    Settings.model_validate(config)
+    deployments = (REPO / "helm/pvebalance/templates/deployments.yaml").read_text()
+    for component in ("collector", "planner", "migrator"):
+        assert component in deployments and component in subcommands()
+    assert "PVEBALANCE_PROXMOX_API__TOKEN_SECRET" in deployments
