@@ -1,173 +1,195 @@
-"""Plan migrations that bring the spread between nodes within `balanciness`.
+"""Plan migrations: first repair what breaks a rule, then bring the spread within `balanciness`.
 
-Pure: a snapshot and a policy in, a Plan out; no I/O. Every move is simulated on the running
-state before the next is chosen, and a move is only taken if its target stays under the memory
-safety limit at that point, so the plan's order is a safe order by construction.
+Pure: a snapshot and a policy in, a Plan out; no I/O. The phases run in order of urgency
+(maintenance, pins and HA node rules, affinity, anti-affinity, then balance), all on one
+PlanState, so every move is checked against the rules and the memory limit at the step it runs.
+A rule that cannot be met is reported in `unmet`, with the guests and the reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
 
-from pvebalance.shared.models import ClusterSnapshot, GuestState, GuestType, Migration, MigrationReason, Plan
+from pvebalance.shared.models import (
+    ClusterSnapshot,
+    GuestState,
+    GuestType,
+    Migration,
+    MigrationReason,
+    Plan,
+    Unmet,
+)
 
-from .load import NodeLoad, guest_load, initial_loads, spread, summarize
+from .load import initial_loads, spread, summarize
 from .policy import Policy
-
-IGNORE_TAG_PREFIX = "plb_ignore"
-# Only the most and least loaded nodes are tried each step: the best move almost always lies
-# between them, and it keeps a 10,000-guest plan fast.
-_SOURCES_TRIED = 3
-_TARGETS_TRIED = 4
-
-
-@dataclass
-class _Move:
-    guest: GuestState
-    load: float
-    source: str
-    target: str
-    reason: MigrationReason
+from .rules import Constraints, Group, build_constraints, fixed_reason
+from .search import balance_moves
+from .state import Move, PlanState
+from .verify import find_violations
 
 
 def is_movable(guest: GuestState, policy: Policy) -> bool:
-    """Whether the balancer may move this guest at all (rules of issue #3 extend this)."""
-    return (
-        guest.type in policy.balance_types
-        and not guest.template
-        and not guest.lock
-        and not any(t.startswith(IGNORE_TAG_PREFIX) for t in guest.tags)
-        and guest.node not in policy.ignore_nodes
-        and guest.running
-        and not (guest.type is GuestType.QEMU and guest.local_resources)
-    )
+    """Whether a balance move may take this guest (maintenance drains may move stopped ones too)."""
+    return fixed_reason(guest, policy) is None and guest.running
 
 
 def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
-    loads = initial_loads(snapshot, policy)
-    online = {n.name for n in snapshot.nodes if n.online and n.name not in policy.ignore_nodes}
-    draining = {n.name for n in snapshot.nodes if n.maintenance or n.name in policy.maintenance_nodes}
-    targets = sorted(n for n in online if n not in draining and loads[n].capacity > 0)
-    before = summarize(loads, targets)
+    constraints = build_constraints(snapshot, policy)
+    state = PlanState(snapshot, policy, constraints)
+    before = summarize(state.loads, state.targets)
+    unmet: list[Unmet] = []
     notes: list[str] = []
-    placed: dict[int, str] = {}
-    moves: list[_Move] = []
-    movable = [g for g in snapshot.guests if g.node in online and is_movable(g, policy)]
 
-    def budget_left() -> bool:
-        return policy.max_migrations is None or len(moves) < policy.max_migrations
-
-    for guest in sorted((g for g in movable if g.node in draining), key=lambda g: -g.mem):
-        if not budget_left():
-            break
-        target = _best_target(guest, guest_load(guest, policy), loads, targets)
-        if target is None:
-            notes.append(f"guest {guest.vmid} cannot leave maintenance node {guest.node}: no node has room")
-            continue
-        moves.append(_apply(guest, guest.node, target, guest_load(guest, policy), loads, placed,
-                            MigrationReason.MAINTENANCE))
-
-    by_node: dict[str, list[GuestState]] = {n: [] for n in targets}
-    for g in movable:
-        if g.node in by_node and g.vmid not in placed:
-            by_node[g.node].append(g)
-
-    while budget_left() and spread(loads, targets) > policy.balanciness:
-        best = _best_balance_move(by_node, loads, targets, policy)
-        if best is None:
-            notes.append(
-                f"spread {spread(loads, targets):.1f} pp stays above balanciness {policy.balanciness}: "
-                "no further move of a movable guest reduces it safely"
-            )
-            break
-        by_node[best.source].remove(best.guest)
-        moves.append(_apply(best.guest, best.source, best.target, best.load, loads, placed, best.reason))
-    if not budget_left() and spread(loads, targets) > policy.balanciness:
+    _drain(state, unmet)
+    _enforce_pins(state, unmet)
+    _enforce_together(state, unmet)
+    _enforce_apart(state, unmet)
+    if state.spread() > policy.balanciness:
+        balance_moves(state, _units(state), notes)
+    if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations \
+            and state.spread() > policy.balanciness:
         notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
 
-    return Plan(
+    migrations = _to_migrations(state.moves, snapshot, policy, state.targets)
+    plan = Plan(
         snapshot_id=snapshot.snapshot_id,
         method=policy.method,
         mode=policy.mode,
         balanciness=policy.balanciness,
         before=before,
-        after=summarize(loads, targets),
-        migrations=_to_migrations(moves, snapshot, policy, targets),
+        after=summarize(state.loads, state.targets),
+        migrations=migrations,
+        unmet=unmet,
         notes=notes,
     )
+    plan.violations = find_violations(snapshot, plan, policy, constraints)
+    return plan
 
 
-def _fits(guest: GuestState, target: NodeLoad) -> bool:
-    return target.mem_used + guest.mem <= target.mem_limit
+def _group_of(state: PlanState) -> dict[int, Group]:
+    return {v: g for g in state.c.together for v in g.vmids}
 
 
-def _best_target(guest: GuestState, load: float, loads: dict[str, NodeLoad], targets: list[str]) -> str | None:
-    fitting = [t for t in targets if _fits(guest, loads[t]) and loads[t].capacity > 0]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda t: (loads[t].load + load) / loads[t].capacity)
+def _unit(state: PlanState, vmid: int, groups: dict[int, Group]) -> frozenset[int]:
+    group = groups.get(vmid)
+    return group.vmids if group else frozenset({vmid})
 
 
-def _best_balance_move(
-    by_node: dict[str, list[GuestState]], loads: dict[str, NodeLoad], targets: list[str], policy: Policy
-) -> _Move | None:
-    """The move that lowers the variance of node usage (in percent) the most; ties: less data moved.
+def _drain(state: PlanState, unmet: list[Unmet]) -> None:
+    """Empty maintenance nodes: running guests must leave; stopped ones leave too when they may."""
+    groups = _group_of(state)
+    leaving = sorted((g for g in state.guests.values() if state.where[g.vmid] in state.draining),
+                     key=lambda g: (-g.mem, g.vmid))
+    for guest in leaving:
+        if guest.vmid in state.moved:
+            continue
+        unit = _unit(state, guest.vmid, groups)
+        why = state.c.fixed.get(guest.vmid)
+        if why or not state.movable(unit):
+            if guest.running:
+                reason = why or "its affinity group cannot move"
+                unmet.append(Unmet(rule=f"maintenance {state.where[guest.vmid]}", vmids=[guest.vmid], reason=reason))
+            continue
+        target = state.best_target(unit) if state.budget_left(len(unit)) else None
+        if target is None:
+            if guest.running:
+                unmet.append(Unmet(rule=f"maintenance {state.where[guest.vmid]}", vmids=sorted(unit),
+                                   reason="no node may take it with room to spare" if state.budget_left()
+                                   else "migration cap reached"))
+            continue
+        state.move(unit, target, MigrationReason.MAINTENANCE, f"leaves {state.where[guest.vmid]} (maintenance)")
 
-    Variance, not the plain sum of squares: with unequal nodes a move changes the mean percentage
-    too, and only the variance then says whether nodes came closer together.
-    """
-    ranked = sorted(targets, key=lambda n: loads[n].percent)
-    sources = ranked[::-1][:_SOURCES_TRIED]
-    receivers = ranked[:_TARGETS_TRIED]
-    count = len(targets)
-    total = sum(loads[n].percent for n in targets)
-    total_sq = sum(loads[n].percent ** 2 for n in targets)
-    variance = total_sq / count - (total / count) ** 2
-    best: tuple[float, float] | None = None
-    choice: _Move | None = None
-    for s in sources:
-        src = loads[s]
-        p_s = src.percent
-        for guest in by_node[s]:
-            load = guest_load(guest, policy)
-            if load <= 0:
+
+def _enforce_pins(state: PlanState, unmet: list[Unmet]) -> None:
+    groups = _group_of(state)
+    for vmid in sorted(state.c.allowed):
+        node = state.where[vmid]
+        if state.c.may_be_on(vmid, node) or vmid in state.moved:
+            continue
+        rule = state.c.allowed_rule[vmid]
+        allowed = ",".join(sorted(state.c.allowed[vmid])) or "no node in the cluster"
+        unit = _unit(state, vmid, groups)
+        if not state.movable(unit):
+            unmet.append(Unmet(rule=rule, vmids=[vmid],
+                               reason=f"must run on {allowed} but cannot move: {state.c.fixed.get(vmid, 'group')}"))
+            continue
+        target = state.best_target(unit)
+        if target is None or not state.budget_left(len(unit)):
+            unmet.append(Unmet(rule=rule, vmids=[vmid], reason=f"must run on {allowed}: none may take it now"))
+            continue
+        state.move(unit, target, state.c.allowed_reason[vmid], f"{rule}: may run only on {allowed}")
+
+
+def _enforce_together(state: PlanState, unmet: list[Unmet]) -> None:
+    for group in state.c.together:
+        nodes = {state.where[v] for v in group.vmids}
+        if len(nodes) == 1:
+            continue
+        anchors = {state.where[v] for v in group.vmids if v in state.c.fixed or v in state.moved}
+        if len(anchors) > 1:
+            unmet.append(Unmet(rule=group.name, vmids=sorted(group.vmids),
+                               reason=f"members that cannot move sit on {', '.join(sorted(anchors))}"))
+            continue
+        share: dict[str, int] = defaultdict(int)
+        for v in group.vmids:
+            share[state.where[v]] += state.guests[v].mem + 1
+        candidates = sorted(anchors) if anchors else sorted(share, key=lambda n: (-share[n], n))
+        if not anchors:
+            candidates += [t for t in state.targets if t not in candidates]
+        for node in candidates:
+            moving = frozenset(v for v in group.vmids if state.where[v] != node)
+            if state.movable(moving) and state.allows(group.vmids, node) and state.fits(moving, node) \
+                    and state.budget_left(len(moving)):
+                state.move(moving, node, group.reason, f"{group.name}: joins the group on {node}")
+                break
+        else:
+            unmet.append(Unmet(rule=group.name, vmids=sorted(group.vmids),
+                               reason="no node may hold the whole group with room to spare"))
+
+
+def _enforce_apart(state: PlanState, unmet: list[Unmet]) -> None:
+    groups = _group_of(state)
+    for group in state.c.apart:
+        by_node: dict[str, list[int]] = defaultdict(list)
+        for v in sorted(group.vmids):
+            by_node[state.where[v]].append(v)
+        for node, members in sorted(by_node.items()):
+            if len(members) < 2:
                 continue
-            new_s = p_s - 100.0 * load / src.capacity
-            for t in receivers:
-                dst = loads[t]
-                p_t = dst.percent
-                if t == s or p_t >= p_s or not _fits(guest, dst):
+            # keep the member that cannot move (or the largest); move the others away
+            members.sort(key=lambda v: (v not in state.c.fixed, -state.guests[v].mem, v))
+            for v in members[1:]:
+                unit = _unit(state, v, groups)
+                target = state.best_target(unit) if state.movable(unit) and state.budget_left(len(unit)) else None
+                if target is None:
+                    why = state.c.fixed.get(v) or (
+                        f"{len(group.vmids)} members but no other node may take it"
+                    )
+                    unmet.append(Unmet(rule=group.name, vmids=[members[0], v], reason=f"share {node}: {why}"))
                     continue
-                new_t = p_t + 100.0 * load / dst.capacity
-                new_total = total - p_s - p_t + new_s + new_t
-                new_sq = total_sq - p_s**2 - p_t**2 + new_s**2 + new_t**2
-                delta = new_sq / count - (new_total / count) ** 2 - variance
-                key = (delta, guest.mem + guest.local_disk)
-                if delta < -1e-9 and (best is None or key < best):
-                    best, choice = key, _Move(guest, load, s, t, MigrationReason.BALANCE)
-    return choice
+                state.move(unit, target, group.reason, f"{group.name}: must not share {node} with {members[0]}")
 
 
-def _apply(
-    guest: GuestState,
-    source: str,
-    target: str,
-    load: float,
-    loads: dict[str, NodeLoad],
-    placed: dict[int, str],
-    reason: MigrationReason,
-) -> _Move:
-    loads[source].load -= load
-    loads[target].load += load
-    loads[source].mem_used -= guest.mem
-    loads[target].mem_used += guest.mem
-    placed[guest.vmid] = target
-    return _Move(guest, load, source, target, reason)
+def _units(state: PlanState) -> list[frozenset[int]]:
+    """What the balance phase may move: whole together-groups, or single guests; running only."""
+    groups = _group_of(state)
+    seen: set[int] = set()
+    units = []
+    for vmid in sorted(state.guests):
+        if vmid in seen:
+            continue
+        unit = _unit(state, vmid, groups)
+        seen |= unit
+        nodes = {state.where[v] for v in unit}
+        if len(nodes) != 1 or not state.movable(unit) or nodes.pop() not in state.targets:
+            continue
+        if not all(state.guests[v].running for v in unit):
+            continue  # stopped guests move only when their node is drained
+        units.append(unit)
+    return units
 
 
-def _to_migrations(
-    moves: list[_Move], snapshot: ClusterSnapshot, policy: Policy, targets: list[str]
-) -> list[Migration]:
+def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy, targets: list[str]) -> list[Migration]:
     """Replay the moves to record each one's effect, and group them into parallel batches.
 
     A move waits for every earlier move that touches one of its nodes, so a batch never depends
@@ -185,18 +207,15 @@ def _to_migrations(
         g = move.guest
         result.append(
             Migration(
-                vmid=g.vmid,
-                name=g.name,
-                type=g.type,
-                source=move.source,
-                target=move.target,
-                reason=move.reason,
+                vmid=g.vmid, name=g.name, type=g.type, source=move.source, target=move.target,
+                reason=move.reason, detail=move.detail,
                 online=g.type is GuestType.QEMU and g.running and policy.live,
-                mem_bytes=g.mem,
-                local_disk_bytes=g.local_disk,
-                spread_before_pp=round(before, 3),
-                spread_after_pp=round(spread(loads, targets), 3),
+                mem_bytes=g.mem, local_disk_bytes=g.local_disk,
+                spread_before_pp=round(before, 3), spread_after_pp=round(spread(loads, targets), 3),
                 batch=batch,
             )
         )
     return result
+
+
+__all__ = ["Constraints", "is_movable", "plan_balance"]

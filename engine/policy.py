@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pvebalance.shared.config import BalancingSettings, ProxmoxClusterSettings
+from pvebalance.shared.config import BalancingSettings, PoolRule, ProxmoxClusterSettings
 from pvebalance.shared.models import GuestType
 
 Method = Literal["memory", "cpu", "disk"]
@@ -24,12 +24,21 @@ class Policy:
     max_migrations: int | None = None
     live: bool = True
     with_local_disks: bool = True
+    max_migrations_per_target: int | None = None
+    min_gain: float = 0.0
     maintenance_nodes: frozenset[str] = field(default_factory=frozenset)
     ignore_nodes: frozenset[str] = field(default_factory=frozenset)
+    ignore_guests: frozenset[int] = field(default_factory=frozenset)
+    ignore_guests_by_name: frozenset[str] = field(default_factory=frozenset)
+    pools: dict[str, PoolRule] = field(default_factory=dict)
+    cooldown: frozenset[int] = field(default_factory=frozenset)  # guests moved too recently
 
     @classmethod
     def from_settings(
-        cls, balancing: BalancingSettings, cluster: ProxmoxClusterSettings | None = None
+        cls,
+        balancing: BalancingSettings,
+        cluster: ProxmoxClusterSettings | None = None,
+        cooldown: frozenset[int] = frozenset(),
     ) -> Policy:
         cluster = cluster or ProxmoxClusterSettings()
         return cls(
@@ -41,6 +50,12 @@ class Policy:
             max_migrations=balancing.max_migrations,
             live=balancing.live,
             with_local_disks=balancing.with_local_disks,
+            max_migrations_per_target=balancing.max_migrations_per_target,
+            min_gain=balancing.min_gain,
             maintenance_nodes=frozenset(cluster.maintenance_nodes),
             ignore_nodes=frozenset(cluster.ignore_nodes),
+            ignore_guests=frozenset(int(g) for g in balancing.ignore_guests if isinstance(g, int) or g.isdigit()),
+            ignore_guests_by_name=frozenset(g for g in balancing.ignore_guests if isinstance(g, str)),
+            pools=dict(balancing.pools),
+            cooldown=cooldown,
         )

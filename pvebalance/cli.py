@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from pvebalance.engine import Policy, plan_balance
-from pvebalance.shared.apidump import DumpError, load_dump, snapshot_from_api
+from pvebalance.shared.apidump import DumpError, load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import ConfigError, Settings, load_settings
 from pvebalance.shared.logging import configure_logging
 from pvebalance.shared.proxmox import ProxmoxError
@@ -61,10 +61,12 @@ def plan(
         balancing["mode"] = mode
     if balanciness is not None:
         balancing["balanciness"] = balanciness
+    doc = load_dump(scenario)
     settings = load_settings(config)
+    if not settings.balancing.pools and operator_pools(doc):
+        balancing["pools"] = operator_pools(doc)  # the rules recorded with the cluster
     if balancing:
         settings = load_settings(config, balancing={**settings.balancing.model_dump(), **balancing})
-    doc = load_dump(scenario)
     snapshot = snapshot_from_api(doc["api"], cluster=doc["name"])
     policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
     result = plan_balance(snapshot, policy)

@@ -32,6 +32,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "source": m.source,
                 "target": m.target,
                 "reason": m.reason.value,
+                "detail": m.detail,
                 "online": m.online,
                 "gib_moved": round(m.gib_moved, 2),
                 "batch": m.batch,

@@ -45,6 +45,12 @@ def load_dump(source: str | Path) -> dict[str, Any]:
     return doc
 
 
+def operator_pools(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The pool rules a recorded cluster's operator configured, as `balancing.pools` entries."""
+    pools = (doc.get("operator_config") or {}).get("pools") or {}
+    return {name: (rule if isinstance(rule, dict) else {"type": rule}) for name, rule in pools.items()}
+
+
 def resolve_scenario(source: str | Path) -> Path:
     path = Path(source)
     if path.is_file():

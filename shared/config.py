@@ -58,6 +58,12 @@ class ProxmoxClusterSettings(Section):
     ignore_nodes: list[str] = Field(default_factory=list)
 
 
+class PoolRule(Section):
+    type: Literal["affinity", "anti-affinity"] | None = None
+    pin: list[str] = Field(default_factory=list)
+    strict: bool = True
+
+
 class BalancingSettings(Section):
     enable: bool = True
     method: Literal["memory", "cpu", "disk"] = "memory"
@@ -68,6 +74,11 @@ class BalancingSettings(Section):
     live: bool = True
     with_local_disks: bool = True
     max_migrations: int | None = Field(None, ge=1, description="cap on migrations per plan")
+    max_migrations_per_target: int | None = Field(None, ge=1, description="cap on moves into one node per plan")
+    min_gain: float = Field(0.0, ge=0, description="a balance move must lower the spread variance this much (pp^2)")
+    cooldown_minutes: float = Field(60.0, ge=0, description="a guest moved recently is left alone this long")
+    ignore_guests: list[int | str] = Field(default_factory=list, description="vmids or names never moved")
+    pools: dict[str, PoolRule] = Field(default_factory=dict)
 
 
 class RedisSettings(Section):

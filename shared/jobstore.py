@@ -83,6 +83,14 @@ class JobStore:
         pipe.execute()
         return event
 
+    def start_cooldown(self, vmid: int, seconds: float) -> None:
+        self.redis.zadd(keys.COOLDOWN, {str(vmid): time.time() + seconds})
+
+    def cooling_down(self) -> frozenset[int]:
+        now = time.time()
+        self.redis.zremrangebyscore(keys.COOLDOWN, "-inf", now)
+        return frozenset(int(_text(v)) for v in self.redis.zrangebyscore(keys.COOLDOWN, now, "+inf"))
+
     def active_jobs(self) -> set[str]:
         return {_text(j) for j in self.redis.smembers(keys.ACTIVE_JOBS)}
 

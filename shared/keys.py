@@ -46,5 +46,4 @@ def slots_target(node: str) -> str:
     return f"{PREFIX}:slots:target:{node}"
 
 
-def cooldown(vmid: int) -> str:
-    return f"{PREFIX}:cooldown:{vmid}"
+COOLDOWN = f"{PREFIX}:cooldown"  # sorted set: vmid -> time until which the guest stays put

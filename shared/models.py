@@ -117,6 +117,7 @@ class Migration(BaseModel):
     source: str
     target: str
     reason: MigrationReason
+    detail: str = Field("", description="the rule or figure behind the move, in words")
     online: bool = Field(description="live migration (running VM); containers restart instead")
     mem_bytes: int = 0
     local_disk_bytes: int = 0

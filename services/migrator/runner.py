@@ -84,6 +84,7 @@ class MigrationRunner:
                 return self._end(job, JobState.FAILED, str(exc), started)
             except ProxmoxError as exc:
                 return self._end(job, JobState.FAILED, exc.message, started)
+            self.store.start_cooldown(job.vmid, self.settings.balancing.cooldown_minutes * 60)
             return self._end(job, JobState.SUCCEEDED, f"{job.name} is on {job.target}", started)
 
     def _end(self, job: MigrationJob, state: JobState, message: str, started: float) -> JobState:

@@ -67,7 +67,8 @@ class Planner:
         if not snapshot.quorate:
             log.warning("cluster not quorate, not planning", snapshot_id=snapshot.snapshot_id)
             return None
-        policy = Policy.from_settings(self.settings.balancing, self.settings.proxmox_cluster)
+        policy = Policy.from_settings(self.settings.balancing, self.settings.proxmox_cluster,
+                                      cooldown=self.jobs.cooling_down())
         plan = plan_balance(snapshot, policy)
         self.save(plan)
         log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id,

@@ -1,0 +1,115 @@
+"""The cluster as a plan is being built: where each guest is, each node's load, the moves so far.
+
+Every move goes through `move`, after `allows` and `fits` said yes at that very step, so the
+sequence of moves is a safe order by construction: no node passes its memory limit at any point.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pvebalance.shared.models import ClusterSnapshot, GuestState, MigrationReason
+
+from .load import NodeLoad, guest_load, initial_loads, spread
+from .policy import Policy
+from .rules import Constraints
+
+
+@dataclass
+class Move:
+    guest: GuestState
+    load: float
+    source: str
+    target: str
+    reason: MigrationReason
+    detail: str
+
+
+class PlanState:
+    def __init__(self, snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints) -> None:
+        self.policy = policy
+        self.c = constraints
+        self.loads: dict[str, NodeLoad] = initial_loads(snapshot, policy)
+        self.guests = {g.vmid: g for g in snapshot.guests}
+        self.where = {g.vmid: g.node for g in snapshot.guests}
+        online = {n.name for n in snapshot.nodes if n.online and n.name not in policy.ignore_nodes}
+        self.draining = {n.name for n in snapshot.nodes if n.maintenance or n.name in policy.maintenance_nodes}
+        self.online = online
+        self.targets = sorted(n for n in online if n not in self.draining and self.loads[n].capacity > 0)
+        self.moves: list[Move] = []
+        self.moved: set[int] = set()
+        self.inflow: Counter[str] = Counter()
+
+    # --- questions -----------------------------------------------------------------------------
+
+    def spread(self) -> float:
+        return spread(self.loads, self.targets)
+
+    def load_of(self, vmids: Iterable[int]) -> float:
+        return sum(guest_load(self.guests[v], self.policy) for v in vmids)
+
+    def budget_left(self, count: int = 1) -> bool:
+        cap = self.policy.max_migrations
+        return cap is None or len(self.moves) + count <= cap
+
+    def movable(self, vmids: Iterable[int]) -> bool:
+        return all(v not in self.c.fixed and v not in self.moved and self.where[v] in self.online for v in vmids)
+
+    def fits(self, vmids: Iterable[int], target: str) -> bool:
+        """Room on the target's real memory for the running guests that would arrive."""
+        t = self.loads[target]
+        arriving = sum(self.guests[v].mem for v in vmids if self.where[v] != target and self.guests[v].running)
+        return t.mem_used + arriving <= t.mem_limit
+
+    def allows(self, vmids: frozenset[int] | set[int], target: str) -> bool:
+        """Every rule holds with these guests on the target (capacity is checked by `fits`)."""
+        if target not in self.targets:
+            return False
+        arriving = [v for v in vmids if self.where[v] != target]
+        cap = self.policy.max_migrations_per_target
+        if cap is not None and self.inflow[target] + len(arriving) > cap:
+            return False
+        for v in vmids:
+            if not self.c.may_be_on(v, target):
+                return False
+            for group in self.c.apart_of.get(v, ()):
+                if any(self.where[m] == target for m in group.vmids if m not in vmids):
+                    return False
+        return True
+
+    def best_target(self, vmids: frozenset[int] | set[int], exclude: str | None = None) -> str | None:
+        """The allowed node with room that ends least loaded (in percent) after taking the guests."""
+        load = self.load_of(v for v in vmids)
+        best: tuple[float, str] | None = None
+        for t in self.targets:
+            if t == exclude or not self.allows(vmids, t) or not self.fits(vmids, t):
+                continue
+            n = self.loads[t]
+            key = ((n.load + load) / n.capacity, t)
+            if best is None or key < best:
+                best = key
+        return best[1] if best else None
+
+    # --- the one way to change it --------------------------------------------------------------
+
+    def move(self, vmids: Iterable[int], target: str, reason: MigrationReason, detail: str) -> int:
+        count = 0
+        for v in sorted(vmids):
+            source = self.where[v]
+            if source == target:
+                continue
+            g = self.guests[v]
+            load = guest_load(g, self.policy)
+            self.loads[source].load -= load
+            self.loads[target].load += load
+            if g.running:
+                self.loads[source].mem_used -= g.mem
+                self.loads[target].mem_used += g.mem
+            self.where[v] = target
+            self.moved.add(v)
+            self.inflow[target] += 1
+            self.moves.append(Move(g, load, source, target, reason, detail))
+            count += 1
+        return count
