@@ -23,7 +23,7 @@ from pvebalance.shared.models import (
 from .load import initial_loads, spread, summarize
 from .policy import Policy
 from .rules import Constraints, Group, build_constraints, fixed_reason
-from .search import balance_moves
+from .search import balance_moves, units_by_node
 from .state import Move, PlanState
 from .verify import find_violations
 
@@ -45,7 +45,7 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     _enforce_together(state, unmet)
     _enforce_apart(state, unmet)
     if state.spread() > policy.balanciness:
-        balance_moves(state, _units(state), notes)
+        balance_moves(state, units_by_node(state, _units(state)), notes)
     if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations \
             and state.spread() > policy.balanciness:
         notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
