@@ -9,6 +9,7 @@ leave their node, with the GiB moved as a small tie-breaker.
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,7 +95,7 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, time_limit: fl
                 row(entries, -np.inf, max(1.0 - fixed_here, 0.0))
     for group in c.together:
         members = sorted(group.vmids)
-        for a, b in zip(members, members[1:], strict=False):
+        for a, b in pairwise(members):
             for n in nodes:
                 ea, eb = index.get((a, n)), index.get((b, n))
                 if ea is None and eb is None:
