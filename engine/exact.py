@@ -9,8 +9,8 @@ leave their node, with the GiB moved as a small tie-breaker.
 from __future__ import annotations
 
 import time
-from itertools import pairwise
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
