@@ -44,7 +44,10 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     _enforce_pins(state, unmet)
     _enforce_together(state, unmet)
     _enforce_apart(state, unmet)
-    if state.spread() > policy.balanciness:
+    hottest = max((state.loads[n].percent for n in state.targets), default=0.0)
+    if policy.threshold is not None and hottest < policy.threshold:
+        notes.append(f"no node above the {policy.method} threshold of {policy.threshold}%: not balancing")
+    elif state.spread() > policy.balanciness:
         balance_moves(state, units_by_node(state, _units(state)), notes)
     if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations \
             and state.spread() > policy.balanciness:

@@ -26,11 +26,13 @@ def guest_load(guest: GuestState, policy: Policy) -> float:
 
 
 def node_capacity(node: NodeState, policy: Policy) -> float:
+    """What the node offers guests: its size less what the operator reserves for the host."""
+    reserve = policy.reserved(node.name)
     if policy.method == "memory":
-        return float(node.maxmem)
+        return max(float(node.maxmem) - reserve.memory * 2**30, 0.0)
     if policy.method == "cpu":
-        return float(node.maxcpu)
-    return float(node.local_maxdisk)
+        return max(float(node.maxcpu) - reserve.cpu, 0.0)
+    return max(float(node.local_maxdisk) - reserve.disk * 2**30, 0.0)
 
 
 def node_measured(node: NodeState, policy: Policy) -> float:
@@ -51,6 +53,8 @@ class NodeLoad:
     load: float
     mem_used: float  # real memory in use: what the safety limit is checked against
     mem_limit: float
+    vcpus: int = 0  # vCPUs assigned to running guests, for the overcommit limit
+    vcpu_limit: float = float("inf")
 
     @property
     def percent(self) -> float:
@@ -67,12 +71,15 @@ def initial_loads(snapshot: ClusterSnapshot, policy: Policy) -> dict[str, NodeLo
         # In used mode the node's own figure includes the host; never below what its guests add up to.
         load = max(node_measured(node, policy), guests_sum) if policy.mode == "used" else guests_sum
         running_mem = sum(g.mem for g in by_node[node.name] if g.running)
+        usable_mem = max(node.maxmem - policy.reserved(node.name).memory * 2**30, 0.0)
         loads[node.name] = NodeLoad(
             name=node.name,
             capacity=node_capacity(node, policy),
             load=load,
             mem_used=float(max(node.mem, running_mem)),
-            mem_limit=node.maxmem * policy.max_node_usage / 100.0,
+            mem_limit=usable_mem * policy.max_node_usage / 100.0,
+            vcpus=sum(g.maxcpu for g in by_node[node.name] if g.running),
+            vcpu_limit=node.maxcpu * policy.cpu_overcommit if policy.cpu_overcommit else float("inf"),
         )
     return loads
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pvebalance.shared.config import BalancingSettings, PoolRule, ProxmoxClusterSettings
+from pvebalance.shared.config import BalancingSettings, PoolRule, ProxmoxClusterSettings, ResourceReserve
 from pvebalance.shared.models import GuestType
 
 Method = Literal["memory", "cpu", "disk"]
@@ -32,6 +32,12 @@ class Policy:
     ignore_guests_by_name: frozenset[str] = field(default_factory=frozenset)
     pools: dict[str, PoolRule] = field(default_factory=dict)
     cooldown: frozenset[int] = field(default_factory=frozenset)  # guests moved too recently
+    threshold: float | None = None  # the balanced dimension's trigger, in percent
+    cpu_overcommit: float | None = None
+    reserve: dict[str, ResourceReserve] = field(default_factory=dict)  # 'defaults' and per node
+
+    def reserved(self, node: str) -> ResourceReserve:
+        return self.reserve.get(node) or self.reserve.get("defaults") or ResourceReserve()
 
     @classmethod
     def from_settings(
@@ -58,4 +64,8 @@ class Policy:
             ignore_guests_by_name=frozenset(g for g in balancing.ignore_guests if isinstance(g, str)),
             pools=dict(balancing.pools),
             cooldown=cooldown,
+            threshold={"memory": balancing.memory_threshold, "cpu": balancing.cpu_threshold,
+                       "disk": balancing.disk_threshold}[balancing.method],
+            cpu_overcommit=balancing.cpu_overcommit,
+            reserve=dict(balancing.node_resource_reserve),
         )

@@ -60,8 +60,10 @@ class PlanState:
     def fits(self, vmids: Iterable[int], target: str) -> bool:
         """Room on the target's real memory for the running guests that would arrive."""
         t = self.loads[target]
-        arriving = sum(self.guests[v].mem for v in vmids if self.where[v] != target and self.guests[v].running)
-        return t.mem_used + arriving <= t.mem_limit
+        arriving = [self.guests[v] for v in vmids if self.where[v] != target and self.guests[v].running]
+        if t.mem_used + sum(g.mem for g in arriving) > t.mem_limit:
+            return False
+        return not arriving or t.vcpus + sum(g.maxcpu for g in arriving) <= t.vcpu_limit
 
     def allows(self, vmids: frozenset[int] | set[int], target: str) -> bool:
         """Every rule holds with these guests on the target (capacity is checked by `fits`)."""
@@ -107,6 +109,8 @@ class PlanState:
             if g.running:
                 self.loads[source].mem_used -= g.mem
                 self.loads[target].mem_used += g.mem
+                self.loads[source].vcpus -= g.maxcpu
+                self.loads[target].vcpus += g.maxcpu
             self.where[v] = target
             self.moved.add(v)
             self.inflow[target] += 1

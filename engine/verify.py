@@ -31,7 +31,8 @@ def find_violations(snapshot: ClusterSnapshot, plan: Plan, policy: Policy, c: Co
         if g.running:
             used[m.source] -= g.mem
             used[m.target] += g.mem
-        limit = nodes[m.target].maxmem * policy.max_node_usage / 100
+        usable = nodes[m.target].maxmem - policy.reserved(m.target).memory * 2**30
+        limit = usable * policy.max_node_usage / 100
         if used[m.target] > limit:
             out.append(f"step {step}: {m.target} goes over {policy.max_node_usage}% memory")
         where[m.vmid] = m.target

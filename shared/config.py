@@ -64,6 +64,12 @@ class PoolRule(Section):
     strict: bool = True
 
 
+class ResourceReserve(Section):
+    memory: float = Field(0.0, ge=0, description="GiB kept free for the host")
+    cpu: float = Field(0.0, ge=0, description="cores kept free for the host")
+    disk: float = Field(0.0, ge=0, description="GiB of local storage kept free")
+
+
 class BalancingSettings(Section):
     enable: bool = True
     method: Literal["memory", "cpu", "disk"] = "memory"
@@ -78,6 +84,13 @@ class BalancingSettings(Section):
     min_gain: float = Field(0.0, ge=0, description="a balance move must lower the spread variance this much (pp^2)")
     cooldown_minutes: float = Field(60.0, ge=0, description="a guest moved recently is left alone this long")
     ignore_guests: list[int | str] = Field(default_factory=list, description="vmids or names never moved")
+    memory_threshold: float | None = Field(None, gt=0, le=100, description="balance only once a node passes this %")
+    cpu_threshold: float | None = Field(None, gt=0, le=100)
+    disk_threshold: float | None = Field(None, gt=0, le=100)
+    cpu_overcommit: float | None = Field(None, gt=0, description="max assigned vCPUs per node core")
+    node_resource_reserve: dict[str, ResourceReserve] = Field(
+        default_factory=dict, description="'defaults' and per-node reservations"
+    )
     pools: dict[str, PoolRule] = Field(default_factory=dict)
 
 
