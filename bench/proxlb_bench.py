@@ -41,8 +41,8 @@ def ensure_proxlb() -> Path:
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    probe = subprocess.run([str(python), "-c", f"import importlib.metadata as m; assert m.version('proxlb') == '{VERSION}'"],
-                           capture_output=True)
+    check = f"import importlib.metadata as m; assert m.version('proxlb') == '{VERSION}'"
+    probe = subprocess.run([str(python), "-c", check], capture_output=True)
     if probe.returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "-q", f"proxlb=={VERSION}"], check=True)
     return python

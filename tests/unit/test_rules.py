@@ -218,7 +218,7 @@ def test_threshold_gates_balancing() -> None:
 @pytest.mark.parametrize("method", ["memory", "cpu", "disk"])
 @pytest.mark.parametrize("mode", ["used", "assigned"])
 def test_every_dimension_and_mode_reaches_the_target_where_it_can(method: str, mode: str) -> None:
-    snap, policy = load("mid-300")
+    snap, _ = load("mid-300")
     plan = plan_balance(snap, Policy(method=method, mode=mode))  # type: ignore[arg-type]
     assert plan.violations == []
     assert plan.after.spread_pp <= 5 or plan.notes, "either balanced or it says why not"
