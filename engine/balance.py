@@ -195,18 +195,18 @@ def _units(state: PlanState) -> list[frozenset[int]]:
 def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy, targets: list[str]) -> list[Migration]:
     """Replay the moves to record each one's effect, and group them into parallel batches.
 
-    A move waits for every earlier move that touches one of its nodes, so a batch never depends
-    on another move of the same batch having finished first.
+    A move into a node comes in a later batch than every earlier move out of that node (which
+    frees its room); moves of one batch may then finish in any order without overloading a node.
     """
     loads = initial_loads(snapshot, policy)
-    last_batch: dict[str, int] = {}
+    left_in_batch: dict[str, int] = {}  # node -> latest batch of a move out of it
     result = []
     for move in moves:
         before = spread(loads, targets)
         loads[move.source].load -= move.load
         loads[move.target].load += move.load
-        batch = 1 + max(last_batch.get(move.source, -1), last_batch.get(move.target, -1))
-        last_batch[move.source] = last_batch[move.target] = batch
+        batch = 1 + left_in_batch.get(move.target, -1)
+        left_in_batch[move.source] = max(left_in_batch.get(move.source, -1), batch)
         g = move.guest
         result.append(
             Migration(

@@ -51,6 +51,22 @@ class JobStore:
         value = self.load(job_id).get("state")
         return JobState(value) if value else None
 
+    def cancel(self, job_id: str) -> JobState | None:
+        """Cancel a job that has not started migrating; returns its state afterwards (None: no such job)."""
+        job = self.job(job_id)
+        if job is None:
+            return None
+        with self.redis.pipeline() as pipe:
+            pipe.watch(keys.job(job_id))
+            state = self.state(job_id)
+            if state not in (JobState.QUEUED, JobState.WAITING):
+                pipe.unwatch()
+                return state
+            pipe.multi()
+            self._transition(pipe, job, JobState.CANCELLED, "cancelled by the operator", None, None)
+            pipe.execute()
+        return JobState.CANCELLED
+
     def set_upid(self, job_id: str, upid: str) -> None:
         self.redis.hset(keys.job(job_id), "upid", upid)
 
@@ -62,6 +78,13 @@ class JobStore:
         upid: str | None = None,
         duration_s: float | None = None,
     ) -> JobStatusEvent:
+        pipe = self.redis.pipeline(transaction=True)
+        event = self._transition(pipe, job, state, message, upid, duration_s)
+        pipe.execute()
+        return event
+
+    def _transition(self, pipe: Any, job: MigrationJob, state: JobState, message: str, upid: str | None,
+                    duration_s: float | None) -> JobStatusEvent:
         event = JobStatusEvent(
             job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid, source=job.source, target=job.target,
             state=state, message=message, upid=upid, duration_s=duration_s,
@@ -71,7 +94,6 @@ class JobStore:
             fields["upid"] = upid
         if duration_s is not None:
             fields["duration_s"] = duration_s
-        pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job(job.job_id), mapping=fields)
         if state.terminal:
             pipe.srem(keys.ACTIVE_JOBS, job.job_id)
@@ -80,7 +102,6 @@ class JobStore:
             pipe.sadd(keys.ACTIVE_JOBS, job.job_id)
         pipe.xadd(keys.EVENT_STREAM, {"event": event.model_dump_json()},
                   maxlen=keys.EVENT_STREAM_MAXLEN, approximate=True)
-        pipe.execute()
         return event
 
     def start_cooldown(self, vmid: int, seconds: float) -> None:

@@ -38,6 +38,11 @@ def guest_job(vmid: int) -> str:
     return f"{PREFIX}:guest-job:{vmid}"
 
 
+def lease(job_id: str) -> str:
+    """Held by the one runner working on a job; expires when its worker dies."""
+    return f"{PREFIX}:lease:{job_id}"
+
+
 def slots_source(node: str) -> str:
     return f"{PREFIX}:slots:source:{node}"
 

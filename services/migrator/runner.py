@@ -8,7 +8,10 @@ never POSTs a second migration.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,7 +24,8 @@ from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import GuestType, JobState, MigrationJob
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, upid_node
 
-from .slots import SlotRequest, Slots
+from .recovery import Lease
+from .slots import SlotCancelled, SlotRequest, Slots
 
 log = get_logger("pvebalance.migrator")
 T = TypeVar("T")
@@ -62,30 +66,47 @@ class MigrationRunner:
 
     def run(self, job: MigrationJob) -> JobState:
         with structlog.contextvars.bound_contextvars(job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid):
-            record = self.store.load(job.job_id)
-            state = JobState(record["state"]) if record.get("state") else None
-            if state is not None and state.terminal:
-                log.info("job already ended", state=state.value)
-                return state
-            if state is JobState.CANCELLED:
-                return state
-            started = time.monotonic()
-            req = SlotRequest(job.job_id, job.source, job.target)
+            lease = Lease(self.store.redis, job.job_id, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                          self.settings.migrator.slot_ttl)
+            if not lease.acquire():
+                log.info("another worker is running this job")
+                return self.store.state(job.job_id) or JobState.QUEUED
             try:
-                with self.slots.held(req, on_wait=lambda: self.store.transition(job, JobState.WAITING,
-                                                                              "waiting for a migration slot")):
-                    upid = record.get("upid") or self._start(job)
-                    if record.get("upid"):
-                        log.info("resuming the migration task of an earlier worker", upid=upid)
-                    self._follow(job, upid)
-            except Skip as exc:
-                return self._end(job, JobState.SKIPPED, str(exc), started)
-            except Failed as exc:
-                return self._end(job, JobState.FAILED, str(exc), started)
-            except ProxmoxError as exc:
-                return self._end(job, JobState.FAILED, exc.message, started)
-            self.store.start_cooldown(job.vmid, self.settings.balancing.cooldown_minutes * 60)
-            return self._end(job, JobState.SUCCEEDED, f"{job.name} is on {job.target}", started)
+                return self._run(job)
+            finally:
+                lease.release()
+
+    def _cancelled(self, job: MigrationJob) -> bool:
+        return self.store.state(job.job_id) is JobState.CANCELLED
+
+    def _run(self, job: MigrationJob) -> JobState:
+        record = self.store.load(job.job_id)
+        state = JobState(record["state"]) if record.get("state") else None
+        if state is not None and state.terminal:
+            log.info("job already ended", state=state.value)
+            return state
+        started = time.monotonic()
+        req = SlotRequest(job.job_id, job.source, job.target)
+        try:
+            def waiting() -> None:
+                self.store.transition(job, JobState.WAITING, "waiting for a migration slot")
+
+            with self.slots.held(req, on_wait=waiting, cancelled=lambda: self._cancelled(job)):
+                upid = record.get("upid") or self._start(job)
+                if record.get("upid"):
+                    log.info("resuming the migration task of an earlier worker", upid=upid)
+                self._follow(job, upid)
+        except SlotCancelled:
+            log.info("cancelled while waiting for a slot")
+            return JobState.CANCELLED
+        except Skip as exc:
+            return self._end(job, JobState.SKIPPED, str(exc), started)
+        except Failed as exc:
+            return self._end(job, JobState.FAILED, str(exc), started)
+        except ProxmoxError as exc:
+            return self._end(job, JobState.FAILED, exc.message, started)
+        self.store.start_cooldown(job.vmid, self.settings.balancing.cooldown_minutes * 60)
+        return self._end(job, JobState.SUCCEEDED, f"{job.name} is on {job.target}", started)
 
     def _end(self, job: MigrationJob, state: JobState, message: str, started: float) -> JobState:
         duration = round(time.monotonic() - started, 3)
@@ -151,6 +172,8 @@ class MigrationRunner:
             params["online"] = running
         else:
             params["restart"] = running
+        if self._cancelled(job):
+            raise SlotCancelled()
         upid = str(self._retry(lambda: self.client.post(path, **params)))
         upid_node(upid)  # refuse anything that is not a UPID before storing it
         self.store.set_upid(job.job_id, upid)

@@ -52,6 +52,10 @@ class SlotTimeout(Exception):
     pass
 
 
+class SlotCancelled(Exception):
+    """The job was cancelled while it waited."""
+
+
 @dataclass(frozen=True)
 class SlotRequest:
     holder: str
@@ -89,11 +93,13 @@ class Slots:
             pipe.zrem(scope, req.holder)
         pipe.execute()
 
-    def wait(self, req: SlotRequest, on_wait: object = None) -> None:
+    def wait(self, req: SlotRequest, on_wait: object = None, cancelled: object = None) -> None:
         """Block (sleeping, not spinning) until every slot is taken, or raise SlotTimeout."""
         deadline = time.monotonic() + self.settings.slot_wait_timeout
         delay = 0.1
         while not self.try_acquire(req):
+            if callable(cancelled) and cancelled():
+                raise SlotCancelled()
             if time.monotonic() > deadline:
                 raise SlotTimeout(f"no migration slot free within {self.settings.slot_wait_timeout:.0f} s")
             if callable(on_wait):
@@ -103,9 +109,9 @@ class Slots:
             delay = min(delay * 1.5, 2.0)
 
     @contextmanager
-    def held(self, req: SlotRequest, on_wait: object = None) -> Iterator[None]:
+    def held(self, req: SlotRequest, on_wait: object = None, cancelled: object = None) -> Iterator[None]:
         """Hold the slots for the body, renewing them in the background; released on every exit."""
-        self.wait(req, on_wait)
+        self.wait(req, on_wait, cancelled)
         stop = threading.Event()
 
         def renew() -> None:

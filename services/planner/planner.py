@@ -87,8 +87,13 @@ class Planner:
         pipe.execute()
 
     def enqueue(self, plan: Plan) -> list[str]:
-        """One job per move; a move waits for the earlier moves that touch one of its nodes."""
-        last_on_node: dict[str, str] = {}
+        """One job per move; a move into a node waits for the earlier moves out of that node.
+
+        Those are the only moves whose order matters: they free the room (and, for anti-affinity,
+        the place) that the later move counts on. Moves out of one node, or into one node, may run
+        in parallel up to the migrator's limits.
+        """
+        leaving: dict[str, list[str]] = {}
         enqueued = []
         for m in plan.migrations:
             job = MigrationJob(
@@ -103,7 +108,7 @@ class Planner:
                 continue
             if not self.jobs.create(job):
                 continue  # this plan was enqueued before: the job exists already
-            after = sorted({last_on_node[n] for n in (m.source, m.target) if n in last_on_node})
+            after = sorted(leaving.get(m.target, []))
             try:
                 self.queue.enqueue_call(
                     MIGRATION_FUNC,
@@ -119,7 +124,7 @@ class Planner:
                 # Never leave a job that no worker will ever see: end it, which frees the guest.
                 self.jobs.transition(job, JobState.FAILED, f"could not enqueue: {exc}")
                 raise
-            last_on_node[m.source] = last_on_node[m.target] = job.job_id
+            leaving.setdefault(m.source, []).append(job.job_id)
             enqueued.append(job.job_id)
         return enqueued
 

@@ -235,3 +235,29 @@ def test_containers_move_in_restart_mode_and_balance_types_selects() -> None:
     only_vms = plan_balance(snap, Policy(balance_types=frozenset({GuestType.QEMU})))
     assert all(m.type is GuestType.QEMU for m in only_vms.migrations)
     assert kinds  # something moved at all
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_moves_of_a_batch_may_finish_in_any_order(name: str) -> None:
+    """Worst case inside a batch: every arrival lands before any departure of the same batch."""
+    snap, policy = load(name)
+    plan = plan_balance(snap, policy)
+    guests = {g.vmid: g for g in snap.guests}
+    nodes = {n.name: n for n in snap.nodes}
+    used = {n.name: float(n.mem) for n in snap.nodes}
+    for i, m in enumerate(plan.migrations):
+        for earlier in plan.migrations[:i]:
+            if earlier.source == m.target:
+                assert earlier.batch < m.batch
+    for batch in sorted({m.batch for m in plan.migrations}):
+        moves = [m for m in plan.migrations if m.batch == batch]
+        worst = dict(used)
+        for m in moves:
+            if guests[m.vmid].running:
+                worst[m.target] += guests[m.vmid].mem
+        for m in moves:
+            assert worst[m.target] <= 0.95 * nodes[m.target].maxmem, f"batch {batch}: {m.target}"
+        for m in moves:
+            if guests[m.vmid].running:
+                used[m.source] -= guests[m.vmid].mem
+                used[m.target] += guests[m.vmid].mem
