@@ -26,7 +26,7 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("which", nargs="?", default="engine", choices=["engine", "proxlb", "all"])
+    parser.add_argument("which", nargs="?", default="engine", choices=["engine", "proxlb", "migrator", "all"])
     parser.add_argument("--scenarios", nargs="*", default=ALL)
     parser.add_argument("--exact-limit", type=float, default=60.0, help="seconds for each MILP")
     args = parser.parse_args()
@@ -43,6 +43,12 @@ def main() -> None:
         rows = proxlb_bench.run(args.scenarios)
         console.print(table("ProxLB 2.3.0 (dry run) beside pvebalance", rows, proxlb_bench.COLUMNS))
         (RESULTS / "proxlb.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    if args.which in ("migrator", "all"):
+        from . import migrator_bench
+
+        rows = migrator_bench.run()
+        console.print(table("draining 40 guests (all-on-one, pve1 in maintenance)", rows, migrator_bench.COLUMNS))
+        (RESULTS / "migrator.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     console.print(f"JSON written to {RESULTS}/")
 
 

@@ -22,6 +22,7 @@ GUEST_CONFIG_CACHE = f"{PREFIX}:guest-config"  # hash vmid -> cached config + fi
 MIGRATION_QUEUE = "pvebalance-migrations"
 
 SLOTS_CLUSTER = f"{PREFIX}:slots:cluster"
+SLOTS_WAKE = f"{PREFIX}:slots:wake"  # a list pushed on every release; waiters block on it
 
 
 def plan(plan_id: str) -> str:

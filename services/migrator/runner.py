@@ -189,7 +189,8 @@ class MigrationRunner:
 
     def _wait_task(self, upid: str, deadline: float) -> dict[str, Any]:
         node = upid_node(upid)
-        delay = self.settings.migrator.poll_interval / 4
+        poll = self.settings.migrator.poll_interval
+        delay = poll / 10
         while True:
             status = self._retry(lambda: self.client.get(f"/nodes/{node}/tasks/{upid}/status"), attempts=8)
             if status.get("status") == "stopped":
@@ -197,7 +198,7 @@ class MigrationRunner:
             if time.monotonic() > deadline:
                 raise Failed(f"task {upid} still running after the timeout")
             self.sleep(delay)
-            delay = min(delay * 1.5, self.settings.migrator.poll_interval * 5)
+            delay = min(delay * 1.5, poll)
 
     def _follow(self, job: MigrationJob, upid: str) -> None:
         deadline = time.monotonic() + self._timeout(job)

@@ -91,6 +91,9 @@ class Slots:
         pipe = self.redis.pipeline()
         for scope in scopes:
             pipe.zrem(scope, req.holder)
+        # wake one waiting worker now instead of at the end of its back-off
+        pipe.lpush(keys.SLOTS_WAKE, "1")
+        pipe.ltrim(keys.SLOTS_WAKE, 0, 63)
         pipe.execute()
 
     def wait(self, req: SlotRequest, on_wait: object = None, cancelled: object = None) -> None:
@@ -105,7 +108,8 @@ class Slots:
             if callable(on_wait):
                 on_wait()
                 on_wait = None
-            time.sleep(delay * (0.5 + random.random()))
+            # Sleep until a slot is released (BLPOP on the wake-up list) or the back-off ends.
+            self.redis.blpop([keys.SLOTS_WAKE], timeout=max(delay * (0.5 + random.random()), 0.05))
             delay = min(delay * 1.5, 2.0)
 
     @contextmanager

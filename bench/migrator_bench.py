@@ -1,0 +1,89 @@
+"""Draining a node of 40 guests with 1, 2 and 4 parallel slots, against the ideal.
+
+The simulator serves all-on-one with pve1 in maintenance; real rq worker processes (slots + 2 of
+them) carry the 40 moves out. Ideal = the sum of the simulated migration durations (as the
+simulator timed its own tasks) divided by the number of slots: what a perfect scheduler with no
+polling or bookkeeping delay would take.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pvebalance.demo import clear_pvebalance_keys
+from pvebalance.embedded_redis import EmbeddedRedis
+from pvebalance.services.collector.collector import Collector
+from pvebalance.services.planner.planner import Planner
+from pvebalance.shared.apidump import load_dump
+from pvebalance.shared.config import load_settings
+from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.proxmox import ProxmoxClient
+from pvebalance.shared.redisconn import answers, connect
+from pvebalance.simulator.server import Simulator
+
+COLUMNS = [("slots", "slots"), ("guests", "guests"), ("seconds", "drain s"), ("ideal", "ideal s"),
+           ("over_ideal_pct", "+% over ideal"), ("max_concurrent", "max at once")]
+TIME_SCALE = 0.3
+
+
+def drain(slots: int, redis_url: str, workdir: Path) -> dict[str, Any]:
+    sim = Simulator(load_dump("all-on-one"), time_scale=TIME_SCALE)
+    sim.start(0, certdir=workdir / "certs")
+    ident, secret = next(iter(sim.tokens.items()))
+    user, token = ident.split("!")
+    config = workdir / f"drain-{slots}.yaml"
+    config.write_text(yaml.safe_dump({
+        "proxmox_api": {"hosts": [f"127.0.0.1:{sim.port}"], "user": user, "token_id": token,
+                        "token_secret": secret, "ca_file": str(sim.cafile)},
+        "proxmox_cluster": {"maintenance_nodes": ["pve1"]},
+        "redis": {"url": redis_url},
+        "migrator": {"max_parallel_cluster": slots, "max_parallel_per_source": slots,
+                     "max_parallel_per_target": slots, "poll_interval": 0.1},
+        "logging": {"format": "json", "level": "WARNING"},
+    }))
+    settings = load_settings(config)
+    redis = connect(redis_url)
+    clear_pvebalance_keys(redis)
+    workers = [subprocess.Popen([sys.executable, "-m", "pvebalance", "migrator", "-c", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(slots + 2)]
+    try:
+        time.sleep(2)  # let the workers come up before the clock starts
+        started = time.monotonic()
+        plan = Planner(redis, settings).handle(Collector(ProxmoxClient(settings.proxmox_api)).snapshot())
+        assert plan is not None
+        store = JobStore(redis)
+        ids = [f"migrate-{plan.plan_id}-{m.vmid}" for m in plan.migrations]
+        while not all((s := store.state(i)) is not None and s.terminal for i in ids):
+            time.sleep(0.05)
+        seconds = time.monotonic() - started
+    finally:
+        for w in workers:
+            w.terminate()
+        sim.stop()
+    done = [m for m in sim.cluster.stats.migrations if m["ok"]]
+    ideal = sum(m["end"] - m["start"] for m in done) / slots
+    return {"slots": slots, "guests": len(done), "seconds": round(seconds, 1), "ideal": round(ideal, 1),
+            "over_ideal_pct": round(100 * (seconds - ideal) / ideal, 1), "max_concurrent": sim.cluster.stats.max_concurrent}
+
+
+def run(slot_counts: tuple[int, ...] = (1, 2, 4)) -> list[dict[str, Any]]:
+    url = os.environ.get("REDIS_URL", "")
+    embedded = None
+    if not (url and answers(url)):
+        embedded = EmbeddedRedis()
+        url = embedded.url
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return [drain(slots, url, Path(tmp)) for slots in slot_counts]
+    finally:
+        if embedded:
+            embedded.stop()
+
