@@ -125,6 +125,68 @@ def collector(config: ConfigOpt = None) -> None:
 
 
 @app.command()
+def collect(
+    once: Annotated[bool, typer.Option("--once", help="read the cluster once and print the snapshot")] = True,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the snapshot model as JSON")] = False,
+) -> None:
+    """Read the cluster once, with the running collector's config cache in Redis when it answers."""
+    from pvebalance.services.collector.collector import CollectError, Collector
+    from pvebalance.shared.proxmox import ProxmoxClient
+    from pvebalance.shared.redisconn import connect
+
+    settings = load_settings(config)
+    configure_logging(settings.logging.level, "console", stream=sys.stderr)
+    try:
+        redis = connect(settings.redis.url)
+    except RedisUnavailable as exc:
+        err.print(f"warning: {exc}; reading every guest config (no cache)", markup=False, highlight=False)
+        redis = None
+    client = ProxmoxClient(settings.proxmox_api)
+    try:
+        snapshot = Collector(client, redis).snapshot()
+    except CollectError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        sys.stdout.write(snapshot.model_dump_json(indent=2) + "\n")
+        return
+    from .render import snapshot_table
+
+    Console().print(snapshot_table(snapshot))
+    Console().print(f"{client.requests} API requests")
+
+
+@app.command()
+def record(
+    out: Annotated[Path, typer.Argument(help="file to write (pve-api-dump/1)")],
+    config: ConfigOpt = None,
+) -> None:
+    """Write the live cluster as a pve-api-dump/1 file, to plan on offline or attach to a bug report."""
+    from datetime import UTC, datetime
+
+    from pvebalance.services.collector.collector import CollectError, Collector
+    from pvebalance.shared.apidump import DUMP_FORMAT
+    from pvebalance.shared.proxmox import ProxmoxClient
+
+    settings = load_settings(config)
+    configure_logging(settings.logging.level, "console", stream=sys.stderr)
+    client = ProxmoxClient(settings.proxmox_api)
+    try:
+        api = Collector(client, None).read_api()
+    except CollectError as exc:
+        raise UserError(str(exc)) from None
+    name = next((e.get("name") for e in api.get("/cluster/status") or [] if e.get("type") == "cluster"), None)
+    doc = {"format": DUMP_FORMAT, "name": name or out.stem,
+           "description": f"recorded from {client.host} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "api": api}
+    try:
+        out.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    guests = sum(1 for r in api["/cluster/resources"] if r.get("type") in ("qemu", "lxc"))
+    err.print(f"wrote {out}: {guests} guests, {client.requests} API requests", highlight=False)
+
+
+@app.command()
 def planner(config: ConfigOpt = None) -> None:
     """Run the planner service: plan on each new snapshot and enqueue the migrations."""
     import threading

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pvebalance.shared.models import Plan, UsageSummary
+from pvebalance.shared.models import ClusterSnapshot, Plan, UsageSummary
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -77,3 +77,16 @@ def print_plan(plan: Plan, console: Console) -> None:
         console.print(f"note: {note}")
     for unmet in plan.unmet:
         console.print(f"unmet rule {unmet.rule} for {unmet.vmids}: {unmet.reason}")
+
+
+def snapshot_table(snapshot: ClusterSnapshot) -> Table:
+    table = Table(title=f"cluster {snapshot.cluster or '?'} at {snapshot.taken_at:%Y-%m-%d %H:%M:%S} UTC"
+                  + ("" if snapshot.quorate else " (NOT QUORATE)"))
+    for col in ("node", "state", "guests", "running", "mem %", "cpu %"):
+        table.add_column(col, justify="left" if col in ("node", "state") else "right")
+    for n in sorted(snapshot.nodes, key=lambda n: n.name):
+        on = [g for g in snapshot.guests if g.node == n.name]
+        state = "offline" if not n.online else "maintenance" if n.maintenance else "online"
+        table.add_row(n.name, state, str(len(on)), str(sum(g.running for g in on)),
+                      f"{100 * n.mem / n.maxmem:.1f}", f"{100 * n.cpu:.1f}")
+    return table

@@ -58,3 +58,44 @@ def test_an_api_failure_publishes_nothing(start_simulator: SimFactory, fake_redi
     with pytest.raises(CollectError, match="boom"):
         Collector(ProxmoxClient(api_settings(sim)), fake_redis).snapshot()
     assert fake_redis.get(keys.SNAPSHOT_LATEST) is None
+
+
+def test_record_writes_a_dump_that_plans_like_the_original(start_simulator: SimFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from pvebalance.engine import Policy, plan_balance
+    from pvebalance.shared.apidump import load_dump, snapshot_from_api
+    from tests.helpers import REPO, write_config
+
+    sim = start_simulator("mid-300")
+    config = write_config(tmp_path / "c.yaml", sim, "redis://127.0.0.1:1/0")
+    out = subprocess.run([sys.executable, "-m", "pvebalance", "record", str(tmp_path / "rec.json"), "-c", str(config)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    recorded = snapshot_from_api(load_dump(tmp_path / "rec.json")["api"])
+    original = snapshot_from_api(load_dump(REPO / "scenarios" / "mid-300.json")["api"])
+    assert [(g.vmid, g.node, g.local_disk, g.mem) for g in recorded.guests] == \
+        [(g.vmid, g.node, g.local_disk, g.mem) for g in original.guests]
+    a, b = plan_balance(recorded, Policy()), plan_balance(original, Policy())
+    assert [(m.vmid, m.target) for m in a.migrations] == [(m.vmid, m.target) for m in b.migrations]
+
+
+def test_collect_once_json_and_second_run_in_steady_state(start_simulator: SimFactory, real_redis: Redis,
+                                                          redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from tests.helpers import write_config
+
+    sim = start_simulator("homelab")
+    config = write_config(tmp_path / "c.yaml", sim, redis_url)
+    args = [sys.executable, "-m", "pvebalance", "collect", "--once", "-c", str(config)]
+    first = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    snap = ClusterSnapshot.model_validate_json(first.stdout)
+    assert isinstance(snap.nodes, list) and len(snap.guests) == 24
+    before = sum(sim.cluster.stats.requests.values())
+    second = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0 and "pve1" in second.stdout
+    assert sum(sim.cluster.stats.requests.values()) - before <= 10, "configs came from the cache"
