@@ -71,7 +71,8 @@ def drain(slots: int, redis_url: str, workdir: Path) -> dict[str, Any]:
     done = [m for m in sim.cluster.stats.migrations if m["ok"]]
     ideal = sum(m["end"] - m["start"] for m in done) / slots
     return {"slots": slots, "guests": len(done), "seconds": round(seconds, 1), "ideal": round(ideal, 1),
-            "over_ideal_pct": round(100 * (seconds - ideal) / ideal, 1), "max_concurrent": sim.cluster.stats.max_concurrent}
+            "over_ideal_pct": round(100 * (seconds - ideal) / ideal, 1),
+            "max_concurrent": sim.cluster.stats.max_concurrent}
 
 
 def run(slot_counts: tuple[int, ...] = (1, 2, 4)) -> list[dict[str, Any]]:
