@@ -33,6 +33,7 @@ class Policy:
     pools: dict[str, PoolRule] = field(default_factory=dict)
     cooldown: frozenset[int] = field(default_factory=frozenset)  # guests moved too recently
     threshold: float | None = None  # the balanced dimension's trigger, in percent
+    leave_ha_to_crs: bool = True  # with PVE's HA auto-rebalance on, HA guests are its to move
     cpu_overcommit: float | None = None
     reserve: dict[str, ResourceReserve] = field(default_factory=dict)  # 'defaults' and per node
 
@@ -68,4 +69,5 @@ class Policy:
                        "disk": balancing.disk_threshold}[balancing.method],
             cpu_overcommit=balancing.cpu_overcommit,
             reserve=dict(balancing.node_resource_reserve),
+            leave_ha_to_crs=balancing.leave_ha_to_crs,
         )

@@ -22,6 +22,8 @@ IGNORE_PREFIX = "plb_ignore"
 AFFINITY_PREFIX = "plb_affinity_"
 ANTI_AFFINITY_PREFIX = "plb_anti_affinity_"
 PIN_PREFIX = "plb_pin_"
+# HA service states in which the HA manager is moving, recovering or holding the guest itself
+_HA_BUSY = {"migrate", "relocate", "fence", "recovery", "error", "freeze", "request_stop"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ def fixed_reason(guest: GuestState, policy: Policy) -> str | None:
         return f"{guest.type.value} not in balance_types"
     if guest.vmid in policy.cooldown:
         return "moved recently (cooldown)"
+    if guest.hastate in _HA_BUSY:
+        return f"HA state {guest.hastate}"
     if guest.running and guest.type is GuestType.QEMU and guest.local_resources:
         return f"uses local devices ({', '.join(guest.local_resources)})"
     return None
@@ -78,6 +82,8 @@ def build_constraints(snapshot: ClusterSnapshot, policy: Policy) -> Constraints:
     known = {g.vmid for g in snapshot.guests}
     for g in snapshot.guests:
         reason = fixed_reason(g, policy)
+        if reason is None and g.hastate and snapshot.ha_auto_rebalance and policy.leave_ha_to_crs:
+            reason = "Proxmox HA auto-rebalance manages it"
         if reason:
             c.fixed[g.vmid] = reason
 

@@ -88,6 +88,7 @@ class BalancingSettings(Section):
     cpu_threshold: float | None = Field(None, gt=0, le=100)
     disk_threshold: float | None = Field(None, gt=0, le=100)
     cpu_overcommit: float | None = Field(None, gt=0, description="max assigned vCPUs per node core")
+    leave_ha_to_crs: bool = Field(True, description="with PVE's crs.ha-auto-rebalance on, never move HA guests")
     node_resource_reserve: dict[str, ResourceReserve] = Field(
         default_factory=dict, description="'defaults' and per-node reservations"
     )

@@ -8,13 +8,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import requests
 from proxmoxer import AuthenticationError, ProxmoxAPI, ResourceException
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .config import ProxmoxApiSettings
+
+T = TypeVar("T")
 
 UPID_RE = re.compile(
     r"^UPID:(?P<node>[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):(?P<pid>[0-9A-Fa-f]{8}):"
@@ -48,6 +52,19 @@ _PERMANENT_500 = (
     "does not exist", "no such", "can't migrate", "cannot migrate", "not allowed",
     "not implemented", "target is local node", "permission",
 )
+
+
+def retry_transient(fn: Callable[[], T], attempts: int = 5, initial: float = 0.5, max_wait: float = 15.0,
+                    sleep: Callable[[float], None] = time.sleep) -> T:
+    """Call fn, retrying transient API failures (no answer, 5xx, a lock held elsewhere) with backoff."""
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential_jitter(multiplier=initial, max=max_wait),
+        retry=retry_if_exception(lambda exc: isinstance(exc, ProxmoxError) and exc.transient),
+        sleep=sleep,
+        reraise=True,
+    )
+    return retrying(fn)
 
 
 def upid_node(upid: str) -> str:

@@ -135,6 +135,13 @@ class Simulator:
                     c.node(body["target"], require_online=False)
                     g.entry["node"] = body["target"]
                 return c.guest_entry(g)
+            if parts == ["options"] and method == "POST":  # datacenter.cfg, e.g. {"crs": {...}}
+                c.options.update(body)
+                return c.options
+            if len(parts) == 3 and parts[0] == "nodes" and parts[2] == "status" and method == "POST":
+                node = c.node(parts[1], require_online=False)
+                node.entry["status"] = "online" if body.get("online", True) else "offline"
+                return c.node_entry(node)
             if len(parts) == 3 and parts[0] == "nodes" and parts[2] == "maintenance" and method == "POST":
                 node = c.node(parts[1], require_online=False)
                 if body.get("enable", True):

@@ -19,7 +19,7 @@ from pvebalance.shared import keys
 from pvebalance.shared.apidump import snapshot_from_api
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot
-from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError
+from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient
 
 log = get_logger("pvebalance.collector")
 
@@ -38,19 +38,26 @@ def fingerprint(entry: dict[str, Any]) -> str:
 
 
 class Collector:
-    def __init__(self, client: ProxmoxClient, redis: Redis | None = None) -> None:
+    def __init__(self, client: ProxmoxClient, redis: Redis | None = None, retries: int = 3,
+                 retry_wait: float = 0.5) -> None:
         self.client = client
         self.redis = redis
+        self.retries = retries
+        self.retry_wait = retry_wait
 
     def read_api(self) -> dict[str, Any]:
         """The cluster as API answers keyed by path: the pve-api-dump/1 `api` mapping."""
         api: dict[str, Any] = {}
+
+        def get(path: str) -> Any:
+            return retry_transient(lambda: self.client.get(path), attempts=self.retries, initial=self.retry_wait)
+
         try:
-            api["/cluster/resources"] = self.client.get("/cluster/resources")
+            api["/cluster/resources"] = get("/cluster/resources")
             for path in CLUSTER_PATHS:
-                api[path] = self.client.get(path)
+                api[path] = get(path)
             for pool in api["/pools"] or []:
-                api[f"/pools/{pool['poolid']}"] = self.client.get(f"/pools/{pool['poolid']}")
+                api[f"/pools/{pool['poolid']}"] = get(f"/pools/{pool['poolid']}")
         except ProxmoxError as exc:
             raise CollectError(f"cannot read the cluster: {exc}") from None
         api.update(self._guest_configs(api["/cluster/resources"]))
@@ -107,6 +114,9 @@ class Collector:
             try:
                 before = self.client.requests
                 snap = self.snapshot()
+                if snap.ha_auto_rebalance:
+                    log.warning("Proxmox HA auto-rebalance (crs.ha-auto-rebalance) is on: HA-managed guests are "
+                                "left to it, so the two balancers do not fight")
                 self.publish(snap, latest_ttl=3 * interval)
                 log.info("snapshot published", snapshot_id=snap.snapshot_id, nodes=len(snap.nodes),
                          guests=len(snap.guests), requests=self.client.requests - before)

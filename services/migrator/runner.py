@@ -16,13 +16,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import structlog
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import GuestType, JobState, MigrationJob
-from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, upid_node
+from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient, upid_node
 
 from .recovery import Lease
 from .slots import SlotCancelled, SlotRequest, Slots
@@ -39,10 +38,6 @@ class Failed(Exception):
     """The migration did not happen or did not land; the job ends as failed with this reason."""
 
 
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, ProxmoxError) and exc.transient
-
-
 class MigrationRunner:
     def __init__(self, client: ProxmoxClient, store: JobStore, slots: Slots, settings: Settings,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -53,16 +48,8 @@ class MigrationRunner:
         self.sleep = sleep
 
     def _retry(self, fn: Callable[[], T], attempts: int = 5) -> T:
-        """Retry transient API failures (no answer, 5xx, a lock held by another task) with backoff."""
         poll = self.settings.migrator.poll_interval
-        retrying = Retrying(
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(multiplier=poll, max=30 * poll),
-            retry=retry_if_exception(_is_transient),
-            sleep=self.sleep,
-            reraise=True,
-        )
-        return retrying(fn)
+        return retry_transient(fn, attempts, initial=poll, max_wait=30 * poll, sleep=self.sleep)
 
     def run(self, job: MigrationJob) -> JobState:
         with structlog.contextvars.bound_contextvars(job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid):

@@ -99,3 +99,44 @@ def test_collect_once_json_and_second_run_in_steady_state(start_simulator: SimFa
     second = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0 and "pve1" in second.stdout
     assert sum(sim.cluster.stats.requests.values()) - before <= 10, "configs came from the cache"
+
+
+def test_transient_errors_are_retried_then_reported(start_simulator: SimFactory, fake_redis: Redis) -> None:
+    sim = start_simulator()
+    sim.faults.add({"kind": "http", "path": "^/cluster/resources$", "status": 503, "message": "busy", "count": 2})
+    snap = Collector(ProxmoxClient(api_settings(sim)), fake_redis, retry_wait=0.01).snapshot()
+    assert len(snap.guests) == 40
+    sim.faults.add({"kind": "http", "path": "^/cluster/resources$", "status": 503, "message": "busy", "count": None})
+    with pytest.raises(CollectError, match="503 busy"):
+        Collector(ProxmoxClient(api_settings(sim)), fake_redis, retry_wait=0.01).snapshot()
+
+
+def test_offline_node_is_marked_and_its_configs_come_from_cache(start_simulator: SimFactory,
+                                                                fake_redis: Redis) -> None:
+    sim = start_simulator("homelab")
+    collector = Collector(ProxmoxClient(api_settings(sim)), fake_redis)
+    collector.snapshot()
+    sim.control("POST", "/_sim/nodes/pve2/status", {"online": False})
+    snap = collector.snapshot()
+    pve2 = next(n for n in snap.nodes if n.name == "pve2")
+    assert not pve2.online
+    assert any(g.local_disk for g in snap.guests if g.node == "pve2"), "configs of its guests from the cache"
+    from pvebalance.engine import Policy, plan_balance
+
+    plan = plan_balance(snap, Policy())
+    assert all("pve2" not in (m.source, m.target) for m in plan.migrations)
+
+
+def test_ha_auto_rebalance_is_detected_and_its_guests_left_alone(start_simulator: SimFactory,
+                                                                 fake_redis: Redis) -> None:
+    from pvebalance.engine import Policy, plan_balance
+
+    sim = start_simulator("groups")
+    sim.control("POST", "/_sim/options", {"crs": {"ha": "static", "ha-auto-rebalance": 1}})
+    snap = Collector(ProxmoxClient(api_settings(sim)), fake_redis).snapshot()
+    assert snap.ha_auto_rebalance
+    ha_guests = {g.vmid for g in snap.guests if g.hastate}
+    assert ha_guests
+    plan = plan_balance(snap, Policy())
+    assert not {m.vmid for m in plan.migrations} & ha_guests
+    assert plan_balance(snap, Policy(leave_ha_to_crs=False)).migrations
