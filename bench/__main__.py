@@ -26,7 +26,7 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("which", nargs="?", default="engine", choices=["engine", "proxlb", "migrator", "all"])
+    parser.add_argument("which", nargs="?", default="engine", choices=["engine", "collector", "proxlb", "migrator", "all"])
     parser.add_argument("--scenarios", nargs="*", default=ALL)
     parser.add_argument("--exact-limit", type=float, default=60.0, help="seconds for each MILP")
     args = parser.parse_args()
@@ -37,6 +37,12 @@ def main() -> None:
         rows = engine_bench.run(args.scenarios, args.exact_limit)
         console.print(table("pvebalance engine (memory, used, balanciness 5)", rows, engine_bench.COLUMNS))
         (RESULTS / "engine.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    if args.which in ("collector", "all"):
+        from . import collector_bench
+
+        rows = collector_bench.run()
+        console.print(table("collector: API requests and time per snapshot", rows, collector_bench.COLUMNS))
+        (RESULTS / "collector.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     if args.which in ("proxlb", "all"):
         from . import proxlb_bench
 
