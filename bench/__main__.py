@@ -26,7 +26,8 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("which", nargs="?", default="engine", choices=["engine", "collector", "proxlb", "migrator", "all"])
+    parser.add_argument("which", nargs="?", default="engine",
+                        choices=["engine", "collector", "proxlb", "migrator", "all"])
     parser.add_argument("--scenarios", nargs="*", default=ALL)
     parser.add_argument("--exact-limit", type=float, default=60.0, help="seconds for each MILP")
     args = parser.parse_args()

@@ -172,7 +172,7 @@ def record(
     configure_logging(settings.logging.level, "console", stream=sys.stderr)
     client = ProxmoxClient(settings.proxmox_api)
     try:
-        api = Collector(client, None).read_api()
+        api = Collector(client, None, full_configs=True).read_api()
     except CollectError as exc:
         raise UserError(str(exc)) from None
     name = next((e.get("name") for e in api.get("/cluster/status") or [] if e.get("type") == "cluster"), None)

@@ -16,9 +16,9 @@ from typing import Any
 from redis import Redis
 
 from pvebalance.shared import keys
-from pvebalance.shared.apidump import snapshot_from_api
+from pvebalance.shared.apidump import essential_config, snapshot_from_api
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import ClusterSnapshot
+from pvebalance.shared.models import ClusterSnapshot, GuestType
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient
 
 log = get_logger("pvebalance.collector")
@@ -39,11 +39,14 @@ def fingerprint(entry: dict[str, Any]) -> str:
 
 class Collector:
     def __init__(self, client: ProxmoxClient, redis: Redis | None = None, retries: int = 3,
-                 retry_wait: float = 0.5) -> None:
+                 retry_wait: float = 0.5, full_configs: bool = False) -> None:
+        self.full_configs = full_configs  # `record` keeps whole configs; the cache keeps what planning reads
         self.client = client
         self.redis = redis
         self.retries = retries
         self.retry_wait = retry_wait
+        # vmid -> (fingerprint, essential config): a running collector skips Redis for known guests
+        self._memo: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def read_api(self) -> dict[str, Any]:
         """The cluster as API answers keyed by path: the pve-api-dump/1 `api` mapping."""
@@ -66,9 +69,14 @@ class Collector:
     def _guest_configs(self, resources: list[dict[str, Any]]) -> dict[str, Any]:
         guests = [r for r in resources if r.get("type") in ("qemu", "lxc")]
         cached: dict[str, Any] = {}
-        if self.redis is not None and guests:
-            raw = self.redis.hmget(keys.GUEST_CONFIG_CACHE, [str(g["vmid"]) for g in guests])
-            cached = {str(g["vmid"]): json.loads(r) for g, r in zip(guests, raw, strict=True) if r}
+        unknown = [g for g in guests if self._memo.get(str(g["vmid"]), ("",))[0] != fingerprint(g)]
+        for g in guests:
+            memo = self._memo.get(str(g["vmid"]))
+            if memo:
+                cached[str(g["vmid"])] = {"fp": memo[0], "config": memo[1]}
+        if self.redis is not None and unknown:
+            raw = self.redis.hmget(keys.GUEST_CONFIG_CACHE, [str(g["vmid"]) for g in unknown])
+            cached.update({str(g["vmid"]): json.loads(r) for g, r in zip(unknown, raw, strict=True) if r})
         out: dict[str, Any] = {}
         fresh: dict[str, str] = {}
         offline = {r["node"] for r in resources if r.get("type") == "node" and r.get("status") != "online"}
@@ -78,6 +86,7 @@ class Collector:
             hit = cached.get(str(g["vmid"]))
             if hit and hit["fp"] == fp:
                 out[path] = hit["config"]
+                self._memo[str(g["vmid"])] = (fp, hit["config"])
                 continue
             if g["node"] in offline:
                 if hit:
@@ -91,7 +100,10 @@ class Collector:
                 if hit:
                     out[path] = hit["config"]
                 continue
+            if not self.full_configs:
+                config = essential_config(config, GuestType(g["type"]))
             out[path] = config
+            self._memo[str(g["vmid"])] = (fp, config)
             fresh[str(g["vmid"])] = json.dumps({"fp": fp, "config": config})
         if self.redis is not None and fresh:
             self.redis.hset(keys.GUEST_CONFIG_CACHE, mapping=fresh)
