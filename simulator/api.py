@@ -175,8 +175,9 @@ def pool_detail(api: Api, req: Request, m: re.Match[str]) -> Any:
 @route("GET", r"/nodes")
 def nodes(api: Api, req: Request, m: re.Match[str]) -> Any:
     out = []
+    usage = api.cluster.usage()
     for n in api.cluster.nodes.values():
-        e = api.cluster.node_entry(n)
+        e = api.cluster.node_entry(n, usage)
         e.pop("hastate", None)
         e.pop("cgroup-mode", None)
         e["ssl_fingerprint"] = "AB:CD:EF:" + ":".join(["00"] * 29)

@@ -154,14 +154,23 @@ class Cluster:
             raise ApiError(595, "No route to host")
         return n
 
-    def node_entry(self, n: Node) -> dict[str, Any]:
+    def usage(self) -> dict[str, tuple[int, float]]:
+        """Memory and cores the running guests use, per node, in one pass over the guests."""
+        usage: dict[str, tuple[int, float]] = {}
+        for g in self.guests.values():
+            if g.running:
+                mem, cores = usage.get(g.node, (0, 0.0))
+                usage[g.node] = (mem + int(g.entry.get("mem", 0)),
+                                 cores + float(g.entry.get("cpu", 0)) * int(g.entry.get("maxcpu", 1)))
+        return usage
+
+    def node_entry(self, n: Node, usage: dict[str, tuple[int, float]] | None = None) -> dict[str, Any]:
         e = dict(n.entry)
         if not n.online:
             return {k: v for k, v in e.items() if k not in ("cpu", "mem", "uptime")}
-        guests = [g for g in self.guests.values() if g.node == n.name and g.running]
-        e["mem"] = n.mem_overhead + sum(int(g.entry.get("mem", 0)) for g in guests)
-        cores = n.cpu_overhead + sum(float(g.entry.get("cpu", 0)) * int(g.entry.get("maxcpu", 1)) for g in guests)
-        e["cpu"] = round(min(cores / max(int(e.get("maxcpu", 1)), 1), 1.0), 4)
+        mem, cores = (usage if usage is not None else self.usage()).get(n.name, (0, 0.0))
+        e["mem"] = n.mem_overhead + mem
+        e["cpu"] = round(min((n.cpu_overhead + cores) / max(int(e.get("maxcpu", 1)), 1), 1.0), 4)
         return e
 
     def guest_entry(self, g: Guest) -> dict[str, Any]:
@@ -175,7 +184,8 @@ class Cluster:
     def resources(self, rtype: str | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if rtype in (None, "node"):
-            out += [self.node_entry(n) for n in self.nodes.values()]
+            usage = self.usage()
+            out += [self.node_entry(n, usage) for n in self.nodes.values()]
         if rtype in (None, "vm"):
             out += [self.guest_entry(g) for g in sorted(self.guests.values(), key=lambda g: g.vmid)]
         if rtype in (None, "storage"):

@@ -45,11 +45,16 @@ class Simulator:
         self.tasks = TaskManager(self.cluster, self.faults, time_scale)
         self.api = Api(self.cluster, self.tasks)
         self.users = users if users is not None else {"root@pam": "pvebalance"}
-        self.tokens = tokens if tokens is not None else {"root@pam!pvebalance": "00000000-sim0-0000-0000-000000000000"}
+        self.tokens = tokens if tokens is not None else self.default_tokens()
         self.auth_fail_delay = auth_fail_delay
         self.tickets: dict[str, tuple[str, str]] = {}  # ticket -> (user, csrf token)
         self.httpd: ThreadingHTTPServer | None = None
         self.cafile: Path | None = None
+
+    @staticmethod
+    def default_tokens() -> dict[str, str]:
+        """The API token every simulator accepts unless told otherwise (it guards nothing real)."""
+        return {"root@pam!pvebalance": "00000000-sim0-0000-0000-000000000000"}
 
     def start(self, port: int = 0, host: str = "127.0.0.1", certdir: Path | None = None,
               certfile: Path | None = None, keyfile: Path | None = None) -> int:
