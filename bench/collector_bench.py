@@ -16,8 +16,8 @@ from typing import Any
 
 import fakeredis
 
-from pvebalance.services.collector.collector import Collector
 from pvebalance.embedded_redis import free_port
+from pvebalance.services.collector.collector import Collector
 from pvebalance.shared.config import ProxmoxApiSettings
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.simulator.server import Simulator
