@@ -226,6 +226,45 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+@app.command()
+def jobs(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Migration jobs not yet ended, and the latest state of recent ones."""
+    from rich.table import Table
+
+    from pvebalance.shared.jobstore import JobStore
+    from pvebalance.shared.redisconn import connect
+
+    store = JobStore(connect(load_settings(config).redis.url))
+    latest = {}
+    for _, event in store.events(count=10_000):
+        latest[event.job_id] = event
+    rows = sorted(latest.values(), key=lambda e: e.at)
+    if as_json:
+        sys.stdout.write(json.dumps([e.model_dump(mode="json") for e in rows], indent=2) + "\n")
+        return
+    table = Table(title=f"{len(store.active_jobs())} active jobs")
+    for col in ("job", "vmid", "source", "target", "state", "at", "message"):
+        table.add_column(col)
+    for e in rows:
+        table.add_row(e.job_id, str(e.vmid), e.source, e.target, e.state.value, f"{e.at:%H:%M:%S}", e.message)
+    Console().print(table)
+
+
+@app.command()
+def cancel(job_id: Annotated[str, typer.Argument(help="a job id, as `pvebalance jobs` shows it")],
+           config: ConfigOpt = None) -> None:
+    """Cancel a migration job that has not started migrating yet."""
+    from pvebalance.shared.jobstore import JobStore
+    from pvebalance.shared.redisconn import connect
+
+    state = JobStore(connect(load_settings(config).redis.url)).cancel(job_id)
+    if state is None:
+        raise UserError(f"no job {job_id}")
+    if state.value != "cancelled":
+        raise UserError(f"job {job_id} is {state.value}: only queued or waiting jobs can be cancelled")
+    err.print(f"job {job_id} cancelled", highlight=False)
+
+
 def _stop_on_signals(stop: Any) -> Any:
     import signal
 

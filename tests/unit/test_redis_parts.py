@@ -114,3 +114,32 @@ def test_planner_refuses_a_stale_snapshot(fake_redis: Redis) -> None:
     snap = all_on_one().model_copy(update={"taken_at": utcnow() - timedelta(hours=1)})
     assert Planner(fake_redis, load_settings()).handle(snap) is None
     assert fake_redis.get(keys.PLAN_LATEST) is None
+
+
+def test_cancel_only_before_the_migration_starts(fake_redis: Redis) -> None:
+    store = JobStore(fake_redis)
+    queued, running = job(vmid=100), job(vmid=101)
+    store.create(queued)
+    store.create(running)
+    store.transition(running, JobState.RUNNING)
+    assert store.cancel(queued.job_id) is JobState.CANCELLED
+    assert store.cancel(running.job_id) is JobState.RUNNING
+    assert store.cancel("migrate-nope-1") is None
+    assert store.active_jobs() == {running.job_id}
+    assert fake_redis.get(keys.guest_job(100)) is None, "a cancelled job frees its guest"
+
+
+def test_a_cancelled_job_is_not_run(fake_redis: Redis, start_simulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pvebalance.services.migrator.runner import MigrationRunner
+    from pvebalance.shared.proxmox import ProxmoxClient
+    from tests.helpers import settings_for
+
+    sim = start_simulator()
+    settings = settings_for(sim, "redis://unused", tmp_path)
+    store = JobStore(fake_redis)
+    j = job(vmid=118)
+    store.create(j)
+    store.cancel(j.job_id)
+    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings)
+    assert runner.run(j) is JobState.CANCELLED
+    assert sim.cluster.stats.migrate_posts[118] == 0
