@@ -14,14 +14,22 @@ from pvebalance.shared.models import ClusterSnapshot, GuestState, NodeState, Nod
 from .policy import Policy
 
 
-def guest_load(guest: GuestState, policy: Policy) -> float:
-    """The guest's share of the balanced dimension; stopped guests count only in assigned mode."""
+def guest_load(guest: GuestState, policy: Policy, smoothed: bool = True) -> float:
+    """The guest's share of the balanced dimension; stopped guests count only in assigned mode.
+
+    In used mode the collector's moving average is used when there is one, so that one spike does
+    not trigger migrations; it follows the guest when the guest moves.
+    """
     if policy.mode == "used" and not guest.running:
         return 0.0
     if policy.method == "memory":
-        return float(guest.mem if policy.mode == "used" else guest.maxmem)
+        if policy.mode == "used":
+            return float(guest.mem_avg if smoothed and guest.mem_avg is not None else guest.mem)
+        return float(guest.maxmem)
     if policy.method == "cpu":
-        return guest.cpu * guest.maxcpu if policy.mode == "used" else float(guest.maxcpu)
+        if policy.mode == "used":
+            return (guest.cpu_avg if smoothed and guest.cpu_avg is not None else guest.cpu) * guest.maxcpu
+        return float(guest.maxcpu)
     return float(guest.local_disk)
 
 
@@ -68,8 +76,12 @@ def initial_loads(snapshot: ClusterSnapshot, policy: Policy) -> dict[str, NodeLo
     loads = {}
     for node in snapshot.nodes:
         guests_sum = sum(guest_load(g, policy) for g in by_node[node.name])
-        # In used mode the node's own figure includes the host; never below what its guests add up to.
-        load = max(node_measured(node, policy), guests_sum) if policy.mode == "used" else guests_sum
+        if policy.mode == "used":
+            # The host's own share: what the node reports beyond its guests' current use.
+            current = sum(guest_load(g, policy, smoothed=False) for g in by_node[node.name])
+            load = max(node_measured(node, policy) - current, 0.0) + guests_sum
+        else:
+            load = guests_sum
         running_mem = sum(g.mem for g in by_node[node.name] if g.running)
         usable_mem = max(node.maxmem - policy.reserved(node.name).memory * 2**30, 0.0)
         loads[node.name] = NodeLoad(

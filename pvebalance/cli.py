@@ -119,7 +119,9 @@ def collector(config: ConfigOpt = None) -> None:
     from pvebalance.shared.redisconn import connect
 
     settings = _settings(config)
-    Collector(ProxmoxClient(settings.proxmox_api), connect(settings.redis.url)).run(
+    c = settings.collector
+    Collector(ProxmoxClient(settings.proxmox_api), connect(settings.redis.url), rrd_interval=c.rrd_interval,
+              smoothing=c.smoothing).run(
         settings.collector.interval, _stop_on_signals(threading.Event())
     )
 

@@ -101,6 +101,8 @@ class RedisSettings(Section):
 
 class CollectorSettings(Section):
     interval: float = Field(30.0, gt=0)
+    rrd_interval: float = Field(300.0, ge=0, description="seconds between reads of each node's RRD (0: never)")
+    smoothing: float = Field(0.2, gt=0, le=1, description="weight of the newest sample in guests' moving average")
 
 
 class PlannerSettings(Section):

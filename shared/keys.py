@@ -18,6 +18,7 @@ EVENT_STREAM_MAXLEN = 10_000
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids not yet in a terminal state
 
 GUEST_CONFIG_CACHE = f"{PREFIX}:guest-config"  # hash vmid -> cached config + fingerprint
+GUEST_LOAD = f"{PREFIX}:guest-load"  # hash vmid -> "cpu,mem" moving averages
 
 MIGRATION_QUEUE = "pvebalance-migrations"
 

@@ -46,6 +46,11 @@ class NodeState(BaseModel):
     maxmem: int = 1
     local_disk: int = Field(0, description="bytes used on the node's local (non-shared) guest storages")
     local_maxdisk: int = Field(0, description="capacity of the node's local guest storages")
+    # Smoothed over the last hour of PVE's RRD (None until read): what `used` mode balances on.
+    cpu_avg: float | None = None
+    cpu_p95: float | None = None
+    mem_avg: float | None = None
+    psi: dict[str, float] = Field(default_factory=dict, description="PVE 9 pressure (RRD hour average)")
 
 
 class GuestState(BaseModel):
@@ -67,6 +72,9 @@ class GuestState(BaseModel):
     maxdisk: int = 0
     local_disk: int = Field(0, description="bytes of disks on non-shared storage (copied by a migration)")
     local_resources: list[str] = Field(default_factory=list)
+    # Smoothed over the collector's recent snapshots (None until seen twice)
+    cpu_avg: float | None = None
+    mem_avg: float | None = None
 
     @property
     def running(self) -> bool:

@@ -21,6 +21,8 @@ from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, GuestType
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient
 
+from .smoothing import Smoother
+
 log = get_logger("pvebalance.collector")
 
 CLUSTER_PATHS = ["/cluster/status", "/cluster/options", "/cluster/ha/rules", "/cluster/ha/resources", "/pools"]
@@ -39,7 +41,9 @@ def fingerprint(entry: dict[str, Any]) -> str:
 
 class Collector:
     def __init__(self, client: ProxmoxClient, redis: Redis | None = None, retries: int = 3,
-                 retry_wait: float = 0.5, full_configs: bool = False) -> None:
+                 retry_wait: float = 0.5, full_configs: bool = False, rrd_interval: float = 300.0,
+                 smoothing: float = 0.2) -> None:
+        self.smoother = Smoother(client, redis, rrd_interval, smoothing)
         self.full_configs = full_configs  # `record` keeps whole configs; the cache keeps what planning reads
         self.client = client
         self.redis = redis
@@ -110,7 +114,9 @@ class Collector:
         return out
 
     def snapshot(self) -> ClusterSnapshot:
-        return snapshot_from_api(self.read_api())
+        snap = snapshot_from_api(self.read_api())
+        self.smoother.apply(snap)
+        return snap
 
     def publish(self, snapshot: ClusterSnapshot, latest_ttl: float) -> str:
         assert self.redis is not None

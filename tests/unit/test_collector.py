@@ -140,3 +140,28 @@ def test_ha_auto_rebalance_is_detected_and_its_guests_left_alone(start_simulator
     plan = plan_balance(snap, Policy())
     assert not {m.vmid for m in plan.migrations} & ha_guests
     assert plan_balance(snap, Policy(leave_ha_to_crs=False)).migrations
+
+
+def test_one_spike_moves_the_average_only_a_little(start_simulator: SimFactory, fake_redis: Redis) -> None:
+    sim = start_simulator("all-on-one")
+    collector = Collector(ProxmoxClient(api_settings(sim)), fake_redis, smoothing=0.2)
+    collector.snapshot()
+    steady = next(g for g in collector.snapshot().guests if g.vmid == 100)
+    sim.cluster.guests[100].entry["mem"] = steady.mem * 3  # one snapshot of a spike
+    spiked = next(g for g in collector.snapshot().guests if g.vmid == 100)
+    assert spiked.mem == steady.mem * 3
+    assert spiked.mem_avg == pytest.approx(steady.mem * (0.8 + 0.2 * 3), rel=1e-3)
+
+
+def test_node_rrd_gives_averages_and_pressure_at_a_bounded_rate(start_simulator: SimFactory,
+                                                                fake_redis: Redis) -> None:
+    sim = start_simulator("homelab")
+    client = ProxmoxClient(api_settings(sim))
+    collector = Collector(client, fake_redis, rrd_interval=300)
+    snap = collector.snapshot()
+    node = next(n for n in snap.nodes if n.name == "pve1")
+    assert node.mem_avg == pytest.approx(node.mem, rel=1e-3) and node.cpu_p95 is not None
+    assert {"pressurecpusome", "pressurememoryfull"} <= set(node.psi)
+    collector.snapshot()
+    rrd_reads = sim.cluster.stats.requests["GET /nodes/pve1/rrddata"]
+    assert rrd_reads == 1, "read once per rrd_interval, not per snapshot"
