@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,30 +36,28 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=200)
     RESULTS.mkdir(exist_ok=True)
-    meta = {"machine": platform.machine(), "python": platform.python_version(), "cpus": __import__("os").cpu_count()}
-    if args.which in ("engine", "all"):
-        rows = engine_bench.run(args.scenarios, args.exact_limit)
-        console.print(table("pvebalance engine (memory, used, balanciness 5)", rows, engine_bench.COLUMNS))
-        (RESULTS / "engine.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    if args.which in ("collector", "all"):
-        from . import collector_bench
-
-        rows = collector_bench.run()
-        console.print(table("collector: API requests and time per snapshot", rows, collector_bench.COLUMNS))
-        (RESULTS / "collector.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    if args.which in ("proxlb", "all"):
-        from . import proxlb_bench
-
-        rows = proxlb_bench.run(args.scenarios)
-        console.print(table("ProxLB 2.3.0 (dry run) beside pvebalance", rows, proxlb_bench.COLUMNS))
-        (RESULTS / "proxlb.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    if args.which in ("migrator", "all"):
-        from . import migrator_bench
-
-        rows = migrator_bench.run()
-        console.print(table("draining 40 guests (all-on-one, pve1 in maintenance)", rows, migrator_bench.COLUMNS))
-        (RESULTS / "migrator.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    meta = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    # name -> (title, how to run it, its columns); each is imported only when asked for
+    benches: dict[str, tuple[str, Callable[[], list[dict[str, Any]]], Callable[[], Any]]] = {
+        "engine": ("pvebalance engine (memory, used, balanciness 5)",
+                   lambda: engine_bench.run(args.scenarios, args.exact_limit), lambda: engine_bench.COLUMNS),
+        "collector": ("collector: API requests and time per snapshot",
+                      lambda: _module("collector_bench").run(), lambda: _module("collector_bench").COLUMNS),
+        "proxlb": ("ProxLB 2.3.0 (dry run) beside pvebalance",
+                   lambda: _module("proxlb_bench").run(args.scenarios), lambda: _module("proxlb_bench").COLUMNS),
+        "migrator": ("draining 40 guests (all-on-one, pve1 in maintenance)",
+                     lambda: _module("migrator_bench").run(), lambda: _module("migrator_bench").COLUMNS),
+    }
+    for name, (title, run, columns) in benches.items():
+        if args.which in (name, "all"):
+            rows = run()
+            console.print(table(title, rows, columns()))
+            (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     console.print(f"JSON written to {RESULTS}/")
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(f"{__package__}.{name}")
 
 
 main()
