@@ -165,3 +165,12 @@ def test_node_rrd_gives_averages_and_pressure_at_a_bounded_rate(start_simulator:
     collector.snapshot()
     rrd_reads = sim.cluster.stats.requests["GET /nodes/pve1/rrddata"]
     assert rrd_reads == 1, "read once per rrd_interval, not per snapshot"
+
+
+def test_a_slow_answer_times_out_and_is_retried(start_simulator: SimFactory, fake_redis: Redis) -> None:
+    sim = start_simulator()
+    sim.faults.add({"kind": "delay", "path": "^/cluster/resources$", "seconds": 2.5, "count": 1})
+    client = ProxmoxClient(api_settings(sim, timeout=1))
+    snap = Collector(client, fake_redis, retry_wait=0.01).snapshot()
+    assert len(snap.guests) == 40
+    assert sim.cluster.stats.requests["GET /cluster/resources"] >= 2

@@ -105,3 +105,19 @@ def test_a_finished_job_is_not_run_again(start_simulator: SimFactory, fake_redis
     assert r.run(job) is JobState.SUCCEEDED
     assert r.run(job) is JobState.SUCCEEDED
     assert sim.cluster.stats.migrate_posts[118] == 1
+
+
+def test_ha_guest_is_followed_until_it_lands(start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    sim = start_simulator("groups", time_scale=0.2)
+    guest = sim.cluster.guests[123]
+    assert sim.cluster.is_ha_managed(guest)
+    r, store = runner(sim, fake_redis, tmp_path)
+    target = next(n for n in ("pve5", "pve6") if n != guest.node)
+    job = make_job(store, 123, source=guest.node, target=target)
+    assert r.run(job) is JobState.SUCCEEDED
+    record = store.load(job.job_id)
+    assert ":hamigrate:" in record["upid"], "the POST only queued an HA request"
+    assert sim.cluster.guests[123].node == target
+    # the real move was a separate task, and the job did not end before it did
+    migration = next(m for m in sim.cluster.stats.migrations if m["vmid"] == 123)
+    assert float(record["at_succeeded"]) >= migration["end"]
