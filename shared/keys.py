@@ -19,6 +19,7 @@ ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids not yet in a terminal st
 
 GUEST_CONFIG_CACHE = f"{PREFIX}:guest-config"  # hash vmid -> cached config + fingerprint
 GUEST_LOAD = f"{PREFIX}:guest-load"  # hash vmid -> "cpu,mem" moving averages
+NODE_RRD = f"{PREFIX}:node-rrd"  # hash node -> when its RRD and VM list were read, and what they said
 
 MIGRATION_QUEUE = "pvebalance-migrations"
 

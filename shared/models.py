@@ -75,6 +75,7 @@ class GuestState(BaseModel):
     # Smoothed over the collector's recent snapshots (None until seen twice)
     cpu_avg: float | None = None
     mem_avg: float | None = None
+    psi: dict[str, float] = Field(default_factory=dict, description="PVE 9 pressure of a running VM")
 
     @property
     def running(self) -> bool:

@@ -236,6 +236,9 @@ def guest_status(c: Cluster, g: Guest) -> dict[str, Any]:
     e = c.guest_entry(g)
     out = {k: v for k, v in e.items() if k not in ("id", "node", "type", "hastate", "pool")}
     out["cpus"] = e.get("maxcpu", 1)
+    if g.type == "qemu" and g.running:  # PVE 9 reports a running VM's pressure (avg10) here
+        out.update(pressurecpusome=0.01, pressurecpufull=0.0, pressureiosome=0.0, pressureiofull=0.0,
+                   pressurememorysome=0.0, pressurememoryfull=0.0)
     if g.type == "lxc":
         out["vmid"] = str(g.vmid)  # PVE quirk: a string in the lxc list
         out["type"] = "lxc"

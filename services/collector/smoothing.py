@@ -2,12 +2,15 @@
 
 Guests: an exponential moving average of cpu and mem over the collector's own snapshots, kept in
 Redis by vmid, so it follows a guest that moves and one spike does not look like load. Nodes:
-the RRD hour series PVE keeps (average, 95th percentile of CPU, PVE 9 pressure), read for each
-node at most once per `rrd_interval`, so steady-state snapshots stay within nodes + 10 requests.
+the RRD hour series PVE keeps (average, 95th percentile of CPU, PVE 9 pressure) and the node's VM
+list (the only place PVE 9 shows a VM's pressure). The first snapshot reads every node; after
+that each snapshot refreshes only the stalest nodes older than `rrd_interval`, at most
+NODE_READS_PER_SNAPSHOT of them, so a steady-state snapshot costs a fixed number of requests.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -20,6 +23,7 @@ from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError
 
 log = get_logger("pvebalance.collector")
 
+NODE_READS_PER_SNAPSHOT = 2  # each is two requests: the RRD and the VM list
 PSI_KEYS = ("pressurecpusome", "pressureiosome", "pressureiofull", "pressurememorysome", "pressurememoryfull")
 
 
@@ -40,30 +44,63 @@ def rrd_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out["psi"][key] = sum(values) / len(values)
     return out
 
+GUEST_PSI_KEYS = (*PSI_KEYS, "pressurecpufull")  # a VM has CPU "full" pressure, a node does not
+
 
 class Smoother:
     def __init__(self, client: ProxmoxClient, redis: Redis | None, rrd_interval: float, alpha: float) -> None:
         self.client, self.redis, self.rrd_interval, self.alpha = client, redis, rrd_interval, alpha
         self._node_rrd: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._guest_psi: dict[int, dict[str, float]] = {}
 
     def apply(self, snap: ClusterSnapshot) -> None:
         self._nodes(snap)
         if self.redis is not None:
             self._guests(snap)
 
+    def _load_shared(self) -> None:
+        """What another collector (or an earlier `collect --once`) read, from Redis."""
+        if self.redis is None or self._node_rrd:
+            return
+        for name, raw in self.redis.hgetall(keys.NODE_RRD).items():
+            entry = json.loads(raw)
+            self._node_rrd[name.decode() if isinstance(name, bytes) else str(name)] = (entry["t"], entry["stats"])
+            self._guest_psi.update({int(k): v for k, v in entry["guest_psi"].items()})
+
+    def _due(self, snap: ClusterSnapshot, now: float) -> list[str]:
+        if not self.rrd_interval:
+            return []
+        self._load_shared()
+        online = [n.name for n in snap.nodes if n.online]
+        if not self._node_rrd:
+            return online  # the first snapshot reads every node
+        stale = [n for n in online if now - self._node_rrd.get(n, (-1e18, {}))[0] >= self.rrd_interval]
+        stale.sort(key=lambda n: self._node_rrd.get(n, (-1e18, {}))[0])
+        return stale[:NODE_READS_PER_SNAPSHOT]
+
     def _nodes(self, snap: ClusterSnapshot) -> None:
-        now = time.monotonic()
+        now = time.time()
+        shared = {}
+        for name in self._due(snap, now):
+            try:
+                rows = self.client.get(f"/nodes/{name}/rrddata", timeframe="hour", cf="AVERAGE")
+                self._node_rrd[name] = (now, rrd_stats(rows or []))
+                on_node = {}
+                for vm in self.client.get(f"/nodes/{name}/qemu") or []:
+                    psi = {k: float(vm[k]) for k in GUEST_PSI_KEYS if isinstance(vm.get(k), int | float)}
+                    if psi:
+                        on_node[int(vm["vmid"])] = psi
+                self._guest_psi.update(on_node)
+                shared[name] = json.dumps({"t": now, "stats": self._node_rrd[name][1], "guest_psi": on_node})
+            except ProxmoxError as exc:  # keep the last figures; the next round tries again
+                log.warning("node RRD unreadable", node=name, error=str(exc))
+        if shared and self.redis is not None:
+            self.redis.hset(keys.NODE_RRD, mapping=shared)
+        for g in snap.guests:
+            if g.running and g.vmid in self._guest_psi:
+                g.psi = dict(self._guest_psi[g.vmid])
         for node in snap.nodes:
-            if not node.online:
-                continue
             seen = self._node_rrd.get(node.name)
-            if self.rrd_interval and (seen is None or now - seen[0] >= self.rrd_interval):
-                try:
-                    rows = self.client.get(f"/nodes/{node.name}/rrddata", timeframe="hour", cf="AVERAGE")
-                    seen = (now, rrd_stats(rows or []))
-                    self._node_rrd[node.name] = seen
-                except ProxmoxError as exc:  # keep the last figures; the next round tries again
-                    log.warning("node RRD unreadable", node=node.name, error=str(exc))
             if seen:
                 stats = seen[1]
                 node.cpu_avg, node.cpu_p95 = stats.get("cpu_avg"), stats.get("cpu_p95")

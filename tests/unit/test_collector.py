@@ -162,9 +162,22 @@ def test_node_rrd_gives_averages_and_pressure_at_a_bounded_rate(start_simulator:
     node = next(n for n in snap.nodes if n.name == "pve1")
     assert node.mem_avg == pytest.approx(node.mem, rel=1e-3) and node.cpu_p95 is not None
     assert {"pressurecpusome", "pressurememoryfull"} <= set(node.psi)
+    vm = next(g for g in snap.guests if g.type.value == "qemu" and g.running)
+    assert "pressurecpusome" in vm.psi, "a running VM's pressure comes from its node's VM list"
     collector.snapshot()
     rrd_reads = sim.cluster.stats.requests["GET /nodes/pve1/rrddata"]
     assert rrd_reads == 1, "read once per rrd_interval, not per snapshot"
+
+
+def test_stale_nodes_are_refreshed_a_few_per_snapshot(start_simulator: SimFactory, fake_redis: Redis) -> None:
+    sim = start_simulator("mid-300")
+    client = ProxmoxClient(api_settings(sim))
+    collector = Collector(client, fake_redis, rrd_interval=0.001)
+    collector.snapshot()
+    for _ in range(3):
+        before = client.requests
+        collector.snapshot()
+        assert client.requests - before <= 10, "steady state stays within a fixed budget"
 
 
 def test_a_slow_answer_times_out_and_is_retried(start_simulator: SimFactory, fake_redis: Redis) -> None:
