@@ -98,7 +98,8 @@ def run(scenarios: list[str], exact_limit: float = 60.0) -> list[dict[str, Any]]
         }
         if name in EXACT_SCENARIOS:
             exact = minimum_migrations(snapshot, policy, exact_limit)
-            row.update(reference="exact" if exact.status == "optimal" else f"MILP ({exact.status}, bound {exact.bound})",
+            label = "exact" if exact.status == "optimal" else f"MILP ({exact.status}, bound {exact.bound})"
+            row.update(reference=label,
                        reference_migrations=exact.migrations, reference_seconds=round(exact.seconds, 1))
         else:
             row.update(reference="lower bound", reference_migrations=lower_bound(snapshot, policy),
