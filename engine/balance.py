@@ -9,6 +9,7 @@ A rule that cannot be met is reported in `unmet`, with the guests and the reason
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 from pvebalance.shared.models import (
     ClusterSnapshot,
@@ -20,7 +21,7 @@ from pvebalance.shared.models import (
     Unmet,
 )
 
-from .load import initial_loads, spread, summarize
+from .load import guest_load, initial_loads, spread, summarize, with_cluster_scale
 from .policy import Policy
 from .rules import Constraints, Group, build_constraints, fixed_reason
 from .search import balance_moves, units_by_node
@@ -34,6 +35,7 @@ def is_movable(guest: GuestState, policy: Policy) -> bool:
 
 
 def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
+    policy = with_cluster_scale(policy, snapshot)
     constraints = build_constraints(snapshot, policy)
     state = PlanState(snapshot, policy, constraints)
     before = summarize(state.loads, state.targets)
@@ -66,7 +68,23 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
         notes=notes,
     )
     plan.violations = find_violations(snapshot, plan, policy, constraints)
+    if policy.method == "weighted":
+        for dim in (d for d, w in policy.weights.items() if w > 0):
+            one = replace(policy, method=dim, scale={})  # type: ignore[arg-type]
+            before_dim, after_dim = _spread_by(snapshot, one, state.targets, state.moves)
+            plan.notes.append(f"{dim}: spread {before_dim:.1f} -> {after_dim:.1f} pp")
     return plan
+
+
+def _spread_by(snapshot: ClusterSnapshot, policy: Policy, targets: list[str], moves: list[Move]) -> tuple[float, float]:
+    """One dimension's spread before and after the moves (explains a weighted plan)."""
+    loads = initial_loads(snapshot, policy)
+    before = spread(loads, targets)
+    for move in moves:
+        load = guest_load(move.guest, policy)
+        loads[move.source].load -= load
+        loads[move.target].load += load
+    return before, spread(loads, targets)
 
 
 def _group_of(state: PlanState) -> dict[int, Group]:

@@ -49,6 +49,7 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, time_limit: fl
     started = time.monotonic()
     c = build_constraints(snapshot, policy)
     state = PlanState(snapshot, policy, c)
+    policy = state.policy
     nodes = state.targets
     movable = _candidates(state)
     index: dict[tuple[int, str], int] = {}

@@ -8,7 +8,7 @@ from typing import Literal
 from pvebalance.shared.config import BalancingSettings, PoolRule, ProxmoxClusterSettings, ResourceReserve
 from pvebalance.shared.models import GuestType
 
-Method = Literal["memory", "cpu", "disk"]
+Method = Literal["memory", "cpu", "disk", "weighted"]
 Mode = Literal["used", "assigned"]
 
 _TYPES = {"vm": GuestType.QEMU, "ct": GuestType.LXC}
@@ -34,6 +34,8 @@ class Policy:
     cooldown: frozenset[int] = field(default_factory=frozenset)  # guests moved too recently
     threshold: float | None = None  # the balanced dimension's trigger, in percent
     leave_ha_to_crs: bool = True  # with PVE's HA auto-rebalance on, HA guests are its to move
+    weights: dict[str, float] = field(default_factory=lambda: {"memory": 1.0, "cpu": 1.0})
+    scale: dict[str, float] = field(default_factory=dict)  # set per snapshot for weighted balancing
     cpu_overcommit: float | None = None
     reserve: dict[str, ResourceReserve] = field(default_factory=dict)  # 'defaults' and per node
 
@@ -66,7 +68,8 @@ class Policy:
             pools=dict(balancing.pools),
             cooldown=cooldown,
             threshold={"memory": balancing.memory_threshold, "cpu": balancing.cpu_threshold,
-                       "disk": balancing.disk_threshold}[balancing.method],
+                       "disk": balancing.disk_threshold}.get(balancing.method),
+            weights={str(dim): w for dim, w in balancing.weights.items()},
             cpu_overcommit=balancing.cpu_overcommit,
             reserve=dict(balancing.node_resource_reserve),
             leave_ha_to_crs=balancing.leave_ha_to_crs,

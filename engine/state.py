@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pvebalance.shared.models import ClusterSnapshot, GuestState, MigrationReason
 
-from .load import NodeLoad, guest_load, initial_loads, spread
+from .load import NodeLoad, guest_load, initial_loads, spread, with_cluster_scale
 from .policy import Policy
 from .rules import Constraints
 
@@ -29,6 +29,7 @@ class Move:
 
 class PlanState:
     def __init__(self, snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints) -> None:
+        policy = with_cluster_scale(policy, snapshot) if not policy.scale else policy
         self.policy = policy
         self.c = constraints
         self.loads: dict[str, NodeLoad] = initial_loads(snapshot, policy)

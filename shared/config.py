@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 ENV_PREFIX = "PVEBALANCE_"
 GuestKind = Literal["vm", "ct"]
+Dimension = Literal["memory", "cpu", "disk"]
 
 
 class ConfigError(Exception):
@@ -72,7 +73,10 @@ class ResourceReserve(Section):
 
 class BalancingSettings(Section):
     enable: bool = True
-    method: Literal["memory", "cpu", "disk"] = "memory"
+    method: Literal["memory", "cpu", "disk", "weighted"] = "memory"
+    weights: dict[Dimension, float] = Field(
+        default_factory=lambda: dict[Dimension, float]({"memory": 1.0, "cpu": 1.0}), description="for method: weighted"
+    )
     mode: Literal["used", "assigned"] = "used"
     balanciness: float = Field(5.0, ge=0, le=100)
     max_node_usage: float = Field(95.0, gt=0, le=100, description="percent a node may reach mid-plan")
