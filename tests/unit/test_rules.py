@@ -281,3 +281,11 @@ def test_weighted_balances_memory_and_cpu_together() -> None:
     targets = [n.name for n in snap.nodes if n.online and not n.maintenance]
     _, cpu_spread_memory_only = _spread_by(snap, Policy(method="cpu"), targets, moves)
     assert cpu_spread_weighted < cpu_spread_memory_only
+
+
+def test_min_gain_drops_moves_that_help_too_little() -> None:
+    snap, _ = load("all-on-one")
+    full = plan_balance(snap, Policy())
+    picky = plan_balance(snap, Policy(min_gain=50.0))
+    assert len(picky.migrations) < len(full.migrations)
+    assert any("min_gain" in n for n in picky.notes), "the plan says why it stopped"
