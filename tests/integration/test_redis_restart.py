@@ -1,0 +1,106 @@
+"""Redis going away: a queued migration survives a Redis restart (with its append-only file), and
+a worker that lost Redis reconnects and carries on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from pvebalance.embedded_redis import free_port
+from pvebalance.services.collector.collector import Collector
+from pvebalance.services.planner.planner import Planner
+from pvebalance.shared.config import load_settings
+from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.models import JobState
+from pvebalance.shared.proxmox import ProxmoxClient
+from tests.helpers import SimFactory, start_workers, write_config
+
+pytestmark = pytest.mark.integration
+
+
+class OwnRedis:
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("this test needs redis-server on PATH")
+        self.binary, self.workdir, self.port = binary, workdir, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except Exception:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def test_a_queued_job_survives_a_redis_restart_and_workers_reconnect(start_simulator: SimFactory,
+                                                                     tmp_path: Path) -> None:
+    server = OwnRedis(tmp_path)
+    server.start()
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        sim = start_simulator("all-on-one", time_scale=0.02)
+        config = write_config(tmp_path / "pvebalance.yaml", sim, server.url, balancing={"max_migrations": 1})
+        settings = load_settings(config)
+        planner = Planner(Redis.from_url(server.url), settings)
+        store = JobStore(Redis.from_url(server.url))
+
+        def plan_one() -> tuple[int, str]:
+            plan = planner.handle(Collector(ProxmoxClient(settings.proxmox_api)).snapshot())
+            assert plan is not None and len(plan.migrations) == 1
+            return plan.migrations[0].vmid, f"migrate-{plan.plan_id}-{plan.migrations[0].vmid}"
+
+        def wait_succeeded(job_id: str) -> None:
+            deadline = time.monotonic() + 60
+            while store.state(job_id) is not JobState.SUCCEEDED and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert store.state(job_id) is JobState.SUCCEEDED
+
+        # A worker loses Redis while it waits for work, and carries on once Redis is back.
+        workers = start_workers(config, 1, burst=False, log_dir=tmp_path)
+        time.sleep(1.5)
+        server.stop()
+        time.sleep(1.0)
+        server.start()
+        first_vmid, first = plan_one()
+        wait_succeeded(first)
+        for w in workers:
+            w.terminate()
+            w.wait(10)
+
+        # A job queued with no worker running survives Redis restarting, and then runs.
+        second_vmid, second = plan_one()
+        assert store.state(second) is JobState.QUEUED
+        server.stop()
+        server.start()
+        assert store.state(second) is JobState.QUEUED, "the queued job is still there"
+        workers = start_workers(config, 1, burst=False, log_dir=tmp_path)
+        wait_succeeded(second)
+        assert sim.cluster.stats.migrate_posts[first_vmid] == 1
+        assert sim.cluster.stats.migrate_posts[second_vmid] == 1
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        server.stop()
