@@ -35,12 +35,19 @@ class Planner:
         self.jobs = JobStore(redis)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
 
-    def ensure_group(self) -> None:
+    def ensure_group(self, start: str = "$") -> None:
         try:
-            self.redis.xgroup_create(keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, id="$", mkstream=True)
+            self.redis.xgroup_create(keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, id=start, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def _group_exists(self) -> bool:
+        try:
+            groups = self.redis.xinfo_groups(keys.SNAPSHOT_STREAM)
+        except ResponseError:
+            return False
+        return any(g.get("name") in (keys.PLANNER_GROUP, keys.PLANNER_GROUP.encode()) for g in groups)
 
     def next_snapshot(self, block_ms: int = 1000) -> ClusterSnapshot | None:
         """The newest unread snapshot; older unread ones are acknowledged and skipped."""
@@ -137,9 +144,19 @@ class Planner:
         self.ensure_group()
         while not stop.is_set():
             try:
-                snapshot = self.next_snapshot()
-                if snapshot is not None:
-                    self.handle(snapshot)
+                self._step()
             except Exception as exc:  # Redis away, a bad message: keep running, say so
                 log.error("planning failed", error=f"{type(exc).__name__}: {exc}")
                 stop.wait(2)
+
+    def _step(self) -> None:
+        try:
+            snapshot = self.next_snapshot()
+        except ResponseError:
+            if self._group_exists():
+                raise
+            log.warning("snapshot stream or consumer group gone (Redis restarted empty?): creating it again")
+            self.ensure_group(start="0")  # whatever arrived meanwhile; stale snapshots are refused
+            return
+        if snapshot is not None:
+            self.handle(snapshot)

@@ -143,3 +143,21 @@ def test_a_cancelled_job_is_not_run(fake_redis: Redis, start_simulator, tmp_path
     runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings)
     assert runner.run(j) is JobState.CANCELLED
     assert sim.cluster.stats.migrate_posts[118] == 0
+
+
+def test_planner_recreates_its_consumer_group_when_redis_lost_it(fake_redis: Redis) -> None:
+    import threading
+
+    planner = Planner(fake_redis, load_settings())
+    stop = threading.Event()
+    runner = threading.Thread(target=planner.run, args=(stop,), daemon=True)
+    runner.start()
+    time.sleep(0.5)
+    fake_redis.flushall()  # Redis restarted without its data, under the running planner
+    fake_redis.xadd(keys.SNAPSHOT_STREAM, {"snapshot": all_on_one().model_dump_json()})
+    deadline = time.monotonic() + 10
+    while fake_redis.get(keys.PLAN_LATEST) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    runner.join(5)
+    assert fake_redis.get(keys.PLAN_LATEST) is not None, "the planner found its stream again and planned"
