@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from pvebalance.engine import Policy, plan_balance
-from pvebalance.engine.load import initial_loads, spread, summarize
+from pvebalance.engine.load import initial_loads, summarize
 from pvebalance.engine.rules import build_constraints
 from pvebalance.engine.verify import find_violations
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
@@ -128,7 +128,3 @@ def run(scenarios: list[str]) -> list[dict[str, Any]]:
             rows += [ours, theirs]
     return rows
 
-
-def spread_of(snapshot: ClusterSnapshot, policy: Policy) -> float:
-    loads = initial_loads(snapshot, policy)
-    return spread(loads, [n.name for n in snapshot.nodes if n.online and not n.maintenance])

@@ -8,7 +8,6 @@ picks it up resumes it from its stored UPID, never POSTing a second migration.
 from __future__ import annotations
 
 import threading
-import time
 
 from redis import Redis
 from rq import Queue
@@ -79,4 +78,3 @@ def watch_orphans(redis: Redis, interval: float, stop: threading.Event) -> None:
             log.error("orphan check failed", error=f"{type(exc).__name__}: {exc}")
         if stop.wait(interval):
             return
-        time.sleep(0)
