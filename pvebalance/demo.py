@@ -45,6 +45,18 @@ _MARK = {JobState.SUCCEEDED: "ok", JobState.FAILED: "FAILED", JobState.SKIPPED: 
          JobState.CANCELLED: "cancelled"}
 
 
+def stop_processes(procs: list[subprocess.Popen[Any]], grace: float = 10) -> None:
+    """Ask each process to stop, then kill what is still running after the grace period."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def clear_pvebalance_keys(redis: Redis) -> int:
     doomed = [k for pattern in (f"{keys.PREFIX}:*", f"rq:*{keys.MIGRATION_QUEUE}*", "rq:job:migrate-*",
                                 "rq:results:migrate-*", "rq:executions:migrate-*")
@@ -124,13 +136,7 @@ def run_demo(scenario: str, redis_url: str | None, workers: int, time_scale: flo
         done = _follow(redis, console, timeout, procs)
     finally:
         stop.set()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         for t in threads:
             t.join(5)
     after = collector.snapshot()

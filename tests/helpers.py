@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from redis import Redis
 
+from pvebalance.embedded_redis import free_port
 from pvebalance.shared.config import ProxmoxApiSettings, Settings, load_settings
 from pvebalance.simulator.server import Simulator
 
@@ -57,3 +62,38 @@ def start_workers(
         out = (log_dir / f"worker-{i}.log").open("wb") if log_dir else subprocess.DEVNULL
         procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT))
     return procs
+
+
+class OwnRedis:
+    """A redis-server of the test's own, on a free port; with appendonly it survives restarts."""
+
+    def __init__(self, workdir: Path, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("these tests need redis-server on PATH (or PVEBALANCE_TEST_REDIS_URL)")
+        self.binary, self.workdir, self.port = binary, workdir, free_port()
+        self.persist = ["--appendonly", "yes", "--appendfsync", "always"] if appendonly else ["--appendonly", "no"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      *self.persist, "--dir", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except Exception:
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"

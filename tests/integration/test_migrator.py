@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from pvebalance.demo import stop_processes
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared.config import Settings, load_settings
@@ -44,17 +45,6 @@ def plan_and_enqueue(sim: Simulator, redis_url: str, tmp_path: Path, **sections:
     return plan, settings, config
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 def all_ended(store: JobStore, plan: Plan) -> bool:
     states = [store.state(f"migrate-{plan.plan_id}-{m.vmid}") for m in plan.migrations]
     return all(s is not None and s.terminal for s in states)
@@ -74,7 +64,7 @@ def test_eight_workers_drain_forty_guests_within_the_limits(start_simulator: Sim
     try:
         wait_until(lambda: all_ended(store, plan), 240, "every job to end")
     finally:
-        stop(procs)
+        stop_processes(procs)
     stats = sim.cluster.stats
     assert stats.max_concurrent <= 2
     assert max(stats.max_per_source.values()) <= 1
@@ -109,7 +99,7 @@ def test_worker_killed_mid_migration_is_resumed_without_a_second_post(
     try:
         wait_until(lambda: store.state(job_id) is JobState.SUCCEEDED, 120, "the resumed job to succeed")
     finally:
-        stop(second)
+        stop_processes(second)
     assert sim.cluster.stats.migrate_posts[move.vmid] == 1
     assert sim.cluster.guests[move.vmid].node == move.target
     assert store.active_jobs() == set()
@@ -132,7 +122,7 @@ def test_failures_end_in_the_right_state_with_the_right_reason(start_simulator: 
     try:
         wait_until(lambda: all_ended(store, plan), 120, "every job to end")
     finally:
-        stop(procs)
+        stop_processes(procs)
 
     def ended(vmid: int) -> tuple[JobState | None, str]:
         record = store.load(f"migrate-{plan.plan_id}-{vmid}")

@@ -3,7 +3,6 @@ a worker that lost Redis reconnects and carries on."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,52 +10,20 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from pvebalance.embedded_redis import free_port
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import JobState
 from pvebalance.shared.proxmox import ProxmoxClient
-from tests.helpers import SimFactory, start_workers, write_config
+from tests.helpers import OwnRedis, SimFactory, start_workers, write_config
 
 pytestmark = pytest.mark.integration
 
 
-class OwnRedis:
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("this test needs redis-server on PATH")
-        self.binary, self.workdir, self.port = binary, workdir, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except Exception:
-                time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
 def test_a_queued_job_survives_a_redis_restart_and_workers_reconnect(start_simulator: SimFactory,
                                                                      tmp_path: Path) -> None:
-    server = OwnRedis(tmp_path)
+    server = OwnRedis(tmp_path, appendonly=True)
     server.start()
     workers: list[subprocess.Popen[bytes]] = []
     try:
