@@ -54,6 +54,8 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations \
             and state.spread() > policy.balanciness:
         notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
+    elif not unmet and state.moves and _exact_applies(snapshot, policy):
+        state = _exact_if_fewer(snapshot, policy, constraints, state, notes)
 
     migrations = _to_migrations(state.moves, snapshot, policy, state.targets)
     plan = Plan(
@@ -74,6 +76,31 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
             before_dim, after_dim = _spread_by(snapshot, one, state.targets, state.moves)
             plan.notes.append(f"{dim}: spread {before_dim:.1f} -> {after_dim:.1f} pp")
     return plan
+
+
+EXACT_MAX_GUESTS = 500
+
+
+def _exact_applies(snapshot: ClusterSnapshot, policy: Policy) -> bool:
+    """The exact model knows the rules and the memory limit, not the per-plan caps or vCPU limit."""
+    return (policy.exact_seconds > 0 and len(snapshot.guests) <= EXACT_MAX_GUESTS
+            and policy.max_migrations is None and policy.max_migrations_per_target is None
+            and policy.cpu_overcommit is None and policy.threshold is None)
+
+
+def _exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, greedy: PlanState,
+                    notes: list[str]) -> PlanState:
+    from .exact import minimum_migrations, order_placement  # scipy is loaded only when it is used
+
+    result = minimum_migrations(snapshot, policy, policy.exact_seconds)
+    if result.migrations is None or result.migrations >= len(greedy.moves):
+        return greedy
+    ordered = order_placement(snapshot, policy, constraints, result.placement)
+    if ordered is None or ordered.spread() > policy.balanciness:
+        notes.append(f"the exact solver found {result.migrations} migrations, but no safe order for them")
+        return greedy
+    notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {len(greedy.moves)}")
+    return ordered
 
 
 def _spread_by(snapshot: ClusterSnapshot, policy: Policy, targets: list[str], moves: list[Move]) -> tuple[float, float]:

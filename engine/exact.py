@@ -16,11 +16,11 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-from pvebalance.shared.models import ClusterSnapshot
+from pvebalance.shared.models import ClusterSnapshot, MigrationReason
 
 from .load import guest_load
 from .policy import Policy
-from .rules import build_constraints
+from .rules import Constraints, build_constraints
 from .state import PlanState
 
 
@@ -55,7 +55,7 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, time_limit: fl
     index: dict[tuple[int, str], int] = {}
     for g in movable:
         for n in nodes:
-            if c.may_be_on(g, n) or state.where[g] == n:
+            if c.may_be_on(g, n):  # a pinned guest on a node outside its pins must leave it
                 index[(g, n)] = len(index)
     nvar = len(index) + 2  # + hi, lo
     hi, lo = nvar - 2, nvar - 1
@@ -126,3 +126,47 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, time_limit: fl
     moved = sum(1 for g, n in placement.items() if state.where[g] != n)
     proven = res.status == 0 or (bound is not None and bound >= moved)
     return ExactResult("optimal" if proven else "time limit", moved, bound, placement, seconds)
+
+
+def _reason(state: PlanState, c: Constraints, vmid: int) -> tuple[MigrationReason, str]:
+    """Why the exact plan moves this guest, judged on the placement before any move."""
+    node = state.where[vmid]
+    if node in state.draining:
+        return MigrationReason.MAINTENANCE, f"leaves {node} (maintenance)"
+    if not c.may_be_on(vmid, node):
+        allowed = ",".join(sorted(c.allowed[vmid]))
+        return c.allowed_reason[vmid], f"{c.allowed_rule[vmid]}: may run only on {allowed}"
+    for group in c.apart_of.get(vmid, ()):
+        if any(state.where[m] == node for m in group.vmids if m != vmid):
+            return group.reason, f"{group.name}: must not share {node}"
+    for group in c.together:
+        if vmid in group.vmids and len({state.where[m] for m in group.vmids}) > 1:
+            return group.reason, f"{group.name}: joins its group"
+    return MigrationReason.BALANCE, ""
+
+
+def order_placement(snapshot: ClusterSnapshot, policy: Policy, c: Constraints,
+                    placement: dict[int, str]) -> PlanState | None:
+    """A safe order for reaching a placement: each move taken only when its target has room and the
+    rules hold at that step, largest first; None when the moves are stuck in a cycle."""
+    state = PlanState(snapshot, policy, c)
+    reasons = {v: _reason(state, c, v) for v, n in placement.items() if state.where[v] != n}
+    pending = {v: n for v, n in placement.items() if state.where[v] != n}
+    group_of = {v: g for g in c.together for v in g.vmids}
+    while pending:
+        for vmid in sorted(pending, key=lambda v: (-state.guests[v].mem, v)):
+            target = pending[vmid]
+            group = group_of.get(vmid)
+            unit = frozenset(v for v in group.vmids if pending.get(v) == target) if group else frozenset({vmid})
+            if state.allows(unit, target) and state.fits(unit, target):
+                before = state.spread()
+                reason, detail = reasons[vmid]
+                count = state.move(unit, target, reason, detail)
+                for move in state.moves[len(state.moves) - count:]:
+                    move.detail = move.detail or f"spread {before:.1f} -> {state.spread():.1f} pp"
+                for v in unit:
+                    del pending[v]
+                break
+        else:
+            return None
+    return state

@@ -36,6 +36,7 @@ class Policy:
     leave_ha_to_crs: bool = True  # with PVE's HA auto-rebalance on, HA guests are its to move
     weights: dict[str, float] = field(default_factory=lambda: {"memory": 1.0, "cpu": 1.0})
     scale: dict[str, float] = field(default_factory=dict)  # set per snapshot for weighted balancing
+    exact_seconds: float = 0.0  # > 0: also solve small clusters exactly, and keep the plan with fewer moves
     cpu_overcommit: float | None = None
     reserve: dict[str, ResourceReserve] = field(default_factory=dict)  # 'defaults' and per node
 
@@ -70,6 +71,7 @@ class Policy:
             threshold={"memory": balancing.memory_threshold, "cpu": balancing.cpu_threshold,
                        "disk": balancing.disk_threshold}.get(balancing.method),
             weights={str(dim): w for dim, w in balancing.weights.items()},
+            exact_seconds=balancing.exact_seconds,
             cpu_overcommit=balancing.cpu_overcommit,
             reserve=dict(balancing.node_resource_reserve),
             leave_ha_to_crs=balancing.leave_ha_to_crs,
