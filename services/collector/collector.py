@@ -72,29 +72,30 @@ class Collector:
 
     def _guest_configs(self, resources: list[dict[str, Any]]) -> dict[str, Any]:
         guests = [r for r in resources if r.get("type") in ("qemu", "lxc")]
-        cached: dict[str, Any] = {}
-        unknown = [g for g in guests if self._memo.get(str(g["vmid"]), ("",))[0] != fingerprint(g)]
-        for g in guests:
-            memo = self._memo.get(str(g["vmid"]))
-            if memo:
-                cached[str(g["vmid"])] = {"fp": memo[0], "config": memo[1]}
-        if self.redis is not None and unknown:
-            raw = self.redis.hmget(keys.GUEST_CONFIG_CACHE, [str(g["vmid"]) for g in unknown])
-            cached.update({str(g["vmid"]): json.loads(r) for g, r in zip(unknown, raw, strict=True) if r})
+        prints = {str(g["vmid"]): fingerprint(g) for g in guests}
+        # (fingerprint, config) known for each guest: this process's memo first, then Redis for
+        # guests the memo lacks or holds stale; a stale entry still serves when a read fails.
+        known: dict[str, tuple[str, dict[str, Any]]] = {v: self._memo[v] for v in prints if v in self._memo}
+        misses = [v for v, fp in prints.items() if known.get(v, ("",))[0] != fp]
+        if self.redis is not None and misses:
+            for vmid, raw in zip(misses, self.redis.hmget(keys.GUEST_CONFIG_CACHE, misses), strict=True):
+                if raw:
+                    entry = json.loads(raw)
+                    known[vmid] = (entry["fp"], entry["config"])
         out: dict[str, Any] = {}
         fresh: dict[str, str] = {}
         offline = {r["node"] for r in resources if r.get("type") == "node" and r.get("status") != "online"}
         for g in guests:
-            path = f"/nodes/{g['node']}/{g['type']}/{g['vmid']}/config"
-            fp = fingerprint(g)
-            hit = cached.get(str(g["vmid"]))
-            if hit and hit["fp"] == fp:
-                out[path] = hit["config"]
-                self._memo[str(g["vmid"])] = (fp, hit["config"])
+            vmid, fp = str(g["vmid"]), prints[str(g["vmid"])]
+            path = f"/nodes/{g['node']}/{g['type']}/{vmid}/config"
+            hit = known.get(vmid)
+            if hit and hit[0] == fp:
+                out[path] = hit[1]
+                self._memo[vmid] = hit
                 continue
             if g["node"] in offline:
                 if hit:
-                    out[path] = hit["config"]
+                    out[path] = hit[1]
                 continue
             try:
                 config = self.client.get(path)
@@ -102,13 +103,13 @@ class Collector:
                 # The guest moved or vanished between the two reads; the next snapshot sees it.
                 log.warning("guest config unreadable", vmid=g["vmid"], error=str(exc))
                 if hit:
-                    out[path] = hit["config"]
+                    out[path] = hit[1]
                 continue
             if not self.full_configs:
                 config = essential_config(config, GuestType(g["type"]))
             out[path] = config
-            self._memo[str(g["vmid"])] = (fp, config)
-            fresh[str(g["vmid"])] = json.dumps({"fp": fp, "config": config})
+            self._memo[vmid] = (fp, config)
+            fresh[vmid] = json.dumps({"fp": fp, "config": config})
         if self.redis is not None and fresh:
             self.redis.hset(keys.GUEST_CONFIG_CACHE, mapping=fresh)
         return out

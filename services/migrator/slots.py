@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -96,16 +96,17 @@ class Slots:
         pipe.ltrim(keys.SLOTS_WAKE, 0, 63)
         pipe.execute()
 
-    def wait(self, req: SlotRequest, on_wait: object = None, cancelled: object = None) -> None:
+    def wait(self, req: SlotRequest, on_wait: Callable[[], object] | None = None,
+             cancelled: Callable[[], bool] | None = None) -> None:
         """Block (sleeping, not spinning) until every slot is taken, or raise SlotTimeout."""
         deadline = time.monotonic() + self.settings.slot_wait_timeout
         delay = 0.1
         while not self.try_acquire(req):
-            if callable(cancelled) and cancelled():
+            if cancelled is not None and cancelled():
                 raise SlotCancelled()
             if time.monotonic() > deadline:
                 raise SlotTimeout(f"no migration slot free within {self.settings.slot_wait_timeout:.0f} s")
-            if callable(on_wait):
+            if on_wait is not None:
                 on_wait()
                 on_wait = None
             # Sleep until a slot is released (BLPOP on the wake-up list) or the back-off ends.
@@ -113,7 +114,8 @@ class Slots:
             delay = min(delay * 1.5, 2.0)
 
     @contextmanager
-    def held(self, req: SlotRequest, on_wait: object = None, cancelled: object = None) -> Iterator[None]:
+    def held(self, req: SlotRequest, on_wait: Callable[[], object] | None = None,
+             cancelled: Callable[[], bool] | None = None) -> Iterator[None]:
         """Hold the slots for the body, renewing them in the background; released on every exit."""
         self.wait(req, on_wait, cancelled)
         stop = threading.Event()
