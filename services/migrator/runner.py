@@ -24,7 +24,7 @@ from pvebalance.shared.models import GuestType, JobState, MigrationJob
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient, upid_node
 
 from .recovery import Lease
-from .slots import SlotCancelled, SlotRequest, Slots
+from .slots import SlotCancelled, SlotRequest, Slots, SlotTimeout
 
 log = get_logger("pvebalance.migrator")
 T = TypeVar("T")
@@ -88,7 +88,7 @@ class MigrationRunner:
             return JobState.CANCELLED
         except Skip as exc:
             return self._end(job, JobState.SKIPPED, str(exc), started)
-        except Failed as exc:
+        except (Failed, SlotTimeout) as exc:
             return self._end(job, JobState.FAILED, str(exc), started)
         except ProxmoxError as exc:
             return self._end(job, JobState.FAILED, exc.message, started)

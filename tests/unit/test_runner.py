@@ -121,3 +121,21 @@ def test_ha_guest_is_followed_until_it_lands(start_simulator: SimFactory, fake_r
     # the real move was a separate task, and the job did not end before it did
     migration = next(m for m in sim.cluster.stats.migrations if m["vmid"] == 123)
     assert float(record["at_succeeded"]) >= migration["end"]
+
+
+def test_no_slot_within_the_wait_limit_ends_the_job_failed(start_simulator: SimFactory, fake_redis: Redis,
+                                                           tmp_path: Path) -> None:
+    from pvebalance.services.migrator.slots import SlotRequest
+
+    sim = start_simulator()
+    settings = settings_for(sim, "redis://unused", tmp_path,
+                            migrator={"max_parallel_cluster": 1, "slot_wait_timeout": 0.3})
+    store = JobStore(fake_redis)
+    slots = Slots(fake_redis, settings.migrator)
+    assert slots.try_acquire(SlotRequest("someone-else", "pve3", "pve4"))
+    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings)
+    job = make_job(store, 118)
+    assert r.run(job) is JobState.FAILED
+    assert "no migration slot" in store.load(job.job_id)["message"]
+    assert store.active_jobs() == set(), "the job is not left waiting forever"
+    assert sim.cluster.stats.migrate_posts[118] == 0
