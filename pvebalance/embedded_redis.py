@@ -51,3 +51,65 @@ class EmbeddedRedis:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- BLMOVE as Redis does it ----------------------------------------------------------------------
+# rq >= 2 dequeues with BLMOVE (queue -> its intermediate list). fakeredis 2.40 resolves BLMOVE's two
+# keys once, when the command arrives, and retries the move on those same list objects each time it
+# wakes up; a list that was emptied (and so deleted) and pushed again is a new object, which the
+# blocked client never sees, and the stale objects are written back over the live keys. Jobs were
+# lost that way (the drain benchmark hung with two jobs 'queued' in no list). This BLMOVE reads both
+# keys afresh on every pass, as fakeredis' own BRPOPLPUSH does.
+
+def _blmove_pass(self: Any, source: bytes, destination: bytes, wherefrom: bytes, whereto: bytes,
+                 first_pass: bool) -> Any:
+    from fakeredis import _msgs as msgs
+    from fakeredis._core import CommandItem
+    from fakeredis._helpers import SimpleError, casematch
+
+    if not all(casematch(w, b"left") or casematch(w, b"right") for w in (wherefrom, whereto)):
+        raise SimpleError(msgs.SYNTAX_ERROR_MSG)
+    src = CommandItem(source, self._db, item=self._db.get(source), default=[])
+    if not isinstance(src.value, list):
+        if first_pass:
+            raise SimpleError(msgs.WRONGTYPE_MSG)
+        return None
+    if not src.value:
+        return None
+    dst = src if destination == source else CommandItem(destination, self._db, item=self._db.get(destination),
+                                                         default=[])
+    if not isinstance(dst.value, list):
+        raise SimpleError(msgs.WRONGTYPE_MSG)
+    el = src.value.pop(0) if casematch(wherefrom, b"left") else src.value.pop()
+    if casematch(whereto, b"left"):
+        dst.value.insert(0, el)
+    else:
+        dst.value.append(el)
+    src.updated()
+    src.writeback()
+    if dst is not src:
+        dst.updated()
+        dst.writeback()
+    return el
+
+
+def _install_blmove_fix() -> None:
+    import functools
+
+    from fakeredis import _msgs as msgs
+    from fakeredis._command_args_parsing import Timeout
+    from fakeredis._commands import command
+    from fakeredis._helpers import SimpleString
+    from fakeredis.commands_mixins.list_mixin import ListCommandsMixin
+
+    def blmove(self: Any, source: bytes, destination: bytes, wherefrom: bytes, whereto: bytes,
+               timeout: float) -> Any:
+        return self._blocking(timeout, functools.partial(_blmove_pass, self, source, destination, wherefrom, whereto))
+
+    # Re-registering the signature with plain key names makes fakeredis hand us the names, not items.
+    command(name="BLMOVE", fixed=(bytes, bytes, SimpleString, SimpleString, Timeout),
+            flags=msgs.FLAG_NO_SCRIPT)(blmove)
+    ListCommandsMixin.blmove = blmove  # type: ignore[method-assign,assignment]
+
+
+_install_blmove_fix()
