@@ -1,7 +1,11 @@
 """Migration jobs in Redis: the job hash, the guest claim, and the status event stream.
 
-The planner creates jobs here and the migrator moves them through their states; both write every
-state change twice, onto the job's hash and onto the event stream, in one transaction.
+The job store is the one owner of a job's state. Every change goes through one Lua script that
+compares and sets: a job that has reached a final state never changes again, so whoever tries to
+end a job a second time (a second runner, a callback, the reconciler) changes nothing. Ending a
+job also, in the same step, takes it out of the active set, frees its guest claim and its
+migration slots, and wakes a worker waiting for a slot. Each change is written twice, onto the
+job's hash and onto the event stream.
 """
 
 from __future__ import annotations
@@ -15,11 +19,51 @@ from . import keys
 from .models import JobState, JobStatusEvent, MigrationJob
 
 GUEST_CLAIM_TTL = 24 * 3600  # a guest's claim outlives any sane migration, and cannot leak forever
+TERMINAL = ",".join(s.value for s in JobState if s.terminal)
+
+# KEYS: job hash, active set, guest claim, event stream, 3 slot sets, slot wake-up list.
+# ARGV: new state, job id, event JSON, stream maxlen, states it may come from ('' = any that is not
+#       final), terminal states, then field/value pairs for the hash.
+# Returns 1 when the change was made, 0 when the job's current state forbade it.
+_TRANSITION = """
+local unpack = unpack or table.unpack
+local current = redis.call('HGET', KEYS[1], 'state') or ''
+for s in string.gmatch(ARGV[6], '[^,]+') do
+  if s == current then return 0 end
+end
+if ARGV[5] ~= '' then
+  local allowed = false
+  for s in string.gmatch(ARGV[5], '[^,]+') do
+    if s == current then allowed = true end
+  end
+  if not allowed then return 0 end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(ARGV, 7))
+local final = false
+for s in string.gmatch(ARGV[6], '[^,]+') do
+  if s == ARGV[1] then final = true end
+end
+if final then
+  redis.call('SREM', KEYS[2], ARGV[2])
+  if redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+  local freed = 0
+  for i = 5, 7 do freed = freed + redis.call('ZREM', KEYS[i], ARGV[2]) end
+  if freed > 0 then
+    redis.call('LPUSH', KEYS[8], '1')
+    redis.call('LTRIM', KEYS[8], 0, 63)
+  end
+else
+  redis.call('SADD', KEYS[2], ARGV[2])
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+return 1
+"""
 
 
 class JobStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._transition_script = redis.register_script(_TRANSITION)
 
     def claim_guest(self, vmid: int, job_id: str) -> str | None:
         """Claim the guest for this job; returns the job that already holds it, if any."""
@@ -36,7 +80,7 @@ class JobStore:
         created = self.redis.hsetnx(keys.job(job.job_id), "payload", job.model_dump_json())
         if not created:
             return False
-        self.transition(job, JobState.QUEUED)
+        self.transition(job, JobState.QUEUED, created_at=time.time())
         return True
 
     def load(self, job_id: str) -> dict[str, str]:
@@ -56,19 +100,10 @@ class JobStore:
         job = self.job(job_id)
         if job is None:
             return None
-        with self.redis.pipeline() as pipe:
-            pipe.watch(keys.job(job_id))
-            state = self.state(job_id)
-            if state not in (JobState.QUEUED, JobState.WAITING):
-                pipe.unwatch()
-                return state
-            pipe.multi()
-            self._transition(pipe, job, JobState.CANCELLED, "cancelled by the operator", None, None)
-            pipe.execute()
-        return JobState.CANCELLED
-
-    def set_upid(self, job_id: str, upid: str) -> None:
-        self.redis.hset(keys.job(job_id), "upid", upid)
+        if self.transition(job, JobState.CANCELLED, "cancelled by the operator",
+                           only_from=(JobState.QUEUED, JobState.WAITING)):
+            return JobState.CANCELLED
+        return self.state(job_id)
 
     def transition(
         self,
@@ -77,32 +112,35 @@ class JobStore:
         message: str = "",
         upid: str | None = None,
         duration_s: float | None = None,
-    ) -> JobStatusEvent:
-        pipe = self.redis.pipeline(transaction=True)
-        event = self._transition(pipe, job, state, message, upid, duration_s)
-        pipe.execute()
-        return event
+        only_from: tuple[JobState, ...] = (),
+        **fields: Any,
+    ) -> bool:
+        """Move the job to `state` unless it has ended (or is not in `only_from`); True if it moved.
 
-    def _transition(self, pipe: Any, job: MigrationJob, state: JobState, message: str, upid: str | None,
-                    duration_s: float | None) -> JobStatusEvent:
+        A final state also frees the guest claim and the job's slots and leaves the active set.
+        """
         event = JobStatusEvent(
             job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid, source=job.source, target=job.target,
             state=state, message=message, upid=upid, duration_s=duration_s,
         )
-        fields: dict[str, Any] = {"state": state.value, "message": message, f"at_{state.value}": time.time()}
+        values: dict[str, Any] = {"message": message, f"at_{state.value}": time.time(), **fields}
         if upid:
-            fields["upid"] = upid
+            values["upid"] = upid
         if duration_s is not None:
-            fields["duration_s"] = duration_s
-        pipe.hset(keys.job(job.job_id), mapping=fields)
-        if state.terminal:
-            pipe.srem(keys.ACTIVE_JOBS, job.job_id)
-            pipe.eval(_RELEASE_CLAIM, 1, keys.guest_job(job.vmid), job.job_id)
-        else:
-            pipe.sadd(keys.ACTIVE_JOBS, job.job_id)
-        pipe.xadd(keys.EVENT_STREAM, {"event": event.model_dump_json()},
-                  maxlen=keys.EVENT_STREAM_MAXLEN, approximate=True)
-        return event
+            values["duration_s"] = duration_s
+        flat = [str(x) for kv in values.items() for x in kv]
+        job_keys = [keys.job(job.job_id), keys.ACTIVE_JOBS, keys.guest_job(job.vmid), keys.EVENT_STREAM,
+                    *keys.slot_scopes(job.source, job.target), keys.SLOTS_WAKE]
+        args = [state.value, job.job_id, event.model_dump_json(), keys.EVENT_STREAM_MAXLEN,
+                ",".join(s.value for s in only_from), TERMINAL, *flat]
+        return bool(self._transition_script(keys=job_keys, args=args))
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        """Bookkeeping that is not a state change (attempt counters, when a POST was sent)."""
+        self.redis.hset(keys.job(job_id), mapping={k: str(v) for k, v in fields.items()})
+
+    def count(self, job_id: str, field: str) -> int:
+        return int(self.redis.hincrby(keys.job(job_id), field, 1))
 
     def start_cooldown(self, vmid: int, seconds: float) -> None:
         self.redis.zadd(keys.COOLDOWN, {str(vmid): time.time() + seconds})
@@ -124,11 +162,9 @@ class JobStore:
         return out
 
 
-# Drop the guest's claim only if this job still holds it.
-_RELEASE_CLAIM = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+def in_flight(record: dict[str, str]) -> bool:
+    """A migrate POST was sent (or may have been): the job follows a Proxmox task, never POSTs blindly."""
+    return bool(record.get("upid") or record.get("posted_at"))
 
 
 def _text(value: Any) -> str:

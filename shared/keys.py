@@ -46,6 +46,11 @@ def lease(job_id: str) -> str:
     return f"{PREFIX}:lease:{job_id}"
 
 
+def slot_scopes(source: str, target: str) -> list[str]:
+    """The three slot sets a migration from source to target holds a place in, in this order."""
+    return [SLOTS_CLUSTER, slots_source(source), slots_target(target)]
+
+
 def slots_source(node: str) -> str:
     return f"{PREFIX}:slots:source:{node}"
 
@@ -53,5 +58,8 @@ def slots_source(node: str) -> str:
 def slots_target(node: str) -> str:
     return f"{PREFIX}:slots:target:{node}"
 
+
+RECONCILER_LOCK = f"{PREFIX}:reconciler"  # one worker reconciles the job store with rq at a time
+LOST_SINCE = f"{PREFIX}:jobs:lost-since"  # hash job id -> when a 'queued' job was first seen in no queue
 
 COOLDOWN = f"{PREFIX}:cooldown"  # sorted set: vmid -> time until which the guest stays put

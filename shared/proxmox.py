@@ -2,7 +2,11 @@
 
 - Several API hosts: a host that does not answer is skipped for the next one.
 - Booleans go out as PVE's 0/1 (proxmoxer would send "True", which PVE refuses).
-- Every failure is a ProxmoxError that names the host and says what went wrong in one line.
+- Every failure is a ProxmoxError that names the host and says what went wrong in one line, and
+  says what kind of failure it is: no answer, an answer that is not PVE's JSON, refused credentials,
+  a TLS failure, or PVE's own refusal (an HTTP status).
+- A 401 is answered by logging in again once (a ticket expires after 2 h); only a second 401 is an
+  error, so a long-running worker never fails on an expired ticket.
 """
 
 from __future__ import annotations
@@ -27,19 +31,33 @@ UPID_RE = re.compile(
 )
 
 
+NO_ANSWER, MALFORMED, AUTH, TLS, REFUSED = "no-answer", "malformed", "auth", "tls", "refused"
+
+
 class ProxmoxError(Exception):
     """An API call that failed; `status` is the HTTP status (None when no host answered)."""
 
-    def __init__(self, message: str, status: int | None = None, host: str | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, host: str | None = None,
+                 kind: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.host = host
+        self.kind = kind or (AUTH if status == 401 else REFUSED if status is not None else NO_ANSWER)
+
+    @property
+    def auth(self) -> bool:
+        return self.kind == AUTH
 
     @property
     def transient(self) -> bool:
-        """Worth retrying: no answer, a gateway or offline-node status, or a 500 that is not a refusal."""
-        if self.status is None or self.status in (502, 503, 504, 595, 596):
+        """Worth retrying: no answer, a garbled answer, a gateway or offline-node status, or a 500 that is
+        not a refusal."""
+        if self.kind in (NO_ANSWER, MALFORMED):
+            return True
+        if self.kind in (AUTH, TLS):
+            return False
+        if self.status in (502, 503, 504, 595, 596):
             return True
         if self.status != 500:
             return False
@@ -109,10 +127,25 @@ class ProxmoxClient:
             raise ProxmoxError(
                 f"authentication failed for {s.user} at {host}: check the password", 401, host
             ) from None
+        except requests.exceptions.SSLError as exc:
+            raise _tls_error(host, exc) from None
         except requests.RequestException as exc:
             raise ProxmoxError(f"{host} does not answer: {_short(exc)}", None, host) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProxmoxError(f"{host} answered the login with something that is not Proxmox's JSON "
+                               f"({type(exc).__name__})", None, host, MALFORMED) from None
 
     def _call(self, method: str, path: str, params: Mapping[str, Any]) -> Any:
+        try:
+            return self._call_hosts(method, path, params)
+        except ProxmoxError as exc:
+            if not exc.auth or self._api is None:
+                raise
+        # A 401 on a session that worked: the ticket expired (or was revoked). Log in again, once.
+        self._api = None
+        return self._call_hosts(method, path, params)
+
+    def _call_hosts(self, method: str, path: str, params: Mapping[str, Any]) -> Any:
         hosts = self.settings.hosts
         order = hosts if self._host is None else [self._host] + [h for h in hosts if h != self._host]
         last: ProxmoxError | None = None
@@ -123,19 +156,31 @@ class ProxmoxClient:
                     self._host = host
                 self.requests += 1
                 resource = self._api(path.strip("/"))
-                if method == "GET":
-                    return resource.get(**pve_params(params))
-                return resource.post(**pve_params(params))
+                call = resource.get if method == "GET" else resource.post
+                answer = call(**pve_params(params))
             except ResourceException as exc:
                 raise self._error(exc, method, path, host) from None
+            except requests.exceptions.SSLError as exc:
+                raise _tls_error(host, exc) from None
             except requests.RequestException as exc:
                 last = ProxmoxError(f"{host} does not answer ({method} {path}): {_short(exc)}", None, host)
                 self._api = None
+                continue
+            except (KeyError, TypeError, ValueError) as exc:  # JSON without PVE's {"data": ...} envelope
+                raise ProxmoxError(f"{host} gave an answer that is not Proxmox's JSON ({method} {path}): "
+                                   f"{type(exc).__name__}", None, host, MALFORMED) from None
             except ProxmoxError as exc:
-                if exc.status is not None:
+                if exc.kind != NO_ANSWER:
                     raise
                 last = exc
                 self._api = None
+                continue
+            # proxmoxer hands back {"errors": <body>} for a 2xx body that is not JSON at all.
+            if isinstance(answer, dict) and set(answer) == {"errors"} and isinstance(answer["errors"], bytes):
+                body = answer["errors"][:80].decode(errors="replace")
+                raise ProxmoxError(f"{host} gave an answer that is not Proxmox's JSON ({method} {path}): {body!r}",
+                                   None, host, MALFORMED)
+            return answer
         assert last is not None
         raise last
 
@@ -155,6 +200,11 @@ class ProxmoxClient:
 
     def post(self, path: str, **data: Any) -> Any:
         return self._call("POST", path, data)
+
+
+def _tls_error(host: str, exc: Exception) -> ProxmoxError:
+    return ProxmoxError(f"TLS verification of {host} failed (check proxmox_api.ca_file or ssl_verification): "
+                        f"{_short(exc)}", None, host, TLS)
 
 
 def _short(exc: Exception) -> str:

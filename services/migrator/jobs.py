@@ -1,17 +1,23 @@
-"""The rq job function and the per-process context it runs with."""
+"""The rq job function, the callbacks through which rq's outcome settles the job store, and the
+per-process context a job runs with."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
+from redis import Redis
 from rq import get_current_job
+from rq.job import Job
 
 from pvebalance.shared.config import Settings, load_settings
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import JobState, MigrationJob
 from pvebalance.shared.proxmox import ProxmoxClient
 
+from .recovery import settle
 from .runner import MigrationRunner
 from .slots import Slots
 
@@ -52,3 +58,19 @@ def run_migration(payload: str) -> str:
     if state is JobState.FAILED:
         raise MigrationNotDone(JobStore(redis).load(job.job_id).get("message", "failed"))
     return state.value
+
+
+# rq calls these (by name, so they survive serialisation) whatever way a run ends other than success.
+
+def on_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None, exc: BaseException | None,
+               tb: TracebackType | None) -> None:
+    name = exc_type.__name__ if exc_type else "error"
+    settle(connection, job.id, f"{name}: {exc}" if exc and str(exc) else name)
+
+
+def on_stopped(job: Job, connection: Redis) -> None:
+    settle(connection, job.id, "stopped through rq")
+
+
+def on_horse_killed(job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+    settle(job.connection, job.id, f"the work-horse process died (wait status {ret_val})")

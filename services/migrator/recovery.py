@@ -1,80 +1,168 @@
-"""Jobs whose worker died: found by their missing lease, and handed back to the queue.
+"""Keeping the job store and rq in step: whatever ends an rq job settles the migration job too.
 
-A runner holds a short lease on its job (renewed while it works). A job still marked running or
-waiting whose lease has expired lost its worker; it is put back on the queue, and the worker that
-picks it up resumes it from its stored UPID, never POSTing a second migration.
+rq is the source of truth for whether a job is queued, running or over; the job store for how the
+migration went. They meet in two places:
+
+- `settle` is rq's failure, stopped and horse-killed callback (and runs for jobs whose worker died,
+  through rq's own StartedJobRegistry.cleanup). A job that rq ended while the job store still has it
+  active is marked to be taken over.
+- `Reconciler.run_once`, every few seconds in one worker at a time, compares each active job with
+  rq: a job rq has ended is queued again (its runner resumes it: a job in flight follows its task,
+  never POSTs twice) or, after MAX_ATTEMPTS, ended failed with rq's reason; a job rq calls queued but
+  that no queue holds (a dequeue that popped it and lost it, rq issues #758 and #2079) is queued
+  again, once; a job that never started within its deadline is ended, so the planner never stalls.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+import uuid
+from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from pvebalance.shared import keys
-from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.config import Settings
+from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
+from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState
+from pvebalance.shared.redisconn import Outage
 
 log = get_logger("pvebalance.migrator.recovery")
 
+MAX_ATTEMPTS = 5  # runs of one job (resumptions included) before it is ended as failed
+LOST_AFTER = 15.0  # seconds a 'queued' job may be in no queue list (a dequeue in progress takes ms)
+RQ_ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
-class Lease:
-    """SET NX with expiry, renewed in the background; one runner per job at any time."""
 
-    def __init__(self, redis: Redis, job_id: str, holder: str, ttl: float) -> None:
-        self.redis, self.key, self.holder, self.ttl = redis, keys.lease(job_id), holder, ttl
-        self._stop = threading.Event()
+def settle(redis: Redis, job_id: str, reason: str) -> None:
+    """rq ended this job (an exception, a timeout, a stop, a killed work-horse, a dead worker)."""
+    store = JobStore(redis)
+    record = store.load(job_id)
+    state = record.get("state")
+    if not state or JobState(state).terminal:
+        return
+    store.set_fields(job_id, interrupted=reason[-500:])
+    log.warning("a job's run ended before the job did; it will be taken over", job_id=job_id, state=state,
+                upid=record.get("upid"), reason=reason[-300:])
 
-    def acquire(self) -> bool:
-        if not self.redis.set(self.key, self.holder, nx=True, px=int(self.ttl * 1000)):
+
+class Reconciler:
+    def __init__(self, redis: Redis, settings: Settings, interval: float = 2.0) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.interval = interval
+        self.store = JobStore(redis)
+        self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
+        self.me = uuid.uuid4().hex
+
+    def run(self, stop: threading.Event) -> None:
+        outage = Outage(log, "Redis", "the job reconciler")
+        while not stop.wait(self.interval):
+            try:
+                self.run_once()
+                outage.ok()
+            except RedisError as exc:
+                outage.failed(exc)
+            except Exception:  # a bug: say where, and keep reconciling
+                log.exception("job reconciliation failed")
+
+    def run_once(self) -> list[str]:
+        """One pass; returns the ids of the jobs it acted on. Only one worker passes at a time."""
+        if not self.redis.set(keys.RECONCILER_LOCK, self.me, nx=True, px=int(self.interval * 900)):
+            return []
+        # rq's own detection of runs whose worker died: their failure callback (settle) runs here.
+        self.queue.started_job_registry.cleanup()
+        acted = end_overdue(self.store, self.settings)
+        for job_id in sorted(self.store.active_jobs()):
+            try:
+                if self._reconcile(job_id):
+                    acted.append(job_id)
+            except RedisError:
+                raise
+            except Exception:  # one odd job must not stop the others being looked after
+                log.exception("could not reconcile a job", job_id=job_id)
+        return acted
+
+    def _reconcile(self, job_id: str) -> bool:
+        record = self.store.load(job_id)
+        state = record.get("state")
+        if not state or JobState(state).terminal:
+            self.redis.srem(keys.ACTIVE_JOBS, job_id)  # a leftover: the hash is gone or the job ended
+            return True
+        if self.redis.exists(keys.lease(job_id)):
+            return False  # a runner is working on it
+        try:
+            rq_job: Job | None = Job.fetch(job_id, connection=self.redis)
+            status = rq_job.get_status() if rq_job else None
+        except NoSuchJobError:
+            rq_job, status = None, None
+        if status is JobStatus.QUEUED:
+            return self._find_lost(job_id)
+        self.redis.hdel(keys.LOST_SINCE, job_id)
+        if status in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
+            return False  # waiting for the moves it depends on
+        if status is JobStatus.STARTED and job_id in self.queue.started_job_registry:
+            return False  # running; if its worker died, rq's cleanup above will say so
+        return self._take_over(job_id, record, rq_job, status)
+
+    def _find_lost(self, job_id: str) -> bool:
+        """A job rq calls queued must be in the queue (or, for a moment, its intermediate list)."""
+        queued = self.redis.lpos(self.queue.key, job_id) is not None
+        if queued:
+            self.redis.hdel(keys.LOST_SINCE, job_id)
             return False
-        threading.Thread(target=self._renew, name="job-lease", daemon=True).start()
+        now = time.time()
+        if self.redis.hsetnx(keys.LOST_SINCE, job_id, now):
+            return False
+        since = float(self.redis.hget(keys.LOST_SINCE, job_id) or now)
+        if now - since < LOST_AFTER:
+            return False
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrem(self.queue.intermediate_queue_key, 0, job_id)
+        pipe.rpush(self.queue.key, job_id)
+        pipe.hdel(keys.LOST_SINCE, job_id)
+        pipe.execute()
+        log.warning("job was queued in no queue (popped by a dequeue that never ran it): queued again",
+                    job_id=job_id, lost_s=round(now - since, 1))
         return True
 
-    def _renew(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            self.redis.set(self.key, self.holder, xx=True, px=int(self.ttl * 1000))
-
-    def release(self) -> None:
-        self._stop.set()
-        self.redis.eval(_RELEASE, 1, self.key, self.holder)
-
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-def recover_orphans(redis: Redis) -> list[str]:
-    store = JobStore(redis)
-    queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
-    recovered = []
-    for job_id in sorted(store.active_jobs()):
-        state = store.state(job_id)
-        if state not in (JobState.RUNNING, JobState.WAITING) or redis.exists(keys.lease(job_id)):
-            continue
-        try:
-            job = Job.fetch(job_id, connection=redis)
-        except NoSuchJobError:
-            continue
-        queue.started_job_registry.remove_executions(job)
-        queue.enqueue_job(job, at_front=True)
-        recovered.append(job_id)
-        log.warning("job lost its worker, queued again", job_id=job_id, state=state.value,
-                    upid=store.load(job_id).get("upid"))
-    return recovered
+    def _take_over(self, job_id: str, record: dict[str, str], rq_job: Job | None, status: Any) -> bool:
+        job = self.store.job(job_id)
+        if job is None:
+            return False
+        attempts = int(record.get("attempts") or 0)
+        reason = record.get("interrupted") or _rq_reason(rq_job) or f"rq says the job is {status or 'gone'}"
+        if attempts >= MAX_ATTEMPTS:
+            note = f"; its task {record['upid']} may still run" if record.get("upid") else ""
+            message = f"given up after {attempts} attempts{note}: {reason}"
+            if self.store.transition(job, JobState.FAILED, message):
+                log.error("job given up", job_id=job_id, reason=message)
+            return True
+        if rq_job is None:
+            enqueue_migration(self.queue, self.settings, job, at_front=True)
+        elif job_id in self.queue.failed_job_registry:
+            self.queue.failed_job_registry.requeue(job_id, at_front=True)
+        else:
+            self.queue.enqueue_job(rq_job, at_front=True)
+        self.redis.hdel(keys.job(job_id), "interrupted")
+        log.warning("job taken over: queued again to be resumed", job_id=job_id, rq_status=str(status),
+                    in_flight=in_flight(record), upid=record.get("upid"), reason=reason[-300:])
+        return True
 
 
-def watch_orphans(redis: Redis, interval: float, stop: threading.Event) -> None:
-    while True:
-        try:
-            recover_orphans(redis)
-        except Exception as exc:  # Redis away: try again next round
-            log.error("orphan check failed", error=f"{type(exc).__name__}: {exc}")
-        if stop.wait(interval):
-            return
+def _rq_reason(rq_job: Job | None) -> str:
+    if rq_job is None:
+        return ""
+    try:
+        result = rq_job.latest_result()
+    except Exception:
+        return ""
+    text = (getattr(result, "exc_string", None) or "").strip()
+    return text.splitlines()[-1] if text else ""

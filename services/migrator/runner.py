@@ -1,9 +1,13 @@
 """Carry out one MigrationJob against the Proxmox API, exactly once, and say how it ended.
 
-Order of work: take the slots, check the guest against the live cluster, POST the migration,
-store its UPID before anything else, follow the task to its end, then check that the guest is on
-its target. A job that finds a UPID already stored (its first worker died) follows that task and
-never POSTs a second migration.
+Before the POST: take the slots, check the guest against the live cluster, then pin the slots and
+mark the job running in one step (a job cancelled meanwhile does not start). From the POST on, the
+job is in flight: its slots stay pinned until the job ends, and its end comes from the Proxmox
+task and from where the guest is, never from an error that interrupted the follower. An answer
+that may have come from a POST that reached Proxmox (no answer, a timeout, a garbled body, a 5xx)
+is never followed by a blind second POST: the node's task list is searched for the guest's
+migration task first. A job resumed by another worker follows the stored UPID, or searches for the
+task of a POST it may have sent.
 """
 
 from __future__ import annotations
@@ -18,24 +22,22 @@ from typing import Any, TypeVar
 import structlog
 
 from pvebalance.shared.config import Settings
-from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import GuestType, JobState, MigrationJob
-from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient, upid_node
+from pvebalance.shared.models import JobState, MigrationJob
+from pvebalance.shared.proxmox import MALFORMED, NO_ANSWER, ProxmoxClient, ProxmoxError, upid_node
+from pvebalance.shared.redisconn import Outage, retry_redis
 
-from .recovery import Lease
+from .lease import Lease
+from .preflight import Failed, Preflight, Skip
 from .slots import SlotCancelled, SlotRequest, Slots, SlotTimeout
 
 log = get_logger("pvebalance.migrator")
 T = TypeVar("T")
 
-
-class Skip(Exception):
-    """The migration is no longer wanted or allowed; the job ends as skipped with this reason."""
-
-
-class Failed(Exception):
-    """The migration did not happen or did not land; the job ends as failed with this reason."""
+MIGRATION_TASKS = ("qmigrate", "vzmigrate", "hamigrate")
+CLOCK_SLACK = 30.0  # seconds: a node's clock may be behind ours when we look for a task we started
+REDIS_PATIENCE = 600.0  # how long a runner holding a live migration waits for Redis to record it
 
 
 class MigrationRunner:
@@ -46,15 +48,45 @@ class MigrationRunner:
         self.slots = slots
         self.settings = settings
         self.sleep = sleep
+        self.preflight = Preflight(client, settings, self._api, sleep)
+        self._api_outage = Outage(log, "the Proxmox API", "the migration")
+        self._redis_outage = Outage(log, "Redis", "the migration")
 
-    def _retry(self, fn: Callable[[], T], attempts: int = 5) -> T:
+    # --- calling the API and Redis through their outages ------------------------------------------
+
+    def _api(self, fn: Callable[[], T], patience: float | None = None) -> T:
+        """Call the API until it answers: transient failures and refused credentials are waited out
+        (a ticket is renewed by the client; a revoked token needs an operator, and the log says so).
+        `patience` bounds the wait (before the POST); None waits for as long as it takes (in flight)."""
         poll = self.settings.migrator.poll_interval
-        return retry_transient(fn, attempts, initial=poll, max_wait=30 * poll, sleep=self.sleep)
+        delay, started = poll, time.monotonic()
+        while True:
+            try:
+                result = fn()
+            except ProxmoxError as exc:
+                if not (exc.transient or exc.auth):
+                    raise
+                if exc.auth and self._api_outage.since is None:
+                    log.error("Proxmox refuses pvebalance's credentials: migrations wait until an operator "
+                              "fixes proxmox_api (token revoked or password changed?)", error=exc.message)
+                self._api_outage.failed(exc)
+                if patience is not None and time.monotonic() - started > patience:
+                    raise
+                self.sleep(delay)
+                delay = min(delay * 2, 30 * poll)
+                continue
+            self._api_outage.ok()
+            return result
+
+    def _redis(self, fn: Callable[[], T]) -> T:
+        return retry_redis(fn, self._redis_outage, give_up_after=REDIS_PATIENCE, sleep=self.sleep)
+
+    # --- the job ----------------------------------------------------------------------------------
 
     def run(self, job: MigrationJob) -> JobState:
         with structlog.contextvars.bound_contextvars(job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid):
-            lease = Lease(self.store.redis, job.job_id, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-                          self.settings.migrator.slot_ttl)
+            holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            lease = Lease(self.store.redis, job.job_id, holder, self.settings.migrator.slot_ttl)
             if not lease.acquire():
                 log.info("another worker is running this job")
                 return self.store.state(job.job_id) or JobState.QUEUED
@@ -63,147 +95,195 @@ class MigrationRunner:
             finally:
                 lease.release()
 
-    def _cancelled(self, job: MigrationJob) -> bool:
-        return self.store.state(job.job_id) is JobState.CANCELLED
-
     def _run(self, job: MigrationJob) -> JobState:
         record = self.store.load(job.job_id)
         state = JobState(record["state"]) if record.get("state") else None
         if state is not None and state.terminal:
             log.info("job already ended", state=state.value)
             return state
+        self.store.count(job.job_id, "attempts")
         started = time.monotonic()
         req = SlotRequest(job.job_id, job.source, job.target)
         try:
-            def waiting() -> None:
-                self.store.transition(job, JobState.WAITING, "waiting for a migration slot")
-
-            with self.slots.held(req, on_wait=waiting, cancelled=lambda: self._cancelled(job)):
-                upid = record.get("upid") or self._start(job)
-                if record.get("upid"):
-                    log.info("resuming the migration task of an earlier worker", upid=upid)
+            if in_flight(record):
+                if not self.slots.adopt(req):
+                    return self.store.state(job.job_id) or JobState.FAILED
+                upid = record.get("upid") or self._resume_post(job, float(record["posted_at"]))
+                log.info("resuming the migration task of an earlier worker", upid=upid)
+            else:
+                upid = self._prepare_and_post(job, req)
+            if upid is not None:
                 self._follow(job, upid)
         except SlotCancelled:
-            log.info("cancelled while waiting for a slot")
-            return JobState.CANCELLED
+            log.info("cancelled before the migration started")
+            return self.store.state(job.job_id) or JobState.CANCELLED
         except Skip as exc:
             return self._end(job, JobState.SKIPPED, str(exc), started)
         except (Failed, SlotTimeout) as exc:
             return self._end(job, JobState.FAILED, str(exc), started)
-        except ProxmoxError as exc:
+        except ProxmoxError as exc:  # a refusal before anything started
             return self._end(job, JobState.FAILED, exc.message, started)
-        self.store.start_cooldown(job.vmid, self.settings.balancing.cooldown_minutes * 60)
+        self._redis(lambda: self.store.start_cooldown(job.vmid, self.settings.balancing.cooldown_minutes * 60))
         return self._end(job, JobState.SUCCEEDED, f"{job.name} is on {job.target}", started)
 
     def _end(self, job: MigrationJob, state: JobState, message: str, started: float) -> JobState:
         duration = round(time.monotonic() - started, 3)
-        upid = self.store.load(job.job_id).get("upid")
-        self.store.transition(job, state, message, upid=upid, duration_s=duration)
-        log.info("migration ended", state=state.value, reason=message, duration_s=duration)
-        return state
+        upid = self._redis(lambda: self.store.load(job.job_id)).get("upid")
+        if self._redis(lambda: self.store.transition(job, state, message, upid=upid, duration_s=duration)):
+            log.info("migration ended", state=state.value, reason=message, duration_s=duration)
+            return state
+        ended = self.store.state(job.job_id) or state
+        log.info("job had already ended", state=ended.value)
+        return ended
 
-    # --- before: pre-flight and the POST ---------------------------------------------------------
+    # --- before: slots, pre-flight, the POST ------------------------------------------------------
 
-    def _guest_entry(self, vmid: int) -> dict[str, Any] | None:
-        for entry in self._retry(lambda: self.client.get("/cluster/resources", type="vm")):
-            if int(entry.get("vmid", -1)) == vmid:
-                return dict(entry)
-        return None
+    def _prepare_and_post(self, job: MigrationJob, req: SlotRequest) -> str | None:
+        def waiting() -> None:
+            self.store.transition(job, JobState.WAITING, "waiting for a migration slot",
+                                  only_from=(JobState.QUEUED,))
 
-    def _preflight(self, job: MigrationJob) -> dict[str, Any]:
-        entry = self._guest_entry(job.vmid)
-        if entry is None:
-            raise Skip(f"guest {job.vmid} no longer exists")
-        if entry["node"] == job.target:
-            raise Skip(f"guest {job.vmid} is already on {job.target}")
-        if entry["node"] != job.source:
-            raise Skip(f"guest {job.vmid} was moved to {entry['node']} since the plan was made")
-        nodes = {n["node"]: n for n in self._retry(lambda: self.client.get("/cluster/resources", type="node"))}
-        target = nodes.get(job.target)
-        if target is None:
-            raise Skip(f"target node {job.target} is not in the cluster any more")
-        if target.get("status") != "online" or target.get("hastate") == "maintenance":
-            raise Skip(f"target node {job.target} is offline or in maintenance")
-        limit = target["maxmem"] * self.settings.balancing.max_node_usage / 100
-        if entry.get("status") == "running" and target["mem"] + entry.get("mem", 0) > limit:
-            raise Skip(f"target node {job.target} no longer has room for {job.name}")
-        return entry
+        def cancelled() -> bool:
+            state = self.store.state(job.job_id)
+            return state is not None and state.terminal
 
-    def _wait_unlocked(self, job: MigrationJob, entry: dict[str, Any]) -> None:
-        deadline = time.monotonic() + self.settings.migrator.task_timeout_base
-        while entry.get("lock"):
-            if time.monotonic() > deadline:
-                raise Failed(f"guest {job.vmid} stayed locked ({entry['lock']})")
-            log.info("guest is locked by another task, waiting", lock=entry["lock"])
-            self.sleep(self.settings.migrator.poll_interval)
-            entry = self._preflight(job)
+        patience = self.settings.migrator.task_timeout_base
+        while True:
+            self.slots.wait(req, on_wait=waiting, cancelled=cancelled)
+            with self.slots.held(req) as commit:
+                entry = self.preflight.check(job, patience)
+                params = self.preflight.migrate_params(job, entry, patience)
+                committed = commit()
+            if committed == -1:
+                raise SlotCancelled()
+            if committed == 1:
+                break
+            log.warning("migration slots expired before the POST (Redis away?): waiting for them again")
+        posted_at = float(self.store.load(job.job_id).get("posted_at") or time.time())
+        return self._post(job, params, posted_at)
 
-    def _start(self, job: MigrationJob) -> str:
-        entry = self._preflight(job)
-        self._wait_unlocked(job, entry)
-        kind = job.guest_type.value
-        path = f"/nodes/{job.source}/{kind}/{job.vmid}/migrate"
-        params: dict[str, Any] = {"target": job.target}
-        running = entry.get("status") == "running"
-        if job.guest_type is GuestType.QEMU:
-            check = self._retry(lambda: self.client.get(path, target=job.target))
-            if job.target not in check.get("allowed_nodes", [job.target]):
-                reasons = check.get("not_allowed_nodes", {}).get(job.target)
-                raise Skip(f"Proxmox does not allow {job.target} for this guest: {reasons}")
-            if check.get("local_resources") and running:
-                raise Skip(f"guest uses local devices: {', '.join(check['local_resources'])}")
-            if check.get("local_disks"):
-                if not job.with_local_disks:
-                    raise Skip("guest has local disks and with_local_disks is off")
-                params["with-local-disks"] = True
-            params["online"] = running
-        else:
-            params["restart"] = running
-        if self._cancelled(job):
-            raise SlotCancelled()
-        upid = str(self._retry(lambda: self.client.post(path, **params)))
-        upid_node(upid)  # refuse anything that is not a UPID before storing it
-        self.store.set_upid(job.job_id, upid)
-        self.store.transition(job, JobState.RUNNING, f"task {upid}", upid=upid)
+    def _post(self, job: MigrationJob, params: dict[str, Any], since: float) -> str | None:
+        path = f"/nodes/{job.source}/{job.guest_type.value}/{job.vmid}/migrate"
+        attempts = 5
+        for attempt in range(1, attempts + 1):
+            try:
+                answer = self.client.post(path, **params)
+                upid = str(answer)
+                upid_node(upid)
+            except ProxmoxError as exc:
+                if exc.auth:
+                    self._api(lambda: self.client.get("/version"))  # nothing was started: wait for access
+                    continue
+                if not exc.transient:
+                    raise Failed(exc.message) from None  # Proxmox refused: nothing started
+                # Before any second POST, look for the task of the first. No answer, a timeout, a garbled
+                # answer or a gateway error may hide a POST that reached Proxmox, perhaps to be carried out
+                # late: look for a while. A 500 with PVE's message is PVE's own refusal: one look is enough.
+                ambiguous = exc.kind in (NO_ANSWER, MALFORMED) or exc.status in (502, 503, 504, 595, 596)
+                log.warning("migrate request failed; looking for a task it may have started", error=exc.message,
+                            attempt=attempt, may_have_reached_proxmox=ambiguous)
+                window = 2 * self.settings.proxmox_api.timeout + 5 if ambiguous else 0.0
+                found = self._find_task(job, since, window)
+                if found:
+                    upid = found
+                elif attempt == attempts:
+                    raise Failed(f"the migrate request failed {attempts} times and no task of it exists: "
+                                 f"{exc.message}") from None
+                else:
+                    self.sleep(self.settings.migrator.poll_interval * attempt)
+                    continue
+            self._record_upid(job, upid)
+            return upid
+        raise Failed("Proxmox kept refusing the credentials")
+
+    def _record_upid(self, job: MigrationJob, upid: str) -> None:
+        self._redis(lambda: self.store.transition(job, JobState.RUNNING, f"task {upid}", upid=upid))
         log.info("migration started", upid=upid, source=job.source, target=job.target)
-        return upid
+
+    def _resume_post(self, job: MigrationJob, posted_at: float) -> str | None:
+        """An earlier worker pinned the slots and may have POSTed, but no UPID was stored."""
+        found = self._find_task(job, posted_at, window=self.settings.proxmox_api.timeout)
+        if found:
+            self._record_upid(job, found)
+            return found
+        entry = self._api(lambda: self.preflight.guest_entry(job.vmid))
+        if entry is not None and entry["node"] == job.target:
+            return None  # it landed; its task is no longer listed
+        log.info("no task of an earlier migrate request: the request never reached Proxmox, sending it")
+        entry = self.preflight.check(job, self.settings.migrator.task_timeout_base)
+        params = self.preflight.migrate_params(job, entry, self.settings.migrator.task_timeout_base)
+        return self._post(job, params, time.time())
+
+    def _find_task(self, job: MigrationJob, since: float, window: float) -> str | None:
+        """The guest's migration task on its source node started since `since`, looked for over `window` s
+        (a slow POST may be carried out after its client gave up)."""
+        deadline = time.monotonic() + window
+        while True:
+            tasks = self._api(lambda: self.client.get(f"/nodes/{job.source}/tasks", vmid=job.vmid, source="all",
+                                                      limit=50))
+            if not isinstance(tasks, list):
+                tasks = []
+            ours = sorted(
+                (t for t in tasks if isinstance(t, dict) and t.get("type") in MIGRATION_TASKS
+                 and str(t.get("id")) == str(job.vmid) and float(t.get("starttime", 0)) >= since - CLOCK_SLACK),
+                key=lambda t: float(t.get("starttime", 0)),
+            )
+            if ours:
+                return str(ours[0]["upid"])
+            if time.monotonic() > deadline:
+                return None
+            self.sleep(self.settings.migrator.poll_interval)
 
     # --- after: follow the task, then check where the guest is ------------------------------------
 
-    def _timeout(self, job: MigrationJob) -> float:
+    def _expected(self, job: MigrationJob) -> float:
         m = self.settings.migrator
         return m.task_timeout_base + m.task_timeout_per_gib * (job.mem_bytes + job.local_disk_bytes) / 2**30
 
-    def _wait_task(self, upid: str, deadline: float) -> dict[str, Any]:
+    def _wait_task(self, job: MigrationJob, upid: str) -> dict[str, Any]:
+        """Poll the task until it stops, through any outage; warn once if it runs longer than expected."""
         node = upid_node(upid)
         poll = self.settings.migrator.poll_interval
-        delay = poll / 10
+        delay, started, warned = poll / 10, time.monotonic(), False
         while True:
-            status = self._retry(lambda: self.client.get(f"/nodes/{node}/tasks/{upid}/status"), attempts=8)
+            status = self._api(lambda: self.client.get(f"/nodes/{node}/tasks/{upid}/status"))
+            if not isinstance(status, dict):
+                raise ProxmoxError(f"task status of {upid} is not an object", kind=MALFORMED)
             if status.get("status") == "stopped":
-                return dict(status)
-            if time.monotonic() > deadline:
-                raise Failed(f"task {upid} still running after the timeout")
+                return status
+            if not warned and time.monotonic() - started > self._expected(job):
+                warned = True
+                log.warning("migration task runs longer than expected; still following it (slots stay held)",
+                            upid=upid, expected_s=round(self._expected(job)))
             self.sleep(delay)
             delay = min(delay * 1.5, poll)
 
     def _follow(self, job: MigrationJob, upid: str) -> None:
-        deadline = time.monotonic() + self._timeout(job)
-        status = self._wait_task(upid, deadline)
+        try:
+            status = self._wait_task(job, upid)
+        except ProxmoxError as exc:
+            # The task cannot be read (say, 'no such task' after a node restart): the guest tells.
+            log.warning("migration task unreadable; judging by where the guest is", upid=upid, error=exc.message)
+            status = {"exitstatus": f"unknown ({exc.message})"}
         exitstatus = str(status.get("exitstatus", ""))
-        if exitstatus != "OK" and not exitstatus.startswith("WARNINGS"):
-            raise Failed(exitstatus or "task ended without an exit status")
-        if ":hamigrate:" in upid:
+        ok = exitstatus == "OK" or exitstatus.startswith("WARNINGS")
+        if ok and ":hamigrate:" in upid:
             # The hamigrate task only queued the request; the HA manager migrates afterwards.
-            self._wait_ha_landing(job, deadline)
-        entry = self._guest_entry(job.vmid)
-        if entry is None or entry["node"] != job.target:
-            where = entry["node"] if entry else "nowhere"
-            raise Failed(f"task {upid} ended {exitstatus} but guest {job.vmid} is on {where}")
+            self._wait_ha_landing(job)
+        entry = self._api(lambda: self.preflight.guest_entry(job.vmid))
+        where = entry["node"] if entry else None
+        if where == job.target:
+            if not ok:
+                log.warning("task did not end OK but the guest is on its target", exitstatus=exitstatus)
+            return
+        if not ok:
+            raise Failed(exitstatus or "task ended without an exit status")
+        raise Failed(f"task {upid} ended {exitstatus} but guest {job.vmid} is on {where or 'no node'}")
 
-    def _wait_ha_landing(self, job: MigrationJob, deadline: float) -> None:
+    def _wait_ha_landing(self, job: MigrationJob) -> None:
+        deadline = time.monotonic() + self._expected(job)
         while True:
-            entry = self._guest_entry(job.vmid)
+            entry = self._api(lambda: self.preflight.guest_entry(job.vmid))
             if entry and entry["node"] == job.target and not entry.get("lock") and entry.get("hastate") != "migrate":
                 return
             if time.monotonic() > deadline:

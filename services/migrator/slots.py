@@ -16,35 +16,85 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import MigratorSettings
+from pvebalance.shared.jobstore import TERMINAL
+from pvebalance.shared.logging import get_logger
+from pvebalance.shared.models import JobState
+from pvebalance.shared.redisconn import Outage
 
-# KEYS: the scopes' sorted sets. ARGV: holder, now, expiry, then one limit per key.
-# Drops expired holders, then takes a slot in every scope, or in none if one is full.
+log = get_logger("pvebalance.migrator.slots")
+
+# A holder's score is when its slot expires, or +inf once its migration was POSTed: from then on the
+# slot is held until the job ends (the job store's final transition removes it), whatever happens to
+# the worker, so a migration that Proxmox is running always counts against the limits.
+
+# KEYS: the scopes' sorted sets. ARGV: holder, now, expiry, job key prefix, final states, then one
+# limit per key. Drops expired holders (and pinned ones whose job has ended or vanished), then takes
+# a slot in every scope, or in none if one is full.
 _ACQUIRE = """
+local final = {}
+for s in string.gmatch(ARGV[5], '[^,]+') do final[s] = true end
+local function pinned(score) return score == 'inf' or score == '+inf' end
 for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
-  if not redis.call('ZSCORE', key, ARGV[1]) and redis.call('ZCARD', key) >= tonumber(ARGV[3 + i]) then
+  for _, holder in ipairs(redis.call('ZRANGEBYSCORE', key, '+inf', '+inf')) do
+    local state = redis.call('HGET', ARGV[4] .. holder, 'state')
+    if not state or final[state] then redis.call('ZREM', key, holder) end
+  end
+  if not redis.call('ZSCORE', key, ARGV[1]) and redis.call('ZCARD', key) >= tonumber(ARGV[5 + i]) then
     return 0
   end
 end
 for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, ARGV[3], ARGV[1])
+  if not pinned(redis.call('ZSCORE', key, ARGV[1])) then redis.call('ZADD', key, ARGV[3], ARGV[1]) end
 end
 return 1
 """
 
-# KEYS: the scopes. ARGV: holder, new expiry. Extends only slots the holder still has.
+# KEYS: the scopes. ARGV: holder, new expiry. Extends only unpinned slots the holder still has.
 _RENEW = """
 local held = 0
 for _, key in ipairs(KEYS) do
-  if redis.call('ZSCORE', key, ARGV[1]) then
-    redis.call('ZADD', key, 'XX', ARGV[2], ARGV[1])
+  local score = redis.call('ZSCORE', key, ARGV[1])
+  if score then
+    if score ~= 'inf' and score ~= '+inf' then redis.call('ZADD', key, 'XX', ARGV[2], ARGV[1]) end
     held = held + 1
   end
 end
 return held
+"""
+
+# KEYS: the scopes, then the job hash. ARGV: holder, now, states the job may start from.
+# Right before the POST: the holder must still have every slot (not expired) and the job must not have
+# been cancelled or ended; then the slots are pinned (+inf), and the job marked running with the time
+# of the POST, atomically. Returns 1, 0 (a slot was lost: wait again) or -1 (the job may not start).
+_COMMIT = """
+local n = #KEYS - 1
+local state = redis.call('HGET', KEYS[#KEYS], 'state') or ''
+local ok = false
+for s in string.gmatch(ARGV[3], '[^,]+') do if s == state then ok = true end end
+if not ok then return -1 end
+for i = 1, n do
+  local score = redis.call('ZSCORE', KEYS[i], ARGV[1])
+  if not score then return 0 end
+  if score ~= 'inf' and score ~= '+inf' and tonumber(score) <= tonumber(ARGV[2]) then return 0 end
+end
+for i = 1, n do redis.call('ZADD', KEYS[i], '+inf', ARGV[1]) end
+redis.call('HSET', KEYS[#KEYS], 'state', 'running', 'posted_at', ARGV[2], 'message', 'starting the migration')
+return 1
+"""
+
+# KEYS: the scopes, then the job hash. ARGV: holder, final states. A job resumed after its POST takes
+# its slots back, pinned, whatever the limits say: its migration is running (or may be) and counts.
+_ADOPT = """
+local state = redis.call('HGET', KEYS[#KEYS], 'state')
+if not state then return 0 end
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == state then return 0 end end
+for i = 1, #KEYS - 1 do redis.call('ZADD', KEYS[i], '+inf', ARGV[1]) end
+return 1
 """
 
 
@@ -53,12 +103,12 @@ class SlotTimeout(Exception):
 
 
 class SlotCancelled(Exception):
-    """The job was cancelled while it waited."""
+    """The job was cancelled (or ended) while it waited."""
 
 
 @dataclass(frozen=True)
 class SlotRequest:
-    holder: str
+    holder: str  # the job id: a job, not a worker, holds slots
     source: str
     target: str
 
@@ -69,27 +119,37 @@ class Slots:
         self.settings = settings
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
+        self._commit = redis.register_script(_COMMIT)
+        self._adopt = redis.register_script(_ADOPT)
 
-    def _scopes(self, req: SlotRequest) -> tuple[list[str], list[int]]:
+    def _limits(self) -> list[int]:
         s = self.settings
-        return (
-            [keys.SLOTS_CLUSTER, keys.slots_source(req.source), keys.slots_target(req.target)],
-            [s.max_parallel_cluster, s.max_parallel_per_source, s.max_parallel_per_target],
-        )
+        return [s.max_parallel_cluster, s.max_parallel_per_source, s.max_parallel_per_target]
 
     def try_acquire(self, req: SlotRequest) -> bool:
-        scopes, limits = self._scopes(req)
         now = time.time()
-        return bool(self._acquire(keys=scopes, args=[req.holder, now, now + self.settings.slot_ttl, *limits]))
+        args = [req.holder, now, now + self.settings.slot_ttl, keys.job(""), TERMINAL, *self._limits()]
+        return bool(self._acquire(keys=keys.slot_scopes(req.source, req.target), args=args))
 
     def renew(self, req: SlotRequest) -> int:
-        scopes, _ = self._scopes(req)
-        return int(self._renew(keys=scopes, args=[req.holder, time.time() + self.settings.slot_ttl]))
+        return int(self._renew(keys=keys.slot_scopes(req.source, req.target),
+                               args=[req.holder, time.time() + self.settings.slot_ttl]))
+
+    def commit(self, req: SlotRequest) -> int:
+        """Pin the slots for the POST and mark the job running: 1, 0 (a slot expired) or -1 (job not startable)."""
+        scopes = [*keys.slot_scopes(req.source, req.target), keys.job(req.holder)]
+        startable = f"{JobState.QUEUED.value},{JobState.WAITING.value}"
+        return int(self._commit(keys=scopes, args=[req.holder, time.time(), startable]))
+
+    def adopt(self, req: SlotRequest) -> bool:
+        """A resumed in-flight job takes its slots back, pinned; False if the job has ended meanwhile."""
+        scopes = [*keys.slot_scopes(req.source, req.target), keys.job(req.holder)]
+        return bool(self._adopt(keys=scopes, args=[req.holder, TERMINAL]))
 
     def release(self, req: SlotRequest) -> None:
-        scopes, _ = self._scopes(req)
+        """Give back slots that were never pinned (the job stops before its POST without ending)."""
         pipe = self.redis.pipeline()
-        for scope in scopes:
+        for scope in keys.slot_scopes(req.source, req.target):
             pipe.zrem(scope, req.holder)
         # wake one waiting worker now instead of at the end of its back-off
         pipe.lpush(keys.SLOTS_WAKE, "1")
@@ -114,20 +174,35 @@ class Slots:
             delay = min(delay * 1.5, 2.0)
 
     @contextmanager
-    def held(self, req: SlotRequest, on_wait: Callable[[], object] | None = None,
-             cancelled: Callable[[], bool] | None = None) -> Iterator[None]:
-        """Hold the slots for the body, renewing them in the background; released on every exit."""
-        self.wait(req, on_wait, cancelled)
+    def held(self, req: SlotRequest) -> Iterator[Callable[[], int]]:
+        """Keep slots already taken alive for the body (renewed in the background, riding out Redis
+        blips); the body gets `commit`. Slots not pinned by a commit are given back on every exit."""
         stop = threading.Event()
+        committed = False
 
         def renew() -> None:
-            while not stop.wait(self.settings.slot_ttl / 3):
-                self.renew(req)
+            outage = Outage(log, "Redis", "slot renewal")
+            while not stop.wait(self.settings.slot_ttl / 4):
+                try:
+                    self.renew(req)
+                    outage.ok()
+                except RedisError as exc:
+                    outage.failed(exc)
+
+        def commit() -> int:
+            nonlocal committed
+            result = self.commit(req)
+            committed = result == 1
+            return result
 
         renewer = threading.Thread(target=renew, name="slot-renewer", daemon=True)
         renewer.start()
         try:
-            yield
+            yield commit
         finally:
             stop.set()
-            self.release(req)
+            if not committed:
+                try:
+                    self.release(req)
+                except RedisError as exc:  # they expire by themselves
+                    log.warning("could not give back the migration slots; they expire", error=str(exc))

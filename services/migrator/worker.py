@@ -1,20 +1,34 @@
-"""An rq worker process for migration jobs."""
+"""An rq worker process for migration jobs, which rides out Redis outages instead of exiting."""
 
 from __future__ import annotations
 
 import os
 import socket
 import threading
+import uuid
 
 from redis import Redis
 from rq import Queue, Worker
+from rq.executions import Execution
+from rq.job import Job
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
-from pvebalance.shared.redisconn import connect
+from pvebalance.shared.logging import get_logger
+from pvebalance.shared.redisconn import REDIS_AWAY, Outage, connect_waiting, retry_redis
 
-from .jobs import set_context
-from .recovery import recover_orphans, watch_orphans
+from .jobs import on_horse_killed, set_context
+from .recovery import Reconciler
+
+log = get_logger("pvebalance.migrator.worker")
+
+# rq blocks in its dequeue for worker_ttl - 15 s and needs the socket to wait longer than that
+# (redis-py 8's default 5 s cut every dequeue short). A shorter worker TTL also lets a dead worker's
+# registration lapse sooner.
+WORKER_TTL = 60
+WORKER_SOCKET_TIMEOUT = WORKER_TTL + 15
+# How often the worker checks on its work-horse (and renews the run's heartbeat in rq).
+JOB_MONITORING_INTERVAL = 5
 
 
 class MigrationWorker(Worker):
@@ -26,20 +40,41 @@ class MigrationWorker(Worker):
             # redis-py cannot parse; the address is only informational.
             self.ip_address = "unknown"
 
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        # rq lets a Redis error here kill the worker while its work-horse migrates on; a heartbeat
+        # missed during an outage is only a heartbeat.
+        try:
+            super().maintain_heartbeats(job, execution)
+        except REDIS_AWAY as exc:
+            log.warning("Redis away: heartbeat of the running job missed", job_id=job.id, error=str(exc))
 
-def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> None:
-    redis = connect(settings.redis.url)
+
+def worker_name() -> str:
+    """Unique across containers too: host networking gives every container the same host name and pid."""
+    return f"migrator-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
+               stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    redis = connect_waiting(settings.redis.url, log, stop, socket_timeout=WORKER_SOCKET_TIMEOUT)
     set_context(settings)
-    recover_orphans(redis)
-    stop = threading.Event()
-    threading.Thread(target=watch_orphans, args=(redis, settings.migrator.slot_ttl, stop),
-                     name="orphan-watch", daemon=True).start()
-    worker = MigrationWorker(
-        [Queue(keys.MIGRATION_QUEUE, connection=redis)],
-        connection=redis,
-        name=name or f"migrator-{socket.gethostname()}-{os.getpid()}",
-    )
+    reconciler = Reconciler(redis, settings)
+    threading.Thread(target=reconciler.run, args=(stop,), name="job-reconciler", daemon=True).start()
+    outage = Outage(log, "Redis", "the migrator worker")
     try:
-        worker.work(burst=burst, logging_level=settings.logging.level, with_scheduler=False)
+        while not stop.is_set():
+            worker = MigrationWorker(
+                [Queue(keys.MIGRATION_QUEUE, connection=redis)], connection=redis, name=name or worker_name(),
+                worker_ttl=WORKER_TTL, job_monitoring_interval=JOB_MONITORING_INTERVAL,
+                work_horse_killed_handler=on_horse_killed,
+            )
+            try:
+                worker.work(burst=burst, logging_level=settings.logging.level, with_scheduler=False)
+                return
+            except REDIS_AWAY as exc:
+                outage.failed(exc)
+                retry_redis(redis.ping, outage, stop=stop)
+                name = None  # the old registration may linger until it expires; register afresh
     finally:
         stop.set()

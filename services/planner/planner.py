@@ -10,20 +10,20 @@ from __future__ import annotations
 import threading
 
 from redis import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from rq import Queue
-from rq.job import Dependency
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
-from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
+from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan
+from pvebalance.shared.redisconn import Outage, connect_waiting, retry_redis
 
 log = get_logger("pvebalance.planner")
 
-MIGRATION_FUNC = "pvebalance.services.migrator.jobs.run_migration"
 PLAN_TTL = 7 * 24 * 3600
 
 
@@ -67,6 +67,8 @@ class Planner:
         if age > self.settings.planner.max_snapshot_age:
             log.warning("snapshot too old, not planning", snapshot_id=snapshot.snapshot_id, age_s=round(age, 1))
             return None
+        end_overdue(self.jobs, self.settings)
+        self.skip_jobs_into_unusable_nodes(snapshot)
         active = self.jobs.active_jobs()
         if active:
             log.info("migrations still running, not planning", active_jobs=len(active))
@@ -84,6 +86,22 @@ class Planner:
         if plan.migrations and self.settings.balancing.enable:
             self.enqueue(plan)
         return plan
+
+    def skip_jobs_into_unusable_nodes(self, snapshot: ClusterSnapshot) -> list[str]:
+        """Jobs not yet migrating whose target went offline or into maintenance after the plan was made
+        are skipped now, so the planner is free at once to plan the drain of that node."""
+        unusable = {n.name: ("offline" if not n.online else "in maintenance")
+                    for n in snapshot.nodes if not n.online or n.maintenance}
+        skipped = []
+        for job_id in sorted(self.jobs.active_jobs()):
+            job = self.jobs.job(job_id)
+            if job is None or job.target not in unusable or in_flight(self.jobs.load(job_id)):
+                continue
+            reason = f"target node {job.target} is {unusable[job.target]} since the plan was made"
+            if self.jobs.transition(job, JobState.SKIPPED, reason, only_from=(JobState.QUEUED, JobState.WAITING)):
+                log.info("job skipped", job_id=job_id, reason=reason)
+                skipped.append(job_id)
+        return skipped
 
     def save(self, plan: Plan) -> None:
         raw = plan.model_dump_json()
@@ -117,16 +135,7 @@ class Planner:
                 continue  # this plan was enqueued before: the job exists already
             after = sorted(leaving.get(m.target, []))
             try:
-                self.queue.enqueue_call(
-                    MIGRATION_FUNC,
-                    args=(job.model_dump_json(),),
-                    job_id=job.job_id,
-                    timeout=int(self._timeout(job)) + 60,
-                    result_ttl=PLAN_TTL,
-                    failure_ttl=PLAN_TTL,
-                    depends_on=Dependency(jobs=after, allow_failure=True) if after else None,
-                    description=f"migrate {m.type.value} {m.vmid} {m.source} -> {m.target}",
-                )
+                enqueue_migration(self.queue, self.settings, job, after)
             except Exception as exc:
                 # Never leave a job that no worker will ever see: end it, which frees the guest.
                 self.jobs.transition(job, JobState.FAILED, f"could not enqueue: {exc}")
@@ -135,18 +144,30 @@ class Planner:
             enqueued.append(job.job_id)
         return enqueued
 
-    def _timeout(self, job: MigrationJob) -> float:
-        m = self.settings.migrator
-        gib = (job.mem_bytes + job.local_disk_bytes) / 2**30
-        return m.task_timeout_base + m.task_timeout_per_gib * gib + m.slot_wait_timeout
-
     def run(self, stop: threading.Event) -> None:
-        self.ensure_group()
+        outage = Outage(log, "Redis", "the planner")
+        group = Outage(log, "the snapshot stream's consumer group", "planning")
+        try:
+            retry_redis(lambda: None, outage, stop=stop)
+        except RedisError:
+            return  # stopped while Redis was away
+        ready = False
         while not stop.is_set():
             try:
+                if not ready:
+                    self.ensure_group()
+                    ready = True
+                    group.ok()
                 self._step()
-            except Exception as exc:  # Redis away, a bad message: keep running, say so
-                log.error("planning failed", error=f"{type(exc).__name__}: {exc}")
+                outage.ok()
+            except ResponseError as exc:  # Redis refuses the group (a key of that name of another type?)
+                group.failed(exc)
+                stop.wait(5)
+            except RedisError as exc:  # away, loading its data, restarted: wait and carry on
+                outage.failed(exc)
+                stop.wait(2)
+            except Exception:  # a bad message or a bug: say where, keep planning
+                log.exception("planning failed")
                 stop.wait(2)
 
     def _step(self) -> None:
@@ -160,3 +181,9 @@ class Planner:
             return
         if snapshot is not None:
             self.handle(snapshot)
+
+
+def run_planner(settings: Settings, stop: threading.Event) -> None:
+    """The planner service: waits for Redis instead of exiting, then plans until stopped."""
+    redis = connect_waiting(settings.redis.url, log, stop)
+    Planner(redis, settings).run(stop)

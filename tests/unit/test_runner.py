@@ -92,7 +92,6 @@ def test_resumed_job_polls_the_stored_upid_and_never_posts_again(start_simulator
     job = make_job(store, 118)
     # a first worker POSTed and stored the UPID, then died
     upid = r.client.post("/nodes/pve1/qemu/118/migrate", target="pve2", online=True)
-    store.set_upid(job.job_id, upid)
     store.transition(job, JobState.RUNNING, upid=upid)
     assert r.run(job) is JobState.SUCCEEDED
     assert sim.cluster.stats.migrate_posts[118] == 1

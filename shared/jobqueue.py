@@ -1,0 +1,68 @@
+"""How a migration job goes onto rq's queue, and when one that never started is given up.
+
+Used by the planner (which enqueues every job) and by the migrator's reconciler (which enqueues a
+job again when rq lost it), so both enqueue it the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rq import Callback, Queue
+from rq.job import Dependency
+
+from .config import Settings
+from .jobstore import JobStore, in_flight
+from .logging import get_logger
+from .models import JobState, MigrationJob
+
+log = get_logger("pvebalance.jobs")
+
+MIGRATION_FUNC = "pvebalance.services.migrator.jobs.run_migration"
+KEEP_RECORDS = 7 * 24 * 3600
+
+
+def expected_seconds(settings: Settings, job: MigrationJob) -> float:
+    m = settings.migrator
+    return m.task_timeout_base + m.task_timeout_per_gib * (job.mem_bytes + job.local_disk_bytes) / 2**30
+
+
+def enqueue_migration(queue: Queue, settings: Settings, job: MigrationJob, after: list[str] | None = None,
+                      at_front: bool = False) -> None:
+    """One rq job per migration job, same id; rq's outcome reaches the job store through the callbacks."""
+    options: dict[str, Any] = {
+        # A run follows its task to the end however long it takes; this only stops a hung run.
+        "timeout": int(settings.migrator.slot_wait_timeout + 10 * expected_seconds(settings, job)),
+        "result_ttl": KEEP_RECORDS,
+        "failure_ttl": KEEP_RECORDS,
+        "on_failure": Callback("pvebalance.services.migrator.jobs.on_failure"),
+        "on_stopped": Callback("pvebalance.services.migrator.jobs.on_stopped"),
+        "depends_on": Dependency(jobs=after, allow_failure=True) if after else None,
+        "description": f"migrate {job.guest_type.value} {job.vmid} {job.source} -> {job.target}",
+        "at_front": at_front,
+    }
+    queue.enqueue_call(MIGRATION_FUNC, args=(job.model_dump_json(),), job_id=job.job_id, **options)
+
+
+def deadline_of(record: dict[str, str], settings: Settings) -> float:
+    """When a job that has not started migrating is given up: it waited for a slot and a worker too long."""
+    m = settings.migrator
+    return float(record.get("created_at") or time.time()) + m.slot_wait_timeout + m.task_timeout_base + 60
+
+
+def end_overdue(store: JobStore, settings: Settings, now: float | None = None) -> list[str]:
+    """End the active jobs that never started migrating within their deadline, so nothing stalls on them."""
+    now = time.time() if now is None else now
+    ended = []
+    for job_id in sorted(store.active_jobs()):
+        record = store.load(job_id)
+        job = store.job(job_id)
+        if job is None or in_flight(record) or now < deadline_of(record, settings):
+            continue
+        waited = round(now - float(record.get("created_at") or now))
+        if store.transition(job, JobState.FAILED, f"not started within {waited} s (no worker took it, or no "
+                                                  "migration slot came free)"):
+            log.warning("job overdue, ended", job_id=job_id, waited_s=waited)
+            ended.append(job_id)
+    return ended
