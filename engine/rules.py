@@ -48,8 +48,11 @@ class Constraints:
         return nodes is None or node in nodes
 
 
-def fixed_reason(guest: GuestState, policy: Policy) -> str | None:
-    """Why the balancer must leave this guest where it is, or None if it may move."""
+def fixed_reason(guest: GuestState, policy: Policy, draining: frozenset[str] = frozenset()) -> str | None:
+    """Why the balancer must leave this guest where it is, or None if it may move.
+
+    Cooldown never holds a guest on a node being drained: a guest moved onto a node shortly before the
+    node went into maintenance must leave with the others."""
     if guest.template:
         return "template"
     if guest.lock:
@@ -62,7 +65,7 @@ def fixed_reason(guest: GuestState, policy: Policy) -> str | None:
         return f"its node {guest.node} is ignored"
     if guest.type not in policy.balance_types:
         return f"{guest.type.value} not in balance_types"
-    if guest.vmid in policy.cooldown:
+    if guest.vmid in policy.cooldown and guest.node not in draining:
         return "moved recently (cooldown)"
     if guest.hastate in _HA_BUSY:
         return f"HA state {guest.hastate}"
@@ -80,8 +83,9 @@ def build_constraints(snapshot: ClusterSnapshot, policy: Policy) -> Constraints:
     c = Constraints()
     nodes = {n.name for n in snapshot.nodes}
     known = {g.vmid for g in snapshot.guests}
+    draining = frozenset(n.name for n in snapshot.nodes if n.maintenance or n.name in policy.maintenance_nodes)
     for g in snapshot.guests:
-        reason = fixed_reason(g, policy)
+        reason = fixed_reason(g, policy, draining)
         if reason is None and g.hastate and snapshot.ha_auto_rebalance and policy.leave_ha_to_crs:
             reason = "Proxmox HA auto-rebalance manages it"
         if reason:

@@ -134,6 +134,17 @@ def test_cooldown_guests_stay_put() -> None:
     assert not {m.vmid for m in plan.migrations} & recent
 
 
+def test_cooldown_never_holds_a_guest_on_a_node_being_drained() -> None:
+    """A guest moved onto a node shortly before the node went into maintenance leaves with the others."""
+    snap, _ = load("all-on-one")
+    on_pve1 = sorted(g.vmid for g in snap.guests if g.node == "pve1" and g.running)
+    recent = frozenset(on_pve1[:3])
+    plan = plan_balance(snap, Policy(cooldown=recent, maintenance_nodes=frozenset({"pve1"})))
+    moved = {m.vmid for m in plan.migrations}
+    assert recent <= moved
+    assert not [u for u in plan.unmet if "cooldown" in u.reason]
+
+
 def test_ignored_node_neither_gives_nor_takes() -> None:
     snap, _ = load("mid-300")
     plan = plan_balance(snap, Policy(ignore_nodes=frozenset({"pve2"})))
