@@ -54,8 +54,9 @@ def settle(redis: Redis, job_id: str, reason: str) -> None:
 
 
 class Reconciler:
-    def __init__(self, redis: Redis, settings: Settings, interval: float = 2.0) -> None:
+    def __init__(self, redis: Redis, settings: Settings, interval: float = 2.0, lost_after: float = LOST_AFTER) -> None:
         self.redis = redis
+        self.lost_after = lost_after
         self.settings = settings
         self.interval = interval
         self.store = JobStore(redis)
@@ -119,10 +120,10 @@ class Reconciler:
             self.redis.hdel(keys.LOST_SINCE, job_id)
             return False
         now = time.time()
-        if self.redis.hsetnx(keys.LOST_SINCE, job_id, now):
+        if self.redis.hsetnx(keys.LOST_SINCE, job_id, now) and self.lost_after > 0:
             return False
         since = float(self.redis.hget(keys.LOST_SINCE, job_id) or now)
-        if now - since < LOST_AFTER:
+        if now - since < self.lost_after:
             return False
         pipe = self.redis.pipeline(transaction=True)
         pipe.lrem(self.queue.intermediate_queue_key, 0, job_id)

@@ -1,0 +1,228 @@
+"""A migration job under faults: it ends exactly once, its slots are held while its task runs, and
+whatever interrupts a run, the job is taken over and finished. Real proxmoxer over HTTPS against the
+simulator; fakeredis for Redis (rq's SimpleWorker runs jobs in this process)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import Queue, SimpleWorker
+
+from pvebalance.services.migrator import jobs as migrator_jobs
+from pvebalance.services.migrator.preflight import Preflight
+from pvebalance.services.migrator.recovery import MAX_ATTEMPTS, Reconciler
+from pvebalance.services.migrator.runner import MigrationRunner
+from pvebalance.services.migrator.slots import SlotRequest, Slots
+from pvebalance.services.planner.planner import Planner
+from pvebalance.shared import keys
+from pvebalance.shared.config import Settings
+from pvebalance.shared.jobqueue import enqueue_migration, end_overdue
+from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.models import ClusterSnapshot, GuestType, JobState, MigrationJob, NodeState
+from pvebalance.shared.proxmox import ProxmoxClient
+from pvebalance.simulator.server import Simulator
+from tests.helpers import SimFactory, settings_for
+
+
+def make_job(store: JobStore, vmid: int = 118, source: str = "pve1", target: str = "pve2",
+             plan: str = "plan-t") -> MigrationJob:
+    job = MigrationJob(job_id=MigrationJob.id_for(plan, vmid), plan_id=plan, vmid=vmid, name=f"vm{vmid}",
+                       guest_type=GuestType.QEMU, source=source, target=target, online=True)
+    store.create(job)
+    return job
+
+
+def runner_for(sim: Simulator, redis: Redis, tmp_path: Path, **sections: dict[str, Any]) -> MigrationRunner:
+    settings = settings_for(sim, "redis://unused", tmp_path, **sections)
+    return MigrationRunner(ProxmoxClient(settings.proxmox_api), JobStore(redis), Slots(redis, settings.migrator),
+                           settings)
+
+
+def final_events(store: JobStore, job_id: str) -> list[JobState]:
+    return [e.state for _, e in store.events() if e.job_id == job_id and e.state.terminal]
+
+
+# --- the job store: one end per job -----------------------------------------------------------------
+
+def test_a_job_ends_exactly_once_whoever_tries_to_end_it_again(fake_redis: Redis) -> None:
+    store = JobStore(fake_redis)
+    job = make_job(store)
+    assert store.transition(job, JobState.FAILED, "task error")
+    assert not store.transition(job, JobState.SUCCEEDED, "a second runner")
+    assert not store.transition(job, JobState.RUNNING, "a late update")
+    assert store.state(job.job_id) is JobState.FAILED
+    assert final_events(store, job.job_id) == [JobState.FAILED]
+
+
+def test_pinned_slots_outlive_their_expiry_and_are_freed_only_when_the_job_ends(fake_redis: Redis,
+                                                                                 tmp_path: Path) -> None:
+    settings = Settings(migrator={"max_parallel_cluster": 1, "slot_ttl": 0.2})
+    slots, store = Slots(fake_redis, settings.migrator), JobStore(fake_redis)
+    job = make_job(store)
+    mine = SlotRequest(job.job_id, job.source, job.target)
+    assert slots.try_acquire(mine)
+    assert slots.commit(mine) == 1
+    time.sleep(0.3)  # past the slot's expiry: a POSTed migration still holds it
+    other = SlotRequest("migrate-plan-t-999", "pve3", "pve4")
+    assert not slots.try_acquire(other)
+    store.transition(job, JobState.SUCCEEDED, "landed")
+    assert slots.try_acquire(other)
+
+
+def test_a_job_cancelled_while_it_held_its_slots_does_not_start(fake_redis: Redis) -> None:
+    slots, store = Slots(fake_redis, Settings().migrator), JobStore(fake_redis)
+    job = make_job(store)
+    req = SlotRequest(job.job_id, job.source, job.target)
+    assert slots.try_acquire(req)
+    assert store.cancel(job.job_id) is JobState.CANCELLED
+    assert slots.commit(req) == -1
+    assert store.state(job.job_id) is JobState.CANCELLED
+
+
+# --- the runner through API faults ------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault", [
+    pytest.param({"kind": "http", "status": 401, "message": "Authentication failed!", "count": 3}, id="401"),
+    pytest.param({"kind": "malformed", "body": "<html>proxy error</html>", "count": 3}, id="malformed"),
+    pytest.param({"kind": "http", "status": 503, "message": "Service Unavailable", "count": 3}, id="503"),
+])
+def test_a_fault_while_following_the_task_does_not_end_the_job(start_simulator: SimFactory, fake_redis: Redis,
+                                                                tmp_path: Path, fault: dict[str, Any]) -> None:
+    sim = start_simulator(time_scale=0.3)
+    r = runner_for(sim, fake_redis, tmp_path)
+    job = make_job(r.store)
+    sim.faults.add({**fault, "method": "GET", "path": r"/tasks/.*/status$"})
+    assert r.run(job) is JobState.SUCCEEDED
+    assert sim.cluster.stats.migrate_posts[118] == 1
+    assert sim.cluster.guests[118].node == "pve2"
+    assert final_events(r.store, job.job_id) == [JobState.SUCCEEDED]
+
+
+def test_a_migrate_post_that_times_out_is_found_in_the_task_list_not_sent_again(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    sim = start_simulator(time_scale=0.3)
+    r = runner_for(sim, fake_redis, tmp_path, proxmox_api={"timeout": 1})
+    job = make_job(r.store, 100)  # a container would be the same: the point is the second POST
+    sim.faults.add({"kind": "delay", "method": "POST", "path": "/migrate$", "seconds": 2, "when": "after"})
+    assert r.run(job) is JobState.SUCCEEDED
+    assert sim.cluster.stats.migrate_posts[100] == 1
+    record = r.store.load(job.job_id)
+    assert ":qmigrate:100:" in record["upid"]
+
+
+def test_a_task_error_ends_the_job_once_and_frees_its_slots_only_then(start_simulator: SimFactory,
+                                                                        fake_redis: Redis, tmp_path: Path) -> None:
+    sim = start_simulator(time_scale=0.3)
+    r = runner_for(sim, fake_redis, tmp_path, migrator={"max_parallel_cluster": 1})
+    job = make_job(r.store)
+    sim.faults.add({"kind": "task_error", "vmid": 118, "message": "migration aborted"})
+    assert r.run(job) is JobState.FAILED
+    assert r.store.load(job.job_id)["message"] == "migration aborted"
+    assert final_events(r.store, job.job_id) == [JobState.FAILED]
+    assert fake_redis.zcard(keys.SLOTS_CLUSTER) == 0
+
+
+# --- rq's outcome settles the job store ---------------------------------------------------------------
+
+def _queue(redis: Redis) -> Queue:
+    return Queue(keys.MIGRATION_QUEUE, connection=redis)
+
+
+def test_an_unexpected_exception_in_a_run_is_taken_over_and_the_job_finishes(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = start_simulator(time_scale=0.05)
+    settings = settings_for(sim, "redis://unused", tmp_path)
+    migrator_jobs.set_context(settings)
+    store = JobStore(fake_redis)
+    job = make_job(store)
+    enqueue_migration(_queue(fake_redis), settings, job)
+    real_check = Preflight.check
+    calls = {"n": 0}
+
+    def broken_once(self: Preflight, *args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug in pre-flight")
+        return real_check(self, *args)
+
+    monkeypatch.setattr(Preflight, "check", broken_once)
+    SimpleWorker([_queue(fake_redis)], connection=fake_redis).work(burst=True)
+    assert store.state(job.job_id) is JobState.QUEUED, "rq failed the run; the job is not lost, not ended"
+    assert "RuntimeError: a bug in pre-flight" in store.load(job.job_id)["interrupted"]
+    assert Reconciler(fake_redis, settings).run_once() == [job.job_id]
+    SimpleWorker([_queue(fake_redis)], connection=fake_redis).work(burst=True)
+    assert store.state(job.job_id) is JobState.SUCCEEDED
+    assert sim.cluster.stats.migrate_posts[118] == 1
+    assert store.active_jobs() == set()
+
+
+def test_a_job_rq_keeps_failing_is_given_up_after_the_attempt_limit_with_rqs_reason(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = start_simulator()
+    settings = settings_for(sim, "redis://unused", tmp_path)
+    migrator_jobs.set_context(settings)
+    store = JobStore(fake_redis)
+    job = make_job(store)
+    enqueue_migration(_queue(fake_redis), settings, job)
+
+    def always_broken(self: Preflight, *args: Any) -> Any:
+        raise RuntimeError("always broken")
+
+    monkeypatch.setattr(Preflight, "check", always_broken)
+    reconciler = Reconciler(fake_redis, settings, interval=0.01)
+    for _ in range(MAX_ATTEMPTS + 1):
+        SimpleWorker([_queue(fake_redis)], connection=fake_redis).work(burst=True)
+        fake_redis.delete(keys.RECONCILER_LOCK)
+        reconciler.run_once()
+    assert store.state(job.job_id) is JobState.FAILED
+    assert store.load(job.job_id)["message"] == f"given up after {MAX_ATTEMPTS} attempts: RuntimeError: always broken"
+    assert sim.cluster.stats.migrate_posts[118] == 0
+
+
+def test_a_job_popped_by_a_dequeue_and_dropped_is_queued_again_once(fake_redis: Redis) -> None:
+    settings = Settings()
+    store = JobStore(fake_redis)
+    job = make_job(store)
+    queue = _queue(fake_redis)
+    enqueue_migration(queue, settings, job)
+    fake_redis.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")  # popped, then its worker died
+    reconciler = Reconciler(fake_redis, settings, interval=0.01, lost_after=0)
+    assert reconciler.run_once() == [job.job_id]
+    fake_redis.delete(keys.RECONCILER_LOCK)
+    assert reconciler.run_once() == []
+    assert [x.decode() for x in fake_redis.lrange(queue.key, 0, -1)] == [job.job_id]
+    assert fake_redis.llen(queue.intermediate_queue_key) == 0
+
+
+# --- the planner never stalls on a job ----------------------------------------------------------------
+
+def _snapshot(maintenance: str | None = None) -> ClusterSnapshot:
+    nodes = [NodeState(name=n, maxmem=64 * 2**30, mem=8 * 2**30, maintenance=n == maintenance)
+             for n in ("pve1", "pve2", "pve3")]
+    return ClusterSnapshot(nodes=nodes, guests=[])
+
+
+def test_jobs_aimed_at_a_node_that_went_into_maintenance_are_skipped_and_free_the_planner(
+        fake_redis: Redis) -> None:
+    planner = Planner(fake_redis, Settings())
+    store = planner.jobs
+    into_pve2, into_pve3 = make_job(store, 118, target="pve2"), make_job(store, 119, target="pve3")
+    skipped = planner.skip_jobs_into_unusable_nodes(_snapshot(maintenance="pve2"))
+    assert skipped == [into_pve2.job_id]
+    assert store.load(into_pve2.job_id)["message"] == "target node pve2 is in maintenance since the plan was made"
+    assert store.active_jobs() == {into_pve3.job_id}
+
+
+def test_a_job_that_never_started_is_ended_at_its_deadline(fake_redis: Redis) -> None:
+    settings = Settings(migrator={"slot_wait_timeout": 10, "task_timeout_base": 10})
+    store = JobStore(fake_redis)
+    job = make_job(store)
+    created = float(store.load(job.job_id)["created_at"])
+    assert end_overdue(store, settings, now=created + 60) == []
+    assert end_overdue(store, settings, now=created + 81) == [job.job_id]
+    assert store.state(job.job_id) is JobState.FAILED
+    assert store.load(job.job_id)["message"].startswith("not started within 81 s")
