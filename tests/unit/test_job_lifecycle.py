@@ -20,7 +20,7 @@ from pvebalance.services.migrator.slots import SlotRequest, Slots
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
-from pvebalance.shared.jobqueue import enqueue_migration, end_overdue
+from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import ClusterSnapshot, GuestType, JobState, MigrationJob, NodeState
 from pvebalance.shared.proxmox import ProxmoxClient
