@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .cluster import ApiError, Cluster, Guest
-from .tasks import TaskManager
+from .tasks import Task, TaskManager
 
 BOOL_PARAMS = {"online", "with-local-disks", "restart", "force", "full", "with-conntrack-state", "errors"}
 PRIVILEGES = ["Datastore.Audit", "Sys.Audit", "VM.Audit", "VM.Migrate", "Pool.Audit"]
@@ -25,6 +25,14 @@ class Request:
     path: str
     params: dict[str, Any]
     user: str
+
+
+@dataclass
+class WithTotal:
+    """A payload PVE sends with `total` beside `data` (task lists and logs)."""
+
+    data: Any
+    total: int
 
 
 Handler = Callable[["Api", Request, re.Match[str]], Any]
@@ -283,37 +291,68 @@ def migrate(api: Api, req: Request, m: re.Match[str]) -> Any:
     return api.tasks.start_migration(api._guest(m), req.params, req.user)
 
 
+TASK_SOURCES = ("archive", "active", "all")
+TASK_STATES = ("ok", "warning", "error", "unknown")
+
+
+def status_type(status: str | None) -> str:
+    """PVE::UPID normalize_status_type: a running task (no status yet) is 'unknown'."""
+    if not status or status == "unexpected status":
+        return "unknown"
+    if status == "OK":
+        return "ok"
+    return "warning" if re.fullmatch(r"WARNINGS: \d+", status) else "error"
+
+
 @route("GET", r"/nodes/(?P<node>[^/]+)/tasks")
 def task_list(api: Api, req: Request, m: re.Match[str]) -> Any:
+    """Tasks.pm node_tasks: running tasks first (source active|all, status RUNNING), then finished
+    ones newest first (source archive|all); `total` counts every match before start/limit."""
     api.cluster.node(m["node"])
     p = req.params
     source = p.get("source", "archive")
-    out = []
-    for t in sorted(api.tasks.tasks.values(), key=lambda t: -t.starttime):
-        if t.node != m["node"]:
-            continue
-        if p.get("vmid") and t.id != str(p["vmid"]):
-            continue
-        if p.get("typefilter") and t.type != p["typefilter"]:
-            continue
-        active = t.exitstatus is None
-        if (source == "active" and not active) or (source == "archive" and active):
-            continue
-        if p.get("errors") and t.exitstatus in (None, "OK"):
-            continue
-        out.append(t.list_entry())
+    if source not in TASK_SOURCES:
+        enum = f"value '{source}' does not have a value in the enumeration '{', '.join(TASK_SOURCES)}'"
+        raise ApiError(400, "Parameter verification failed.", {"source": enum})
+    wanted = set(TASK_STATES)
+    if p.get("statusfilter") and not p.get("errors"):
+        wanted = {s.strip().lower() for s in re.split(r"[,;\s]+", str(p["statusfilter"])) if s.strip()}
+    elif p.get("errors"):
+        wanted.discard("ok")
+    userfilter = str(p.get("userfilter") or "").lower()
+    since, until = p.get("since"), p.get("until")
+
+    def keep(t: Task) -> bool:
+        e = t.list_entry()
+        return not (
+            (userfilter and userfilter not in str(e["user"]).lower())
+            or (p.get("typefilter") and t.type != p["typefilter"])
+            or (p.get("vmid") and t.id != str(p["vmid"]))
+            or (since is not None and t.starttime < int(since))
+            or (until is not None and t.starttime > int(until))
+            or status_type(t.exitstatus) not in wanted
+        )
+
+    # newest first; tasks started in the same second keep the order they were created in
+    on_node = [t for t in reversed(list(api.tasks.tasks.values())) if t.node == m["node"]]
+    active = sorted((t for t in on_node if t.exitstatus is None), key=lambda t: -t.starttime)
+    archive = sorted((t for t in on_node if t.exitstatus is not None), key=lambda t: -(t.endtime or 0))
+    listed = (active if source != "archive" else []) + (archive if source != "active" else [])
+    matches = [t.list_entry() for t in listed if keep(t)]
     start, limit = int(p.get("start", 0)), int(p.get("limit", 50))
-    return out[start : start + limit]
+    return WithTotal(matches[start : start + limit], len(matches))
 
 
 @route("GET", r"/nodes/(?P<node>[^/]+)/tasks/(?P<upid>[^/]+)/status")
 def task_status(api: Api, req: Request, m: re.Match[str]) -> Any:
+    api.cluster.node(m["node"])  # proxied to the node: an offline one is a 595
     return api.tasks.task(m["node"], m["upid"]).status()
 
 
 @route("GET", r"/nodes/(?P<node>[^/]+)/tasks/(?P<upid>[^/]+)/log")
 def task_log(api: Api, req: Request, m: re.Match[str]) -> Any:
+    api.cluster.node(m["node"])
     task = api.tasks.task(m["node"], m["upid"])
     start, limit = int(req.params.get("start", 0)), int(req.params.get("limit", 50))
     lines = [{"n": i + 1, "t": t} for i, t in enumerate(task.log)]
-    return lines[start : start + limit]
+    return WithTotal(lines[start : start + limit], len(lines))

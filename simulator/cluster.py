@@ -12,9 +12,12 @@ import json
 import math
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from .stats import Stats
+
+__all__ = ["ApiError", "Cluster", "Guest", "Node", "Stats"]
 
 
 class ApiError(Exception):
@@ -68,46 +71,6 @@ class Node:
         return self.entry.get("status") == "online"
 
 
-@dataclass
-class Stats:
-    """What the simulator saw, for tests and benchmarks to check the client's behaviour."""
-
-    requests: Counter[str] = field(default_factory=Counter)
-    migrate_posts: Counter[int] = field(default_factory=Counter)
-    running: list[tuple[int, str, str]] = field(default_factory=list)
-    max_concurrent: int = 0
-    max_per_source: Counter[str] = field(default_factory=Counter)
-    max_per_target: Counter[str] = field(default_factory=Counter)
-    migrations: list[dict[str, Any]] = field(default_factory=list)
-
-    def started(self, vmid: int, source: str, target: str) -> None:
-        self.running.append((vmid, source, target))
-        self.max_concurrent = max(self.max_concurrent, len(self.running))
-        src = sum(1 for _, s, _ in self.running if s == source)
-        dst = sum(1 for _, _, t in self.running if t == target)
-        self.max_per_source[source] = max(self.max_per_source[source], src)
-        self.max_per_target[target] = max(self.max_per_target[target], dst)
-
-    def ended(self, vmid: int, source: str, target: str, started: float, ok: bool, status: str) -> None:
-        self.running.remove((vmid, source, target))
-        self.migrations.append(
-            {"vmid": vmid, "source": source, "target": target, "start": started,
-             "end": time.time(), "ok": ok, "status": status}
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "requests": dict(self.requests),
-            "requests_total": sum(self.requests.values()),
-            "migrate_posts": {str(k): v for k, v in self.migrate_posts.items()},
-            "running": [list(r) for r in self.running],
-            "max_concurrent": self.max_concurrent,
-            "max_per_source": dict(self.max_per_source),
-            "max_per_target": dict(self.max_per_target),
-            "migrations": self.migrations,
-        }
-
-
 class Cluster:
     """All state behind one lock: handlers are served from several threads."""
 
@@ -136,6 +99,7 @@ class Cluster:
         self.ha_resources: list[dict[str, Any]] = api.get("/cluster/ha/resources") or []
         self.pools = {p["poolid"]: p for p in api.get("/pools") or []}
         self.options: dict[str, Any] = api.get("/cluster/options") or {}
+        self.note_mem()
 
     # --- views -------------------------------------------------------------------------------
 
@@ -163,6 +127,32 @@ class Cluster:
                 usage[g.node] = (mem + int(g.entry.get("mem", 0)),
                                  cores + float(g.entry.get("cpu", 0)) * int(g.entry.get("maxcpu", 1)))
         return usage
+
+    def mem_ratios(self) -> dict[str, float]:
+        """Each node's memory use / maxmem now: host overhead plus its running guests."""
+        usage = self.usage()
+        return {name: (n.mem_overhead + usage.get(name, (0, 0.0))[0]) / max(int(n.entry.get("maxmem", 1)), 1)
+                for name, n in self.nodes.items()}
+
+    def note_mem(self) -> None:
+        """Called whenever guests land on or leave nodes, so the stats keep each node's peak."""
+        self.stats.note_mem(self.mem_ratios())
+
+    def reset_stats(self) -> None:
+        self.stats.reset(self.mem_ratios())
+
+    def move_guest(self, g: Guest, target: str) -> None:
+        g.entry["node"] = target
+        self.note_mem()
+
+    def delete_guest(self, vmid: int) -> Guest:
+        """Gone from the cluster, as `qm destroy --purge` leaves it: no config, no HA resource."""
+        g = self.guest(vmid)
+        del self.guests[vmid]
+        sid = f"{'vm' if g.type == 'qemu' else 'ct'}:{vmid}"
+        self.ha_resources[:] = [r for r in self.ha_resources if r.get("sid") != sid]
+        self.note_mem()
+        return g
 
     def node_entry(self, n: Node, usage: dict[str, tuple[int, float]] | None = None) -> dict[str, Any]:
         e = dict(n.entry)

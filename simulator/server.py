@@ -4,26 +4,32 @@ Auth as pveproxy does it: POST /access/ticket gives a ticket cookie (+ CSRF toke
 an `Authorization: PVEAPIToken=USER@REALM!ID=SECRET` header. Failed auth is a 401 with an empty
 body; the reason phrase is the first line of the error message, as pve-http-server sends it.
 
-/_sim/... (outside /api2/json, no auth) lets tests drive faults and read what the simulator saw.
+/_sim/... (outside /api2/json, no auth, see control.py) lets tests drive faults and events and read
+what the simulator saw. Faults (faults.py) stand in front of the API: a delay before or after the
+answer, an HTTP error or a malformed body instead of it; every migrate POST is recorded with what
+answered it.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .api import Api, Request
+from .api import Api, Request, WithTotal
 from .certs import make_self_signed
 from .cluster import ApiError, Cluster
-from .faults import Faults
+from .control import control
+from .faults import Fault, Faults
 from .tasks import TaskManager
 
 PREFIX = "/api2/json"
@@ -68,7 +74,9 @@ class Simulator:
         httpd.daemon_threads = True
         httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
         self.httpd = httpd
-        threading.Thread(target=httpd.serve_forever, name="pve-simulator", daemon=True).start()
+        # a short poll interval: stop() waits for it, and tests start and stop many simulators
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="pve-simulator",
+                         daemon=True).start()
         return int(httpd.server_address[1])
 
     def stop(self) -> None:
@@ -114,47 +122,8 @@ class Simulator:
         raise ApiError(401, "No ticket")
 
     def control(self, method: str, path: str, body: dict[str, Any]) -> Any:
-        """The /_sim control API used by tests."""
-        c = self.cluster
-        parts = path.strip("/").split("/")[1:]
-        with c.lock:
-            if parts == ["stats"] and method == "GET":
-                return c.stats.as_json()
-            if parts == ["stats"] and method == "DELETE":
-                c.stats.__init__()  # type: ignore[misc]
-                return None
-            if parts == ["faults"]:
-                if method == "POST":
-                    return self.faults.add(body).__dict__
-                if method == "DELETE":
-                    self.faults.clear()
-                    return None
-                return self.faults.as_json()
-            if len(parts) == 3 and parts[0] == "guests" and method == "POST":
-                g = c.guest(int(parts[1]))
-                if parts[2] == "lock":
-                    g.config["lock"] = body.get("lock", "backup")
-                elif parts[2] == "unlock":
-                    g.config.pop("lock", None)
-                elif parts[2] == "move":  # moved by hand, outside the balancer
-                    c.node(body["target"], require_online=False)
-                    g.entry["node"] = body["target"]
-                return c.guest_entry(g)
-            if parts == ["options"] and method == "POST":  # datacenter.cfg, e.g. {"crs": {...}}
-                c.options.update(body)
-                return c.options
-            if len(parts) == 3 and parts[0] == "nodes" and parts[2] == "status" and method == "POST":
-                node = c.node(parts[1], require_online=False)
-                node.entry["status"] = "online" if body.get("online", True) else "offline"
-                return c.node_entry(node)
-            if len(parts) == 3 and parts[0] == "nodes" and parts[2] == "maintenance" and method == "POST":
-                node = c.node(parts[1], require_online=False)
-                if body.get("enable", True):
-                    node.entry["hastate"] = "maintenance"
-                else:
-                    node.entry["hastate"] = "online"
-                return c.node_entry(node)
-        raise ApiError(404, f"no control endpoint {method} {path}")
+        """The /_sim control API used by tests (control.py)."""
+        return control(self, method, path, body)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -195,47 +164,128 @@ class Handler(BaseHTTPRequestHandler):
         path = "/".join(unquote(p) for p in url.path.split("/"))
         try:
             params = self._read_params(url.query)
-            if path.startswith("/_sim/"):
-                self._send(200, {"data": self.sim.control(method, path, params)})
-                return
-            if not path.startswith(PREFIX + "/"):
-                raise ApiError(501, f"Method '{method} {path}' not implemented")
-            api_path = path[len(PREFIX):].rstrip("/") or "/"
-            self.sim.cluster.stats.requests[f"{method} {api_path}"] += 1
-            time.sleep(self.sim.faults.delay(method, api_path))
-            fault = self.sim.faults.http(method, api_path)
-            if fault:
-                raise ApiError(fault.status, fault.message)
-            if method == "POST" and api_path == "/access/ticket":
-                data = self.sim.login(str(params.get("username", "")), str(params.get("password", "")))
-                if data is None:
-                    time.sleep(self.sim.auth_fail_delay)
-                    self._send(401, {"data": None, "message": "authentication failure\n"},
-                               "authentication failure")
-                    return
-                self._send(200, {"data": data})
-                return
-            try:
-                user = self.sim.authenticate(self.headers, method)
-            except ApiError as exc:
-                time.sleep(self.sim.auth_fail_delay)
-                self._send(401, None, exc.message)
-                return
-            data = self.sim.api.handle(Request(method, api_path, params, user))
-            self._send(200, {"data": data})
-        except ApiError as exc:
-            body: dict[str, Any] = {"data": None, "message": exc.message + "\n"}
-            if exc.errors:
-                body["errors"] = exc.errors
-            self._send(exc.status, body, exc.message)
         except (ValueError, KeyError) as exc:
-            self._send(400, {"data": None, "message": f"bad request: {exc}\n"}, "bad request")
+            self._send(Reply.error(ApiError(400, f"bad request: {exc}")))
+            return
+        if path.startswith("/_sim/"):
+            try:
+                self._send(Reply.ok(self.sim.control(method, path, params)))
+            except ApiError as exc:
+                self._send(Reply.error(exc))
+            except (ValueError, KeyError, TypeError) as exc:
+                self._send(Reply.error(ApiError(400, f"bad request: {exc}")))
+            return
+        if not path.startswith(PREFIX + "/"):
+            self._send(Reply.error(ApiError(501, f"Method '{method} {path}' not implemented")))
+            return
+        api_path = path[len(PREFIX):].rstrip("/") or "/"
+        arrived = time.time()
+        self.sim.cluster.stats.requests[f"{method} {api_path}"] += 1
+        delay = self.sim.faults.delay(method, api_path)
+        if delay and delay.when == "before":
+            time.sleep(delay.seconds)
+        reply = self._answer(method, api_path, params)
+        migrate = MIGRATE_PATH.match(api_path) if method == "POST" else None
+        if migrate:
+            self._record_migrate_post(migrate, params, reply, arrived, delay)
+        if delay and delay.when == "after":
+            time.sleep(delay.seconds)  # the request took effect; only its answer is late
+        self._send(reply)
 
-    def _send(self, status: int, body: dict[str, Any] | None, reason: str | None = None) -> None:
-        raw = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status, reason.splitlines()[0] if reason else None)
-        self.send_header("Content-Type", "application/json;charset=UTF-8")
-        self.send_header("Content-Length", str(len(raw)))
-        self.send_header("Cache-Control", "max-age=0")
-        self.end_headers()
-        self.wfile.write(raw)
+    def _answer(self, method: str, api_path: str, params: dict[str, Any]) -> Reply:
+        """What PVE (or a fault standing in front of it) answers, as status, reason and body."""
+        sim = self.sim
+        fault = sim.faults.answer(method, api_path)
+        if fault and fault.kind == "http":
+            if fault.status == 401:  # pveproxy's auth failure: empty body, message as reason only
+                time.sleep(sim.auth_fail_delay)
+                return Reply(401, b"", fault.text, fault="http")
+            return Reply.error(ApiError(fault.status, fault.text), fault="http")
+        if fault and not fault.truncate:
+            return Reply(200, (fault.body or "").encode(), None, fault="malformed",
+                         content_type="text/html;charset=UTF-8")
+        reply = self._handle(method, api_path, params)
+        if fault:  # truncate: the request was handled, its answer breaks off half way
+            reply.body, reply.fault = reply.body[: len(reply.body) // 2], "malformed"
+        return reply
+
+    def _handle(self, method: str, api_path: str, params: dict[str, Any]) -> Reply:
+        sim = self.sim
+        try:
+            if method == "POST" and api_path == "/access/ticket":
+                data = sim.login(str(params.get("username", "")), str(params.get("password", "")))
+                if data is None:
+                    time.sleep(sim.auth_fail_delay)
+                    return Reply.error(ApiError(401, "authentication failure"))
+                return Reply.ok(data)
+            try:
+                user = sim.authenticate(self.headers, method)
+            except ApiError as exc:
+                time.sleep(sim.auth_fail_delay)
+                return Reply(401, b"", exc.message)
+            reply = Reply.ok(sim.api.handle(Request(method, api_path, params, user)))
+            reply.user = user
+            return reply
+        except ApiError as exc:
+            return Reply.error(exc)
+        except (ValueError, KeyError) as exc:
+            return Reply.error(ApiError(400, f"bad request: {exc}"))
+
+    def _record_migrate_post(self, m: re.Match[str], params: dict[str, Any], reply: Reply,
+                             arrived: float, delay: Fault | None) -> None:
+        """Every migrate POST, whatever answered it, for tests to check a run against."""
+        user = reply.user
+        if user is None:
+            try:
+                user = self.sim.authenticate(self.headers, "POST")
+            except ApiError:
+                user = None
+        fault = reply.fault or (f"delay-{delay.when}" if delay else None)
+        with self.sim.cluster.lock:
+            self.sim.cluster.stats.migrate_request(
+                vmid=int(m["vmid"]), type=m["type"], time=arrived, source=m["node"],
+                target=params.get("target"), user=user, status=reply.status, upid=reply.upid,
+                error=reply.reason if reply.status >= 400 else None, fault=fault,
+            )
+
+    def _send(self, reply: Reply) -> None:
+        try:
+            self.send_response(reply.status, reply.reason.splitlines()[0] if reply.reason else None)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.send_header("Cache-Control", "max-age=0")
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            # the client gave up (e.g. a shorter timeout than a delay fault): nobody to answer
+            self.close_connection = True
+
+
+MIGRATE_PATH = re.compile(r"^/nodes/(?P<node>[^/]+)/(?P<type>qemu|lxc)/(?P<vmid>\d+)/migrate$")
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    reason: str | None
+    fault: str | None = None  # the fault kind that shaped this answer
+    upid: str | None = None  # the payload, when it is a task id
+    user: str | None = None
+    content_type: str = "application/json;charset=UTF-8"
+
+    @classmethod
+    def ok(cls, data: Any) -> Reply:
+        body: dict[str, Any] = {"data": data}
+        if isinstance(data, WithTotal):
+            body = {"data": data.data, "total": data.total}
+        upid = data if isinstance(data, str) and data.startswith("UPID:") else None
+        return cls(200, json.dumps(body).encode(), None, upid=upid)
+
+    @classmethod
+    def error(cls, exc: ApiError, fault: str | None = None) -> Reply:
+        """PVE's error answer: reason = first line of the message, JSON body with data null."""
+        body: dict[str, Any] = {"data": None, "message": exc.message + "\n"}
+        if exc.errors:
+            body["errors"] = exc.errors
+        return cls(exc.status, json.dumps(body).encode(), exc.message, fault=fault)

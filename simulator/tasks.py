@@ -4,6 +4,17 @@ Duration grows with the memory copied by a live migration and the local disks co
 multiplied by `time_scale` so tests and demos run fast. A migration task's checks follow
 qemu-server and pve-container: which are synchronous (an HTTP error, no task) and which surface in
 the task (TASK ERROR).
+
+Locks, as PVE takes them:
+- qemu: the POST checks the lock (500 `VM is locked (<lock>)`, no task) and the simulator sets
+  `lock: migrate` there too, so a second POST for a migrating VM is refused synchronously.
+- lxc: the POST never checks the lock; it always forks a `vzmigrate` task, and the task ends
+  `TASK ERROR: CT is locked (<lock>)` if the CT is locked, otherwise it sets `lock: migrate` for
+  its duration. (Real PVE first waits up to 10 s for the pve-migrate-<vmid> flock a running
+  migration holds; the simulator skips that wait and checks the lock at once.)
+- HA-managed guests: the POST forks a `hamigrate` task that only queues a request; a CRM round
+  later the real qmigrate/vzmigrate is started on the source node as root@pam, unless the CRM
+  ignores the request (guest gone, target offline or already current, service already migrating).
 """
 
 from __future__ import annotations
@@ -45,15 +56,28 @@ class Task:
             "starttime": self.starttime, "type": self.type, "id": self.id, "user": self.user,
             "status": "running" if self.exitstatus is None else "stopped",
         }
+        # Tasks.pm convert_token_task: a token's task shows user and tokenid apart (the UPID keeps both)
+        if "!" in self.user:
+            out["user"], out["tokenid"] = self.user.split("!", 1)
         if self.exitstatus is not None:
             out["exitstatus"] = self.exitstatus
         return out
 
     def list_entry(self) -> dict[str, Any]:
+        """A /nodes/{node}/tasks row: a running task (from the active list) has status RUNNING."""
         out = {k: v for k, v in self.status().items() if k not in ("status", "exitstatus")}
-        if self.exitstatus is not None:
+        if self.exitstatus is None:
+            out["status"] = "RUNNING"
+        else:
             out.update(endtime=self.endtime, status=self.exitstatus)
         return out
+
+    @property
+    def ok(self) -> bool:
+        """UPID.pm status_is_error: OK and WARNINGS: n are success."""
+        return self.exitstatus is not None and (
+            self.exitstatus == "OK" or self.exitstatus.startswith("WARNINGS:")
+        )
 
     def say(self, line: str) -> None:
         self.log.append(f"{datetime.now():%Y-%m-%d %H:%M:%S} {line}")
@@ -62,6 +86,21 @@ class Task:
         self.log.append("TASK OK" if exitstatus == "OK" else f"TASK ERROR: {exitstatus}")
         self.endtime = int(time.time())
         self.exitstatus = exitstatus
+
+
+@dataclass
+class Migration:
+    """A running qmigrate/vzmigrate task and the guest it moves."""
+
+    task: Task
+    guest: Guest
+    source: str
+    target: str
+    params: dict[str, Any]
+    ha: bool  # started by the HA stack
+    started: float = field(default_factory=time.time)
+    holding: bool = False  # it set the guest's lock: counted as a running migration
+    wake: threading.Event = field(default_factory=threading.Event)  # ends the sleep early
 
 
 def migration_seconds(g: Guest, local_disk_bytes: int, online: bool) -> float:
@@ -75,6 +114,7 @@ class TaskManager:
         self.faults = faults
         self.time_scale = time_scale
         self.tasks: dict[str, Task] = {}
+        self.migrations: dict[str, Migration] = {}  # running ones, by UPID
         self._pids = itertools.count(os.getpid() * 16 + 1000)
         self._pstart = int(time.monotonic() * 100) & 0xFFFFFFF
 
@@ -118,61 +158,132 @@ class TaskManager:
         c.stats.migrate_posts[g.vmid] += 1
         if c.is_ha_managed(g):
             task = self.new_task(g.node, "hamigrate", str(g.vmid), user)
-            task.say(f"Requesting HA migration for VM {g.vmid} to node {target}")
+            kind = "VM" if g.type == "qemu" else "CT"
+            task.say(f"Requesting HA migration for {kind} {g.vmid} to node {target}")
             threading.Thread(target=self._ha_request, args=(task, g, dict(params)), daemon=True).start()
             return task.upid
-        ttype = "qmigrate" if g.type == "qemu" else "vzmigrate"
-        task = self.new_task(g.node, ttype, str(g.vmid), user)
+        task = self.new_task(g.node, "qmigrate" if g.type == "qemu" else "vzmigrate", str(g.vmid), user)
+        self._launch(task, g, dict(params), ha=False)
+        return task.upid
+
+    def _launch(self, task: Task, g: Guest, params: dict[str, Any], ha: bool) -> None:
+        """Start a migration task (cluster lock held). A VM's lock is taken here, where the API
+        checked it; a CT's task takes its lock itself once it runs."""
+        m = Migration(task, g, g.node, str(params["target"]), params, ha)
+        self.migrations[task.upid] = m
         if g.type == "qemu":
             g.config["lock"] = "migrate"
-        threading.Thread(target=self._migrate, args=(task, g, dict(params)), daemon=True).start()
-        return task.upid
+            self._hold(m)
+        threading.Thread(target=self._run, args=(m,), daemon=True).start()
+
+    def _hold(self, m: Migration) -> None:
+        m.holding = True
+        self.cluster.stats.started(m.guest.vmid, m.source, m.target)
 
     def _ha_request(self, request: Task, g: Guest, params: dict[str, Any]) -> None:
         time.sleep(min(0.5, 0.5 * self.time_scale))
-        with self.cluster.lock:
-            request.finish("OK")
-            # The HA LRM does the real move later, as its own task started by root@pam.
-            task = self.new_task(g.node, "qmigrate" if g.type == "qemu" else "vzmigrate", str(g.vmid), "root@pam")
-            g.entry["hastate"] = "migrate"
-            if g.type == "qemu":
-                g.config["lock"] = "migrate"
-        self._migrate(task, g, {**params, "online": g.running, "restart": 1})
-
-    def _migrate(self, task: Task, g: Guest, params: dict[str, Any]) -> None:
         c = self.cluster
-        source, target = g.node, str(params["target"])
-        online = bool(params.get("online")) and g.running
-        disks = c.local_disks(g)
-        started = time.time()
         with c.lock:
-            c.stats.started(g.vmid, source, target)
-            task.say(f"starting migration of {'VM' if g.type == 'qemu' else 'CT'} {g.vmid} to node '{target}'")
-        error = self._precheck_in_task(g, params, disks, target)
-        if error is None:
-            seconds = migration_seconds(g, sum(d["size"] for d in disks), online) * self.time_scale
-            time.sleep(seconds)
-            error = self.faults.task_error(g.vmid)
+            request.finish("OK")
+            target = str(params["target"])
+            outcome, upid = self._crm_round(g, target), None
+            if outcome == "migrating":
+                # The HA LRM does the real move, as its own task on the source node, by root@pam.
+                task = self.new_task(g.node, "qmigrate" if g.type == "qemu" else "vzmigrate", str(g.vmid), "root@pam")
+                g.entry["hastate"] = "migrate"
+                # the HA resource agents migrate a running VM live and a running CT in restart mode
+                mode = {"online": g.running} if g.type == "qemu" else {"online": False, "restart": g.running}
+                self._launch(task, g, {**params, **mode}, ha=True)
+                upid = task.upid
+            c.stats.ha_requests.append({"vmid": g.vmid, "request_upid": request.upid, "target": target,
+                                        "time": time.time(), "outcome": outcome, "upid": upid})
+
+    def _crm_round(self, g: Guest, target: str) -> str:
+        """What the HA CRM does with a queued migrate request (pve-ha-manager Manager.pm)."""
+        c = self.cluster
+        if c.guests.get(g.vmid) is not g:
+            return "ignored: service removed"
+        if not c.nodes[target].online:
+            return "ignored: node not online"
+        if g.node == target:
+            return "ignored: service already on target node"
+        if g.entry.get("hastate", "started") != "started":
+            # a request queued while the service migrates is dropped when its state changes
+            return f"ignored: service is in state '{g.entry.get('hastate')}'"
+        if g.type == "qemu" and g.lock:
+            return f"failed: VM is locked ({g.lock})"  # the LRM's migrate call is refused
+        return "migrating"
+
+    def _run(self, m: Migration) -> None:
+        c, g, task = self.cluster, m.guest, m.task
+        error: str | None = None
+        seconds = 0.0
         with c.lock:
+            if task.exitstatus is not None:  # ended before it ran (the guest was deleted)
+                return
+            task.say(f"starting migration of {'VM' if g.type == 'qemu' else 'CT'} {g.vmid} to node '{m.target}'")
+            if not m.holding:
+                error = self._take_guest(m)
             if error is None:
-                g.entry["node"] = target
-                task.say(f"migration finished successfully (duration {time.time() - started:.1f}s)")
-            else:
-                task.say(f"migration aborted: {error}")
+                disks = c.local_disks(g)
+                error = self._precheck_in_task(g, m.params, disks, m.target)
+                online = bool(m.params.get("online")) and g.running
+                seconds = migration_seconds(g, sum(d["size"] for d in disks), online) * self.time_scale
+        if error is None:
+            m.wake.wait(seconds)
+        with c.lock:
+            if task.exitstatus is not None:
+                return
+            if error is None:
+                error = self.faults.task_error(g.vmid)
+            self._end(m, error)
+
+    def _take_guest(self, m: Migration) -> str | None:
+        """A CT migration task's first steps (pve-container Migrate.pm prepare, phase1)."""
+        g = m.guest
+        if self.cluster.guests.get(g.vmid) is not g or g.node != m.source:
+            return f"Configuration file 'nodes/{m.source}/lxc/{g.vmid}.conf' does not exist"
+        if g.lock:
+            return f"CT is locked ({g.lock})"
+        g.config["lock"] = "migrate"
+        self._hold(m)
+        return None
+
+    def _end(self, m: Migration, error: str | None) -> None:
+        """Finish a migration task (cluster lock held): move the guest or not, release, record."""
+        c, g, task = self.cluster, m.guest, m.task
+        if error is None:
+            c.move_guest(g, m.target)
+            task.say(f"migration finished successfully (duration {time.time() - m.started:.1f}s)")
+        else:
+            task.say(f"migration aborted: {error}")
+        if m.holding:  # only the task that set the lock removes it
             g.config.pop("lock", None)
-            if "hastate" in g.entry:
-                g.entry["hastate"] = "started"
-            task.finish(error or "OK")
-            c.stats.ended(g.vmid, source, target, started, error is None, task.exitstatus or "")
+        if m.ha:
+            g.entry["hastate"] = "started"
+        task.finish(error or "OK")
+        self.migrations.pop(task.upid, None)
+        m.wake.set()
+        c.stats.ended({"vmid": g.vmid, "type": task.type, "upid": task.upid, "user": task.user,
+                       "source": m.source, "target": m.target, "start": m.started, "end": time.time(),
+                       "ok": task.ok, "exitstatus": task.exitstatus, "status": task.exitstatus}, m.holding)
+
+    def abort_guest(self, vmid: int) -> list[str]:
+        """The guest was deleted by hand: its migration tasks end in error now. Their UPIDs."""
+        ended = []
+        for m in list(self.migrations.values()):
+            if m.guest.vmid == vmid:
+                kind = "qemu-server" if m.guest.type == "qemu" else "lxc"
+                self._end(m, f"Configuration file 'nodes/{m.source}/{kind}/{vmid}.conf' does not exist")
+                ended.append(m.task.upid)
+        return ended
 
     def _precheck_in_task(self, g: Guest, params: dict[str, Any], disks: list[Any], target: str) -> str | None:
         c = self.cluster
         if not c.nodes[target].online:
             return f"migration aborted: target node '{target}' is not online (ssh tunnel failed)"
         if g.type == "lxc":
-            if g.lock:
-                return f"CT is locked ({g.lock})"
-            if params.get("online") and not params.get("restart"):
+            if g.running and params.get("online"):  # Migrate.pm prepare, even with restart
                 return "lxc live migration is currently not implemented"
             return None
         local = [k for k in g.config if k.startswith(("hostpci", "usb")) and "spice" not in str(g.config[k])]
@@ -185,8 +296,8 @@ class TaskManager:
     def precondition(self, g: Guest, target: str | None) -> dict[str, Any]:
         """GET .../migrate: which nodes may take the guest, and what would be copied."""
         c = self.cluster
-        if g.type == "qemu" and g.lock:
-            raise ApiError(500, f"VM is locked ({g.lock})")
+        if g.lock:  # both check_lock first (the CT precondition too, unlike the CT migrate POST)
+            raise ApiError(500, f"{'VM' if g.type == 'qemu' else 'CT'} is locked ({g.lock})")
         not_allowed: dict[str, Any] = {}
         allowed = []
         for name, node in c.nodes.items():

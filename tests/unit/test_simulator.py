@@ -159,3 +159,78 @@ def test_host_failover_skips_a_dead_host(start_simulator: SimFactory) -> None:
     client = ProxmoxClient(api_settings(sim, hosts=["127.0.0.1:1", f"127.0.0.1:{sim.port}"], timeout=2))
     assert client.get("/version")["version"]
     assert client.host == f"127.0.0.1:{sim.port}"
+
+
+def test_task_list_shows_a_running_then_finished_migration_as_pve_does(start_simulator: SimFactory) -> None:
+    sim = start_simulator(time_scale=0.05)
+    client = ProxmoxClient(api_settings(sim))
+    upid = client.post("/nodes/pve1/qemu/118/migrate", target="pve2", online=True)
+    running = client.get("/nodes/pve1/tasks", vmid=118, source="all", typefilter="qmigrate")
+    assert [(t["upid"], t["status"]) for t in running] == [(upid, "RUNNING")]
+    assert "endtime" not in running[0]
+    assert client.get("/nodes/pve1/tasks", vmid=118) == [], "the default source=archive lists finished tasks"
+    assert client.get("/nodes/pve1/tasks", vmid=118, source="all", errors=1)[0]["upid"] == upid, "running isn't OK"
+    wait_task(client, upid)
+    (done,) = client.get("/nodes/pve1/tasks", vmid=118, source="all", typefilter="qmigrate")
+    assert (done["upid"], done["status"], done["id"], done["type"]) == (upid, "OK", "118", "qmigrate")
+    assert done["endtime"] >= done["starttime"]
+    assert client.get("/nodes/pve1/tasks", vmid=118, source="all", errors=1) == []
+    assert client.get("/nodes/pve1/tasks", vmid=100, source="all") == []
+    assert client.get("/nodes/pve1/tasks", vmid=118, typefilter="vzmigrate") == []
+    resp = requests.get(f"https://127.0.0.1:{sim.port}/api2/json/nodes/pve1/tasks?vmid=118",
+                        headers={"Authorization": "PVEAPIToken={}={}".format(*next(iter(sim.tokens.items())))},
+                        verify=str(sim.cafile), timeout=5)
+    assert resp.json()["total"] == 1
+
+
+def test_token_task_shows_user_and_tokenid_apart_as_pve_does(start_simulator: SimFactory) -> None:
+    sim = start_simulator()
+    client = ProxmoxClient(api_settings(sim))
+    upid = client.post("/nodes/pve1/qemu/118/migrate", target="pve2", online=True)
+    assert upid.endswith(":root@pam!pvebalance:")
+    status = client.get(f"/nodes/pve1/tasks/{upid}/status")
+    assert (status["user"], status["tokenid"]) == ("root@pam", "pvebalance")
+    (entry,) = client.get("/nodes/pve1/tasks", vmid=118, source="all")
+    assert (entry["user"], entry["tokenid"]) == ("root@pam", "pvebalance")
+
+
+def test_ha_migration_counts_once_and_both_its_tasks_are_listed_on_the_source(start_simulator: SimFactory) -> None:
+    sim = start_simulator("groups", time_scale=0.05)
+    client = ProxmoxClient(api_settings(sim))
+    request = client.post("/nodes/pve1/qemu/123/migrate", target="pve5", online=True)
+    again = client.post("/nodes/pve1/qemu/123/migrate", target="pve6", online=True)  # queued behind it
+    assert ":hamigrate:123:" in request and ":hamigrate:123:" in again
+    deadline = time.monotonic() + 5
+    while sim.cluster.guests[123].node != "pve5" or sim.cluster.stats.running:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    tasks = client.get("/nodes/pve1/tasks", vmid=123, source="all")
+    assert sorted((t["type"], t["user"], t["status"]) for t in tasks) == [
+        ("hamigrate", "root@pam", "OK"), ("hamigrate", "root@pam", "OK"), ("qmigrate", "root@pam", "OK")]
+    stats = sim.cluster.stats
+    assert [(m["type"], m["source"], m["target"], m["ok"]) for m in stats.migrations] == [
+        ("qmigrate", "pve1", "pve5", True)]
+    assert (stats.max_concurrent, dict(stats.max_per_source), dict(stats.max_per_target)) == (
+        1, {"pve1": 1}, {"pve5": 1})
+    outcomes = {r["request_upid"]: r["outcome"] for r in stats.ha_requests}
+    assert outcomes[request] == "migrating" and outcomes[again].startswith("ignored")
+
+
+def test_peak_mem_ratio_rises_when_guests_land_on_a_node(start_simulator: SimFactory) -> None:
+    sim = start_simulator()
+    client = ProxmoxClient(api_settings(sim))
+
+    def ratio(node: str) -> float:
+        e = next(r for r in client.get("/cluster/resources", type="node") if r["node"] == node)
+        return float(e["mem"]) / float(e["maxmem"])
+
+    start = sim.cluster.stats.peak_mem_ratio["pve2"]
+    assert start == pytest.approx(ratio("pve2"))
+    for vmid in (118, 121):
+        wait_task(client, client.post(f"/nodes/pve1/qemu/{vmid}/migrate", target="pve2", online=True))
+    landed = ratio("pve2")
+    assert landed > start and sim.cluster.stats.peak_mem_ratio["pve2"] == pytest.approx(landed)
+    wait_task(client, client.post("/nodes/pve2/qemu/118/migrate", target="pve3", online=True))
+    assert ratio("pve2") < landed and sim.cluster.stats.peak_mem_ratio["pve2"] == pytest.approx(landed)
+    assert sim.cluster.stats.peak_mem_ratio["pve1"] == pytest.approx(ratio("pve1") + (
+        sim.cluster.guests[118].entry["mem"] + sim.cluster.guests[121].entry["mem"]) / 274877906944)

@@ -1,0 +1,98 @@
+"""The /_sim control API: outside /api2/json, no auth. Tests drive faults and events through it
+and read back what the simulator saw. Every answer is `{"data": ...}`; a bad request is a 400,
+an unknown endpoint or guest a 404.
+
+Endpoints (bodies are JSON, or form fields):
+- GET    /_sim/stats                      the record (stats.py), see Stats.as_json
+- DELETE /_sim/stats                      forget it (running migrations stay counted as running)
+- GET    /_sim/faults                     the active faults
+- POST   /_sim/faults                     add one, see faults.py, e.g.
+                                          {"kind": "http", "status": 503, "for_seconds": 20, "count": null}
+- DELETE /_sim/faults                     remove all
+- POST   /_sim/guests/VMID/lock           {"lock": "backup"} (default backup): set a config lock
+- POST   /_sim/guests/VMID/unlock         remove the config lock
+- POST   /_sim/guests/VMID/move           {"target": "pve3"}: moved by hand, outside the balancer
+- POST   /_sim/guests/VMID/delete         destroyed by hand (as `--purge`): gone from
+                                          /cluster/resources, its config and the HA resources; a
+                                          migration task of it ends in error. Answers
+                                          {"vmid": 118, "deleted": 1, "aborted_tasks": ["UPID:..."]}
+- POST   /_sim/nodes/NODE/status          {"online": false}: the node goes offline (or back online)
+- POST   /_sim/nodes/NODE/maintenance     {"enable": true}: HA maintenance mode on/off
+- POST   /_sim/options                    merge into datacenter.cfg, e.g. {"crs": {"ha": "static"}}
+
+The guest and node endpoints answer the guest's /cluster/resources entry or the node's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .cluster import ApiError, Guest
+
+if TYPE_CHECKING:
+    from .server import Simulator
+
+
+def flag(value: Any) -> bool:
+    """JSON true/false, or a form field's "1"/"0"/"true"/"false"."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(value)
+
+
+def control(sim: Simulator, method: str, path: str, body: dict[str, Any]) -> Any:
+    c = sim.cluster
+    parts = path.strip("/").split("/")[1:]
+    with c.lock:
+        if parts == ["stats"]:
+            if method == "GET":
+                return c.stats.as_json()
+            if method == "DELETE":
+                c.reset_stats()
+                return None
+        if parts == ["faults"]:
+            if method == "POST":
+                return sim.faults.add(body).as_json()
+            if method == "DELETE":
+                sim.faults.clear()
+                return None
+            if method == "GET":
+                return sim.faults.as_json()
+        if len(parts) == 3 and parts[0] == "guests" and parts[1].isdigit() and method == "POST":
+            return guest_action(sim, int(parts[1]), parts[2], body)
+        if parts == ["options"] and method == "POST":  # datacenter.cfg, e.g. {"crs": {...}}
+            c.options.update(body)
+            return c.options
+        if len(parts) == 3 and parts[0] == "nodes" and method == "POST" and parts[2] in ("status", "maintenance"):
+            if parts[1] not in c.nodes:
+                raise ApiError(404, f"no such node '{parts[1]}'")
+            node = c.nodes[parts[1]]
+            if parts[2] == "status":
+                node.entry["status"] = "online" if flag(body.get("online", True)) else "offline"
+            else:
+                node.entry["hastate"] = "maintenance" if flag(body.get("enable", True)) else "online"
+            return c.node_entry(node)
+    raise ApiError(404, f"no control endpoint {method} {path}")
+
+
+def guest_action(sim: Simulator, vmid: int, action: str, body: dict[str, Any]) -> Any:
+    c = sim.cluster
+    g: Guest | None = c.guests.get(vmid)
+    if g is None:
+        raise ApiError(404, f"no such guest {vmid}")
+    if action == "lock":
+        g.config["lock"] = body.get("lock", "backup")
+    elif action == "unlock":
+        g.config.pop("lock", None)
+    elif action == "move":
+        target = str(body.get("target", ""))
+        if target not in c.nodes:
+            raise ApiError(400, f"no such cluster node '{target}'")
+        c.move_guest(g, target)
+    elif action == "delete":
+        aborted = sim.tasks.abort_guest(vmid)
+        c.delete_guest(vmid)
+        return {"vmid": vmid, "deleted": 1, "aborted_tasks": aborted}
+    else:
+        raise ApiError(404, f"no control endpoint POST /_sim/guests/{vmid}/{action}")
+    return c.guest_entry(g)

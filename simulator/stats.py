@@ -1,0 +1,76 @@
+"""What the simulator saw, kept so a test can check a whole run against it afterwards.
+
+Everything is written with the cluster lock held (the record of a migrate POST, a task starting or
+ending, a guest landing), so one snapshot of it is always consistent.
+
+Concurrency counts a migration task from the moment it holds the guest (its `lock: migrate` is
+set) until it ends: an HA request (`hamigrate`) does not count, the qmigrate/vzmigrate the HA
+stack starts later does, and a task that fails before it gets the guest (a CT that is already
+locked) never counted as a running migration.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Stats:
+    requests: Counter[str] = field(default_factory=Counter)
+    migrate_posts: Counter[int] = field(default_factory=Counter)  # POSTs that got a UPID, per vmid
+    migrate_requests: list[dict[str, Any]] = field(default_factory=list)  # every migrate POST
+    ha_requests: list[dict[str, Any]] = field(default_factory=list)  # what the HA stack did with one
+    running: list[tuple[int, str, str]] = field(default_factory=list)
+    max_concurrent: int = 0
+    max_per_source: Counter[str] = field(default_factory=Counter)
+    max_per_target: Counter[str] = field(default_factory=Counter)
+    migrations: list[dict[str, Any]] = field(default_factory=list)
+    peak_mem_ratio: dict[str, float] = field(default_factory=dict)
+
+    def reset(self, mem_ratios: dict[str, float]) -> None:
+        """Forget the past, in place (callers may hold this object). Running migrations stay
+        running: they end later and must still find themselves in `running`."""
+        running = list(self.running)
+        self.__init__()  # type: ignore[misc]
+        for vmid, source, target in running:
+            self.started(vmid, source, target)
+        self.note_mem(mem_ratios)
+
+    def started(self, vmid: int, source: str, target: str) -> None:
+        self.running.append((vmid, source, target))
+        self.max_concurrent = max(self.max_concurrent, len(self.running))
+        src = sum(1 for _, s, _ in self.running if s == source)
+        dst = sum(1 for _, _, t in self.running if t == target)
+        self.max_per_source[source] = max(self.max_per_source[source], src)
+        self.max_per_target[target] = max(self.max_per_target[target], dst)
+
+    def ended(self, record: dict[str, Any], counted: bool) -> None:
+        """A migration task ended; `counted` if it was in `running` (it held the guest)."""
+        if counted:
+            self.running.remove((record["vmid"], record["source"], record["target"]))
+        self.migrations.append(record)
+
+    def note_mem(self, ratios: dict[str, float]) -> None:
+        for node, ratio in ratios.items():
+            if ratio > self.peak_mem_ratio.get(node, -1.0):
+                self.peak_mem_ratio[node] = ratio
+
+    def migrate_request(self, **record: Any) -> None:
+        self.migrate_requests.append(record)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "requests_total": sum(self.requests.values()),
+            "migrate_posts": {str(k): v for k, v in self.migrate_posts.items()},
+            "migrate_requests": [dict(r) for r in self.migrate_requests],
+            "ha_requests": [dict(r) for r in self.ha_requests],
+            "running": [list(r) for r in self.running],
+            "max_concurrent": self.max_concurrent,
+            "max_per_source": dict(self.max_per_source),
+            "max_per_target": dict(self.max_per_target),
+            "migrations": [dict(m) for m in self.migrations],
+            "peak_mem_ratio": dict(self.peak_mem_ratio),
+        }
