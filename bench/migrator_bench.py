@@ -25,12 +25,14 @@ from pvebalance.services.planner.planner import Planner
 from pvebalance.shared.apidump import load_dump
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.models import JobState
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.redisconn import answers, connect
 from pvebalance.simulator.server import Simulator
 
-COLUMNS = [("slots", "slots"), ("guests", "guests"), ("seconds", "drain s"), ("ideal", "ideal s"),
-           ("over_ideal_pct", "+% over ideal"), ("max_concurrent", "max at once")]
+COLUMNS = [("slots", "slots"), ("guests", "guests"), ("succeeded", "jobs succeeded"), ("max_posts", "POSTs per guest"),
+           ("seconds", "drain s"), ("ideal", "ideal s"), ("over_ideal_pct", "+% over ideal"),
+           ("max_concurrent", "max at once")]
 TIME_SCALE = 0.3
 
 
@@ -64,13 +66,16 @@ def drain(slots: int, redis_url: str, workdir: Path) -> dict[str, Any]:
         while not all((s := store.state(i)) is not None and s.terminal for i in ids):
             time.sleep(0.05)
         seconds = time.monotonic() - started
+        succeeded = sum(1 for i in ids if store.state(i) is JobState.SUCCEEDED)
     finally:
         for w in workers:
             w.terminate()
         sim.stop()
     done = [m for m in sim.cluster.stats.migrations if m["ok"]]
     ideal = sum(m["end"] - m["start"] for m in done) / slots
-    return {"slots": slots, "guests": len(done), "seconds": round(seconds, 1), "ideal": round(ideal, 1),
+    posts = sim.cluster.stats.migrate_posts
+    return {"slots": slots, "guests": len(done), "succeeded": f"{succeeded}/{len(ids)}",
+            "max_posts": max(posts.values(), default=0), "seconds": round(seconds, 1), "ideal": round(ideal, 1),
             "over_ideal_pct": round(100 * (seconds - ideal) / ideal, 1),
             "max_concurrent": sim.cluster.stats.max_concurrent}
 
