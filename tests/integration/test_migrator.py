@@ -3,8 +3,6 @@ mid-migration, and the failure paths. No job is ever lost or doubled."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +20,7 @@ from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import JobState, Plan
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.simulator.server import Simulator
-from tests.helpers import SimFactory, start_workers, write_config
+from tests.helpers import SimFactory, kill_tree, start_workers, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -89,11 +87,10 @@ def test_worker_killed_mid_migration_is_resumed_without_a_second_post(
     try:
         wait_until(lambda: store.load(job_id).get("upid") is not None, 60, "the migration to start")
         assert sim.cluster.guests[move.vmid].config.get("lock") == "migrate", "killed in the middle"
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(10)
+        kill_tree(first)
     finally:
         if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+            kill_tree(first)
     assert store.state(job_id) is JobState.RUNNING
     second = start_workers(config, 1, burst=False, log_dir=tmp_path)
     try:
@@ -135,3 +132,34 @@ def test_failures_end_in_the_right_state_with_the_right_reason(start_simulator: 
     assert state is JobState.SKIPPED and f"moved to {by_hand}" in reason
     assert sim.cluster.stats.migrate_posts[moved] == 0
     assert store.active_jobs() == set()
+
+
+def test_worker_killed_holding_its_slots_before_the_post_is_taken_over_and_finishes(
+        start_simulator: SimFactory, real_redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """It was left 'queued' for good, with no lease and in no queue, which stalled the planner."""
+    sim = start_simulator("all-on-one", time_scale=0.05)
+    plan, _, config = plan_and_enqueue(sim, redis_url, tmp_path, balancing={"max_migrations": 1})
+    move = plan.migrations[0]
+    job_id = f"migrate-{plan.plan_id}-{move.vmid}"
+    store = JobStore(real_redis)
+    sim.cluster.guests[move.vmid].config["lock"] = "backup"  # the run waits in pre-flight, slots taken
+    first = subprocess.Popen([sys.executable, "-m", "pvebalance", "migrator", "-c", str(config)],
+                             start_new_session=True, stdout=(tmp_path / "first.log").open("wb"),
+                             stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: real_redis.zscore("pvebalance:slots:cluster", job_id) is not None, 60,
+                   "the run to take its slots")
+        kill_tree(first)
+    finally:
+        if first.poll() is None:
+            kill_tree(first)
+    assert store.state(job_id) is JobState.QUEUED and sim.cluster.stats.migrate_posts[move.vmid] == 0
+    sim.cluster.guests[move.vmid].config.pop("lock")
+    second = start_workers(config, 1, burst=False, log_dir=tmp_path)
+    try:
+        wait_until(lambda: store.state(job_id) is JobState.SUCCEEDED, 150, "the job to be taken over and succeed")
+    finally:
+        stop_processes(second)
+    assert sim.cluster.stats.migrate_posts[move.vmid] == 1
+    assert store.active_jobs() == set()
+    assert [e.state for _, e in store.events() if e.state.terminal] == [JobState.SUCCEEDED]
