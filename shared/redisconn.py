@@ -36,19 +36,20 @@ class RedisUnavailable(Exception):
 class Outage:
     """Logs an outage of `what` once when it starts and once when it ends, not once per retry."""
 
-    def __init__(self, log: Any, what: str, doing: str) -> None:
-        self.log, self.what, self.doing = log, what, doing
+    def __init__(self, log: Any, what: str, doing: str, problem: str = "is away") -> None:
+        self.log, self.what, self.doing, self.problem = log, what, doing, problem
         self.since: float | None = None
 
     def failed(self, exc: BaseException) -> None:
         if self.since is None:
             self.since = time.monotonic()
-            self.log.warning(f"{self.what} is away; {self.doing} waits and retries",
+            self.log.warning(f"{self.what} {self.problem}; {self.doing} waits and retries",
                              error=f"{type(exc).__name__}: {exc}")
 
     def ok(self) -> None:
         if self.since is not None:
-            self.log.info(f"{self.what} is back; {self.doing} carries on",
+            self.log.info(f"{self.what}: fine again; {self.doing} carries on" if self.problem != "is away"
+                          else f"{self.what} is back; {self.doing} carries on",
                           away_s=round(time.monotonic() - self.since, 1))
             self.since = None
 

@@ -146,7 +146,7 @@ class Planner:
 
     def run(self, stop: threading.Event) -> None:
         outage = Outage(log, "Redis", "the planner")
-        group = Outage(log, "the snapshot stream's consumer group", "planning")
+        group = Outage(log, "the snapshot stream's consumer group", "planning", problem="cannot be created")
         try:
             retry_redis(lambda: None, outage, stop=stop)
         except RedisError:

@@ -83,6 +83,7 @@ def test_slots_of_a_dead_holder_expire(fake_redis: Redis) -> None:
 def test_slots_are_released_when_the_body_raises(fake_redis: Redis) -> None:
     s = slots(fake_redis)
     req = SlotRequest("a", "pve1", "pve2")
+    assert s.try_acquire(req)
     try:
         with s.held(req):
             raise RuntimeError("boom")
@@ -161,3 +162,34 @@ def test_planner_recreates_its_consumer_group_when_redis_lost_it(fake_redis: Red
     stop.set()
     runner.join(5)
     assert fake_redis.get(keys.PLAN_LATEST) is not None, "the planner found its stream again and planned"
+
+
+def test_planner_whose_consumer_group_is_refused_logs_once_and_plans_once_it_can(
+        fake_redis: Redis, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import threading
+
+    from pvebalance.shared.logging import configure_logging
+
+    configure_logging("INFO", "json")
+    fake_redis.set(keys.SNAPSHOT_STREAM, "not a stream")  # XGROUP CREATE answers WRONGTYPE
+    planner = Planner(fake_redis, load_settings())
+    stop = threading.Event()
+    runner = threading.Thread(target=planner.run, args=(stop,), daemon=True)
+    runner.start()
+    time.sleep(1.0)
+    assert runner.is_alive(), "the planner keeps running"
+    fake_redis.delete(keys.SNAPSHOT_STREAM)
+    deadline = time.monotonic() + 10
+    while not fake_redis.exists(keys.SNAPSHOT_STREAM) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fake_redis.xadd(keys.SNAPSHOT_STREAM, {"snapshot": all_on_one().model_dump_json()})
+    while fake_redis.get(keys.PLAN_LATEST) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    runner.join(5)
+    assert fake_redis.get(keys.PLAN_LATEST) is not None
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    refused = [e for e in lines if "consumer group cannot be created" in e["event"]]
+    assert len(refused) == 1 and "WRONGTYPE" in refused[0]["error"]
+    assert not any("Traceback" in str(e) for e in lines)
