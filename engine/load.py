@@ -56,7 +56,7 @@ def with_cluster_scale(policy: Policy, snapshot: ClusterSnapshot) -> Policy:
     """For weighted balancing: each dimension's cluster-wide capacity, so shares can be added up."""
     if policy.method != "weighted":
         return policy
-    scale = {dim: sum(_capacity_raw(n, policy, dim) for n in snapshot.nodes if n.online) / 100.0
+    scale = {dim: sum(_capacity_raw(n, policy, dim) for n in snapshot.nodes if n.online and n.usable) / 100.0
              for dim in policy.weights}
     return replace(policy, scale=scale)
 
@@ -107,6 +107,8 @@ def initial_loads(snapshot: ClusterSnapshot, policy: Policy) -> dict[str, NodeLo
         by_node.setdefault(g.node, []).append(g)
     loads = {}
     for node in snapshot.nodes:
+        if not node.usable:
+            continue  # its figures mean nothing: no load, no percentage, not in any summary
         guests_sum = sum(guest_load(g, policy) for g in by_node[node.name])
         if policy.mode == "used":
             # The host's own share: what the node reports beyond its guests' current use.

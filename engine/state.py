@@ -35,7 +35,8 @@ class PlanState:
         self.loads: dict[str, NodeLoad] = initial_loads(snapshot, policy)
         self.guests = {g.vmid: g for g in snapshot.guests}
         self.where = {g.vmid: g.node for g in snapshot.guests}
-        online = {n.name for n in snapshot.nodes if n.online and n.name not in policy.ignore_nodes}
+        # An unusable node (impossible figures) is as good as offline: no target, and its guests stay.
+        online = {n.name for n in snapshot.nodes if n.online and n.usable and n.name not in policy.ignore_nodes}
         self.draining = {n.name for n in snapshot.nodes if n.maintenance or n.name in policy.maintenance_nodes}
         self.online = online
         self.targets = sorted(n for n in online if n not in self.draining and self.loads[n].capacity > 0)

@@ -18,7 +18,7 @@ def find_violations(snapshot: ClusterSnapshot, plan: Plan, policy: Policy, c: Co
     nodes = {n.name: n for n in snapshot.nodes}
     used = {n.name: float(max(n.mem, 0)) for n in snapshot.nodes}
     draining = {n.name for n in snapshot.nodes if n.maintenance or n.name in policy.maintenance_nodes}
-    receivers = {n.name for n in snapshot.nodes if n.online} - draining - set(policy.ignore_nodes)
+    receivers = {n.name for n in snapshot.nodes if n.online and n.usable} - draining - set(policy.ignore_nodes)
     out: list[str] = []
     for step, m in enumerate(plan.migrations, 1):
         if where.get(m.vmid) != m.source:

@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.shared.apidump import DumpError, load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import ConfigError, Settings, load_settings
 from pvebalance.shared.logging import configure_logging
+from pvebalance.shared.models import ClusterSnapshot, JobStatusEvent
 from pvebalance.shared.proxmox import ProxmoxError
 from pvebalance.shared.redisconn import RedisUnavailable
 
 from .render import plan_to_json, print_plan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # soft_wrap: one message stays one line, at any width
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 
@@ -67,7 +70,11 @@ def plan(
         balancing["pools"] = operator_pools(doc)  # the rules recorded with the cluster
     if balancing:
         settings = load_settings(config, balancing={**settings.balancing.model_dump(), **balancing})
-    snapshot = snapshot_from_api(doc["api"], cluster=doc["name"])
+    try:
+        snapshot = snapshot_from_api(doc["api"], cluster=doc["name"])
+    except DumpError as exc:
+        raise DumpError(f"scenario {scenario}: {exc}") from None
+    warn_unusable(snapshot)
     policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
     result = plan_balance(snapshot, policy)
     if as_json:
@@ -114,16 +121,9 @@ def collector(config: ConfigOpt = None) -> None:
     """Run the collector service: publish a snapshot every `collector.interval` seconds."""
     import threading
 
-    from pvebalance.services.collector.collector import Collector
-    from pvebalance.shared.proxmox import ProxmoxClient
-    from pvebalance.shared.redisconn import connect
+    from pvebalance.services.collector.collector import run_collector
 
-    settings = _settings(config)
-    c = settings.collector
-    Collector(ProxmoxClient(settings.proxmox_api), connect(settings.redis.url), rrd_interval=c.rrd_interval,
-              smoothing=c.smoothing).run(
-        settings.collector.interval, _stop_on_signals(threading.Event())
-    )
+    run_collector(_settings(config), _stop_on_signals(threading.Event()))
 
 
 @app.command()
@@ -132,7 +132,11 @@ def collect(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="the snapshot model as JSON")] = False,
 ) -> None:
-    """Read the cluster once, with the running collector's config cache in Redis when it answers."""
+    """Read the cluster once, with the running collector's config cache in Redis when it answers.
+
+    Read-only: the config cache, the guests' moving averages and the nodes' RRD figures are read
+    from Redis, never written (the planner balances on those averages).
+    """
     from pvebalance.services.collector.collector import CollectError, Collector
     from pvebalance.shared.proxmox import ProxmoxClient
     from pvebalance.shared.redisconn import connect
@@ -146,7 +150,7 @@ def collect(
         redis = None
     client = ProxmoxClient(settings.proxmox_api)
     try:
-        snapshot = Collector(client, redis).snapshot()
+        snapshot = Collector(client, redis, read_only=True).snapshot()
     except CollectError as exc:
         raise UserError(str(exc)) from None
     if as_json:
@@ -174,17 +178,22 @@ def record(
     configure_logging(settings.logging.level, "console", stream=sys.stderr)
     client = ProxmoxClient(settings.proxmox_api)
     try:
-        api = Collector(client, None, full_configs=True).read_api()
+        api = Collector(client, None, full_configs=True, read_only=True).read_api()
     except CollectError as exc:
         raise UserError(str(exc)) from None
-    name = next((e.get("name") for e in api.get("/cluster/status") or [] if e.get("type") == "cluster"), None)
+    # Written as the API answered, even when an answer is malformed: the file is what a bug report
+    # needs, and `plan --scenario` names the bad entry when it reads it.
+    status = api.get("/cluster/status")
+    name = next((e.get("name") for e in status if isinstance(e, dict) and e.get("type") == "cluster"
+                 and isinstance(e.get("name"), str)), None) if isinstance(status, list) else None
     doc = {"format": DUMP_FORMAT, "name": name or out.stem,
            "description": f"recorded from {client.host} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "api": api}
     try:
         out.write_text(json.dumps(doc, indent=1, sort_keys=True))
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
-    guests = sum(1 for r in api["/cluster/resources"] if r.get("type") in ("qemu", "lxc"))
+    resources = api["/cluster/resources"] if isinstance(api["/cluster/resources"], list) else []
+    guests = sum(1 for r in resources if isinstance(r, dict) and r.get("type") in ("qemu", "lxc"))
     err.print(f"wrote {out}: {guests} guests, {client.requests} API requests", highlight=False)
 
 
@@ -193,11 +202,9 @@ def planner(config: ConfigOpt = None) -> None:
     """Run the planner service: plan on each new snapshot and enqueue the migrations."""
     import threading
 
-    from pvebalance.services.planner.planner import Planner
-    from pvebalance.shared.redisconn import connect
+    from pvebalance.services.planner.planner import run_planner
 
-    settings = _settings(config)
-    Planner(connect(settings.redis.url), settings).run(_stop_on_signals(threading.Event()))
+    run_planner(_settings(config), _stop_on_signals(threading.Event()))
 
 
 @app.command()
@@ -222,9 +229,14 @@ def demo(
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 300.0,
 ) -> None:
     """Balance a simulated cluster end to end: simulator, Redis, collector, planner, migrators."""
+    from pvebalance.services.collector.collector import CollectError
+
     from .demo import run_demo
 
-    ok = run_demo(scenario, redis_url, workers, time_scale, timeout, Console())
+    try:
+        ok = run_demo(scenario, redis_url, workers, time_scale, timeout, Console())
+    except CollectError as exc:
+        raise UserError(f"the demo could not read its simulated cluster: {exc}") from None
     raise typer.Exit(0 if ok else 1)
 
 
@@ -236,9 +248,10 @@ def jobs(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json
     from pvebalance.shared.jobstore import JobStore
     from pvebalance.shared.redisconn import connect
 
-    store = JobStore(connect(load_settings(config).redis.url))
+    redis = connect(load_settings(config).redis.url)
+    store = JobStore(redis)
     latest = {}
-    for _, event in store.events(count=10_000):
+    for _, event in read_events(redis, count=10_000):
         latest[event.job_id] = event
     rows = sorted(latest.values(), key=lambda e: e.at)
     if as_json:
@@ -259,12 +272,39 @@ def cancel(job_id: Annotated[str, typer.Argument(help="a job id, as `pvebalance 
     from pvebalance.shared.jobstore import JobStore
     from pvebalance.shared.redisconn import connect
 
-    state = JobStore(connect(load_settings(config).redis.url)).cancel(job_id)
+    try:
+        state = JobStore(connect(load_settings(config).redis.url)).cancel(job_id)
+    except ValidationError as exc:  # a job written by a version whose schema this one does not know
+        first = exc.errors(include_url=False)[0]
+        raise UserError(f"job {job_id} cannot be read by this version of pvebalance "
+                        f"({'.'.join(str(p) for p in first['loc']) or 'job'}: {first['msg']}); not cancelled") from None
     if state is None:
         raise UserError(f"no job {job_id}")
     if state.value != "cancelled":
         raise UserError(f"job {job_id} is {state.value}: only queued or waiting jobs can be cancelled")
     err.print(f"job {job_id} cancelled", highlight=False)
+
+
+def read_events(redis: Any, after: str = "0-0", count: int = 1000,
+                warn: Callable[[str], None] | None = None) -> list[tuple[str, JobStatusEvent]]:
+    """The status events after `after`; one this version cannot read is skipped with a warning."""
+    from pvebalance.shared import keys
+    from pvebalance.shared.jobstore import JobStore
+
+    say = warn or (lambda text: err.print(f"warning: {text}", markup=False, highlight=False))
+
+    def skipped(entry: str, why: str) -> None:
+        say(f"skipped event {entry} in {keys.EVENT_STREAM}: {why}")
+
+    return JobStore(redis).events(after, count, on_skip=skipped)
+
+
+def warn_unusable(snapshot: ClusterSnapshot) -> None:
+    """One line per node whose figures cannot be planned on: the plan leaves it and its guests alone."""
+    for node in snapshot.nodes:
+        if node.problem:
+            err.print(f"warning: node {node.name} is not planned on (nothing moves onto or off it): {node.problem}",
+                      markup=False, highlight=False)
 
 
 def _stop_on_signals(stop: Any) -> Any:

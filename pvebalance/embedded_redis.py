@@ -1,15 +1,20 @@
-"""An embedded Redis for the demo: fakeredis' TCP server, on a free loopback port.
+"""A Redis of the demo's own: a redis-server binary when one is on PATH, else fakeredis' TCP server.
 
-fakeredis is a pip dependency, so the demo needs nothing but Python, and the migrator workers
-still talk to it over a real socket from their own processes. Its stock TCP handler drops the
-connection after any error reply (BUSYGROUP, an unknown INFO, ...), which breaks clients that
-expect Redis' behaviour of answering the error and carrying on; the handler below keeps it open.
+Both listen on a free loopback port. fakeredis is a pip dependency, so the demo needs nothing but
+Python, and the migrator workers still talk to it over a real socket from their own processes.
+Its stock TCP handler drops the connection after any error reply (BUSYGROUP, an unknown INFO, ...),
+which breaks clients that expect Redis' behaviour of answering the error and carrying on; the
+handler below keeps it open.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -109,7 +114,60 @@ def _install_blmove_fix() -> None:
     # Re-registering the signature with plain key names makes fakeredis hand us the names, not items.
     command(name="BLMOVE", fixed=(bytes, bytes, SimpleString, SimpleString, Timeout),
             flags=msgs.FLAG_NO_SCRIPT)(blmove)
-    ListCommandsMixin.blmove = blmove  # type: ignore[method-assign,assignment]
+    ListCommandsMixin.blmove = blmove  # type: ignore[method-assign]
 
 
 _install_blmove_fix()
+
+
+class RedisServerProcess:
+    """A real redis-server of the demo's own: a free loopback port, nothing saved, stopped at the end.
+
+    Preferred to the embedded server when the binary is installed: it is the Redis the services run
+    against in production (Lua, streams and blocking calls exactly as they behave there).
+    """
+
+    def __init__(self, binary: str, workdir: Path, wait: float = 10.0) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = workdir / "redis-server.log"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir)],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                info = client.info("server")
+                self.version = str(info.get("redis_version", "?"))
+                return
+            except redis.RedisError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise OSError(f"redis-server did not start (its log: {self.log})") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def local_redis(workdir: Path) -> tuple[RedisServerProcess | EmbeddedRedis, str]:
+    """A Redis for the demo alone, and what it is in words: redis-server if on PATH, else fakeredis."""
+    binary = shutil.which("redis-server")
+    if binary:
+        try:
+            server = RedisServerProcess(binary, workdir)
+            return server, f"redis-server {server.version} ({binary}), for this demo only, at {server.url}"
+        except OSError as exc:
+            embedded = EmbeddedRedis()
+            return embedded, f"embedded (fakeredis over TCP) at {embedded.url}: {exc}"
+    embedded = EmbeddedRedis()
+    return embedded, f"embedded (fakeredis over TCP; no redis-server on PATH) at {embedded.url}"

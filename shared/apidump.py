@@ -3,18 +3,44 @@
 Both the collector (live answers) and the offline `plan --scenario` (a recorded `pve-api-dump/1`
 file) hand this module the same thing: a mapping of API path (without /api2/json) to the `data`
 that path returns. One translation, so a recorded cluster plans exactly as the live one would.
+
+Every answer read here is validated by a model of its shape first (PVE's quirks included: 0/1 for
+booleans, a vmid as number or string, optional fields left out), so a malformed answer ends as one
+DumpError naming the path, the entry and the field, never as a KeyError deep in the engine.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from .apianswers import (
+    ApiNode,
+    ApiStorage,
+    DumpError,
+    explain,
+    read_ha_rules,
+    read_options,
+    read_pool_detail,
+    read_pools,
+    read_status,
+    show,
+    split_resources,
+    word,
+)
+from .config import PoolRule
 from .models import ClusterSnapshot, GuestState, GuestType, HaRule, NodeState
+
+__all__ = ["DUMP_FORMAT", "DumpError", "essential_config", "guest_disks", "load_dump", "local_resources",
+           "node_problem", "operator_pools", "parse_ha_rules", "parse_size", "parse_tags", "resolve_scenario",
+           "snapshot_from_api"]
 
 DUMP_FORMAT = "pve-api-dump/1"
 
@@ -23,10 +49,11 @@ _LXC_DISK = re.compile(r"^(rootfs|mp\d+)$")
 _LOCAL_RESOURCE = re.compile(r"^(hostpci\d+|usb\d+|serial\d+|parallel\d+|ivshmem|virtiofs\d+)$")
 _SIZE = re.compile(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)(?:,|$)")
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# A node using more than this multiple of a capacity reports figures no real node can have.
+IMPOSSIBLE_FACTOR = 1.5
 
 
-class DumpError(Exception):
-    """A recorded cluster file that cannot be used, worded for the operator."""
+# --- scenario files --------------------------------------------------------------------------------
 
 
 def load_dump(source: str | Path) -> dict[str, Any]:
@@ -34,15 +61,37 @@ def load_dump(source: str | Path) -> dict[str, Any]:
     path = resolve_scenario(source)
     try:
         doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise DumpError(f"cannot read {path}: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != DUMP_FORMAT:
         raise DumpError(f"{path} is not a {DUMP_FORMAT} file (its 'format' key must be {DUMP_FORMAT!r})")
     api = doc.get("api")
     if not isinstance(api, dict) or not isinstance(api.get("/cluster/resources"), list):
         raise DumpError(f"{path} has no 'api' mapping with a '/cluster/resources' list")
+    for key in ("name", "description"):
+        if key in doc and not isinstance(doc[key], str):
+            raise DumpError(f"{path}: {key}: not a string ({show(doc[key])})")
+    _check_operator_config(doc.get("operator_config"), path)
     doc.setdefault("name", path.stem)
     return doc
+
+
+def _check_operator_config(config: Any, path: Path) -> None:
+    if config is None:
+        return
+    pools = config.get("pools") if isinstance(config, dict) else config
+    if not isinstance(config, dict) or not isinstance(pools, dict | None):
+        raise DumpError(f"{path}: operator_config: must be an object with a 'pools' object")
+    for name, rule in (pools or {}).items():
+        try:
+            PoolRule.model_validate(rule if isinstance(rule, dict) else {"type": rule})
+        except ValidationError as exc:
+            place = f"{path}: operator_config.pools.{word(name)}"
+
+            def where(loc: tuple[Any, ...], place: str = place) -> tuple[str, tuple[Any, ...]]:
+                return place, loc
+
+            raise DumpError(explain(exc, where)) from None
 
 
 def operator_pools(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -52,13 +101,19 @@ def operator_pools(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def resolve_scenario(source: str | Path) -> Path:
-    path = Path(source)
-    if path.is_file():
-        return path
-    bundled = resources.files("pvebalance.scenarios").joinpath(f"{Path(str(source)).stem}.json")
-    if bundled.is_file():
-        return Path(str(bundled))
+    try:
+        path = Path(source)
+        if path.is_file():
+            return path
+        bundled = resources.files("pvebalance.scenarios").joinpath(f"{Path(str(source)).stem}.json")
+        if bundled.is_file():
+            return Path(str(bundled))
+    except (OSError, ValueError):  # a name no file system accepts (a NUL byte, too long)
+        pass
     raise DumpError(f"no scenario file {source} (and no bundled scenario of that name)")
+
+
+# --- guest configs ---------------------------------------------------------------------------------
 
 
 def parse_size(spec: str) -> int:
@@ -66,14 +121,6 @@ def parse_size(spec: str) -> int:
     if not m:
         return 0
     return int(float(m.group(1)) * _UNITS[m.group(2)])
-
-
-def _storage_shared(api: Mapping[str, Any]) -> dict[tuple[str, str], bool]:
-    shared: dict[tuple[str, str], bool] = {}
-    for res in api.get("/cluster/resources", []):
-        if res.get("type") == "storage":
-            shared[(res["node"], res["storage"])] = bool(res.get("shared", 0))
-    return shared
 
 
 def guest_disks(config: Mapping[str, Any], gtype: GuestType) -> list[tuple[str, str, int]]:
@@ -108,34 +155,6 @@ def parse_tags(raw: Any) -> list[str]:
     return [t for t in re.split(r"[;, ]+", str(raw)) if t]
 
 
-def parse_ha_rules(raw: Any) -> list[HaRule]:
-    rules = []
-    for entry in raw or []:
-        if entry.get("type") not in ("node-affinity", "resource-affinity"):
-            continue
-        nodes: dict[str, int] = {}
-        for item in str(entry.get("nodes", "")).split(","):
-            if item:
-                name, _, prio = item.partition(":")
-                nodes[name] = int(prio) if prio else 0
-        rules.append(
-            HaRule(
-                rule=str(entry.get("rule", "")),
-                type=entry["type"],
-                resources=[r for r in str(entry.get("resources", "")).split(",") if r],
-                nodes=nodes,
-                strict=bool(int(entry.get("strict", 0))),
-                affinity=entry.get("affinity"),
-                disabled=bool(int(entry.get("disable", 0))),
-            )
-        )
-    return rules
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value in (None, "") else str(value)
-
-
 def essential_config(config: Mapping[str, Any], gtype: GuestType) -> dict[str, Any]:
     """The part of a guest config the balancer reads: disks, local devices, name, tags, lock."""
     disk = _QEMU_DISK if gtype is GuestType.QEMU else _LXC_DISK
@@ -143,88 +162,170 @@ def essential_config(config: Mapping[str, Any], gtype: GuestType) -> dict[str, A
             if disk.match(k) or _LOCAL_RESOURCE.match(k) or k in ("name", "hostname", "tags", "lock")}
 
 
-def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnapshot:
-    """Build a snapshot from API answers; a guest without a config is kept, with no disk facts."""
-    resources_ = api["/cluster/resources"]
-    shared = _storage_shared(api)
+def _config_text(config: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = config.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict | list):
+        raise DumpError(f"{path}: {key}: not a string ({show(value)})")
+    return str(value)
+
+
+# --- the snapshot ----------------------------------------------------------------------------------
+
+
+def node_problem(node: ApiNode) -> str | None:
+    """Why an online node's figures cannot be planned on (None: they can)."""
+    missing = [f for f in ("mem", "maxmem", "cpu", "maxcpu") if getattr(node, f) is None]
+    if missing:
+        return f"{', '.join(missing[:-1])} and {missing[-1]} missing" if len(missing) > 1 else f"{missing[0]} missing"
+    assert node.mem is not None and node.maxmem is not None and node.cpu is not None
+    if node.maxmem == 0:
+        return "maxmem is 0"
+    if node.maxcpu == 0:
+        return "maxcpu is 0"
+    if node.mem > node.maxmem * IMPOSSIBLE_FACTOR:
+        return f"mem {node.mem:,} is more than {IMPOSSIBLE_FACTOR} x maxmem {node.maxmem:,}"
+    if node.cpu > IMPOSSIBLE_FACTOR:
+        return f"cpu {node.cpu} is more than {IMPOSSIBLE_FACTOR} (it is a fraction of the node's cores)"
+    return None
+
+
+def _nodes(raw: list[ApiNode], storages: list[ApiStorage]) -> dict[str, NodeState]:
     nodes: dict[str, NodeState] = {}
-    for res in resources_:
-        if res.get("type") != "node":
-            continue
-        nodes[res["node"]] = NodeState(
-            name=res["node"],
-            online=res.get("status") == "online",
-            maintenance=res.get("hastate") == "maintenance",
-            cpu=float(res.get("cpu", 0.0)),
-            maxcpu=int(res.get("maxcpu", 1)) or 1,
-            mem=int(res.get("mem", 0)),
-            maxmem=int(res.get("maxmem", 1)) or 1,
+    for n in raw:
+        online = n.status == "online"
+        nodes[n.node] = NodeState(
+            name=n.node,
+            online=online,
+            maintenance=n.hastate == "maintenance",
+            cpu=n.cpu or 0.0,
+            maxcpu=math.ceil(n.maxcpu or 1) or 1,
+            mem=n.mem or 0,
+            maxmem=n.maxmem or 1,  # never 0: it divides; `problem` says the figure is not real
+            problem=node_problem(n) if online else None,  # an offline node is offline, not broken
         )
-    for res in resources_:
-        content = str(res.get("content", "images"))
-        guest_storage = "images" in content or "rootdir" in content
-        if res.get("type") == "storage" and not res.get("shared", 0) and res["node"] in nodes and guest_storage:
-            node = nodes[res["node"]]
-            node.local_disk += int(res.get("disk", 0))
-            node.local_maxdisk += int(res.get("maxdisk", 0))
+    for s in storages:
+        content = s.content if s.content is not None else "images"
+        if not s.shared and s.node in nodes and ("images" in content or "rootdir" in content):
+            node = nodes[s.node]
+            node.local_disk += s.disk or 0
+            node.local_maxdisk += s.maxdisk or 0
+    return nodes
+
+
+def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnapshot:
+    """Build a snapshot from API answers; a guest without a config is kept, with no disk facts.
+
+    Raises DumpError for an answer that is not what PVE sends. A node whose figures are impossible
+    is kept with a `problem`, and the engine leaves it (and its guests) alone.
+    """
+    if not isinstance(api, Mapping):
+        raise DumpError(f"the API answers must be an object keyed by path, not {show(api)}")
+    raw_nodes, raw_guests, storages = split_resources(api)
+    nodes = _nodes(raw_nodes, storages)
+    shared = {(s.node, s.storage): bool(s.shared) for s in storages}
 
     guests = []
-    for res in resources_:
-        if res.get("type") not in ("qemu", "lxc"):
-            continue
-        gtype = GuestType(res["type"])
-        config = api.get(f"/nodes/{res['node']}/{gtype.value}/{res['vmid']}/config") or {}
-        local = sum(
-            size
-            for _, storage, size in guest_disks(config, gtype)
-            if not shared.get((res["node"], storage), False)
-        )
-        # Every field is converted to its type right here, so the model's own validation is skipped:
-        # it doubled the cost of a 10,000-guest snapshot. A malformed answer still fails, above.
+    seen: set[int] = set()
+    for res in raw_guests:
+        if res.vmid in seen:
+            raise DumpError(f"/cluster/resources: vmid {res.vmid} appears twice")
+        seen.add(res.vmid)
+        gtype = GuestType(res.type)
+        path = f"/nodes/{res.node}/{res.type}/{res.vmid}/config"
+        config = api.get(path)
+        if config is None:
+            config = {}
+        elif not isinstance(config, dict):
+            raise DumpError(f"{path}: not an object ({show(config)})")
+        local = sum(size for _, storage, size in guest_disks(config, gtype)
+                    if not shared.get((res.node, storage), False))
+        # Every field was validated above (one pass for all guests), so the model's own validation
+        # is skipped: it doubled the cost of a 10,000-guest snapshot.
         guests.append(
             GuestState.model_construct(
-                vmid=int(res["vmid"]),
-                name=str(res.get("name") or config.get("name") or config.get("hostname") or res["vmid"]),
+                vmid=res.vmid,
+                name=res.name or _config_text(config, "name", path) or _config_text(config, "hostname", path)
+                or str(res.vmid),
                 type=gtype,
-                node=res["node"],
-                status=str(res.get("status", "unknown")),
-                template=bool(int(res.get("template", 0) or 0)),
-                lock=_opt_str(res.get("lock") or config.get("lock")),
-                tags=parse_tags(res.get("tags", config.get("tags"))),
-                pool=_opt_str(res.get("pool")),
-                hastate=_opt_str(res.get("hastate")),
-                cpu=float(res.get("cpu", 0.0) or 0.0),
-                maxcpu=int(res.get("maxcpu", 1) or 1),
-                mem=int(res.get("mem", 0) or 0),
-                maxmem=int(res.get("maxmem", 0) or 0),
-                maxdisk=int(res.get("maxdisk", 0) or 0),
+                node=res.node,
+                status=res.status or "unknown",
+                template=bool(res.template),
+                lock=res.lock or _config_text(config, "lock", path),
+                tags=parse_tags(res.tags if res.tags is not None else _config_text(config, "tags", path)),
+                pool=res.pool or None,
+                hastate=res.hastate or None,
+                cpu=res.cpu or 0.0,
+                maxcpu=math.ceil(res.maxcpu or 1) or 1,
+                mem=res.mem or 0,
+                maxmem=res.maxmem or 0,
+                maxdisk=res.maxdisk or 0,
                 local_disk=local,
                 local_resources=local_resources(config),
             )
         )
 
-    pools: dict[str, list[int]] = {}
-    for entry in api.get("/pools", []) or []:
-        detail = api.get(f"/pools/{entry['poolid']}") or {}
-        pools[entry["poolid"]] = sorted(
-            int(m["vmid"]) for m in detail.get("members", []) if m.get("type") in ("qemu", "lxc")
-        )
-    for guest in guests:
-        if guest.pool and guest.vmid not in pools.setdefault(guest.pool, []):
-            pools[guest.pool].append(guest.vmid)
-
     quorate = True
-    for entry in api.get("/cluster/status", []) or []:
-        if entry.get("type") == "cluster":
-            quorate = bool(int(entry.get("quorate", 1)))
-            cluster = cluster or str(entry.get("name", ""))
-    crs = (api.get("/cluster/options") or {}).get("crs") or {}
+    for entry in read_status(api.get("/cluster/status")):
+        if entry.type == "cluster":
+            quorate = entry.quorate is not False
+            cluster = cluster or (entry.name or "")
+    crs = read_options(api.get("/cluster/options")).crs
     return ClusterSnapshot(
         cluster=cluster,
         quorate=quorate,
-        ha_auto_rebalance=bool(int(crs.get("ha-auto-rebalance", 0) or 0)),
+        ha_auto_rebalance=bool(crs and crs.ha_auto_rebalance),
         nodes=list(nodes.values()),
         guests=guests,
         ha_rules=parse_ha_rules(api.get("/cluster/ha/rules")),
-        pools=pools,
+        pools=_pools(api, guests),
     )
+
+
+def _pools(api: Mapping[str, Any], guests: list[GuestState]) -> dict[str, list[int]]:
+    pools: dict[str, list[int]] = {}
+    for i, entry in enumerate(read_pools(api.get("/pools"))):
+        path = f"/pools/{entry.poolid}"
+        detail = api.get(path)
+        members = read_pool_detail(detail, path).members if detail is not None else entry.members or []
+        vmids = []
+        for j, m in enumerate(members):
+            if m.type in ("qemu", "lxc"):
+                if m.vmid is None:
+                    where = f"{path}.members[{j}]" if detail is not None else f"/pools[{i}].members[{j}]"
+                    raise DumpError(f"{where} ({m.type}): vmid: missing")
+                vmids.append(m.vmid)
+        pools[entry.poolid] = sorted(vmids)
+    for guest in guests:
+        if guest.pool and guest.vmid not in pools.setdefault(guest.pool, []):
+            pools[guest.pool].append(guest.vmid)
+    return pools
+
+
+def parse_ha_rules(raw: Any) -> list[HaRule]:
+    rules = []
+    for i, entry in enumerate(read_ha_rules(raw)):
+        if entry.type not in ("node-affinity", "resource-affinity"):
+            continue
+        nodes: dict[str, int] = {}
+        for item in (entry.nodes or "").split(","):
+            if item:
+                name, _, prio = item.partition(":")
+                try:
+                    nodes[name] = int(prio) if prio else 0
+                except ValueError:
+                    raise DumpError(f"/cluster/ha/rules[{i}] (rule {word(entry.rule)}): nodes: priority of "
+                                    f"{word(name)} is not an integer ({show(prio)})") from None
+        rules.append(
+            HaRule(
+                rule=entry.rule,
+                type=entry.type,  # narrowed by the check above
+                resources=[r for r in entry.resources.split(",") if r],
+                nodes=nodes,
+                strict=bool(entry.strict),
+                affinity=entry.affinity,
+                disabled=bool(entry.disable),
+            )
+        )
+    return rules

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -42,6 +42,24 @@ class ProxmoxApiSettings(Section):
     ssl_verification: bool = True
     ca_file: Path | None = None
     timeout: float = Field(10.0, gt=0)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_readable(cls, value: Path | None) -> Path | None:
+        # Checked here, not when the first request fails: requests would report a missing bundle as
+        # an OSError deep in its TLS setup, after the operator has waited for a connection.
+        if value is None:
+            return None
+        if not value.exists():
+            raise ValueError(f"{value} does not exist")
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        try:
+            with value.open("rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{value} cannot be read: {exc.strerror or exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _one_auth_method(self) -> ProxmoxApiSettings:
@@ -180,8 +198,13 @@ class _RedisUrlEnvSource(PydanticBaseSettingsSource):
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Load and validate the settings, or raise ConfigError naming every bad key."""
     path = Path(config_file) if config_file else None
-    if path is not None and not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    if path is not None:
+        try:
+            exists, is_file = path.exists(), path.is_file()
+        except (OSError, ValueError):  # a name no file system accepts (a NUL byte, too long)
+            exists = is_file = False
+        if not is_file:
+            raise ConfigError(f"config file {path} " + ("is not a file" if exists else "does not exist"))
 
     class _FileSettings(Settings):
         model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})
@@ -190,22 +213,33 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         loaded = _FileSettings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
-    except Exception as exc:  # a YAML syntax error, an unreadable file
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except Exception as exc:  # a YAML syntax error, an unreadable file, a variable that is not JSON
+        what = f"config file {path}" if path else f"the {ENV_PREFIX}* variables"
+        raise ConfigError(f"cannot read {what}: {_clip(str(exc), 300)}") from None
     return loaded
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:
+    """Every bad key on one line (the promise: one line on stderr), each with what is wrong."""
     where = f"in {path}" if path else "in the environment"
-    lines = [f"invalid configuration ({where}, or {ENV_PREFIX}* variables):"]
-    for err in exc.errors():
+    problems = []
+    for err in exc.errors(include_url=False):
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = str(err["msg"])
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         shown = err.get("input")
-        value = "" if isinstance(shown, dict | list) or shown is None else f" (got {shown!r})"
+        value = "" if isinstance(shown, dict | list) or shown is None else f" (got {_clip(repr(shown))})"
+        if err["type"] == "value_error":
+            # our own validators word the whole problem, value included
+            msg, value = msg.removeprefix("Value error, "), ""
         if "secret" in key or "pass" in key:
             value = ""
-        lines.append(f"  {key}: {msg}{value}")
-    return "\n".join(lines)
+        problems.append(f"{_clip(key, 100)}: {_clip(msg, 200)}{value}")
+    return f"invalid configuration ({where}, or {ENV_PREFIX}* variables): " + "; ".join(problems)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """One line, short: a value pasted into a config may hold anything."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,13 +10,16 @@ job's hash and onto the event stream.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
 from redis import Redis
 
 from . import keys
-from .models import JobState, JobStatusEvent, MigrationJob
+from .models import SCHEMA_VERSION, JobState, JobStatusEvent, MigrationJob
 
 GUEST_CLAIM_TTL = 24 * 3600  # a guest's claim outlives any sane migration, and cannot leak forever
 TERMINAL = ",".join(s.value for s in JobState if s.terminal)
@@ -153,18 +156,46 @@ class JobStore:
     def active_jobs(self) -> set[str]:
         return {_text(j) for j in self.redis.smembers(keys.ACTIVE_JOBS)}
 
-    def events(self, after: str = "0-0", count: int = 1000) -> list[tuple[str, JobStatusEvent]]:
+    def events(self, after: str = "0-0", count: int = 1000,
+               on_skip: Callable[[str, str], None] | None = None) -> list[tuple[str, JobStatusEvent]]:
+        """The status events after `after`. One this version cannot read (a newer writer's schema
+        version, say: the reader refuses what it does not know, by design) is skipped, and `on_skip`
+        gets its entry id and why."""
         out = []
-        for entry_id, fields in self.redis.xrange(keys.EVENT_STREAM, min=f"({after}" if after != "0-0" else "-",
-                                                  count=count):
+        for raw_id, fields in self.redis.xrange(keys.EVENT_STREAM, min=f"({after}" if after != "0-0" else "-",
+                                                count=count):
+            entry_id = _text(raw_id)
             raw = fields.get(b"event") or fields.get("event")
-            out.append((_text(entry_id), JobStatusEvent.model_validate_json(raw)))
+            try:
+                out.append((entry_id, JobStatusEvent.model_validate_json(raw or b"")))
+            except ValidationError:
+                if on_skip is not None:
+                    on_skip(entry_id, unreadable_reason(raw))
         return out
 
 
 def in_flight(record: dict[str, str]) -> bool:
     """A migrate POST was sent (or may have been): the job follows a Proxmox task, never POSTs blindly."""
     return bool(record.get("upid") or record.get("posted_at"))
+
+
+def unreadable_reason(raw: Any) -> str:
+    """Why a status event cannot be read, in a few words."""
+    if not raw:
+        return "it has no 'event' field"
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return "not JSON"
+    version = doc.get("schema_version") if isinstance(doc, dict) else None
+    if isinstance(doc, dict) and version != SCHEMA_VERSION:
+        return f"schema_version {version!r} is not one this version reads ({SCHEMA_VERSION})"
+    try:
+        JobStatusEvent.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        return f"{'.'.join(str(p) for p in first['loc']) or 'event'}: {first['msg']}"
+    return "unreadable"
 
 
 def _text(value: Any) -> str:

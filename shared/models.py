@@ -51,6 +51,13 @@ class NodeState(BaseModel):
     cpu_p95: float | None = None
     mem_avg: float | None = None
     psi: dict[str, float] = Field(default_factory=dict, description="PVE 9 pressure (RRD hour average)")
+    # Set when an online node reports figures no real node has (maxmem 0 or missing, use far above
+    # capacity): the engine then neither moves guests onto it nor counts it, and leaves its guests.
+    problem: str | None = Field(None, description="why this node's figures cannot be planned on")
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None
 
 
 class GuestState(BaseModel):

@@ -14,12 +14,15 @@ import threading
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from pvebalance.shared import keys
-from pvebalance.shared.apidump import essential_config, snapshot_from_api
+from pvebalance.shared.apidump import DumpError, essential_config, snapshot_from_api
+from pvebalance.shared.config import Settings
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, GuestType
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient
+from pvebalance.shared.redisconn import Outage, connect_waiting
 
 from .smoothing import Smoother
 
@@ -34,6 +37,28 @@ class CollectError(Exception):
     """The cluster could not be read whole; nothing is published."""
 
 
+def _vmid(value: Any) -> int | None:
+    """A vmid as PVE sends it (a number) or as some tools do (a string of digits); None otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and int(value) > 0:
+        return int(value)
+    return None
+
+
+def _cached(raw: Any) -> tuple[str, dict[str, Any]] | None:
+    """A config cache entry, or None when it is not one (written by another version, or damaged)."""
+    if not raw:
+        return None
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(entry, dict) and isinstance(entry.get("fp"), str) and isinstance(entry.get("config"), dict):
+        return entry["fp"], entry["config"]
+    return None
+
+
 def fingerprint(entry: dict[str, Any]) -> str:
     data = json.dumps([entry.get(k) for k in _FINGERPRINT_KEYS], sort_keys=True, default=str)
     return hashlib.sha1(data.encode()).hexdigest()[:16]
@@ -42,8 +67,12 @@ def fingerprint(entry: dict[str, Any]) -> str:
 class Collector:
     def __init__(self, client: ProxmoxClient, redis: Redis | None = None, retries: int = 3,
                  retry_wait: float = 0.5, full_configs: bool = False, rrd_interval: float = 300.0,
-                 smoothing: float = 0.2) -> None:
-        self.smoother = Smoother(client, redis, rrd_interval, smoothing)
+                 smoothing: float = 0.2, read_only: bool = False) -> None:
+        # read_only (`collect --once`, `record`): use the running collector's config cache, moving
+        # averages and RRD figures, but write none of them: the planner balances on those averages,
+        # and a look at the cluster must not count as one more sample in them.
+        self.read_only = read_only
+        self.smoother = Smoother(client, redis, rrd_interval, smoothing, read_only=read_only)
         self.full_configs = full_configs  # `record` keeps whole configs; the cache keeps what planning reads
         self.client = client
         self.redis = redis
@@ -51,6 +80,7 @@ class Collector:
         self.retry_wait = retry_wait
         # vmid -> (fingerprint, essential config): a running collector skips Redis for known guests
         self._memo: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._problems: dict[str, str] = {}  # node -> the problem last warned about, to warn once
 
     def read_api(self) -> dict[str, Any]:
         """The cluster as API answers keyed by path: the pve-api-dump/1 `api` mapping."""
@@ -63,30 +93,38 @@ class Collector:
             api["/cluster/resources"] = get("/cluster/resources")
             for path in CLUSTER_PATHS:
                 api[path] = get(path)
-            for pool in api["/pools"] or []:
-                api[f"/pools/{pool['poolid']}"] = get(f"/pools/{pool['poolid']}")
+            for pool in api["/pools"] if isinstance(api["/pools"], list) else []:
+                # a malformed entry is left for snapshot_from_api to name; `record` keeps it as it came
+                if isinstance(pool, dict) and isinstance(pool.get("poolid"), str):
+                    api[f"/pools/{pool['poolid']}"] = get(f"/pools/{pool['poolid']}")
         except ProxmoxError as exc:
             raise CollectError(f"cannot read the cluster: {exc}") from None
-        api.update(self._guest_configs(api["/cluster/resources"]))
+        resources = api["/cluster/resources"]
+        api.update(self._guest_configs(resources if isinstance(resources, list) else []))
         return api
 
-    def _guest_configs(self, resources: list[dict[str, Any]]) -> dict[str, Any]:
-        guests = [r for r in resources if r.get("type") in ("qemu", "lxc")]
-        prints = {str(g["vmid"]): fingerprint(g) for g in guests}
+    def _guest_configs(self, resources: list[Any]) -> dict[str, Any]:
+        # Only entries that name a guest well enough to find its config; snapshot_from_api refuses
+        # the others with a message naming the entry and the field.
+        guests = [r for r in resources if isinstance(r, dict) and r.get("type") in ("qemu", "lxc")
+                  and isinstance(r.get("node"), str) and _vmid(r.get("vmid")) is not None]
+        prints = {str(_vmid(g["vmid"])): fingerprint(g) for g in guests}
         # (fingerprint, config) known for each guest: this process's memo first, then Redis for
         # guests the memo lacks or holds stale; a stale entry still serves when a read fails.
         known: dict[str, tuple[str, dict[str, Any]]] = {v: self._memo[v] for v in prints if v in self._memo}
         misses = [v for v, fp in prints.items() if known.get(v, ("",))[0] != fp]
         if self.redis is not None and misses:
             for vmid, raw in zip(misses, self.redis.hmget(keys.GUEST_CONFIG_CACHE, misses), strict=True):
-                if raw:
-                    entry = json.loads(raw)
-                    known[vmid] = (entry["fp"], entry["config"])
+                entry = _cached(raw)
+                if entry is not None:
+                    known[vmid] = entry
         out: dict[str, Any] = {}
         fresh: dict[str, str] = {}
-        offline = {r["node"] for r in resources if r.get("type") == "node" and r.get("status") != "online"}
+        offline = {r.get("node") for r in resources
+                   if isinstance(r, dict) and r.get("type") == "node" and r.get("status") != "online"}
         for g in guests:
-            vmid, fp = str(g["vmid"]), prints[str(g["vmid"])]
+            vmid = str(_vmid(g["vmid"]))
+            fp = prints[vmid]
             path = f"/nodes/{g['node']}/{g['type']}/{vmid}/config"
             hit = known.get(vmid)
             if hit and hit[0] == fp:
@@ -101,23 +139,39 @@ class Collector:
                 config = self.client.get(path)
             except ProxmoxError as exc:
                 # The guest moved or vanished between the two reads; the next snapshot sees it.
-                log.warning("guest config unreadable", vmid=g["vmid"], error=str(exc))
+                log.warning("guest config unreadable", vmid=vmid, error=str(exc))
                 if hit:
                     out[path] = hit[1]
                 continue
-            if not self.full_configs:
+            if not self.full_configs and isinstance(config, dict):
                 config = essential_config(config, GuestType(g["type"]))
             out[path] = config
-            self._memo[vmid] = (fp, config)
-            fresh[vmid] = json.dumps({"fp": fp, "config": config})
-        if self.redis is not None and fresh:
+            if isinstance(config, dict):
+                self._memo[vmid] = (fp, config)
+                fresh[vmid] = json.dumps({"fp": fp, "config": config})
+        if self.redis is not None and fresh and not self.read_only:
             self.redis.hset(keys.GUEST_CONFIG_CACHE, mapping=fresh)
         return out
 
     def snapshot(self) -> ClusterSnapshot:
-        snap = snapshot_from_api(self.read_api())
+        try:
+            snap = snapshot_from_api(self.read_api())
+        except DumpError as exc:
+            # Not published: the planner must never see a cluster read from answers it cannot trust.
+            raise CollectError(f"the Proxmox API answered something unusable: {exc}") from None
         self.smoother.apply(snap)
+        self._warn_unusable(snap)
         return snap
+
+    def _warn_unusable(self, snap: ClusterSnapshot) -> None:
+        """One warning per node when its figures turn impossible (not one per snapshot), one when fine again."""
+        problems = {n.name: n.problem for n in snap.nodes if n.problem}
+        for name, problem in problems.items():
+            if self._problems.get(name) != problem:
+                log.warning("node not planned on: its figures are impossible", node=name, problem=problem)
+        for name in self._problems.keys() - problems.keys():
+            log.info("node figures plausible again", node=name)
+        self._problems = problems
 
     def publish(self, snapshot: ClusterSnapshot, latest_ttl: float) -> str:
         assert self.redis is not None
@@ -129,18 +183,32 @@ class Collector:
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     def run(self, interval: float, stop: threading.Event) -> None:
+        api = Outage(log, "the Proxmox API", "the collector")
+        redis = Outage(log, "Redis", "the collector")
         while not stop.is_set():
             try:
                 before = self.client.requests
                 snap = self.snapshot()
+                api.ok()
                 if snap.ha_auto_rebalance:
                     log.warning("Proxmox HA auto-rebalance (crs.ha-auto-rebalance) is on: HA-managed guests are "
                                 "left to it, so the two balancers do not fight")
                 self.publish(snap, latest_ttl=3 * interval)
+                redis.ok()
                 log.info("snapshot published", snapshot_id=snap.snapshot_id, nodes=len(snap.nodes),
                          guests=len(snap.guests), requests=self.client.requests - before)
-            except CollectError as exc:
-                log.error("snapshot skipped", error=str(exc))
-            except Exception as exc:  # Redis away, a malformed answer: keep running, say so
-                log.error("snapshot failed", error=f"{type(exc).__name__}: {exc}")
+            except CollectError as exc:  # the cluster could not be read whole: nothing published
+                api.failed(exc)
+            except RedisError as exc:  # away, loading its data, restarted: wait and carry on
+                redis.failed(exc)
+            except Exception:  # a malformed answer or a bug: say where, keep collecting
+                log.exception("snapshot failed")
             stop.wait(interval)
+
+
+def run_collector(settings: Settings, stop: threading.Event) -> None:
+    """The collector service: waits for Redis instead of exiting, then publishes until stopped."""
+    c = settings.collector
+    redis = connect_waiting(settings.redis.url, log, stop)
+    Collector(ProxmoxClient(settings.proxmox_api), redis, rrd_interval=c.rrd_interval,
+              smoothing=c.smoothing).run(c.interval, stop)

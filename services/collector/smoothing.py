@@ -11,6 +11,7 @@ NODE_READS_PER_SNAPSHOT of them, so a steady-state snapshot costs a fixed number
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -27,9 +28,14 @@ NODE_READS_PER_SNAPSHOT = 2  # each is two requests: the RRD and the VM list
 PSI_KEYS = ("pressurecpusome", "pressureiosome", "pressureiofull", "pressurememorysome", "pressurememoryfull")
 
 
-def rrd_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def rrd_stats(rows: Any) -> dict[str, Any]:
+    # An RRD row lacks a figure when the node was down at that time; anything else that is not a
+    # number (or a row that is not an object) is skipped the same way, never raised.
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
     def series(key: str) -> list[float]:
-        return [float(r[key]) for r in rows if isinstance(r.get(key), int | float)]
+        return [float(r[key]) for r in rows
+                if isinstance(r.get(key), int | float) and not isinstance(r[key], bool) and math.isfinite(r[key])]
 
     cpu, mem = series("cpu"), series("memused")
     out: dict[str, Any] = {"psi": {}}
@@ -48,8 +54,12 @@ GUEST_PSI_KEYS = (*PSI_KEYS, "pressurecpufull")  # a VM has CPU "full" pressure,
 
 
 class Smoother:
-    def __init__(self, client: ProxmoxClient, redis: Redis | None, rrd_interval: float, alpha: float) -> None:
+    def __init__(self, client: ProxmoxClient, redis: Redis | None, rrd_interval: float, alpha: float,
+                 read_only: bool = False) -> None:
         self.client, self.redis, self.rrd_interval, self.alpha = client, redis, rrd_interval, alpha
+        # read_only: the averages and RRD figures in Redis are read and applied to the snapshot as
+        # the collector would, but never written back (a `collect --once` is not a sample).
+        self.read_only = read_only
         self._node_rrd: dict[str, tuple[float, dict[str, Any]]] = {}
         self._guest_psi: dict[int, dict[str, float]] = {}
 
@@ -59,13 +69,19 @@ class Smoother:
             self._guests(snap)
 
     def _load_shared(self) -> None:
-        """What another collector (or an earlier `collect --once`) read, from Redis."""
+        """What another collector (or an earlier run of this one) read, from Redis."""
         if self.redis is None or self._node_rrd:
             return
         for name, raw in self.redis.hgetall(keys.NODE_RRD).items():
-            entry = json.loads(raw)
-            self._node_rrd[name.decode() if isinstance(name, bytes) else str(name)] = (entry["t"], entry["stats"])
-            self._guest_psi.update({int(k): v for k, v in entry["guest_psi"].items()})
+            try:
+                entry = json.loads(raw)
+                seen = (float(entry["t"]), dict(entry["stats"]))
+                seen[1]["psi"] = {str(p): float(x) for p, x in (seen[1].get("psi") or {}).items()}
+                psi = {int(k): {str(p): float(x) for p, x in v.items()} for k, v in entry["guest_psi"].items()}
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue  # written by another version, or damaged: read that node again instead
+            self._node_rrd[name.decode() if isinstance(name, bytes) else str(name)] = seen
+            self._guest_psi.update(psi)
 
     def _due(self, snap: ClusterSnapshot, now: float) -> list[str]:
         if not self.rrd_interval:
@@ -84,17 +100,22 @@ class Smoother:
         for name in self._due(snap, now):
             try:
                 rows = self.client.get(f"/nodes/{name}/rrddata", timeframe="hour", cf="AVERAGE")
-                self._node_rrd[name] = (now, rrd_stats(rows or []))
+                self._node_rrd[name] = (now, rrd_stats(rows))
                 on_node = {}
-                for vm in self.client.get(f"/nodes/{name}/qemu") or []:
-                    psi = {k: float(vm[k]) for k in GUEST_PSI_KEYS if isinstance(vm.get(k), int | float)}
+                vms = self.client.get(f"/nodes/{name}/qemu")
+                for vm in vms if isinstance(vms, list) else []:
+                    vmid = vm.get("vmid") if isinstance(vm, dict) else None
+                    if not (isinstance(vmid, int) or (isinstance(vmid, str) and vmid.isascii() and vmid.isdigit())):
+                        continue  # not a VM entry PVE would send; its pressure is not worth a failed snapshot
+                    psi = {k: float(vm[k]) for k in GUEST_PSI_KEYS
+                           if isinstance(vm.get(k), int | float) and math.isfinite(vm[k])}
                     if psi:
-                        on_node[int(vm["vmid"])] = psi
+                        on_node[int(vmid)] = psi
                 self._guest_psi.update(on_node)
                 shared[name] = json.dumps({"t": now, "stats": self._node_rrd[name][1], "guest_psi": on_node})
             except ProxmoxError as exc:  # keep the last figures; the next round tries again
                 log.warning("node RRD unreadable", node=name, error=str(exc))
-        if shared and self.redis is not None:
+        if shared and self.redis is not None and not self.read_only:
             self.redis.hset(keys.NODE_RRD, mapping=shared)
         for g in snap.guests:
             if g.running and g.vmid in self._guest_psi:
@@ -105,7 +126,7 @@ class Smoother:
                 stats = seen[1]
                 node.cpu_avg, node.cpu_p95 = stats.get("cpu_avg"), stats.get("cpu_p95")
                 node.mem_avg = stats.get("mem_avg")
-                node.psi = dict(stats["psi"])
+                node.psi = dict(stats.get("psi") or {})
 
     def _guests(self, snap: ClusterSnapshot) -> None:
         assert self.redis is not None
@@ -116,11 +137,24 @@ class Smoother:
         fresh = {}
         a = self.alpha
         for g, raw in zip(running, previous, strict=True):
-            if raw:
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                cpu, mem = (float(x) for x in text.split(","))
+            last = _average(raw)
+            if last is not None:
+                cpu, mem = last
                 g.cpu_avg, g.mem_avg = a * g.cpu + (1 - a) * cpu, a * g.mem + (1 - a) * mem
             else:
                 g.cpu_avg, g.mem_avg = g.cpu, float(g.mem)
             fresh[str(g.vmid)] = f"{g.cpu_avg:.6f},{g.mem_avg:.0f}"
-        self.redis.hset(keys.GUEST_LOAD, mapping=fresh)
+        if not self.read_only:
+            self.redis.hset(keys.GUEST_LOAD, mapping=fresh)
+
+
+def _average(raw: Any) -> tuple[float, float] | None:
+    """A stored "cpu,mem" average; None when there is none, or it is not one (damaged: start afresh)."""
+    if not raw:
+        return None
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    try:
+        cpu, mem = (float(x) for x in text.split(","))
+    except ValueError:
+        return None
+    return (cpu, mem) if math.isfinite(cpu) and math.isfinite(mem) else None

@@ -68,12 +68,29 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         assert out.returncode == 2, args
         assert "Traceback" not in out.stderr
         assert out.stderr.startswith("error: "), out.stderr
+        assert len(out.stderr.splitlines()) == 1, out.stderr
     out = run("plan", "--scenario", "all-on-one", "--config", str(bad))
     assert "balancing.balanciness" in out.stderr
 
 
 def test_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
+    # Commands fail fast; the services (planner, collector, migrator) wait for Redis instead.
     cfg = tmp_path / "c.yaml"
     cfg.write_text("redis:\n  url: redis://127.0.0.1:1/0\n")
-    out = run("planner", "--config", str(cfg))
-    assert out.returncode == 2 and "does not answer" in out.stderr and "Traceback" not in out.stderr
+    for args in (["jobs"], ["cancel", "migrate-x-100"]):
+        out = run(*args, "--config", str(cfg))
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: Redis at redis://127.0.0.1:1/0 does not answer")
+
+
+def test_an_error_stays_one_line_however_long(tmp_path: Path) -> None:
+    # rich wraps at 80 columns when stderr is not a terminal; an error must not be cut into lines
+    bad = tmp_path / ("a-rather-long-directory-name-" * 3)
+    bad.mkdir()
+    cfg = bad / "config.yaml"
+    cfg.write_text("balancing:\n  balanciness: -1\n  method: ram\n  balancyness: 3\n")
+    out = run("plan", "--scenario", "all-on-one", "--config", str(cfg))
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    for key in ("balancing.balanciness", "balancing.method", "balancing.balancyness: unknown key"):
+        assert key in out.stderr

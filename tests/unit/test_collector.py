@@ -81,24 +81,51 @@ def test_record_writes_a_dump_that_plans_like_the_original(start_simulator: SimF
     assert [(m.vmid, m.target) for m in a.migrations] == [(m.vmid, m.target) for m in b.migrations]
 
 
-def test_collect_once_json_and_second_run_in_steady_state(start_simulator: SimFactory, real_redis: Redis,
-                                                          redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def redis_dump(redis: Redis) -> dict[bytes, tuple[bytes, int]]:
+    """Every key with its serialized value and whether it expires: equal dumps, unchanged Redis."""
+    return {k: (redis.dump(k), redis.ttl(k) > 0) for k in redis.scan_iter(count=1000)}
+
+
+def test_collect_once_uses_the_collectors_cache_and_writes_nothing(start_simulator: SimFactory, real_redis: Redis,
+                                                                    redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import subprocess
     import sys
 
     from tests.helpers import write_config
 
     sim = start_simulator("homelab")
+    running = Collector(ProxmoxClient(api_settings(sim)), real_redis)  # the service, filling cache and averages
+    running.publish(running.snapshot(), latest_ttl=600)
+    running.snapshot()
+    before = redis_dump(real_redis)
+    assert {keys.GUEST_CONFIG_CACHE.encode(), keys.GUEST_LOAD.encode(), keys.NODE_RRD.encode()} <= set(before)
+    average = float(real_redis.hget(keys.GUEST_LOAD, "100").split(b",")[1])
+    spike = sim.cluster.guests[100].entry["mem"] * 2
+    sim.cluster.guests[100].entry["mem"] = spike  # a sample worth averaging
+
     config = write_config(tmp_path / "c.yaml", sim, redis_url)
     args = [sys.executable, "-m", "pvebalance", "collect", "--once", "-c", str(config)]
+    requests = sum(sim.cluster.stats.requests.values())
     first = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     snap = ClusterSnapshot.model_validate_json(first.stdout)
-    assert isinstance(snap.nodes, list) and len(snap.guests) == 24
-    before = sum(sim.cluster.stats.requests.values())
+    assert len(snap.guests) == 24
+    vm100 = next(g for g in snap.guests if g.vmid == 100)
+    assert vm100.mem_avg == pytest.approx(0.2 * spike + 0.8 * average, rel=1e-6), "the average is read"
+    assert sum(sim.cluster.stats.requests.values()) - requests <= 10, "configs came from the cache"
     second = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0 and "pve1" in second.stdout
-    assert sum(sim.cluster.stats.requests.values()) - before <= 10, "configs came from the cache"
+    assert redis_dump(real_redis) == before, "collect --once wrote to Redis"
+
+
+def test_collect_once_without_a_cache_reads_every_config_and_still_writes_nothing(
+        start_simulator: SimFactory, fake_redis: Redis) -> None:
+    sim = start_simulator("homelab")
+    collector = Collector(ProxmoxClient(api_settings(sim)), fake_redis, read_only=True)
+    snap = collector.snapshot()
+    assert any(g.local_disk > 0 for g in snap.guests)
+    assert all(g.mem_avg == g.mem for g in snap.guests if g.running), "no average yet: the sample itself"
+    assert fake_redis.keys("*") == []
 
 
 def test_transient_errors_are_retried_then_reported(start_simulator: SimFactory, fake_redis: Redis) -> None:

@@ -70,3 +70,40 @@ def test_missing_file_and_bad_yaml_are_config_errors(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(write(tmp_path, "balancing: [unclosed\n"))
+
+
+def test_ca_file_must_be_a_readable_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "ca.pem"
+    with pytest.raises(ConfigError) as exc:
+        load_settings(write(tmp_path, f"proxmox_api:\n  ca_file: {missing}\n"))
+    assert f"proxmox_api.ca_file: {missing} does not exist" in str(exc.value)
+    with pytest.raises(ConfigError, match=r"proxmox_api\.ca_file: .* is not a file"):
+        load_settings(write(tmp_path, f"proxmox_api:\n  ca_file: {tmp_path}\n"))
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert load_settings(write(tmp_path, f"proxmox_api:\n  ca_file: {ca}\n")).proxmox_api.ca_file == ca
+
+
+def test_ca_file_from_the_environment_is_checked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PVEBALANCE_PROXMOX_API__CA_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match=r"in the environment.*proxmox_api\.ca_file: .*missing\.pem does not exist"):
+        load_settings()
+
+
+def test_every_problem_is_on_one_line(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "balancing:\n  balanciness: 150\n  method: ram\n  note: 'a\nb'\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    assert "\n" not in str(exc.value)
+    assert str(exc.value).count("; ") == 2
+
+
+def test_a_variable_that_is_not_json_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PVEBALANCE_BALANCING__WEIGHTS", "{not json")
+    with pytest.raises(ConfigError, match=r"PVEBALANCE_\* variables"):
+        load_settings()
+
+
+def test_a_directory_as_config_file_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_settings(tmp_path)
