@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from redis import Redis
-from rq import get_current_job
+from rq import Retry, get_current_job
 from rq.job import Job
 
 from pvebalance.shared.config import Settings, load_settings
@@ -19,7 +19,7 @@ from pvebalance.shared.proxmox import ProxmoxClient
 
 from .recovery import settle
 from .runner import MigrationRunner
-from .slots import Slots
+from .slots import Slots, SlotYield
 
 CONFIG_ENV = "PVEBALANCE_CONFIG"
 
@@ -41,7 +41,11 @@ def set_context(settings: Settings) -> None:
     _context = WorkerContext(settings)
 
 
-def run_migration(payload: str) -> str:
+# rq's own 'run me again later': the job goes to the back of the queue, its status stays consistent.
+GIVE_WAY = Retry(max=1_000_000)
+
+
+def run_migration(payload: str) -> str | Retry:
     """rq entry point: carry out one MigrationJob (given as its JSON)."""
     global _context
     if _context is None:
@@ -54,7 +58,10 @@ def run_migration(payload: str) -> str:
     settings = _context.settings
     runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), JobStore(redis), Slots(redis, settings.migrator),
                              settings)
-    state = runner.run(job)
+    try:
+        state = runner.run(job)
+    except SlotYield:
+        return GIVE_WAY  # a job in flight waits for a worker to resume it: let it have this one
     if state is JobState.FAILED:
         raise MigrationNotDone(JobStore(redis).load(job.job_id).get("message", "failed"))
     return state.value

@@ -25,6 +25,8 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.timeouts import TimerDeathPenalty
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
@@ -36,7 +38,7 @@ from pvebalance.shared.redisconn import Outage
 
 log = get_logger("pvebalance.migrator.recovery")
 
-MAX_ATTEMPTS = 5  # runs of one job (resumptions included) before it is ended as failed
+MAX_TAKEOVERS = 5  # times one job is queued again after its run ended early, before it is ended as failed
 LOST_AFTER = 15.0  # seconds a 'queued' job may be in no queue list (a dequeue in progress takes ms)
 RQ_ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
@@ -61,6 +63,9 @@ class Reconciler:
         self.interval = interval
         self.store = JobStore(redis)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
+        # rq runs failure callbacks under a death penalty; the signal-based default works only in a
+        # process's main thread, and the reconciler runs in its own.
+        self.started = StartedJobRegistry(queue=self.queue, death_penalty_class=TimerDeathPenalty)
         self.me = uuid.uuid4().hex
 
     def run(self, stop: threading.Event) -> None:
@@ -79,7 +84,7 @@ class Reconciler:
         if not self.redis.set(keys.RECONCILER_LOCK, self.me, nx=True, px=int(self.interval * 900)):
             return []
         # rq's own detection of runs whose worker died: their failure callback (settle) runs here.
-        self.queue.started_job_registry.cleanup()
+        self.started.cleanup()
         acted = end_overdue(self.store, self.settings)
         for job_id in sorted(self.store.active_jobs()):
             try:
@@ -109,7 +114,7 @@ class Reconciler:
         self.redis.hdel(keys.LOST_SINCE, job_id)
         if status in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
             return False  # waiting for the moves it depends on
-        if status is JobStatus.STARTED and job_id in self.queue.started_job_registry:
+        if status is JobStatus.STARTED and job_id in self.started:
             return False  # running; if its worker died, rq's cleanup above will say so
         return self._take_over(job_id, record, rq_job, status)
 
@@ -138,11 +143,11 @@ class Reconciler:
         job = self.store.job(job_id)
         if job is None:
             return False
-        attempts = int(record.get("attempts") or 0)
+        takeovers = int(record.get("takeovers") or 0)
         reason = record.get("interrupted") or _rq_reason(rq_job) or f"rq says the job is {status or 'gone'}"
-        if attempts >= MAX_ATTEMPTS:
+        if takeovers >= MAX_TAKEOVERS:
             note = f"; its task {record['upid']} may still run" if record.get("upid") else ""
-            message = f"given up after {attempts} attempts{note}: {reason}"
+            message = f"given up after {takeovers + 1} runs{note}: {reason}"
             if self.store.transition(job, JobState.FAILED, message):
                 log.error("job given up", job_id=job_id, reason=message)
             return True
@@ -153,6 +158,10 @@ class Reconciler:
         else:
             self.queue.enqueue_job(rq_job, at_front=True)
         self.redis.hdel(keys.job(job_id), "interrupted")
+        self.store.count(job_id, "takeovers")
+        if in_flight(record):
+            # Its pinned slots may be what every busy worker waits for: they give way (see Slots.wait).
+            self.redis.sadd(keys.RESUMING, job_id)
         log.warning("job taken over: queued again to be resumed", job_id=job_id, rq_status=str(status),
                     in_flight=in_flight(record), upid=record.get("upid"), reason=reason[-300:])
         return True

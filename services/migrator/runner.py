@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
@@ -36,7 +37,9 @@ log = get_logger("pvebalance.migrator")
 T = TypeVar("T")
 
 MIGRATION_TASKS = ("qmigrate", "vzmigrate", "hamigrate")
-CLOCK_SLACK = 30.0  # seconds: a node's clock may be behind ours when we look for a task we started
+# Without a list of the guest's tasks from before the POST (a worker died right after pinning its
+# slots), a task counts as the POST's if it started at most this long before the POST was sent.
+CLOCK_SLACK = 2.0
 REDIS_PATIENCE = 600.0  # how long a runner holding a live migration waits for Redis to record it
 
 
@@ -101,17 +104,18 @@ class MigrationRunner:
         if state is not None and state.terminal:
             log.info("job already ended", state=state.value)
             return state
-        self.store.count(job.job_id, "attempts")
         started = time.monotonic()
         req = SlotRequest(job.job_id, job.source, job.target)
         try:
             if in_flight(record):
+                self.store.redis.srem(keys.RESUMING, job.job_id)  # it has a worker again
                 if not self.slots.adopt(req):
                     return self.store.state(job.job_id) or JobState.FAILED
-                upid = record.get("upid") or self._resume_post(job, float(record["posted_at"]))
+                upid = record.get("upid") or self._resume_post(job, float(record["posted_at"]),
+                                                               _known(record))
                 log.info("resuming the migration task of an earlier worker", upid=upid)
             else:
-                upid = self._prepare_and_post(job, req)
+                upid = self._prepare_and_post(job, req, record)
             if upid is not None:
                 self._follow(job, upid)
         except SlotCancelled:
@@ -138,7 +142,7 @@ class MigrationRunner:
 
     # --- before: slots, pre-flight, the POST ------------------------------------------------------
 
-    def _prepare_and_post(self, job: MigrationJob, req: SlotRequest) -> str | None:
+    def _prepare_and_post(self, job: MigrationJob, req: SlotRequest, record: dict[str, str]) -> str | None:
         def waiting() -> None:
             self.store.transition(job, JobState.WAITING, "waiting for a migration slot",
                                   only_from=(JobState.QUEUED,))
@@ -148,21 +152,27 @@ class MigrationRunner:
             return state is not None and state.terminal
 
         patience = self.settings.migrator.task_timeout_base
+        waiting_since = float(record["at_waiting"]) if record.get("at_waiting") else None
         while True:
-            self.slots.wait(req, on_wait=waiting, cancelled=cancelled)
+            self.slots.wait(req, on_wait=waiting, cancelled=cancelled, waiting_since=waiting_since)
             with self.slots.held(req) as commit:
                 entry = self.preflight.check(job, patience)
                 params = self.preflight.migrate_params(job, entry, patience)
+                # The guest's migration tasks before ours: a task found later that is not among them
+                # is this POST's (an earlier job's task of the same guest may be seconds old).
+                known = self._api(lambda: self._migration_tasks(job), patience)
                 committed = commit()
             if committed == -1:
                 raise SlotCancelled()
             if committed == 1:
                 break
             log.warning("migration slots expired before the POST (Redis away?): waiting for them again")
+        known_upids = {str(t["upid"]) for t in known}
+        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(known_upids))))
         posted_at = float(self.store.load(job.job_id).get("posted_at") or time.time())
-        return self._post(job, params, posted_at)
+        return self._post(job, params, posted_at, known_upids)
 
-    def _post(self, job: MigrationJob, params: dict[str, Any], since: float) -> str | None:
+    def _post(self, job: MigrationJob, params: dict[str, Any], since: float, known: set[str] | None) -> str | None:
         path = f"/nodes/{job.source}/{job.guest_type.value}/{job.vmid}/migrate"
         attempts = 5
         for attempt in range(1, attempts + 1):
@@ -183,7 +193,7 @@ class MigrationRunner:
                 log.warning("migrate request failed; looking for a task it may have started", error=exc.message,
                             attempt=attempt, may_have_reached_proxmox=ambiguous)
                 window = 2 * self.settings.proxmox_api.timeout + 5 if ambiguous else 0.0
-                found = self._find_task(job, since, window)
+                found = self._find_task(job, since, window, known)
                 if found:
                     upid = found
                 elif attempt == attempts:
@@ -200,9 +210,9 @@ class MigrationRunner:
         self._redis(lambda: self.store.transition(job, JobState.RUNNING, f"task {upid}", upid=upid))
         log.info("migration started", upid=upid, source=job.source, target=job.target)
 
-    def _resume_post(self, job: MigrationJob, posted_at: float) -> str | None:
+    def _resume_post(self, job: MigrationJob, posted_at: float, known: set[str] | None) -> str | None:
         """An earlier worker pinned the slots and may have POSTed, but no UPID was stored."""
-        found = self._find_task(job, posted_at, window=self.settings.proxmox_api.timeout)
+        found = self._find_task(job, posted_at, self.settings.proxmox_api.timeout, known)
         if found:
             self._record_upid(job, found)
             return found
@@ -212,24 +222,32 @@ class MigrationRunner:
         log.info("no task of an earlier migrate request: the request never reached Proxmox, sending it")
         entry = self.preflight.check(job, self.settings.migrator.task_timeout_base)
         params = self.preflight.migrate_params(job, entry, self.settings.migrator.task_timeout_base)
-        return self._post(job, params, time.time())
+        known = {str(t["upid"]) for t in self._api(lambda: self._migration_tasks(job))}
+        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(known))))
+        return self._post(job, params, time.time(), known)
 
-    def _find_task(self, job: MigrationJob, since: float, window: float) -> str | None:
-        """The guest's migration task on its source node started since `since`, looked for over `window` s
-        (a slow POST may be carried out after its client gave up)."""
+    def _migration_tasks(self, job: MigrationJob) -> list[dict[str, Any]]:
+        """The guest's migration tasks on its source node, running or finished, oldest first."""
+        tasks = self.client.get(f"/nodes/{job.source}/tasks", vmid=job.vmid, source="all", limit=50)
+        if not isinstance(tasks, list):
+            raise ProxmoxError(f"task list of {job.source}: the answer is not a list", kind=MALFORMED)
+        ours = [t for t in tasks if isinstance(t, dict) and t.get("type") in MIGRATION_TASKS
+                and str(t.get("id")) == str(job.vmid) and t.get("upid")]
+        return sorted(ours, key=lambda t: (float(t.get("starttime", 0)), str(t["upid"])))
+
+    def _find_task(self, job: MigrationJob, since: float, window: float, known: set[str] | None) -> str | None:
+        """The migration task of this job's POST, looked for over `window` s (a slow POST may be carried out
+        after its client gave up): the first of the guest's tasks that was not there before the POST, or,
+        without that list, the first started since the POST."""
         deadline = time.monotonic() + window
         while True:
-            tasks = self._api(lambda: self.client.get(f"/nodes/{job.source}/tasks", vmid=job.vmid, source="all",
-                                                      limit=50))
-            if not isinstance(tasks, list):
-                tasks = []
-            ours = sorted(
-                (t for t in tasks if isinstance(t, dict) and t.get("type") in MIGRATION_TASKS
-                 and str(t.get("id")) == str(job.vmid) and float(t.get("starttime", 0)) >= since - CLOCK_SLACK),
-                key=lambda t: float(t.get("starttime", 0)),
-            )
-            if ours:
-                return str(ours[0]["upid"])
+            tasks = self._api(lambda: self._migration_tasks(job))
+            if known is not None:
+                new = [t for t in tasks if str(t["upid"]) not in known]
+            else:
+                new = [t for t in tasks if float(t.get("starttime", 0)) >= since - CLOCK_SLACK]
+            if new:
+                return str(new[0]["upid"])
             if time.monotonic() > deadline:
                 return None
             self.sleep(self.settings.migrator.poll_interval)
@@ -289,3 +307,10 @@ class MigrationRunner:
             if time.monotonic() > deadline:
                 raise Failed(f"HA migration of {job.vmid} did not land on {job.target} in time")
             self.sleep(self.settings.migrator.poll_interval)
+
+
+def _known(record: dict[str, str]) -> set[str] | None:
+    """The guest's migration tasks listed before this job's POST (None: the list was not taken)."""
+    if "known_tasks" not in record:
+        return None
+    return {u for u in record["known_tasks"].split(",") if u}

@@ -23,7 +23,7 @@ from pvebalance.shared.config import MigratorSettings
 from pvebalance.shared.jobstore import TERMINAL
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState
-from pvebalance.shared.redisconn import Outage
+from pvebalance.shared.redisconn import REDIS_AWAY, Outage
 
 log = get_logger("pvebalance.migrator.slots")
 
@@ -106,6 +106,10 @@ class SlotCancelled(Exception):
     """The job was cancelled (or ended) while it waited."""
 
 
+class SlotYield(Exception):
+    """A job in flight was queued again to be resumed and needs a worker: this waiter gives its up."""
+
+
 @dataclass(frozen=True)
 class SlotRequest:
     holder: str  # the job id: a job, not a worker, holds slots
@@ -157,20 +161,36 @@ class Slots:
         pipe.execute()
 
     def wait(self, req: SlotRequest, on_wait: Callable[[], object] | None = None,
-             cancelled: Callable[[], bool] | None = None) -> None:
-        """Block (sleeping, not spinning) until every slot is taken, or raise SlotTimeout."""
-        deadline = time.monotonic() + self.settings.slot_wait_timeout
+             cancelled: Callable[[], bool] | None = None, waiting_since: float | None = None) -> None:
+        """Block (sleeping, not spinning) until every slot is taken; SlotTimeout once `slot_wait_timeout`
+        has passed since `waiting_since` (the job's first wait); SlotYield when a job in flight waits for
+        a worker to resume it (it may hold the very slots this one waits for: with every worker waiting,
+        nobody would ever resume it)."""
+        deadline = (waiting_since or time.time()) + self.settings.slot_wait_timeout
         delay = 0.1
-        while not self.try_acquire(req):
-            if cancelled is not None and cancelled():
-                raise SlotCancelled()
-            if time.monotonic() > deadline:
-                raise SlotTimeout(f"no migration slot free within {self.settings.slot_wait_timeout:.0f} s")
-            if on_wait is not None:
-                on_wait()
-                on_wait = None
-            # Sleep until a slot is released (BLPOP on the wake-up list) or the back-off ends.
-            self.redis.blpop([keys.SLOTS_WAKE], timeout=max(delay * (0.5 + random.random()), 0.05))
+        outage = Outage(log, "Redis", "waiting for a migration slot")
+        while True:
+            try:
+                if self.try_acquire(req):
+                    outage.ok()
+                    return
+                if self.redis.scard(keys.RESUMING):
+                    raise SlotYield()
+                if cancelled is not None and cancelled():
+                    raise SlotCancelled()
+                if time.time() > deadline:
+                    raise SlotTimeout(f"no migration slot free within {self.settings.slot_wait_timeout:.0f} s")
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
+                # Sleep until a slot is released (BLPOP on the wake-up list) or the back-off ends.
+                self.redis.blpop([keys.SLOTS_WAKE], timeout=max(delay * (0.5 + random.random()), 0.05))
+                outage.ok()
+            except REDIS_AWAY as exc:  # a Redis blip must not kill a run that has not started anything
+                outage.failed(exc)
+                if time.time() > deadline:
+                    raise
+                time.sleep(min(delay * 2, 2.0))
             delay = min(delay * 1.5, 2.0)
 
     @contextmanager

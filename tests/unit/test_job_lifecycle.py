@@ -14,7 +14,7 @@ from rq import Queue, SimpleWorker
 
 from pvebalance.services.migrator import jobs as migrator_jobs
 from pvebalance.services.migrator.preflight import Preflight
-from pvebalance.services.migrator.recovery import MAX_ATTEMPTS, Reconciler
+from pvebalance.services.migrator.recovery import MAX_TAKEOVERS, Reconciler
 from pvebalance.services.migrator.runner import MigrationRunner
 from pvebalance.services.migrator.slots import SlotRequest, Slots
 from pvebalance.services.planner.planner import Planner
@@ -174,12 +174,12 @@ def test_a_job_rq_keeps_failing_is_given_up_after_the_attempt_limit_with_rqs_rea
 
     monkeypatch.setattr(Preflight, "check", always_broken)
     reconciler = Reconciler(fake_redis, settings, interval=0.01)
-    for _ in range(MAX_ATTEMPTS + 1):
+    for _ in range(MAX_TAKEOVERS + 1):
         SimpleWorker([_queue(fake_redis)], connection=fake_redis).work(burst=True)
         fake_redis.delete(keys.RECONCILER_LOCK)
         reconciler.run_once()
     assert store.state(job.job_id) is JobState.FAILED
-    assert store.load(job.job_id)["message"] == f"given up after {MAX_ATTEMPTS} attempts: RuntimeError: always broken"
+    assert store.load(job.job_id)["message"] == f"given up after {MAX_TAKEOVERS + 1} runs: RuntimeError: always broken"
     assert sim.cluster.stats.migrate_posts[118] == 0
 
 
