@@ -42,6 +42,7 @@ case "$cmd" in
   test)  setup; "$VENV/bin/ruff" check . && typecheck && exec "$VENV/bin/python" -m pytest -q "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
   lint)  setup; "$VENV/bin/ruff" check . && typecheck ;;
+  soak)  setup; exec "$VENV/bin/python" -m tests.faultsuite "$@" ;;  # the fault suite: soak --seeds N
   setup) setup ;;
   *) echo "usage: $0 demo|test|bench|lint|setup [ARGS]" >&2; exit 2 ;;
 esac

@@ -132,6 +132,8 @@ class CollectorSettings(Section):
 
 class PlannerSettings(Section):
     max_snapshot_age: float = Field(120.0, gt=0, description="seconds; older snapshots are not planned on")
+    retry_after_failure: float = Field(
+        60.0, ge=0, description="seconds to wait before planning again after a plan whose moves failed")
 
 
 class MigratorSettings(Section):

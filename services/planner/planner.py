@@ -8,6 +8,7 @@ claimed by its job (shared/jobstore.py), so it can never have two jobs at once.
 from __future__ import annotations
 
 import threading
+import time
 
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -73,6 +74,11 @@ class Planner:
         if active:
             log.info("migrations still running, not planning", active_jobs=len(active))
             return None
+        wait = self.wait_after_failures()
+        if wait > 0:
+            # A refused move would otherwise be planned again at once, and fail again, every snapshot.
+            log.info("moves of the last plan failed; planning again later", wait_s=round(wait, 1))
+            return None
         if not snapshot.quorate:
             log.warning("cluster not quorate, not planning", snapshot_id=snapshot.snapshot_id)
             return None
@@ -86,6 +92,19 @@ class Planner:
         if plan.migrations and self.settings.balancing.enable:
             self.enqueue(plan)
         return plan
+
+    def wait_after_failures(self, now: float | None = None) -> float:
+        """Seconds left before planning again, when moves of the latest plan failed (else 0)."""
+        raw = self.redis.get(keys.PLAN_LATEST)
+        if not raw:
+            return 0.0
+        plan = Plan.model_validate_json(raw)
+        failed_at = [float(r.get("at_failed") or 0) for m in plan.migrations
+                     if (r := self.jobs.load(MigrationJob.id_for(plan.plan_id, m.vmid))).get("state") == "failed"]
+        if not failed_at:
+            return 0.0
+        now = time.time() if now is None else now
+        return max(0.0, max(failed_at) + self.settings.planner.retry_after_failure - now)
 
     def skip_jobs_into_unusable_nodes(self, snapshot: ClusterSnapshot) -> list[str]:
         """Jobs not yet migrating whose target went offline or into maintenance after the plan was made

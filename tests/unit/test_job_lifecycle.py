@@ -226,3 +226,22 @@ def test_a_job_that_never_started_is_ended_at_its_deadline(fake_redis: Redis) ->
     assert end_overdue(store, settings, now=created + 81) == [job.job_id]
     assert store.state(job.job_id) is JobState.FAILED
     assert store.load(job.job_id)["message"].startswith("not started within 81 s")
+
+
+def test_after_a_plan_whose_moves_failed_the_planner_waits_before_planning_again(fake_redis: Redis) -> None:
+    """A refused move was planned again, and failed again, at every snapshot (67 failed jobs in 8 s)."""
+    from pvebalance.shared.apidump import load_dump, snapshot_from_api
+    from tests.helpers import REPO
+
+    planner = Planner(fake_redis, Settings(planner={"retry_after_failure": 60}, balancing={"enable": False}))
+    snapshot = snapshot_from_api(load_dump(REPO / "scenarios" / "all-on-one.json")["api"])
+    plan = planner.handle(snapshot)
+    assert plan is not None and plan.migrations
+    assert planner.wait_after_failures() == 0.0
+    first = plan.migrations[0]
+    job = make_job(planner.jobs, first.vmid, first.source, first.target, plan=plan.plan_id)
+    planner.jobs.transition(job, JobState.FAILED, "VM is locked (backup)")
+    failed_at = float(planner.jobs.load(job.job_id)["at_failed"])
+    assert planner.wait_after_failures(now=failed_at + 10) == pytest.approx(50.0)
+    assert planner.handle(snapshot.model_copy(update={"snapshot_id": "snap-2"})) is None
+    assert planner.wait_after_failures(now=failed_at + 61) == 0.0
