@@ -1,14 +1,14 @@
 """Plan migrations: first repair what breaks a rule, then bring the spread within `balanciness`.
 
-Pure: a snapshot and a policy in, a Plan out; no I/O. The phases run in order of urgency
-(maintenance, pins and HA node rules, affinity, anti-affinity, then balance), all on one
-PlanState, so every move is checked against the rules and the memory limit at the step it runs.
-A rule that cannot be met is reported in `unmet`, with the guests and the reason.
+Pure: a snapshot and a policy in, a Plan out; no I/O. Each registered rule family repairs what it
+finds broken, in the registry's order of urgency (maintenance, pins and HA node rules, affinity,
+anti-affinity; see rules/registry.py), then the balance phase runs, all on one PlanState, so every
+move is checked against every family's rules and the room on its target at the step it runs. A rule
+that cannot be met is reported in `unmet`, with the guests and the reason.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import replace
 
 from pvebalance.shared.models import (
@@ -16,14 +16,14 @@ from pvebalance.shared.models import (
     GuestState,
     GuestType,
     Migration,
-    MigrationReason,
     Plan,
     Unmet,
 )
 
 from .load import guest_load, initial_loads, spread, summarize, with_cluster_scale
 from .policy import Policy
-from .rules import Constraints, Group, build_constraints, fixed_reason
+from .repair import repair
+from .rules import Constraints, build_constraints, fixed_reason
 from .search import balance_moves, units_by_node
 from .state import Move, PlanState
 from .verify import find_violations
@@ -42,10 +42,8 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     unmet: list[Unmet] = []
     notes: list[str] = []
 
-    _drain(state, unmet)
-    _enforce_pins(state, unmet)
-    _enforce_together(state, unmet)
-    _enforce_apart(state, unmet)
+    for family in constraints.families:  # in the registry's order: the most urgent rules first
+        repair(state, family.fixes(state), unmet)
     hottest = max((state.loads[n].percent for n in state.targets), default=0.0)
     if policy.threshold is not None and hottest < policy.threshold:
         notes.append(f"no node above the {policy.method} threshold of {policy.threshold}%: not balancing")
@@ -71,7 +69,7 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     )
     plan.violations = find_violations(snapshot, plan, policy, constraints)
     if policy.method == "weighted":
-        for dim in (d for d, w in policy.weights.items() if w > 0):
+        for dim in (d for d, w in sorted(policy.weights.items()) if w > 0):
             one = replace(policy, method=dim, scale={})  # type: ignore[arg-type]
             before_dim, after_dim = _spread_by(snapshot, one, state.targets, state.moves)
             plan.notes.append(f"{dim}: spread {before_dim:.1f} -> {after_dim:.1f} pp")
@@ -90,9 +88,15 @@ def _exact_applies(snapshot: ClusterSnapshot, policy: Policy) -> bool:
 
 def _exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, greedy: PlanState,
                     notes: list[str]) -> PlanState:
-    from .exact import minimum_migrations, order_placement  # scipy is loaded only when it is used
+    from .exact import EXACT_NODE_LIMIT, minimum_migrations, order_placement  # scipy: loaded only when used
 
-    result = minimum_migrations(snapshot, policy, policy.exact_seconds)
+    result = minimum_migrations(snapshot, policy, node_limit=EXACT_NODE_LIMIT, time_limit=policy.exact_seconds,
+                                fewer_than=len(greedy.moves))
+    if result.stopped_by == "time limit":
+        # the only way load can change a plan: say so, so that two differing plans are explained
+        notes.append(f"the exact solver stopped at its safety limit of {policy.exact_seconds:g} s "
+                     f"(balancing.exact_seconds) before its work limit of {EXACT_NODE_LIMIT} nodes: "
+                     "under another load this plan may differ")
     if result.migrations is None or result.migrations >= len(greedy.moves):
         return greedy
     ordered = order_placement(snapshot, policy, constraints, result.placement)
@@ -114,119 +118,14 @@ def _spread_by(snapshot: ClusterSnapshot, policy: Policy, targets: list[str], mo
     return before, spread(loads, targets)
 
 
-def _group_of(state: PlanState) -> dict[int, Group]:
-    return {v: g for g in state.c.together for v in g.vmids}
-
-
-def _unit(state: PlanState, vmid: int, groups: dict[int, Group]) -> frozenset[int]:
-    group = groups.get(vmid)
-    return group.vmids if group else frozenset({vmid})
-
-
-def _drain(state: PlanState, unmet: list[Unmet]) -> None:
-    """Empty maintenance nodes: running guests must leave; stopped ones leave too when they may."""
-    groups = _group_of(state)
-    leaving = sorted((g for g in state.guests.values() if state.where[g.vmid] in state.draining),
-                     key=lambda g: (-g.mem, g.vmid))
-    for guest in leaving:
-        if guest.vmid in state.moved:
-            continue
-        unit = _unit(state, guest.vmid, groups)
-        why = state.c.fixed.get(guest.vmid)
-        if why or not state.movable(unit):
-            if guest.running:
-                reason = why or "its affinity group cannot move"
-                unmet.append(Unmet(rule=f"maintenance {state.where[guest.vmid]}", vmids=[guest.vmid], reason=reason))
-            continue
-        target = state.best_target(unit) if state.budget_left(len(unit)) else None
-        if target is None:
-            if guest.running:
-                unmet.append(Unmet(rule=f"maintenance {state.where[guest.vmid]}", vmids=sorted(unit),
-                                   reason="no node may take it with room to spare" if state.budget_left()
-                                   else "migration cap reached"))
-            continue
-        state.move(unit, target, MigrationReason.MAINTENANCE, f"leaves {state.where[guest.vmid]} (maintenance)")
-
-
-def _enforce_pins(state: PlanState, unmet: list[Unmet]) -> None:
-    groups = _group_of(state)
-    for vmid in sorted(state.c.allowed):
-        node = state.where[vmid]
-        if state.c.may_be_on(vmid, node) or vmid in state.moved:
-            continue
-        rule = state.c.allowed_rule[vmid]
-        allowed = ",".join(sorted(state.c.allowed[vmid])) or "no node in the cluster"
-        unit = _unit(state, vmid, groups)
-        if not state.movable(unit):
-            unmet.append(Unmet(rule=rule, vmids=[vmid],
-                               reason=f"must run on {allowed} but cannot move: {state.c.fixed.get(vmid, 'group')}"))
-            continue
-        target = state.best_target(unit)
-        if target is None or not state.budget_left(len(unit)):
-            unmet.append(Unmet(rule=rule, vmids=[vmid], reason=f"must run on {allowed}: none may take it now"))
-            continue
-        state.move(unit, target, state.c.allowed_reason[vmid], f"{rule}: may run only on {allowed}")
-
-
-def _enforce_together(state: PlanState, unmet: list[Unmet]) -> None:
-    for group in state.c.together:
-        nodes = {state.where[v] for v in group.vmids}
-        if len(nodes) == 1:
-            continue
-        anchors = {state.where[v] for v in group.vmids if v in state.c.fixed or v in state.moved}
-        if len(anchors) > 1:
-            unmet.append(Unmet(rule=group.name, vmids=sorted(group.vmids),
-                               reason=f"members that cannot move sit on {', '.join(sorted(anchors))}"))
-            continue
-        share: dict[str, int] = defaultdict(int)
-        for v in group.vmids:
-            share[state.where[v]] += state.guests[v].mem + 1
-        candidates = sorted(anchors) if anchors else sorted(share, key=lambda n: (-share[n], n))
-        if not anchors:
-            candidates += [t for t in state.targets if t not in candidates]
-        for node in candidates:
-            moving = frozenset(v for v in group.vmids if state.where[v] != node)
-            if state.movable(moving) and state.allows(group.vmids, node) and state.fits(moving, node) \
-                    and state.budget_left(len(moving)):
-                state.move(moving, node, group.reason, f"{group.name}: joins the group on {node}")
-                break
-        else:
-            unmet.append(Unmet(rule=group.name, vmids=sorted(group.vmids),
-                               reason="no node may hold the whole group with room to spare"))
-
-
-def _enforce_apart(state: PlanState, unmet: list[Unmet]) -> None:
-    groups = _group_of(state)
-    for group in state.c.apart:
-        by_node: dict[str, list[int]] = defaultdict(list)
-        for v in sorted(group.vmids):
-            by_node[state.where[v]].append(v)
-        for node, members in sorted(by_node.items()):
-            if len(members) < 2:
-                continue
-            # keep the member that cannot move (or the largest); move the others away
-            members.sort(key=lambda v: (v not in state.c.fixed, -state.guests[v].mem, v))
-            for v in members[1:]:
-                unit = _unit(state, v, groups)
-                target = state.best_target(unit) if state.movable(unit) and state.budget_left(len(unit)) else None
-                if target is None:
-                    why = state.c.fixed.get(v) or (
-                        f"{len(group.vmids)} members but no other node may take it"
-                    )
-                    unmet.append(Unmet(rule=group.name, vmids=[members[0], v], reason=f"share {node}: {why}"))
-                    continue
-                state.move(unit, target, group.reason, f"{group.name}: must not share {node} with {members[0]}")
-
-
 def _units(state: PlanState) -> list[frozenset[int]]:
     """What the balance phase may move: whole together-groups, or single guests; running only."""
-    groups = _group_of(state)
     seen: set[int] = set()
     units = []
     for vmid in sorted(state.guests):
         if vmid in seen:
             continue
-        unit = _unit(state, vmid, groups)
+        unit = state.c.unit(vmid)
         seen |= unit
         nodes = {state.where[v] for v in unit}
         if len(nodes) != 1 or not state.movable(unit) or nodes.pop() not in state.targets:

@@ -1,36 +1,46 @@
 """The fewest migrations that reach the balance target, as a MILP solved by HiGHS (scipy).
 
 Placement only, no order: x[g, n] = 1 when guest g ends on node n. Every node's usage must lie in
-a band no wider than `balanciness`, no node may pass its memory limit, and the rules hold (fixed
-guests, allowed nodes, maintenance, affinity, anti-affinity). The objective counts the guests that
-leave their node, with the GiB moved as a small tie-breaker.
+a band no wider than `balanciness`, no node may pass its memory limit, fixed guests stay, and each
+registered rule family adds its own constraints (`Family.exact`). The objective counts the guests
+that leave their node, with the data copied as a tie-breaker. `order_placement` then finds a safe
+order for the moves, or says there is none.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
 from scipy.sparse import coo_matrix
 
 from pvebalance.shared.models import ClusterSnapshot, MigrationReason
 
+from .fit import memory_limit
 from .load import guest_load
 from .policy import Policy
 from .rules import Constraints, build_constraints
 from .state import PlanState
 
+# The solver's work is bounded by branch-and-bound nodes, not by wall-clock time, so that the same
+# snapshot and policy give the same plan on any machine and under any load. With the cap that
+# plan_balance passes (fewer migrations than the greedy plan), every bundled cluster is settled at
+# the root node (found and proven, or proven impossible). Harder cases measured on this machine
+# (mid-300 at balanciness 1-2, or balancing cpu) mostly find their best plan at the root too and
+# spend 5-15 ms per further node; 100 nodes keep that under about 1.5 s on top of the root.
+EXACT_NODE_LIMIT = 100
+
 
 @dataclass
 class ExactResult:
-    status: str  # "optimal", "time limit", "infeasible", ...
+    status: str  # "optimal", "node limit", "time limit", "infeasible", ...
     migrations: int | None
     bound: int | None  # fewest migrations any plan could have, as far as the solver proved
     placement: dict[int, str]
     seconds: float
+    stopped_by: str | None = None  # "node limit" or "time limit" when the search was cut short
 
 
 def _candidates(state: PlanState) -> list[int]:
@@ -45,104 +55,139 @@ def _candidates(state: PlanState) -> list[int]:
     return out
 
 
-def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, time_limit: float = 60.0) -> ExactResult:
+class _Model:
+    """The MILP being built: column (g, n) is x[g, n], 1 when guest g ends on node n; then hi, lo."""
+
+    def __init__(self, state: PlanState, candidates: list[int]) -> None:
+        self.state = state
+        self.nodes = state.targets
+        self.candidates = frozenset(candidates)
+        self.index = {pair: col for col, pair in enumerate((g, n) for g in candidates for n in self.nodes)}
+        self.hi, self.lo = len(self.index), len(self.index) + 1
+        self.forbidden: set[int] = set()
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+        self.vals: list[float] = []
+        self.lb: list[float] = []
+        self.ub: list[float] = []
+
+    def var(self, vmid: int, node: str) -> int | None:
+        col = self.index.get((vmid, node))
+        return None if col is None or col in self.forbidden else col
+
+    def forbid(self, vmid: int, node: str) -> None:
+        col = self.index.get((vmid, node))
+        if col is not None:
+            self.forbidden.add(col)
+
+    def row(self, entries: list[tuple[int, float]], low: float, high: float) -> None:
+        r = len(self.lb)
+        for col, val in entries:
+            self.rows.append(r)
+            self.cols.append(col)
+            self.vals.append(val)
+        self.lb.append(low)
+        self.ub.append(high)
+
+    def stays_on(self, vmid: int) -> str | None:
+        return None if vmid in self.candidates else self.state.where[vmid]
+
+    def balance_rows(self, policy: Policy) -> None:
+        """Each guest on one node; each node's usage within [lo, hi] and its memory under its limit;
+        hi - lo within balanciness."""
+        state, hi, lo = self.state, self.hi, self.lo
+        load = {g: guest_load(state.guests[g], policy) for g in self.candidates}
+        mem = {g: float(state.guests[g].mem if state.guests[g].running else 0) for g in self.candidates}
+        ordered = sorted(self.candidates)
+        for g in ordered:
+            self.row([(self.index[(g, n)], 1.0) for n in self.nodes], 1.0, 1.0)
+        for n in self.nodes:
+            node = state.loads[n]
+            here = [g for g in ordered if state.where[g] == n]
+            base_pct = 100.0 * (node.load - sum(load[g] for g in here)) / node.capacity
+            pct = [(self.index[(g, n)], 100.0 * load[g] / node.capacity) for g in ordered]
+            self.row([*pct, (hi, -1.0)], -np.inf, -base_pct)  # usage <= hi
+            self.row([*pct, (lo, -1.0)], -base_pct, np.inf)  # usage >= lo
+            # in GiB: rows in bytes (up to 1e11) beside percentages (1e-2) leave HiGHS badly scaled
+            mem_base = node.figures.used_mem - sum(mem[g] for g in here)
+            self.row([(self.index[(g, n)], mem[g] / 2**30) for g in ordered], -np.inf,
+                     (memory_limit(node.figures, policy) - mem_base) / 2**30)
+        self.row([(hi, 1.0), (lo, -1.0)], -np.inf, policy.balanciness)
+
+    def costs(self) -> np.ndarray:
+        """Each migration costs 1, plus its share of all the data that could move: the shares of any
+        plan add up to less than 1/2, so they only break ties between plans with as many migrations,
+        and they are large enough for HiGHS's gap tolerance (1e-4 of the objective) to tell apart."""
+        guests, where = self.state.guests, self.state.where
+        data = {g: (guests[g].mem if guests[g].running else 0) + guests[g].local_disk for g in self.candidates}
+        weight = 0.5 / (sum(data.values()) + 1.0)
+        cost = np.zeros(len(self.index) + 2)
+        for (g, n), col in self.index.items():
+            if where[g] != n:
+                cost[col] = 1.0 + weight * data[g]
+        return cost
+
+    def solve(self, cost: np.ndarray, options: dict[str, object]) -> tuple[OptimizeResult, dict[int, int]]:
+        """Solve without the forbidden columns (as if they had never been made); also the map from
+        the solver's columns back to the model's."""
+        kept = [col for col in range(len(self.index) + 2) if col not in self.forbidden]
+        new = {col: i for i, col in enumerate(kept)}
+        entries = [(r, new[c], v) for r, c, v in zip(self.rows, self.cols, self.vals, strict=True) if c in new]
+        matrix = coo_matrix(([v for _, _, v in entries], ([r for r, _, _ in entries], [c for _, c, _ in entries])),
+                            shape=(len(self.lb), len(kept))).tocsr()
+        nvar = len(kept)
+        integrality = np.ones(nvar)
+        integrality[nvar - 2:] = 0  # hi and lo
+        bounds = Bounds(np.r_[np.zeros(nvar - 2), -1e3, -1e3], np.r_[np.ones(nvar - 2), 1e3, 1e3])
+        res = milp(cost[kept], constraints=LinearConstraint(matrix, self.lb, self.ub), integrality=integrality,
+                   bounds=bounds, options=options)
+        return res, new
+
+
+def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit: int | None = EXACT_NODE_LIMIT,
+                       time_limit: float = 60.0, fewer_than: int | None = None) -> ExactResult:
+    """The placement with the fewest migrations, searched over at most `node_limit` nodes (None: no
+    limit). `time_limit` is only a safety net: a search it cuts short depends on the machine's load.
+    With `fewer_than`, only placements with fewer migrations count (infeasible when there is none),
+    which lets the solver stop as soon as its bound shows that a plan in hand cannot be beaten."""
     started = time.monotonic()
     c = build_constraints(snapshot, policy)
     state = PlanState(snapshot, policy, c)
     policy = state.policy
-    nodes = state.targets
-    movable = _candidates(state)
-    index: dict[tuple[int, str], int] = {}
-    for g in movable:
-        for n in nodes:
-            if c.may_be_on(g, n):  # a pinned guest on a node outside its pins must leave it
-                index[(g, n)] = len(index)
-    nvar = len(index) + 2  # + hi, lo
-    hi, lo = nvar - 2, nvar - 1
-    rows: list[int] = []
-    cols: list[int] = []
-    vals: list[float] = []
-    lb: list[float] = []
-    ub: list[float] = []
-
-    def row(entries: list[tuple[int, float]], low: float, high: float) -> None:
-        r = len(lb)
-        for col, val in entries:
-            rows.append(r)
-            cols.append(col)
-            vals.append(val)
-        lb.append(low)
-        ub.append(high)
-
-    load = {g: guest_load(state.guests[g], policy) for g in movable}
-    mem = {g: float(state.guests[g].mem if state.guests[g].running else 0) for g in movable}
-    for g in movable:
-        row([(index[(g, n)], 1.0) for n in nodes if (g, n) in index], 1.0, 1.0)
-    movable_set = set(movable)
-    for n in nodes:
-        node = state.loads[n]
-        base = node.load - sum(load[g] for g in movable if state.where[g] == n)
-        mem_base = node.mem_used - sum(mem[g] for g in movable if state.where[g] == n)
-        pct = [(index[(g, n)], 100.0 * load[g] / node.capacity) for g in movable if (g, n) in index]
-        base_pct = 100.0 * base / node.capacity
-        row([*pct, (hi, -1.0)], -np.inf, -base_pct)  # usage <= hi
-        row([*pct, (lo, -1.0)], -base_pct, np.inf)  # usage >= lo
-        row([(index[(g, n)], mem[g]) for g in movable if (g, n) in index], -np.inf, node.mem_limit - mem_base)
-    row([(hi, 1.0), (lo, -1.0)], -np.inf, policy.balanciness)
-    for group in c.apart:
-        for n in nodes:
-            fixed_here = sum(1 for v in group.vmids if v not in movable_set and state.where[v] == n)
-            entries = [(index[(g, n)], 1.0) for g in group.vmids if (g, n) in index]
-            if entries:
-                row(entries, -np.inf, max(1.0 - fixed_here, 0.0))
-    for group in c.together:
-        members = sorted(group.vmids)
-        for a, b in pairwise(members):
-            for n in nodes:
-                ea, eb = index.get((a, n)), index.get((b, n))
-                if ea is None and eb is None:
-                    continue
-                entries = ([(ea, 1.0)] if ea is not None else []) + ([(eb, -1.0)] if eb is not None else [])
-                row(entries, 0.0, 0.0)
-
-    cost = np.zeros(nvar)
-    for (g, n), col in index.items():
-        if state.where[g] != n:
-            cost[col] = 1.0 + 1e-4 * (mem[g] + state.guests[g].local_disk) / 2**40
-    integrality = np.ones(nvar)
-    integrality[hi] = integrality[lo] = 0
-    bounds = Bounds(np.r_[np.zeros(nvar - 2), -1e3, -1e3], np.r_[np.ones(nvar - 2), 1e3, 1e3])
-    matrix = coo_matrix((vals, (rows, cols)), shape=(len(lb), nvar)).tocsr()
-    res = milp(cost, constraints=LinearConstraint(matrix, lb, ub), integrality=integrality, bounds=bounds,
-               options={"time_limit": time_limit, "disp": False})
+    model = _Model(state, _candidates(state))
+    model.balance_rows(policy)
+    for family in c.families:
+        family.exact(c, model)
+    cost = model.costs()
+    if fewer_than is not None:
+        model.row([(col, 1.0) for col in range(len(cost)) if cost[col] > 0], -np.inf, fewer_than - 1.0)
+    res, column = model.solve(cost, {"time_limit": time_limit, "node_limit": node_limit, "disp": False})
     seconds = time.monotonic() - started
+    # scipy: status 1 is "iteration or time limit" (no iteration limit is set); HiGHS reports its node
+    # limit as a "solution limit", which scipy passes on as status 4 with HiGHS's message.
+    stopped_by = ("time limit" if res.status == 1
+                  else "node limit" if res.status == 4 and "limit" in res.message else None)
     dual = getattr(res, "mip_dual_bound", None)
-    # the objective is migrations plus a tie-breaker below 1 in total; take it off before rounding up
-    tie_breaks = sum(cost[col] - 1.0 for col in range(nvar) if cost[col] > 0)
-    bound = int(np.ceil(dual - tie_breaks - 1e-6)) if dual is not None and np.isfinite(dual) else None
+    # the objective is migrations plus tie-breaks below 1/2 in total: take those off before rounding up
+    bound = int(np.ceil(dual - 0.5 - 1e-6)) if dual is not None and np.isfinite(dual) else None
     if res.x is None:
-        return ExactResult("infeasible" if res.status == 2 else str(res.message), None, bound, {}, seconds)
-    placement = {g: n for (g, n), col in index.items() if res.x[col] > 0.5}
+        status = "infeasible" if res.status == 2 else stopped_by or str(res.message)
+        return ExactResult(status, None, bound, {}, seconds, stopped_by)
+    placement = {g: n for (g, n), col in model.index.items() if col in column and res.x[column[col]] > 0.5}
     moved = sum(1 for g, n in placement.items() if state.where[g] != n)
     proven = res.status == 0 or (bound is not None and bound >= moved)
-    return ExactResult("optimal" if proven else "time limit", moved, bound, placement, seconds)
+    return ExactResult("optimal" if proven else stopped_by or "stopped", moved, bound, placement, seconds, stopped_by)
 
 
-def _reason(state: PlanState, c: Constraints, vmid: int) -> tuple[MigrationReason, str]:
-    """Why the exact plan moves this guest, judged on the placement before any move."""
-    node = state.where[vmid]
-    if node in state.draining:
-        return MigrationReason.MAINTENANCE, f"leaves {node} (maintenance)"
-    if not c.may_be_on(vmid, node):
-        allowed = ",".join(sorted(c.allowed[vmid]))
-        return c.allowed_reason[vmid], f"{c.allowed_rule[vmid]}: may run only on {allowed}"
-    for group in c.apart_of.get(vmid, ()):
-        if any(state.where[m] == node for m in group.vmids if m != vmid):
-            return group.reason, f"{group.name}: must not share {node}"
-    for group in c.together:
-        if vmid in group.vmids and len({state.where[m] for m in group.vmids}) > 1:
-            return group.reason, f"{group.name}: joins its group"
-    return MigrationReason.BALANCE, ""
+def _reasons(state: PlanState, c: Constraints) -> dict[int, tuple[MigrationReason, str]]:
+    """Why the exact plan moves a guest, judged on the placement before any move: the first rule it
+    breaks there (in the registry's order), else balance."""
+    reasons: dict[int, tuple[MigrationReason, str]] = {}
+    for family in c.families:
+        for breach in family.check(c, state.where, state.guests):
+            for vmid in breach.vmids:
+                reasons.setdefault(vmid, (breach.reason, breach.detail))
+    return reasons
 
 
 def order_placement(snapshot: ClusterSnapshot, policy: Policy, c: Constraints,
@@ -150,14 +195,13 @@ def order_placement(snapshot: ClusterSnapshot, policy: Policy, c: Constraints,
     """A safe order for reaching a placement: each move taken only when its target has room and the
     rules hold at that step, largest first; None when the moves are stuck in a cycle."""
     state = PlanState(snapshot, policy, c)
-    reasons = {v: _reason(state, c, v) for v, n in placement.items() if state.where[v] != n}
+    breaking = _reasons(state, c)
     pending = {v: n for v, n in placement.items() if state.where[v] != n}
-    group_of = {v: g for g in c.together for v in g.vmids}
+    reasons = {v: breaking.get(v, (MigrationReason.BALANCE, "")) for v in pending}
     while pending:
         for vmid in sorted(pending, key=lambda v: (-state.guests[v].mem, v)):
             target = pending[vmid]
-            group = group_of.get(vmid)
-            unit = frozenset(v for v in group.vmids if pending.get(v) == target) if group else frozenset({vmid})
+            unit = frozenset(v for v in c.unit(vmid) if pending.get(v) == target)
             if state.allows(unit, target) and state.fits(unit, target):
                 before = state.spread()
                 reason, detail = reasons[vmid]

@@ -11,45 +11,69 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from pvebalance.shared.config import ResourceReserve
 from pvebalance.shared.models import ClusterSnapshot, GuestState, NodeState, NodeUsage, UsageSummary
 
+from .fit import GIB, NodeFigures, snapshot_figures
 from .policy import Policy
 
 
+@dataclass(frozen=True)
+class Dimension:
+    """How one dimension is read from a guest and a node; a new dimension is one more row below."""
+
+    used: Callable[[GuestState, bool], float]  # a running guest's use now (smoothed: its moving average)
+    assigned: Callable[[GuestState], float]  # what the guest is given (maxmem, vCPUs, disk sizes)
+    capacity: Callable[[NodeState, ResourceReserve], float]  # the node's size less the host's reserve
+    measured: Callable[[NodeState], float]  # what the node itself reports in use, host overhead included
+
+
+def _avg(value: float, average: float | None, smoothed: bool) -> float:
+    return average if smoothed and average is not None else value
+
+
+DIMENSIONS: dict[str, Dimension] = {
+    "memory": Dimension(
+        used=lambda g, smoothed: float(_avg(g.mem, g.mem_avg, smoothed)),
+        assigned=lambda g: float(g.maxmem),
+        capacity=lambda n, reserve: max(float(n.maxmem) - reserve.memory * GIB, 0.0),
+        measured=lambda n: float(n.mem),
+    ),
+    "cpu": Dimension(  # a guest's cpu is a fraction of its own vCPUs, a node's of all its cores: both to cores
+        used=lambda g, smoothed: _avg(g.cpu, g.cpu_avg, smoothed) * g.maxcpu,
+        assigned=lambda g: float(g.maxcpu),
+        capacity=lambda n, reserve: max(float(n.maxcpu) - reserve.cpu, 0.0),
+        measured=lambda n: n.cpu * n.maxcpu,
+    ),
+    "disk": Dimension(  # local disks take the same room whether the guest runs or not
+        used=lambda g, smoothed: float(g.local_disk),
+        assigned=lambda g: float(g.local_disk),
+        capacity=lambda n, reserve: max(float(n.local_maxdisk) - reserve.disk * GIB, 0.0),
+        measured=lambda n: float(n.local_disk),
+    ),
+}
+
+
 def _guest_raw(guest: GuestState, policy: Policy, dim: str, smoothed: bool) -> float:
-    if dim == "memory":
-        if policy.mode == "used":
-            return float(guest.mem_avg if smoothed and guest.mem_avg is not None else guest.mem)
-        return float(guest.maxmem)
-    if dim == "cpu":
-        if policy.mode == "used":
-            return (guest.cpu_avg if smoothed and guest.cpu_avg is not None else guest.cpu) * guest.maxcpu
-        return float(guest.maxcpu)
-    return float(guest.local_disk)
+    d = DIMENSIONS[dim]
+    return d.used(guest, smoothed) if policy.mode == "used" else d.assigned(guest)
 
 
 def _capacity_raw(node: NodeState, policy: Policy, dim: str) -> float:
-    reserve = policy.reserved(node.name)
-    if dim == "memory":
-        return max(float(node.maxmem) - reserve.memory * 2**30, 0.0)
-    if dim == "cpu":
-        return max(float(node.maxcpu) - reserve.cpu, 0.0)
-    return max(float(node.local_maxdisk) - reserve.disk * 2**30, 0.0)
+    return DIMENSIONS[dim].capacity(node, policy.reserved(node.name))
 
 
 def _measured_raw(node: NodeState, dim: str) -> float:
-    if dim == "memory":
-        return float(node.mem)
-    if dim == "cpu":
-        return node.cpu * node.maxcpu
-    return float(node.local_disk)
+    return DIMENSIONS[dim].measured(node)
 
 
 def _blend(policy: Policy, raw: Callable[[str], float]) -> float:
     """One dimension as is; several as the weighted sum of their shares of the whole cluster."""
     if policy.method != "weighted":
         return raw(policy.method)
-    return sum(w * raw(dim) / policy.scale[dim] for dim, w in policy.weights.items() if w > 0 and policy.scale.get(dim))
+    # sorted: the same weights given in another order must add up to the very same float
+    return sum(w * raw(dim) / policy.scale[dim] for dim, w in sorted(policy.weights.items())
+               if w > 0 and policy.scale.get(dim))
 
 
 def with_cluster_scale(policy: Policy, snapshot: ClusterSnapshot) -> Policy:
@@ -89,10 +113,7 @@ class NodeLoad:
     name: str
     capacity: float
     load: float
-    mem_used: float  # real memory in use: what the safety limit is checked against
-    mem_limit: float
-    vcpus: int = 0  # vCPUs assigned to running guests, for the overcommit limit
-    vcpu_limit: float = float("inf")
+    figures: NodeFigures  # real memory and vCPUs in use: what `fit.fits` checks a move against
 
     @property
     def percent(self) -> float:
@@ -105,6 +126,7 @@ def initial_loads(snapshot: ClusterSnapshot, policy: Policy) -> dict[str, NodeLo
     by_node: dict[str, list[GuestState]] = {n.name: [] for n in snapshot.nodes}
     for g in snapshot.guests:
         by_node.setdefault(g.node, []).append(g)
+    figures = snapshot_figures(snapshot)
     loads = {}
     for node in snapshot.nodes:
         if not node.usable:
@@ -116,17 +138,7 @@ def initial_loads(snapshot: ClusterSnapshot, policy: Policy) -> dict[str, NodeLo
             load = max(node_measured(node, policy) - current, 0.0) + guests_sum
         else:
             load = guests_sum
-        running_mem = sum(g.mem for g in by_node[node.name] if g.running)
-        usable_mem = max(node.maxmem - policy.reserved(node.name).memory * 2**30, 0.0)
-        loads[node.name] = NodeLoad(
-            name=node.name,
-            capacity=node_capacity(node, policy),
-            load=load,
-            mem_used=float(max(node.mem, running_mem)),
-            mem_limit=usable_mem * policy.max_node_usage / 100.0,
-            vcpus=sum(g.maxcpu for g in by_node[node.name] if g.running),
-            vcpu_limit=node.maxcpu * policy.cpu_overcommit if policy.cpu_overcommit else float("inf"),
-        )
+        loads[node.name] = NodeLoad(node.name, node_capacity(node, policy), load, figures[node.name])
     return loads
 
 

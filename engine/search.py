@@ -80,13 +80,13 @@ def _best_move(
     state: PlanState, by_node: dict[str, NodeUnits], narrow: bool
 ) -> tuple[float, frozenset[int], str, str] | None:
     loads, targets = state.loads, state.targets
-    ranked = sorted(targets, key=lambda n: loads[n].percent)
+    ranked = sorted(targets, key=lambda n: (loads[n].percent, n))
     sources = ranked[::-1][:_SOURCES_TRIED] if narrow else ranked[::-1]
     receivers = ranked[:_TARGETS_TRIED] if narrow else ranked
     n = len(targets)
     total = sum(loads[x].percent for x in targets)
     min_gain = max(state.policy.min_gain, 1e-9)
-    best: tuple[float, int, int] | None = None
+    best: tuple[float, int, int, int, str, str] | None = None
     choice: tuple[float, frozenset[int], str, str] | None = None
     for s in sources:
         node_units = by_node.get(s)
@@ -105,7 +105,9 @@ def _best_move(
                 delta = a * load * load + b * load
                 if delta > -min_gain:
                     continue
-                key = (delta, len(unit), sum(state.guests[v].mem + state.guests[v].local_disk for v in unit))
+                # ties: fewer migrations, less data, then stable names (never the order of the loops)
+                data = sum(state.guests[v].mem + state.guests[v].local_disk for v in unit)
+                key = (delta, len(unit), data, min(unit), s, t)
                 if best is None or key < best:
                     best, choice = key, (load, unit, s, t)
     return choice

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pvebalance.shared.models import ClusterSnapshot, GuestState, MigrationReason
 
+from . import fit
 from .load import NodeLoad, guest_load, initial_loads, spread, with_cluster_scale
 from .policy import Policy
 from .rules import Constraints
@@ -37,7 +38,7 @@ class PlanState:
         self.where = {g.vmid: g.node for g in snapshot.guests}
         # An unusable node (impossible figures) is as good as offline: no target, and its guests stay.
         online = {n.name for n in snapshot.nodes if n.online and n.usable and n.name not in policy.ignore_nodes}
-        self.draining = {n.name for n in snapshot.nodes if n.maintenance or n.name in policy.maintenance_nodes}
+        self.draining = constraints.draining
         self.online = online
         self.targets = sorted(n for n in online if n not in self.draining and self.loads[n].capacity > 0)
         self.moves: list[Move] = []
@@ -60,30 +61,20 @@ class PlanState:
         return all(v not in self.c.fixed and v not in self.moved and self.where[v] in self.online for v in vmids)
 
     def fits(self, vmids: Iterable[int], target: str) -> bool:
-        """Room on the target's real memory for the running guests that would arrive."""
-        t = self.loads[target]
-        arriving = [self.guests[v] for v in vmids if self.where[v] != target and self.guests[v].running]
-        if t.mem_used + sum(g.mem for g in arriving) > t.mem_limit:
-            return False
-        return not arriving or t.vcpus + sum(g.maxcpu for g in arriving) <= t.vcpu_limit
+        """Room on the target, at this step, for the guests that would arrive (see `fit.fits`)."""
+        arriving = fit.GuestFigures.of(self.guests[v] for v in vmids if self.where[v] != target)
+        return fit.fits(arriving, self.loads[target].figures, self.policy) is None
 
-    def allows(self, vmids: frozenset[int] | set[int], target: str) -> bool:
-        """Every rule holds with these guests on the target (capacity is checked by `fits`)."""
+    def allows(self, vmids: frozenset[int], target: str) -> bool:
+        """Every rule holds with these guests on the target (room is `fits`'s to say)."""
         if target not in self.targets:
             return False
-        arriving = [v for v in vmids if self.where[v] != target]
         cap = self.policy.max_migrations_per_target
-        if cap is not None and self.inflow[target] + len(arriving) > cap:
+        if cap is not None and self.inflow[target] + sum(1 for v in vmids if self.where[v] != target) > cap:
             return False
-        for v in vmids:
-            if not self.c.may_be_on(v, target):
-                return False
-            for group in self.c.apart_of.get(v, ()):
-                if any(self.where[m] == target for m in group.vmids if m not in vmids):
-                    return False
-        return True
+        return all(family.allows(self, vmids, target) for family in self.c.families)
 
-    def best_target(self, vmids: frozenset[int] | set[int], exclude: str | None = None) -> str | None:
+    def best_target(self, vmids: frozenset[int], exclude: str | None = None) -> str | None:
         """The allowed node with room that ends least loaded (in percent) after taking the guests."""
         load = self.load_of(v for v in vmids)
         best: tuple[float, str] | None = None
@@ -108,11 +99,9 @@ class PlanState:
             load = guest_load(g, self.policy)
             self.loads[source].load -= load
             self.loads[target].load += load
-            if g.running:
-                self.loads[source].mem_used -= g.mem
-                self.loads[target].mem_used += g.mem
-                self.loads[source].vcpus -= g.maxcpu
-                self.loads[target].vcpus += g.maxcpu
+            figures = fit.GuestFigures.of([g])
+            self.loads[source].figures = self.loads[source].figures.leave(figures)
+            self.loads[target].figures = self.loads[target].figures.arrive(figures)
             self.where[v] = target
             self.moved.add(v)
             self.inflow[target] += 1

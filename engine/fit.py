@@ -1,0 +1,128 @@
+"""Does a guest fit on a node: the one answer, for the engine's plans, their check, and the migrator.
+
+The engine asks it at every step of a plan, `verify` asks it again when it replays the plan, and the
+migrator's pre-flight asks it with the live figures right before a migration. They must agree, or a
+plan the engine calls safe is refused at run time (or worse, a refused one runs), so there is one
+function, and it counts everything: the host reserve, `max_node_usage` and `cpu_overcommit`.
+
+Figures are what PVE's /cluster/resources reports (bytes, cores, vCPUs); `node_figures` and
+`guest_figures` read them from its entries, `snapshot_figures` from a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pvebalance.shared.models import ClusterSnapshot, GuestState
+
+from .policy import Policy
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class GuestFigures:
+    """What a guest (or several moving together) brings to a node.
+
+    A stopped guest brings nothing: it takes no memory until it starts, and the vCPU limit counts
+    running guests only."""
+
+    mem: int  # bytes in use: a /cluster/resources guest entry's `mem`
+    maxcpu: int  # vCPUs: its `maxcpu`
+    running: bool  # its `status` == "running"
+
+    @classmethod
+    def of(cls, guests: Iterable[GuestState]) -> GuestFigures:
+        """Several guests arriving at once (an affinity group), as one."""
+        running = [g for g in guests if g.running]
+        return cls(sum(g.mem for g in running), sum(g.maxcpu for g in running), bool(running))
+
+
+@dataclass(frozen=True)
+class NodeFigures:
+    """A node as it stands before the guest arrives."""
+
+    name: str  # a /cluster/resources node entry's `node`
+    maxmem: int  # bytes: its `maxmem`
+    mem: int  # bytes in use, host and guests: its `mem`
+    maxcpu: int  # cores: its `maxcpu`
+    guests_mem: int = 0  # `mem` summed over the running guests on it (type qemu/lxc, `node` == name)
+    guests_vcpus: int = 0  # `maxcpu` summed over the same guests
+
+    @property
+    def used_mem(self) -> int:
+        # The node's own figure can lag behind its guests' (ballooning, a guest that just started):
+        # the larger of the two is the safe one.
+        return max(self.mem, self.guests_mem)
+
+    def arrive(self, guest: GuestFigures) -> NodeFigures:
+        if not guest.running:
+            return self
+        return replace(self, mem=self.mem + guest.mem, guests_mem=self.guests_mem + guest.mem,
+                       guests_vcpus=self.guests_vcpus + guest.maxcpu)
+
+    def leave(self, guest: GuestFigures) -> NodeFigures:
+        if not guest.running:
+            return self
+        return replace(self, mem=self.mem - guest.mem, guests_mem=self.guests_mem - guest.mem,
+                       guests_vcpus=self.guests_vcpus - guest.maxcpu)
+
+
+def usable_memory(node: NodeFigures, policy: Policy) -> float:
+    """Bytes the node offers guests: its memory less the operator's reserve for the host."""
+    return max(node.maxmem - policy.reserved(node.name).memory * GIB, 0.0)
+
+
+def memory_limit(node: NodeFigures, policy: Policy) -> float:
+    """Bytes in use the node may reach at any step: `max_node_usage` percent of its usable memory."""
+    return usable_memory(node, policy) * policy.max_node_usage / 100.0
+
+
+def fits(guest: GuestFigures, node: NodeFigures, policy: Policy) -> str | None:
+    """None when the guest may arrive on the node now, else why not (one line, for logs and plans).
+
+    A node already above its memory limit takes nothing, not even a stopped guest (which would have
+    to start somewhere)."""
+    limit = memory_limit(node, policy)
+    used = node.used_mem + (guest.mem if guest.running else 0)
+    if used > limit:
+        usable = usable_memory(node, policy)
+        reserve = policy.reserved(node.name).memory
+        of = f" of the {usable / GIB:.1f} GiB left after the host's {reserve:g} GiB" if reserve else ""
+        share = f"{100 * used / usable:.1f}%" if usable else f"{used / GIB:.1f} GiB"
+        return f"{node.name} would use {share}{of}, above max_node_usage {policy.max_node_usage:g}%"
+    if guest.running and policy.cpu_overcommit is not None:
+        vcpus = node.guests_vcpus + guest.maxcpu
+        if vcpus > node.maxcpu * policy.cpu_overcommit:
+            return (f"{node.name} would run {vcpus} vCPUs on {node.maxcpu} cores, above cpu_overcommit "
+                    f"{policy.cpu_overcommit:g}")
+    return None
+
+
+def snapshot_figures(snapshot: ClusterSnapshot) -> dict[str, NodeFigures]:
+    """Every node's figures in a snapshot, its running guests counted."""
+    mem: dict[str, int] = {}
+    vcpus: dict[str, int] = {}
+    for g in snapshot.guests:
+        if g.running:
+            mem[g.node] = mem.get(g.node, 0) + g.mem
+            vcpus[g.node] = vcpus.get(g.node, 0) + g.maxcpu
+    return {n.name: NodeFigures(n.name, max(n.maxmem, 0), max(n.mem, 0), n.maxcpu, mem.get(n.name, 0),
+                                vcpus.get(n.name, 0))
+            for n in snapshot.nodes}
+
+
+def guest_figures(entry: Mapping[str, Any]) -> GuestFigures:
+    """A /cluster/resources guest entry's figures; KeyError, TypeError or ValueError if it has none."""
+    return GuestFigures(int(entry.get("mem", 0)), int(entry["maxcpu"]), entry.get("status") == "running")
+
+
+def node_figures(entry: Mapping[str, Any], guests: Iterable[Mapping[str, Any]]) -> NodeFigures:
+    """A /cluster/resources node entry's figures, with the running guests among `guests` (entries of
+    type qemu or lxc, as /cluster/resources?type=vm lists them) whose `node` is this one."""
+    name = str(entry["node"])
+    running = [guest_figures(g) for g in guests if g.get("node") == name and g.get("status") == "running"]
+    return NodeFigures(name, int(entry["maxmem"]), int(entry["mem"]), int(entry["maxcpu"]),
+                       sum(g.mem for g in running), sum(g.maxcpu for g in running))

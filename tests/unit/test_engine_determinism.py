@@ -1,0 +1,83 @@
+"""The same snapshot and policy give the same plan, on any machine and however loaded it is.
+
+Plans are compared as `pvebalance plan --json` prints them (render.plan_to_json), less the plan's
+id: moves, their order, batches, details and notes must match to the byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+
+from pvebalance.engine import Policy, plan_balance
+from pvebalance.render import plan_to_json
+from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
+from pvebalance.shared.config import BalancingSettings, ProxmoxClusterSettings
+from pvebalance.shared.models import ClusterSnapshot
+from tests.helpers import REPO, SCENARIOS
+
+
+def scenario(name: str) -> tuple[ClusterSnapshot, Policy]:
+    """As `pvebalance plan --scenario NAME` reads it: the pools recorded with the cluster, default settings."""
+    doc = load_dump(REPO / "scenarios" / f"{name}.json")
+    policy = Policy.from_settings(BalancingSettings(pools=operator_pools(doc)), ProxmoxClusterSettings())
+    return snapshot_from_api(doc["api"], cluster=doc["name"]), policy
+
+
+def plan_document(snapshot: ClusterSnapshot, policy: Policy) -> str:
+    document = plan_to_json(plan_balance(snapshot, policy))
+    del document["plan_id"]  # a fresh id per plan, by design
+    return json.dumps(document, indent=2)
+
+
+@contextmanager
+def cpu_bound_work() -> Iterator[None]:
+    """Four busy processes per core, and a thread competing for this interpreter's GIL: enough that
+    the exact solver, bounded by time as it once was, found another plan for `groups`."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4 * (os.cpu_count() or 2))]
+    stop = threading.Event()
+
+    def spin() -> None:
+        count = 0
+        while not stop.is_set():
+            count += 1
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_a_plan_made_under_load_is_byte_identical_to_one_made_quietly(name: str) -> None:
+    snapshot, policy = scenario(name)
+    quiet = plan_document(snapshot, policy)
+    with cpu_bound_work():
+        loaded = plan_document(snapshot, policy)
+    assert loaded == quiet
+
+
+def test_the_exact_solver_hitting_its_time_safety_net_is_said_in_the_notes() -> None:
+    snapshot, policy = scenario("groups")  # the scenario where the exact solver beats the greedy plan
+    plan = plan_balance(snapshot, replace(policy, exact_seconds=1e-6))
+    assert any("safety limit" in note for note in plan.notes)
+
+
+def test_the_exact_solver_within_its_work_limit_says_nothing_of_time() -> None:
+    snapshot, policy = scenario("groups")
+    plan = plan_balance(snapshot, policy)
+    assert not any("safety limit" in note for note in plan.notes)
