@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pvebalance.engine import Policy, fits, guest_figures, node_figures
 from pvebalance.shared.config import Settings
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import GuestType, MigrationJob
@@ -27,6 +28,15 @@ class Failed(Exception):
     """The migration did not happen or did not land; the job ends as failed with this reason."""
 
 
+def _find(guests: list[dict[str, Any]], vmid: int) -> dict[str, Any] | None:
+    for entry in guests:
+        if str(entry.get("vmid")) == str(vmid):
+            if not isinstance(entry.get("node"), str):
+                raise ProxmoxError(f"/cluster/resources: guest {vmid} has no node", kind=MALFORMED)
+            return dict(entry)
+    return None
+
+
 def _entries(answer: Any, what: str) -> list[dict[str, Any]]:
     if not isinstance(answer, list) or not all(isinstance(e, dict) for e in answer):
         raise ProxmoxError(f"{what}: the answer is not a list of objects", kind=MALFORMED)
@@ -38,19 +48,19 @@ class Preflight:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.client = client
         self.settings = settings
+        self.policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
         self.api = api  # MigrationRunner._api: waits out outages, within a patience
         self.sleep = sleep
 
     def guest_entry(self, vmid: int) -> dict[str, Any] | None:
-        for entry in _entries(self.client.get("/cluster/resources", type="vm"), "/cluster/resources"):
-            if str(entry.get("vmid")) == str(vmid):
-                if not isinstance(entry.get("node"), str):
-                    raise ProxmoxError(f"/cluster/resources: guest {vmid} has no node", kind=MALFORMED)
-                return dict(entry)
-        return None
+        return _find(self._guests(), vmid)
+
+    def _guests(self) -> list[dict[str, Any]]:
+        return _entries(self.client.get("/cluster/resources", type="vm"), "/cluster/resources")
 
     def _checked(self, job: MigrationJob) -> dict[str, Any]:
-        entry = self.guest_entry(job.vmid)
+        guests = self._guests()
+        entry = _find(guests, job.vmid)
         if entry is None:
             raise Skip(f"guest {job.vmid} no longer exists")
         if entry["node"] == job.target:
@@ -64,14 +74,14 @@ class Preflight:
             raise Skip(f"target node {job.target} is not in the cluster any more")
         if target.get("status") != "online" or target.get("hastate") == "maintenance":
             raise Skip(f"target node {job.target} is offline or in maintenance")
+        # The engine's own answer to 'does it fit', on the live figures: reserves, max_node_usage, vCPUs.
         try:
-            limit = float(target["maxmem"]) * self.settings.balancing.max_node_usage / 100
-            used = float(target["mem"]) + float(entry.get("mem", 0))
+            why_not = fits(guest_figures(entry), node_figures(target, guests), self.policy)
         except (KeyError, TypeError, ValueError):
-            raise ProxmoxError(f"/cluster/resources: node {job.target} has no usable memory figures",
+            raise ProxmoxError(f"/cluster/resources: node {job.target} or guest {job.vmid} has no usable figures",
                                kind=MALFORMED) from None
-        if entry.get("status") == "running" and used > limit:
-            raise Skip(f"target node {job.target} no longer has room for {job.name}")
+        if why_not is not None:
+            raise Skip(f"target node {job.target} no longer has room for {job.name}: {why_not}")
         return entry
 
     def check(self, job: MigrationJob, patience: float) -> dict[str, Any]:

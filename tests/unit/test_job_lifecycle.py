@@ -245,3 +245,18 @@ def test_after_a_plan_whose_moves_failed_the_planner_waits_before_planning_again
     assert planner.wait_after_failures(now=failed_at + 10) == pytest.approx(50.0)
     assert planner.handle(snapshot.model_copy(update={"snapshot_id": "snap-2"})) is None
     assert planner.wait_after_failures(now=failed_at + 61) == 0.0
+
+
+def test_pre_flight_refuses_a_target_with_the_engines_own_fit_rule(start_simulator: SimFactory, fake_redis: Redis,
+                                                                   tmp_path: Path) -> None:
+    """The migrator's room check is the engine's fits(): reservations count too (they did not before)."""
+    sim = start_simulator()
+    maxmem_gib = sim.cluster.nodes["pve2"].entry["maxmem"] / 2**30
+    r = runner_for(sim, fake_redis, tmp_path,
+                   balancing={"node_resource_reserve": {"pve2": {"memory": maxmem_gib - 1}}})
+    job = make_job(r.store)
+    assert r.run(job) is JobState.SKIPPED
+    message = r.store.load(job.job_id)["message"]
+    assert message.startswith("target node pve2 no longer has room for vm118: pve2 would use")
+    assert "max_node_usage 95%" in message
+    assert sim.cluster.stats.migrate_posts[118] == 0
