@@ -3,6 +3,7 @@
 #   ./dev.sh demo [ARGS]   set up .venv, then run `pvebalance demo` on the bundled simulated cluster
 #   ./dev.sh test [ARGS]   set up .venv (with test tools), then lint (ruff, mypy) and run every test
 #   ./dev.sh bench [ARGS]  set up .venv, then run the benchmarks
+#   ./dev.sh soak --seeds N  the fault-injection suite, N seeds in a row
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -44,5 +45,5 @@ case "$cmd" in
   lint)  setup; "$VENV/bin/ruff" check . && typecheck ;;
   soak)  setup; exec "$VENV/bin/python" -m tests.faultsuite "$@" ;;  # the fault suite: soak --seeds N
   setup) setup ;;
-  *) echo "usage: $0 demo|test|bench|lint|setup [ARGS]" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|test|bench|soak|lint|setup [ARGS]" >&2; exit 2 ;;
 esac
