@@ -86,6 +86,11 @@ class Reconciler:
         # rq's own detection of runs whose worker died: their failure callback (settle) runs here.
         self.started.cleanup()
         acted = end_overdue(self.store, self.settings)
+        # A job marked 'resuming' that ended without a run (given up, cancelled) must not keep
+        # runners waiting for slots giving their workers away.
+        ended = self.redis.sdiff(keys.RESUMING, keys.ACTIVE_JOBS)
+        if ended:
+            self.redis.srem(keys.RESUMING, *ended)
         for job_id in sorted(self.store.active_jobs()):
             try:
                 if self._reconcile(job_id):

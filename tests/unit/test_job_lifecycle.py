@@ -260,3 +260,12 @@ def test_pre_flight_refuses_a_target_with_the_engines_own_fit_rule(start_simulat
     assert message.startswith("target node pve2 no longer has room for vm118: pve2 would use")
     assert "max_node_usage 95%" in message
     assert sim.cluster.stats.migrate_posts[118] == 0
+
+
+def test_a_job_marked_resuming_that_ended_stops_making_waiting_runners_give_way(fake_redis: Redis) -> None:
+    store = JobStore(fake_redis)
+    job = make_job(store)
+    fake_redis.sadd(keys.RESUMING, job.job_id)
+    store.transition(job, JobState.FAILED, "given up")
+    Reconciler(fake_redis, Settings()).run_once()
+    assert fake_redis.scard(keys.RESUMING) == 0
