@@ -32,6 +32,8 @@ UPID_RE = re.compile(
 
 
 NO_ANSWER, MALFORMED, AUTH, TLS, REFUSED = "no-answer", "malformed", "auth", "tls", "refused"
+# Statuses of a proxy or gateway between us and the node that runs the request: it may have run.
+GATEWAY_STATUSES = (502, 503, 504, 595, 596)
 
 
 class ProxmoxError(Exception):
@@ -50,6 +52,11 @@ class ProxmoxError(Exception):
         return self.kind == AUTH
 
     @property
+    def ambiguous(self) -> bool:
+        """The request may have been carried out although it failed: no answer, a garbled one, a gateway."""
+        return self.kind in (NO_ANSWER, MALFORMED) or self.status in GATEWAY_STATUSES
+
+    @property
     def transient(self) -> bool:
         """Worth retrying: no answer, a garbled answer, a gateway or offline-node status, or a 500 that is
         not a refusal."""
@@ -57,7 +64,7 @@ class ProxmoxError(Exception):
             return True
         if self.kind in (AUTH, TLS):
             return False
-        if self.status in (502, 503, 504, 595, 596):
+        if self.status in GATEWAY_STATUSES:
             return True
         if self.status != 500:
             return False

@@ -54,10 +54,14 @@ class Outage:
             self.since = None
 
 
+def _client(url: str, socket_timeout: float) -> Redis:
+    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout, socket_keepalive=True,
+                          health_check_interval=30)
+
+
 def connect(url: str, check: bool = True, socket_timeout: float = SOCKET_TIMEOUT) -> Redis:
     try:
-        client = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout,
-                                socket_keepalive=True, health_check_interval=30)
+        client = _client(url, socket_timeout)
         if check:
             client.ping()
     except (RedisError, ValueError) as exc:
@@ -69,8 +73,7 @@ def connect_waiting(url: str, log: Any, stop: threading.Event | None = None,
                     socket_timeout: float = SOCKET_TIMEOUT) -> Redis:
     """For services: wait (with backoff) until Redis answers, logging once, instead of exiting."""
     try:
-        client = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout,
-                                socket_keepalive=True, health_check_interval=30)
+        client = _client(url, socket_timeout)
     except ValueError as exc:
         raise RedisUnavailable(f"Redis URL {redact(url)} is not valid: {exc}") from None
     retry_redis(client.ping, Outage(log, f"Redis at {redact(url)}", "start-up"), stop=stop)

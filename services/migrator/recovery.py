@@ -8,7 +8,7 @@ migration went. They meet in two places:
   active is marked to be taken over.
 - `Reconciler.run_once`, every few seconds in one worker at a time, compares each active job with
   rq: a job rq has ended is queued again (its runner resumes it: a job in flight follows its task,
-  never POSTs twice) or, after MAX_ATTEMPTS, ended failed with rq's reason; a job rq calls queued but
+  never POSTs twice) or, after MAX_TAKEOVERS, ended failed with rq's reason; a job rq calls queued but
   that no queue holds (a dequeue that popped it and lost it, rq issues #758 and #2079) is queued
   again, once; a job that never started within its deadline is ended, so the planner never stalls.
 """
@@ -40,7 +40,6 @@ log = get_logger("pvebalance.migrator.recovery")
 
 MAX_TAKEOVERS = 5  # times one job is queued again after its run ended early, before it is ended as failed
 LOST_AFTER = 15.0  # seconds a 'queued' job may be in no queue list (a dequeue in progress takes ms)
-RQ_ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
 def settle(redis: Redis, job_id: str, reason: str) -> None:

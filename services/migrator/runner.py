@@ -23,10 +23,11 @@ import structlog
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
+from pvebalance.shared.jobqueue import expected_seconds
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState, MigrationJob
-from pvebalance.shared.proxmox import MALFORMED, NO_ANSWER, ProxmoxClient, ProxmoxError, upid_node
+from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError, upid_node
 from pvebalance.shared.redisconn import Outage, retry_redis
 
 from .lease import Lease
@@ -189,7 +190,7 @@ class MigrationRunner:
                 # Before any second POST, look for the task of the first. No answer, a timeout, a garbled
                 # answer or a gateway error may hide a POST that reached Proxmox, perhaps to be carried out
                 # late: look for a while. A 500 with PVE's message is PVE's own refusal: one look is enough.
-                ambiguous = exc.kind in (NO_ANSWER, MALFORMED) or exc.status in (502, 503, 504, 595, 596)
+                ambiguous = exc.ambiguous
                 log.warning("migrate request failed; looking for a task it may have started", error=exc.message,
                             attempt=attempt, may_have_reached_proxmox=ambiguous)
                 window = 2 * self.settings.proxmox_api.timeout + 5 if ambiguous else 0.0
@@ -255,8 +256,7 @@ class MigrationRunner:
     # --- after: follow the task, then check where the guest is ------------------------------------
 
     def _expected(self, job: MigrationJob) -> float:
-        m = self.settings.migrator
-        return m.task_timeout_base + m.task_timeout_per_gib * (job.mem_bytes + job.local_disk_bytes) / 2**30
+        return expected_seconds(self.settings, job)
 
     def _wait_task(self, job: MigrationJob, upid: str) -> dict[str, Any]:
         """Poll the task until it stops, through any outage; warn once if it runs longer than expected."""

@@ -1,9 +1,10 @@
 """Migration slots held in Redis: at most N cluster-wide, M per source node and K per target node.
 
-Each scope is a sorted set of holders scored by their expiry. One Lua script takes a slot in every
-scope of a migration at once or in none, so two workers can never both squeeze past a limit; a
-holder that dies without releasing its slots loses them when they expire, and a live holder renews
-them while its migration runs.
+Each scope is a sorted set of holders (job ids) scored by their expiry. One Lua script takes a slot
+in every scope of a migration at once or in none, so two workers can never both squeeze past a
+limit. Before its POST a job renews its slots, and loses them when they expire if its worker dies;
+from the POST on they are pinned and freed only when the job ends (shared/jobstore.py), so a
+migration Proxmox is running always counts.
 """
 
 from __future__ import annotations

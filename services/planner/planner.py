@@ -21,7 +21,7 @@ from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan
-from pvebalance.shared.redisconn import Outage, connect_waiting, retry_redis
+from pvebalance.shared.redisconn import Outage, connect_waiting
 
 log = get_logger("pvebalance.planner")
 
@@ -166,10 +166,6 @@ class Planner:
     def run(self, stop: threading.Event) -> None:
         outage = Outage(log, "Redis", "the planner")
         group = Outage(log, "the snapshot stream's consumer group", "planning", problem="cannot be created")
-        try:
-            retry_redis(lambda: None, outage, stop=stop)
-        except RedisError:
-            return  # stopped while Redis was away
         ready = False
         while not stop.is_set():
             try:
