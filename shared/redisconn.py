@@ -70,13 +70,17 @@ def connect(url: str, check: bool = True, socket_timeout: float = SOCKET_TIMEOUT
 
 
 def connect_waiting(url: str, log: Any, stop: threading.Event | None = None,
-                    socket_timeout: float = SOCKET_TIMEOUT) -> Redis:
-    """For services: wait (with backoff) until Redis answers, logging once, instead of exiting."""
+                    socket_timeout: float = SOCKET_TIMEOUT) -> Redis | None:
+    """For services: wait (with backoff) until Redis answers, logging once, instead of exiting.
+    None: the service was stopped (SIGTERM) before Redis answered; it has nothing to clean up."""
     try:
         client = _client(url, socket_timeout)
     except ValueError as exc:
         raise RedisUnavailable(f"Redis URL {redact(url)} is not valid: {exc}") from None
-    retry_redis(client.ping, Outage(log, f"Redis at {redact(url)}", "start-up"), stop=stop)
+    try:
+        retry_redis(client.ping, Outage(log, f"Redis at {redact(url)}", "start-up"), stop=stop)
+    except REDIS_AWAY:
+        return None  # retry_redis gives up only when stopped
     return client
 
 

@@ -210,5 +210,7 @@ def run_collector(settings: Settings, stop: threading.Event) -> None:
     """The collector service: waits for Redis instead of exiting, then publishes until stopped."""
     c = settings.collector
     redis = connect_waiting(settings.redis.url, log, stop)
+    if redis is None:
+        return
     Collector(ProxmoxClient(settings.proxmox_api), redis, rrd_interval=c.rrd_interval,
               smoothing=c.smoothing).run(c.interval, stop)

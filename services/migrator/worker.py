@@ -58,6 +58,8 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
                stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     redis = connect_waiting(settings.redis.url, log, stop, socket_timeout=WORKER_SOCKET_TIMEOUT)
+    if redis is None:
+        return
     set_context(settings)
     reconciler = Reconciler(redis, settings)
     threading.Thread(target=reconciler.run, args=(stop,), name="job-reconciler", daemon=True).start()

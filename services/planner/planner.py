@@ -201,4 +201,6 @@ class Planner:
 def run_planner(settings: Settings, stop: threading.Event) -> None:
     """The planner service: waits for Redis instead of exiting, then plans until stopped."""
     redis = connect_waiting(settings.redis.url, log, stop)
+    if redis is None:
+        return
     Planner(redis, settings).run(stop)

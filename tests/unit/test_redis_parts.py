@@ -193,3 +193,15 @@ def test_planner_whose_consumer_group_is_refused_logs_once_and_plans_once_it_can
     refused = [e for e in lines if "consumer group cannot be created" in e["event"]]
     assert len(refused) == 1 and "WRONGTYPE" in refused[0]["error"]
     assert not any("Traceback" in str(e) for e in lines)
+
+
+def test_a_service_stopped_while_waiting_for_redis_at_start_up_returns_quietly() -> None:
+    """It re-raised the last connection error (a traceback on SIGTERM) instead of ending."""
+    import threading
+
+    from pvebalance.shared.logging import get_logger
+    from pvebalance.shared.redisconn import connect_waiting
+
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    assert connect_waiting("redis://127.0.0.1:1/0", get_logger("test"), stop) is None
