@@ -21,6 +21,7 @@ from pvebalance.shared.models import (
 )
 
 from .load import guest_load, initial_loads, spread, summarize, with_cluster_scale
+from .outcome import outcome_of
 from .policy import Policy
 from .repair import repair
 from .rules import Constraints, build_constraints, fixed_reason
@@ -68,6 +69,8 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
         notes=notes,
     )
     plan.violations = find_violations(snapshot, plan, policy, constraints)
+    plan.outcome, plan.outcome_reason = outcome_of(
+        plan, below_threshold=policy.threshold is not None and hottest < policy.threshold)
     if policy.method == "weighted":
         for dim in (d for d, w in sorted(policy.weights.items()) if w > 0):
             one = replace(policy, method=dim, scale={})  # type: ignore[arg-type]

@@ -166,6 +166,9 @@ class Unmet(BaseModel):
     reason: str
 
 
+PlanOutcome = Literal["balanced", "planned", "partial", "infeasible"]
+
+
 class Plan(Message):
     kind: Literal["plan"] = "plan"
     plan_id: str = Field(default_factory=lambda: new_id("plan"))
@@ -180,6 +183,9 @@ class Plan(Message):
     violations: list[str] = Field(default_factory=list)
     unmet: list[Unmet] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    outcome: PlanOutcome = Field("planned", description="balanced (nothing to do), planned, partial "
+                                 "(some rules unmet: see unmet), infeasible (no safe move helps: see outcome_reason)")
+    outcome_reason: str = ""
 
 
 class JobState(StrEnum):

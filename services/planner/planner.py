@@ -21,11 +21,10 @@ from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan
+from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.redisconn import Outage, connect_waiting
 
 log = get_logger("pvebalance.planner")
-
-PLAN_TTL = 7 * 24 * 3600
 
 
 class Planner:
@@ -34,6 +33,7 @@ class Planner:
         self.settings = settings
         self.consumer = consumer
         self.jobs = JobStore(redis)
+        self.plans = PlanStore(redis)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
 
     def ensure_group(self, start: str = "$") -> None:
@@ -122,13 +122,8 @@ class Planner:
                 skipped.append(job_id)
         return skipped
 
-    def save(self, plan: Plan) -> None:
-        raw = plan.model_dump_json()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.plan(plan.plan_id), raw, ex=PLAN_TTL)
-        pipe.set(keys.PLAN_LATEST, raw, ex=PLAN_TTL)
-        pipe.zadd(keys.PLAN_INDEX, {plan.plan_id: plan.created_at.timestamp()})
-        pipe.execute()
+    def save(self, plan: Plan, state: PlanState = PlanState.RUNNING, request_id: str | None = None) -> None:
+        self.plans.save(plan, PlanStatus(plan_id=plan.plan_id, state=state, request_id=request_id))
 
     def enqueue(self, plan: Plan) -> list[str]:
         """One job per move; a move into a node waits for the earlier moves out of that node.
