@@ -324,3 +324,6 @@ def main() -> None:
     except (ConfigError, DumpError, ProxmoxError, RedisUnavailable, UserError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
+
+
+from pvebalance import cli_api  # noqa: E402, F401  (registers `pvebalance api` on `app`)

@@ -152,6 +152,51 @@ class LoggingSettings(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+# --- HTTP API and notifications (services/api) ---------------------------------------------------
+
+class ApiToken(Section):
+    name: str = Field(min_length=1, description="who asked: goes into each operator request's 'who'")
+    token: SecretStr = Field(description="the bearer token; compared in constant time, never logged")
+    read_only: bool = Field(False, description="may read, may not change anything (403 on writes)")
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("an API token must be at least 16 characters")
+        return value
+
+
+class ApiSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tokens: list[ApiToken] = Field(default_factory=list)
+    read_requires_token: bool = Field(True, description="false: reads (GET, /metrics) need no token")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ApiSettings:
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("api.tokens: each token needs a name of its own")
+        return self
+
+
+WebhookEvent = Literal["plan_made", "migration_failed", "drain_done", "request_refused"]
+
+
+class Webhook(Section):
+    url: str = Field(pattern=r"^https?://", description="POSTed a JSON body per event")
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list[WebhookEvent](["plan_made", "migration_failed", "drain_done",
+                                                    "request_refused"]))
+    timeout: float = Field(5.0, gt=0, description="seconds per attempt")
+    attempts: int = Field(5, ge=1, le=20, description="tries with exponential backoff before giving up")
+
+
+class NotificationSettings(Section):
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", populate_by_name=True
@@ -165,6 +210,8 @@ class Settings(BaseSettings):
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
     migrator: MigratorSettings = Field(default_factory=MigratorSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -236,6 +283,8 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
             # our own validators word the whole problem, value included
             msg, value = msg.removeprefix("Value error, "), ""
         if "secret" in key or "pass" in key:
+            value = ""
+        if key.startswith("api.tokens"):  # an API token pasted with a typo is still a token
             value = ""
         problems.append(f"{_clip(key, 100)}: {_clip(msg, 200)}{value}")
     return f"invalid configuration ({where}, or {ENV_PREFIX}* variables): " + "; ".join(problems)

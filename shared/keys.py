@@ -87,3 +87,9 @@ def request(request_id: str) -> str:
 def heartbeat(service: str, instance: str) -> str:
     """Set by a running service every few seconds, expiring HEARTBEAT_TTL after its last beat."""
     return f"{PREFIX}:alive:{service}:{instance}"
+
+# The API's notifier (services/api/webhooks.py): one instance at a time sends, and where it got to
+# survives its restarts, so an event is notified once.
+NOTIFIER_LOCK = f"{PREFIX}:notifier:lock"
+NOTIFIER_CURSOR = f"{PREFIX}:notifier:cursor"  # hash: events -> last stream id, plans -> last plan time
+NOTIFIER_REQUESTS = f"{PREFIX}:notifier:requests"  # set of request ids whose end was notified

@@ -1,0 +1,1 @@
+"""The HTTP API, metrics, web page and webhooks (`pvebalance api`)."""

@@ -1,0 +1,58 @@
+"""/healthz (the process answers) and /readyz (Redis answers, a fresh snapshot, a planner alive)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
+
+from pvebalance.shared.heartbeat import alive
+
+from .routes_read import ctx
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    redis: bool
+    snapshot_age_s: float | None = Field(None, description="None: no snapshot")
+    max_snapshot_age_s: float
+    planners: list[str] = Field(description="planner instances that beat within the heartbeat TTL")
+    problems: list[str]
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
+def readyz(request: Request) -> JSONResponse:
+    context = ctx(request)
+    limit = context.settings.planner.max_snapshot_age
+    problems: list[str] = []
+    redis_ok, age, planners = True, None, []
+    try:
+        context.redis.ping()
+        snapshot = context.read.snapshot()
+        age = round(snapshot.age_seconds(), 3) if snapshot else None
+        planners = alive(context.redis, "planner")
+    except RedisError as exc:
+        redis_ok = False
+        problems.append(f"Redis does not answer: {type(exc).__name__}")
+    if redis_ok:
+        if age is None:
+            problems.append("no cluster snapshot (is the collector running?)")
+        elif age > limit:
+            problems.append(f"the latest snapshot is {age:.0f} s old (planner.max_snapshot_age: {limit:.0f} s)")
+        if not planners:
+            problems.append("no planner alive")
+    body = Readiness(ready=not problems, redis=redis_ok, snapshot_age_s=age, max_snapshot_age_s=limit,
+                     planners=planners, problems=problems)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)

@@ -1,0 +1,291 @@
+"""Prometheus metrics at /metrics, read from Redis at each scrape.
+
+Worker-side metrics go through Redis, and not through prometheus-client's multiprocess mode: the
+migrator already writes every job state change, with the run's duration, to the job's hash and the
+`pvebalance:events` stream in the same compare-and-set that settles the job (shared/jobstore.py).
+The API folds that stream into the migration counters and the duration histogram. So a count can
+never disagree with the jobs in Redis (a work-horse killed between a state change and a metrics
+write cannot lose an observation: there is no second write), nothing is lost when rq forks a
+work-horse per job and it exits, and workers on other hosts or in other containers need no shared
+directory (multiprocess mode needs one on one host, and its files of dead processes cleaned up).
+Gauges (usage, slots, queue length, requests) are read from their own keys at each scrape.
+
+Labels follow prometheus-pve-exporter's: `node`, and `id="qemu/100"` for a guest, so that PromQL can
+join with `pve_guest_info`. Usage is a ratio (0..1) of what a node offers guests, as the engine
+counts it (its size less `balancing.node_resource_reserve`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+
+from pvebalance.shared import keys
+from pvebalance.shared.heartbeat import alive
+from pvebalance.shared.logging import get_logger
+from pvebalance.shared.models import JobState, JobStatusEvent, Plan
+from pvebalance.shared.plans import PlanState
+
+from .context import ApiContext
+from .usage import RESOURCES, spread_now, usage_percent
+from .views import LIVE_PLAN_STATES, guest_id
+
+log = get_logger("pvebalance.api.metrics")
+
+DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
+SERVICES = ("collector", "planner", "api")
+
+
+class JobEventFold:
+    """The job event stream folded into each job's latest state, the jobs ended by final state and the
+    run durations; read incrementally (from the start of the retained stream on the first scrape)."""
+
+    def __init__(self) -> None:
+        self.cursor = "0-0"
+        self.latest: OrderedDict[str, JobState] = OrderedDict()
+        self.finished: Counter[str] = Counter()
+        self.buckets: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def add(self, entry_id: str, event: JobStatusEvent) -> None:
+        self.cursor = entry_id
+        self.latest[event.job_id] = event.state
+        self.latest.move_to_end(event.job_id)
+        if event.state.terminal:
+            self.finished[event.state.value] += 1
+            if event.duration_s is not None:
+                counts = self.buckets.setdefault(event.state.value, [0] * len(DURATION_BUCKETS))
+                for i, bound in enumerate(DURATION_BUCKETS):
+                    if event.duration_s <= bound:
+                        counts[i] += 1
+                self.sums[event.state.value] = self.sums.get(event.state.value, 0.0) + event.duration_s
+        while len(self.latest) > keys.EVENT_STREAM_MAXLEN:  # jobs long gone from the stream
+            self.latest.popitem(last=False)
+
+    def update(self, context: ApiContext) -> None:
+        with self.lock:
+            while True:
+                batch = context.read.jobs.events(self.cursor, count=1000)
+                for entry_id, event in batch:
+                    self.add(entry_id, event)
+                if len(batch) < 1000:
+                    return
+
+
+class PlanFold:
+    """Plans made since this process started, by outcome (a counter: Prometheus handles its reset)."""
+
+    def __init__(self) -> None:
+        self.since = time.time()
+        self.counted: dict[str, float] = {}
+        self.outcomes: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def update(self, context: ApiContext) -> None:
+        with self.lock:
+            for raw_id, score in context.redis.zrangebyscore(keys.PLAN_INDEX, self.since, "+inf", withscores=True):
+                plan_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                if plan_id in self.counted:
+                    continue
+                plan = context.read.plans.plan(plan_id)
+                self.counted[plan_id] = float(score)
+                if plan is not None:
+                    self.outcomes[plan.outcome] += 1
+            newest = max(self.counted.values(), default=self.since)
+            self.since = max(self.since, newest - 60)  # plans stamped a little out of order still count once
+            self.counted = {p: s for p, s in self.counted.items() if s >= self.since}
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+class PvebalanceCollector(Collector):
+    def __init__(self, context: ApiContext) -> None:
+        self.context = context
+        self.jobs = JobEventFold()
+        self.plans = PlanFold()
+        self._redis_away = False
+
+    def describe(self) -> list[Metric]:
+        return []  # read at scrape time; registering must not touch Redis
+
+    def collect(self) -> Iterator[Metric]:
+        up = _gauge("pvebalance_redis_up", "1 when the API reads Redis")
+        try:
+            metrics = list(self._collect())
+        except RedisError as exc:
+            if not self._redis_away:
+                log.warning("Redis is away; /metrics answers pvebalance_redis_up 0", error=str(exc))
+            self._redis_away = True
+            up.add_metric([], 0)
+            yield up
+            return
+        self._redis_away = False
+        up.add_metric([], 1)
+        yield up
+        yield from metrics
+
+    def _collect(self) -> Iterator[Metric]:
+        context, settings = self.context, self.context.settings
+        yield from self._cluster()
+        yield from self._plan()
+        yield from self._migrations()
+
+        slots = _gauge("pvebalance_migration_slots_in_use", "migration slots held, by scope", ["scope", "node"])
+        now = time.time()
+        slots.add_metric(["cluster", ""], context.redis.zcount(keys.SLOTS_CLUSTER, now, "+inf"))
+        snapshot = context.read.snapshot()
+        for name in sorted(n.name for n in snapshot.nodes) if snapshot else []:
+            slots.add_metric(["source", name], context.redis.zcount(keys.slots_source(name), now, "+inf"))
+            slots.add_metric(["target", name], context.redis.zcount(keys.slots_target(name), now, "+inf"))
+        yield slots
+        limits = _gauge("pvebalance_migration_slots_limit", "migration slots allowed, by scope (per node for "
+                        "source and target)", ["scope"])
+        m = settings.migrator
+        for scope, limit in (("cluster", m.max_parallel_cluster), ("source", m.max_parallel_per_source),
+                             ("target", m.max_parallel_per_target)):
+            limits.add_metric([scope], limit)
+        yield limits
+
+        queue = Queue(keys.MIGRATION_QUEUE, connection=context.redis)
+        length = _gauge("pvebalance_queue_length", "migration jobs waiting in rq's queue for a worker")
+        length.add_metric([], queue.count)
+        yield length
+        workers = _gauge("pvebalance_workers", "migrator workers registered with rq")
+        workers.add_metric([], Worker.count(queue=queue))
+        yield workers
+
+        requests = _gauge("pvebalance_operator_requests", "operator requests kept (30 days), by action and state",
+                          ["action", "state"])
+        counts = Counter((s.request.action.value, s.state.value) for s in context.requests.recent(1000))
+        for (action, state), n in sorted(counts.items()):
+            requests.add_metric([action, state], n)
+        yield requests
+
+        services = _gauge("pvebalance_service_alive", "instances of a service that beat within the heartbeat TTL",
+                          ["service"])
+        for service in SERVICES:
+            services.add_metric([service], len(alive(context.redis, service)))
+        yield services
+        paused = _gauge("pvebalance_paused", "1 while an operator's pause is in force")
+        paused.add_metric([], 1 if context.redis.exists(keys.PAUSED) else 0)
+        yield paused
+
+    def _cluster(self) -> Iterator[Metric]:
+        context, settings = self.context, self.context.settings
+        config = _gauge("pvebalance_config", "settings alerts compare with", ["setting"])
+        config.add_metric(["balanciness_pp"], settings.balancing.balanciness)
+        config.add_metric(["max_snapshot_age_seconds"], settings.planner.max_snapshot_age)
+        yield config
+        snapshot = context.read.snapshot()
+        if snapshot is None:
+            return
+        age = _gauge("pvebalance_snapshot_age_seconds", "age of the latest cluster snapshot")
+        age.add_metric([], snapshot.age_seconds())
+        yield age
+        plan = context.read.plans.latest()
+        status = context.read.plans.status(plan.plan_id) if plan else None
+        pending = context.read.pending_moves(plan, status)
+        for name, doc, moves in (
+            ("pvebalance_node_usage_ratio", "share of what the node offers guests in use now", None),
+            ("pvebalance_node_usage_after_plan_ratio", "the same once the current plan's remaining moves are done",
+             pending),
+        ):
+            family = _gauge(name, doc, ["node", "resource"])
+            for node, by_resource in sorted(usage_percent(snapshot, settings, moves).items()):
+                for resource in RESOURCES:
+                    value = by_resource.get(resource)
+                    if value is not None:
+                        family.add_metric([node, resource], value / 100.0)
+            yield family
+        spread = _gauge("pvebalance_spread_pp", "spread of the balanced dimension between nodes, percentage points")
+        spread.add_metric([], spread_now(snapshot, settings))
+        yield spread
+        guests = _gauge("pvebalance_node_guests", "guests on the node", ["node"])
+        drained = _gauge("pvebalance_node_drained", "1 while a drain holds the node empty", ["node"])
+        held = context.read.drained()
+        per_node = Counter(g.node for g in snapshot.guests)
+        for each in snapshot.nodes:
+            guests.add_metric([each.name], per_node.get(each.name, 0))
+            drained.add_metric([each.name], 1 if each.name in held else 0)
+        yield guests
+        yield drained
+
+    def _plan(self) -> Iterator[Metric]:
+        context = self.context
+        self.plans.update(context)
+        made = CounterMetricFamily("pvebalance_plans", "plans made since this API process started, by outcome",
+                                   labels=["outcome"])
+        for outcome in ("balanced", "planned", "partial", "infeasible"):
+            made.add_metric([outcome], self.plans.outcomes.get(outcome, 0))
+        yield made
+        plan: Plan | None = context.read.plans.latest()
+        if plan is None:
+            return
+        status = context.read.plans.status(plan.plan_id)
+        state = _gauge("pvebalance_latest_plan_state", "1 for the latest plan's state", ["state", "outcome"])
+        for s in PlanState:
+            state.add_metric([s.value, plan.outcome], 1 if status is not None and status.state == s else 0)
+        yield state
+        created = _gauge("pvebalance_latest_plan_timestamp_seconds", "when the latest plan was made")
+        created.add_metric([], plan.created_at.timestamp())
+        yield created
+        moves = _gauge("pvebalance_plan_move", "1 per guest the current plan moves (a live plan only)",
+                       ["id", "node", "target", "reason"])
+        if status is not None and status.state in LIVE_PLAN_STATES:
+            for m in plan.migrations:
+                moves.add_metric([guest_id(m.type, m.vmid), m.source, m.target, m.reason.value], 1)
+        yield moves
+
+    def _migrations(self) -> Iterator[Metric]:
+        context = self.context
+        self.jobs.update(context)
+        with self.jobs.lock:
+            by_state = Counter(s.value for s in self.jobs.latest.values())
+            finished = dict(self.jobs.finished)
+            buckets = {k: list(v) for k, v in self.jobs.buckets.items()}
+            sums = dict(self.jobs.sums)
+        current = _gauge("pvebalance_migrations", "migration jobs by their current state (jobs in the retained "
+                         "event stream)", ["state"])
+        for s in JobState:
+            current.add_metric([s.value], by_state.get(s.value, 0))
+        yield current
+        ended = CounterMetricFamily("pvebalance_migrations_finished", "migration jobs ended, by final state",
+                                    labels=["state"])
+        for s in JobState:
+            if s.terminal:
+                ended.add_metric([s.value], finished.get(s.value, 0))
+        yield ended
+        histogram = HistogramMetricFamily("pvebalance_migration_duration_seconds",
+                                          "a migration job's run, slot wait to end, by final state", labels=["state"])
+        for state, counts in sorted(buckets.items()):
+            pairs: list[tuple[str, Any]] = [(_bound(b), c) for b, c in zip(DURATION_BUCKETS, counts, strict=True)]
+            histogram.add_metric([state], pairs, sums.get(state, 0.0))
+        yield histogram
+        active = _gauge("pvebalance_migration_active", "1 per guest with a migration job not yet ended",
+                        ["id", "node", "target", "state"])
+        for job_id in sorted(context.read.jobs.active_jobs()):
+            view = context.read.job_view(job_id)
+            if view is not None and view.state is not None:
+                active.add_metric([view.id, view.source, view.target, view.state.value], 1)
+        yield active
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+def build_registry(context: ApiContext) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PvebalanceCollector(context))
+    return registry

@@ -1,0 +1,55 @@
+"""Node usage per resource, now and after the moves of the current plan still to come.
+
+Both come from the engine's own load model (engine/load.py), one dimension at a time, with the
+operator's mode and reservations: the bar for the balanced dimension is exactly what the plan's
+`before` shows, and "after" moves each guest's load as the engine does when it plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pvebalance.engine import Policy
+from pvebalance.engine.load import guest_load, initial_loads
+from pvebalance.engine.policy import Method
+from pvebalance.engine.rules import build_constraints
+from pvebalance.engine.state import PlanState
+from pvebalance.shared.config import Settings
+from pvebalance.shared.models import ClusterSnapshot, Migration
+
+RESOURCES: tuple[Method, ...] = ("memory", "cpu", "disk")
+
+
+def policy_for(settings: Settings, resource: Method | None = None) -> Policy:
+    policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
+    return replace(policy, method=resource) if resource else policy
+
+
+def usage_percent(snapshot: ClusterSnapshot, settings: Settings,
+                  pending: list[Migration] | None = None) -> dict[str, dict[str, float | None]]:
+    """node -> resource -> percent of what the node offers guests (None: the node has none of it).
+
+    `pending`: moves not yet carried out, applied to the snapshot's placement (the "after" view).
+    """
+    guests = {g.vmid: g for g in snapshot.guests}
+    out: dict[str, dict[str, float | None]] = {n.name: {} for n in snapshot.nodes}
+    for resource in RESOURCES:
+        policy = policy_for(settings, resource)
+        loads = initial_loads(snapshot, policy)
+        for move in pending or []:
+            guest = guests.get(move.vmid)
+            if guest is None or guest.node != move.source or move.target not in loads or move.source not in loads:
+                continue
+            amount = guest_load(guest, policy)
+            loads[move.source].load -= amount
+            loads[move.target].load += amount
+        for name in out:
+            load = loads.get(name)
+            out[name][resource] = round(load.percent, 2) if load is not None and load.capacity > 0 else None
+    return out
+
+
+def spread_now(snapshot: ClusterSnapshot, settings: Settings) -> float:
+    """The engine's spread of the balanced dimension (percentage points), as a plan's `before` says."""
+    policy = policy_for(settings)
+    return round(PlanState(snapshot, policy, build_constraints(snapshot, policy)).spread(), 3)

@@ -1,0 +1,239 @@
+"""What the API answers: response models, and how each is read from Redis.
+
+The API only reads the stores the services write (snapshots, plans and their states, jobs, request
+statuses) and writes operator requests; it never changes a plan or a job itself.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from redis import Redis
+
+from pvebalance.shared import keys
+from pvebalance.shared.config import Settings
+from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.models import (
+    ClusterSnapshot,
+    GuestType,
+    JobState,
+    JobStatusEvent,
+    Migration,
+    MigrationJob,
+    MigrationReason,
+    Plan,
+)
+from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
+
+from .usage import spread_now, usage_percent
+
+# Plans in these states still have moves to come; others leave "after" equal to "now".
+LIVE_PLAN_STATES = (PlanState.RECOMMENDED, PlanState.APPROVED, PlanState.RUNNING)
+FAILED_OR_SKIPPED = (JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED)
+
+
+def guest_id(guest_type: GuestType | str, vmid: int) -> str:
+    """prometheus-pve-exporter's `id` label for a guest: qemu/100, lxc/101."""
+    return f"{GuestType(guest_type).value}/{vmid}"
+
+
+class NodeView(BaseModel):
+    name: str
+    online: bool
+    maintenance: bool
+    drained: bool = Field(description="held empty by a drain request until undrained")
+    problem: str | None = None
+    guests: int
+    usage: dict[str, float | None] = Field(description="resource -> percent in use now (None: none to use)")
+    usage_after_plan: dict[str, float | None] = Field(description="the same once the current plan's moves are done")
+    mem: int
+    maxmem: int
+    cpu: float
+    maxcpu: int
+    local_disk: int
+    local_maxdisk: int
+
+
+class GuestView(BaseModel):
+    id: str = Field(description="qemu/VMID or lxc/VMID, as prometheus-pve-exporter labels guests")
+    vmid: int
+    name: str
+    type: GuestType
+    node: str
+    status: str
+    mem: int
+    maxmem: int
+    maxcpu: int
+    tags: list[str]
+    hastate: str | None = None
+
+
+class ClusterView(BaseModel):
+    snapshot_id: str
+    taken_at: datetime
+    age_s: float
+    cluster: str
+    quorate: bool
+    method: str
+    mode: str
+    balanciness: float
+    spread_pp: float = Field(description="spread of the balanced dimension now, percentage points")
+    plan_id: str | None = Field(None, description="the plan whose moves 'usage_after_plan' counts")
+    paused: dict[str, Any] | None = Field(None, description="the pause in force (who, why, until), if any")
+    nodes: list[NodeView]
+    guests: list[GuestView]
+
+
+class MoveView(Migration):
+    id: str
+    job_id: str
+    job_state: JobState | None = Field(None, description="None: not enqueued (plan not approved, or not yet)")
+    job_message: str = ""
+
+
+class PlanView(BaseModel):
+    plan: Plan
+    status: PlanStatus | None = Field(None, description="its state: recommended, approved, running, done, ...")
+    moves: list[MoveView]
+
+
+class JobView(BaseModel):
+    job_id: str
+    plan_id: str
+    id: str
+    vmid: int
+    name: str
+    type: GuestType
+    source: str
+    target: str
+    reason: MigrationReason
+    state: JobState | None
+    message: str = ""
+    upid: str | None = None
+    duration_s: float | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class JobDetail(JobView):
+    events: list[JobStatusEvent]
+
+
+def _when(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(value), UTC) if value else None
+    except ValueError:
+        return None
+
+
+class ReadSide:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis, self.settings = redis, settings
+        self.jobs = JobStore(redis)
+        self.plans = PlanStore(redis)
+
+    def snapshot(self) -> ClusterSnapshot | None:
+        raw = self.redis.get(keys.SNAPSHOT_LATEST)
+        if raw is None:
+            return None
+        try:
+            return ClusterSnapshot.model_validate_json(raw)
+        except ValidationError:
+            return None  # a newer writer's schema: refused, as every reader does
+
+    def _json(self, key: str) -> dict[str, Any] | None:
+        raw = self.redis.get(key)
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def drained(self) -> set[str]:
+        return {k.decode() if isinstance(k, bytes) else str(k) for k in self.redis.hkeys(keys.DRAINED)}
+
+    def pending_moves(self, plan: Plan | None, status: PlanStatus | None) -> list[Migration]:
+        """Moves of the plan still to come: the plan is live and the move's job has not failed or been skipped."""
+        if plan is None or status is None or status.state not in LIVE_PLAN_STATES:
+            return []
+        moves = [m for m in plan.migrations if status.vmids is None or m.vmid in status.vmids]
+        return [m for m in moves if self.jobs.state(MigrationJob.id_for(plan.plan_id, m.vmid)) not in FAILED_OR_SKIPPED]
+
+    def cluster(self, snapshot: ClusterSnapshot) -> ClusterView:
+        plan = self.plans.latest()
+        status = self.plans.status(plan.plan_id) if plan else None
+        pending = self.pending_moves(plan, status)
+        now = usage_percent(snapshot, self.settings)
+        after = usage_percent(snapshot, self.settings, pending) if pending else now
+        drained = self.drained()
+        counts: dict[str, int] = {}
+        for g in snapshot.guests:
+            counts[g.node] = counts.get(g.node, 0) + 1
+        nodes = [NodeView(name=n.name, online=n.online, maintenance=n.maintenance, drained=n.name in drained,
+                          problem=n.problem, guests=counts.get(n.name, 0), usage=now[n.name],
+                          usage_after_plan=after[n.name], mem=n.mem, maxmem=n.maxmem, cpu=n.cpu, maxcpu=n.maxcpu,
+                          local_disk=n.local_disk, local_maxdisk=n.local_maxdisk) for n in snapshot.nodes]
+        guests = [GuestView(id=guest_id(g.type, g.vmid), vmid=g.vmid, name=g.name, type=g.type, node=g.node,
+                            status=g.status, mem=g.mem, maxmem=g.maxmem, maxcpu=g.maxcpu, tags=g.tags,
+                            hastate=g.hastate) for g in snapshot.guests]
+        b = self.settings.balancing
+        return ClusterView(snapshot_id=snapshot.snapshot_id, taken_at=snapshot.taken_at,
+                           age_s=round(snapshot.age_seconds(), 3), cluster=snapshot.cluster, quorate=snapshot.quorate,
+                           method=b.method, mode=b.mode, balanciness=b.balanciness,
+                           spread_pp=spread_now(snapshot, self.settings), plan_id=plan.plan_id if plan else None,
+                           paused=self._json(keys.PAUSED), nodes=nodes, guests=guests)
+
+    def plan_view(self, plan: Plan) -> PlanView:
+        moves = []
+        for m in plan.migrations:
+            job_id = MigrationJob.id_for(plan.plan_id, m.vmid)
+            record = self.jobs.load(job_id)
+            state = record.get("state")
+            moves.append(MoveView(**m.model_dump(), id=guest_id(m.type, m.vmid), job_id=job_id,
+                                  job_state=JobState(state) if state else None, job_message=record.get("message", "")))
+        return PlanView(plan=plan, status=self.plans.status(plan.plan_id), moves=moves)
+
+    def job_view(self, job_id: str) -> JobView | None:
+        record = self.jobs.load(job_id)
+        try:
+            job = MigrationJob.model_validate_json(record["payload"]) if record.get("payload") else None
+        except ValidationError:
+            job = None
+        if job is None:
+            return None
+        state = record.get("state")
+        updated = max((float(v) for k, v in record.items() if k.startswith("at_") and _is_number(v)), default=None)
+        return JobView(job_id=job.job_id, plan_id=job.plan_id, id=guest_id(job.guest_type, job.vmid), vmid=job.vmid,
+                       name=job.name, type=job.guest_type, source=job.source, target=job.target, reason=job.reason,
+                       state=JobState(state) if state else None, message=record.get("message", ""),
+                       upid=record.get("upid") or None,
+                       duration_s=float(record["duration_s"]) if _is_number(record.get("duration_s")) else None,
+                       created_at=_when(record.get("created_at")),
+                       updated_at=_when(str(updated)) if updated is not None else None)
+
+    def job_ids(self, plan_id: str | None = None) -> list[str]:
+        """Jobs to list, newest first: a plan's own (ids follow from its moves), or the active ones
+        and those in the retained event stream."""
+        if plan_id is not None:
+            plan = self.plans.plan(plan_id)
+            return [MigrationJob.id_for(plan_id, m.vmid) for m in plan.migrations] if plan else []
+        seen: dict[str, None] = {}
+        for _, event in reversed(self.jobs.events(count=keys.EVENT_STREAM_MAXLEN)):
+            seen.setdefault(event.job_id)
+        for job_id in sorted(self.jobs.active_jobs()):
+            seen.setdefault(job_id)
+        return list(seen)
+
+    def events_of(self, job_id: str) -> list[JobStatusEvent]:
+        return [e for _, e in self.jobs.events(count=keys.EVENT_STREAM_MAXLEN) if e.job_id == job_id]
+
+
+def _is_number(value: str | None) -> bool:
+    try:
+        float(value or "")
+    except ValueError:
+        return False
+    return True
