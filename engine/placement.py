@@ -87,7 +87,8 @@ def place(snapshot: ClusterSnapshot, policy: Policy, request: PlacementRequest) 
             breaches = [b for family in book.families for b in family.check(book, where, guests)
                         if vmid in b.vmids and b.required]
             if breaches:
-                why = breaches[0].violation.replace(f"guest {vmid}", "the new guest").replace(str(vmid), "the new guest")
+                text = breaches[0].violation.replace(f"guest {vmid}", "the new guest")
+                why = text.replace(str(vmid), "the new guest")
         if why is not None:
             refused[node.name] = why
             continue
