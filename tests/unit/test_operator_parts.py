@@ -27,7 +27,7 @@ SAT_0300 = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)  # a Saturday
     (dict(days=["sat"], start="02:00", end="04:00"), SAT_0300.replace(hour=1, minute=29), False),
     (dict(days=["sun"], start="02:00", end="04:00"), SAT_0300, False),
     (dict(days=["fri"], start="23:00", end="04:00"), SAT_0300, True),  # runs past midnight
-    (dict(days=["sun"], start="00:10", end="01:00"), SAT_0300.replace(hour=23, minute=50), True),  # ahead, over midnight
+    (dict(days=["sun"], start="00:10", end="01:00"), SAT_0300.replace(hour=23, minute=50), True),  # over midnight
     (dict(days=["sat"], start="03:30", end="05:00", timezone="Europe/Berlin"), SAT_0300, True),  # 04:00 in Berlin
 ])
 def test_maintenance_window_is_open_from_drain_ahead_before_its_start_until_its_end(
