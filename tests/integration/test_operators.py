@@ -237,3 +237,30 @@ def test_best_node_that_fits_nowhere_says_why_for_every_node(cluster: Callable[.
 
 def _on(c: Cluster, node: str) -> int:
     return sum(1 for g in c.sim.cluster.guests.values() if g.node == node)
+
+
+def test_rebalance_yes_runs_the_plan_and_follows_it_to_the_end(cluster: Callable[..., Cluster]) -> None:
+    c = cluster("all-on-one", workers=3)
+
+    out = c.cli("rebalance", "--yes", "--json", timeout=240)
+
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert len(result["plan"]["migrations"]) == 17
+    assert set(result["jobs"].values()) == {"succeeded"}
+    assert {str(m["vmid"]): c.sim.cluster.guests[m["vmid"]].node for m in result["plan"]["migrations"]} == {
+        str(m["vmid"]): m["target"] for m in result["plan"]["migrations"]}
+    job_id = f"migrate-{result['plan']['plan_id']}-{result['plan']['migrations'][0]['vmid']}"
+    shown = c.cli("jobs", job_id, "--json")
+    assert [e["state"] for e in json.loads(shown.stdout)["events"]] == ["queued", "running", "succeeded"]
+    listed = json.loads(c.cli("plans", "--json").stdout)
+    mine = next(p for p in listed if p["plan_id"] == result["plan"]["plan_id"])
+    c.wait_for("the plan done", lambda: PlanStore(c.redis).status(mine["plan_id"]).state.value == "done")  # type: ignore[union-attr]
+
+
+def test_rebalance_refuses_to_ask_on_a_non_interactive_input_without_yes(cluster: Callable[..., Cluster]) -> None:
+    c = cluster("all-on-one")
+    out = c.cli("rebalance")
+    assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (
+        2, "error: not asking on a non-interactive input: add --yes to run the plan")
+    assert c.nothing_enqueued()
