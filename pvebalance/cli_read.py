@@ -75,11 +75,13 @@ def best_node(
         return
     if answer.best is None:
         raise UserError(answer.reason)
-    table = Table(title=f"nodes that may take it, best first ({answer.method} use after it arrives)")
-    for col in ("node", f"{answer.method} % after", "memory % after"):
+    table = Table(title="nodes that may take it, best first")
+    columns = ["node", f"{answer.method} % after"] + (["memory % after"] if answer.method != "memory" else [])
+    for col in columns:
         table.add_column(col, justify="left" if col == "node" else "right")
     for choice in answer.ranked:
-        table.add_row(choice.node, f"{choice.percent_after:.1f}", f"{choice.memory_percent_after:.1f}")
+        table.add_row(choice.node, f"{choice.percent_after:.1f}",
+                      *([f"{choice.memory_percent_after:.1f}"] if answer.method != "memory" else []))
     console = Console()
     console.print(f"best node: [bold]{answer.best}[/bold]")
     console.print(table)
