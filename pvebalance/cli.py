@@ -241,7 +241,11 @@ def demo(
 
 
 @app.command()
-def jobs(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def jobs(
+    job_id: Annotated[str | None, typer.Argument(help="show this job with all its events")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Migration jobs not yet ended, and the latest state of recent ones."""
     from rich.table import Table
 
@@ -250,9 +254,27 @@ def jobs(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json
 
     redis = connect(load_settings(config).redis.url)
     store = JobStore(redis)
-    latest = {}
-    for _, event in read_events(redis, count=10_000):
-        latest[event.job_id] = event
+    events = [e for _, e in read_events(redis, count=10_000)]
+    if job_id is not None:
+        record = store.load(job_id)
+        if not record:
+            raise UserError(f"no job {job_id} (`pvebalance jobs` lists them)")
+        mine = [e for e in events if e.job_id == job_id]
+        if as_json:
+            sys.stdout.write(json.dumps({"job": record, "events": [e.model_dump(mode="json") for e in mine]},
+                                        indent=2) + "\n")
+            return
+        console = Console()
+        for field in sorted(record):
+            console.print(f"{field}: {record[field]}", markup=False, highlight=False)
+        table = Table(title=f"{len(mine)} events")
+        for col in ("at", "state", "upid", "message"):
+            table.add_column(col)
+        for e in mine:
+            table.add_row(f"{e.at:%H:%M:%S.%f}"[:-3], e.state.value, e.upid or "", e.message)
+        console.print(table)
+        return
+    latest = {e.job_id: e for e in events}
     rows = sorted(latest.values(), key=lambda e: e.at)
     if as_json:
         sys.stdout.write(json.dumps([e.model_dump(mode="json") for e in rows], indent=2) + "\n")
@@ -316,6 +338,10 @@ def _stop_on_signals(stop: Any) -> Any:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     return stop
+
+
+# Commands in their own modules register themselves on `app` when imported.
+from . import cli_ops, cli_read  # noqa: E402,F401
 
 
 def main() -> None:

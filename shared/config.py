@@ -72,9 +72,32 @@ class ProxmoxApiSettings(Section):
         return self
 
 
+class MaintenanceWindow(Section):
+    """A weekly window in which a node is drained: from `drain_ahead_minutes` before `start` until `end`."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM; before start: the next day")
+    timezone: str = Field("UTC", description="an IANA name such as Europe/Berlin")
+    drain_ahead_minutes: float = Field(30.0, ge=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 class ProxmoxClusterSettings(Section):
     maintenance_nodes: list[str] = Field(default_factory=list)
     ignore_nodes: list[str] = Field(default_factory=list)
+    maintenance_windows: dict[str, list[MaintenanceWindow]] = Field(
+        default_factory=dict, description="node -> weekly windows in which it is drained")
 
 
 class PoolRule(Section):
@@ -91,6 +114,8 @@ class ResourceReserve(Section):
 
 class BalancingSettings(Section):
     enable: bool = True
+    mode_of_operation: Literal["automatic", "manual", "dry-run"] = Field(
+        "automatic", description="manual: plans wait for `pvebalance approve`; dry-run: plans are never run")
     method: Literal["memory", "cpu", "disk", "weighted"] = "memory"
     weights: dict[Dimension, float] = Field(
         default_factory=lambda: dict[Dimension, float]({"memory": 1.0, "cpu": 1.0}), description="for method: weighted"
