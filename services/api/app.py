@@ -27,7 +27,7 @@ from pvebalance.shared.heartbeat import beat
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.redisconn import Outage
 
-from . import health, routes_read, routes_requests
+from . import health, routes_placement, routes_read, routes_requests
 from .auth import Caller, reader
 from .context import ApiContext
 from .metrics import build_registry
@@ -35,7 +35,7 @@ from .webhooks import Notifier
 
 log = get_logger("pvebalance.api")
 STATIC = Path(__file__).parent / "static"
-ROUTERS: list[APIRouter] = [health.router, routes_read.router, routes_requests.router]
+ROUTERS: list[APIRouter] = [health.router, routes_read.router, routes_requests.router, routes_placement.router]
 
 
 

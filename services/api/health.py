@@ -5,13 +5,35 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from redis.exceptions import RedisError
+from redis import Redis
+from redis.exceptions import RedisError, ResponseError
 
+from pvebalance.shared import keys
 from pvebalance.shared.heartbeat import alive
 
 from .routes_read import ctx
 
 router = APIRouter(tags=["health"])
+
+
+def planners_alive(redis: Redis) -> list[str]:
+    """Planners that beat their heartbeat, or that read the snapshot stream within the heartbeat TTL.
+
+    A planner blocks on the stream for a second at a time, and each read (even one that returns
+    nothing) resets its consumer's `idle` in Redis, so the consumer group shows a live planner
+    whether or not it beats a heartbeat of its own.
+    """
+    found = [f"heartbeat:{name}" for name in alive(redis, "planner")]
+    try:
+        consumers = redis.xinfo_consumers(keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP)
+    except ResponseError:  # no stream or no group yet: no planner has ever started
+        consumers = []
+    for consumer in consumers:
+        name = consumer.get("name") or consumer.get(b"name") or b""
+        idle = consumer.get("idle", consumer.get(b"idle", 10**12))
+        if int(idle) < keys.HEARTBEAT_TTL * 1000:
+            found.append(f"consumer:{name.decode() if isinstance(name, bytes) else name}")
+    return found
 
 
 class Health(BaseModel):
@@ -23,7 +45,7 @@ class Readiness(BaseModel):
     redis: bool
     snapshot_age_s: float | None = Field(None, description="None: no snapshot")
     max_snapshot_age_s: float
-    planners: list[str] = Field(description="planner instances that beat within the heartbeat TTL")
+    planners: list[str] = Field(description="planners seen alive: by heartbeat, or reading the snapshot stream")
     problems: list[str]
 
 
@@ -42,7 +64,7 @@ def readyz(request: Request) -> JSONResponse:
         context.redis.ping()
         snapshot = context.read.snapshot()
         age = round(snapshot.age_seconds(), 3) if snapshot else None
-        planners = alive(context.redis, "planner")
+        planners = planners_alive(context.redis)
     except RedisError as exc:
         redis_ok = False
         problems.append(f"Redis does not answer: {type(exc).__name__}")

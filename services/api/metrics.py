@@ -35,13 +35,14 @@ from pvebalance.shared.models import JobState, JobStatusEvent, Plan
 from pvebalance.shared.plans import PlanState
 
 from .context import ApiContext
+from .health import planners_alive
 from .usage import RESOURCES, spread_now, usage_percent
 from .views import LIVE_PLAN_STATES, guest_id
 
 log = get_logger("pvebalance.api.metrics")
 
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
-SERVICES = ("collector", "planner", "api")
+SERVICES = ("planner", "api")  # the collector shows in the snapshot age
 
 
 class JobEventFold:
@@ -172,10 +173,11 @@ class PvebalanceCollector(Collector):
             requests.add_metric([action, state], n)
         yield requests
 
-        services = _gauge("pvebalance_service_alive", "instances of a service that beat within the heartbeat TTL",
+        services = _gauge("pvebalance_service_alive", "instances of a service seen alive within the heartbeat TTL",
                           ["service"])
         for service in SERVICES:
-            services.add_metric([service], len(alive(context.redis, service)))
+            seen = planners_alive(context.redis) if service == "planner" else alive(context.redis, service)
+            services.add_metric([service], len(seen))
         yield services
         paused = _gauge("pvebalance_paused", "1 while an operator's pause is in force")
         paused.add_metric([], 1 if context.redis.exists(keys.PAUSED) else 0)

@@ -336,3 +336,34 @@ def test_request_actions_cover_every_action_the_planner_knows(setup: tuple[TestC
 def test_context_connects_lazily_so_the_api_starts_while_redis_is_away() -> None:
     context = ApiContext.connect(settings_with_tokens("redis://127.0.0.1:1/0"))
     assert context.requests is not None  # no connection made yet: nothing raised
+
+
+def test_placement_answers_as_best_node_json_does(setup: tuple[TestClient, World]) -> None:
+    import subprocess
+    import sys
+
+    client, _ = setup
+    cli = subprocess.run([sys.executable, "-m", "pvebalance", "best-node", "--scenario", "all-on-one", "--memory", "8G",
+                          "--cores", "2", "--json"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    answer = client.post("/api/v1/placement", headers=VIEWER, json={"memory": 8 * 2**30, "cores": 2})
+    assert answer.status_code == 200
+    assert answer.json() == json.loads(cli.stdout)
+    assert answer.json()["best"] in {"pve2", "pve3", "pve4"}
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"memory": 0}, 422), ({"memory": 2**30, "cores": 0}, 422), ({"memory": 2**30, "colour": "red"}, 422),
+    ({}, 422), ({"memory": 2**30, "type": "docker"}, 422),
+])
+def test_placement_refuses_bad_guests(setup: tuple[TestClient, World], body: dict[str, Any], status: int) -> None:
+    client, _ = setup
+    assert client.post("/api/v1/placement", headers=VIEWER, json=body).status_code == status
+
+
+def test_placement_of_a_guest_no_node_can_take_says_why_per_node(setup: tuple[TestClient, World]) -> None:
+    client, _ = setup
+    answer = client.post("/api/v1/placement", headers=VIEWER, json={"memory": 2**50}).json()
+    assert answer["best"] is None and answer["ranked"] == []
+    assert set(answer["refused"]) == {"pve1", "pve2", "pve3", "pve4"}
+    assert answer["reason"].startswith("no node may take a guest of")

@@ -68,7 +68,6 @@ def test_metrics_export_cluster_plan_jobs_slots_requests_and_services() -> None:
     assert value(samples, "pvebalance_operator_requests", action="drain", state="pending") == 1
     assert value(samples, "pvebalance_operator_requests", action="pause", state="refused") == 1
     assert value(samples, "pvebalance_service_alive", service="planner") == 1
-    assert value(samples, "pvebalance_service_alive", service="collector") == 0
     assert value(samples, "pvebalance_migration_slots_in_use", scope="cluster", node="") == 0
     assert value(samples, "pvebalance_migration_slots_limit", scope="cluster") == 2
     assert value(samples, "pvebalance_queue_length") == 0
