@@ -12,15 +12,21 @@ from fastapi import APIRouter, HTTPException, Request
 from pvebalance.engine.placement import PlacementAnswer, PlacementRequest, place
 
 from .auth import Reader
+from .jsontypes import JsonTyped
 from .routes_read import NEEDS_TOKEN, ctx
 from .usage import policy_for
 
 router = APIRouter(prefix="/api/v1", tags=["read"])
 
 
+class PlacementBody(PlacementRequest, JsonTyped):
+    """The engine's request, read by JSON's types: a JSON "8" is not a number of bytes."""
+
+
 @router.post("/placement", response_model=PlacementAnswer,
-             responses={**NEEDS_TOKEN, 503: {"description": "no snapshot yet"}})
-def placement(request: Request, guest: PlacementRequest, _: Reader) -> PlacementAnswer:
+             responses={**NEEDS_TOKEN, 400: {"description": "a body that cannot be read at all (not UTF-8 JSON)"},
+                        503: {"description": "no snapshot yet"}})
+def placement(request: Request, guest: PlacementBody, _: Reader) -> PlacementAnswer:
     """`best` is null when no node may take the guest; `reason` then says why, and `refused` per node."""
     context = ctx(request)
     snapshot = context.read.snapshot()

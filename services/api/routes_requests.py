@@ -18,16 +18,18 @@ from pvebalance.shared.logging import get_logger
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus
 
 from .auth import Reader, Writer
+from .jsontypes import JsonTyped
 from .routes_read import NEEDS_TOKEN, NOT_FOUND, Responses, ctx
 
 log = get_logger("pvebalance.api")
 router = APIRouter(prefix="/api/v1", tags=["operator requests"])
 
-WRITE_ERRORS: Responses = {401: {"description": "no token, or a token that matches none"},
-                403: {"description": "a read-only token"}}
+WRITE_ERRORS: Responses = {400: {"description": "a body that cannot be read at all (not UTF-8 JSON)"},
+                           401: {"description": "no token, or a token that matches none"},
+                           403: {"description": "a read-only token"}}
 
 
-class Body_(BaseModel):
+class Body_(JsonTyped):
     model_config = ConfigDict(extra="forbid")
 
 

@@ -175,10 +175,17 @@ def test_unknown_node_plan_job_or_request_is_404_with_one_line(setup: tuple[Test
     ("/api/v1/pause", '{"seconds": -5}'),
     ("/api/v1/pause", "[1, 2]"),
     ("/api/v1/rebalance", '{"dry_run": true'),
+    ("/api/v1/rebalance", '{"dry_run": 0}'),
+    ("/api/v1/pause", '{"seconds": "600"}'),
+    ("/api/v1/plans/PLAN/approve", '{"vmids": ["101"]}'),
+    ("/api/v1/plans/PLAN/approve", '{"vmids": [true]}'),
+    ("/api/v1/placement", '{"memory": "8589934592"}'),
+    ("/api/v1/placement", '{"memory": 8589934592, "local": 1}'),
 ])
 def test_malformed_or_wrong_bodies_are_422_and_store_nothing(setup: tuple[TestClient, World], path: str,
                                                              body: str) -> None:
     client, world = setup
+    path = path.replace("PLAN", world.plan.plan_id)
     answer = client.post(path, headers={**OPS, "Content-Type": "application/json"}, content=body)
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"][0]["msg"]
@@ -359,6 +366,12 @@ def test_placement_answers_as_best_node_json_does(setup: tuple[TestClient, World
 def test_placement_refuses_bad_guests(setup: tuple[TestClient, World], body: dict[str, Any], status: int) -> None:
     client, _ = setup
     assert client.post("/api/v1/placement", headers=VIEWER, json=body).status_code == status
+
+
+def test_placement_takes_an_integer_written_as_5_0_as_json_schema_does(setup: tuple[TestClient, World]) -> None:
+    client, _ = setup
+    answer = client.post("/api/v1/placement", headers=VIEWER, json={"memory": 8.0 * 2**30, "cores": 2.0})
+    assert answer.status_code == 200 and answer.json()["best"]
 
 
 def test_placement_of_a_guest_no_node_can_take_says_why_per_node(setup: tuple[TestClient, World]) -> None:
