@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +30,7 @@ from pvebalance.shared.heartbeat import INSTANCE
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState
 from pvebalance.shared.redisconn import Outage
-from pvebalance.shared.requests import RequestAction, RequestState
+from pvebalance.shared.requests import REQUEST_TTL, RequestAction, RequestState
 
 from .context import ApiContext
 
@@ -100,6 +101,7 @@ class Notifier:
         self.client = client or httpx.Client()
         self.senders = [Sender(h, self.client, backoff) for h in context.settings.notifications.webhooks]
         self.outage = Outage(log, "Redis", "the notifier")
+        self.instance = f"{INSTANCE}-{uuid.uuid4().hex[:6]}"  # two notifiers never share the lock
 
     def _notify(self, event: str, data: dict[str, Any]) -> None:
         body = {"event": event, "at": datetime.now(UTC).isoformat(), "data": data}
@@ -108,10 +110,10 @@ class Notifier:
 
     def _hold_lock(self) -> bool:
         redis = self.context.redis
-        if redis.set(keys.NOTIFIER_LOCK, INSTANCE, nx=True, ex=LOCK_TTL):
+        if redis.set(keys.NOTIFIER_LOCK, self.instance, nx=True, ex=LOCK_TTL):
             return True
         holder = redis.get(keys.NOTIFIER_LOCK)
-        if (holder.decode() if isinstance(holder, bytes) else holder) == INSTANCE:
+        if (holder.decode() if isinstance(holder, bytes) else holder) == self.instance:
             redis.expire(keys.NOTIFIER_LOCK, LOCK_TTL)
             return True
         return False
@@ -158,6 +160,7 @@ class Notifier:
         for status in self.context.requests.recent(200):
             if not status.state.final or not redis.sadd(keys.NOTIFIER_REQUESTS, status.request.request_id):
                 continue
+            redis.expire(keys.NOTIFIER_REQUESTS, REQUEST_TTL)
             data = status.model_dump(mode="json")
             if status.state == RequestState.REFUSED:
                 self._notify("request_refused", data)
