@@ -72,7 +72,8 @@ def _submit(request: Request, who: str, action: RequestAction, **fields: object)
 def _known_node(request: Request, node: str) -> None:
     """404 for a node the latest snapshot does not have (with no snapshot yet, the planner decides)."""
     snapshot = ctx(request).read.snapshot()
-    if snapshot is not None and node not in {n.name for n in snapshot.nodes}:
+    # the planner matches node names without regard to case: so does this check
+    if snapshot is not None and node.lower() not in {n.name.lower() for n in snapshot.nodes}:
         names = ", ".join(sorted(n.name for n in snapshot.nodes))
         raise HTTPException(404, f"no node {node} in the cluster (nodes: {names})")
 
