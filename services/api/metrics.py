@@ -198,20 +198,21 @@ class PvebalanceCollector(Collector):
         plan = context.read.plans.latest()
         status = context.read.plans.status(plan.plan_id) if plan else None
         pending = context.read.pending_moves(plan, status)
+        policy = context.read.policy(snapshot)
         for name, doc, moves in (
             ("pvebalance_node_usage_ratio", "share of what the node offers guests in use now", None),
             ("pvebalance_node_usage_after_plan_ratio", "the same once the current plan's remaining moves are done",
              pending),
         ):
             family = _gauge(name, doc, ["node", "resource"])
-            for node, by_resource in sorted(usage_percent(snapshot, settings, moves).items()):
+            for node, by_resource in sorted(usage_percent(snapshot, policy, moves).items()):
                 for resource in RESOURCES:
                     value = by_resource.get(resource)
                     if value is not None:
                         family.add_metric([node, resource], value / 100.0)
             yield family
         spread = _gauge("pvebalance_spread_pp", "spread of the balanced dimension between nodes, percentage points")
-        spread.add_metric([], spread_now(snapshot, settings))
+        spread.add_metric([], spread_now(snapshot, policy))
         yield spread
         guests = _gauge("pvebalance_node_guests", "guests on the node", ["node"])
         drained = _gauge("pvebalance_node_drained", "1 while a drain holds the node empty", ["node"])

@@ -14,7 +14,6 @@ from pvebalance.engine.placement import PlacementAnswer, PlacementRequest, place
 from .auth import Reader
 from .jsontypes import JsonTyped
 from .routes_read import NEEDS_TOKEN, ctx
-from .usage import policy_for
 
 router = APIRouter(prefix="/api/v1", tags=["read"])
 
@@ -32,4 +31,4 @@ def placement(request: Request, guest: PlacementBody, _: Reader) -> PlacementAns
     snapshot = context.read.snapshot()
     if snapshot is None:
         raise HTTPException(503, "no cluster snapshot yet: is the collector running?")
-    return place(snapshot, policy_for(context.settings), guest)
+    return place(snapshot, context.read.policy(snapshot), guest)

@@ -14,18 +14,12 @@ from pvebalance.engine.load import guest_load, initial_loads
 from pvebalance.engine.policy import Method
 from pvebalance.engine.rules import build_constraints
 from pvebalance.engine.state import PlanState
-from pvebalance.shared.config import Settings
 from pvebalance.shared.models import ClusterSnapshot, Migration
 
 RESOURCES: tuple[Method, ...] = ("memory", "cpu", "disk")
 
 
-def policy_for(settings: Settings, resource: Method | None = None) -> Policy:
-    policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
-    return replace(policy, method=resource) if resource else policy
-
-
-def usage_percent(snapshot: ClusterSnapshot, settings: Settings,
+def usage_percent(snapshot: ClusterSnapshot, policy: Policy,
                   pending: list[Migration] | None = None) -> dict[str, dict[str, float | None]]:
     """node -> resource -> percent of what the node offers guests (None: the node has none of it).
 
@@ -34,13 +28,13 @@ def usage_percent(snapshot: ClusterSnapshot, settings: Settings,
     guests = {g.vmid: g for g in snapshot.guests}
     out: dict[str, dict[str, float | None]] = {n.name: {} for n in snapshot.nodes}
     for resource in RESOURCES:
-        policy = policy_for(settings, resource)
-        loads = initial_loads(snapshot, policy)
+        one = replace(policy, method=resource)
+        loads = initial_loads(snapshot, one)
         for move in pending or []:
             guest = guests.get(move.vmid)
             if guest is None or guest.node != move.source or move.target not in loads or move.source not in loads:
                 continue
-            amount = guest_load(guest, policy)
+            amount = guest_load(guest, one)
             loads[move.source].load -= amount
             loads[move.target].load += amount
         for name in out:
@@ -49,7 +43,6 @@ def usage_percent(snapshot: ClusterSnapshot, settings: Settings,
     return out
 
 
-def spread_now(snapshot: ClusterSnapshot, settings: Settings) -> float:
+def spread_now(snapshot: ClusterSnapshot, policy: Policy) -> float:
     """The engine's spread of the balanced dimension (percentage points), as a plan's `before` says."""
-    policy = policy_for(settings)
     return round(PlanState(snapshot, policy, build_constraints(snapshot, policy)).spread(), 3)

@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 from redis import Redis
 
+from pvebalance.engine import Policy
+from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobstore import JobStore
@@ -47,6 +49,7 @@ class NodeView(BaseModel):
     drained: bool = Field(description="held empty by a drain request until undrained")
     problem: str | None = None
     guests: int
+    running: int = Field(description="guests running on the node (a drain moves these; stopped ones stay)")
     usage: dict[str, float | None] = Field(description="resource -> percent in use now (None: none to use)")
     usage_after_plan: dict[str, float | None] = Field(description="the same once the current plan's moves are done")
     mem: int
@@ -134,6 +137,11 @@ class ReadSide:
         self.redis, self.settings = redis, settings
         self.jobs = JobStore(redis)
         self.plans = PlanStore(redis)
+        self.planner = Planner(redis, settings)
+
+    def policy(self, snapshot: ClusterSnapshot) -> Policy:
+        """The policy the planner plans with now: the settings', with drained nodes and maintenance windows."""
+        return self.planner.policy(snapshot)
 
     def snapshot(self) -> ClusterSnapshot | None:
         raw = self.redis.get(keys.SNAPSHOT_LATEST)
@@ -166,14 +174,18 @@ class ReadSide:
         plan = self.plans.latest()
         status = self.plans.status(plan.plan_id) if plan else None
         pending = self.pending_moves(plan, status)
-        now = usage_percent(snapshot, self.settings)
-        after = usage_percent(snapshot, self.settings, pending) if pending else now
+        policy = self.policy(snapshot)
+        now = usage_percent(snapshot, policy)
+        after = usage_percent(snapshot, policy, pending) if pending else now
         drained = self.drained()
         counts: dict[str, int] = {}
+        running: dict[str, int] = {}
         for g in snapshot.guests:
             counts[g.node] = counts.get(g.node, 0) + 1
+            running[g.node] = running.get(g.node, 0) + (1 if g.running else 0)
         nodes = [NodeView(name=n.name, online=n.online, maintenance=n.maintenance, drained=n.name in drained,
-                          problem=n.problem, guests=counts.get(n.name, 0), usage=now[n.name],
+                          problem=n.problem, guests=counts.get(n.name, 0), running=running.get(n.name, 0),
+                          usage=now[n.name],
                           usage_after_plan=after[n.name], mem=n.mem, maxmem=n.maxmem, cpu=n.cpu, maxcpu=n.maxcpu,
                           local_disk=n.local_disk, local_maxdisk=n.local_maxdisk) for n in snapshot.nodes]
         guests = [GuestView(id=guest_id(g.type, g.vmid), vmid=g.vmid, name=g.name, type=g.type, node=g.node,
@@ -183,7 +195,7 @@ class ReadSide:
         return ClusterView(snapshot_id=snapshot.snapshot_id, taken_at=snapshot.taken_at,
                            age_s=round(snapshot.age_seconds(), 3), cluster=snapshot.cluster, quorate=snapshot.quorate,
                            method=b.method, mode=b.mode, balanciness=b.balanciness,
-                           spread_pp=spread_now(snapshot, self.settings), plan_id=plan.plan_id if plan else None,
+                           spread_pp=spread_now(snapshot, policy), plan_id=plan.plan_id if plan else None,
                            paused=self._json(keys.PAUSED), nodes=nodes, guests=guests)
 
     def plan_view(self, plan: Plan) -> PlanView:

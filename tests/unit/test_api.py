@@ -380,3 +380,18 @@ def test_placement_of_a_guest_no_node_can_take_says_why_per_node(setup: tuple[Te
     assert answer["best"] is None and answer["ranked"] == []
     assert set(answer["refused"]) == {"pve1", "pve2", "pve3", "pve4"}
     assert answer["reason"].startswith("no node may take a guest of")
+
+
+def test_cluster_spread_leaves_out_drained_nodes_as_the_planner_does(setup: tuple[TestClient, World]) -> None:
+    from pvebalance.engine import Policy
+    from pvebalance.engine.rules import build_constraints
+    from pvebalance.engine.state import PlanState as EngineState
+
+    client, world = setup
+    world.redis.hset(keys.DRAINED, "pve1", json.dumps({"request_id": "req-x", "who": "ops"}))
+    policy = Policy(maintenance_nodes=frozenset({"pve1"}))
+    expected = EngineState(world.snapshot, policy, build_constraints(world.snapshot, policy)).spread()
+    view = client.get("/api/v1/cluster", headers=OPS).json()
+    assert view["spread_pp"] == pytest.approx(expected, abs=0.01) and expected != pytest.approx(
+        world.plan.before.spread_pp, abs=0.01)
+    assert next(n for n in view["nodes"] if n["name"] == "pve1")["drained"] is True

@@ -68,7 +68,8 @@ function pct(v) { return v === null || v === undefined ? "–" : `${v.toFixed(1)
 
 function nodeCard(n) {
   const card = el("div", { class: "node", "data-node": n.name });
-  const title = el("h3", {}, n.name, el("span", { class: "muted guests" }, `${n.guests} guests`));
+  const title = el("h3", {}, n.name,
+    el("span", { class: "muted guests" }, `${n.running} running` + (n.guests > n.running ? `, ${n.guests - n.running} stopped` : "")));
   if (!n.online) title.append(el("span", { class: "tag" }, "offline"));
   if (n.maintenance) title.append(el("span", { class: "tag" }, "maintenance"));
   if (n.drained) title.append(el("span", { class: "tag drained" }, "drained"));

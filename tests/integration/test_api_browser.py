@@ -1,0 +1,89 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright; no browser download)
+against `pvebalance api` serving a simulated cluster with the services running: the page shows the
+nodes, its drain button drains a node, and the page shows the jobs finishing and the node empty.
+A screenshot is kept in build/artefacts/api-page.png."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+from redis import Redis
+
+from pvebalance.shared import keys
+from pvebalance.shared.jobstore import JobStore
+from tests.api_helpers import OPS_TOKEN
+from tests.api_live import LiveCluster, start_live, wait_for
+from tests.helpers import REPO, SimFactory
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTEFACTS = REPO / "build" / "artefacts"
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        yield context.new_page()
+        browser.close()
+
+
+@pytest.fixture
+def live(start_simulator: SimFactory, real_redis: Redis, redis_url: str, tmp_path: Path) -> Iterator[LiveCluster]:
+    cluster = start_live(start_simulator("homelab", time_scale=0.01), real_redis, redis_url, tmp_path, workers=2)
+    yield cluster
+    cluster.close()
+
+
+def test_page_shows_the_nodes_drains_one_and_shows_its_jobs_finish_and_the_node_empty(
+        page: Page, live: LiveCluster) -> None:
+    requests_seen: list[str] = []
+    page.on("request", lambda r: requests_seen.append(r.url))
+    page.goto(live.url + "/")
+
+    # Reads need a token: the page asks for it once.
+    expect(page.locator("#token-form")).to_be_visible()
+    page.fill("#token-input", OPS_TOKEN)
+    page.click("#token-form button")
+    expect(page.locator("#token-form")).to_be_hidden()
+
+    for node in ("pve1", "pve2", "pve3"):
+        expect(page.locator(f'.node[data-node="{node}"]')).to_be_visible()
+    expect(page.locator('.node[data-node="pve2"] .guests')).to_have_text("5 running, 1 stopped")
+    expect(page.locator('.node[data-node="pve1"] .bar[data-resource="memory"]')).to_be_visible()
+    running = live.guests_on("pve2", running_only=True)
+
+    page.click('.node[data-node="pve2"] button.drain')
+
+    expect(page.locator("#message")).to_contain_text("drain pve2: accepted", timeout=30_000)
+    store = JobStore(live.redis)
+    wait_for("the drain's jobs", lambda: bool(store.active_jobs()) or not live.guests_on("pve2", True), 30)
+    expect(page.locator("#stream-state")).to_have_text("live")
+    rows = page.locator("#jobs tbody tr")
+    expect(rows).to_have_count(len(running), timeout=60_000)
+    for vmid in running:
+        expect(page.locator(f'#jobs tbody tr[data-vmid="{vmid}"] td.state-succeeded')).to_be_visible(timeout=90_000)
+    expect(page.locator("#message")).to_contain_text("drain pve2: done \u2013 pve2 is empty", timeout=60_000)
+    expect(page.locator('.node[data-node="pve2"] .guests')).to_have_text("0 running, 1 stopped", timeout=30_000)
+    expect(page.locator('.node[data-node="pve2"] .tag.drained')).to_be_visible()
+    expect(page.locator('.node[data-node="pve2"] button.undrain')).to_be_visible()
+
+    assert live.guests_on("pve2", running_only=True) == []
+    assert live.redis.hget(keys.DRAINED, "pve2") is not None
+    assert all(r.startswith(live.url) for r in requests_seen), "the page loads nothing from outside the API"
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTEFACTS / "api-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    shutil.copy(shot, live.log_dir / "api-page.png")
