@@ -23,7 +23,7 @@ from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, utcnow
-from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
+from pvebalance.shared.plans import PLAN_TTL, PlanState, PlanStatus, PlanStore
 from pvebalance.shared.redisconn import Outage, connect_waiting
 from pvebalance.shared.requests import RequestAction, RequestState
 
@@ -102,6 +102,11 @@ class Planner:
         mode = self.settings.balancing.mode_of_operation
         if mode != "automatic" or not self.settings.balancing.enable:
             return self.recommend(plan)
+        latest = self.plans.latest()
+        if not plan.migrations and latest is not None and not latest.migrations and latest.outcome == plan.outcome:
+            # Nothing to do, again: one plan says so; one per snapshot would fill Redis (2880 a day).
+            return None
+        self.plans.forget_older_than(time.time() - PLAN_TTL)
         self.save(plan)
         log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id, outcome=plan.outcome,
                  spread_before=plan.before.spread_pp, spread_after=plan.after.spread_pp,
