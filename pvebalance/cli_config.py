@@ -18,7 +18,7 @@ from rich.console import Console
 
 from pvebalance.shared.config import ConfigError, Settings, load_settings
 
-from .proxlb_import import ImportError_, ProxlbImport, read_proxlb, to_yaml, validate
+from .proxlb_import import ProxlbConfigError, ProxlbImport, read_proxlb, to_yaml, validate
 
 config_app = typer.Typer(no_args_is_help=True, help="Check a pvebalance config file.")
 err = Console(stderr=True, soft_wrap=True)  # soft_wrap: one message stays one line, at any width
@@ -53,6 +53,8 @@ def check(
     try:
         settings = load_settings(config)
     except ConfigError as exc:
+        if exc.problems == [str(exc)]:  # not one key's problem: the file is missing, or not YAML
+            fail(str(exc))
         for problem in exc.problems:
             say(f"error: {config}: {problem}")
         raise typer.Exit(2) from None
@@ -88,7 +90,7 @@ def import_proxlb_config(
     """Convert a ProxLB config: every key with a counterpart, and on stderr the keys without one."""
     try:
         result = read_proxlb(source)
-    except ImportError_ as exc:
+    except ProxlbConfigError as exc:
         fail(str(exc))
     report(result, source)
     problems = validate(result)

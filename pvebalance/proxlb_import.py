@@ -18,19 +18,28 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError, create_model
 
 from pvebalance.shared.config import Settings, describe_problems
 
 Convert = Callable[[Any, dict[str, Any]], Any]  # (the value, its section in the ProxLB file)
 
 
-class ImportError_(Exception):  # noqa: N801 - `ImportError` is a builtin with another meaning
+class ProxlbConfigError(Exception):
     """The ProxLB file cannot be read or converted; worded for the operator."""
 
 
 class NoCounterpart(Exception):
     """Raised by a converter: this value of the key has no pvebalance equivalent (the message: why)."""
+
+
+@dataclass(frozen=True)
+class PartlyMapped:
+    """Returned by a converter: `value` is mapped, the entries `left_out` are not, for `why`."""
+
+    value: Any
+    left_out: str
+    why: str
 
 
 def _same(value: Any, section: dict[str, Any]) -> Any:
@@ -116,12 +125,15 @@ def _parallel_1x(value: Any, section: dict[str, Any]) -> int:
     return 1
 
 
-def _exact_names(value: Any, section: dict[str, Any]) -> list[str]:
+def _exact_names(value: Any, section: dict[str, Any]) -> Any:
     names = _csv(value, section)
     patterns = [n for n in names if "*" in n]
-    if patterns and len(patterns) == len(names):
-        raise NoCounterpart(f"wildcards ({', '.join(patterns)}) are not supported: list the names or vmids")
-    return [n for n in names if "*" not in n]
+    if not patterns:
+        return names
+    why = "balancing.ignore_guests takes names or vmids, no wildcards: list the guests"
+    if len(patterns) == len(names):
+        raise NoCounterpart(why)
+    return PartlyMapped([n for n in names if "*" not in n], ", ".join(patterns), why)
 
 
 # --- the tables --------------------------------------------------------------------------------
@@ -214,21 +226,21 @@ _INI_SECTION = re.compile(r"^\s*\[[A-Za-z_][A-Za-z0-9_]*\]\s*$")
 
 
 def read_proxlb(path: Path) -> ProxlbImport:
-    """Read a ProxLB config file (either format) and map it; raises ImportError_ when unreadable."""
+    """Read a ProxLB config file (either format) and map it; raises ProxlbConfigError when unreadable."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ImportError_(f"cannot read {path}: {why}") from None
+        raise ProxlbConfigError(f"cannot read {path}: {why}") from None
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", ";"))), "")
     if _INI_SECTION.match(first):
         return map_keys(_read_ini(path, text), INI_KEYS, "ProxLB 1.0 INI")
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ImportError_(f"{path} is neither ProxLB YAML nor INI: {' '.join(str(exc).split())[:200]}") from None
+        raise ProxlbConfigError(f"{path} is neither ProxLB YAML nor INI: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(doc, dict):
-        raise ImportError_(f"{path} holds no ProxLB settings (expected a mapping of sections)")
+        raise ProxlbConfigError(f"{path} holds no ProxLB settings (expected a mapping of sections)")
     return map_keys(doc, YAML_KEYS, "ProxLB YAML (1.1+, 2.x)")
 
 
@@ -237,7 +249,7 @@ def _read_ini(path: Path, text: str) -> dict[str, Any]:
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as exc:
-        raise ImportError_(f"{path}: {' '.join(str(exc).split())[:200]}") from None
+        raise ProxlbConfigError(f"{path}: {' '.join(str(exc).split())[:200]}") from None
     return {name: dict(parser[name]) for name in parser.sections()}
 
 
@@ -257,6 +269,9 @@ def map_keys(doc: dict[str, Any], table: dict[str, To | Dropped], source_format:
                 result.unmapped.append((key, str(exc)))
                 continue
             target = rule.key.format(*names)
+            if isinstance(converted, PartlyMapped):
+                result.unmapped.append((f"{key} ({converted.left_out})", converted.why))
+                converted = converted.value
             result.mapped.append((key, target))
             _put(result.config, target.split("."), converted)
     return result
@@ -296,10 +311,18 @@ def _put(config: dict[str, Any], keys: list[str], value: Any) -> None:
     config[keys[-1]] = value
 
 
+# The settings model's fields and checks without its sources: validating a BaseSettings would also
+# read the PVEBALANCE_* variables of this shell, which are not part of the file being written.
+_SettingsData = create_model(  # type: ignore[call-overload]
+    "SettingsData", __config__=ConfigDict(extra="forbid"),
+    **{name: (info.annotation, info) for name, info in Settings.model_fields.items()},
+)
+
+
 def validate(result: ProxlbImport) -> list[str]:
     """What the settings model refuses in the converted config (empty when `config check` accepts it)."""
     try:
-        Settings.model_validate(result.config)  # the data alone: no file, no PVEBALANCE_* variables
+        _SettingsData.model_validate(result.config)
     except ValidationError as exc:
         return describe_problems(exc)
     return []
@@ -307,4 +330,5 @@ def validate(result: ProxlbImport) -> list[str]:
 
 def to_yaml(result: ProxlbImport, source: Path) -> str:
     header = f"# pvebalance config converted from {source.name} ({result.source_format}) by import-proxlb-config\n"
-    return header + yaml.safe_dump(result.config, sort_keys=False, default_flow_style=False)
+    body: str = yaml.safe_dump(result.config, sort_keys=False, default_flow_style=False)
+    return header + body
