@@ -180,6 +180,9 @@ class Plan(Message):
     violations: list[str] = Field(default_factory=list)
     unmet: list[Unmet] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    # Nodes in `before`/`after` that the spread leaves out (and nothing moves onto), with the reason:
+    # "maintenance" (being emptied or held empty), "offline", "ignored", "no capacity".
+    held_out: dict[str, str] = Field(default_factory=dict)
 
 
 class JobState(StrEnum):
