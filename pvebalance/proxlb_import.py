@@ -138,7 +138,8 @@ def _exact_names(value: Any, section: dict[str, Any]) -> Any:
 
 # --- the tables --------------------------------------------------------------------------------
 
-_SERVICES = "pvebalance's services run continuously and plan on every snapshot"
+_SERVICES = "pvebalance's services run continuously"
+_SCHEDULE = "pvebalance plans on every snapshot (every collector.interval seconds), not on a schedule"
 _ALWAYS_REPAIRED = "pvebalance always repairs broken affinity, anti-affinity and pins first, balanced or not"
 
 YAML_KEYS: dict[str, To | Dropped] = {
@@ -186,8 +187,8 @@ YAML_KEYS: dict[str, To | Dropped] = {
     "balancing.cpu_overcommit": To("balancing.cpu_overcommit"),
     "balancing.max_node_inflow": To("balancing.max_migrations_per_target"),
     "service.daemon": Dropped(_SERVICES + "; `pvebalance rebalance` is the one-shot"),
-    "service.schedule": Dropped(_SERVICES + " (collector.interval, in seconds)"),
-    "service.delay": Dropped(_SERVICES),
+    "service.schedule": Dropped(_SCHEDULE),
+    "service.delay": Dropped("pvebalance plans from its first snapshot on; no start-up delay"),
     "service.enable_ha": Dropped("pvebalance runs beside the cluster, not on a PVE node; its jobs live in Redis"),
     "service.log_level": To("logging.level", _log_level),
     "solver": Dropped("pvebalance's exact solver is built in (balancing.exact_seconds), never a shadow run"),
@@ -213,7 +214,7 @@ INI_KEYS: dict[str, To | Dropped] = {
     "update_service": Dropped("pvebalance does not update nodes"),
     "api": Dropped("ProxLB 1.0's API switch; pvebalance has no such switch"),
     "service.daemon": Dropped(_SERVICES),
-    "service.schedule": Dropped(_SERVICES + " (collector.interval, in seconds)"),
+    "service.schedule": Dropped(_SCHEDULE),
     "service.master_only": Dropped("pvebalance runs beside the cluster, not on its nodes"),
     "service.log_verbosity": To("logging.level", _log_level),
     "service.config_version": Dropped("ProxLB's own schema version"),
