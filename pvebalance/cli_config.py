@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
-from pvebalance.shared.config import ConfigError, Settings, load_settings
+from pvebalance.shared.config import ENV_PREFIX, ConfigError, Settings, load_settings
 
 from .proxlb_import import ProxlbConfigError, ProxlbImport, read_proxlb, to_yaml, validate
 
@@ -57,8 +57,18 @@ def check(
             fail(str(exc))
         for problem in exc.problems:
             say(f"error: {config}: {problem}")
+        if overriding_variables():
+            say(f"note: {', '.join(overriding_variables())} set: they override the file")
         raise typer.Exit(2) from None
-    sys.stdout.write(f"{config}: ok\n" + "".join(f"  {line}\n" for line in summary(settings)))
+    lines = summary(settings)
+    if overriding_variables():
+        lines.append(f"overridden by {', '.join(overriding_variables())}")
+    sys.stdout.write(f"{config}: ok\n" + "".join(f"  {line}\n" for line in lines))
+
+
+def overriding_variables() -> list[str]:
+    """The environment variables load_settings reads besides the file (names only: values may be secrets)."""
+    return sorted(n for n in os.environ if n.startswith(ENV_PREFIX) or n == "REDIS_URL")
 
 
 def summary(settings: Settings) -> list[str]:
@@ -105,6 +115,7 @@ def import_proxlb_config(
     try:
         # 0600: the file may hold the API password or token secret carried over
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
     except OSError as exc:

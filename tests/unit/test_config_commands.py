@@ -164,3 +164,21 @@ def test_example_config_values_are_the_defaults_unless_marked_example() -> None:
     assert examples == {("proxmox_api", "hosts"), ("proxmox_api", "token_id"), ("proxmox_api", "token_secret"),
                         ("balancing", "node_resource_reserve"), ("balancing", "pools")}
     assert checked >= 40
+
+
+def test_config_check_names_the_variables_that_override_the_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "balancing:\n  method: cpu\n")
+    monkeypatch.setenv("PVEBALANCE_BALANCING__BALANCINESS", "500")
+    result = invoke("config", "check", "-c", str(path))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: {path}: balancing.balanciness: Input should be less than or equal to 100 (got '500')",
+        "note: PVEBALANCE_BALANCING__BALANCINESS set: they override the file",
+    ]
+    monkeypatch.setenv("PVEBALANCE_BALANCING__BALANCINESS", "7")
+    monkeypatch.setenv("REDIS_URL", "redis://:secret@redis.example:6379/0")
+    result = invoke("config", "check", "-c", str(path))
+    assert result.exit_code == 0
+    assert "balanciness 7 pp" in result.stdout and "secret" not in result.stdout
+    assert result.stdout.splitlines()[-1] == "  overridden by PVEBALANCE_BALANCING__BALANCINESS, REDIS_URL"

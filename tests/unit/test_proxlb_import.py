@@ -115,6 +115,15 @@ def test_import_to_a_file_lists_every_key_on_stderr_and_never_a_secret(converted
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600  # it holds the password
 
 
+def test_an_existing_output_file_is_made_private_too(tmp_path: Path) -> None:
+    out = tmp_path / "pvebalance.yaml"
+    out.write_text("old\n")
+    out.chmod(0o644)
+    assert invoke("import-proxlb-config", str(PROXLB_EXAMPLE), "-o", str(out)).exit_code == 0
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert PASSWORD in out.read_text()
+
+
 def test_import_without_output_prints_the_config(tmp_path: Path) -> None:
     result = invoke("import-proxlb-config", str(PROXLB_EXAMPLE))
     assert result.exit_code == 0
