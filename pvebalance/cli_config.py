@@ -6,6 +6,7 @@ errors an operator can cause itself: one line on stderr per problem, exit code 2
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -131,6 +132,9 @@ def report(result: ProxlbImport, source: Path) -> None:
         say(f"mapped: {key} -> {target}")
     for key, why in result.unmapped:
         say(f"not mapped: {key}: {why}")
+    for key, default, target, value in result.defaults:
+        say(f"default kept: {key} is not set; ProxLB's default {json.dumps(default)} written as "
+            f"{target}: {json.dumps(value)} (pvebalance's default differs)")
     if result.unknown:
         for key in result.unknown:
             say(f"unknown: {key}: not a ProxLB setting this importer knows")

@@ -68,6 +68,9 @@ class ProxlbImport:
     mapped: list[tuple[str, str]] = field(default_factory=list)  # (ProxLB key, pvebalance key)
     unmapped: list[tuple[str, str]] = field(default_factory=list)  # (ProxLB key, why)
     unknown: list[str] = field(default_factory=list)  # keys ProxLB itself does not have
+    # Keys the file leaves out whose ProxLB default differs from pvebalance's: ProxLB's is written,
+    # so the converted config behaves as the ProxLB one did (ProxLB key and default, pvebalance key and value).
+    defaults: list[tuple[str, Any, str, Any]] = field(default_factory=list)
 
 
 # --- converters --------------------------------------------------------------------------------
@@ -194,6 +197,15 @@ YAML_KEYS: dict[str, To | Dropped] = {
     "solver": Dropped("pvebalance's exact solver is built in (balancing.exact_seconds), never a shadow run"),
 }
 
+# ProxLB 1.1+/2.x defaults that differ from pvebalance's and change what is migrated (its config
+# model: balancing.enable False, balance_types [], balanciness 10, parallel False).
+YAML_DEFAULTS: dict[str, Any] = {
+    "balancing.enable": False,
+    "balancing.balance_types": [],
+    "balancing.balanciness": 10,
+    "balancing.parallel": False,
+}
+
 INI_KEYS: dict[str, To | Dropped] = {
     "proxmox.api_host": To("proxmox_api.hosts", _csv),
     "proxmox.api_user": To("proxmox_api.user"),
@@ -235,14 +247,14 @@ def read_proxlb(path: Path) -> ProxlbImport:
         raise ProxlbConfigError(f"cannot read {path}: {why}") from None
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", ";"))), "")
     if _INI_SECTION.match(first):
-        return map_keys(_read_ini(path, text), INI_KEYS, "ProxLB 1.0 INI")
+        return map_keys(_read_ini(path, text), INI_KEYS, "ProxLB 1.0 INI", {})
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ProxlbConfigError(f"{path} is neither ProxLB YAML nor INI: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(doc, dict):
         raise ProxlbConfigError(f"{path} holds no ProxLB settings (expected a mapping of sections)")
-    return map_keys(doc, YAML_KEYS, "ProxLB YAML (1.1+, 2.x)")
+    return map_keys(doc, YAML_KEYS, "ProxLB YAML (1.1+, 2.x)", YAML_DEFAULTS)
 
 
 def _read_ini(path: Path, text: str) -> dict[str, Any]:
@@ -254,8 +266,21 @@ def _read_ini(path: Path, text: str) -> dict[str, Any]:
     return {name: dict(parser[name]) for name in parser.sections()}
 
 
-def map_keys(doc: dict[str, Any], table: dict[str, To | Dropped], source_format: str) -> ProxlbImport:
+def map_keys(doc: dict[str, Any], table: dict[str, To | Dropped], source_format: str,
+             defaults: dict[str, Any]) -> ProxlbImport:
     result = ProxlbImport(source_format)
+    for key, value in defaults.items():
+        *parents, name = key.split(".")
+        section: Any = doc
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and name in section:
+            continue
+        rule, _ = _rule(table, tuple(key.split(".")))
+        assert isinstance(rule, To), key  # a default is only kept for a key that maps
+        converted = rule.convert(value, section if isinstance(section, dict) else {})
+        result.defaults.append((key, value, rule.key, converted))
+        _put(result.config, rule.key.split("."), converted)
     for path, value, section in _leaves(doc, table, ()):
         rule, names = _rule(table, path)
         key = ".".join(path)
@@ -283,8 +308,8 @@ def _leaves(doc: dict[str, Any], table: dict[str, To | Dropped],
     """Each key the table has a rule for (a whole subtree for a Dropped one) or an unknown leaf."""
     for name, value in doc.items():
         path = (*prefix, str(name))
-        if _rule(table, path)[0] is None and isinstance(value, dict) and _may_match_below(table, path):
-            yield from _leaves(value, table, path)
+        if _rule(table, path)[0] is None and isinstance(value, dict | None) and _may_match_below(table, path):
+            yield from _leaves(value or {}, table, path)  # None: a section written with nothing in it
         else:
             yield path, value, doc
 
@@ -331,5 +356,7 @@ def validate(result: ProxlbImport) -> list[str]:
 
 def to_yaml(result: ProxlbImport, source: Path) -> str:
     header = f"# pvebalance config converted from {source.name} ({result.source_format}) by import-proxlb-config\n"
-    body: str = yaml.safe_dump(result.config, sort_keys=False, default_flow_style=False)
+    order = list(Settings.model_fields)  # sections in the order of pvebalance's own config
+    config = dict(sorted(result.config.items(), key=lambda item: order.index(item[0])))
+    body: str = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
     return header + body

@@ -79,6 +79,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 def test_proxlb_example_maps_exactly_these_keys() -> None:
     result = read_proxlb(PROXLB_EXAMPLE)
     assert result.mapped == EXAMPLE_MAPPING
+    assert result.defaults == []  # it sets every key whose default differs
     assert [key for key, _ in result.unmapped] == EXAMPLE_UNMAPPED
     assert all(why for _, why in result.unmapped)
     assert result.unknown == []
@@ -163,6 +164,31 @@ def test_values_without_a_counterpart_are_listed_with_why(tmp_path: Path, text: 
     assert result.mapped == []
     assert [k for k, _ in result.unmapped] == [key]
     assert why in result.unmapped[0][1]
+
+
+def test_proxlb_defaults_that_differ_are_written_when_the_file_leaves_them_out(tmp_path: Path) -> None:
+    # ProxLB migrates nothing unless balancing.enable and balance_types are set: the converted
+    # config must not start migrating because pvebalance's defaults are more eager.
+    source = tmp_path / "proxlb.yaml"
+    source.write_text("proxmox_api:\n  hosts: [pve1]\n  user: root@pam\n  pass: hunter2hunter2\nbalancing:\n"
+                      "  parallel_jobs: 4\nproxmox_cluster:\n")
+    result = read_proxlb(source)
+    assert result.unknown == []
+    assert result.defaults == [
+        ("balancing.enable", False, "balancing.enable", False),
+        ("balancing.balance_types", [], "balancing.balance_types", []),
+        ("balancing.balanciness", 10, "balancing.balanciness", 10),
+        ("balancing.parallel", False, "migrator.max_parallel_cluster", 1),
+    ]
+    out = tmp_path / "pvebalance.yaml"
+    cli = invoke("import-proxlb-config", str(source), "-o", str(out))
+    assert cli.exit_code == 0
+    assert ("default kept: balancing.enable is not set; ProxLB's default false written as balancing.enable: false "
+            "(pvebalance's default differs)") in cli.stderr.splitlines()
+    settings = load_settings(out)
+    assert (settings.balancing.enable, settings.balancing.balance_types, settings.balancing.balanciness,
+            settings.migrator.max_parallel_cluster) == (False, [], 10, 1)
+    assert list(yaml.safe_load(out.read_text())) == ["proxmox_api", "balancing", "migrator"]  # pvebalance's order
 
 
 PROXLB_1_0_INI = """\
