@@ -130,6 +130,8 @@ def report(result: ProxlbImport, source: Path) -> None:
     say(f"{source}: {result.source_format}")
     for key, target in result.mapped:
         say(f"mapped: {key} -> {target}")
+    for key, note in result.notes:
+        say(f"note: {key}: {note}")
     for key, why in result.unmapped:
         say(f"not mapped: {key}: {why}")
     for key, default, target, value in result.defaults:

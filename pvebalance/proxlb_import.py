@@ -52,6 +52,7 @@ class To:
 
     key: str
     convert: Convert = _same
+    note: str = ""  # where the two mean not quite the same: said when the key is mapped
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class ProxlbImport:
     mapped: list[tuple[str, str]] = field(default_factory=list)  # (ProxLB key, pvebalance key)
     unmapped: list[tuple[str, str]] = field(default_factory=list)  # (ProxLB key, why)
     unknown: list[str] = field(default_factory=list)  # keys ProxLB itself does not have
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (ProxLB key, how pvebalance's differs)
     # Keys the file leaves out whose ProxLB default differs from pvebalance's: ProxLB's is written,
     # so the converted config behaves as the ProxLB one did (ProxLB key and default, pvebalance key and value).
     defaults: list[tuple[str, Any, str, Any]] = field(default_factory=list)
@@ -141,6 +143,8 @@ def _exact_names(value: Any, section: dict[str, Any]) -> Any:
 
 # --- the tables --------------------------------------------------------------------------------
 
+_GATE = ("pvebalance balances only once a node passes it; ProxLB also balanced when the spread alone "
+         "passed balanciness")
 _SERVICES = "pvebalance's services run continuously"
 _SCHEDULE = "pvebalance plans on every snapshot (every collector.interval seconds), not on a schedule"
 _ALWAYS_REPAIRED = "pvebalance always repairs broken affinity, anti-affinity and pins first, balanced or not"
@@ -169,10 +173,11 @@ YAML_KEYS: dict[str, To | Dropped] = {
     "balancing.with_local_disks": To("balancing.with_local_disks"),
     "balancing.with_conntrack_state": Dropped("pvebalance does not ask for conntrack-state migration"),
     "balancing.balance_types": To("balancing.balance_types"),
-    "balancing.max_job_validation": To("migrator.task_timeout_base"),
-    "balancing.memory_threshold": To("balancing.memory_threshold"),
-    "balancing.cpu_threshold": To("balancing.cpu_threshold"),
-    "balancing.disk_threshold": To("balancing.disk_threshold"),
+    "balancing.max_job_validation": To("migrator.task_timeout_base",
+                                       note="pvebalance adds migrator.task_timeout_per_gib for each GiB copied"),
+    "balancing.memory_threshold": To("balancing.memory_threshold", note=_GATE),
+    "balancing.cpu_threshold": To("balancing.cpu_threshold", note=_GATE),
+    "balancing.disk_threshold": To("balancing.disk_threshold", note=_GATE),
     "balancing.balanciness": To("balancing.balanciness"),
     "balancing.method": To("balancing.method"),
     "balancing.mode": To("balancing.mode", _mode),
@@ -299,6 +304,8 @@ def map_keys(doc: dict[str, Any], table: dict[str, To | Dropped], source_format:
                 result.unmapped.append((f"{key} ({converted.left_out})", converted.why))
                 converted = converted.value
             result.mapped.append((key, target))
+            if rule.note:
+                result.notes.append((key, rule.note))
             _put(result.config, target.split("."), converted)
     return result
 

@@ -80,6 +80,8 @@ def test_proxlb_example_maps_exactly_these_keys() -> None:
     result = read_proxlb(PROXLB_EXAMPLE)
     assert result.mapped == EXAMPLE_MAPPING
     assert result.defaults == []  # it sets every key whose default differs
+    assert [key for key, _ in result.notes] == [
+        "balancing.max_job_validation", "balancing.memory_threshold", "balancing.cpu_threshold"]
     assert [key for key, _ in result.unmapped] == EXAMPLE_UNMAPPED
     assert all(why for _, why in result.unmapped)
     assert result.unknown == []
