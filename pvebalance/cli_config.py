@@ -75,9 +75,10 @@ def overriding_variables() -> list[str]:
 def summary(settings: Settings) -> list[str]:
     """A few lines an operator can check at a glance; never a secret (nor the Redis password)."""
     api, bal, cluster = settings.proxmox_api, settings.balancing, settings.proxmox_cluster
-    auth = f"token {api.token_id}" if api.token_id else "password" if api.password else "no credentials"
+    auth = (f"token {api.token_id}" if api.token_id else "password" if api.password
+            else "NO credentials: set token_id and token_secret, or pass")
     redis = urlsplit(settings.redis.url)
-    where = f"{redis.hostname or ''}{f':{redis.port}' if redis.port else ''}{redis.path}"
+    where = redis.netloc.rpartition("@")[2] + redis.path  # user and password dropped
     lines = [
         f"proxmox_api: {', '.join(api.hosts)} as {api.user} ({auth}), "
         f"TLS {'verified' if api.ssl_verification else 'NOT verified'}",

@@ -177,8 +177,8 @@ def test_config_check_names_the_variables_that_override_the_file(tmp_path: Path,
         "note: PVEBALANCE_BALANCING__BALANCINESS set: they override the file",
     ]
     monkeypatch.setenv("PVEBALANCE_BALANCING__BALANCINESS", "7")
-    monkeypatch.setenv("REDIS_URL", "redis://:secret@redis.example:6379/0")
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cr3tpw@redis.example:6379/0")
     result = invoke("config", "check", "-c", str(path))
     assert result.exit_code == 0
-    assert "balanciness 7 pp" in result.stdout and "secret" not in result.stdout
+    assert "balanciness 7 pp" in result.stdout and "s3cr3tpw" not in result.stdout
     assert result.stdout.splitlines()[-1] == "  overridden by PVEBALANCE_BALANCING__BALANCINESS, REDIS_URL"
