@@ -100,6 +100,8 @@ def import_proxlb_config(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (default: stdout)")] = None,
 ) -> None:
     """Convert a ProxLB config: every key with a counterpart, and on stderr the keys without one."""
+    if output is not None and output.resolve() == source.resolve():
+        fail(f"{output} is the ProxLB file itself: write the pvebalance config elsewhere")
     try:
         result = read_proxlb(source)
     except ProxlbConfigError as exc:

@@ -286,3 +286,13 @@ def test_bad_proxlb_files_end_in_one_error_line_and_exit_2(tmp_path: Path, text:
     assert result.stderr.splitlines()[-1].startswith(last_line.format(source=source))
     assert [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")][-1] == result.stderr.splitlines()[-1]
     assert not out.exists()
+
+
+def test_the_proxlb_file_is_never_overwritten(tmp_path: Path) -> None:
+    source = tmp_path / "proxlb.yaml"
+    source.write_text(PROXLB_EXAMPLE.read_text())
+    result = invoke("import-proxlb-config", str(source), "-o", str(tmp_path / "." / "proxlb.yaml"))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path / 'proxlb.yaml'} is the ProxLB file itself: write the pvebalance config elsewhere"]
+    assert source.read_text() == PROXLB_EXAMPLE.read_text()
