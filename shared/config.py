@@ -28,6 +28,11 @@ Dimension = Literal["memory", "cpu", "disk"]
 class ConfigError(Exception):
     """A configuration problem, worded for the operator: names the key and what is wrong."""
 
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        # One entry per bad key ("key.path: what is wrong"), for `pvebalance config check`.
+        self.problems = problems if problems is not None else [message]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -239,7 +244,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     try:
         loaded = _FileSettings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path), describe_problems(exc)) from None
     except Exception as exc:  # a YAML syntax error, an unreadable file, a variable that is not JSON
         what = f"config file {path}" if path else f"the {ENV_PREFIX}* variables"
         raise ConfigError(f"cannot read {what}: {_clip(str(exc), 300)}") from None
@@ -249,6 +254,12 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
 def _describe(exc: ValidationError, path: Path | None) -> str:
     """Every bad key on one line (the promise: one line on stderr), each with what is wrong."""
     where = f"in {path}" if path else "in the environment"
+    problems = describe_problems(exc)
+    return f"invalid configuration ({where}, or {ENV_PREFIX}* variables): " + "; ".join(problems)
+
+
+def describe_problems(exc: ValidationError) -> list[str]:
+    """One "key.path: what is wrong" per bad key; a secret's value is never shown."""
     problems = []
     for err in exc.errors(include_url=False):
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -263,7 +274,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         if "secret" in key or "pass" in key:
             value = ""
         problems.append(f"{_clip(key, 100)}: {_clip(msg, 200)}{value}")
-    return f"invalid configuration ({where}, or {ENV_PREFIX}* variables): " + "; ".join(problems)
+    return problems
 
 
 def _clip(text: str, limit: int = 60) -> str:
