@@ -15,6 +15,7 @@ from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 
 from pvebalance.engine import Policy, plan_balance
+from pvebalance.engine.policy import HISTORY_WINDOW
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
@@ -82,8 +83,10 @@ class Planner:
         if not snapshot.quorate:
             log.warning("cluster not quorate, not planning", snapshot_id=snapshot.snapshot_id)
             return None
+        now = time.time()
         policy = Policy.from_settings(self.settings.balancing, self.settings.proxmox_cluster,
-                                      cooldown=self.jobs.cooling_down())
+                                      cooldown=self.jobs.cooling_down(),
+                                      recent_moves=self.jobs.finished_since(now - HISTORY_WINDOW), now=now)
         plan = plan_balance(snapshot, policy)
         self.save(plan)
         log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id,
