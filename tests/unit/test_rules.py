@@ -45,8 +45,8 @@ def groups_from_snapshot(snap: ClusterSnapshot, policy: Policy) -> tuple[list[se
 def allowed_nodes(g: GuestState, snap: ClusterSnapshot) -> set[str] | None:
     allowed: set[str] | None = None
     pins = {t[len("plb_pin_"):] for t in g.tags if t.startswith("plb_pin_")}
-    if pins:
-        allowed = pins
+    if pins:  # PVE lower-cases tags: a pin names its node in any case
+        allowed = {n.name for n in snap.nodes if n.name.casefold() in pins}
     for r in snap.ha_rules:
         if r.type == "node-affinity" and f"vm:{g.vmid}" in r.resources:
             allowed = set(r.nodes) if allowed is None else allowed & set(r.nodes)
