@@ -155,8 +155,8 @@ def test_config_maintenance_node_is_drained() -> None:
     snap, _ = load("all-on-one")
     plan = plan_balance(snap, Policy(maintenance_nodes=frozenset({"pve1"})))
     assert all(m.source == "pve1" for m in plan.migrations)
-    left = {g.vmid for g in snap.guests if g.node == "pve1"} - {m.vmid for m in plan.migrations}
-    assert left == set() or {u for x in plan.unmet for u in x.vmids} >= left
+    assert {m.vmid for m in plan.migrations} == {g.vmid for g in snap.guests if g.node == "pve1"}
+    assert plan.unmet == [] and plan.violations == []
 
 
 def test_unmeetable_anti_affinity_is_reported_not_dropped() -> None:
