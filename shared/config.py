@@ -135,7 +135,8 @@ class BalancingSettings(Section):
     max_migrations_per_target: int | None = Field(None, ge=1, description="cap on moves into one node per plan")
     min_gain: float = Field(0.0, ge=0, description="a balance move must lower the spread variance this much (pp^2)")
     cooldown_minutes: float = Field(60.0, ge=0, description="a guest moved recently is left alone this long")
-    ignore_guests: list[int | str] = Field(default_factory=list, description="vmids or names never moved")
+    ignore_guests: list[int | str] = Field(default_factory=list,
+                                           description="vmids or names (shell wildcards: veeam-*) never moved")
     memory_threshold: float | None = Field(None, gt=0, le=100, description="balance only once a node passes this %")
     cpu_threshold: float | None = Field(None, gt=0, le=100)
     disk_threshold: float | None = Field(None, gt=0, le=100)
@@ -148,6 +149,9 @@ class BalancingSettings(Section):
         default_factory=dict, description="'defaults' and per-node reservations"
     )
     pools: dict[str, PoolRule] = Field(default_factory=dict)
+    # Adaptive cooldown: a guest moved n times in 24 h waits max(cooldown_minutes, its last move's
+    # duration) x 2^(n-1) after its last move, at most this long.
+    cooldown_cap_minutes: float = Field(360.0, ge=0, description="the longest adaptive cooldown")
 
 
 class RedisSettings(Section):
