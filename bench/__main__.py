@@ -14,7 +14,7 @@ from rich.table import Table
 
 from . import engine_bench
 
-ALL = ["all-on-one", "homelab", "mid-300", "groups", "maintenance", "tight", "large-5k", "xl-10k"]
+ALL = ["all-on-one", "homelab", "mid-300", "groups", "maintenance", "tight", "operator-rules", "large-5k", "xl-10k"]
 RESULTS = Path(__file__).parent / "results"
 
 

@@ -15,7 +15,7 @@ from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_a
 from pvebalance.shared.config import BalancingSettings
 from pvebalance.shared.models import ClusterSnapshot
 
-EXACT_SCENARIOS = ("all-on-one", "homelab", "mid-300", "groups", "maintenance", "tight")
+EXACT_SCENARIOS = ("all-on-one", "homelab", "mid-300", "groups", "maintenance", "tight", "operator-rules")
 
 
 def lower_bound(snapshot: ClusterSnapshot, policy: Policy) -> int:

@@ -24,9 +24,12 @@ from pvebalance.shared.models import ClusterSnapshot, JobStatusEvent
 from pvebalance.shared.proxmox import ProxmoxError
 from pvebalance.shared.redisconn import RedisUnavailable
 
+from .cli_config import register as register_config_commands
+from .cli_config import show_version
 from .render import plan_to_json, print_plan
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 err = Console(stderr=True, soft_wrap=True)  # soft_wrap: one message stays one line, at any width
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
@@ -37,7 +40,8 @@ class UserError(Exception):
 
 
 @app.callback()
-def root() -> None:
+def root(version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                               help="print the version and exit")] = False) -> None:
     """Balance the guests of a Proxmox VE cluster over its nodes."""
 
 
@@ -340,6 +344,7 @@ def _stop_on_signals(stop: Any) -> Any:
     return stop
 
 
+register_config_commands(app)  # config check, import-proxlb-config (cli_config.py)
 # Commands in their own modules register themselves on `app` when imported.
 from . import cli_ops, cli_read  # noqa: E402,F401
 

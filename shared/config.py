@@ -28,6 +28,11 @@ Dimension = Literal["memory", "cpu", "disk"]
 class ConfigError(Exception):
     """A configuration problem, worded for the operator: names the key and what is wrong."""
 
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        # One entry per bad key ("key.path: what is wrong"), for `pvebalance config check`.
+        self.problems = problems if problems is not None else [message]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -130,19 +135,23 @@ class BalancingSettings(Section):
     max_migrations_per_target: int | None = Field(None, ge=1, description="cap on moves into one node per plan")
     min_gain: float = Field(0.0, ge=0, description="a balance move must lower the spread variance this much (pp^2)")
     cooldown_minutes: float = Field(60.0, ge=0, description="a guest moved recently is left alone this long")
-    ignore_guests: list[int | str] = Field(default_factory=list, description="vmids or names never moved")
+    ignore_guests: list[int | str] = Field(default_factory=list,
+                                           description="vmids or names (shell wildcards: veeam-*) never moved")
     memory_threshold: float | None = Field(None, gt=0, le=100, description="balance only once a node passes this %")
     cpu_threshold: float | None = Field(None, gt=0, le=100)
     disk_threshold: float | None = Field(None, gt=0, le=100)
     cpu_overcommit: float | None = Field(None, gt=0, description="max assigned vCPUs per node core")
     exact_seconds: float = Field(
-        3.0, ge=0, description="time for the exact solver on clusters of up to 500 guests (0: greedy only)"
-    )
+        30.0, ge=0, description="a safety limit on the exact solver's time on clusters of up to 500 guests "
+        "(0: greedy only); its work limit ends it first, so the same snapshot gives the same plan")
     leave_ha_to_crs: bool = Field(True, description="with PVE's crs.ha-auto-rebalance on, never move HA guests")
     node_resource_reserve: dict[str, ResourceReserve] = Field(
         default_factory=dict, description="'defaults' and per-node reservations"
     )
     pools: dict[str, PoolRule] = Field(default_factory=dict)
+    # Adaptive cooldown: a guest moved n times in 24 h waits max(cooldown_minutes, its last move's
+    # duration) x 2^(n-1) after its last move, at most this long.
+    cooldown_cap_minutes: float = Field(360.0, ge=0, description="the longest adaptive cooldown")
 
 
 class RedisSettings(Section):
@@ -286,7 +295,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     try:
         loaded = _FileSettings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path), describe_problems(exc)) from None
     except Exception as exc:  # a YAML syntax error, an unreadable file, a variable that is not JSON
         what = f"config file {path}" if path else f"the {ENV_PREFIX}* variables"
         raise ConfigError(f"cannot read {what}: {_clip(str(exc), 300)}") from None
@@ -296,6 +305,12 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
 def _describe(exc: ValidationError, path: Path | None) -> str:
     """Every bad key on one line (the promise: one line on stderr), each with what is wrong."""
     where = f"in {path}" if path else "in the environment"
+    problems = describe_problems(exc)
+    return f"invalid configuration ({where}, or {ENV_PREFIX}* variables): " + "; ".join(problems)
+
+
+def describe_problems(exc: ValidationError) -> list[str]:
+    """One "key.path: what is wrong" per bad key; a secret's value is never shown."""
     problems = []
     for err in exc.errors(include_url=False):
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -312,7 +327,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         if key.startswith("api.tokens"):  # an API token pasted with a typo is still a token
             value = ""
         problems.append(f"{_clip(key, 100)}: {_clip(msg, 200)}{value}")
-    return f"invalid configuration ({where}, or {ENV_PREFIX}* variables): " + "; ".join(problems)
+    return problems
 
 
 def _clip(text: str, limit: int = 60) -> str:

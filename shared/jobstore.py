@@ -153,6 +153,12 @@ class JobStore:
         self.redis.zremrangebyscore(keys.COOLDOWN, "-inf", now)
         return frozenset(int(_text(v)) for v in self.redis.zrangebyscore(keys.COOLDOWN, now, "+inf"))
 
+    def finished_since(self, since: float) -> list[JobStatusEvent]:
+        """The migrations that succeeded since `since` (epoch seconds), oldest first: the guests'
+        recent moves, for the adaptive cooldown. The event stream's entry ids are its times."""
+        return [e for _, e in self.events(after=f"{int(since * 1000)}-0", count=keys.EVENT_STREAM_MAXLEN)
+                if e.state is JobState.SUCCEEDED]
+
     def active_jobs(self) -> set[str]:
         return {_text(j) for j in self.redis.smembers(keys.ACTIVE_JOBS)}
 

@@ -54,6 +54,8 @@ class NodeState(BaseModel):
     # Set when an online node reports figures no real node has (maxmem 0 or missing, use far above
     # capacity): the engine then neither moves guests onto it nor counts it, and leaves its guests.
     problem: str | None = Field(None, description="why this node's figures cannot be planned on")
+    # /nodes/{node}/status cpuinfo.model (None until read): `host` CPU type VMs move only between equal models
+    cpu_model: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -83,6 +85,10 @@ class GuestState(BaseModel):
     cpu_avg: float | None = None
     mem_avg: float | None = None
     psi: dict[str, float] = Field(default_factory=dict, description="PVE 9 pressure of a running VM")
+    # From a VM's config (None when the snapshot has no config for it): a node with fewer cores than
+    # `vcpus` cannot start it, and a `host` CPU type runs only where the CPU model is the same.
+    vcpus: int | None = Field(None, description="sockets x cores of a VM's config (or its vcpus, if more)")
+    cputype: str | None = Field(None, description="a VM config's cpu type (`host`, `x86-64-v2-AES`, ...)")
 
     @property
     def running(self) -> bool:
@@ -111,6 +117,9 @@ class ClusterSnapshot(Message):
     guests: list[GuestState]
     ha_rules: list[HaRule] = Field(default_factory=list)
     pools: dict[str, list[int]] = Field(default_factory=dict)
+    # HA resources whose PVE 9.2 `auto-rebalance` flag is 0 (/cluster/ha/resources; the default is 1):
+    # PVE's own auto-rebalance leaves them alone, so the balancer may move them.
+    ha_auto_rebalance_off: list[int] = Field(default_factory=list)
 
     def age_seconds(self, now: datetime | None = None) -> float:
         return ((now or utcnow()) - self.taken_at).total_seconds()
@@ -186,6 +195,9 @@ class Plan(Message):
     outcome: PlanOutcome = Field("planned", description="balanced (nothing to do), planned, partial "
                                  "(some rules unmet: see unmet), infeasible (no safe move helps: see outcome_reason)")
     outcome_reason: str = ""
+    # Nodes in `before`/`after` that the spread leaves out (and nothing moves onto), with the reason:
+    # "maintenance" (being emptied or held empty), "offline", "ignored", "no capacity".
+    held_out: dict[str, str] = Field(default_factory=dict)
 
 
 class JobState(StrEnum):

@@ -69,13 +69,20 @@ class RequestHandler:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _group_exists(self) -> bool:
+        try:
+            groups = self.redis.xinfo_groups(keys.REQUEST_STREAM)
+        except ResponseError:
+            return False
+        return any(g.get("name") in (keys.REQUESTS_GROUP, keys.REQUESTS_GROUP.encode()) for g in groups)
+
     def poll(self) -> int:
         """Handle every request waiting in the stream; how many there were."""
         try:
             entries = self.redis.xreadgroup(keys.REQUESTS_GROUP, self.planner.consumer, {keys.REQUEST_STREAM: ">"},
                                             count=50)
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+        except ResponseError:
+            if self._group_exists():
                 raise
             log.warning("request stream or its consumer group gone (Redis restarted empty?): creating it again")
             self.ensure_group()

@@ -17,13 +17,14 @@ from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 
 from pvebalance.engine import Policy, plan_balance
+from pvebalance.engine.policy import HISTORY_WINDOW
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, utcnow
-from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
+from pvebalance.shared.plans import PLAN_TTL, PlanState, PlanStatus, PlanStore
 from pvebalance.shared.redisconn import Outage, connect_waiting
 from pvebalance.shared.requests import RequestAction, RequestState
 
@@ -102,6 +103,11 @@ class Planner:
         mode = self.settings.balancing.mode_of_operation
         if mode != "automatic" or not self.settings.balancing.enable:
             return self.recommend(plan)
+        latest = self.plans.latest()
+        if not plan.migrations and latest is not None and not latest.migrations and latest.outcome == plan.outcome:
+            # Nothing to do, again: the stored plan says so; one per snapshot would fill Redis (2880 a day).
+            return plan
+        self.plans.forget_older_than(time.time() - PLAN_TTL)
         self.save(plan)
         log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id, outcome=plan.outcome,
                  spread_before=plan.before.spread_pp, spread_after=plan.after.spread_pp,
@@ -118,7 +124,9 @@ class Planner:
         drained = set(drained_nodes(self.redis)) | nodes_in_windows(cluster.maintenance_windows, utcnow())
         if drained - set(cluster.maintenance_nodes):
             cluster = cluster.model_copy(update={"maintenance_nodes": sorted(set(cluster.maintenance_nodes) | drained)})
-        return Policy.from_settings(self.settings.balancing, cluster, cooldown=self.jobs.cooling_down())
+        now = time.time()
+        return Policy.from_settings(self.settings.balancing, cluster, cooldown=self.jobs.cooling_down(),
+                                    recent_moves=self.jobs.finished_since(now - HISTORY_WINDOW), now=now)
 
     def drain_plan(self, snapshot: ClusterSnapshot, nodes: set[str], include_stopped: set[str]) -> Plan:
         """A plan that only repairs rules, with `nodes` drained; stopped guests of operator drains stay
