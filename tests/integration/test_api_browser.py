@@ -78,6 +78,14 @@ def test_page_shows_the_nodes_drains_one_and_shows_its_jobs_finish_and_the_node_
     expect(page.locator('.node[data-node="pve2"] .tag.drained')).to_be_visible()
     expect(page.locator('.node[data-node="pve2"] button.undrain')).to_be_visible()
 
+    page.click("#pause")
+    expect(page.locator("#message")).to_contain_text("pause: done", timeout=30_000)
+    expect(page.locator("#cluster-line")).to_contain_text("PAUSED", timeout=15_000)
+    assert live.redis.get(keys.PAUSED) is not None
+    page.click("#resume")
+    expect(page.locator("#message")).to_contain_text("resume: done", timeout=30_000)
+    expect(page.locator("#cluster-line")).not_to_contain_text("PAUSED", timeout=15_000)
+
     assert live.guests_on("pve2", running_only=True) == []
     assert live.redis.hget(keys.DRAINED, "pve2") is not None
     assert all(r.startswith(live.url) for r in requests_seen), "the page loads nothing from outside the API"

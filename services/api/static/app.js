@@ -107,7 +107,7 @@ async function followRequest(id, what) {
     if (!status) continue;
     const details = status.details && status.details.length ? ` (${status.details.join("; ")})` : "";
     say(`${what}: ${status.state}${status.reason ? " – " + status.reason : ""}${details}`, ["refused", "failed"].includes(status.state));
-    if (["refused", "done", "failed"].includes(status.state)) return;
+    if (["refused", "done", "failed"].includes(status.state)) { refreshSoon(); return; }
   }
 }
 
