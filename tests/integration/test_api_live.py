@@ -86,6 +86,16 @@ def read_stream(c: LiveCluster, after: str, seen: list[dict[str, Any]], stop: th
             raise
 
 
+def first_event(c: LiveCluster, headers: dict[str, str]) -> dict[str, Any]:
+    with httpx.stream("GET", c.url + "/api/v1/events", headers=headers, timeout=httpx.Timeout(30, read=30)) as answer:
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                event: dict[str, Any] = json.loads(line[6:])
+                return event
+    raise AssertionError("the stream ended without an event")
+
+
 def test_metrics_follow_a_drain_from_queued_to_succeeded_and_the_stream_and_webhooks_carry_it(
         live: Callable[..., LiveCluster]) -> None:
     with Receiver() as receiver:
@@ -135,6 +145,8 @@ def test_metrics_follow_a_drain_from_queued_to_succeeded_and_the_stream_and_webh
     for job_id in jobs:
         states = [e["state"] for e in stream if e["job_id"] == job_id]
         assert (states[0], states[-1], "running" in states) == ("queued", "succeeded", True), states  # maybe waiting
+    resumed = first_event(c, {**OPS, "Last-Event-ID": after})  # a client reconnecting from where it was
+    assert resumed == stream[0]
     drain_done = next(r for r in receiver.received if r["event"] == "drain_done")
     assert drain_done["data"]["request"]["request_id"] == request_id
 
