@@ -20,6 +20,7 @@ from pvebalance.shared.models import (
     Unmet,
 )
 
+from .band import apply_in_order, band_plan, clone
 from .load import guest_load, initial_loads, spread, summarize, with_cluster_scale
 from .policy import Policy
 from .repair import repair
@@ -48,7 +49,7 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     if policy.threshold is not None and hottest < policy.threshold:
         notes.append(f"no node above the {policy.method} threshold of {policy.threshold}%: not balancing")
     elif state.spread() > policy.balanciness:
-        balance_moves(state, units_by_node(state, _units(state)), notes)
+        state = _balance(state, notes)
     if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations \
             and state.spread() > policy.balanciness:
         notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
@@ -77,6 +78,28 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
 
 
 EXACT_MAX_GUESTS = 500
+
+
+def _balance(state: PlanState, notes: list[str]) -> PlanState:
+    """The balance phase: the band plan (band.py, built for few moves) and the greedy one
+    (search.py, variance step by step), the one with fewer migrations (then the greedy one). On
+    clusters too large for the exact model the greedy plan is only the fallback, to keep planning
+    time down: the band plan needed fewer moves on every bundled cluster of that size."""
+    units = _units(state)
+    banded: PlanState | None = None
+    band = band_plan(state, units)
+    if band is not None and state.budget_left(sum(len(u) for u, _ in band.moves)):
+        banded = clone(state)
+        if not apply_in_order(banded, band.moves) or banded.spread() > state.policy.balanciness:
+            banded = None
+    if banded is not None and len(state.guests) > EXACT_MAX_GUESTS:
+        return banded
+    greedy_notes: list[str] = []
+    balance_moves(state, units_by_node(state, units), greedy_notes)
+    if banded is not None and len(banded.moves) < len(state.moves):
+        return banded
+    notes.extend(greedy_notes)
+    return state
 
 
 def _exact_applies(snapshot: ClusterSnapshot, policy: Policy) -> bool:
