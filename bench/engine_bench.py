@@ -187,4 +187,4 @@ COLUMNS = [("scenario", "scenario"), ("guests", "guests"), ("spread_before", "sp
            ("spread_after", "after"), ("migrations", "migr."), ("gib_moved", "GiB moved"),
            ("rules_broken", "rules broken"), ("plan_seconds", "plan s"), ("reference", "reference"),
            ("reference_migrations", "ref. migr."), ("vs_reference_pct", "+% vs ref."),
-           ("band_bound", "band bound"), ("shed_fill_bound", "shed+fill bound"), ("vs_bound", "× best bound")]
+           ("band_bound", "band bound"), ("shed_fill_bound", "shed+fill bound"), ("vs_bound", "ratio to best bound")]
