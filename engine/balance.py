@@ -167,12 +167,15 @@ def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy,
     """
     loads = initial_loads(snapshot, policy)
     left_in_batch: dict[str, int] = {}  # node -> latest batch of a move out of it
+    guest_batch: dict[int, int] = {}  # vmid -> batch of its latest move (a guest parked moves twice)
     result = []
     for move in moves:
         before = spread(loads, targets)
         loads[move.source].load -= move.load
         loads[move.target].load += move.load
         batch = 1 + left_in_batch.get(move.target, -1)
+        batch = max(batch, 1 + guest_batch.get(move.guest.vmid, -1))  # a parked guest's next move: after it
+        guest_batch[move.guest.vmid] = batch
         left_in_batch[move.source] = max(left_in_batch.get(move.source, -1), batch)
         g = move.guest
         result.append(
