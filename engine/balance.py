@@ -103,7 +103,9 @@ def _balance(state: PlanState, notes: list[str]) -> PlanState:
 
 
 def _exact_applies(snapshot: ClusterSnapshot, policy: Policy) -> bool:
-    """The exact model knows the rules and the memory limit, not the per-plan caps or vCPU limit."""
+    """The exact model knows the rules and the memory limit, not the per-plan caps or vCPU limit.
+    `exact_seconds` > 0 turns it on; its search is bounded by work (exact.EXACT_NODE_LIMIT), never
+    by time, so that no load on the machine changes a plan."""
     return (policy.exact_seconds > 0 and len(snapshot.guests) <= EXACT_MAX_GUESTS
             and policy.max_migrations is None and policy.max_migrations_per_target is None
             and policy.cpu_overcommit is None and policy.threshold is None)
@@ -113,13 +115,9 @@ def _exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Cons
                     notes: list[str]) -> PlanState:
     from .exact import EXACT_NODE_LIMIT, minimum_migrations, order_placement  # scipy: loaded only when used
 
-    result = minimum_migrations(snapshot, policy, node_limit=EXACT_NODE_LIMIT, time_limit=policy.exact_seconds,
+    # bounded by work only (no wall-clock limit): the same snapshot gives the same plan under any load
+    result = minimum_migrations(snapshot, policy, node_limit=EXACT_NODE_LIMIT, time_limit=None,
                                 fewer_than=len(greedy.moves))
-    if result.stopped_by == "time limit":
-        # the only way load can change a plan: say so, so that two differing plans are explained
-        notes.append(f"the exact solver stopped at its safety limit of {policy.exact_seconds:g} s "
-                     f"(balancing.exact_seconds) before its work limit of {EXACT_NODE_LIMIT} nodes: "
-                     "under another load this plan may differ")
     if result.migrations is None or result.migrations >= len(greedy.moves):
         return greedy
     ordered = order_placement(snapshot, policy, constraints, result.placement)
