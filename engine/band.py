@@ -128,16 +128,20 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, 
         if now[n] > high[n]:
             return None
     shed.sort(key=lambda pair: (-pair[0].load, pair[0].key))
-    lacking = [n for n in sorted(cap) if now[n] < low[n]]
-    for u, source in shed:
-        target = _receiver(state, u, source, now, low, high, lacking)
-        if target is None:
-            return None
-        now[target] += u.load
-        plan.moves.append((u.vmids, target))
-        plan.data += u.data
-    # nodes still below the band: one unit at a time from a node with load to spare above lo
+    pool = [u for u, _ in shed]
+    source_of = {u.key: n for u, n in shed}
+    # nodes below the band, the one lacking most first: the shed units that fill each with the least
+    # overshoot (the largest while none fills it, then the smallest that does), then units from nodes
+    # with load to spare above lo
     for n in sorted(cap, key=lambda x: (now[x] - low[x], x)):
+        while now[n] < low[n]:
+            u = _from_pool(state, pool, source_of, n, low[n] - now[n], high[n] - now[n])
+            if u is None:
+                break
+            pool.remove(u)
+            now[n] += u.load
+            plan.moves.append((u.vmids, n))
+            plan.data += u.data
         while now[n] < low[n]:
             pick = _filler(state, by_node, neg, taken, now, low, n, low[n] - now[n], high[n] - now[n])
             if pick is None:
@@ -148,7 +152,26 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, 
             taken.add(u.key)
             plan.moves.append((u.vmids, n))
             plan.data += u.data
+    for u in pool:  # what the nodes below the band did not need: where there is most room in it
+        target = _receiver(state, u, source_of[u.key], now, low, high, [])
+        if target is None:
+            return None
+        now[target] += u.load
+        plan.moves.append((u.vmids, target))
+        plan.data += u.data
     return plan
+
+
+def _from_pool(state: PlanState, pool: list[_Unit], source_of: dict[int, str], target: str, lack: float,
+               room: float) -> _Unit | None:
+    """The smallest unit of the pool (sorted by falling load) that fills `lack` within `room`, else
+    the largest within `room`."""
+    fits = [u for u in pool if u.load <= room and source_of[u.key] != target]
+    split = next((i for i, u in enumerate(fits) if u.load < lack), len(fits))  # fits[:split] fill it
+    for u in (*reversed(fits[:split]), *fits[split:]):  # the rules are asked only of the one taken
+        if state.allows(u.vmids, target):
+            return u
+    return None
 
 
 def _receiver(state: PlanState, u: _Unit, source: str, now: dict[str, float], low: dict[str, float],
