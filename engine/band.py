@@ -8,13 +8,13 @@ mean must lie in it, so only that range is tried, on a fixed grid):
 
 1. every node above the band sheds its largest units that keep it from dropping below `lo`, until
    it is inside (the fewest units, and among those the most load, which the nodes below need);
-2. the shed units go, largest first, to the allowed node below the band that lacks the most, or
-   else to a node in the band with room under its top;
-3. a node still below the band takes one unit from a node with load to spare above `lo`, the
-   smallest that fills it, or the largest there is, until it is inside.
+2. each node below the band, the one lacking most first, takes shed units with the least overshoot:
+   the largest while none fills its lack, then the smallest that does;
+3. if the shed units run out, it takes units from nodes with load to spare above `lo` the same way;
+   shed units no node below the band needed go where the band has most room.
 
 The band with the fewest moves (then the least data, then the lowest `lo`) wins; the caller keeps it
-only if it needs fewer migrations than the greedy plan, after replaying it move by move through
+when it needs fewer migrations than the greedy plan (see balance._balance), after replaying it move by move through
 `PlanState` (rules and room checked at each step, as for every plan). Pure arithmetic on a fixed
 grid with stable tie-breaks: the same input gives the same plan.
 """
@@ -135,13 +135,13 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, 
     # with load to spare above lo
     for n in sorted(cap, key=lambda x: (now[x] - low[x], x)):
         while now[n] < low[n]:
-            u = _from_pool(state, pool, source_of, n, low[n] - now[n], high[n] - now[n])
-            if u is None:
+            fill = _from_pool(state, pool, source_of, n, low[n] - now[n], high[n] - now[n])
+            if fill is None:
                 break
-            pool.remove(u)
-            now[n] += u.load
-            plan.moves.append((u.vmids, n))
-            plan.data += u.data
+            pool.remove(fill)
+            now[n] += fill.load
+            plan.moves.append((fill.vmids, n))
+            plan.data += fill.data
         while now[n] < low[n]:
             pick = _filler(state, by_node, neg, taken, now, low, n, low[n] - now[n], high[n] - now[n])
             if pick is None:
@@ -153,7 +153,7 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, 
             plan.moves.append((u.vmids, n))
             plan.data += u.data
     for u in pool:  # what the nodes below the band did not need: where there is most room in it
-        target = _receiver(state, u, source_of[u.key], now, low, high, [])
+        target = _receiver(state, u, source_of[u.key], now, high)
         if target is None:
             return None
         now[target] += u.load
@@ -174,20 +174,10 @@ def _from_pool(state: PlanState, pool: list[_Unit], source_of: dict[int, str], t
     return None
 
 
-def _receiver(state: PlanState, u: _Unit, source: str, now: dict[str, float], low: dict[str, float],
-              high: dict[str, float], lacking: list[str]) -> str | None:
-    """The allowed node that lacks the most below the band, else the one with most room in it."""
-    for nodes, edge in ((lacking, low), (state.targets, high)):
-        room = [(now[t] - edge[t], t) for t in nodes if t != source and now[t] + u.load <= high[t]]
-        if not room:
-            continue
-        first = min(room)  # nearly always allowed: sort the rest only when it is not
-        if state.allows(u.vmids, first[1]):
-            return first[1]
-        for _, t in sorted(room):
-            if state.allows(u.vmids, t):
-                return t
-    return None
+def _receiver(state: PlanState, u: _Unit, source: str, now: dict[str, float], high: dict[str, float]) -> str | None:
+    """The allowed node with the most room under the band's top for the unit."""
+    room = sorted((now[t] - high[t], t) for t in state.targets if t != source and now[t] + u.load <= high[t])
+    return next((t for _, t in room if state.allows(u.vmids, t)), None)
 
 
 def _filler(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, list[float]], taken: set[int],
