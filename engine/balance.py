@@ -87,7 +87,8 @@ def _balance(state: PlanState, notes: list[str]) -> PlanState:
     time down: the band plan needed fewer moves on every bundled cluster of that size."""
     units = _units(state)
     banded: PlanState | None = None
-    band = band_plan(state, units)
+    # min_gain asks every balance move to lower the variance by itself: only the greedy plan's do
+    band = band_plan(state, units) if state.policy.min_gain <= 0 else None
     if band is not None and state.budget_left(sum(len(u) for u, _ in band.moves)):
         banded = clone(state)
         if not apply_in_order(banded, band.moves) or banded.spread() > state.policy.balanciness:

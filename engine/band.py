@@ -24,6 +24,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from copy import copy
+from itertools import chain
 from dataclasses import dataclass, field, replace
 
 from pvebalance.shared.models import MigrationReason
@@ -129,16 +130,18 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, 
             return None
     shed.sort(key=lambda pair: (-pair[0].load, pair[0].key))
     pool = [u for u, _ in shed]
+    keys = [-u.load for u in pool]
     source_of = {u.key: n for u, n in shed}
     # nodes below the band, the one lacking most first: the shed units that fill each with the least
     # overshoot (the largest while none fills it, then the smallest that does), then units from nodes
     # with load to spare above lo
     for n in sorted(cap, key=lambda x: (now[x] - low[x], x)):
         while now[n] < low[n]:
-            fill = _from_pool(state, pool, source_of, n, low[n] - now[n], high[n] - now[n])
-            if fill is None:
+            index = _from_pool(state, pool, keys, source_of, n, low[n] - now[n], high[n] - now[n])
+            if index is None:
                 break
-            pool.remove(fill)
+            fill = pool.pop(index)
+            del keys[index]
             now[n] += fill.load
             plan.moves.append((fill.vmids, n))
             plan.data += fill.data
@@ -162,15 +165,16 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, 
     return plan
 
 
-def _from_pool(state: PlanState, pool: list[_Unit], source_of: dict[int, str], target: str, lack: float,
-               room: float) -> _Unit | None:
-    """The smallest unit of the pool (sorted by falling load) that fills `lack` within `room`, else
-    the largest within `room`."""
-    fits = [u for u in pool if u.load <= room and source_of[u.key] != target]
-    split = next((i for i, u in enumerate(fits) if u.load < lack), len(fits))  # fits[:split] fill it
-    for u in (*reversed(fits[:split]), *fits[split:]):  # the rules are asked only of the one taken
-        if state.allows(u.vmids, target):
-            return u
+def _from_pool(state: PlanState, pool: list[_Unit], keys: list[float], source_of: dict[int, str], target: str,
+               lack: float, room: float) -> int | None:
+    """The index in the pool (sorted by falling load; `keys` its loads negated) of the smallest unit
+    that fills `lack` within `room`, else of the largest within `room`."""
+    start = bisect_left(keys, -room)  # units from `start` on carry at most `room`
+    split = bisect_right(keys, -lack, lo=start)  # those before `split` fill the lack
+    for i in chain(range(split - 1, start - 1, -1), range(split, len(pool))):
+        u = pool[i]  # the rules are asked only of the one taken
+        if source_of[u.key] != target and state.allows(u.vmids, target):
+            return i
     return None
 
 
