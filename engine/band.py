@@ -24,8 +24,8 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from copy import copy
-from itertools import chain
 from dataclasses import dataclass, field, replace
+from itertools import chain
 
 from pvebalance.shared.models import MigrationReason
 
