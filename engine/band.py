@@ -8,7 +8,7 @@ mean must lie in it, so only that range is tried, on a fixed grid):
 
 1. every node above the band sheds its largest units that keep it from dropping below `lo`, until
    it is inside (the fewest units, and among those the most load, which the nodes below need);
-2. each node below the band, the one lacking most first, takes shed units with the least overshoot:
+2. each node below the band, the one lacking least first, takes shed units with the least overshoot:
    the largest while none fills its lack, then the smallest that does;
 3. if the shed units run out, it takes units from nodes with load to spare above `lo` the same way;
    shed units no node below the band needed go where the band has most room.
@@ -132,10 +132,11 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, 
     pool = [u for u, _ in shed]
     keys = [-u.load for u in pool]
     source_of = {u.key: n for u, n in shed}
-    # nodes below the band, the one lacking most first: the shed units that fill each with the least
-    # overshoot (the largest while none fills it, then the smallest that does), then units from nodes
-    # with load to spare above lo
-    for n in sorted(cap, key=lambda x: (now[x] - low[x], x)):
+    # nodes below the band, the one lacking least first (it leaves the lack, if the shed units do not
+    # cover it all, on fewer nodes: fewer moves to fill it; measured on the bundled clusters): the
+    # shed units that fill each with the least overshoot (the largest while none fills it, then the
+    # smallest that does), then units from nodes with load to spare above lo
+    for n in sorted(cap, key=lambda x: (low[x] - now[x], x)):
         while now[n] < low[n]:
             index = _from_pool(state, pool, keys, source_of, n, low[n] - now[n], high[n] - now[n])
             if index is None:
