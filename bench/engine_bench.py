@@ -80,21 +80,21 @@ def band_lower_bound(snapshot: ClusterSnapshot, policy: Policy, step: float = 0.
 
 
 def shed_fill_lower_bound(snapshot: ClusterSnapshot, policy: Policy, steps: int = 500) -> int:
-    """A bound that counts both sides at once (no node being drained; rules only shrink the plans
-    it covers, so they may be left out). Whatever band [lo, lo + balanciness] the nodes end in (the
-    cluster's mean must lie in it):
+    """A bound that counts both sides of the band at once (no node being drained; rules only shrink
+    the plans it covers, so they may be left out). Say the nodes end in [lo, lo + balanciness] (the
+    cluster's mean must lie in it), and count, per node n, the c_n of its own guests that leave it:
 
-    - a node above the band loses at least its excess, so at least k of its own guests leave it,
-      k the fewest whose largest add up to the excess;
-    - the nodes below the band (R) gain at least their total lack D, and all of it comes from guests
-      leaving nodes outside R, so the guests leaving those nodes, at most the largest of each, add
-      up to D or more.
+    - n above the band loses at least its excess net, so at least that much leaves it: c_n >= k_n,
+      the fewest of its guests whose largest add up to the excess;
+    - the nodes below the band (R) gain at least their lack D net, and what R gains net is what the
+      other nodes lose net, each at most min(its c_n largest guests, its load above lo).
 
-    The fewest migrations doing both: the forced k of each node, then the largest of the remaining
-    guests outside R until D is covered (largest first is best: each node's next guests only get
-    smaller). Every lo in [mean - balanciness, mean] is covered by `steps` intervals, each taken at
-    its most lenient end (the excess at the interval's top, the lack at its bottom), so the minimum
-    over the intervals bounds every plan, not only the grid's."""
+    The fewest migrations (the sum of the c_n) doing both: the forced k_n, then the guests outside R
+    that add the most to what R can get, until it reaches D (each node's next guest adds no more
+    than the one before, so taking the largest additions first is best); and at least one per node
+    of R. Every lo in [mean - balanciness, mean] is covered by `steps` intervals, each taken at its
+    most lenient end (the excess at the interval's top, lack and load above lo at its bottom), so
+    the minimum over the intervals bounds every plan, not only the grid's."""
     loads = initial_loads(snapshot, policy)
     fixed = build_constraints(snapshot, policy).fixed
     nodes = [n.name for n in snapshot.nodes if n.online and n.usable and not n.maintenance
@@ -112,34 +112,45 @@ def shed_fill_lower_bound(snapshot: ClusterSnapshot, policy: Policy, steps: int 
     best: int | None = None
     for i in range(steps):
         lo_bottom, lo_top = mean - b + b * i / steps, mean - b + b * (i + 1) / steps
-        lacking = {n for n in nodes if load[n] < lo_bottom * cap[n] / 100}
-        lack = sum(lo_bottom * cap[n] / 100 - load[n] for n in lacking)
-        count, given, rest, possible = 0, 0.0, [], True
-        for n in nodes:
-            excess = load[n] - (lo_top + b) * cap[n] / 100
-            shed, k = 0.0, 0
-            while shed < excess and k < len(own[n]):
-                shed += own[n][k]
-                k += 1
-            if shed < excess:
-                possible = False  # not even all its movable guests take it into this band
-                break
-            count += k
-            if n not in lacking:
-                given += shed
-                rest.extend(own[n][k:])
-        if not possible:
-            continue
-        for size in sorted(rest, reverse=True):
-            if given >= lack:
-                break
-            given += size
-            count += 1
-        if given < lack:
-            continue
-        count = max(count, len(lacking))  # each node below the band receives at least one guest
-        best = count if best is None else min(best, count)
+        count = _count_for_band(own, cap, load, lo_bottom, lo_top, b)
+        if count is not None:
+            best = count if best is None else min(best, count)
     return best or 0
+
+
+def _count_for_band(own: dict[str, list[float]], cap: dict[str, float], load: dict[str, float], lo_bottom: float,
+                    lo_top: float, b: float) -> int | None:
+    """The shed+fill count for lo in [lo_bottom, lo_top]; None when no plan reaches such a band."""
+    lacking = {n for n in cap if load[n] < lo_bottom * cap[n] / 100}
+    lack = sum(lo_bottom * cap[n] / 100 - load[n] for n in lacking)
+    count, given, additions = 0, 0.0, []
+    for n in sorted(cap):
+        excess = load[n] - (lo_top + b) * cap[n] / 100
+        above_lo = load[n] - lo_bottom * cap[n] / 100
+        shed, k = 0.0, 0
+        while shed < excess and k < len(own[n]):
+            shed += own[n][k]
+            k += 1
+        if shed < excess:
+            return None  # not even all its movable guests take it into this band
+        count += k
+        if n in lacking:
+            continue
+        given += min(shed, above_lo)
+        for size in own[n][k:]:  # what each further guest adds, capped by the node's load above lo
+            added = min(shed + size, above_lo) - min(shed, above_lo)
+            if added <= 0:
+                break
+            additions.append(added)
+            shed += size
+    for added in sorted(additions, reverse=True):
+        if given >= lack:
+            break
+        given += added
+        count += 1
+    if given < lack:
+        return None
+    return max(count, len(lacking))  # each node below the band receives at least one guest
 
 
 def load_scenario(name: str) -> tuple[ClusterSnapshot, Policy]:
