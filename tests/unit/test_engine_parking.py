@@ -68,3 +68,19 @@ def test_a_swap_with_no_third_node_with_room_is_reported_unmet_with_the_reason()
         "must run on pveA: none may take it now; no guest on pveA could be parked on a third node with room "
         "to make room for 200",
     }
+
+
+def test_a_guest_parks_only_where_it_breaks_no_rule_it_did_not_break_before() -> None:
+    """pveC is the least loaded node with room, but vm200 must not share a node with vm300 there
+    (anti-affinity, kept where vm200 is now): it parks on pveD, the other node with room."""
+    snap = swap_cluster(third_node_used_gib=1)
+    tagged = [g.model_copy(update={"tags": [*g.tags, "plb_anti_affinity_x"]}) if g.vmid in (200, 300) else g
+              for g in snap.guests]
+    tagged.append(guest(400, "pveD", 4, ["plb_ignore"]))
+    nodes = [*snap.nodes, NodeState(name="pveD", maxmem=16 * GIB, mem=4 * GIB, maxcpu=8)]
+    snap = snap.model_copy(update={"guests": tagged, "nodes": nodes})
+    plan = plan_balance(snap, Policy())
+    steps = [(m.vmid, m.source, m.target, m.batch) for m in plan.migrations]
+    assert steps == [(200, "pveB", "pveD", 0), (100, "pveA", "pveB", 1), (200, "pveD", "pveA", 2)]
+    assert plan.unmet == []
+    assert plan.violations == []
