@@ -142,8 +142,8 @@ class BalancingSettings(Section):
     disk_threshold: float | None = Field(None, gt=0, le=100)
     cpu_overcommit: float | None = Field(None, gt=0, description="max assigned vCPUs per node core")
     exact_seconds: float = Field(
-        30.0, ge=0, description="a safety limit on the exact solver's time on clusters of up to 500 guests "
-        "(0: greedy only); its work limit ends it first, so the same snapshot gives the same plan")
+        30.0, ge=0, description="> 0: the exact solver runs on clusters of up to 500 guests, bounded by work "
+        "(not time: the same snapshot gives the same plan); 0: greedy only")
     leave_ha_to_crs: bool = Field(True, description="with PVE's crs.ha-auto-rebalance on, never move HA guests")
     node_resource_reserve: dict[str, ResourceReserve] = Field(
         default_factory=dict, description="'defaults' and per-node reservations"

@@ -200,6 +200,16 @@ class Plan(Message):
     held_out: dict[str, str] = Field(default_factory=dict)
 
 
+def job_ids(plan: Plan) -> list[str]:
+    """Each of the plan's migrations' job id, in the plan's order."""
+    steps: dict[int, int] = {}
+    ids = []
+    for m in plan.migrations:
+        steps[m.vmid] = steps.get(m.vmid, 0) + 1
+        ids.append(MigrationJob.id_for(plan.plan_id, m.vmid, steps[m.vmid]))
+    return ids
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     WAITING = "waiting"
@@ -230,9 +240,10 @@ class MigrationJob(Message):
     reason: MigrationReason = MigrationReason.BALANCE
 
     @staticmethod
-    def id_for(plan_id: str, vmid: int) -> str:
-        """Deterministic per plan and guest, so re-enqueueing a plan never doubles a migration."""
-        return f"migrate-{plan_id}-{vmid}"
+    def id_for(plan_id: str, vmid: int, step: int = 1) -> str:
+        """Deterministic per plan, guest and step (a guest parked on a third node moves twice), so
+        re-enqueueing a plan never doubles a migration."""
+        return f"migrate-{plan_id}-{vmid}" + (f"-{step}" if step > 1 else "")
 
 
 class JobStatusEvent(Message):
