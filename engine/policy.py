@@ -11,7 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pvebalance.shared.config import BalancingSettings, PoolRule, ProxmoxClusterSettings, ResourceReserve
+from pvebalance.shared.config import (
+    BalancingSettings,
+    MigratorSettings,
+    PoolRule,
+    ProxmoxClusterSettings,
+    ResourceReserve,
+)
 from pvebalance.shared.models import GuestType
 
 Method = Literal["memory", "cpu", "disk", "weighted"]
@@ -84,6 +90,8 @@ class Policy:
     # Not settings: the planner's state, and a figure derived per snapshot.
     cooldown: frozenset[int] = field(default_factory=frozenset)  # guests moved too recently
     scale: dict[str, float] = field(default_factory=dict)  # set per snapshot for weighted balancing
+    # The migrator's limits and expected durations, which a plan's moves are scheduled by (schedule.py)
+    migrator: MigratorSettings = field(default_factory=MigratorSettings)
 
     def reserved(self, node: str) -> ResourceReserve:
         return self.reserve.get(node) or self.reserve.get("defaults") or ResourceReserve()

@@ -100,6 +100,19 @@ class HaRule(BaseModel):
     disabled: bool = False
 
 
+class InFlightMigration(BaseModel):
+    """A migration running when a plan is made: a live migration holds the guest's memory on both its
+    source and its target until it ends, so the engine counts it on both (engine/fit.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: str
+    vmid: int
+    source: str
+    target: str
+    mem_bytes: int = 0
+    online: bool = True
+
+
 class ClusterSnapshot(Message):
     kind: Literal["snapshot"] = "snapshot"
     snapshot_id: str = Field(default_factory=lambda: new_id("snap"))
@@ -111,6 +124,8 @@ class ClusterSnapshot(Message):
     guests: list[GuestState]
     ha_rules: list[HaRule] = Field(default_factory=list)
     pools: dict[str, list[int]] = Field(default_factory=dict)
+    # The planner's view, not the collector's: pvebalance's own migrations in flight (jobstore.in_flight)
+    in_flight: list[InFlightMigration] = Field(default_factory=list)
 
     def age_seconds(self, now: datetime | None = None) -> float:
         return ((now or utcnow()) - self.taken_at).total_seconds()
@@ -166,6 +181,18 @@ class Unmet(BaseModel):
     reason: str
 
 
+class GroupSplit(BaseModel):
+    """How long a together-group (affinity) is split while a plan runs: from the first of its guests
+    landing (or the plan's start, if it was split before) to the last, at the migrator's limits and
+    expected durations (engine/schedule.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    group: str
+    vmids: list[int]
+    batch: int | None = Field(description="the one batch of its moves; None if they depend on each other")
+    split_s: float = Field(description="seconds it is split at most")
+
+
 class Plan(Message):
     kind: Literal["plan"] = "plan"
     plan_id: str = Field(default_factory=lambda: new_id("plan"))
@@ -180,6 +207,7 @@ class Plan(Message):
     violations: list[str] = Field(default_factory=list)
     unmet: list[Unmet] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    splits: list[GroupSplit] = Field(default_factory=list, description="affinity groups split while it runs")
 
 
 class JobState(StrEnum):

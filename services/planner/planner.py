@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -84,6 +85,9 @@ class Planner:
             return None
         policy = Policy.from_settings(self.settings.balancing, self.settings.proxmox_cluster,
                                       cooldown=self.jobs.cooling_down())
+        # Migrations in flight hold memory on both their nodes; the migrator's limits schedule the moves.
+        snapshot = snapshot.model_copy(update={"in_flight": self.jobs.in_flight_migrations()})
+        policy = replace(policy, migrator=self.settings.migrator)
         plan = plan_balance(snapshot, policy)
         self.save(plan)
         log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id,
