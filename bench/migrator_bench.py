@@ -44,8 +44,8 @@ COLUMNS = [("slots", "slots"), ("guests", "guests"), ("succeeded", "jobs succeed
 TIME_SCALE = 0.3
 
 
-def drain(slots: int, redis_url: str, workdir: Path) -> dict[str, Any]:
-    sim = Simulator(load_dump("all-on-one"), time_scale=TIME_SCALE)
+def drain(slots: int, redis_url: str, workdir: Path, time_scale: float = TIME_SCALE) -> dict[str, Any]:
+    sim = Simulator(load_dump("all-on-one"), time_scale=time_scale)
     sim.start(0, certdir=workdir / "certs")
     ident, secret = next(iter(sim.tokens.items()))
     user, token = ident.split("!")
@@ -108,7 +108,7 @@ def list_makespan(seconds: list[float], slots: int) -> float:
     return max(free)
 
 
-def run(slot_counts: tuple[int, ...] = (1, 2, 4)) -> list[dict[str, Any]]:
+def run(slot_counts: tuple[int, ...] = (1, 2, 4), time_scale: float = TIME_SCALE) -> list[dict[str, Any]]:
     url = os.environ.get("REDIS_URL", "")
     embedded = None
     if not (url and answers(url)):
@@ -116,7 +116,7 @@ def run(slot_counts: tuple[int, ...] = (1, 2, 4)) -> list[dict[str, Any]]:
         url = embedded.url
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            return [drain(slots, url, Path(tmp)) for slots in slot_counts]
+            return [drain(slots, url, Path(tmp), time_scale) for slots in slot_counts]
     finally:
         if embedded:
             embedded.stop()

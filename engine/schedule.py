@@ -183,27 +183,56 @@ def _list_schedule(moves: Sequence[Move], batch: list[int], seconds: list[float]
         if i in group_of:
             longest[group_of[i]] = max(longest[group_of[i]], seconds[i])
 
-    def priority(i: int) -> tuple[bool, float, str, float, int]:
+    def static(i: int) -> tuple[float, str, float, int]:
         name = group_of.get(i, "")
-        return (name in begun, longest[name] if name else seconds[i], name, seconds[i], -i)
+        return (longest[name] if name else seconds[i], name, seconds[i], -i)
 
-    begun: set[str] = set()
-    ready = [i for i in sorted(batch) if not before[i]]
+    rank = {i: r for r, i in enumerate(sorted(batch, key=static, reverse=True))}  # 0: the first to start
+    waiting: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)  # ready, by source and target
+    in_group: dict[str, set[int]] = defaultdict(set)  # ready moves of each group
+    begun: set[str] = set()  # groups with a move started: their other moves come first
+
+    def ready(i: int) -> None:
+        heapq.heappush(waiting[(moves[i].source, moves[i].target)], (rank[i], i))
+        if i in group_of:
+            in_group[group_of[i]].add(i)
+
+    def room(i: int) -> bool:
+        return (per_source[moves[i].source] < limits.max_parallel_per_source
+                and per_target[moves[i].target] < limits.max_parallel_per_target)
+
+    def pick() -> int | None:
+        if len(running) >= limits.max_parallel_cluster:
+            return None
+        grouped = [i for name in sorted(begun) for i in in_group[name] if room(i)]
+        if grouped:
+            return min(grouped, key=rank.__getitem__)
+        heads = [heap[0] for (source, target), heap in waiting.items() if heap
+                 and per_source[source] < limits.max_parallel_per_source
+                 and per_target[target] < limits.max_parallel_per_target]
+        return min(heads)[1] if heads else None
+
     running: list[tuple[float, int]] = []
     per_source: Counter[str] = Counter()
     per_target: Counter[str] = Counter()
     order: list[int] = []
+    for i in sorted(batch):
+        if not before[i]:
+            ready(i)
     while len(order) < len(members):
-        free = len(running) < limits.max_parallel_cluster
-        candidates = [i for i in ready if free and per_source[moves[i].source] < limits.max_parallel_per_source
-                      and per_target[moves[i].target] < limits.max_parallel_per_target]
-        if not candidates:
-            clock, i = heapq.heappop(running)
-            per_source[moves[i].source] -= 1
-            per_target[moves[i].target] -= 1
+        chosen = pick()
+        if chosen is None:
+            clock, ended = heapq.heappop(running)
+            per_source[moves[ended].source] -= 1
+            per_target[moves[ended].target] -= 1
             continue
-        i = max(candidates, key=priority)
-        ready.remove(i)
+        i = chosen
+        heap = waiting[(moves[i].source, moves[i].target)]
+        if heap[0][1] == i:
+            heapq.heappop(heap)
+        else:
+            heap.remove((rank[i], i))
+            heapq.heapify(heap)
         order.append(i)
         starts[i], ends[i] = clock, clock + seconds[i]
         heapq.heappush(running, (ends[i], i))
@@ -211,10 +240,11 @@ def _list_schedule(moves: Sequence[Move], batch: list[int], seconds: list[float]
         per_target[moves[i].target] += 1
         if i in group_of:
             begun.add(group_of[i])
+            in_group[group_of[i]].discard(i)
         for j in unblocks[i]:
             before[j] -= 1
             if not before[j]:
-                ready.append(j)
+                ready(j)
     return order
 
 

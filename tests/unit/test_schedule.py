@@ -113,8 +113,9 @@ def test_a_move_that_needs_the_room_another_frees_waits_for_it_to_end() -> None:
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_no_node_goes_over_its_limit_however_the_moves_overlap(name: str) -> None:
-    """Every bundled plan, its moves run as the planner enqueues them with random durations (five draws),
-    as soon as they may and all at once: every arrival fits at the moment it starts."""
+    """Every bundled plan, run two ways. As the planner enqueues its moves, with random durations (five
+    draws), each as soon as it may, all at once: every arrival fits at the moment it starts. Batch by
+    batch: each batch's arrivals all started and none of its departures ended yet: every arrival fits."""
     snap, policy = scenario(name)
     plan = plan_balance(snap, policy)
     deps = queue_deps(plan.migrations)
@@ -123,12 +124,6 @@ def test_no_node_goes_over_its_limit_however_the_moves_overlap(name: str) -> Non
         seconds = [draw.uniform(1, 100) for _ in plan.migrations]
         assert overloads_while_overlapping(snap, policy, plan.migrations, seconds, deps) == [], seed
 
-
-@pytest.mark.parametrize("name", SCENARIOS)
-def test_a_batch_run_all_at_once_fits(name: str) -> None:
-    """Batches as barriers: each batch's arrivals all started, none of its departures ended yet."""
-    snap, policy = scenario(name)
-    plan = plan_balance(snap, policy)
     guests = {g.vmid: g for g in snap.guests}
     figures = snapshot_figures(snap)
     assert [m.batch for m in plan.migrations] == sorted(m.batch for m in plan.migrations)
