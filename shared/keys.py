@@ -66,3 +66,24 @@ LOST_SINCE = f"{PREFIX}:jobs:lost-since"
 RESUMING = f"{PREFIX}:jobs:resuming"  # hash job id -> when a 'queued' job was first seen in no queue
 
 COOLDOWN = f"{PREFIX}:cooldown"  # sorted set: vmid -> time until which the guest stays put
+
+# Operator requests (shared/requests.py): one stream the planner consumes, one status hash each.
+REQUEST_STREAM = f"{PREFIX}:requests"
+REQUEST_STREAM_MAXLEN = 10_000
+REQUEST_INDEX = f"{PREFIX}:requests:index"  # sorted set of request ids by submission time
+REQUESTS_GROUP = "planner"
+
+DRAINED = f"{PREFIX}:drained"  # hash node -> JSON of the drain that holds it empty (until undrained)
+PAUSED = f"{PREFIX}:paused"  # JSON of the pause (who, why, until), expiring with it
+PLAN_STATUS = f"{PREFIX}:plan-status"  # hash plan id -> JSON of its state (recommended, running, ...)
+
+HEARTBEAT_TTL = 30
+
+
+def request(request_id: str) -> str:
+    return f"{PREFIX}:request:{request_id}"
+
+
+def heartbeat(service: str, instance: str) -> str:
+    """Set by a running service every few seconds, expiring HEARTBEAT_TTL after its last beat."""
+    return f"{PREFIX}:alive:{service}:{instance}"

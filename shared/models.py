@@ -193,6 +193,9 @@ class GroupSplit(BaseModel):
     split_s: float = Field(description="seconds it is split at most")
 
 
+PlanOutcome = Literal["balanced", "planned", "partial", "infeasible"]
+
+
 class Plan(Message):
     kind: Literal["plan"] = "plan"
     plan_id: str = Field(default_factory=lambda: new_id("plan"))
@@ -207,6 +210,12 @@ class Plan(Message):
     violations: list[str] = Field(default_factory=list)
     unmet: list[Unmet] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    outcome: PlanOutcome = Field("planned", description="balanced (nothing to do), planned, partial "
+                                 "(some rules unmet: see unmet), infeasible (no safe move helps: see outcome_reason)")
+    outcome_reason: str = ""
+    # Nodes in `before`/`after` that the spread leaves out (and nothing moves onto), with the reason:
+    # "maintenance" (being emptied or held empty), "offline", "ignored", "no capacity".
+    held_out: dict[str, str] = Field(default_factory=dict)
     splits: list[GroupSplit] = Field(default_factory=list, description="affinity groups split while it runs")
 
 

@@ -1,0 +1,101 @@
+"""Plans in Redis and the state of each: the planner is the only writer; the CLI and API read.
+
+A plan is stored once, as made, and never changed; its state lives beside it. States:
+recommended (made in manual or dry-run mode, waiting for an operator), approved (an operator said
+yes; its jobs are being enqueued), running (its jobs are enqueued), done (every job ended),
+superseded (a newer plan made it stale before it was approved), rejected (an operator said no).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from redis import Redis
+
+from . import keys
+from .models import Message, Plan, utcnow
+
+PLAN_TTL = 7 * 24 * 3600
+M = TypeVar("M", bound=Message)
+
+
+class PlanState(StrEnum):
+    RECOMMENDED = "recommended"
+    APPROVED = "approved"
+    RUNNING = "running"
+    DONE = "done"
+    SUPERSEDED = "superseded"
+    REJECTED = "rejected"
+
+
+class PlanStatus(Message):
+    kind: Literal["plan-status"] = "plan-status"
+    plan_id: str
+    state: PlanState
+    reason: str = ""
+    at: datetime = Field(default_factory=utcnow)
+    request_id: str | None = Field(None, description="the operator request that made or approved it")
+    vmids: list[int] | None = Field(None, description="approved with only these moves")
+
+
+class PlanStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def save(self, plan: Plan, status: PlanStatus) -> None:
+        raw = plan.model_dump_json()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.plan(plan.plan_id), raw, ex=PLAN_TTL)
+        pipe.set(keys.PLAN_LATEST, raw, ex=PLAN_TTL)
+        pipe.zadd(keys.PLAN_INDEX, {plan.plan_id: plan.created_at.timestamp()})
+        pipe.hset(keys.PLAN_STATUS, plan.plan_id, status.model_dump_json())
+        pipe.execute()
+
+    def plan(self, plan_id: str) -> Plan | None:
+        return _parse(Plan, self.redis.get(keys.plan(plan_id)))
+
+    def latest(self) -> Plan | None:
+        return _parse(Plan, self.redis.get(keys.PLAN_LATEST))
+
+    def status(self, plan_id: str) -> PlanStatus | None:
+        return _parse(PlanStatus, self.redis.hget(keys.PLAN_STATUS, plan_id))
+
+    def set_state(self, plan_id: str, state: PlanState, reason: str = "", **fields: object) -> PlanStatus:
+        old = self.status(plan_id)
+        status = PlanStatus(plan_id=plan_id, state=state, reason=reason,
+                            request_id=fields.get("request_id", old.request_id if old else None),
+                            vmids=fields.get("vmids", old.vmids if old else None))
+        self.redis.hset(keys.PLAN_STATUS, plan_id, status.model_dump_json())
+        return status
+
+    def recent(self, count: int = 20) -> list[tuple[Plan, PlanStatus | None]]:
+        found = []
+        for raw_id in self.redis.zrevrange(keys.PLAN_INDEX, 0, count - 1):
+            plan_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            plan = self.plan(plan_id)
+            if plan is not None:
+                found.append((plan, self.status(plan_id)))
+        return found
+
+    def in_state(self, *states: PlanState) -> list[PlanStatus]:
+        statuses = (_parse(PlanStatus, raw) for raw in self.redis.hvals(keys.PLAN_STATUS))
+        return sorted((s for s in statuses if s is not None and s.state in states), key=lambda s: s.at)
+
+    def forget_older_than(self, timestamp: float) -> None:
+        """Plans expire on their own; their index entries and states are dropped here."""
+        old = self.redis.zrangebyscore(keys.PLAN_INDEX, "-inf", timestamp)
+        if old:
+            self.redis.zrem(keys.PLAN_INDEX, *old)
+            self.redis.hdel(keys.PLAN_STATUS, *old)
+
+
+def _parse(model: type[M], raw: bytes | str | None) -> M | None:
+    if raw is None:
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError:
+        return None  # written by a version whose schema this one does not know
