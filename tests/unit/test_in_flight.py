@@ -9,10 +9,23 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from pvebalance.engine import Policy
+from pvebalance.engine.placement import PlacementRequest, place
 from pvebalance.services.migrator.runner import MigrationRunner
 from pvebalance.services.migrator.slots import Slots
+from pvebalance.services.planner.planner import Planner
+from pvebalance.shared import keys
+from pvebalance.shared.config import Settings
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import GuestType, InFlightMigration, JobState, MigrationJob
+from pvebalance.shared.models import (
+    ClusterSnapshot,
+    GuestState,
+    GuestType,
+    InFlightMigration,
+    JobState,
+    MigrationJob,
+    NodeState,
+)
 from pvebalance.shared.proxmox import ProxmoxClient
 from tests.helpers import SimFactory, settings_for
 
@@ -62,3 +75,38 @@ def test_pre_flight_counts_the_memory_a_migration_in_flight_holds_on_the_target(
         assert sim.cluster.stats.migrate_posts[118] == 0
     else:
         assert sim.cluster.guests[118].node == "pve2"
+
+
+def busy_cluster() -> ClusterSnapshot:
+    """pve1 to drain (vm101, 20 GiB); pve2 looks emptier than pve3, but vm102 (30 GiB, listed on pve3 and
+    locked, as PVE shows a guest being migrated) is on its way from pve3 to pve2."""
+    nodes = [NodeState(name=n, maxmem=100 * GIB, mem=u * GIB, maxcpu=16) for n, u in
+             (("pve1", 30), ("pve2", 60), ("pve3", 70))]
+    guests = [GuestState(vmid=101, name="vm101", type=GuestType.QEMU, node="pve1", mem=20 * GIB, maxmem=20 * GIB),
+              GuestState(vmid=102, name="vm102", type=GuestType.QEMU, node="pve3", mem=30 * GIB, maxmem=30 * GIB,
+                         lock="migrate")]
+    return ClusterSnapshot(nodes=nodes, guests=guests)
+
+
+@pytest.mark.parametrize(("posted", "target"), [(True, "pve3"), (False, "pve2")],
+                         ids=["vm102's migration in flight", "vm102's job only queued"])
+def test_an_operators_drain_is_planned_around_the_memory_migrations_in_flight_hold(
+        fake_redis: Redis, posted: bool, target: str) -> None:
+    """The planner reads the latest snapshot for an operator's request with its migrations in flight."""
+    planner = Planner(fake_redis, Settings())
+    fake_redis.set(keys.SNAPSHOT_LATEST, busy_cluster().model_dump_json())
+    make_job(planner.jobs, 102, source="pve3", target="pve2", mem_bytes=30 * GIB, posted=posted)
+    snapshot = planner.latest_snapshot()
+    assert snapshot is not None and len(snapshot.in_flight) == posted
+    plan = planner.drain_plan(snapshot, {"pve1"}, include_stopped=set())
+    assert [(m.vmid, m.target) for m in plan.migrations] == [(101, target)]
+
+
+def test_placement_counts_a_migration_in_flight_on_its_target() -> None:
+    flight = InFlightMigration(job_id="j", vmid=102, source="pve3", target="pve2", mem_bytes=30 * GIB)
+    busy = busy_cluster().model_copy(update={"in_flight": [flight]})
+    policy = Policy(maintenance_nodes=frozenset({"pve1"}))
+    assert place(busy_cluster(), policy, PlacementRequest(memory=20 * GIB)).best == "pve2"
+    answer = place(busy, policy, PlacementRequest(memory=20 * GIB))
+    assert answer.best == "pve3"
+    assert answer.refused["pve2"] == "pve2 would use 110.0%, above max_node_usage 95%"
