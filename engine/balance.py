@@ -26,6 +26,7 @@ from .outcome import outcome_of
 from .policy import Policy
 from .repair import repair
 from .rules import Constraints, build_constraints, fixed_reason
+from .schedule import schedule
 from .search import balance_moves, units_by_node
 from .state import Move, PlanState
 from .verify import find_violations
@@ -57,7 +58,9 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     elif not unmet and state.moves and _exact_applies(snapshot, policy):
         state = _exact_if_fewer(snapshot, policy, constraints, state, notes)
 
-    migrations = _to_migrations(state.moves, snapshot, policy, state.targets)
+    timetable = schedule(state.moves, snapshot, policy, constraints)  # batches and queue order (schedule.py)
+    notes += timetable.notes
+    migrations = _to_migrations(timetable.moves, snapshot, policy, state.targets, timetable.batches)
     plan = Plan(
         snapshot_id=snapshot.snapshot_id,
         method=policy.method,
@@ -69,6 +72,7 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
         unmet=unmet,
         notes=notes,
     )
+    plan.splits = timetable.splits
     plan.violations = find_violations(snapshot, plan, policy, constraints)
     plan.outcome, plan.outcome_reason = outcome_of(
         plan, below_threshold=policy.threshold is not None and hottest < policy.threshold)
@@ -172,24 +176,15 @@ def _units(state: PlanState) -> list[frozenset[int]]:
     return units
 
 
-def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy, targets: list[str]) -> list[Migration]:
-    """Replay the moves to record each one's effect, and group them into parallel batches.
-
-    A move into a node comes in a later batch than every earlier move out of that node (which
-    frees its room); moves of one batch may then finish in any order without overloading a node.
-    """
+def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy, targets: list[str],
+                   batches: list[int]) -> list[Migration]:
+    """Replay the moves (in queue order) to record each one's effect; `batches` from schedule.py."""
     loads = initial_loads(snapshot, policy)
-    left_in_batch: dict[str, int] = {}  # node -> latest batch of a move out of it
-    guest_batch: dict[int, int] = {}  # vmid -> batch of its latest move (a guest parked moves twice)
     result = []
-    for move in moves:
+    for move, batch in zip(moves, batches, strict=True):
         before = spread(loads, targets)
         loads[move.source].load -= move.load
         loads[move.target].load += move.load
-        batch = 1 + left_in_batch.get(move.target, -1)
-        batch = max(batch, 1 + guest_batch.get(move.guest.vmid, -1))  # a parked guest's next move: after it
-        guest_batch[move.guest.vmid] = batch
-        left_in_batch[move.source] = max(left_in_batch.get(move.source, -1), batch)
         g = move.guest
         result.append(
             Migration(

@@ -180,6 +180,11 @@ class MigratorSettings(Section):
     task_timeout_base: float = Field(300.0, gt=0)
     task_timeout_per_gib: float = Field(60.0, ge=0)
 
+    def expected_seconds(self, moved_bytes: int) -> float:
+        """How long a migration that copies this much (memory and local disks) is expected to take at
+        most: what a run waits before it warns, and what the engine schedules a plan's moves with."""
+        return self.task_timeout_base + self.task_timeout_per_gib * moved_bytes / 2**30
+
 
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

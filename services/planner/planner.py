@@ -92,6 +92,7 @@ class Planner:
             # A refused move would otherwise be planned again at once, and fail again, every snapshot.
             log.info("moves of the last plan failed; planning again later", wait_s=round(wait, 1))
             return None
+        snapshot = self.with_in_flight(snapshot)
         drain = self.run_drains(snapshot)
         if drain is not None:
             return drain
@@ -125,8 +126,14 @@ class Planner:
         if drained - set(cluster.maintenance_nodes):
             cluster = cluster.model_copy(update={"maintenance_nodes": sorted(set(cluster.maintenance_nodes) | drained)})
         now = time.time()
-        return Policy.from_settings(self.settings.balancing, cluster, cooldown=self.jobs.cooling_down(),
-                                    recent_moves=self.jobs.finished_since(now - HISTORY_WINDOW), now=now)
+        policy = Policy.from_settings(self.settings.balancing, cluster, cooldown=self.jobs.cooling_down(),
+                                      recent_moves=self.jobs.finished_since(now - HISTORY_WINDOW), now=now)
+        return replace(policy, migrator=self.settings.migrator)  # the limits a plan's moves are scheduled by
+
+    def with_in_flight(self, snapshot: ClusterSnapshot) -> ClusterSnapshot:
+        """The snapshot with pvebalance's migrations in flight: each holds its guest's memory on both its
+        nodes until it ends, which plans, drain checks and placement count (engine/fit.py)."""
+        return snapshot.model_copy(update={"in_flight": self.jobs.in_flight_migrations()})
 
     def drain_plan(self, snapshot: ClusterSnapshot, nodes: set[str], include_stopped: set[str]) -> Plan:
         """A plan that only repairs rules, with `nodes` drained; stopped guests of operator drains stay
@@ -200,9 +207,10 @@ class Planner:
         return failed
 
     def latest_snapshot(self) -> ClusterSnapshot | None:
+        """The collector's latest snapshot, with the migrations in flight (for operator requests)."""
         raw = self.redis.get(keys.SNAPSHOT_LATEST)
         try:
-            return ClusterSnapshot.model_validate_json(raw) if raw else None
+            return self.with_in_flight(ClusterSnapshot.model_validate_json(raw)) if raw else None
         except ValueError:
             return None
 

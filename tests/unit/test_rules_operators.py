@@ -127,9 +127,10 @@ def test_pins_match_node_names_in_any_case() -> None:
     pin_moves = [(m.vmid, m.source, m.target, m.detail) for m in plan.migrations if m.reason.value == "pin"]
     assert pin_moves == [  # 400 and 401 swap between two full nodes through pve-b (a parking move)
         (401, "PVE-D", "pve-b", "plb_pin tags: parked on pve-b to make room on PVE-D for 400"),
+        (402, "pve-b", "PVE-A", "plb_pin tags: may run only on PVE-A"),
         (400, "Pve-C", "PVE-D", "plb_pin tags: may run only on PVE-D"),
-        (401, "pve-b", "Pve-C", "leaves parking on pve-b for Pve-C"),
-        (402, "pve-b", "PVE-A", "plb_pin tags: may run only on PVE-A")]
+        (401, "pve-b", "Pve-C", "leaves parking on pve-b for Pve-C")]
+    assert [m.batch for m in plan.migrations if m.reason.value == "pin"] == [0, 0, 1, 2]
     assert ends(snap, plan)[403] == "pve-b", "plb_pin_pve-b holds already"
 
 
