@@ -23,6 +23,7 @@ from pvebalance.shared.logging import configure_logging
 from pvebalance.shared.models import ClusterSnapshot, JobStatusEvent
 from pvebalance.shared.proxmox import ProxmoxError
 from pvebalance.shared.redisconn import RedisUnavailable
+from pvebalance.simulator.realism import Realism
 
 from .render import plan_to_json, print_plan
 
@@ -92,6 +93,15 @@ def simulator(
     cert: Annotated[Path | None, typer.Option(help="PEM certificate (default: self-signed, made now)")] = None,
     key: Annotated[Path | None, typer.Option(help="PEM key for --cert")] = None,
     certdir: Annotated[Path, typer.Option(help="where a self-signed certificate is written")] = Path(".sim-certs"),
+    latency: Annotated[float, typer.Option(help="ms each request takes, ± jitter (0: instant)")] = Realism.latency_ms,
+    workers: Annotated[int, typer.Option(help="requests each node serves at once; more wait (0: no limit)")]
+    = Realism.workers,
+    figure_lag: Annotated[float, typer.Option(help="s node figures lag behind, at time-scale 1")] = Realism.figure_lag,
+    host_variation: Annotated[float, typer.Option(help="± share of its own memory a host's use swings by")]
+    = Realism.host_variation,
+    live_memory: Annotated[bool, typer.Option(help="a live migration holds memory on both nodes until it ends")]
+    = Realism.live_memory,
+    idle: Annotated[bool, typer.Option(help="an idle, instant cluster: every realism above off")] = False,
 ) -> None:
     """Serve a recorded cluster as a Proxmox VE 9 API over HTTPS, until interrupted."""
     import threading
@@ -99,7 +109,9 @@ def simulator(
     from pvebalance.simulator.server import Simulator
 
     configure_logging("INFO", "console")
-    sim = Simulator(load_dump(scenario), time_scale=time_scale)
+    realism = Realism.off() if idle else Realism(latency_ms=latency, workers=workers, figure_lag=figure_lag,
+                                                 host_variation=host_variation, live_memory=live_memory)
+    sim = Simulator(load_dump(scenario), time_scale=time_scale, realism=realism)
     try:
         bound = sim.start(port, host, certdir=certdir, certfile=cert, keyfile=key)
     except OSError as exc:
@@ -110,6 +122,7 @@ def simulator(
     err.print(f"  CA certificate: {sim.cafile}", highlight=False)
     err.print(f"  API token: user {user}, token_id {token_id}, token_secret {token_secret}", highlight=False)
     err.print(f"  password login: {user} / {sim.users[user]}", highlight=False)
+    err.print("  realism: " + ", ".join(f"{k} {v}" for k, v in realism.as_json().items()), highlight=False)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
