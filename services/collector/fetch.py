@@ -46,6 +46,8 @@ class _Dispatch(Generic[K]):
                         key = queue.popleft()
                         if not queue:
                             del self.pending[node]
+                            if not self.pending:
+                                self.cond.notify_all()  # nothing left: the waiting threads end
                         self.busy[node] += 1
                         return node, key
                 self.cond.wait()
@@ -54,7 +56,7 @@ class _Dispatch(Generic[K]):
     def done(self, node: str) -> None:
         with self.cond:
             self.busy[node] -= 1
-            self.cond.notify_all()
+            self.cond.notify()  # one slot is free: one waiting thread may take it
 
 
 def read_all(keys: Iterable[K], node_of: Callable[[K], str], read: Callable[[K], T],
