@@ -84,3 +84,17 @@ def test_read_all_keeps_within_its_limits_and_keeps_each_failure_apart() -> None
     assert peak["node"] <= 2 and peak["all"] <= 6
     assert isinstance(out[("pve2", 7)], ProxmoxError)
     assert {k: v for k, v in out.items() if k[1] != 7} == {k: k[1] for k in keys if k[1] != 7}
+
+
+def test_one_client_shared_by_many_threads_logs_in_once_and_counts_every_call(start_simulator: SimFactory) -> None:
+    import threading
+
+    sim = start_simulator(latency_ms=5)
+    client = ProxmoxClient(api_settings(sim, token_id=None, token_secret=None, **{"pass": sim.users["root@pam"]}))
+    threads = [threading.Thread(target=lambda: [client.get("/version") for _ in range(5)]) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert client.requests == 80 == sim.cluster.stats.requests["GET /version"]
+    assert sim.cluster.stats.requests["POST /access/ticket"] == 1
