@@ -150,7 +150,7 @@ def collect(
     Read-only: the config cache, the guests' moving averages and the nodes' RRD figures are read
     from Redis, never written (the planner balances on those averages).
     """
-    from pvebalance.services.collector.collector import CollectError, Collector
+    from pvebalance.services.collector.collector import CollectError, Collector, read_limits
     from pvebalance.shared.proxmox import ProxmoxClient
     from pvebalance.shared.redisconn import connect
 
@@ -163,7 +163,7 @@ def collect(
         redis = None
     client = ProxmoxClient(settings.proxmox_api)
     try:
-        snapshot = Collector(client, redis, read_only=True).snapshot()
+        snapshot = Collector(client, redis, read_only=True, reads=read_limits(settings.collector)).snapshot()
     except CollectError as exc:
         raise UserError(str(exc)) from None
     if as_json:
@@ -183,7 +183,7 @@ def record(
     """Write the live cluster as a pve-api-dump/1 file, to plan on offline or attach to a bug report."""
     from datetime import UTC, datetime
 
-    from pvebalance.services.collector.collector import CollectError, Collector
+    from pvebalance.services.collector.collector import CollectError, Collector, read_limits
     from pvebalance.shared.apidump import DUMP_FORMAT
     from pvebalance.shared.proxmox import ProxmoxClient
 
@@ -191,7 +191,8 @@ def record(
     configure_logging(settings.logging.level, "console", stream=sys.stderr)
     client = ProxmoxClient(settings.proxmox_api)
     try:
-        api = Collector(client, None, full_configs=True, read_only=True).read_api()
+        api = Collector(client, None, full_configs=True, read_only=True,
+                        reads=read_limits(settings.collector)).read_api()
     except CollectError as exc:
         raise UserError(str(exc)) from None
     # Written as the API answered, even when an answer is malformed: the file is what a bug report
