@@ -93,11 +93,13 @@ def simulator(
     cert: Annotated[Path | None, typer.Option(help="PEM certificate (default: self-signed, made now)")] = None,
     key: Annotated[Path | None, typer.Option(help="PEM key for --cert")] = None,
     certdir: Annotated[Path, typer.Option(help="where a self-signed certificate is written")] = Path(".sim-certs"),
-    latency: Annotated[float, typer.Option(help="ms each request takes, ± jitter (0: instant)")] = Realism.latency_ms,
-    workers: Annotated[int, typer.Option(help="requests each node serves at once; more wait (0: no limit)")]
+    latency: Annotated[float, typer.Option(min=0, help="ms each request takes, ± jitter (0: instant)")]
+    = Realism.latency_ms,
+    workers: Annotated[int, typer.Option(min=0, help="requests each node serves at once; more wait (0: no limit)")]
     = Realism.workers,
-    figure_lag: Annotated[float, typer.Option(help="s node figures lag behind, at time-scale 1")] = Realism.figure_lag,
-    host_variation: Annotated[float, typer.Option(help="± share of its own memory a host's use swings by")]
+    figure_lag: Annotated[float, typer.Option(min=0, help="s node figures lag behind, at time-scale 1")]
+    = Realism.figure_lag,
+    host_variation: Annotated[float, typer.Option(min=0, max=0.9, help="± share of its own memory a host uses")]
     = Realism.host_variation,
     live_memory: Annotated[bool, typer.Option(help="a live migration holds memory on both nodes until it ends")]
     = Realism.live_memory,

@@ -54,6 +54,12 @@ class Realism:
     live_memory: bool = True  # a live migration holds the guest's memory on both nodes
     switchover_pause: float = 0.3  # seconds at time-scale 1, at the end of a live migration
 
+    def __post_init__(self) -> None:
+        if min(self.latency_ms, self.workers, self.figure_lag, self.switchover_pause, self.jitter) < 0:
+            raise ValueError(f"simulator realism: no setting may be negative ({self.as_json()})")
+        if self.jitter > 1 or self.host_variation < 0 or self.host_variation >= 1 or self.variation_period <= 0:
+            raise ValueError("simulator realism: jitter must be 0..1, host_variation 0..<1, variation_period > 0")
+
     @classmethod
     def off(cls) -> Realism:
         """The instant, idle cluster the simulator used to be: for tests of exact figures."""

@@ -185,3 +185,12 @@ def test_requests_beyond_a_nodes_workers_wait(start_simulator: SimFactory) -> No
     assert at_once(["/nodes/pve2/status"] * 4) >= 0.4
     assert sim.cluster.stats.requests_waited >= 1
     assert ProxmoxClient(settings).get("/version")  # a cluster-wide call is served by the first node
+
+
+@pytest.mark.parametrize("bad", [{"latency_ms": -1}, {"workers": -2}, {"jitter": 1.5}, {"host_variation": 1.0},
+                                 {"figure_lag": -5}])
+def test_impossible_realism_settings_are_refused_in_one_line(bad: dict[str, Any]) -> None:
+    from pvebalance.simulator.realism import Realism
+
+    with pytest.raises(ValueError, match="^simulator realism: "):
+        Realism(**bad)
