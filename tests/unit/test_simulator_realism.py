@@ -192,5 +192,5 @@ def test_requests_beyond_a_nodes_workers_wait(start_simulator: SimFactory) -> No
 def test_impossible_realism_settings_are_refused_in_one_line(bad: dict[str, Any]) -> None:
     from pvebalance.simulator.realism import Realism
 
-    with pytest.raises(ValueError, match="^simulator realism: "):
+    with pytest.raises(ValueError, match=r"^simulator realism: "):
         Realism(**bad)
