@@ -162,6 +162,10 @@ class CollectorSettings(Section):
     interval: float = Field(30.0, gt=0)
     rrd_interval: float = Field(300.0, ge=0, description="seconds between reads of each node's RRD (0: never)")
     smoothing: float = Field(0.2, gt=0, le=1, description="weight of the newest sample in guests' moving average")
+    # Reads made at once (guest configs, node RRDs): a real API takes 10-50 ms per request, and each
+    # node's pveproxy serves a few at a time (3 workers by default).
+    config_reads: int = Field(32, ge=1, le=64, description="API reads at once, in all")
+    config_reads_per_node: int = Field(3, ge=1, le=64, description="API reads at once for one node")
 
 
 class PlannerSettings(Section):
