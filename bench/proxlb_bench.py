@@ -92,7 +92,7 @@ def run_one(name: str, python: Path, workdir: Path) -> tuple[dict[str, Any], dic
     ours_row = {"scenario": name, "tool": "pvebalance", "status": "ok", "spread_after": ours.after.spread_pp,
                 "migrations": len(ours.migrations), "gib_moved": round(sum(m.gib_moved for m in ours.migrations), 1),
                 "rules_broken": len(ours.violations), "seconds": round(time.perf_counter() - ours_started, 3)}
-    sim = Simulator(doc)
+    sim = Simulator(doc, host_variation=0)  # the same figures for ProxLB as the independent replay
     sim.start(0, certdir=workdir / "certs")
     cfg = workdir / f"proxlb-{name}.yaml"
     cfg.write_text(yaml.safe_dump(proxlb_config(sim, operator_pools(doc))))

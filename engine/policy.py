@@ -11,7 +11,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pvebalance.shared.config import BalancingSettings, PoolRule, ProxmoxClusterSettings, ResourceReserve
+from pvebalance.shared.config import (
+    BalancingSettings,
+    MigratorSettings,
+    PoolRule,
+    ProxmoxClusterSettings,
+    ResourceReserve,
+)
 from pvebalance.shared.models import GuestType, JobState, JobStatusEvent
 
 Method = Literal["memory", "cpu", "disk", "weighted"]
@@ -93,6 +99,8 @@ class Policy:
     # the planner's, passed in, so that a plan depends on its inputs only.
     history: dict[int, tuple[PastMove, ...]] = field(default_factory=dict)
     now: float = 0.0
+    # The migrator's limits and expected durations, which a plan's moves are scheduled by (schedule.py)
+    migrator: MigratorSettings = field(default_factory=MigratorSettings)
 
     def reserved(self, node: str) -> ResourceReserve:
         return self.reserve.get(node) or self.reserve.get("defaults") or ResourceReserve()

@@ -23,6 +23,7 @@ from pvebalance.shared.logging import configure_logging
 from pvebalance.shared.models import ClusterSnapshot, JobStatusEvent
 from pvebalance.shared.proxmox import ProxmoxError
 from pvebalance.shared.redisconn import RedisUnavailable
+from pvebalance.simulator.realism import Realism
 
 from .cli_config import register as register_config_commands
 from .cli_config import show_version
@@ -96,6 +97,17 @@ def simulator(
     cert: Annotated[Path | None, typer.Option(help="PEM certificate (default: self-signed, made now)")] = None,
     key: Annotated[Path | None, typer.Option(help="PEM key for --cert")] = None,
     certdir: Annotated[Path, typer.Option(help="where a self-signed certificate is written")] = Path(".sim-certs"),
+    latency: Annotated[float, typer.Option(min=0, help="ms each request takes, ± jitter (0: instant)")]
+    = Realism.latency_ms,
+    workers: Annotated[int, typer.Option(min=0, help="requests each node serves at once; more wait (0: no limit)")]
+    = Realism.workers,
+    figure_lag: Annotated[float, typer.Option(min=0, help="s node figures lag behind, at time-scale 1")]
+    = Realism.figure_lag,
+    host_variation: Annotated[float, typer.Option(min=0, max=0.9, help="± share of its own memory a host uses")]
+    = Realism.host_variation,
+    live_memory: Annotated[bool, typer.Option(help="a live migration holds memory on both nodes until it ends")]
+    = Realism.live_memory,
+    idle: Annotated[bool, typer.Option(help="an idle, instant cluster: every realism above off")] = False,
 ) -> None:
     """Serve a recorded cluster as a Proxmox VE 9 API over HTTPS, until interrupted."""
     import threading
@@ -103,7 +115,9 @@ def simulator(
     from pvebalance.simulator.server import Simulator
 
     configure_logging("INFO", "console")
-    sim = Simulator(load_dump(scenario), time_scale=time_scale)
+    realism = Realism.off() if idle else Realism(latency_ms=latency, workers=workers, figure_lag=figure_lag,
+                                                 host_variation=host_variation, live_memory=live_memory)
+    sim = Simulator(load_dump(scenario), time_scale=time_scale, realism=realism)
     try:
         bound = sim.start(port, host, certdir=certdir, certfile=cert, keyfile=key)
     except OSError as exc:
@@ -114,6 +128,7 @@ def simulator(
     err.print(f"  CA certificate: {sim.cafile}", highlight=False)
     err.print(f"  API token: user {user}, token_id {token_id}, token_secret {token_secret}", highlight=False)
     err.print(f"  password login: {user} / {sim.users[user]}", highlight=False)
+    err.print("  realism: " + ", ".join(f"{k} {v}" for k, v in realism.as_json().items()), highlight=False)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
@@ -141,7 +156,7 @@ def collect(
     Read-only: the config cache, the guests' moving averages and the nodes' RRD figures are read
     from Redis, never written (the planner balances on those averages).
     """
-    from pvebalance.services.collector.collector import CollectError, Collector
+    from pvebalance.services.collector.collector import CollectError, Collector, read_limits
     from pvebalance.shared.proxmox import ProxmoxClient
     from pvebalance.shared.redisconn import connect
 
@@ -154,7 +169,7 @@ def collect(
         redis = None
     client = ProxmoxClient(settings.proxmox_api)
     try:
-        snapshot = Collector(client, redis, read_only=True).snapshot()
+        snapshot = Collector(client, redis, read_only=True, reads=read_limits(settings.collector)).snapshot()
     except CollectError as exc:
         raise UserError(str(exc)) from None
     if as_json:
@@ -174,7 +189,7 @@ def record(
     """Write the live cluster as a pve-api-dump/1 file, to plan on offline or attach to a bug report."""
     from datetime import UTC, datetime
 
-    from pvebalance.services.collector.collector import CollectError, Collector
+    from pvebalance.services.collector.collector import CollectError, Collector, read_limits
     from pvebalance.shared.apidump import DUMP_FORMAT
     from pvebalance.shared.proxmox import ProxmoxClient
 
@@ -182,7 +197,8 @@ def record(
     configure_logging(settings.logging.level, "console", stream=sys.stderr)
     client = ProxmoxClient(settings.proxmox_api)
     try:
-        api = Collector(client, None, full_configs=True, read_only=True).read_api()
+        api = Collector(client, None, full_configs=True, read_only=True,
+                        reads=read_limits(settings.collector)).read_api()
     except CollectError as exc:
         raise UserError(str(exc)) from None
     # Written as the API answered, even when an answer is malformed: the file is what a bug report

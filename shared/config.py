@@ -142,8 +142,8 @@ class BalancingSettings(Section):
     disk_threshold: float | None = Field(None, gt=0, le=100)
     cpu_overcommit: float | None = Field(None, gt=0, description="max assigned vCPUs per node core")
     exact_seconds: float = Field(
-        30.0, ge=0, description="a safety limit on the exact solver's time on clusters of up to 500 guests "
-        "(0: greedy only); its work limit ends it first, so the same snapshot gives the same plan")
+        30.0, ge=0, description="> 0: the exact solver runs on clusters of up to 500 guests, bounded by work "
+        "(not time: the same snapshot gives the same plan); 0: greedy only")
     leave_ha_to_crs: bool = Field(True, description="with PVE's crs.ha-auto-rebalance on, never move HA guests")
     node_resource_reserve: dict[str, ResourceReserve] = Field(
         default_factory=dict, description="'defaults' and per-node reservations"
@@ -162,6 +162,10 @@ class CollectorSettings(Section):
     interval: float = Field(30.0, gt=0)
     rrd_interval: float = Field(300.0, ge=0, description="seconds between reads of each node's RRD (0: never)")
     smoothing: float = Field(0.2, gt=0, le=1, description="weight of the newest sample in guests' moving average")
+    # Reads made at once (guest configs, node RRDs): a real API takes 10-50 ms per request, and each
+    # node's pveproxy serves a few at a time (3 workers by default).
+    config_reads: int = Field(32, ge=1, le=64, description="API reads at once, in all")
+    config_reads_per_node: int = Field(3, ge=1, le=64, description="API reads at once for one node")
 
 
 class PlannerSettings(Section):
@@ -179,6 +183,11 @@ class MigratorSettings(Section):
     poll_interval: float = Field(1.0, gt=0)
     task_timeout_base: float = Field(300.0, gt=0)
     task_timeout_per_gib: float = Field(60.0, ge=0)
+
+    def expected_seconds(self, moved_bytes: int) -> float:
+        """How long a migration that copies this much (memory and local disks) is expected to take at
+        most: what a run waits before it warns, and what the engine schedules a plan's moves with."""
+        return self.task_timeout_base + self.task_timeout_per_gib * moved_bytes / 2**30
 
 
 class LoggingSettings(Section):

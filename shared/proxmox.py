@@ -7,17 +7,21 @@
   a TLS failure, or PVE's own refusal (an HTTP status).
 - A 401 is answered by logging in again once (a ticket expires after 2 h); only a second 401 is an
   error, so a long-running worker never fails on an expired ticket.
+- Safe to share between threads (the collector reads many configs at once): one login, one
+  connection pool of up to MAX_CONNECTIONS kept-alive connections.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import requests
 from proxmoxer import AuthenticationError, ProxmoxAPI, ResourceException
+from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .config import ProxmoxApiSettings
@@ -30,6 +34,8 @@ UPID_RE = re.compile(
     r"(?P<id>[^:\s/]*):(?P<user>[^:\s/]+):$"
 )
 
+
+MAX_CONNECTIONS = 64  # kept alive per host: as many as collector.config_reads allows at once
 
 NO_ANSWER, MALFORMED, AUTH, TLS, REFUSED = "no-answer", "malformed", "auth", "tls", "refused"
 # Statuses of a proxy or gateway between us and the node that runs the request: it may have run.
@@ -108,7 +114,13 @@ class ProxmoxClient:
         self.settings = settings
         self._api: ProxmoxAPI | None = None
         self._host: str | None = None
-        self.requests = 0  # calls made, for the collector's own accounting
+        self._requests = 0
+        self._lock = threading.RLock()  # guards the session (login, host choice) and the count
+
+    @property
+    def requests(self) -> int:
+        """Calls made, for the collector's own accounting."""
+        return self._requests
 
     @property
     def host(self) -> str | None:
@@ -129,7 +141,10 @@ class ProxmoxClient:
         else:
             raise ProxmoxError("proxmox_api: set token_id and token_secret, or pass (a password)")
         try:
-            return ProxmoxAPI(host, **kwargs)
+            api = ProxmoxAPI(host, **kwargs)
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=MAX_CONNECTIONS)
+            api._store["session"].mount("https://", adapter)
+            return api
         except AuthenticationError:
             raise ProxmoxError(
                 f"authentication failed for {s.user} at {host}: check the password", 401, host
@@ -146,23 +161,38 @@ class ProxmoxClient:
         try:
             return self._call_hosts(method, path, params)
         except ProxmoxError as exc:
-            if not exc.auth or self._api is None:
+            failed = self._api
+            if not exc.auth or failed is None:
                 raise
-        # A 401 on a session that worked: the ticket expired (or was revoked). Log in again, once.
-        self._api = None
+        # A 401 on a session that worked: the ticket expired (or was revoked). Log in again, once
+        # (once in all: another thread may have done it already).
+        self._forget(failed)
         return self._call_hosts(method, path, params)
+
+    def _session(self, host: str) -> ProxmoxAPI:
+        """The logged-in session with `host`, made (once, whichever thread asks first) if needed."""
+        with self._lock:
+            if self._api is None or self._host != host:
+                self._api = self._connect(host)
+                self._host = host
+            self._requests += 1
+            return self._api
+
+    def _forget(self, api: ProxmoxAPI) -> None:
+        with self._lock:
+            if self._api is api:
+                self._api = None
 
     def _call_hosts(self, method: str, path: str, params: Mapping[str, Any]) -> Any:
         hosts = self.settings.hosts
-        order = hosts if self._host is None else [self._host] + [h for h in hosts if h != self._host]
+        current = self._host
+        order = hosts if current is None else [current] + [h for h in hosts if h != current]
         last: ProxmoxError | None = None
         for host in order:
+            api: ProxmoxAPI | None = None
             try:
-                if self._api is None or self._host != host:
-                    self._api = self._connect(host)
-                    self._host = host
-                self.requests += 1
-                resource = self._api(path.strip("/"))
+                api = self._session(host)
+                resource = api(path.strip("/"))
                 call = resource.get if method == "GET" else resource.post
                 answer = call(**pve_params(params))
             except ResourceException as exc:
@@ -171,7 +201,8 @@ class ProxmoxClient:
                 raise _tls_error(host, exc) from None
             except requests.RequestException as exc:
                 last = ProxmoxError(f"{host} does not answer ({method} {path}): {_short(exc)}", None, host)
-                self._api = None
+                if api is not None:
+                    self._forget(api)
                 continue
             except (KeyError, TypeError, ValueError) as exc:  # JSON without PVE's {"data": ...} envelope
                 raise ProxmoxError(f"{host} gave an answer that is not Proxmox's JSON ({method} {path}): "
@@ -180,7 +211,8 @@ class ProxmoxClient:
                 if exc.kind != NO_ANSWER:
                     raise
                 last = exc
-                self._api = None
+                if api is not None:
+                    self._forget(api)
                 continue
             # proxmoxer hands back {"errors": <body>} for a 2xx body that is not JSON at all.
             if isinstance(answer, dict) and set(answer) == {"errors"} and isinstance(answer["errors"], bytes):

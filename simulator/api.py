@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import ha
 from .cluster import ApiError, Cluster, Guest
 from .tasks import Task, TaskManager
 
@@ -162,6 +163,11 @@ def ha_status(api: Api, req: Request, m: re.Match[str]) -> Any:
     return out
 
 
+@route("GET", r"/cluster/ha/status/manager_status")
+def ha_manager_status(api: Api, req: Request, m: re.Match[str]) -> Any:
+    return ha.manager_status(api.cluster, api.tasks.migrating_to())
+
+
 @route("GET", r"/pools")
 def pools(api: Api, req: Request, m: re.Match[str]) -> Any:
     poolid = req.params.get("poolid")
@@ -183,7 +189,7 @@ def pool_detail(api: Api, req: Request, m: re.Match[str]) -> Any:
 @route("GET", r"/nodes")
 def nodes(api: Api, req: Request, m: re.Match[str]) -> Any:
     out = []
-    usage = api.cluster.usage()
+    usage = api.cluster.shown_usage()
     for n in api.cluster.nodes.values():
         e = api.cluster.node_entry(n, usage)
         e.pop("hastate", None)
@@ -261,8 +267,8 @@ def guest_current(api: Api, req: Request, m: re.Match[str]) -> Any:
     out["vmid"] = g.vmid
     managed = api.cluster.is_ha_managed(g)
     out["ha"] = {"managed": 1, "state": g.entry.get("hastate", "started")} if managed else {"managed": 0}
-    if g.type == "qemu":
-        out["qmpstatus"] = g.entry.get("status")
+    if g.type == "qemu":  # paused at a live migration's switch-over
+        out["qmpstatus"] = "paused" if g.paused and g.running else g.entry.get("status")
     return out
 
 

@@ -1,7 +1,9 @@
 """The simulated cluster's state: nodes, guests, storages, HA and pools, loaded from a recorded dump.
 
 Node usage is never stored: it is the host's own overhead (what the recorded node used beyond its
-guests) plus the guests that live on the node now, so it follows every migration.
+guests, varying over time, see realism.py) plus the guests that live on the node now, as the host
+sees them (`memhost` for VMs), plus the guests migrating live onto it, so it follows every
+migration. Answers show node figures as they were `figure_lag` seconds ago.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .realism import FigureHistory, Realism, host_factor, qemu_overhead
 from .stats import Stats
 
 __all__ = ["ApiError", "Cluster", "Guest", "Node", "Stats"]
@@ -34,6 +37,23 @@ class ApiError(Exception):
 class Guest:
     entry: dict[str, Any]  # the /cluster/resources entry, kept current
     config: dict[str, Any]
+    paused: bool = False  # at the switch-over of a live migration
+
+    @property
+    def host_mem(self) -> int:
+        """The memory the host gives a running guest: `memhost` for a VM, `mem` for a container."""
+        if not self.running:
+            return 0
+        if self.type == "qemu":
+            return int(self.entry.get("memhost") or self.memhost)
+        return int(self.entry.get("mem", 0))
+
+    @property
+    def memhost(self) -> int:
+        """PVE 9's host-side view of a running VM's memory: the recorded one, or mem plus QEMU's own."""
+        if "memhost" in self.entry:
+            return int(self.entry["memhost"])
+        return int(self.entry.get("mem", 0)) + qemu_overhead(int(self.entry.get("maxmem", 0)))
 
     @property
     def vmid(self) -> int:
@@ -59,8 +79,9 @@ class Guest:
 @dataclass
 class Node:
     entry: dict[str, Any]
-    mem_overhead: int
+    mem_overhead: int  # the host's own memory use as recorded; it varies around this (realism.py)
     cpu_overhead: float  # cores
+    index: int = 0  # its place in the cluster, so each node's overhead swings in its own phase
 
     @property
     def name(self) -> str:
@@ -74,11 +95,14 @@ class Node:
 class Cluster:
     """All state behind one lock: handlers are served from several threads."""
 
-    def __init__(self, dump: dict[str, Any]) -> None:
+    def __init__(self, dump: dict[str, Any], realism: Realism | None = None, time_scale: float = 1.0) -> None:
         api = copy.deepcopy(dump["api"])
         self.name: str = dump.get("name", "pve")
+        self.realism = realism if realism is not None else Realism()
+        self.time_scale = time_scale
         self.lock = threading.RLock()
         self.stats = Stats()
+        self.incoming: dict[int, str] = {}  # vmid -> target: live migrations holding memory there
         res = api["/cluster/resources"]
         self.guests: dict[int, Guest] = {}
         for e in res:
@@ -89,11 +113,12 @@ class Cluster:
         for e in res:
             if e.get("type") == "node":
                 on_node = [g for g in self.guests.values() if g.node == e["node"] and g.running]
-                mem = int(e.get("mem", 0)) - sum(int(g.entry.get("mem", 0)) for g in on_node)
+                mem = int(e.get("mem", 0)) - sum(self._host_mem(g) for g in on_node)
                 cores = float(e.get("cpu", 0)) * int(e.get("maxcpu", 1)) - sum(
                     float(g.entry.get("cpu", 0)) * int(g.entry.get("maxcpu", 1)) for g in on_node
                 )
-                self.nodes[e["node"]] = Node(entry=e, mem_overhead=max(mem, 0), cpu_overhead=max(cores, 0.0))
+                self.nodes[e["node"]] = Node(entry=e, mem_overhead=max(mem, 0), cpu_overhead=max(cores, 0.0),
+                                             index=len(self.nodes))
         self.storages = [e for e in res if e.get("type") == "storage"]
         self.ha_rules: list[dict[str, Any]] = api.get("/cluster/ha/rules") or []
         self.ha_resources: list[dict[str, Any]] = api.get("/cluster/ha/resources") or []
@@ -102,6 +127,8 @@ class Cluster:
         # /nodes/NODE/status as recorded, when the dump has it (the CPU model); generated otherwise
         self.node_status: dict[str, dict[str, Any]] = {n: api[f"/nodes/{n}/status"] for n in self.nodes
                                                        if isinstance(api.get(f"/nodes/{n}/status"), dict)}
+        self.figures = FigureHistory(self.realism.figure_lag * time_scale)
+        self.figures.record(self.usage(), now=float("-inf"))
         self.note_mem()
 
     # --- views -------------------------------------------------------------------------------
@@ -121,48 +148,79 @@ class Cluster:
             raise ApiError(595, "No route to host")
         return n
 
+    def _host_mem(self, g: Guest) -> int:
+        return g.host_mem if self.realism.memhost else int(g.entry.get("mem", 0)) if g.running else 0
+
     def usage(self) -> dict[str, tuple[int, float]]:
-        """Memory and cores the running guests use, per node, in one pass over the guests."""
+        """Memory and cores the running guests use now, per node, in one pass over the guests; a guest
+        migrating live counts on its target too."""
         usage: dict[str, tuple[int, float]] = {}
         for g in self.guests.values():
             if g.running:
                 mem, cores = usage.get(g.node, (0, 0.0))
-                usage[g.node] = (mem + int(g.entry.get("mem", 0)),
+                usage[g.node] = (mem + self._host_mem(g),
                                  cores + float(g.entry.get("cpu", 0)) * int(g.entry.get("maxcpu", 1)))
+        for vmid, target in self.incoming.items():
+            moving = self.guests.get(vmid)
+            if moving is not None and moving.running:
+                mem, cores = usage.get(target, (0, 0.0))
+                usage[target] = (mem + self._host_mem(moving), cores)
         return usage
 
     def mem_ratios(self) -> dict[str, float]:
-        """Each node's memory use / maxmem now: host overhead plus its running guests."""
+        """Each node's memory use / maxmem now: the host's recorded overhead (without its swing, noise
+        no balancer controls) plus its running guests and the guests migrating live onto it."""
         usage = self.usage()
         return {name: (n.mem_overhead + usage.get(name, (0, 0.0))[0]) / max(int(n.entry.get("maxmem", 1)), 1)
                 for name, n in self.nodes.items()}
 
     def note_mem(self) -> None:
-        """Called whenever guests land on or leave nodes, so the stats keep each node's peak."""
+        """Called whenever guests land on, leave or start migrating to nodes: the stats keep each node's
+        peak, and the answers' lagging figures their history."""
+        self.figures.record(self.usage())
         self.stats.note_mem(self.mem_ratios())
+
+    def start_incoming(self, g: Guest, target: str) -> None:
+        """A live migration began copying: the target holds the guest's memory from now on."""
+        if self.realism.live_memory and g.running:
+            self.incoming[g.vmid] = target
+            self.note_mem()
+
+    def end_incoming(self, g: Guest) -> None:
+        if self.incoming.pop(g.vmid, None) is not None:
+            self.note_mem()
 
     def reset_stats(self) -> None:
         self.stats.reset(self.mem_ratios())
 
     def move_guest(self, g: Guest, target: str) -> None:
         g.entry["node"] = target
+        self.incoming.pop(g.vmid, None)
         self.note_mem()
 
     def delete_guest(self, vmid: int) -> Guest:
         """Gone from the cluster, as `qm destroy --purge` leaves it: no config, no HA resource."""
         g = self.guest(vmid)
         del self.guests[vmid]
+        self.incoming.pop(vmid, None)
         sid = f"{'vm' if g.type == 'qemu' else 'ct'}:{vmid}"
         self.ha_resources[:] = [r for r in self.ha_resources if r.get("sid") != sid]
         self.note_mem()
         return g
 
+    def shown_usage(self) -> dict[str, tuple[int, float]]:
+        """Node usage as the answers show it: `figure_lag` seconds old."""
+        return self.figures.at_lag()  # type: ignore[no-any-return]
+
     def node_entry(self, n: Node, usage: dict[str, tuple[int, float]] | None = None) -> dict[str, Any]:
+        """The node's /cluster/resources entry; `usage` defaults to the lagging figures answers show."""
         e = dict(n.entry)
         if not n.online:
             return {k: v for k, v in e.items() if k not in ("cpu", "mem", "uptime")}
-        mem, cores = (usage if usage is not None else self.usage()).get(n.name, (0, 0.0))
-        e["mem"] = n.mem_overhead + mem
+        mem, cores = (usage if usage is not None else self.shown_usage()).get(n.name, (0, 0.0))
+        seen_at = time.time() - self.realism.figure_lag * self.time_scale
+        overhead = n.mem_overhead * host_factor(self.realism, n.index, seen_at, self.time_scale)
+        e["mem"] = int(overhead) + mem
         e["cpu"] = round(min((n.cpu_overhead + cores) / max(int(e.get("maxcpu", 1)), 1), 1.0), 4)
         return e
 
@@ -172,12 +230,14 @@ class Cluster:
             e["lock"] = g.lock
         else:
             e.pop("lock", None)
+        if g.type == "qemu" and (self.realism.memhost or "memhost" in e):
+            e["memhost"] = g.memhost if g.running else 0
         return e
 
     def resources(self, rtype: str | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if rtype in (None, "node"):
-            usage = self.usage()
+            usage = self.shown_usage()
             out += [self.node_entry(n, usage) for n in self.nodes.values()]
         if rtype in (None, "vm"):
             out += [self.guest_entry(g) for g in sorted(self.guests.values(), key=lambda g: g.vmid)]

@@ -5,6 +5,7 @@ an unknown endpoint or guest a 404.
 Endpoints (bodies are JSON, or form fields):
 - GET    /_sim/stats                      the record (stats.py), see Stats.as_json
 - DELETE /_sim/stats                      forget it (running migrations stay counted as running)
+- GET    /_sim/realism                    how far it behaves like a busy cluster (realism.py)
 - GET    /_sim/faults                     the active faults
 - POST   /_sim/faults                     add one, see faults.py, e.g.
                                           {"kind": "http", "status": 503, "for_seconds": 20, "count": null}
@@ -50,6 +51,8 @@ def control(sim: Simulator, method: str, path: str, body: dict[str, Any]) -> Any
             if method == "DELETE":
                 c.reset_stats()
                 return None
+        if parts == ["realism"] and method == "GET":
+            return sim.realism.as_json()
         if parts == ["faults"]:
             if method == "POST":
                 return sim.faults.add(body).as_json()

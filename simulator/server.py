@@ -4,6 +4,9 @@ Auth as pveproxy does it: POST /access/ticket gives a ticket cookie (+ CSRF toke
 an `Authorization: PVEAPIToken=USER@REALM!ID=SECRET` header. Failed auth is a 401 with an empty
 body; the reason phrase is the first line of the error message, as pve-http-server sends it.
 
+Requests are served as a busy cluster serves them (realism.py): each takes a while on one of a
+fixed number of workers per node, and waits when they are all busy.
+
 /_sim/... (outside /api2/json, no auth, see control.py) lets tests drive faults and events and read
 what the simulator saw. Faults (faults.py) stand in front of the API: a delay before or after the
 answer, an HTTP error or a malformed body instead of it; every migrate POST is recorded with what
@@ -30,13 +33,18 @@ from .certs import make_self_signed
 from .cluster import ApiError, Cluster
 from .control import control
 from .faults import Fault, Faults
+from .realism import Realism, Workers
 from .tasks import TaskManager
 
 PREFIX = "/api2/json"
 
 
 class Simulator:
-    """One simulated cluster behind one HTTPS listener."""
+    """One simulated cluster behind one HTTPS listener.
+
+    `realism` (default: Realism(), everything on) says how far it behaves like a busy cluster;
+    single fields can be given as keyword arguments: `Simulator(dump, latency_ms=20, workers=4)`.
+    """
 
     def __init__(
         self,
@@ -45,8 +53,12 @@ class Simulator:
         tokens: dict[str, str] | None = None,
         time_scale: float = 1.0,
         auth_fail_delay: float = 0.0,
+        realism: Realism | None = None,
+        **realism_fields: Any,
     ) -> None:
-        self.cluster = Cluster(dump)
+        self.realism = (realism or Realism()).but(**realism_fields)
+        self.cluster = Cluster(dump, self.realism, time_scale)
+        self.workers = Workers(self.realism, list(self.cluster.nodes), self.cluster.stats)
         self.faults = Faults()
         self.tasks = TaskManager(self.cluster, self.faults, time_scale)
         self.api = Api(self.cluster, self.tasks)
@@ -184,7 +196,8 @@ class Handler(BaseHTTPRequestHandler):
         delay = self.sim.faults.delay(method, api_path)
         if delay and delay.when == "before":
             time.sleep(delay.seconds)
-        reply = self._answer(method, api_path, params)
+        with self.sim.workers.serve(api_path):
+            reply = self._answer(method, api_path, params)
         migrate = MIGRATE_PATH.match(api_path) if method == "POST" else None
         if migrate:
             self._record_migrate_post(migrate, params, reply, arrived, delay)

@@ -27,7 +27,8 @@ class Stats:
     max_per_source: Counter[str] = field(default_factory=Counter)
     max_per_target: Counter[str] = field(default_factory=Counter)
     migrations: list[dict[str, Any]] = field(default_factory=list)
-    peak_mem_ratio: dict[str, float] = field(default_factory=dict)
+    peak_mem_ratio: dict[str, float] = field(default_factory=dict)  # incl. memory held by live migrations
+    requests_waited: int = 0  # requests that waited for a free worker of their node
 
     def reset(self, mem_ratios: dict[str, float]) -> None:
         """Forget the past, in place (callers may hold this object). Running migrations stay
@@ -73,4 +74,5 @@ class Stats:
             "max_per_target": dict(self.max_per_target),
             "migrations": [dict(m) for m in self.migrations],
             "peak_mem_ratio": dict(self.peak_mem_ratio),
+            "requests_waited": self.requests_waited,
         }

@@ -12,9 +12,15 @@ Locks, as PVE takes them:
   `TASK ERROR: CT is locked (<lock>)` if the CT is locked, otherwise it sets `lock: migrate` for
   its duration. (Real PVE first waits up to 10 s for the pve-migrate-<vmid> flock a running
   migration holds; the simulator skips that wait and checks the lock at once.)
-- HA-managed guests: the POST forks a `hamigrate` task that only queues a request; a CRM round
-  later the real qmigrate/vzmigrate is started on the source node as root@pam, unless the CRM
-  ignores the request (guest gone, target offline or already current, service already migrating).
+- HA-managed guests: the POST forks a `hamigrate` task that runs `ha-manager migrate`: it ends
+  in error when an HA resource in negative affinity is on the target (ha.py), otherwise it queues
+  the request; a CRM round later the real qmigrate/vzmigrate is started on the source node as
+  root@pam, for the guest and for its positive-affinity partners, unless the CRM ignores the
+  request (guest gone, target offline or already current, service already migrating).
+
+A live migration (a running VM, online) holds the guest's memory on the target from the start of
+the copy and on the source until the end, and pauses the guest at the switch-over (realism.py). A
+stopped VM asked to migrate online is migrated offline and its task ends `WARNINGS: 1`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from . import ha
 from .cluster import ApiError, Cluster, Guest
 from .faults import Faults
 
@@ -49,6 +56,7 @@ class Task:
     log: list[str] = field(default_factory=list)
     exitstatus: str | None = None
     endtime: int | None = None
+    warnings: int = 0  # a task that succeeds with warnings ends WARNINGS: n
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,8 +90,15 @@ class Task:
     def say(self, line: str) -> None:
         self.log.append(f"{datetime.now():%Y-%m-%d %H:%M:%S} {line}")
 
+    def warn(self, line: str) -> None:
+        self.say(f"WARN: {line}")
+        self.warnings += 1
+
     def finish(self, exitstatus: str) -> None:
-        self.log.append("TASK OK" if exitstatus == "OK" else f"TASK ERROR: {exitstatus}")
+        if exitstatus == "OK" and self.warnings:
+            exitstatus = f"WARNINGS: {self.warnings}"
+        ok = exitstatus == "OK" or exitstatus.startswith("WARNINGS: ")
+        self.log.append(f"TASK {exitstatus}" if ok else f"TASK ERROR: {exitstatus}")
         self.endtime = int(time.time())
         self.exitstatus = exitstatus
 
@@ -163,8 +178,16 @@ class TaskManager:
             threading.Thread(target=self._ha_request, args=(task, g, dict(params)), daemon=True).start()
             return task.upid
         task = self.new_task(g.node, "qmigrate" if g.type == "qemu" else "vzmigrate", str(g.vmid), user)
-        self._launch(task, g, dict(params), ha=False)
+        params = dict(params)
+        if g.type == "qemu" and not g.running and params.get("online"):
+            task.warn("VM isn't running. Doing offline migration instead.")
+            params["online"] = False
+        self._launch(task, g, params, ha=False)
         return task.upid
+
+    def migrating_to(self) -> dict[int, str]:
+        """Guests with a migration task running, and where to."""
+        return {m.guest.vmid: m.target for m in self.migrations.values()}
 
     def _launch(self, task: Task, g: Guest, params: dict[str, Any], ha: bool) -> None:
         """Start a migration task (cluster lock held). A VM's lock is taken here, where the API
@@ -184,19 +207,40 @@ class TaskManager:
         time.sleep(min(0.5, 0.5 * self.time_scale))
         c = self.cluster
         with c.lock:
-            request.finish("OK")
             target = str(params["target"])
-            outcome, upid = self._crm_round(g, target), None
-            if outcome == "migrating":
-                # The HA LRM does the real move, as its own task on the source node, by root@pam.
-                task = self.new_task(g.node, "qmigrate" if g.type == "qemu" else "vzmigrate", str(g.vmid), "root@pam")
-                g.entry["hastate"] = "migrate"
-                # the HA resource agents migrate a running VM live and a running CT in restart mode
-                mode = {"online": g.running} if g.type == "qemu" else {"online": False, "restart": g.running}
-                self._launch(task, g, {**params, **mode}, ha=True)
-                upid = task.upid
-            c.stats.ha_requests.append({"vmid": g.vmid, "request_upid": request.upid, "target": target,
-                                        "time": time.time(), "outcome": outcome, "upid": upid})
+            sid = ha.sid_of(g)
+            dependent, blocking = ha.motion_info(c, g, self.migrating_to())
+            if blocking.get(target):  # `ha-manager migrate` refuses it and dies
+                for line in ha.refusal_lines(sid, target, blocking[target]):
+                    request.say(line)
+                request.finish(ha.command_failed(sid, target))
+                c.stats.ha_requests.append({"vmid": g.vmid, "request_upid": request.upid, "target": target,
+                                            "time": time.time(), "outcome": "refused: negative resource affinity",
+                                            "upid": None, "blocking": [b["sid"] for b in blocking[target]]})
+                return
+            partners = [p for p in (ha.guest_by_sid(c, s) for s in dependent) if p is not None]
+            for p in partners:
+                request.say(f"also migrate resource '{ha.sid_of(p)}' in positive affinity with resource '{sid}' "
+                            f"to target node '{target}'")
+            request.finish("OK")
+            for guest, along_with in [(g, None), *((p, sid) for p in partners)]:
+                outcome, upid = self._crm_round(guest, target), None
+                if outcome == "migrating":
+                    upid = self._ha_migrate(guest, {**params, "target": target})
+                record = {"vmid": guest.vmid, "request_upid": request.upid, "target": target,
+                          "time": time.time(), "outcome": outcome, "upid": upid}
+                if along_with:
+                    record["along_with"] = along_with
+                c.stats.ha_requests.append(record)
+
+    def _ha_migrate(self, g: Guest, params: dict[str, Any]) -> str:
+        """The HA LRM does the real move, as its own task on the source node, by root@pam."""
+        task = self.new_task(g.node, "qmigrate" if g.type == "qemu" else "vzmigrate", str(g.vmid), "root@pam")
+        g.entry["hastate"] = "migrate"
+        # the HA resource agents migrate a running VM live and a running CT in restart mode
+        mode = {"online": g.running} if g.type == "qemu" else {"online": False, "restart": g.running}
+        self._launch(task, g, {**params, **mode}, ha=True)
+        return task.upid
 
     def _crm_round(self, g: Guest, target: str) -> str:
         """What the HA CRM does with a queued migrate request (pve-ha-manager Manager.pm)."""
@@ -217,7 +261,7 @@ class TaskManager:
     def _run(self, m: Migration) -> None:
         c, g, task = self.cluster, m.guest, m.task
         error: str | None = None
-        seconds = 0.0
+        seconds, pause, online = 0.0, 0.0, False
         with c.lock:
             if task.exitstatus is not None:  # ended before it ran (the guest was deleted)
                 return
@@ -229,8 +273,19 @@ class TaskManager:
                 error = self._precheck_in_task(g, m.params, disks, m.target)
                 online = bool(m.params.get("online")) and g.running
                 seconds = migration_seconds(g, sum(d["size"] for d in disks), online) * self.time_scale
+            if error is None and online and g.type == "qemu":
+                # the target QEMU starts first, with the guest's memory: both nodes hold it until the end
+                task.say(f"starting VM {g.vmid} on remote node '{m.target}'")
+                task.say(f"starting online/live migration on unix:/run/qemu-server/{g.vmid}.migrate")
+                c.start_incoming(g, m.target)
+                pause = min(c.realism.switchover_pause * self.time_scale, seconds)
         if error is None:
-            m.wake.wait(seconds)
+            m.wake.wait(seconds - pause)
+            if pause and not m.wake.is_set():
+                with c.lock:
+                    if task.exitstatus is None:
+                        g.paused = True  # the switch-over: the source stops, the target takes over
+                m.wake.wait(pause)
         with c.lock:
             if task.exitstatus is not None:
                 return
@@ -252,10 +307,12 @@ class TaskManager:
     def _end(self, m: Migration, error: str | None) -> None:
         """Finish a migration task (cluster lock held): move the guest or not, release, record."""
         c, g, task = self.cluster, m.guest, m.task
+        g.paused = False
         if error is None:
             c.move_guest(g, m.target)
             task.say(f"migration finished successfully (duration {time.time() - m.started:.1f}s)")
         else:
+            c.end_incoming(g)
             task.say(f"migration aborted: {error}")
         if m.holding:  # only the task that set the lock removes it
             g.config.pop("lock", None)
@@ -309,15 +366,24 @@ class TaskManager:
             not_allowed[name] = reasons
             if not reasons:
                 allowed.append(name)
+        dependent: list[str] | None = None
+        if c.is_ha_managed(g):  # HA resources in negative affinity bar their nodes (qemu-server, pve-container)
+            dependent, blocking = ha.motion_info(c, g, self.migrating_to())
+            for name, blockers in blocking.items():
+                if name in not_allowed:
+                    not_allowed[name]["blocking-ha-resources"] = blockers
+                    if name in allowed:
+                        allowed.remove(name)
         if g.type == "lxc":
-            return {"running": int(g.running), "allowed-nodes": allowed,
-                    "not-allowed-nodes": {k: v for k, v in not_allowed.items() if v}}
-        local_res = [k for k in sorted(g.config) if k.startswith(("hostpci", "usb"))]
-        out: dict[str, Any] = {
-            "running": int(g.running), "allowed_nodes": allowed, "not_allowed_nodes": not_allowed,
-            "local_disks": c.local_disks(g), "local_resources": local_res,
-            "mapped-resources": [], "mapped-resource-info": {}, "has-dbus-vmstate": 1,
-        }
-        if c.is_ha_managed(g):
-            out["dependent-ha-resources"] = []
+            out = {"running": int(g.running), "allowed-nodes": allowed,
+                   "not-allowed-nodes": {k: v for k, v in not_allowed.items() if v}}
+        else:
+            local_res = [k for k in sorted(g.config) if k.startswith(("hostpci", "usb"))]
+            out = {
+                "running": int(g.running), "allowed_nodes": allowed, "not_allowed_nodes": not_allowed,
+                "local_disks": c.local_disks(g), "local_resources": local_res,
+                "mapped-resources": [], "mapped-resource-info": {}, "has-dbus-vmstate": 1,
+            }
+        if dependent is not None:
+            out["dependent-ha-resources"] = dependent
         return out

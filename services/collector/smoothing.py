@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
@@ -21,6 +22,8 @@ from pvebalance.shared import keys
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError
+
+from .fetch import ReadLimits, read_all
 
 log = get_logger("pvebalance.collector")
 
@@ -55,8 +58,11 @@ GUEST_PSI_KEYS = (*PSI_KEYS, "pressurecpufull")  # a VM has CPU "full" pressure,
 
 class Smoother:
     def __init__(self, client: ProxmoxClient, redis: Redis | None, rrd_interval: float, alpha: float,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, reads: ReadLimits | None = None,
+                 get: Callable[..., Any] | None = None) -> None:
         self.client, self.redis, self.rrd_interval, self.alpha = client, redis, rrd_interval, alpha
+        self.reads = reads or ReadLimits(total=1, per_node=1)  # nodes due are read at once, within these
+        self.get = get or client.get
         # read_only: the averages and RRD figures in Redis are read and applied to the snapshot as
         # the collector would, but never written back (a `collect --once` is not a sample).
         self.read_only = read_only
@@ -94,15 +100,23 @@ class Smoother:
         stale.sort(key=lambda n: self._node_rrd.get(n, (-1e18, {}))[0])
         return stale[:NODE_READS_PER_SNAPSHOT]
 
+    def _read_node(self, name: str) -> tuple[Any, Any]:
+        return (self.get(f"/nodes/{name}/rrddata", timeframe="hour", cf="AVERAGE"),
+                self.get(f"/nodes/{name}/qemu"))
+
     def _nodes(self, snap: ClusterSnapshot) -> None:
         now = time.time()
         shared = {}
-        for name in self._due(snap, now):
+        due = self._due(snap, now)
+        answers = read_all(due, lambda name: name, self._read_node, self.reads)
+        for name in due:
             try:
-                rows = self.client.get(f"/nodes/{name}/rrddata", timeframe="hour", cf="AVERAGE")
+                answer = answers[name]
+                if isinstance(answer, ProxmoxError):
+                    raise answer
+                rows, vms = answer
                 self._node_rrd[name] = (now, rrd_stats(rows))
                 on_node = {}
-                vms = self.client.get(f"/nodes/{name}/qemu")
                 for vm in vms if isinstance(vms, list) else []:
                     vmid = vm.get("vmid") if isinstance(vm, dict) else None
                     if not (isinstance(vmid, int) or (isinstance(vmid, str) and vmid.isascii() and vmid.isdigit())):

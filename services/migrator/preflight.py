@@ -3,21 +3,29 @@
 Each check either passes or raises Skip (the move is no longer wanted or allowed: the guest moved,
 the target went offline or into maintenance, Proxmox does not allow the target) or Failed (it
 cannot be done: the guest stayed locked). Nothing here changes the cluster.
+
+It reads only what the move touches, not the whole cluster (10,000 guests are megabytes):
+the guest's `status/current` on its source node, the target's node entry (online, maintenance),
+its `/nodes/{target}/status` and guest lists (its figures), then Proxmox's own migrate pre-check.
+Only a guest missing from its source is looked for in the cluster-wide list, to say where it went.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pvebalance.engine import Policy, fits, guest_figures, node_figures
+from pvebalance.engine.fit import NodeFigures, holding_in_flight
 from pvebalance.shared.config import Settings
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import GuestType, MigrationJob
+from pvebalance.shared.models import GuestType, InFlightMigration, MigrationJob
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError
 
 log = get_logger("pvebalance.migrator")
+
+OFFLINE_NODE = 595  # a call proxied to a node that does not answer
 
 
 class Skip(Exception):
@@ -43,30 +51,59 @@ def _entries(answer: Any, what: str) -> list[dict[str, Any]]:
     return answer
 
 
+def _missing(exc: ProxmoxError) -> bool:
+    """PVE's answer for a guest whose config is not on that node."""
+    return exc.status == 500 and "does not exist" in exc.message
+
+
+def as_entry(current: Any, node: str, guest_type: GuestType, what: str) -> dict[str, Any]:
+    """A guest's status/current as the /cluster/resources entry the checks read (node, type, maxcpu, hastate)."""
+    if not isinstance(current, dict):
+        raise ProxmoxError(f"{what}: the answer is not an object", kind=MALFORMED)
+    entry = {**current, "node": node, "type": guest_type.value}
+    if "maxcpu" not in entry and "cpus" in entry:
+        entry["maxcpu"] = entry["cpus"]  # status/current says `cpus` where /cluster/resources says `maxcpu`
+    ha = current.get("ha")
+    if isinstance(ha, dict) and ha.get("managed"):
+        entry["hastate"] = ha.get("state")
+    return entry
+
+
 class Preflight:
     def __init__(self, client: ProxmoxClient, settings: Settings, api: Any,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 in_flight: Callable[[str], list[InFlightMigration]] | None = None) -> None:
         self.client = client
         self.settings = settings
         self.policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
         self.api = api  # MigrationRunner._api: waits out outages, within a patience
         self.sleep = sleep
+        self.in_flight = in_flight  # the other migrations in flight (JobStore.in_flight_migrations)
 
-    def guest_entry(self, vmid: int) -> dict[str, Any] | None:
-        return _find(self._guests(), vmid)
+    def guest_on(self, node: str, guest_type: GuestType, vmid: int) -> dict[str, Any] | None:
+        """The guest's entry read from `node` (its status/current), or None when its config is not there."""
+        path = f"/nodes/{node}/{guest_type.value}/{vmid}/status/current"
+        try:
+            return as_entry(self.client.get(path), node, guest_type, path)
+        except ProxmoxError as exc:
+            if _missing(exc):
+                return None
+            raise
 
-    def _guests(self) -> list[dict[str, Any]]:
-        return _entries(self.client.get("/cluster/resources", type="vm"), "/cluster/resources")
+    def guest_entry(self, vmid: int, guest_type: GuestType | None = None,
+                    nodes: Iterable[str] = ()) -> dict[str, Any] | None:
+        """Where the guest is: looked for on `nodes` first (one small read each), then in the cluster-wide list."""
+        if guest_type is not None:
+            for node in nodes:
+                entry = self.guest_on(node, guest_type, vmid)
+                if entry is not None:
+                    return entry
+        return _find(_entries(self.client.get("/cluster/resources", type="vm"), "/cluster/resources"), vmid)
 
-    def _checked(self, job: MigrationJob) -> dict[str, Any]:
-        guests = self._guests()
-        entry = _find(guests, job.vmid)
-        if entry is None:
-            raise Skip(f"guest {job.vmid} no longer exists")
-        if entry["node"] == job.target:
-            raise Skip(f"guest {job.vmid} is already on {job.target}")
-        if entry["node"] != job.source:
-            raise Skip(f"guest {job.vmid} was moved to {entry['node']} since the plan was made")
+    def target_figures(self, job: MigrationJob) -> NodeFigures:
+        """The target as it stands: Skip when it is gone, offline or in maintenance, else its figures with
+        its running guests (the engine's NodeFigures, for its fits())."""
+        what = f"/nodes/{job.target}"
         nodes = {n.get("node"): n for n in _entries(self.client.get("/cluster/resources", type="node"),
                                                     "/cluster/resources")}
         target = nodes.get(job.target)
@@ -74,15 +111,52 @@ class Preflight:
             raise Skip(f"target node {job.target} is not in the cluster any more")
         if target.get("status") != "online" or target.get("hastate") == "maintenance":
             raise Skip(f"target node {job.target} is offline or in maintenance")
+        try:
+            status = self.client.get(f"{what}/status")
+            guests = [{**g, "node": job.target, "maxcpu": g.get("maxcpu", g.get("cpus"))}
+                      for kind in ("qemu", "lxc") for g in self._listed(f"{what}/{kind}")]
+        except ProxmoxError as exc:
+            if exc.status == OFFLINE_NODE:
+                raise Skip(f"target node {job.target} is offline or in maintenance") from None
+            raise
+        try:
+            figures = {"node": job.target, "maxmem": status["memory"]["total"], "mem": status["memory"]["used"],
+                       "maxcpu": status["cpuinfo"]["cpus"]}
+            node = node_figures(figures, guests)
+        except (KeyError, TypeError, ValueError):
+            raise ProxmoxError(f"{what}/status: node {job.target} has no usable figures", kind=MALFORMED) from None
+        return self.holding_in_flight(node, job, guests)
+
+    def _listed(self, path: str) -> list[dict[str, Any]]:
+        return _entries(self.client.get(path), path)
+
+    def _checked(self, job: MigrationJob) -> dict[str, Any]:
+        entry = self.guest_on(job.source, job.guest_type, job.vmid)
+        if entry is None:
+            where = self.guest_entry(job.vmid, job.guest_type, nodes=[job.target])
+            if where is None:
+                raise Skip(f"guest {job.vmid} no longer exists")
+            if where["node"] == job.target:
+                raise Skip(f"guest {job.vmid} is already on {job.target}")
+            raise Skip(f"guest {job.vmid} was moved to {where['node']} since the plan was made")
+        target = self.target_figures(job)
         # The engine's own answer to 'does it fit', on the live figures: reserves, max_node_usage, vCPUs.
         try:
-            why_not = fits(guest_figures(entry), node_figures(target, guests), self.policy)
+            why_not = fits(guest_figures(entry), target, self.policy)
         except (KeyError, TypeError, ValueError):
-            raise ProxmoxError(f"/cluster/resources: node {job.target} or guest {job.vmid} has no usable figures",
-                               kind=MALFORMED) from None
+            raise ProxmoxError(f"guest {job.vmid} on {job.source} has no usable figures", kind=MALFORMED) from None
         if why_not is not None:
             raise Skip(f"target node {job.target} no longer has room for {job.name}: {why_not}")
         return entry
+
+    def holding_in_flight(self, node: NodeFigures, job: MigrationJob, guests: list[dict[str, Any]]) -> NodeFigures:
+        """The target with the memory other migrations in flight hold on it until they end: one coming
+        onto it holds the guest's memory there from its start, before the guest is listed on it (a
+        guest it lists is in its figures already). Same counting as the engine's (fit.holding_in_flight)."""
+        if self.in_flight is None:
+            return node
+        listed = [int(g["vmid"]) for g in guests if g.get("node") == node.name and str(g.get("vmid", "")).isdigit()]
+        return holding_in_flight(node, self.in_flight(job.job_id), listed)
 
     def check(self, job: MigrationJob, patience: float) -> dict[str, Any]:
         """The guest's resources entry once every check passes; waits (bounded) while it is locked."""

@@ -52,7 +52,8 @@ class MigrationRunner:
         self.slots = slots
         self.settings = settings
         self.sleep = sleep
-        self.preflight = Preflight(client, settings, self._api, sleep)
+        self.preflight = Preflight(client, settings, self._api, sleep,
+                                   in_flight=lambda but: self._redis(lambda: store.in_flight_migrations(but)))
         self._api_outage = Outage(log, "the Proxmox API", "the migration")
         self._redis_outage = Outage(log, "Redis", "the migration")
 
@@ -217,7 +218,7 @@ class MigrationRunner:
         if found:
             self._record_upid(job, found)
             return found
-        entry = self._api(lambda: self.preflight.guest_entry(job.vmid))
+        entry = self._api(lambda: self.preflight.guest_entry(job.vmid, job.guest_type, nodes=[job.target, job.source]))
         if entry is not None and entry["node"] == job.target:
             return None  # it landed; its task is no longer listed
         log.info("no task of an earlier migrate request: the request never reached Proxmox, sending it")
@@ -288,7 +289,7 @@ class MigrationRunner:
         if ok and ":hamigrate:" in upid:
             # The hamigrate task only queued the request; the HA manager migrates afterwards.
             self._wait_ha_landing(job)
-        entry = self._api(lambda: self.preflight.guest_entry(job.vmid))
+        entry = self._api(lambda: self.preflight.guest_entry(job.vmid, job.guest_type, nodes=[job.target, job.source]))
         where = entry["node"] if entry else None
         if where == job.target:
             if not ok:
@@ -301,7 +302,8 @@ class MigrationRunner:
     def _wait_ha_landing(self, job: MigrationJob) -> None:
         deadline = time.monotonic() + self._expected(job)
         while True:
-            entry = self._api(lambda: self.preflight.guest_entry(job.vmid))
+            entry = self._api(lambda: self.preflight.guest_entry(job.vmid, job.guest_type,
+                                                                 nodes=[job.target, job.source]))
             if entry and entry["node"] == job.target and not entry.get("lock") and entry.get("hastate") != "migrate":
                 return
             if time.monotonic() > deadline:

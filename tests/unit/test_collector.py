@@ -68,7 +68,7 @@ def test_record_writes_a_dump_that_plans_like_the_original(start_simulator: SimF
     from pvebalance.shared.apidump import load_dump, snapshot_from_api
     from tests.helpers import REPO, write_config
 
-    sim = start_simulator("mid-300")
+    sim = start_simulator("mid-300", host_variation=0)  # the recorded figures, not their swing
     config = write_config(tmp_path / "c.yaml", sim, "redis://127.0.0.1:1/0")
     out = subprocess.run([sys.executable, "-m", "pvebalance", "record", str(tmp_path / "rec.json"), "-c", str(config)],
                          capture_output=True, text=True, timeout=120)
@@ -182,7 +182,7 @@ def test_one_spike_moves_the_average_only_a_little(start_simulator: SimFactory, 
 
 def test_node_rrd_gives_averages_and_pressure_at_a_bounded_rate(start_simulator: SimFactory,
                                                                 fake_redis: Redis) -> None:
-    sim = start_simulator("homelab")
+    sim = start_simulator("homelab", host_variation=0)  # the node's figure holds still between the reads
     client = ProxmoxClient(api_settings(sim))
     collector = Collector(client, fake_redis, rrd_interval=300)
     snap = collector.snapshot()

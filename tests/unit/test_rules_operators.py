@@ -125,7 +125,12 @@ def test_pins_match_node_names_in_any_case() -> None:
     snap = scenario("operator-rules")  # 402 is on pve-b, tagged plb_pin_pve-a; the node is PVE-A
     plan = plan_balance(snap, Policy())
     pin_moves = [(m.vmid, m.source, m.target, m.detail) for m in plan.migrations if m.reason.value == "pin"]
-    assert pin_moves == [(402, "pve-b", "PVE-A", "plb_pin tags: may run only on PVE-A")]
+    assert pin_moves == [  # 400 and 401 swap between two full nodes through pve-b (a parking move)
+        (401, "PVE-D", "pve-b", "plb_pin tags: parked on pve-b to make room on PVE-D for 400"),
+        (402, "pve-b", "PVE-A", "plb_pin tags: may run only on PVE-A"),
+        (400, "Pve-C", "PVE-D", "plb_pin tags: may run only on PVE-D"),
+        (401, "pve-b", "Pve-C", "leaves parking on pve-b for Pve-C")]
+    assert [m.batch for m in plan.migrations if m.reason.value == "pin"] == [0, 0, 1, 2]
     assert ends(snap, plan)[403] == "pve-b", "plb_pin_pve-b holds already"
 
 
@@ -146,7 +151,8 @@ def test_with_pve_auto_rebalance_on_only_resources_flagged_1_are_left_to_it() ->
         430: "Proxmox HA auto-rebalance manages it", 431: None, 432: "Proxmox HA auto-rebalance manages it", 433: None}
     plan = plan_balance(snap, Policy())
     assert {430, 432}.isdisjoint(m.vmid for m in plan.migrations)
-    assert 431 in {m.vmid for m in plan.migrations}, "ours to balance: PVE-A is the fullest node"
+    no_auto = snap.model_copy(update={"ha_auto_rebalance": False})
+    assert build_constraints(no_auto, Policy()).fixed.get(430) is None, "with PVE's auto-rebalance off, ours too"
 
 
 def test_operator_rules_scenario_keeps_every_rule() -> None:
@@ -157,10 +163,9 @@ def test_operator_rules_scenario_keeps_every_rule() -> None:
     assert plan.after.spread_pp <= 5
     assert where[410] != "pve-small"
     assert {where[420], where[421]} <= {"PVE-A", "pve-b"} and where[422] in {"Pve-C", "PVE-D"}
-    # the pinned swap of 400 and 401 between two full nodes needs a parking move on a third node: what
-    # the plan does with it is the parking move's to say, but it never breaks the pins silently
-    for vmid, pinned in ((400, "PVE-D"), (401, "Pve-C")):
-        assert where[vmid] == pinned or any(vmid in u.vmids for u in plan.unmet)
+    # the pinned swap of 400 and 401 between two full nodes is made through a parking move on a third node
+    assert (where[400], where[401], plan.unmet) == ("PVE-D", "Pve-C", [])
+    assert [m.vmid for m in plan.migrations if "parked on" in m.detail] == [401]
 
 
 def hours_ago(hours: float) -> float:

@@ -1,0 +1,112 @@
+"""The migrator's pre-flight reads the guest it moves and its target, never the whole cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pvebalance.services.migrator.preflight import Preflight, Skip
+from pvebalance.shared.models import GuestType, MigrationJob
+from pvebalance.shared.proxmox import ProxmoxClient
+from pvebalance.simulator.server import Simulator
+from tests.helpers import SimFactory, settings_for
+
+
+class Recording(ProxmoxClient):
+    """The real client, noting every GET it makes."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.reads: list[tuple[str, dict[str, Any]]] = []
+
+    def get(self, path: str, **params: Any) -> Any:
+        self.reads.append((path, params))
+        return super().get(path, **params)
+
+
+def preflight_for(sim: Simulator, tmp_path: Path) -> tuple[Preflight, Recording]:
+    settings = settings_for(sim, "redis://unused", tmp_path)
+    client = Recording(settings.proxmox_api)
+    return Preflight(client, settings, api=lambda fn, patience=None: fn()), client
+
+
+def job(vmid: int = 118, source: str = "pve1", target: str = "pve2", gtype: GuestType = GuestType.QEMU,
+        name: str = "vm118") -> MigrationJob:
+    return MigrationJob(job_id=MigrationJob.id_for("plan-p", vmid), plan_id="plan-p", vmid=vmid, name=name,
+                        guest_type=gtype, source=source, target=target, online=True, with_local_disks=True)
+
+
+def test_pre_flight_reads_only_the_guest_it_moves_and_its_target(start_simulator: SimFactory,
+                                                                  tmp_path: Path) -> None:
+    sim = start_simulator("mid-300")
+    pf, client = preflight_for(sim, tmp_path)
+    g = sim.cluster.guests[100]
+    target = next(n for n in sim.cluster.nodes if n != g.node)
+    j = job(100, g.node, target, GuestType(g.type), str(g.entry["name"]))
+    entry = pf.check(j, patience=5)
+    params = pf.migrate_params(j, entry, patience=5)
+    assert entry["node"] == g.node and entry["status"] == "running" and params["target"] == target
+    assert client.reads == [
+        (f"/nodes/{g.node}/{g.type}/100/status/current", {}),
+        ("/cluster/resources", {"type": "node"}),
+        (f"/nodes/{target}/status", {}),
+        (f"/nodes/{target}/qemu", {}),
+        (f"/nodes/{target}/lxc", {}),
+    ] + ([(f"/nodes/{g.node}/qemu/100/migrate", {"target": target})] if g.type == "qemu" else [])
+
+
+def _move_by_hand(sim: Simulator) -> None:
+    sim.cluster.move_guest(sim.cluster.guests[118], "pve3")
+
+
+def _onto_target(sim: Simulator) -> None:
+    sim.cluster.move_guest(sim.cluster.guests[118], "pve2")
+
+
+def _delete(sim: Simulator) -> None:
+    sim.cluster.delete_guest(118)
+
+
+def _target_offline(sim: Simulator) -> None:
+    sim.cluster.nodes["pve2"].entry["status"] = "offline"
+
+
+def _target_in_maintenance(sim: Simulator) -> None:
+    sim.cluster.nodes["pve2"].entry["hastate"] = "maintenance"
+
+
+def _target_full(sim: Simulator) -> None:
+    sim.cluster.nodes["pve2"].mem_overhead = int(sim.cluster.nodes["pve2"].entry["maxmem"] * 0.94)
+    sim.cluster.note_mem()
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (_move_by_hand, "guest 118 was moved to pve3 since the plan was made"),
+    (_onto_target, "guest 118 is already on pve2"),
+    (_delete, "guest 118 no longer exists"),
+    (_target_offline, "target node pve2 is offline or in maintenance"),
+    (_target_in_maintenance, "target node pve2 is offline or in maintenance"),
+    (_target_full, "target node pve2 no longer has room for vm118: pve2 would use"),
+])
+def test_pre_flight_skips_a_move_no_longer_wanted_or_allowed(start_simulator: SimFactory, tmp_path: Path,
+                                                            change: Callable[[Simulator], None], reason: str) -> None:
+    sim = start_simulator(figure_lag=0, host_variation=0)
+    change(sim)
+    pf, _ = preflight_for(sim, tmp_path)
+    with pytest.raises(Skip) as skipped:
+        pf.check(job(), patience=5)
+    assert str(skipped.value).startswith(reason)
+
+
+def test_pre_flight_skips_a_target_an_ha_rule_bars(start_simulator: SimFactory, tmp_path: Path) -> None:
+    sim = start_simulator("groups")  # vm:123 and vm:124 in negative affinity
+    sim.cluster.move_guest(sim.cluster.guests[124], "pve5")
+    pf, _ = preflight_for(sim, tmp_path)
+    j = job(123, "pve1", "pve5", name="vm123")
+    entry = pf.check(j, patience=5)
+    assert entry["hastate"] == "started"
+    with pytest.raises(Skip, match=r"Proxmox does not allow pve5 for this guest: .*blocking-ha-resources.*vm:124"):
+        pf.migrate_params(j, entry, patience=5)
