@@ -67,7 +67,7 @@ def jobs(request: Request, _: Reader,
     """Migration jobs, newest first: active ones and those in the retained event stream."""
     read = ctx(request).read
     found: list[JobView] = []
-    for job_id in read.job_ids(plan_id):
+    for job_id in read.listed_jobs(plan_id):
         view = read.job_view(job_id)
         if view is None or (state is not None and view.state != state) or (vmid is not None and view.vmid != vmid):
             continue

@@ -30,13 +30,15 @@ def usage_percent(snapshot: ClusterSnapshot, policy: Policy,
     for resource in RESOURCES:
         one = replace(policy, method=resource)
         loads = initial_loads(snapshot, one)
-        for move in pending or []:
+        where = {vmid: g.node for vmid, g in guests.items()}
+        for move in pending or []:  # in the plan's order: a parked guest's second move starts where the first ended
             guest = guests.get(move.vmid)
-            if guest is None or guest.node != move.source or move.target not in loads or move.source not in loads:
-                continue
+            if guest is None or where[move.vmid] != move.source or move.target not in loads or move.source not in loads:
+                continue  # done already (the snapshot has the guest elsewhere), or a node not planned on
             amount = guest_load(guest, one)
             loads[move.source].load -= amount
             loads[move.target].load += amount
+            where[move.vmid] = move.target
         for name in out:
             load = loads.get(name)
             out[name][resource] = round(load.percent, 2) if load is not None and load.capacity > 0 else None

@@ -27,6 +27,7 @@ from pvebalance.shared.models import (
     MigrationJob,
     MigrationReason,
     Plan,
+    job_ids,
 )
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 
@@ -167,8 +168,9 @@ class ReadSide:
         """Moves of the plan still to come: the plan is live and the move's job has not failed or been skipped."""
         if plan is None or status is None or status.state not in LIVE_PLAN_STATES:
             return []
-        moves = [m for m in plan.migrations if status.vmids is None or m.vmid in status.vmids]
-        return [m for m in moves if self.jobs.state(MigrationJob.id_for(plan.plan_id, m.vmid)) not in FAILED_OR_SKIPPED]
+        chosen = zip(plan.migrations, job_ids(plan), strict=True)
+        return [m for m, job_id in chosen if (status.vmids is None or m.vmid in status.vmids)
+                and self.jobs.state(job_id) not in FAILED_OR_SKIPPED]
 
     def cluster(self, snapshot: ClusterSnapshot) -> ClusterView:
         plan = self.plans.latest()
@@ -200,8 +202,7 @@ class ReadSide:
 
     def plan_view(self, plan: Plan) -> PlanView:
         moves = []
-        for m in plan.migrations:
-            job_id = MigrationJob.id_for(plan.plan_id, m.vmid)
+        for m, job_id in zip(plan.migrations, job_ids(plan), strict=True):  # a parked guest moves twice
             record = self.jobs.load(job_id)
             state = record.get("state")
             moves.append(MoveView(**m.model_dump(), id=guest_id(m.type, m.vmid), job_id=job_id,
@@ -226,12 +227,12 @@ class ReadSide:
                        created_at=_when(record.get("created_at")),
                        updated_at=_when(str(updated)) if updated is not None else None)
 
-    def job_ids(self, plan_id: str | None = None) -> list[str]:
+    def listed_jobs(self, plan_id: str | None = None) -> list[str]:
         """Jobs to list, newest first: a plan's own (ids follow from its moves), or the active ones
         and those in the retained event stream."""
         if plan_id is not None:
             plan = self.plans.plan(plan_id)
-            return [MigrationJob.id_for(plan_id, m.vmid) for m in plan.migrations] if plan else []
+            return job_ids(plan) if plan else []
         seen: dict[str, None] = {}
         for _, event in reversed(self.jobs.events(count=keys.EVENT_STREAM_MAXLEN)):
             seen.setdefault(event.job_id)

@@ -395,3 +395,24 @@ def test_cluster_spread_leaves_out_drained_nodes_as_the_planner_does(setup: tupl
     assert view["spread_pp"] == pytest.approx(expected, abs=0.01) and expected != pytest.approx(
         world.plan.before.spread_pp, abs=0.01)
     assert next(n for n in view["nodes"] if n["name"] == "pve1")["drained"] is True
+
+
+def test_a_guest_parked_on_the_way_shows_both_moves_with_their_own_jobs_and_ends_where_the_last_puts_it(
+        setup: tuple[TestClient, World]) -> None:
+    from pvebalance.shared.models import job_ids
+    from pvebalance.shared.plans import PlanStatus, PlanStore
+
+    client, world = setup
+    first = world.plan.migrations[0]
+    park = first.target
+    final = next(n for n in ("pve2", "pve3", "pve4") if n != park)
+    plan = world.plan.model_copy(update={"plan_id": "plan-parked", "migrations": [
+        first, first.model_copy(update={"source": park, "target": final})]})
+    PlanStore(world.redis).save(plan, PlanStatus(plan_id=plan.plan_id, state=PlanState.RUNNING))
+
+    moves = client.get("/api/v1/plans/plan-parked", headers=OPS).json()["moves"]
+    assert [m["job_id"] for m in moves] == job_ids(plan) and len(set(job_ids(plan))) == 2
+    nodes = {n["name"]: n for n in client.get("/api/v1/cluster", headers=OPS).json()["nodes"]}
+    assert nodes[park]["usage_after_plan"]["memory"] == nodes[park]["usage"]["memory"]
+    assert nodes[final]["usage_after_plan"]["memory"] > nodes[final]["usage"]["memory"]
+    assert nodes["pve1"]["usage_after_plan"]["memory"] < nodes["pve1"]["usage"]["memory"]
