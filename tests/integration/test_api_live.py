@@ -119,7 +119,8 @@ def test_metrics_follow_a_drain_from_queued_to_succeeded_and_the_stream_and_webh
         store = JobStore(c.redis)
         wait_for("the drain accepted", lambda: c.get(f"/api/v1/requests/{request_id}").json()["state"] == "accepted",
                  30)
-        assert len(store.active_jobs()) == len(running), "a drain moves the node's running guests"
+        # the planner settles the request accepted, then enqueues the drain's jobs
+        wait_for("a job per running guest of pve2", lambda: len(store.active_jobs()) == len(running), 30)
         jobs = sorted(store.active_jobs())
         queued = scrape(c)
         assert queued[("pvebalance_migrations", (("state", "queued"),))] == len(jobs)
