@@ -126,9 +126,8 @@ def test_a_5xx_or_429_is_retried_until_delivered_once(running: Callable[..., Any
         notifier, redis = running(receiver.url)
         fail_a_job(redis)
         notifier.step()
-        wait_until(lambda: len(receiver.received) == 1)
-        assert receiver.attempts == 4
-        assert notifier.senders[0].sent == 1
+        wait_until(lambda: notifier.senders[0].sent == 1)  # counted once the receiver's answer is back
+        assert (receiver.attempts, len(receiver.received)) == (4, 1)
 
 
 def test_a_webhook_that_never_answers_is_given_up_after_its_attempts() -> None:
