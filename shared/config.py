@@ -172,6 +172,8 @@ class PlannerSettings(Section):
     max_snapshot_age: float = Field(120.0, gt=0, description="seconds; older snapshots are not planned on")
     retry_after_failure: float = Field(
         60.0, ge=0, description="seconds to wait before planning again after a plan whose moves failed")
+    recommendation_ttl: float = Field(
+        3600.0, gt=0, description="seconds a recommended plan (manual mode) waits for approval while it stays safe")
 
 
 class MigratorSettings(Section):
