@@ -318,9 +318,18 @@ def _stop_on_signals(stop: Any) -> Any:
     return stop
 
 
+from . import cli_health  # noqa: E402, F401  (registers `pvebalance health`)
+
+
 def main() -> None:
     try:
         app()
     except (ConfigError, DumpError, ProxmoxError, RedisUnavailable, UserError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:  # the demo and the simulator need the `demo` extra (pyproject.toml)
+        if exc.name not in ("fakeredis", "cryptography"):
+            raise
+        err.print(f"error: this command needs pvebalance[demo] ({exc.name} is not installed): "
+                  "pip install 'pvebalance[demo]'", markup=False, highlight=False)
         sys.exit(2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
@@ -19,6 +20,8 @@ from redis.exceptions import RedisError
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import DumpError, essential_config, snapshot_from_api
 from pvebalance.shared.config import Settings
+from pvebalance.shared.heartbeat import beat
+from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, GuestType
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient
@@ -81,6 +84,7 @@ class Collector:
         # vmid -> (fingerprint, essential config): a running collector skips Redis for known guests
         self._memo: dict[str, tuple[str, dict[str, Any]]] = {}
         self._problems: dict[str, str] = {}  # node -> the problem last warned about, to warn once
+        self.fence: Callable[[], None] = lambda: None  # run_collector: raise NotLeader unless leading
 
     def read_api(self) -> dict[str, Any]:
         """The cluster as API answers keyed by path: the pve-api-dump/1 `api` mapping."""
@@ -175,6 +179,7 @@ class Collector:
 
     def publish(self, snapshot: ClusterSnapshot, latest_ttl: float) -> str:
         assert self.redis is not None
+        self.fence()
         raw = snapshot.model_dump_json()
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(keys.SNAPSHOT_STREAM, {"snapshot": raw}, maxlen=keys.SNAPSHOT_STREAM_MAXLEN, approximate=True)
@@ -187,6 +192,8 @@ class Collector:
         redis = Outage(log, "Redis", "the collector")
         while not stop.is_set():
             try:
+                if self.redis is not None:
+                    beat(self.redis, "collector", ttl=keys.HEARTBEAT_TTL + int(interval))
                 before = self.client.requests
                 snap = self.snapshot()
                 api.ok()
@@ -197,6 +204,8 @@ class Collector:
                 redis.ok()
                 log.info("snapshot published", snapshot_id=snap.snapshot_id, nodes=len(snap.nodes),
                          guests=len(snap.guests), requests=self.client.requests - before)
+            except NotLeader:  # another collector leads now: this one goes back to waiting
+                return
             except CollectError as exc:  # the cluster could not be read whole: nothing published
                 api.failed(exc)
             except RedisError as exc:  # away, loading its data, restarted: wait and carry on
@@ -212,5 +221,8 @@ def run_collector(settings: Settings, stop: threading.Event) -> None:
     redis = connect_waiting(settings.redis.url, log, stop)
     if redis is None:
         return
-    Collector(ProxmoxClient(settings.proxmox_api), redis, rrd_interval=c.rrd_interval,
-              smoothing=c.smoothing).run(c.interval, stop)
+    collector = Collector(ProxmoxClient(settings.proxmox_api), redis, rrd_interval=c.rrd_interval,
+                          smoothing=c.smoothing)
+    leader = Leader(redis, "collector", settings.leader.lock_ttl)  # one collector publishes at a time
+    collector.fence = leader.fence
+    leader.lead(stop, lambda demoted: collector.run(c.interval, demoted))

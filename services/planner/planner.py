@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -17,8 +18,10 @@ from rq import Queue
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
+from pvebalance.shared.heartbeat import beat
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
+from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
@@ -35,6 +38,7 @@ class Planner:
         self.jobs = JobStore(redis)
         self.plans = PlanStore(redis)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
+        self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
 
     def ensure_group(self, start: str = "$") -> None:
         try:
@@ -123,6 +127,7 @@ class Planner:
         return skipped
 
     def save(self, plan: Plan, state: PlanState = PlanState.RUNNING, request_id: str | None = None) -> None:
+        self.fence()
         self.plans.save(plan, PlanStatus(plan_id=plan.plan_id, state=state, request_id=request_id))
 
     def enqueue(self, plan: Plan) -> list[str]:
@@ -132,6 +137,7 @@ class Planner:
         the place) that the later move counts on. Moves out of one node, or into one node, may run
         in parallel up to the migrator's limits.
         """
+        self.fence()
         leaving: dict[str, list[str]] = {}
         enqueued = []
         for m in plan.migrations:
@@ -168,8 +174,11 @@ class Planner:
                     self.ensure_group()
                     ready = True
                     group.ok()
+                beat(self.redis, "planner")
                 self._step()
                 outage.ok()
+            except NotLeader:  # another planner leads now: this one goes back to waiting
+                return
             except ResponseError as exc:  # Redis refuses the group (a key of that name of another type?)
                 group.failed(exc)
                 stop.wait(5)
@@ -198,4 +207,7 @@ def run_planner(settings: Settings, stop: threading.Event) -> None:
     redis = connect_waiting(settings.redis.url, log, stop)
     if redis is None:
         return
-    Planner(redis, settings).run(stop)
+    planner = Planner(redis, settings)
+    leader = Leader(redis, "planner", settings.leader.lock_ttl)  # one planner plans at a time
+    planner.fence = leader.fence
+    leader.lead(stop, planner.run)
