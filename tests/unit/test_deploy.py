@@ -37,3 +37,18 @@ def test_helm_values_config_is_a_valid_settings_file() -> None:
     for component in ("collector", "planner", "migrator"):
         assert component in deployments and component in subcommands()
     assert "PVEBALANCE_PROXMOX_API__TOKEN_SECRET" in deployments
+
+
+def test_every_source_package_is_installed() -> None:
+    """A package missing from pyproject.toml works in the editable install and breaks every image."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {f"pvebalance.{d}" if d != "pvebalance" else d: d for d in ("pvebalance", "shared", "engine", "services",
+                                                                        "simulator", "scenarios")}
+    found = set()
+    for name, folder in dirs.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((name, *parts)))
+    assert found <= set(project["packages"]), f"not in pyproject.toml: {sorted(found - set(project['packages']))}"
