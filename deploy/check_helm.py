@@ -144,8 +144,9 @@ def check_hardened(label: str, docs: list[dict[str, Any]]) -> None:
             fail(f"{label}: {name}: no RuntimeDefault seccomp profile")
         for c in pod["containers"]:
             sc = c.get("securityContext", {})
+            drops_all = sc.get("capabilities", {}).get("drop") == ["ALL"]
             if not (pod["securityContext"].get("runAsNonRoot") and sc.get("readOnlyRootFilesystem")
-                    and sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == ["ALL"]):
+                    and sc.get("allowPrivilegeEscalation") is False and drops_all):
                 fail(f"{label}: {name}: container {c['name']} is not hardened")
             if not (c.get("livenessProbe") and c.get("resources")):
                 fail(f"{label}: {name}: container {c['name']} has no liveness probe or resources")

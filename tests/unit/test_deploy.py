@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from pvebalance.shared.config import Settings
@@ -52,3 +53,23 @@ def test_every_source_package_is_installed() -> None:
             parts = init.parent.relative_to(REPO / folder).parts
             found.add(".".join((name, *parts)))
     assert found <= set(project["packages"]), f"not in pyproject.toml: {sorted(found - set(project['packages']))}"
+
+
+@pytest.mark.parametrize(("missing", "args"), [("cryptography", ["simulator", "--port", "0"]),
+                                               ("fakeredis", ["demo", "--timeout", "1"])])
+def test_demo_commands_without_the_demo_extra_say_what_to_install(missing: str, args: list[str]) -> None:
+    code = (f"import sys; sys.modules[{missing!r}] = None; sys.argv = ['pvebalance', *{args!r}]; "
+            "from pvebalance.cli import main; main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"error: this command needs pvebalance[demo] ({missing} is not installed): "
+                                  "pip install 'pvebalance[demo]'")
+
+
+def test_the_production_install_needs_no_demo_dependency() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    production = " ".join(project["dependencies"])
+    for name in ("fakeredis", "cryptography"):
+        assert name not in production and any(name in d for d in project["optional-dependencies"]["demo"])
