@@ -188,6 +188,8 @@ docker_part() {
   for service in collector planner migrator; do
     compose exec -T "$service" pvebalance health "$service" -c /etc/pvebalance/pvebalance.yaml \
       || die "$service is not healthy"
+    # the image's own HEALTHCHECK: no argument, the service is read off the running command
+    compose exec -T "$service" pvebalance health >/dev/null || die "the image's HEALTHCHECK fails in $service"
   done
   if docker run --rm "$IMAGE" api --help >/dev/null 2>&1; then
     for _ in $(seq 30); do compose exec -T api pvebalance health api --port 8080 >/dev/null 2>&1 && break; sleep 1; done
