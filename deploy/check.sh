@@ -164,8 +164,6 @@ wait_workers() {
 }
 
 docker_part() {
-  engine
-  base_images
   export PVEBALANCE_IMAGE=$IMAGE PVEBALANCE_BASE_IMAGE=$PY_IMAGE PVEBALANCE_REDIS_IMAGE=$REDIS_IMAGE
   export PVEBALANCE_API_PORT=${PVEBALANCE_API_PORT:-18080}
   unset PVEBALANCE_PROXMOX_API__TOKEN_SECRET  # a fresh clone: nothing set
@@ -228,6 +226,10 @@ lint_part() {
 
 parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(lint helm docker)
+# On a cold machine the tools install while the engine starts and the base images build.
+( tools ) & tools_pid=$!
+if [[ " ${parts[*]} " == *" docker "* ]]; then engine; base_images; fi
+wait "$tools_pid" || die "cannot install the test tools"
 tools
 for part in "${parts[@]}"; do
   case "$part" in
