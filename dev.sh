@@ -40,7 +40,8 @@ cmd=${1:-demo}
 shift || true
 case "$cmd" in
   demo)  setup; exec "$VENV/bin/pvebalance" demo "$@" ;;
-  test)  setup; "$VENV/bin/ruff" check . && typecheck && exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  test)  setup; "$VENV/bin/ruff" check . && typecheck &&
+         exec "$VENV/bin/python" -m pytest -q -n "${PVEBALANCE_TEST_WORKERS:-3}" --dist loadfile "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
   lint)  setup; "$VENV/bin/ruff" check . && typecheck ;;
   soak)  setup; exec "$VENV/bin/python" -m tests.faultsuite "$@" ;;  # the fault suite: soak --seeds N

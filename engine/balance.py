@@ -71,12 +71,23 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     plan.violations = find_violations(snapshot, plan, policy, constraints)
     plan.outcome, plan.outcome_reason = outcome_of(
         plan, below_threshold=policy.threshold is not None and hottest < policy.threshold)
+    plan.held_out = held_out_nodes(snapshot, state)
     if policy.method == "weighted":
         for dim in (d for d, w in sorted(policy.weights.items()) if w > 0):
             one = replace(policy, method=dim, scale={})  # type: ignore[arg-type]
             before_dim, after_dim = _spread_by(snapshot, one, state.targets, state.moves)
             plan.notes.append(f"{dim}: spread {before_dim:.1f} -> {after_dim:.1f} pp")
     return plan
+
+
+def held_out_nodes(snapshot: ClusterSnapshot, state: PlanState) -> dict[str, str]:
+    """The nodes with a usage figure that the spread leaves out and nothing moves onto, and why."""
+    online = {n.name: n.online for n in snapshot.nodes}
+    return {
+        name: "offline" if not online.get(name, False) else "maintenance" if name in state.draining
+        else "ignored" if name in state.policy.ignore_nodes else "no capacity"
+        for name in sorted(state.loads) if name not in state.targets
+    }
 
 
 EXACT_MAX_GUESTS = 500

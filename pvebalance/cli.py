@@ -24,9 +24,12 @@ from pvebalance.shared.models import ClusterSnapshot, JobStatusEvent
 from pvebalance.shared.proxmox import ProxmoxError
 from pvebalance.shared.redisconn import RedisUnavailable
 
+from .cli_config import register as register_config_commands
+from .cli_config import show_version
 from .render import plan_to_json, print_plan
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 err = Console(stderr=True, soft_wrap=True)  # soft_wrap: one message stays one line, at any width
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
@@ -37,7 +40,8 @@ class UserError(Exception):
 
 
 @app.callback()
-def root() -> None:
+def root(version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                               help="print the version and exit")] = False) -> None:
     """Balance the guests of a Proxmox VE cluster over its nodes."""
 
 
@@ -241,7 +245,11 @@ def demo(
 
 
 @app.command()
-def jobs(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def jobs(
+    job_id: Annotated[str | None, typer.Argument(help="show this job with all its events")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Migration jobs not yet ended, and the latest state of recent ones."""
     from rich.table import Table
 
@@ -250,9 +258,27 @@ def jobs(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json
 
     redis = connect(load_settings(config).redis.url)
     store = JobStore(redis)
-    latest = {}
-    for _, event in read_events(redis, count=10_000):
-        latest[event.job_id] = event
+    events = [e for _, e in read_events(redis, count=10_000)]
+    if job_id is not None:
+        record = store.load(job_id)
+        if not record:
+            raise UserError(f"no job {job_id} (`pvebalance jobs` lists them)")
+        mine = [e for e in events if e.job_id == job_id]
+        if as_json:
+            sys.stdout.write(json.dumps({"job": record, "events": [e.model_dump(mode="json") for e in mine]},
+                                        indent=2) + "\n")
+            return
+        console = Console()
+        for field in sorted(record):
+            console.print(f"{field}: {record[field]}", markup=False, highlight=False)
+        table = Table(title=f"{len(mine)} events")
+        for col in ("at", "state", "upid", "message"):
+            table.add_column(col)
+        for e in mine:
+            table.add_row(f"{e.at:%H:%M:%S.%f}"[:-3], e.state.value, e.upid or "", e.message)
+        console.print(table)
+        return
+    latest = {e.job_id: e for e in events}
     rows = sorted(latest.values(), key=lambda e: e.at)
     if as_json:
         sys.stdout.write(json.dumps([e.model_dump(mode="json") for e in rows], indent=2) + "\n")
@@ -318,7 +344,13 @@ def _stop_on_signals(stop: Any) -> Any:
     return stop
 
 
-from . import cli_health  # noqa: E402, F401  (registers `pvebalance health`)
+register_config_commands(app)  # config check, import-proxlb-config (cli_config.py)
+# Commands in their own modules register themselves on `app` when imported.
+from . import (  # noqa: E402,F401
+    cli_health,
+    cli_ops,
+    cli_read,
+)
 
 
 def main() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from pvebalance.shared.models import ClusterSnapshot, Plan, UsageSummary
+from pvebalance.shared.models import ClusterSnapshot, GuestType, Plan, UsageSummary
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -43,40 +46,76 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "violations": plan.violations,
         "unmet": [u.model_dump() for u in plan.unmet],
         "notes": plan.notes,
+        "held_out": plan.held_out,
     }
 
 
-def usage_table(title: str, before: UsageSummary, after: UsageSummary, unit: str = "%") -> Table:
-    table = Table(title=title)
+# What a node's percentage means, per method and mode: said in the usage table's title.
+USAGE_MEANING: dict[tuple[str, str], str] = {
+    ("memory", "used"): "% of each node's memory in use",
+    ("memory", "assigned"): "% of each node's memory given to guests; over 100 % = overcommitted",
+    ("cpu", "used"): "% of each node's cores in use; over 100 % = overcommitted",
+    ("cpu", "assigned"): "vCPUs given to guests per node core, in %; over 100 % = overcommitted",
+    ("disk", "used"): "% of each node's local guest storage in use",
+    ("disk", "assigned"): "% of each node's local guest storage in use",
+    ("weighted", "used"): "weighted shares of the cluster's capacity in use, in %",
+    ("weighted", "assigned"): "weighted shares of the cluster's capacity given to guests, in %",
+}
+RESTART_NOTE = "ct, restart: a container migrates by restart: stopped, moved, started (downtime)"
+
+
+def usage_table(title: str, before: UsageSummary, after: UsageSummary, unit: str = "%",
+                held_out: Mapping[str, str] | None = None) -> Table:
+    """Each node before and after; a node in `held_out` is marked with the reason it is held out."""
+    held_out = held_out or {}
+    table = Table(title=escape(title) if title else None)
     table.add_column("node")
     table.add_column(f"before {unit}", justify="right")
     table.add_column(f"after {unit}", justify="right")
     for name in sorted(before.nodes):
         b = before.nodes[name].percent
         a = after.nodes[name].percent if name in after.nodes else float("nan")
-        table.add_row(name, f"{b:.1f}", f"{a:.1f}")
+        shown = f"{name} ({held_out[name]})" if name in held_out else name
+        table.add_row(escape(shown), f"{b:.1f}", f"{a:.1f}")
     table.add_row("spread (pp)", f"{before.spread_pp:.1f}", f"{after.spread_pp:.1f}", style="bold")
     return table
 
 
+def migrations_table(plan: Plan) -> Table:
+    # Borderless columns and one space between them: nine columns fit an 80-column terminal.
+    table = Table(title=f"{len(plan.migrations)} migrations, in order", box=box.SIMPLE_HEAD, pad_edge=False,
+                  show_edge=False, collapse_padding=True,
+                  caption="GiB: memory copied live + local disks copied; spread: pp after the move")
+    for col in ("#", "vmid", "name", "type", "move", "reason", "GiB", "batch", "spread"):
+        # the name is cut short first on a narrow terminal: the vmid says which guest it is
+        table.add_column(col, justify="right" if col in ("#", "vmid", "GiB", "batch", "spread") else "left",
+                         no_wrap=True, overflow="ellipsis", min_width=8 if col == "name" else None)
+    for i, m in enumerate(plan.migrations, 1):
+        kind = "ct, restart" if m.type is GuestType.LXC else "vm"
+        table.add_row(
+            str(i), str(m.vmid), escape(m.name), kind, f"{m.source} -> {m.target}", m.reason.value,
+            f"{m.gib_moved:.1f}", str(m.batch), f"{m.spread_after_pp:.1f}",
+        )
+    return table
+
+
 def print_plan(plan: Plan, console: Console) -> None:
-    console.print(usage_table(f"{plan.method} usage ({plan.mode})", plan.before, plan.after))
+    meaning = USAGE_MEANING.get((plan.method, plan.mode), "%")
+    console.print(f"{plan.method} usage ({plan.mode}): {meaning}", markup=False, highlight=False)
+    console.print(usage_table("", plan.before, plan.after, held_out=plan.held_out))
+    if plan.held_out:
+        console.print(f"spread (pp) leaves out {', '.join(sorted(plan.held_out))}: nothing moves onto "
+                      f"{'them' if len(plan.held_out) > 1 else 'it'}", markup=False, highlight=False)
     if not plan.migrations:
         console.print("No migrations needed.")
     else:
-        table = Table(title=f"{len(plan.migrations)} migrations, in order")
-        for col in ("#", "vmid", "name", "type", "source", "target", "reason", "GiB", "batch", "spread after"):
-            table.add_column(col, justify="right" if col in ("#", "vmid", "GiB", "batch") else "left")
-        for i, m in enumerate(plan.migrations, 1):
-            table.add_row(
-                str(i), str(m.vmid), m.name, m.type.value, m.source, m.target, m.reason.value,
-                f"{m.gib_moved:.1f}", str(m.batch), f"{m.spread_after_pp:.1f}",
-            )
-        console.print(table)
+        console.print(migrations_table(plan))
+        if any(m.type is GuestType.LXC for m in plan.migrations):
+            console.print(RESTART_NOTE, markup=False, highlight=False)
     for note in plan.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False, highlight=False)
     for unmet in plan.unmet:
-        console.print(f"unmet rule {unmet.rule} for {unmet.vmids}: {unmet.reason}")
+        console.print(f"unmet rule {unmet.rule} for {unmet.vmids}: {unmet.reason}", markup=False, highlight=False)
 
 
 def snapshot_table(snapshot: ClusterSnapshot) -> Table:

@@ -28,6 +28,11 @@ Dimension = Literal["memory", "cpu", "disk"]
 class ConfigError(Exception):
     """A configuration problem, worded for the operator: names the key and what is wrong."""
 
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        # One entry per bad key ("key.path: what is wrong"), for `pvebalance config check`.
+        self.problems = problems if problems is not None else [message]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -72,9 +77,32 @@ class ProxmoxApiSettings(Section):
         return self
 
 
+class MaintenanceWindow(Section):
+    """A weekly window in which a node is drained: from `drain_ahead_minutes` before `start` until `end`."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM; before start: the next day")
+    timezone: str = Field("UTC", description="an IANA name such as Europe/Berlin")
+    drain_ahead_minutes: float = Field(30.0, ge=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 class ProxmoxClusterSettings(Section):
     maintenance_nodes: list[str] = Field(default_factory=list)
     ignore_nodes: list[str] = Field(default_factory=list)
+    maintenance_windows: dict[str, list[MaintenanceWindow]] = Field(
+        default_factory=dict, description="node -> weekly windows in which it is drained")
 
 
 class PoolRule(Section):
@@ -91,6 +119,8 @@ class ResourceReserve(Section):
 
 class BalancingSettings(Section):
     enable: bool = True
+    mode_of_operation: Literal["automatic", "manual", "dry-run"] = Field(
+        "automatic", description="manual: plans wait for `pvebalance approve`; dry-run: plans are never run")
     method: Literal["memory", "cpu", "disk", "weighted"] = "memory"
     weights: dict[Dimension, float] = Field(
         default_factory=lambda: dict[Dimension, float]({"memory": 1.0, "cpu": 1.0}), description="for method: weighted"
@@ -111,8 +141,8 @@ class BalancingSettings(Section):
     disk_threshold: float | None = Field(None, gt=0, le=100)
     cpu_overcommit: float | None = Field(None, gt=0, description="max assigned vCPUs per node core")
     exact_seconds: float = Field(
-        3.0, ge=0, description="time for the exact solver on clusters of up to 500 guests (0: greedy only)"
-    )
+        30.0, ge=0, description="a safety limit on the exact solver's time on clusters of up to 500 guests "
+        "(0: greedy only); its work limit ends it first, so the same snapshot gives the same plan")
     leave_ha_to_crs: bool = Field(True, description="with PVE's crs.ha-auto-rebalance on, never move HA guests")
     node_resource_reserve: dict[str, ResourceReserve] = Field(
         default_factory=dict, description="'defaults' and per-node reservations"
@@ -221,7 +251,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     try:
         loaded = _FileSettings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path), describe_problems(exc)) from None
     except Exception as exc:  # a YAML syntax error, an unreadable file, a variable that is not JSON
         what = f"config file {path}" if path else f"the {ENV_PREFIX}* variables"
         raise ConfigError(f"cannot read {what}: {_clip(str(exc), 300)}") from None
@@ -231,6 +261,12 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
 def _describe(exc: ValidationError, path: Path | None) -> str:
     """Every bad key on one line (the promise: one line on stderr), each with what is wrong."""
     where = f"in {path}" if path else "in the environment"
+    problems = describe_problems(exc)
+    return f"invalid configuration ({where}, or {ENV_PREFIX}* variables): " + "; ".join(problems)
+
+
+def describe_problems(exc: ValidationError) -> list[str]:
+    """One "key.path: what is wrong" per bad key; a secret's value is never shown."""
     problems = []
     for err in exc.errors(include_url=False):
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -245,7 +281,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         if "secret" in key or "pass" in key:
             value = ""
         problems.append(f"{_clip(key, 100)}: {_clip(msg, 200)}{value}")
-    return f"invalid configuration ({where}, or {ENV_PREFIX}* variables): " + "; ".join(problems)
+    return problems
 
 
 def _clip(text: str, limit: int = 60) -> str:

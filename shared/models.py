@@ -186,6 +186,9 @@ class Plan(Message):
     outcome: PlanOutcome = Field("planned", description="balanced (nothing to do), planned, partial "
                                  "(some rules unmet: see unmet), infeasible (no safe move helps: see outcome_reason)")
     outcome_reason: str = ""
+    # Nodes in `before`/`after` that the spread leaves out (and nothing moves onto), with the reason:
+    # "maintenance" (being emptied or held empty), "offline", "ignored", "no capacity".
+    held_out: dict[str, str] = Field(default_factory=dict)
 
 
 class JobState(StrEnum):

@@ -30,7 +30,7 @@ def fake_redis() -> Redis:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("PVEBALANCE_TEST_REDIS_URL")
     if url:
-        yield url
+        yield _own_database(url)
         return
     server = OwnRedis(tmp_path_factory.mktemp("redis"))
     server.start()
@@ -66,3 +66,16 @@ def start_simulator(certdir: Path) -> Iterator[SimFactory]:
         sim.stop()
 
 
+
+
+def _own_database(url: str) -> str:
+    """Under pytest-xdist each worker flushes its own database of the given server: gw0 the one
+    the URL names, gw1 the one below it, ... (the tests flush whole databases)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw") or 0)
+    base, _, db = url.rpartition("/")
+    if not db.isdigit() or index == 0:
+        return url
+    if int(db) - index < 0:
+        pytest.fail(f"PVEBALANCE_TEST_REDIS_URL {url}: not enough databases below {db} for xdist worker {worker}")
+    return f"{base}/{int(db) - index}"

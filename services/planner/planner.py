@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -23,9 +25,13 @@ from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan
-from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
+from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, utcnow
+from pvebalance.shared.plans import PLAN_TTL, PlanState, PlanStatus, PlanStore
 from pvebalance.shared.redisconn import Outage, connect_waiting
+from pvebalance.shared.requests import RequestAction, RequestState
+
+from .operator import RequestHandler, drain_only, drained_nodes, leaving, paused
+from .windows import nodes_in_windows
 
 log = get_logger("pvebalance.planner")
 
@@ -37,6 +43,7 @@ class Planner:
         self.consumer = consumer
         self.jobs = JobStore(redis)
         self.plans = PlanStore(redis)
+        self.operator = RequestHandler(self)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
         self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
 
@@ -74,28 +81,130 @@ class Planner:
             return None
         end_overdue(self.jobs, self.settings)
         self.skip_jobs_into_unusable_nodes(snapshot)
+        self.operator.settle_drains(snapshot)
+        self.end_finished_plans()
         active = self.jobs.active_jobs()
         if active:
             log.info("migrations still running, not planning", active_jobs=len(active))
+            return None
+        if not snapshot.quorate:
+            log.warning("cluster not quorate, not planning", snapshot_id=snapshot.snapshot_id)
             return None
         wait = self.wait_after_failures()
         if wait > 0:
             # A refused move would otherwise be planned again at once, and fail again, every snapshot.
             log.info("moves of the last plan failed; planning again later", wait_s=round(wait, 1))
             return None
-        if not snapshot.quorate:
-            log.warning("cluster not quorate, not planning", snapshot_id=snapshot.snapshot_id)
+        drain = self.run_drains(snapshot)
+        if drain is not None:
+            return drain
+        pause = paused(self.redis)
+        if pause:
+            log.info("balancing paused, not planning", reason=pause.get("reason"), who=pause.get("who"))
             return None
-        policy = Policy.from_settings(self.settings.balancing, self.settings.proxmox_cluster,
-                                      cooldown=self.jobs.cooling_down())
-        plan = plan_balance(snapshot, policy)
+        plan = plan_balance(snapshot, self.policy(snapshot))
+        mode = self.settings.balancing.mode_of_operation
+        if mode != "automatic" or not self.settings.balancing.enable:
+            return self.recommend(plan)
+        latest = self.plans.latest()
+        if not plan.migrations and latest is not None and not latest.migrations and latest.outcome == plan.outcome:
+            # Nothing to do, again: one plan says so; one per snapshot would fill Redis (2880 a day).
+            return None
+        self.plans.forget_older_than(time.time() - PLAN_TTL)
         self.save(plan)
-        log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id,
+        log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id, outcome=plan.outcome,
                  spread_before=plan.before.spread_pp, spread_after=plan.after.spread_pp,
                  migrations=len(plan.migrations))
-        if plan.migrations and self.settings.balancing.enable:
+        if plan.migrations:
             self.enqueue(plan)
+        else:
+            self.plans.set_state(plan.plan_id, PlanState.DONE, plan.outcome_reason)
         return plan
+
+    def policy(self, snapshot: ClusterSnapshot) -> Policy:
+        """The settings' policy, with the nodes operators drained and those in a maintenance window."""
+        cluster = self.settings.proxmox_cluster
+        drained = set(drained_nodes(self.redis)) | nodes_in_windows(cluster.maintenance_windows, utcnow())
+        if drained - set(cluster.maintenance_nodes):
+            cluster = cluster.model_copy(update={"maintenance_nodes": sorted(set(cluster.maintenance_nodes) | drained)})
+        return Policy.from_settings(self.settings.balancing, cluster, cooldown=self.jobs.cooling_down())
+
+    def drain_plan(self, snapshot: ClusterSnapshot, nodes: set[str], include_stopped: set[str]) -> Plan:
+        """A plan that only repairs rules, with `nodes` drained; stopped guests of operator drains stay
+        unless the drain includes them (they take no memory, and a stopped guest often stays on purpose)."""
+        policy = self.policy(snapshot)
+        policy = drain_only(replace(policy, maintenance_nodes=frozenset(policy.maintenance_nodes) | nodes))
+        plan = plan_balance(snapshot, policy)
+        stopped = {g.vmid for g in snapshot.guests if not g.running}
+        operator = set(drained_nodes(self.redis)) | nodes
+        keep = [m for m in plan.migrations
+                if not (m.vmid in stopped and m.source in operator and m.source not in include_stopped)]
+        return plan.model_copy(update={"migrations": keep})
+
+    def run_drains(self, snapshot: ClusterSnapshot) -> Plan | None:
+        """Plan and enqueue the moves off drained nodes that still hold guests; drains always run, in
+        every mode and while paused (the operator asked). None when there is nothing to drain."""
+        if self.jobs.active_jobs():
+            return None  # the drain is planned once the running moves have ended
+        drains = drained_nodes(self.redis)
+        windowed = nodes_in_windows(self.settings.proxmox_cluster.maintenance_windows, utcnow())
+        nodes = set(drains) | windowed
+        if not nodes:
+            return None
+        include = {n for n, d in drains.items() if d.get("include_stopped")}
+        plan = self.drain_plan(snapshot, nodes, include)
+        if not leaving(plan, nodes):
+            return None
+        self.save(plan)
+        log.info("drain planned", plan_id=plan.plan_id, nodes=sorted(nodes), migrations=len(plan.migrations))
+        for status in self.operator.store.open_requests(RequestAction.DRAIN):
+            if status.request.node in nodes:
+                self.operator.store.settle(status.request.request_id, RequestState.ACCEPTED, status.reason,
+                                           plan_id=plan.plan_id)
+        self.enqueue(plan)
+        return plan
+
+    def recommend(self, plan: Plan, request_id: str | None = None) -> Plan:
+        """Store a plan for an operator to approve; older recommended plans become superseded. A plan
+        with the same moves as the one waiting leaves that one waiting (its approval stays valid)."""
+        waiting = self.plans.in_state(PlanState.RECOMMENDED)
+        same = [s for s in waiting if request_id is None and _moves(self.plans.plan(s.plan_id)) == _moves(plan)]
+        if same:
+            return self.plans.plan(same[-1].plan_id) or plan
+        for status in waiting:
+            self.plans.set_state(status.plan_id, PlanState.SUPERSEDED,
+                                 f"superseded by plan {plan.plan_id}, made on a newer snapshot")
+        self.save(plan, PlanState.RECOMMENDED, request_id)
+        log.info("plan recommended", plan_id=plan.plan_id, outcome=plan.outcome, migrations=len(plan.migrations))
+        return plan
+
+    def end_finished_plans(self) -> None:
+        for status in self.plans.in_state(PlanState.RUNNING, PlanState.APPROVED):
+            plan = self.plans.plan(status.plan_id)
+            if plan is None:
+                continue
+            states = [self.jobs.load(MigrationJob.id_for(plan.plan_id, m.vmid)).get("state") for m in plan.migrations
+                      if status.vmids is None or m.vmid in status.vmids]
+            if any(s in ("queued", "waiting", "running") for s in states):
+                continue
+            counts = Counter(s or "not enqueued" for s in states)
+            self.plans.set_state(plan.plan_id, PlanState.DONE, ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+    def failed_moves(self, plan_id: str) -> list[str]:
+        plan = self.plans.plan(plan_id)
+        failed = []
+        for m in plan.migrations if plan else []:
+            record = self.jobs.load(MigrationJob.id_for(plan_id, m.vmid))
+            if record.get("state") == "failed":
+                failed.append(f"guest {m.vmid} ({m.name}) {m.source} -> {m.target}: {record.get('message', '')}")
+        return failed
+
+    def latest_snapshot(self) -> ClusterSnapshot | None:
+        raw = self.redis.get(keys.SNAPSHOT_LATEST)
+        try:
+            return ClusterSnapshot.model_validate_json(raw) if raw else None
+        except ValueError:
+            return None
 
     def wait_after_failures(self, now: float | None = None) -> float:
         """Seconds left before planning again, when moves of the latest plan failed (else 0)."""
@@ -172,6 +281,7 @@ class Planner:
             try:
                 if not ready:
                     self.ensure_group()
+                    self.operator.ensure_group()
                     ready = True
                     group.ok()
                 beat(self.redis, "planner")
@@ -190,6 +300,7 @@ class Planner:
                 stop.wait(2)
 
     def _step(self) -> None:
+        self.operator.poll()
         try:
             snapshot = self.next_snapshot()
         except ResponseError:
@@ -211,3 +322,7 @@ def run_planner(settings: Settings, stop: threading.Event) -> None:
     leader = Leader(redis, "planner", settings.leader.lock_ttl)  # one planner plans at a time
     planner.fence = leader.fence
     leader.lead(stop, planner.run)
+
+
+def _moves(plan: Plan | None) -> list[tuple[int, str, str]]:
+    return sorted((m.vmid, m.source, m.target) for m in plan.migrations) if plan else []

@@ -5,9 +5,11 @@ lock's expiry."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,9 +33,11 @@ POLL = 0.3  # Leader.poll for that ttl: how often the follower tries and the lea
 def services(start_simulator: SimFactory, real_redis: Redis, redis_url: str,
              tmp_path: Path) -> Iterator[dict[str, list[subprocess.Popen[bytes]]]]:
     sim = start_simulator("homelab")
-    # balanciness 100: every plan is empty, so each snapshot gets a plan (no jobs hold the planner back)
+    # dry-run: plans are stored, never enqueued, so no job holds the planner back; the planner makes
+    # a plan only when the cluster changed, so each snapshot is made to differ from the one before
+    # (pve3 in and out of maintenance).
     config = write_config(tmp_path / "pvebalance.yaml", sim, redis_url, collector={"interval": INTERVAL},
-                          leader={"lock_ttl": LOCK_TTL}, balancing={"balanciness": 100})
+                          leader={"lock_ttl": LOCK_TTL}, balancing={"mode_of_operation": "dry-run"})
     env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "PVEBALANCE_REDIS__URL": redis_url}
     procs: dict[str, list[subprocess.Popen[bytes]]] = {}
     for service in ("collector", "planner"):
@@ -42,7 +46,21 @@ def services(start_simulator: SimFactory, real_redis: Redis, redis_url: str,
                              stdout=(tmp_path / f"{service}-{i}.log").open("wb"), stderr=subprocess.STDOUT)
             for i in range(2)
         ]
+    stop = threading.Event()
+
+    def toggle_after_each_snapshot() -> None:
+        seen, maintenance = 0, False
+        while not stop.wait(0.02):
+            count = real_redis.xlen(keys.SNAPSHOT_STREAM)
+            if count > seen:
+                seen, maintenance = count, not maintenance
+                sim.control("POST", "/_sim/nodes/pve3/maintenance", {"enable": maintenance})
+
+    toggler = threading.Thread(target=toggle_after_each_snapshot, daemon=True)
+    toggler.start()
     yield procs
+    stop.set()
+    toggler.join()
     for p in procs["collector"] + procs["planner"]:
         kill_tree(p)
 
@@ -70,6 +88,12 @@ def wait_for(condition, timeout: float, step: float = 0.05) -> float:  # type: i
     return time.monotonic() - started
 
 
+def planned_by(log: Path) -> set[str]:
+    """The plans a planner process made, from its log."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return {e["plan_id"] for e in lines if e.get("event") in ("plan recommended", "plan made")}
+
+
 def assert_one_snapshot_per_interval_and_one_plan_per_snapshot(redis: Redis) -> None:
     times = snapshot_times(redis)
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -80,15 +104,20 @@ def assert_one_snapshot_per_interval_and_one_plan_per_snapshot(redis: Redis) -> 
     published = {ClusterSnapshot.model_validate_json(f[b"snapshot"]).snapshot_id
                  for _, f in redis.xrange(keys.SNAPSHOT_STREAM)}
     assert set(per_snapshot) <= published
-    # the planner skips only snapshots it found already superseded when it read them
-    assert len(made) >= len(times) - 3
+    # every snapshot differs from the one before, so each gets its plan; the planner skips only
+    # snapshots that were already superseded when it read them (around a takeover)
+    assert len(made) >= len(times) - 6, f"{len(made)} plans for {len(times)} snapshots"
 
 
 @pytest.mark.parametrize("service", ["collector", "planner"])
 def test_one_leader_per_service_and_the_follower_takes_over_within_the_lock_expiry(
-        services: dict[str, list[subprocess.Popen[bytes]]], real_redis: Redis, service: str) -> None:
+        services: dict[str, list[subprocess.Popen[bytes]]], real_redis: Redis, service: str,
+        tmp_path: Path) -> None:
     wait_for(lambda: len(snapshot_times(real_redis)) >= 5 and len(plans(real_redis)) >= 4, timeout=60)
     assert_one_snapshot_per_interval_and_one_plan_per_snapshot(real_redis)
+    logs = {p.pid: tmp_path / f"planner-{i}.log" for i, p in enumerate(services["planner"])}
+    planner_leader = holder_pid(real_redis, "planner")
+    assert planned_by(logs[planner_leader]) >= {p.plan_id for p in plans(real_redis)}  # the leader made them all
     for name in ("collector", "planner"):  # the follower is alive too: its health check passes
         assert len(alive(real_redis, name)) == 2
         assert holder_pid(real_redis, name) in [p.pid for p in services[name]]
@@ -111,3 +140,11 @@ def test_one_leader_per_service_and_the_follower_takes_over_within_the_lock_expi
     wait_for(lambda: len(snapshot_times(real_redis)) >= snapshots + 3 and len(plans(real_redis)) >= made + 3,
              timeout=30)
     assert_one_snapshot_per_interval_and_one_plan_per_snapshot(real_redis)
+    # each plan was made by exactly one planner process: the leader of its time
+    made_by = [planned_by(log) for log in logs.values()]
+    assert not (made_by[0] & made_by[1])
+    assert made_by[0] | made_by[1] == {p.plan_id for p in plans(real_redis)}
+    print(f"{service}: {len(plans(real_redis))} plans for {len(snapshot_times(real_redis))} snapshots")
+    if service == "planner":
+        assert planned_by(logs[follower.pid]) and all(
+            p.plan_id in planned_by(logs[follower.pid]) for p in plans(real_redis)[made:])

@@ -1,0 +1,263 @@
+"""Operator commands: drain, undrain, pause, resume, approve, reject, rebalance.
+
+Each writes one request to the planner's request stream and waits for the planner's answer; none
+changes a plan or a job itself (the planner is the only writer of plans). A refused request prints
+one line, `error: ...`, and exits 2; nothing was changed.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+import socket
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from redis import Redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pvebalance.shared.config import load_settings
+from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.models import MigrationJob, Plan
+from pvebalance.shared.plans import PlanStore
+from pvebalance.shared.redisconn import connect
+from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus, RequestStore
+
+from .cli import ConfigOpt, UserError, app, err
+from .render import print_plan
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the request's final status as JSON")]
+ANSWER_TIMEOUT = 30.0  # seconds the planner has to take a request on
+FINAL = ("succeeded", "failed", "skipped", "cancelled")
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} (cli)"
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '2h', '1d' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"--for {text!r}: give a duration such as 90s, 15m, 2h or 1d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def ask(redis: Redis, request: OperatorRequest, timeout: float = ANSWER_TIMEOUT) -> RequestStatus:
+    """Submit the request and wait until the planner has answered it (any state but pending)."""
+    store = RequestStore(redis)
+    store.submit(request)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = store.status(request.request_id)
+        if status is not None and status.state != RequestState.PENDING:
+            return status
+        time.sleep(0.2)
+    raise UserError(f"the planner did not answer within {timeout:g} s (is it running?); request "
+                    f"{request.request_id} stays queued and will be handled when it starts")
+
+
+def answered(status: RequestStatus, as_json: bool) -> RequestStatus:
+    """Print the answer; a refused request is an error (exit 2)."""
+    if as_json and status.state != RequestState.ACCEPTED:
+        sys.stdout.write(status.model_dump_json(indent=2) + "\n")
+    if status.state == RequestState.REFUSED:
+        details = f": {'; '.join(status.details)}" if status.details else ""
+        if as_json:
+            raise typer.Exit(2)
+        raise UserError(f"{status.request.action.value} refused: {status.reason}{details}")
+    if not as_json:
+        err.print(f"{status.request.action.value} {status.state.value}: {status.reason}", highlight=False,
+                  markup=False)
+    return status
+
+
+def _redis(config: Any) -> Redis:
+    return connect(load_settings(config).redis.url)
+
+
+@app.command()
+def drain(
+    node: Annotated[str, typer.Argument(help="the node to empty")],
+    wait: Annotated[bool, typer.Option("--wait", help="follow the drain; exit 0 when the node is empty, 1 if a "
+                                                      "move failed")] = False,
+    include_stopped: Annotated[bool, typer.Option("--include-stopped", help="move stopped guests too")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 3600.0,
+) -> None:
+    """Empty a node for maintenance and hold it empty until `undrain`. Refused, with nothing moved, when
+    the other nodes cannot take all of its guests."""
+    redis = _redis(config)
+    status = answered(ask(redis, OperatorRequest(action=RequestAction.DRAIN, node=node, who=who(),
+                                                  include_stopped=include_stopped)), as_json)
+    if wait and status.state == RequestState.ACCEPTED:
+        status = follow_request(redis, status.request.request_id, timeout, as_json)
+    elif as_json and status.state == RequestState.ACCEPTED:
+        sys.stdout.write(status.model_dump_json(indent=2) + "\n")
+    if status.state == RequestState.FAILED:
+        if not as_json:
+            for line in status.details:
+                err.print(f"  failed: {line}", highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool) -> RequestStatus:
+    """Show a drain's moves as they end, until the request ends."""
+    store, jobs, plans = RequestStore(redis), JobStore(redis), PlanStore(redis)
+    deadline = time.monotonic() + timeout
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), disable=as_json) as progress:
+        bar = progress.add_task("waiting for the drain to be planned", total=None)
+        while True:
+            status = store.status(request_id)
+            if status is None:
+                raise UserError(f"request {request_id} is gone from Redis (expired, or Redis lost its data)")
+            plan = plans.plan(status.plan_id) if status.plan_id else None
+            if plan is not None:
+                states = [jobs.load(MigrationJob.id_for(plan.plan_id, m.vmid)).get("state") for m in plan.migrations]
+                progress.update(bar, total=len(states), completed=sum(s in FINAL for s in states),
+                                description=f"draining {status.request.node}")
+            if status.state.final:
+                break
+            if time.monotonic() > deadline:
+                raise UserError(f"the drain of {status.request.node} did not end within {timeout:g} s; it goes on "
+                                f"(`pvebalance requests {request_id}`)")
+            time.sleep(0.5)
+    if as_json:
+        sys.stdout.write(status.model_dump_json(indent=2) + "\n")
+    else:
+        err.print(f"drain {status.state.value}: {status.reason}", highlight=False, markup=False)
+    return status
+
+
+@app.command()
+def undrain(node: Annotated[str, typer.Argument(help="a drained node")], config: ConfigOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Let a drained node take guests again."""
+    answered(ask(_redis(config), OperatorRequest(action=RequestAction.UNDRAIN, node=node, who=who())), as_json)
+
+
+@app.command()
+def pause(
+    duration: Annotated[str | None, typer.Option("--for", help="e.g. 30m, 2h (default: until `resume`)")] = None,
+    reason: Annotated[str, typer.Option(help="why, shown to other operators")] = "",
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop making balancing plans (drains still run; running migrations finish)."""
+    seconds = parse_duration(duration) if duration else None
+    answered(ask(_redis(config), OperatorRequest(action=RequestAction.PAUSE, seconds=seconds, reason=reason,
+                                                 who=who())), as_json)
+
+
+@app.command()
+def resume(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Make balancing plans again after `pause`."""
+    answered(ask(_redis(config), OperatorRequest(action=RequestAction.RESUME, who=who())), as_json)
+
+
+@app.command()
+def approve(
+    plan_id: Annotated[str, typer.Argument(help="a recommended plan, as `pvebalance plans` lists it")],
+    moves: Annotated[str | None, typer.Option(help="only these guests' moves: VMID,VMID,...")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a recommended plan (manual mode), or some of its moves."""
+    vmids = _vmids(moves) if moves is not None else None
+    answered(ask(_redis(config), OperatorRequest(action=RequestAction.APPROVE, plan_id=plan_id, vmids=vmids,
+                                                 who=who())), as_json)
+
+
+@app.command()
+def reject(plan_id: Annotated[str, typer.Argument(help="a recommended plan")], config: ConfigOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Drop a recommended plan."""
+    answered(ask(_redis(config), OperatorRequest(action=RequestAction.REJECT, plan_id=plan_id, who=who())), as_json)
+
+
+def _vmids(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--moves {text!r}: give guest ids separated by commas, e.g. 101,102") from None
+
+
+@app.command()
+def rebalance(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan; run nothing")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="run it without asking")] = False,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan and the jobs' outcome as JSON")] = False,
+    timeout: Annotated[float, typer.Option(help="give up following after this many seconds")] = 3600.0,
+) -> None:
+    """Plan now on the latest snapshot, show the plan, ask, run it and follow it to the end.
+
+    Exit codes: 0 done or nothing to do, 1 some moves failed, 2 bad input or refused."""
+    redis = _redis(config)
+    status = answered(ask(redis, OperatorRequest(action=RequestAction.REBALANCE, dry_run=dry_run, who=who())),
+                      as_json=False)
+    plan = PlanStore(redis).plan(status.plan_id or "")
+    if plan is None:
+        raise UserError(f"plan {status.plan_id} is gone from Redis")
+    if not as_json:
+        print_plan(plan, Console())
+    if not plan.migrations or dry_run:
+        if as_json:
+            sys.stdout.write(json.dumps({"plan": plan.model_dump(mode="json"), "jobs": {}}, indent=2) + "\n")
+        if plan.outcome == "infeasible" and not dry_run:
+            raise UserError(f"no safe plan: {plan.outcome_reason}")
+        if not as_json:
+            err.print("nothing to do: " + plan.outcome_reason if not plan.migrations else "dry run: nothing was run",
+                      highlight=False, markup=False)
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UserError("not asking on a non-interactive input: add --yes to run the plan")
+        if not typer.confirm(f"Run these {len(plan.migrations)} migrations?"):
+            raise typer.Exit(0)
+    answered(ask(redis, OperatorRequest(action=RequestAction.APPROVE, plan_id=plan.plan_id, who=who())), as_json=False)
+    outcome = follow_plan(redis, plan, timeout, as_json)
+    failed = {vmid: s for vmid, s in outcome.items() if s != "succeeded"}
+    if as_json:
+        sys.stdout.write(json.dumps({"plan": plan.model_dump(mode="json"),
+                                     "jobs": {str(k): v for k, v in outcome.items()}}, indent=2) + "\n")
+    if failed:
+        if not as_json:
+            for vmid, state in sorted(failed.items()):
+                err.print(f"  guest {vmid}: {state}", highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict[int, str]:
+    """Follow a plan's jobs with a progress bar until each has ended; vmid -> final state (+ message)."""
+    jobs = JobStore(redis)
+    deadline = time.monotonic() + timeout
+    ended: dict[int, str] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), disable=as_json) as progress:
+        bar = progress.add_task("migrating", total=len(plan.migrations))
+        while len(ended) < len(plan.migrations):
+            for m in plan.migrations:
+                record = jobs.load(MigrationJob.id_for(plan.plan_id, m.vmid))
+                state = record.get("state")
+                if state in FINAL and m.vmid not in ended:
+                    ended[m.vmid] = state if state == "succeeded" else f"{state}: {record.get('message', '')}"
+            progress.update(bar, completed=len(ended))
+            if time.monotonic() > deadline:
+                raise UserError(f"the plan's migrations did not end within {timeout:g} s; "
+                                "they go on (`pvebalance jobs`)")
+            time.sleep(0.5)
+    if not as_json:
+        ok = sum(1 for s in ended.values() if s == "succeeded")
+        err.print(f"{ok} of {len(ended)} migrations succeeded", highlight=False)
+    return ended

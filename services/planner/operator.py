@@ -1,0 +1,290 @@
+"""The planner's side of operator requests: drain, undrain, rebalance, approve, reject, pause, resume.
+
+Each request is read once from the request stream (a consumer group), checked against the latest
+snapshot, and moved on to accepted, refused, done or failed with a reason a person can act on. A
+refused request changes nothing. Drains are held in Redis (`keys.DRAINED`) until undrained: the
+planner adds those nodes to the maintenance nodes of every plan, so nothing is balanced onto them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
+
+from pvebalance.engine import Policy, plan_balance
+from pvebalance.shared import keys
+from pvebalance.shared.logging import get_logger
+from pvebalance.shared.models import ClusterSnapshot, Plan
+from pvebalance.shared.plans import PlanState
+from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
+
+if TYPE_CHECKING:
+    from .planner import Planner
+
+log = get_logger("pvebalance.planner")
+
+
+def drained_nodes(redis: Any) -> dict[str, dict[str, Any]]:
+    """Nodes an operator drained and has not undrained: node -> the drain (request id, who, ...)."""
+    return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in redis.hgetall(keys.DRAINED).items()}
+
+
+def paused(redis: Any) -> dict[str, Any] | None:
+    raw = redis.get(keys.PAUSED)
+    return json.loads(raw) if raw else None
+
+
+def drain_only(policy: Policy) -> Policy:
+    """The policy for a plan that only repairs rules (a drain): no node is above a 101 % threshold,
+    so the balance phase never runs, and the plan holds no move but those a rule asks for."""
+    return replace(policy, threshold=101.0)
+
+
+def leaving(plan: Plan, nodes: set[str]) -> list[int]:
+    return [m.vmid for m in plan.migrations if m.source in nodes]
+
+
+class RequestHandler:
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
+        self.redis = planner.redis
+        self.store = RequestStore(planner.redis)
+        self.handlers: dict[RequestAction, Callable[[OperatorRequest, ClusterSnapshot | None], None]] = {
+            RequestAction.DRAIN: self.drain, RequestAction.UNDRAIN: self.undrain,
+            RequestAction.REBALANCE: self.rebalance, RequestAction.APPROVE: self.approve,
+            RequestAction.REJECT: self.reject, RequestAction.PAUSE: self.pause, RequestAction.RESUME: self.resume,
+        }
+
+    # --- reading the stream ----------------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(keys.REQUEST_STREAM, keys.REQUESTS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _group_exists(self) -> bool:
+        try:
+            groups = self.redis.xinfo_groups(keys.REQUEST_STREAM)
+        except ResponseError:
+            return False
+        return any(g.get("name") in (keys.REQUESTS_GROUP, keys.REQUESTS_GROUP.encode()) for g in groups)
+
+    def poll(self) -> int:
+        """Handle every request waiting in the stream; how many there were."""
+        try:
+            entries = self.redis.xreadgroup(keys.REQUESTS_GROUP, self.planner.consumer, {keys.REQUEST_STREAM: ">"},
+                                            count=50)
+        except ResponseError:
+            if self._group_exists():
+                raise
+            log.warning("request stream or its consumer group gone (Redis restarted empty?): creating it again")
+            self.ensure_group()
+            return 0
+        if not entries:
+            return 0
+        messages = entries[0][1]
+        snapshot = self.planner.latest_snapshot()
+        for entry_id, fields in messages:
+            raw = fields.get(b"request") or fields.get("request")
+            try:
+                request = OperatorRequest.model_validate_json(raw)
+            except ValueError as exc:
+                log.warning("unreadable operator request skipped", entry=str(entry_id), error=str(exc)[:200])
+            else:
+                self.handle(request, snapshot)
+            self.redis.xack(keys.REQUEST_STREAM, keys.REQUESTS_GROUP, entry_id)
+        return len(messages)
+
+    def handle(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
+        bound = log.bind(request_id=request.request_id, action=request.action.value, who=request.who)
+        status = self.store.status(request.request_id)
+        if status is not None and status.state != RequestState.PENDING:
+            return  # read before (the stream is at-least-once): it was handled
+        try:
+            self.handlers[request.action](request, snapshot)
+        except Exception as exc:  # a bug: the request must still end, and say so
+            bound.exception("operator request failed")
+            self.store.settle(request.request_id, RequestState.FAILED, f"internal error: {exc}")
+        final = self.store.status(request.request_id)
+        if final is not None:
+            bound.info("operator request " + final.state.value, reason=final.reason)
+
+    def refuse(self, request: OperatorRequest, reason: str, details: list[str] | None = None) -> None:
+        self.store.settle(request.request_id, RequestState.REFUSED, reason, details=details)
+
+    def fresh(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> ClusterSnapshot | None:
+        """The latest snapshot if it is young enough to act on; else the request is refused."""
+        limit = self.planner.settings.planner.max_snapshot_age
+        if snapshot is None:
+            self.refuse(request, "no snapshot of the cluster yet: is the collector running?")
+            return None
+        if snapshot.age_seconds() > limit:
+            self.refuse(request, f"the latest snapshot is {snapshot.age_seconds():.0f} s old (more than "
+                        f"planner.max_snapshot_age {limit:g} s): is the collector running?")
+            return None
+        return snapshot
+
+    # --- drain and undrain -----------------------------------------------------------------------
+
+    def drain(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
+        snapshot = self.fresh(request, snapshot)
+        if snapshot is None:
+            return
+        node = self.known_node(request, snapshot)
+        if node is None:
+            return
+        drained = set(drained_nodes(self.redis)) | {node}
+        others = [n.name for n in snapshot.nodes if n.online and n.usable and not n.maintenance
+                  and n.name not in drained and n.name not in self.planner.settings.proxmox_cluster.maintenance_nodes]
+        if not others:
+            self.refuse(request, f"{node} is the last node that could take guests: nowhere to drain it to")
+            return
+        plan = self.planner.drain_plan(snapshot, drained, include_stopped={node} if request.include_stopped else set())
+        stuck = [u for u in plan.unmet if u.rule == f"maintenance {node}"]
+        if stuck or plan.violations:
+            details = [f"guest {', '.join(map(str, u.vmids))}: {u.reason}" for u in stuck] + plan.violations
+            self.refuse(request, f"the other nodes cannot take every guest of {node}: {len(details)} do not fit",
+                        details)
+            return
+        self.redis.hset(keys.DRAINED, node, json.dumps({
+            "request_id": request.request_id, "who": request.who, "at": time.time(),
+            "include_stopped": request.include_stopped}))
+        moves = leaving(plan, {node})
+        self.store.settle(request.request_id, RequestState.ACCEPTED,
+                          f"{node} is drained: {len(moves)} guest(s) to move", details=[])
+        self.planner.run_drains(snapshot)
+
+    def undrain(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
+        node = request.node or ""
+        if node not in drained_nodes(self.redis):
+            self.refuse(request, f"{node} is not drained" + self._known_hint(node, snapshot))
+            return
+        self.redis.hdel(keys.DRAINED, node)
+        for open_drain in self.store.open_requests(RequestAction.DRAIN):
+            if open_drain.request.node == node:
+                self.store.settle(open_drain.request.request_id, RequestState.FAILED,
+                                  f"undrained by {request.request_id} before {node} was empty")
+        self.store.settle(request.request_id, RequestState.DONE, f"{node} may take guests again")
+
+    def known_node(self, request: OperatorRequest, snapshot: ClusterSnapshot) -> str | None:
+        names = sorted(n.name for n in snapshot.nodes)
+        by_lower = {n.lower(): n for n in names}
+        node = by_lower.get((request.node or "").lower())
+        if node is None:
+            self.refuse(request, f"unknown node {request.node!r} (the cluster's nodes: {', '.join(names)})")
+        return node
+
+    @staticmethod
+    def _known_hint(node: str, snapshot: ClusterSnapshot | None) -> str:
+        if snapshot is not None and node not in {n.name for n in snapshot.nodes}:
+            return f" (and not a node of the cluster: {', '.join(sorted(n.name for n in snapshot.nodes))})"
+        return ""
+
+    def settle_drains(self, snapshot: ClusterSnapshot) -> None:
+        """Drains whose node is empty are done; drains whose moves failed, failed."""
+        for status in self.store.open_requests(RequestAction.DRAIN):
+            node = status.request.node or ""
+            left = [g.vmid for g in snapshot.guests if g.node == node and (g.running or status.request.include_stopped)]
+            if not left:
+                self.store.settle(status.request.request_id, RequestState.DONE, f"{node} is empty")
+                continue
+            if status.plan_id:
+                failed = self.planner.failed_moves(status.plan_id)
+                if failed:
+                    self.store.settle(status.request.request_id, RequestState.FAILED,
+                                      f"{len(failed)} move(s) off {node} failed", details=failed)
+
+    # --- plans: rebalance, approve, reject -------------------------------------------------------
+
+    def rebalance(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
+        snapshot = self.fresh(request, snapshot)
+        if snapshot is None:
+            return
+        pause = paused(self.redis)
+        if pause:
+            self.refuse(request, f"balancing is paused ({pause.get('reason') or 'no reason given'}): "
+                        "`pvebalance resume` first")
+            return
+        plan = plan_balance(snapshot, self.planner.policy(snapshot))
+        self.planner.recommend(plan, request.request_id)
+        self.store.settle(request.request_id, RequestState.DONE, f"{plan.outcome}: {plan.outcome_reason}",
+                          plan_id=plan.plan_id)
+
+    def approve(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
+        plan = self.planner.plans.plan(request.plan_id or "")
+        status = self.planner.plans.status(request.plan_id or "")
+        if plan is None or status is None:
+            self.refuse(request, f"no plan {request.plan_id} (plans are kept 7 days; `pvebalance plans` lists them)")
+            return
+        if self.planner.settings.balancing.mode_of_operation == "dry-run":
+            self.refuse(request, "balancing.mode_of_operation is dry-run: plans are never run")
+            return
+        if status.state != PlanState.RECOMMENDED:
+            self.refuse(request, f"plan {plan.plan_id} is {status.state.value}" +
+                        (f": {status.reason}" if status.reason else "") + "; only a recommended plan can be approved")
+            return
+        moves = plan.migrations
+        if request.vmids is not None:
+            unknown = sorted(set(request.vmids) - {m.vmid for m in plan.migrations})
+            if unknown:
+                self.refuse(request, f"plan {plan.plan_id} has no move of guest(s) {', '.join(map(str, unknown))}")
+                return
+            moves = [m for m in plan.migrations if m.vmid in set(request.vmids)]
+        if not moves:
+            self.planner.plans.set_state(plan.plan_id, PlanState.DONE, "approved with nothing to move")
+            self.store.settle(request.request_id, RequestState.DONE, f"plan {plan.plan_id} has no move: nothing to do",
+                              plan_id=plan.plan_id)
+            return
+        active = self.planner.jobs.active_jobs()
+        if active:
+            self.refuse(request, f"{len(active)} migration(s) of an earlier plan still run; approve again when "
+                        "they end (`pvebalance jobs`)")
+            return
+        self.planner.plans.set_state(plan.plan_id, PlanState.APPROVED, f"approved by {request.who}",
+                                     request_id=request.request_id, vmids=request.vmids)
+        enqueued = self.planner.enqueue(plan.model_copy(update={"migrations": moves}))
+        self.planner.plans.set_state(plan.plan_id, PlanState.RUNNING, f"{len(enqueued)} job(s) enqueued")
+        self.store.settle(request.request_id, RequestState.DONE, f"{len(enqueued)} migration(s) enqueued",
+                          plan_id=plan.plan_id)
+
+    def reject(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
+        status = self.planner.plans.status(request.plan_id or "")
+        if status is None:
+            self.refuse(request, f"no plan {request.plan_id}")
+            return
+        if status.state != PlanState.RECOMMENDED:
+            self.refuse(request, f"plan {request.plan_id} is {status.state.value}; only a recommended plan can be "
+                        "rejected")
+            return
+        self.planner.plans.set_state(status.plan_id, PlanState.REJECTED, f"rejected by {request.who}",
+                                     request_id=request.request_id)
+        self.store.settle(request.request_id, RequestState.DONE, f"plan {status.plan_id} rejected",
+                          plan_id=status.plan_id)
+
+    # --- pause and resume ------------------------------------------------------------------------
+
+    def pause(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
+        until = time.time() + request.seconds if request.seconds else None
+        value = json.dumps({"request_id": request.request_id, "who": request.who, "reason": request.reason,
+                            "since": time.time(), "until": until})
+        if request.seconds:
+            self.redis.set(keys.PAUSED, value, ex=max(1, int(request.seconds)))
+        else:
+            self.redis.set(keys.PAUSED, value)
+        self.store.settle(request.request_id, RequestState.DONE,
+                          f"balancing paused for {request.seconds:g} s" if request.seconds else
+                          "balancing paused until `pvebalance resume`")
+
+    def resume(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
+        if not self.redis.delete(keys.PAUSED):
+            self.store.settle(request.request_id, RequestState.DONE, "balancing was not paused")
+            return
+        self.store.settle(request.request_id, RequestState.DONE, "balancing resumed")
+
