@@ -73,3 +73,15 @@ def test_the_production_install_needs_no_demo_dependency() -> None:
     production = " ".join(project["dependencies"])
     for name in ("fakeredis", "cryptography"):
         assert name not in production and any(name in d for d in project["optional-dependencies"]["demo"])
+
+
+def test_the_compose_config_loads_and_points_at_the_demo_simulator() -> None:
+    from pvebalance.shared.config import load_settings
+
+    settings = load_settings(REPO / "config" / "pvebalance.yaml")
+    assert settings.proxmox_api.hosts == ["simulator:8006"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["services"]["simulator"]["profiles"] == ["demo"]
+    assert "--port" in compose["services"]["simulator"]["command"]
+    builds = [name for name, service in compose["services"].items() if "build" in service]
+    assert builds == ["collector"]  # the image is built once; every other service names it
