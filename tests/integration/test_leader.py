@@ -109,42 +109,44 @@ def assert_one_snapshot_per_interval_and_one_plan_per_snapshot(redis: Redis) -> 
     assert len(made) >= len(times) - 6, f"{len(made)} plans for {len(times)} snapshots"
 
 
-@pytest.mark.parametrize("service", ["collector", "planner"])
-def test_one_leader_per_service_and_the_follower_takes_over_within_the_lock_expiry(
-        services: dict[str, list[subprocess.Popen[bytes]]], real_redis: Redis, service: str,
-        tmp_path: Path) -> None:
+def test_one_leader_per_service_and_the_followers_take_over_within_the_lock_expiry(
+        services: dict[str, list[subprocess.Popen[bytes]]], real_redis: Redis, tmp_path: Path) -> None:
     wait_for(lambda: len(snapshot_times(real_redis)) >= 5 and len(plans(real_redis)) >= 4, timeout=60)
     assert_one_snapshot_per_interval_and_one_plan_per_snapshot(real_redis)
     logs = {p.pid: tmp_path / f"planner-{i}.log" for i, p in enumerate(services["planner"])}
-    planner_leader = holder_pid(real_redis, "planner")
-    assert planned_by(logs[planner_leader]) >= {p.plan_id for p in plans(real_redis)}  # the leader made them all
+    assert planned_by(logs[holder_pid(real_redis, "planner")]) >= {p.plan_id for p in plans(real_redis)}
     for name in ("collector", "planner"):  # the follower is alive too: its health check passes
         assert len(alive(real_redis, name)) == 2
         assert holder_pid(real_redis, name) in [p.pid for p in services[name]]
 
-    leader_pid = holder_pid(real_redis, service)
-    [leader] = [p for p in services[service] if p.pid == leader_pid]
-    [follower] = [p for p in services[service] if p is not leader]
-    remaining = real_redis.pttl(keys.leader(service)) / 1000  # the lock's life left (a renewal may add to it)
-    kill_tree(leader)  # SIGKILL: no release, the lock has to expire
+    # SIGKILL both leaders at once: no release, each lock has to expire
+    followers, remaining, takeover = {}, {}, {}
+    for name in ("collector", "planner"):
+        [leader] = [p for p in services[name] if p.pid == holder_pid(real_redis, name)]
+        [followers[name]] = [p for p in services[name] if p is not leader]
+        remaining[name] = real_redis.pttl(keys.leader(name)) / 1000  # its life left (a renewal may add to it)
+        kill_tree(leader)
     killed = time.monotonic()
-    wait_for(lambda: holder_pid(real_redis, service) == follower.pid, timeout=LOCK_TTL + 10, step=0.02)
-    takeover = time.monotonic() - killed
-    # Not before the lock expired...
-    assert takeover >= remaining - 0.1, f"taken over after {takeover:.2f} s, the lock had {remaining:.2f} s left"
-    # ...and within its expiry, plus at most one poll of the follower and some scheduling slack.
-    assert takeover <= LOCK_TTL + POLL + 1.0, f"took {takeover:.2f} s"
-    print(f"{service}: follower leads {takeover:.2f} s after the SIGKILL (lock ttl {LOCK_TTL} s)")
+    while len(takeover) < 2:
+        assert time.monotonic() - killed < LOCK_TTL + 10, "no takeover"
+        for name, follower in followers.items():
+            if name not in takeover and holder_pid(real_redis, name) == follower.pid:
+                takeover[name] = time.monotonic() - killed
+        time.sleep(0.02)
+    for name, took in takeover.items():
+        # not before the lock expired, and within its expiry plus one poll of the follower and some slack
+        assert took >= remaining[name] - 0.1, f"{name}: taken over after {took:.2f} s, {remaining[name]:.2f} s left"
+        assert took <= LOCK_TTL + POLL + 1.0, f"{name}: took {took:.2f} s"
+        print(f"{name}: the follower leads {took:.2f} s after the SIGKILL (lock ttl {LOCK_TTL} s)")
 
     snapshots, made = len(snapshot_times(real_redis)), len(plans(real_redis))
     wait_for(lambda: len(snapshot_times(real_redis)) >= snapshots + 3 and len(plans(real_redis)) >= made + 3,
              timeout=30)
     assert_one_snapshot_per_interval_and_one_plan_per_snapshot(real_redis)
-    # each plan was made by exactly one planner process: the leader of its time
+    # each plan was made by exactly one planner process, the leader of its time
     made_by = [planned_by(log) for log in logs.values()]
     assert not (made_by[0] & made_by[1])
     assert made_by[0] | made_by[1] == {p.plan_id for p in plans(real_redis)}
-    print(f"{service}: {len(plans(real_redis))} plans for {len(snapshot_times(real_redis))} snapshots")
-    if service == "planner":
-        assert planned_by(logs[follower.pid]) and all(
-            p.plan_id in planned_by(logs[follower.pid]) for p in plans(real_redis)[made:])
+    newer = {p.plan_id for p in plans(real_redis)[made:]}
+    assert newer and newer <= planned_by(logs[followers["planner"].pid])
+    print(f"{len(plans(real_redis))} plans for {len(snapshot_times(real_redis))} snapshots")
