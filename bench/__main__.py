@@ -14,7 +14,7 @@ from rich.table import Table
 
 from . import engine_bench
 
-ALL = ["all-on-one", "homelab", "mid-300", "groups", "maintenance", "tight", "large-5k", "xl-10k"]
+ALL = ["all-on-one", "homelab", "mid-300", "groups", "maintenance", "tight", "operator-rules", "large-5k", "xl-10k"]
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -33,6 +33,8 @@ def main() -> None:
                         choices=["engine", "collector", "proxlb", "migrator", "all"])
     parser.add_argument("--scenarios", nargs="*", default=ALL)
     parser.add_argument("--exact-limit", type=float, default=60.0, help="seconds for each MILP")
+    parser.add_argument("--time-scale", type=float, default=0.3,
+                        help="migrator: the simulator's migration durations times this")
     args = parser.parse_args()
     console = Console(width=200)
     RESULTS.mkdir(exist_ok=True)
@@ -46,7 +48,8 @@ def main() -> None:
         "proxlb": ("ProxLB 2.3.0 (dry run) beside pvebalance",
                    lambda: _module("proxlb_bench").run(args.scenarios), lambda: _module("proxlb_bench").COLUMNS),
         "migrator": ("draining 40 guests (all-on-one, pve1 in maintenance)",
-                     lambda: _module("migrator_bench").run(), lambda: _module("migrator_bench").COLUMNS),
+                     lambda: _module("migrator_bench").run(time_scale=args.time_scale),
+                     lambda: _module("migrator_bench").COLUMNS),
     }
     for name, (title, run, columns) in benches.items():
         if args.which in (name, "all"):

@@ -1,13 +1,20 @@
-"""Draining a node of 40 guests with 1, 2 and 4 parallel slots, against the ideal.
+"""Draining a node of 40 guests with 1, 2 and 4 parallel slots, against the ideal and the lower bound.
 
 The simulator serves all-on-one with pve1 in maintenance; real rq worker processes (slots + 2 of
 them) carry the 40 moves out. Ideal = the sum of the simulated migration durations (as the
 simulator timed its own tasks) divided by the number of slots: what a perfect scheduler with no
 polling or bookkeeping delay would take.
+
+Makespan: from the first migration task's start to the last one's end, as the simulator timed them
+(planning and start-up left out). Lower bound = max(total duration / slots, longest migration): no
+order of these migrations on that many slots ends sooner. Beside it, the same durations run in the
+queue's order with no delay between tasks ("queue order"), and in vmid order, as plain capped
+parallelism would take them ("vmid order"): what the order alone is worth, apart from the overhead.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import subprocess
 import sys
@@ -32,12 +39,13 @@ from pvebalance.simulator.server import Simulator
 
 COLUMNS = [("slots", "slots"), ("guests", "guests"), ("succeeded", "jobs succeeded"), ("max_posts", "POSTs per guest"),
            ("seconds", "drain s"), ("ideal", "ideal s"), ("over_ideal_pct", "+% over ideal"),
-           ("max_concurrent", "max at once")]
+           ("max_concurrent", "max at once"), ("makespan", "makespan s"), ("lower_bound", "lower bound s"),
+           ("over_bound_pct", "+% over bound"), ("queue_order", "queue order s"), ("vmid_order", "vmid order s")]
 TIME_SCALE = 0.3
 
 
-def drain(slots: int, redis_url: str, workdir: Path) -> dict[str, Any]:
-    sim = Simulator(load_dump("all-on-one"), time_scale=TIME_SCALE)
+def drain(slots: int, redis_url: str, workdir: Path, time_scale: float = TIME_SCALE) -> dict[str, Any]:
+    sim = Simulator(load_dump("all-on-one"), time_scale=time_scale)
     sim.start(0, certdir=workdir / "certs")
     ident, secret = next(iter(sim.tokens.items()))
     user, token = ident.split("!")
@@ -74,13 +82,33 @@ def drain(slots: int, redis_url: str, workdir: Path) -> dict[str, Any]:
     done = [m for m in sim.cluster.stats.migrations if m["ok"]]
     ideal = sum(m["end"] - m["start"] for m in done) / slots
     posts = sim.cluster.stats.migrate_posts
+    took = {m["vmid"]: m["end"] - m["start"] for m in done}
+    makespan = max(m["end"] for m in done) - min(m["start"] for m in done)
+    bound = lower_bound(list(took.values()), slots)
+    queue = [took[m.vmid] for m in plan.migrations if m.vmid in took]
     return {"slots": slots, "guests": len(done), "succeeded": f"{succeeded}/{len(ids)}",
             "max_posts": max(posts.values(), default=0), "seconds": round(seconds, 1), "ideal": round(ideal, 1),
             "over_ideal_pct": round(100 * (seconds - ideal) / ideal, 1),
-            "max_concurrent": sim.cluster.stats.max_concurrent}
+            "max_concurrent": sim.cluster.stats.max_concurrent, "makespan": round(makespan, 2),
+            "lower_bound": round(bound, 2), "over_bound_pct": round(100 * (makespan - bound) / bound, 1),
+            "queue_order": round(list_makespan(queue, slots), 2),
+            "vmid_order": round(list_makespan([took[v] for v in sorted(took)], slots), 2)}
 
 
-def run(slot_counts: tuple[int, ...] = (1, 2, 4)) -> list[dict[str, Any]]:
+def lower_bound(seconds: list[float], slots: int) -> float:
+    """No schedule of these migrations on `slots` slots ends before this."""
+    return max(sum(seconds) / slots, max(seconds, default=0.0))
+
+
+def list_makespan(seconds: list[float], slots: int) -> float:
+    """The migrations started in this order, each as soon as one of `slots` slots is free, no delay."""
+    free = [0.0] * slots
+    for s in seconds:
+        heapq.heapreplace(free, free[0] + s)
+    return max(free)
+
+
+def run(slot_counts: tuple[int, ...] = (1, 2, 4), time_scale: float = TIME_SCALE) -> list[dict[str, Any]]:
     url = os.environ.get("REDIS_URL", "")
     embedded = None
     if not (url and answers(url)):
@@ -88,7 +116,7 @@ def run(slot_counts: tuple[int, ...] = (1, 2, 4)) -> list[dict[str, Any]]:
         url = embedded.url
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            return [drain(slots, url, Path(tmp)) for slots in slot_counts]
+            return [drain(slots, url, Path(tmp), time_scale) for slots in slot_counts]
     finally:
         if embedded:
             embedded.stop()

@@ -20,11 +20,13 @@ from pvebalance.shared.models import (
     Unmet,
 )
 
+from .band import apply_in_order, band_plan, clone
 from .load import guest_load, initial_loads, spread, summarize, with_cluster_scale
 from .outcome import outcome_of
 from .policy import Policy
 from .repair import repair
 from .rules import Constraints, build_constraints, fixed_reason
+from .schedule import schedule
 from .search import balance_moves, units_by_node
 from .state import Move, PlanState
 from .verify import find_violations
@@ -49,14 +51,16 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     if policy.threshold is not None and hottest < policy.threshold:
         notes.append(f"no node above the {policy.method} threshold of {policy.threshold}%: not balancing")
     elif state.spread() > policy.balanciness:
-        balance_moves(state, units_by_node(state, _units(state)), notes)
+        state = _balance(state, notes)
     if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations \
             and state.spread() > policy.balanciness:
         notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
     elif not unmet and state.moves and _exact_applies(snapshot, policy):
         state = _exact_if_fewer(snapshot, policy, constraints, state, notes)
 
-    migrations = _to_migrations(state.moves, snapshot, policy, state.targets)
+    timetable = schedule(state.moves, snapshot, policy, constraints)  # batches and queue order (schedule.py)
+    notes += timetable.notes
+    migrations = _to_migrations(timetable.moves, snapshot, policy, state.targets, timetable.batches)
     plan = Plan(
         snapshot_id=snapshot.snapshot_id,
         method=policy.method,
@@ -68,6 +72,7 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
         unmet=unmet,
         notes=notes,
     )
+    plan.splits = timetable.splits
     plan.violations = find_violations(snapshot, plan, policy, constraints)
     plan.outcome, plan.outcome_reason = outcome_of(
         plan, below_threshold=policy.threshold is not None and hottest < policy.threshold)
@@ -93,8 +98,33 @@ def held_out_nodes(snapshot: ClusterSnapshot, state: PlanState) -> dict[str, str
 EXACT_MAX_GUESTS = 500
 
 
+def _balance(state: PlanState, notes: list[str]) -> PlanState:
+    """The balance phase: the band plan (band.py, built for few moves) and the greedy one
+    (search.py, variance step by step), the one with fewer migrations (then the greedy one). On
+    clusters too large for the exact model the greedy plan is only the fallback, to keep planning
+    time down: the band plan needed fewer moves on every bundled cluster of that size."""
+    units = _units(state)
+    banded: PlanState | None = None
+    # min_gain asks every balance move to lower the variance by itself: only the greedy plan's do
+    band = band_plan(state, units) if state.policy.min_gain <= 0 else None
+    if band is not None and state.budget_left(sum(len(u) for u, _ in band.moves)):
+        banded = clone(state)
+        if not apply_in_order(banded, band.moves) or banded.spread() > state.policy.balanciness:
+            banded = None
+    if banded is not None and len(state.guests) > EXACT_MAX_GUESTS:
+        return banded
+    greedy_notes: list[str] = []
+    balance_moves(state, units_by_node(state, units), greedy_notes)
+    if banded is not None and len(banded.moves) < len(state.moves):
+        return banded
+    notes.extend(greedy_notes)
+    return state
+
+
 def _exact_applies(snapshot: ClusterSnapshot, policy: Policy) -> bool:
-    """The exact model knows the rules and the memory limit, not the per-plan caps or vCPU limit."""
+    """The exact model knows the rules and the memory limit, not the per-plan caps or vCPU limit.
+    `exact_seconds` > 0 turns it on; its search is bounded by work (exact.EXACT_NODE_LIMIT), never
+    by time, so that no load on the machine changes a plan."""
     return (policy.exact_seconds > 0 and len(snapshot.guests) <= EXACT_MAX_GUESTS
             and policy.max_migrations is None and policy.max_migrations_per_target is None
             and policy.cpu_overcommit is None and policy.threshold is None)
@@ -104,13 +134,9 @@ def _exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Cons
                     notes: list[str]) -> PlanState:
     from .exact import EXACT_NODE_LIMIT, minimum_migrations, order_placement  # scipy: loaded only when used
 
-    result = minimum_migrations(snapshot, policy, node_limit=EXACT_NODE_LIMIT, time_limit=policy.exact_seconds,
+    # bounded by work only (no wall-clock limit): the same snapshot gives the same plan under any load
+    result = minimum_migrations(snapshot, policy, node_limit=EXACT_NODE_LIMIT, time_limit=None,
                                 fewer_than=len(greedy.moves))
-    if result.stopped_by == "time limit":
-        # the only way load can change a plan: say so, so that two differing plans are explained
-        notes.append(f"the exact solver stopped at its safety limit of {policy.exact_seconds:g} s "
-                     f"(balancing.exact_seconds) before its work limit of {EXACT_NODE_LIMIT} nodes: "
-                     "under another load this plan may differ")
     if result.migrations is None or result.migrations >= len(greedy.moves):
         return greedy
     ordered = order_placement(snapshot, policy, constraints, result.placement)
@@ -150,21 +176,15 @@ def _units(state: PlanState) -> list[frozenset[int]]:
     return units
 
 
-def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy, targets: list[str]) -> list[Migration]:
-    """Replay the moves to record each one's effect, and group them into parallel batches.
-
-    A move into a node comes in a later batch than every earlier move out of that node (which
-    frees its room); moves of one batch may then finish in any order without overloading a node.
-    """
+def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy, targets: list[str],
+                   batches: list[int]) -> list[Migration]:
+    """Replay the moves (in queue order) to record each one's effect; `batches` from schedule.py."""
     loads = initial_loads(snapshot, policy)
-    left_in_batch: dict[str, int] = {}  # node -> latest batch of a move out of it
     result = []
-    for move in moves:
+    for move, batch in zip(moves, batches, strict=True):
         before = spread(loads, targets)
         loads[move.source].load -= move.load
         loads[move.target].load += move.load
-        batch = 1 + left_in_batch.get(move.target, -1)
-        left_in_batch[move.source] = max(left_in_batch.get(move.source, -1), batch)
         g = move.guest
         result.append(
             Migration(

@@ -145,9 +145,10 @@ class _Model:
 
 
 def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit: int | None = EXACT_NODE_LIMIT,
-                       time_limit: float = 60.0, fewer_than: int | None = None) -> ExactResult:
+                       time_limit: float | None = 60.0, fewer_than: int | None = None) -> ExactResult:
     """The placement with the fewest migrations, searched over at most `node_limit` nodes (None: no
-    limit). `time_limit` is only a safety net: a search it cuts short depends on the machine's load.
+    limit). `time_limit` (None: none) is for yardsticks such as the bench: a search it cuts short
+    depends on the machine's load, so plans pass None.
     With `fewer_than`, only placements with fewer migrations count (infeasible when there is none),
     which lets the solver stop as soon as its bound shows that a plan in hand cannot be beaten."""
     started = time.monotonic()
@@ -161,7 +162,10 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
     cost = model.costs()
     if fewer_than is not None:
         model.row([(col, 1.0) for col in range(len(cost)) if cost[col] > 0], -np.inf, fewer_than - 1.0)
-    res, column = model.solve(cost, {"time_limit": time_limit, "node_limit": node_limit, "disp": False})
+    options: dict[str, object] = {"node_limit": node_limit, "disp": False}
+    if time_limit is not None:
+        options["time_limit"] = time_limit
+    res, column = model.solve(cost, options)
     seconds = time.monotonic() - started
     # scipy: status 1 is "iteration or time limit" (no iteration limit is set); HiGHS reports its node
     # limit as a "solution limit", which scipy passes on as status 4 with HiGHS's message.

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pvebalance.shared.models import ClusterSnapshot, GuestState
+from pvebalance.shared.models import ClusterSnapshot, GuestState, InFlightMigration
 
 from .policy import Policy
 
@@ -109,9 +109,33 @@ def snapshot_figures(snapshot: ClusterSnapshot) -> dict[str, NodeFigures]:
         if g.running:
             mem[g.node] = mem.get(g.node, 0) + g.mem
             vcpus[g.node] = vcpus.get(g.node, 0) + g.maxcpu
-    return {n.name: NodeFigures(n.name, max(n.maxmem, 0), max(n.mem, 0), n.maxcpu, mem.get(n.name, 0),
-                                vcpus.get(n.name, 0))
-            for n in snapshot.nodes}
+    figures = {n.name: NodeFigures(n.name, max(n.maxmem, 0), max(n.mem, 0), n.maxcpu, mem.get(n.name, 0),
+                                   vcpus.get(n.name, 0))
+               for n in snapshot.nodes}
+    if snapshot.in_flight:
+        guests = {g.vmid: g for g in snapshot.guests}
+        for name, node in figures.items():
+            listed = {f.vmid for f in snapshot.in_flight if f.vmid in guests and guests[f.vmid].node == name}
+            figures[name] = holding_in_flight(node, snapshot.in_flight, listed, guests)
+    return figures
+
+
+def holding_in_flight(node: NodeFigures, flights: Iterable[InFlightMigration], listed: Iterable[int] = (),
+                      guests: Mapping[int, GuestState] | None = None) -> NodeFigures:
+    """The node with the memory that migrations running from or to it hold there until they end.
+
+    A live migration holds the guest's memory on its target from its start while the source keeps it
+    until the switch-over: both nodes carry it. A node's guest list names the guest on one of the two
+    only (`listed`: the guests it lists), so each migration whose guest it does not list arrives on it
+    here, as `fits` counts an arrival. Figures come from the guest's state when known (`guests`),
+    else from the job."""
+    here = set(listed)
+    for f in flights:
+        if node.name not in (f.source, f.target) or f.vmid in here:
+            continue
+        guest = (guests or {}).get(f.vmid)
+        node = node.arrive(GuestFigures.of([guest]) if guest is not None else GuestFigures(f.mem_bytes, 0, f.online))
+    return node
 
 
 def guest_figures(entry: Mapping[str, Any]) -> GuestFigures:

@@ -7,12 +7,18 @@ the service does with an empty config; `Policy(x=...)` is the settings' defaults
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pvebalance.shared.config import BalancingSettings, PoolRule, ProxmoxClusterSettings, ResourceReserve
-from pvebalance.shared.models import GuestType
+from pvebalance.shared.config import (
+    BalancingSettings,
+    MigratorSettings,
+    PoolRule,
+    ProxmoxClusterSettings,
+    ResourceReserve,
+)
+from pvebalance.shared.models import GuestType, JobState, JobStatusEvent
 
 Method = Literal["memory", "cpu", "disk", "weighted"]
 Mode = Literal["used", "assigned"]
@@ -45,6 +51,8 @@ def _from_settings(balancing: BalancingSettings, cluster: ProxmoxClusterSettings
         "exact_seconds": balancing.exact_seconds,
         "cpu_overcommit": balancing.cpu_overcommit,
         "reserve": dict(balancing.node_resource_reserve),
+        "cooldown_minutes": balancing.cooldown_minutes,
+        "cooldown_cap_minutes": balancing.cooldown_cap_minutes,
     }
 
 
@@ -81,12 +89,25 @@ class Policy:
     exact_seconds: float = field(default=_DEFAULTS["exact_seconds"])
     cpu_overcommit: float | None = field(default=_DEFAULTS["cpu_overcommit"])
     reserve: dict[str, ResourceReserve] = field(default_factory=_fresh("reserve"))  # 'defaults' and per node
+    cooldown_minutes: float = field(default=_DEFAULTS["cooldown_minutes"])
+    cooldown_cap_minutes: float = field(default=_DEFAULTS["cooldown_cap_minutes"])
     # Not settings: the planner's state, and a figure derived per snapshot.
     cooldown: frozenset[int] = field(default_factory=frozenset)  # guests moved too recently
     scale: dict[str, float] = field(default_factory=dict)  # set per snapshot for weighted balancing
+    # The guests' migrations of the last HISTORY_WINDOW seconds, oldest first, and the time the plan
+    # is made (epoch seconds): the adaptive cooldown and the no-return rule read them. The clock is
+    # the planner's, passed in, so that a plan depends on its inputs only.
+    history: dict[int, tuple[PastMove, ...]] = field(default_factory=dict)
+    now: float = 0.0
+    # The migrator's limits and expected durations, which a plan's moves are scheduled by (schedule.py)
+    migrator: MigratorSettings = field(default_factory=MigratorSettings)
 
     def reserved(self, node: str) -> ResourceReserve:
         return self.reserve.get(node) or self.reserve.get("defaults") or ResourceReserve()
+
+    def recent_moves(self, vmid: int) -> tuple[PastMove, ...]:
+        """The guest's migrations within HISTORY_WINDOW of `now`, oldest first."""
+        return tuple(m for m in self.history.get(vmid, ()) if self.now - m.at < HISTORY_WINDOW)
 
     @classmethod
     def from_settings(
@@ -94,5 +115,30 @@ class Policy:
         balancing: BalancingSettings,
         cluster: ProxmoxClusterSettings | None = None,
         cooldown: frozenset[int] = frozenset(),
+        recent_moves: Iterable[JobStatusEvent] = (),
+        now: float = 0.0,
     ) -> Policy:
-        return cls(**_from_settings(balancing, cluster or ProxmoxClusterSettings()), cooldown=cooldown)
+        return cls(**_from_settings(balancing, cluster or ProxmoxClusterSettings()), cooldown=cooldown,
+                   history=history_of(recent_moves), now=now)
+
+
+HISTORY_WINDOW = 24 * 3600.0  # seconds of migrations the adaptive cooldown and the no-return rule look at
+
+
+@dataclass(frozen=True)
+class PastMove:
+    """One finished migration of a guest."""
+
+    source: str
+    target: str
+    at: float  # when it ended, epoch seconds
+    duration_s: float
+
+
+def history_of(events: Iterable[JobStatusEvent]) -> dict[int, tuple[PastMove, ...]]:
+    """Each guest's finished migrations, oldest first, from the job store's status events."""
+    moves: dict[int, list[PastMove]] = {}
+    for e in events:
+        if e.state is JobState.SUCCEEDED:
+            moves.setdefault(e.vmid, []).append(PastMove(e.source, e.target, e.at.timestamp(), e.duration_s or 0.0))
+    return {vmid: tuple(sorted(m, key=lambda p: p.at)) for vmid, m in sorted(moves.items())}

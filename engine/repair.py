@@ -1,5 +1,7 @@
 """The one way a broken rule is repaired, whatever its family: the family says what is broken and
-where the guests may go (`rules.Fix`), this carries it out on the plan's state or says why not."""
+where the guests may go (`rules.Fix`), this carries it out on the plan's state or says why not.
+When no node has room for a direct move, the guests in the way are parked on a third node
+(parking.py) before the rule is given up."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Iterable
 
 from pvebalance.shared.models import Unmet
 
+from .parking import park_and_repair
 from .rules import Fix
 from .state import PlanState
 
@@ -16,6 +19,8 @@ def repair(state: PlanState, fixes: Iterable[Fix], unmet: list[Unmet]) -> None:
     that cannot be repaired goes to `unmet`, with the reason."""
     for fix in fixes:
         why = fix.stuck if fix.stuck is not None else _carry_out(state, fix)
+        if why is not None and why == fix.no_room:  # no direct move has room: through a third node
+            why = park_and_repair(state, fix)
         if why is not None and fix.required:
             unmet.append(Unmet(rule=fix.rule, vmids=list(fix.named), reason=why))
 

@@ -74,6 +74,30 @@ class PlanState:
             return False
         return all(family.allows(self, vmids, target) for family in self.c.families)
 
+    def refusal(self, vmids: frozenset[int], target: str) -> str | None:
+        """Why the target may not receive these guests at this step, in words; None when `allows` and
+        `fits` both say yes. The first reason found: the node, the per-plan cap, each family's rules
+        in the registry's order, then room."""
+        if target not in self.loads:
+            return f"{target} is not a node of the cluster, or its figures are impossible"
+        if target not in self.targets:
+            if target in self.policy.ignore_nodes:
+                return f"{target} is ignored (proxmox_cluster.ignore_nodes)"
+            if target in self.draining:
+                return f"{target} is being drained (maintenance)"
+            if target not in self.online:
+                return f"{target} is offline"
+            return f"{target} has no capacity in {self.policy.method}"
+        cap = self.policy.max_migrations_per_target
+        if cap is not None and self.inflow[target] + sum(1 for v in vmids if self.where[v] != target) > cap:
+            return (f"{target} already receives {self.inflow[target]} guests in this plan "
+                    f"(max_migrations_per_target {cap})")
+        for family in self.c.families:
+            if (why := family.refusal(self, vmids, target)) is not None:
+                return why
+        arriving = fit.GuestFigures.of(self.guests[v] for v in vmids if self.where[v] != target)
+        return fit.fits(arriving, self.loads[target].figures, self.policy)
+
     def best_target(self, vmids: frozenset[int], exclude: str | None = None) -> str | None:
         """The allowed node with room that ends least loaded (in percent) after taking the guests."""
         load = self.load_of(v for v in vmids)

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import MigrationJob, Plan
+from pvebalance.shared.models import Plan, job_ids
 from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.redisconn import connect
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus, RequestStore
@@ -123,7 +123,7 @@ def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool)
                 raise UserError(f"request {request_id} is gone from Redis (expired, or Redis lost its data)")
             plan = plans.plan(status.plan_id) if status.plan_id else None
             if plan is not None:
-                states = [jobs.load(MigrationJob.id_for(plan.plan_id, m.vmid)).get("state") for m in plan.migrations]
+                states = [jobs.load(job_id).get("state") for job_id in job_ids(plan)]
                 progress.update(bar, total=len(states), completed=sum(s in FINAL for s in states),
                                 description=f"draining {status.request.node}")
             if status.state.final:
@@ -227,31 +227,31 @@ def rebalance(
             raise typer.Exit(0)
     answered(ask(redis, OperatorRequest(action=RequestAction.APPROVE, plan_id=plan.plan_id, who=who())), as_json=False)
     outcome = follow_plan(redis, plan, timeout, as_json)
-    failed = {vmid: s for vmid, s in outcome.items() if s != "succeeded"}
+    failed = {job_id: s for job_id, s in outcome.items() if s != "succeeded"}
     if as_json:
         sys.stdout.write(json.dumps({"plan": plan.model_dump(mode="json"),
-                                     "jobs": {str(k): v for k, v in outcome.items()}}, indent=2) + "\n")
+                                     "jobs": outcome}, indent=2) + "\n")
     if failed:
         if not as_json:
-            for vmid, state in sorted(failed.items()):
-                err.print(f"  guest {vmid}: {state}", highlight=False, markup=False)
+            for job_id, state in sorted(failed.items()):
+                err.print(f"  {job_id}: {state}", highlight=False, markup=False)
         raise typer.Exit(1)
 
 
-def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict[int, str]:
-    """Follow a plan's jobs with a progress bar until each has ended; vmid -> final state (+ message)."""
+def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict[str, str]:
+    """Follow a plan's jobs with a progress bar until each has ended; job id -> final state (+ message)."""
     jobs = JobStore(redis)
     deadline = time.monotonic() + timeout
-    ended: dict[int, str] = {}
+    ended: dict[str, str] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), disable=as_json) as progress:
         bar = progress.add_task("migrating", total=len(plan.migrations))
         while len(ended) < len(plan.migrations):
-            for m in plan.migrations:
-                record = jobs.load(MigrationJob.id_for(plan.plan_id, m.vmid))
+            for job_id in job_ids(plan):
+                record = jobs.load(job_id)
                 state = record.get("state")
-                if state in FINAL and m.vmid not in ended:
-                    ended[m.vmid] = state if state == "succeeded" else f"{state}: {record.get('message', '')}"
+                if state in FINAL and job_id not in ended:
+                    ended[job_id] = state if state == "succeeded" else f"{state}: {record.get('message', '')}"
             progress.update(bar, completed=len(ended))
             if time.monotonic() > deadline:
                 raise UserError(f"the plan's migrations did not end within {timeout:g} s; "

@@ -16,6 +16,7 @@ from pvebalance.engine.placement import PlacementRequest, place
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import load_settings
+from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import ClusterSnapshot, GuestType
 from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.redisconn import connect
@@ -62,11 +63,14 @@ def best_node(
             pools = operator_pools(doc)  # the rules recorded with the cluster
             settings = load_settings(config, balancing={**settings.balancing.model_dump(), "pools": pools})
     else:
-        raw = connect(settings.redis.url).get(keys.SNAPSHOT_LATEST)
+        redis = connect(settings.redis.url)
+        raw = redis.get(keys.SNAPSHOT_LATEST)
         if raw is None:
             raise UserError("no snapshot of the cluster in Redis yet: is the collector running? "
                             "(or answer offline with --scenario)")
-        snapshot = ClusterSnapshot.model_validate_json(raw)
+        # the migrations in flight hold their guests' memory on both nodes until they end
+        snapshot = ClusterSnapshot.model_validate_json(raw).model_copy(
+            update={"in_flight": JobStore(redis).in_flight_migrations()})
     answer = place(snapshot, Policy.from_settings(settings.balancing, settings.proxmox_cluster), request)
     if as_json:
         sys.stdout.write(answer.model_dump_json(indent=2) + "\n")

@@ -1,7 +1,8 @@
 """Models of the Proxmox VE API answers the balancer reads, and their errors in the operator's words.
 
 One model per answer shape: /cluster/resources entries by type (node, qemu/lxc, storage),
-/cluster/status, /cluster/options, /cluster/ha/rules, /pools and /pools/ID. They follow PVE's
+/cluster/status, /cluster/options, /cluster/ha/rules, /cluster/ha/resources, /pools and /pools/ID,
+/nodes/NODE/status. They follow PVE's
 quirks: 0/1 for booleans, a vmid as number or string, optional fields left out, fields the
 balancer does not read ignored. A malformed answer ends as one DumpError line naming the path,
 the entry and the field, e.g. `/cluster/resources[3] (node pve2): mem: not an integer ('lots')`.
@@ -111,6 +112,24 @@ class ApiHaRule(_Answer):
     disable: bool | None = None  # 0/1
 
 
+class ApiHaResource(_Answer):
+    """An entry of /cluster/ha/resources (raw config: PVE leaves defaults out)."""
+
+    sid: str  # "vm:100", "ct:101"
+    auto_rebalance: bool = Field(True, alias="auto-rebalance")  # PVE 9.2, 0/1; default 1
+
+
+class ApiCpuInfo(_Answer):
+    model: str | None = None
+    cpus: NonNegativeInt | None = None
+
+
+class ApiNodeStatus(_Answer):
+    """/nodes/{node}/status: the balancer reads only `cpuinfo`."""
+
+    cpuinfo: ApiCpuInfo | None = None
+
+
 class ApiPoolMember(_Answer):
     type: str
     vmid: int | None = Field(None, gt=0)
@@ -136,6 +155,8 @@ _HA_RULES = TypeAdapter(list[ApiHaRule])
 _POOLS = TypeAdapter(list[ApiPool])
 _OPTIONS = TypeAdapter(ApiOptions)
 _POOL_DETAIL = TypeAdapter(ApiPoolDetail)
+_HA_RESOURCES = TypeAdapter(list[ApiHaResource])
+_NODE_STATUS = TypeAdapter(ApiNodeStatus)
 _WHAT = {"int_type": "not an integer", "int_parsing": "not an integer", "int_from_float": "not an integer",
          "float_type": "not a number", "float_parsing": "not a number", "finite_number": "not a finite number",
          "bool_type": "not 0 or 1", "bool_parsing": "not 0 or 1", "string_type": "not a string",
@@ -246,3 +267,12 @@ def read_pools(answer: Any) -> list[ApiPool]:
 
 def read_pool_detail(answer: Any, path: str) -> ApiPoolDetail:
     return validated(_POOL_DETAIL, answer, path)
+
+
+def read_ha_resources(answer: Any) -> list[ApiHaResource]:
+    return validated(_HA_RESOURCES, answer if answer is not None else [], "/cluster/ha/resources",
+                     lambda e: f"resource {word(e.get('sid'))}")
+
+
+def read_node_status(answer: Any, path: str) -> ApiNodeStatus:
+    return validated(_NODE_STATUS, answer, path)

@@ -26,7 +26,9 @@ from .apianswers import (
     ApiStorage,
     DumpError,
     explain,
+    read_ha_resources,
     read_ha_rules,
+    read_node_status,
     read_options,
     read_pool_detail,
     read_pools,
@@ -39,8 +41,8 @@ from .config import PoolRule
 from .models import ClusterSnapshot, GuestState, GuestType, HaRule, NodeState
 
 __all__ = ["DUMP_FORMAT", "DumpError", "essential_config", "guest_disks", "load_dump", "local_resources",
-           "node_problem", "operator_pools", "parse_ha_rules", "parse_size", "parse_tags", "resolve_scenario",
-           "snapshot_from_api"]
+           "node_problem", "operator_pools", "parse_cputype", "parse_ha_rules", "parse_size", "parse_tags",
+           "resolve_scenario", "snapshot_from_api"]
 
 DUMP_FORMAT = "pve-api-dump/1"
 
@@ -159,7 +161,44 @@ def essential_config(config: Mapping[str, Any], gtype: GuestType) -> dict[str, A
     """The part of a guest config the balancer reads: disks, local devices, name, tags, lock."""
     disk = _QEMU_DISK if gtype is GuestType.QEMU else _LXC_DISK
     return {k: v for k, v in config.items()
-            if disk.match(k) or _LOCAL_RESOURCE.match(k) or k in ("name", "hostname", "tags", "lock")}
+            if disk.match(k) or _LOCAL_RESOURCE.match(k) or k in ("name", "hostname", "tags", "lock")
+            or (gtype is GuestType.QEMU and k in _CPU_KEYS)}
+
+
+# What of a VM config says where it can run at all: its vCPUs (sockets x cores; `vcpus` hotplugs
+# fewer) against a node's cores, and its CPU type (`host` passes the node's own CPU through).
+_CPU_KEYS = ("cores", "sockets", "vcpus", "cpu")
+
+
+def parse_cputype(value: str | None) -> str | None:
+    """The CPU type of a VM config's `cpu` property: `host`, `cputype=host,flags=+aes` -> 'host'."""
+    if not value:
+        return None
+    for i, item in enumerate(value.split(",")):
+        key, eq, val = item.partition("=")
+        if eq and key.strip() == "cputype":
+            return val.strip() or None
+        if not eq and i == 0:
+            return key.strip() or None
+    return None
+
+
+def _config_count(config: Mapping[str, Any], key: str, path: str) -> int | None:
+    value = config.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+        raise DumpError(f"{path}: {key}: not an integer ({show(value)})")
+    return int(value)
+
+
+def _vcpus(config: Mapping[str, Any], path: str) -> int | None:
+    """A VM's vCPUs as PVE counts them when it starts one (sockets x cores, default 1 each); None
+    when the config says nothing of its CPUs (a recorded cluster without configs)."""
+    cores, sockets, vcpus = (_config_count(config, k, path) for k in ("cores", "sockets", "vcpus"))
+    if cores is None and sockets is None and vcpus is None:
+        return None
+    return max((cores or 1) * (sockets or 1), vcpus or 0)
 
 
 def _config_text(config: Mapping[str, Any], key: str, path: str) -> str | None:
@@ -191,10 +230,13 @@ def node_problem(node: ApiNode) -> str | None:
     return None
 
 
-def _nodes(raw: list[ApiNode], storages: list[ApiStorage]) -> dict[str, NodeState]:
+def _nodes(raw: list[ApiNode], storages: list[ApiStorage], api: Mapping[str, Any]) -> dict[str, NodeState]:
     nodes: dict[str, NodeState] = {}
     for n in raw:
         online = n.status == "online"
+        status_path = f"/nodes/{n.node}/status"
+        status = api.get(status_path)
+        cpuinfo = read_node_status(status, status_path).cpuinfo if status is not None else None
         nodes[n.node] = NodeState(
             name=n.node,
             online=online,
@@ -204,6 +246,7 @@ def _nodes(raw: list[ApiNode], storages: list[ApiStorage]) -> dict[str, NodeStat
             mem=n.mem or 0,
             maxmem=n.maxmem or 1,  # never 0: it divides; `problem` says the figure is not real
             problem=node_problem(n) if online else None,  # an offline node is offline, not broken
+            cpu_model=cpuinfo.model if cpuinfo is not None else None,
         )
     for s in storages:
         content = s.content if s.content is not None else "images"
@@ -223,7 +266,7 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
     if not isinstance(api, Mapping):
         raise DumpError(f"the API answers must be an object keyed by path, not {show(api)}")
     raw_nodes, raw_guests, storages = split_resources(api)
-    nodes = _nodes(raw_nodes, storages)
+    nodes = _nodes(raw_nodes, storages, api)
     shared = {(s.node, s.storage): bool(s.shared) for s in storages}
 
     guests = []
@@ -263,6 +306,8 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
                 maxdisk=res.maxdisk or 0,
                 local_disk=local,
                 local_resources=local_resources(config),
+                vcpus=_vcpus(config, path) if gtype is GuestType.QEMU else None,
+                cputype=parse_cputype(_config_text(config, "cpu", path)) if gtype is GuestType.QEMU else None,
             )
         )
 
@@ -280,7 +325,18 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
         guests=guests,
         ha_rules=parse_ha_rules(api.get("/cluster/ha/rules")),
         pools=_pools(api, guests),
+        ha_auto_rebalance_off=_ha_rebalance_off(api.get("/cluster/ha/resources")),
     )
+
+
+def _ha_rebalance_off(raw: Any) -> list[int]:
+    """The vmids of HA resources whose `auto-rebalance` flag is 0."""
+    off = []
+    for entry in read_ha_resources(raw):
+        kind, _, vmid = entry.sid.partition(":")
+        if not entry.auto_rebalance and kind in ("vm", "ct") and vmid.isdigit():
+            off.append(int(vmid))
+    return sorted(off)
 
 
 def _pools(api: Mapping[str, Any], guests: list[GuestState]) -> dict[str, list[int]]:

@@ -135,19 +135,23 @@ class BalancingSettings(Section):
     max_migrations_per_target: int | None = Field(None, ge=1, description="cap on moves into one node per plan")
     min_gain: float = Field(0.0, ge=0, description="a balance move must lower the spread variance this much (pp^2)")
     cooldown_minutes: float = Field(60.0, ge=0, description="a guest moved recently is left alone this long")
-    ignore_guests: list[int | str] = Field(default_factory=list, description="vmids or names never moved")
+    ignore_guests: list[int | str] = Field(default_factory=list,
+                                           description="vmids or names (shell wildcards: veeam-*) never moved")
     memory_threshold: float | None = Field(None, gt=0, le=100, description="balance only once a node passes this %")
     cpu_threshold: float | None = Field(None, gt=0, le=100)
     disk_threshold: float | None = Field(None, gt=0, le=100)
     cpu_overcommit: float | None = Field(None, gt=0, description="max assigned vCPUs per node core")
     exact_seconds: float = Field(
-        30.0, ge=0, description="a safety limit on the exact solver's time on clusters of up to 500 guests "
-        "(0: greedy only); its work limit ends it first, so the same snapshot gives the same plan")
+        30.0, ge=0, description="> 0: the exact solver runs on clusters of up to 500 guests, bounded by work "
+        "(not time: the same snapshot gives the same plan); 0: greedy only")
     leave_ha_to_crs: bool = Field(True, description="with PVE's crs.ha-auto-rebalance on, never move HA guests")
     node_resource_reserve: dict[str, ResourceReserve] = Field(
         default_factory=dict, description="'defaults' and per-node reservations"
     )
     pools: dict[str, PoolRule] = Field(default_factory=dict)
+    # Adaptive cooldown: a guest moved n times in 24 h waits max(cooldown_minutes, its last move's
+    # duration) x 2^(n-1) after its last move, at most this long.
+    cooldown_cap_minutes: float = Field(360.0, ge=0, description="the longest adaptive cooldown")
 
 
 class RedisSettings(Section):
@@ -175,6 +179,11 @@ class MigratorSettings(Section):
     poll_interval: float = Field(1.0, gt=0)
     task_timeout_base: float = Field(300.0, gt=0)
     task_timeout_per_gib: float = Field(60.0, ge=0)
+
+    def expected_seconds(self, moved_bytes: int) -> float:
+        """How long a migration that copies this much (memory and local disks) is expected to take at
+        most: what a run waits before it warns, and what the engine schedules a plan's moves with."""
+        return self.task_timeout_base + self.task_timeout_per_gib * moved_bytes / 2**30
 
 
 class LeaderSettings(Section):

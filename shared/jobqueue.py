@@ -24,8 +24,7 @@ KEEP_RECORDS = 7 * 24 * 3600
 
 
 def expected_seconds(settings: Settings, job: MigrationJob) -> float:
-    m = settings.migrator
-    return m.task_timeout_base + m.task_timeout_per_gib * (job.mem_bytes + job.local_disk_bytes) / 2**30
+    return settings.migrator.expected_seconds(job.mem_bytes + job.local_disk_bytes)
 
 
 def enqueue_migration(queue: Queue, settings: Settings, job: MigrationJob, after: list[str] | None = None,

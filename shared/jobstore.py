@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from redis import Redis
 
 from . import keys
-from .models import SCHEMA_VERSION, JobState, JobStatusEvent, MigrationJob
+from .models import SCHEMA_VERSION, InFlightMigration, JobState, JobStatusEvent, MigrationJob
 
 GUEST_CLAIM_TTL = 24 * 3600  # a guest's claim outlives any sane migration, and cannot leak forever
 TERMINAL = ",".join(s.value for s in JobState if s.terminal)
@@ -153,8 +153,27 @@ class JobStore:
         self.redis.zremrangebyscore(keys.COOLDOWN, "-inf", now)
         return frozenset(int(_text(v)) for v in self.redis.zrangebyscore(keys.COOLDOWN, now, "+inf"))
 
+    def finished_since(self, since: float) -> list[JobStatusEvent]:
+        """The migrations that succeeded since `since` (epoch seconds), oldest first: the guests'
+        recent moves, for the adaptive cooldown. The event stream's entry ids are its times."""
+        return [e for _, e in self.events(after=f"{int(since * 1000)}-0", count=keys.EVENT_STREAM_MAXLEN)
+                if e.state is JobState.SUCCEEDED]
+
     def active_jobs(self) -> set[str]:
         return {_text(j) for j in self.redis.smembers(keys.ACTIVE_JOBS)}
+
+    def in_flight_migrations(self, but: str = "") -> list[InFlightMigration]:
+        """The migrations in flight now (POSTed, not ended), but job `but`: each holds its guest's memory
+        on both nodes until it ends, which the engine and the pre-flight count (engine/fit.py)."""
+        out = []
+        for job_id in sorted(self.active_jobs() - {but}):
+            record = self.load(job_id)
+            if not in_flight(record) or not record.get("payload"):
+                continue
+            job = MigrationJob.model_validate_json(record["payload"])
+            out.append(InFlightMigration(job_id=job_id, vmid=job.vmid, source=job.source, target=job.target,
+                                         mem_bytes=job.mem_bytes, online=job.online))
+        return out
 
     def events(self, after: str = "0-0", count: int = 1000,
                on_skip: Callable[[str, str], None] | None = None) -> list[tuple[str, JobStatusEvent]]:

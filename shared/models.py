@@ -54,6 +54,8 @@ class NodeState(BaseModel):
     # Set when an online node reports figures no real node has (maxmem 0 or missing, use far above
     # capacity): the engine then neither moves guests onto it nor counts it, and leaves its guests.
     problem: str | None = Field(None, description="why this node's figures cannot be planned on")
+    # /nodes/{node}/status cpuinfo.model (None until read): `host` CPU type VMs move only between equal models
+    cpu_model: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -83,6 +85,10 @@ class GuestState(BaseModel):
     cpu_avg: float | None = None
     mem_avg: float | None = None
     psi: dict[str, float] = Field(default_factory=dict, description="PVE 9 pressure of a running VM")
+    # From a VM's config (None when the snapshot has no config for it): a node with fewer cores than
+    # `vcpus` cannot start it, and a `host` CPU type runs only where the CPU model is the same.
+    vcpus: int | None = Field(None, description="sockets x cores of a VM's config (or its vcpus, if more)")
+    cputype: str | None = Field(None, description="a VM config's cpu type (`host`, `x86-64-v2-AES`, ...)")
 
     @property
     def running(self) -> bool:
@@ -100,6 +106,19 @@ class HaRule(BaseModel):
     disabled: bool = False
 
 
+class InFlightMigration(BaseModel):
+    """A migration running when a plan is made: a live migration holds the guest's memory on both its
+    source and its target until it ends, so the engine counts it on both (engine/fit.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: str
+    vmid: int
+    source: str
+    target: str
+    mem_bytes: int = 0
+    online: bool = True
+
+
 class ClusterSnapshot(Message):
     kind: Literal["snapshot"] = "snapshot"
     snapshot_id: str = Field(default_factory=lambda: new_id("snap"))
@@ -111,6 +130,11 @@ class ClusterSnapshot(Message):
     guests: list[GuestState]
     ha_rules: list[HaRule] = Field(default_factory=list)
     pools: dict[str, list[int]] = Field(default_factory=dict)
+    # HA resources whose PVE 9.2 `auto-rebalance` flag is 0 (/cluster/ha/resources; the default is 1):
+    # PVE's own auto-rebalance leaves them alone, so the balancer may move them.
+    ha_auto_rebalance_off: list[int] = Field(default_factory=list)
+    # The planner's view, not the collector's: pvebalance's own migrations in flight (jobstore.in_flight)
+    in_flight: list[InFlightMigration] = Field(default_factory=list)
 
     def age_seconds(self, now: datetime | None = None) -> float:
         return ((now or utcnow()) - self.taken_at).total_seconds()
@@ -166,6 +190,18 @@ class Unmet(BaseModel):
     reason: str
 
 
+class GroupSplit(BaseModel):
+    """How long a together-group (affinity) is split while a plan runs: from the first of its guests
+    landing (or the plan's start, if it was split before) to the last, at the migrator's limits and
+    expected durations (engine/schedule.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    group: str
+    vmids: list[int]
+    batch: int | None = Field(description="the one batch of its moves; None if they depend on each other")
+    split_s: float = Field(description="seconds it is split at most")
+
+
 PlanOutcome = Literal["balanced", "planned", "partial", "infeasible"]
 
 
@@ -189,6 +225,17 @@ class Plan(Message):
     # Nodes in `before`/`after` that the spread leaves out (and nothing moves onto), with the reason:
     # "maintenance" (being emptied or held empty), "offline", "ignored", "no capacity".
     held_out: dict[str, str] = Field(default_factory=dict)
+    splits: list[GroupSplit] = Field(default_factory=list, description="affinity groups split while it runs")
+
+
+def job_ids(plan: Plan) -> list[str]:
+    """Each of the plan's migrations' job id, in the plan's order."""
+    steps: dict[int, int] = {}
+    ids = []
+    for m in plan.migrations:
+        steps[m.vmid] = steps.get(m.vmid, 0) + 1
+        ids.append(MigrationJob.id_for(plan.plan_id, m.vmid, steps[m.vmid]))
+    return ids
 
 
 class JobState(StrEnum):
@@ -221,9 +268,10 @@ class MigrationJob(Message):
     reason: MigrationReason = MigrationReason.BALANCE
 
     @staticmethod
-    def id_for(plan_id: str, vmid: int) -> str:
-        """Deterministic per plan and guest, so re-enqueueing a plan never doubles a migration."""
-        return f"migrate-{plan_id}-{vmid}"
+    def id_for(plan_id: str, vmid: int, step: int = 1) -> str:
+        """Deterministic per plan, guest and step (a guest parked on a third node moves twice), so
+        re-enqueueing a plan never doubles a migration."""
+        return f"migrate-{plan_id}-{vmid}" + (f"-{step}" if step > 1 else "")
 
 
 class JobStatusEvent(Message):

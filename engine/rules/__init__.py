@@ -8,7 +8,12 @@
 - `affinity` (`plb_affinity_NAME`, affinity pools) and positive `ha_resource_affinity`: groups that
   end on one node (groups sharing a guest move as one: a guest cannot be in two places);
 - `anti_affinity` (`plb_anti_affinity_NAME`, anti-affinity pools) and negative
-  `ha_resource_affinity`: groups that end on different nodes.
+  `ha_resource_affinity`: groups that end on different nodes;
+- `vcpu_cores`, `host_cpu`, `no_return`: nodes a guest may not go to (fewer cores than its vCPUs,
+  another CPU model for a `cpu: host` VM, a node it left within 24 h); they never move a guest.
+
+`fixed` also holds the adaptive cooldown (`Policy.history`), `ignore_guests` name patterns and the
+HA resources PVE's own auto-rebalance manages (its `auto-rebalance` flag 1).
 """
 
 from .book import Constraints, build_constraints

@@ -103,6 +103,11 @@ class Family(ABC):
         """Whether the rules of this family hold with these guests on the target."""
         return True
 
+    def refusal(self, state: PlanState, vmids: frozenset[int], target: str) -> str | None:
+        """Why the rules of this family forbid these guests on the target, in words (None: they allow
+        it). Says what `allows` decides; a family with rules of its own words overrides it."""
+        return None if self.allows(state, vmids, target) else f"the {self.name} rules forbid it"
+
     @abstractmethod
     def fixes(self, state: PlanState) -> Iterator[Fix]:
         """What is broken, one fix at a time: each is made from the state as the previous left it."""

@@ -51,6 +51,9 @@ class HaResourceAffinity(Family):
     def allows(self, state: PlanState, vmids: frozenset[int], target: str) -> bool:
         return all(part.allows(state, vmids, target) for part in self.parts)
 
+    def refusal(self, state: PlanState, vmids: frozenset[int], target: str) -> str | None:
+        return next((why for part in self.parts if (why := part.refusal(state, vmids, target)) is not None), None)
+
     def fixes(self, state: PlanState) -> Iterator[Fix]:
         for part in self.parts:
             yield from part.fixes(state)

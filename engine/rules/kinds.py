@@ -58,6 +58,17 @@ class NodeRule(Family):
         table = state.c.restrictions[self.name]
         return all(target in r.nodes for v in vmids if (r := table.get(v)) is not None)
 
+    def refusal(self, state: PlanState, vmids: frozenset[int], target: str) -> str | None:
+        table = state.c.restrictions[self.name]
+        for v in sorted(vmids):
+            if (r := table.get(v)) is not None and target not in r.nodes:
+                return self.refused(state, v, target, r)
+        return None
+
+    def refused(self, state: PlanState, vmid: int, target: str, r: Restriction) -> str:
+        """Why the guest may not go to the target, which its restriction leaves out."""
+        return f"guest {vmid} may run only on {','.join(sorted(r.nodes)) or 'no node in the cluster'} ({r.rule})"
+
     def fixes(self, state: PlanState) -> Iterator[Fix]:
         table = state.c.restrictions[self.name]
         for vmid in sorted(table):
@@ -170,6 +181,15 @@ class ApartRule(_GroupRule):
                 if any(state.where[m] == target for m in group.vmids if m not in vmids):
                     return False
         return True
+
+    def refusal(self, state: PlanState, vmids: frozenset[int], target: str) -> str | None:
+        index = state.c.apart_of[self.name]
+        for v in sorted(vmids):
+            for group in index.get(v, ()):
+                there = sorted(m for m in group.vmids if m not in vmids and state.where[m] == target)
+                if there:
+                    return f"{group.name}: guest {v} must not share {target} with {there[0]}"
+        return None
 
     def fixes(self, state: PlanState) -> Iterator[Fix]:
         for group in state.c.apart[self.name]:

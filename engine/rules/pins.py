@@ -1,4 +1,7 @@
-"""Pins: `plb_pin_NODE` tags (several: any of those nodes) and pools pinned in the config."""
+"""Pins: `plb_pin_NODE` tags (several: any of those nodes) and pools pinned in the config.
+
+Node names are compared case-insensitively: PVE lower-cases every tag, so `plb_pin_pve-a` must pin
+to node `PVE-A` (ProxLB credativ#127)."""
 
 from __future__ import annotations
 
@@ -17,10 +20,15 @@ class Pins(NodeRule):
     reason = MigrationReason.PIN
 
     def restrictions(self, snapshot: ClusterSnapshot, policy: Policy) -> Iterator[tuple[int, Iterable[str], str]]:
+        by_folded = {n.name.casefold(): n.name for n in snapshot.nodes}
+
+        def nodes(names: Iterable[str]) -> set[str]:
+            return {by_folded.get(name.casefold(), name) for name in names}
+
         for g in snapshot.guests:
-            pins = {t[len(PIN_PREFIX):] for t in g.tags if t.startswith(PIN_PREFIX)}
+            pins = {t[len(PIN_PREFIX):] for t in g.tags if t.casefold().startswith(PIN_PREFIX)}
             if pins:
-                yield g.vmid, pins, "plb_pin tags"
+                yield g.vmid, nodes(pins), "plb_pin tags"
         for pool, rule in sorted(policy.pools.items()):  # the config's key order must not name the rule
             for vmid in sorted(snapshot.pools.get(pool, [])) if rule.pin else ():
-                yield vmid, rule.pin, f"pool {pool} pin"
+                yield vmid, nodes(rule.pin), f"pool {pool} pin"

@@ -1,5 +1,6 @@
 """Every rule family, in the order a plan repairs them: the most urgent first (a node being drained),
-then where guests may run, then who runs with whom. A new family is one module and one line here."""
+then where guests may run, then who runs with whom; last the rules that only say where a guest may not
+go (they never move a guest by themselves). A new family is one module and one line here."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from .anti_affinity import AntiAffinity
 from .family import Family
 from .ha_node_affinity import HaNodeAffinity
 from .ha_resource_affinity import HaResourceAffinity
+from .host_cpu import HostCpu
 from .maintenance import Maintenance
+from .no_return import NoReturn
 from .pins import Pins
+from .vcpu_cores import VcpuCores
 
 FAMILIES: tuple[Family, ...] = (
     Maintenance(),
@@ -18,4 +22,7 @@ FAMILIES: tuple[Family, ...] = (
     Affinity(),
     HaResourceAffinity(),
     AntiAffinity(),
+    VcpuCores(),
+    HostCpu(),
+    NoReturn(),
 )

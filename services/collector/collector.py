@@ -18,7 +18,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from pvebalance.shared import keys
-from pvebalance.shared.apidump import DumpError, essential_config, snapshot_from_api
+from pvebalance.shared.apidump import DumpError, essential_config, parse_cputype, snapshot_from_api
 from pvebalance.shared.config import Settings
 from pvebalance.shared.heartbeat import beat
 from pvebalance.shared.leader import Leader, NotLeader
@@ -34,6 +34,8 @@ log = get_logger("pvebalance.collector")
 CLUSTER_PATHS = ["/cluster/status", "/cluster/options", "/cluster/ha/rules", "/cluster/ha/resources", "/pools"]
 # What in a /cluster/resources entry says a guest's config may have changed.
 _FINGERPRINT_KEYS = ("node", "type", "name", "tags", "maxdisk", "maxmem", "maxcpu", "template", "pool")
+# Changed whenever essential_config keeps more keys, so that configs cached without them are read again.
+_CONFIG_KEYS_VERSION = 2
 
 
 class CollectError(Exception):
@@ -63,7 +65,7 @@ def _cached(raw: Any) -> tuple[str, dict[str, Any]] | None:
 
 
 def fingerprint(entry: dict[str, Any]) -> str:
-    data = json.dumps([entry.get(k) for k in _FINGERPRINT_KEYS], sort_keys=True, default=str)
+    data = json.dumps([_CONFIG_KEYS_VERSION, *(entry.get(k) for k in _FINGERPRINT_KEYS)], sort_keys=True, default=str)
     return hashlib.sha1(data.encode()).hexdigest()[:16]
 
 
@@ -84,6 +86,7 @@ class Collector:
         # vmid -> (fingerprint, essential config): a running collector skips Redis for known guests
         self._memo: dict[str, tuple[str, dict[str, Any]]] = {}
         self._problems: dict[str, str] = {}  # node -> the problem last warned about, to warn once
+        self._node_status: dict[str, Any] = {}  # node -> its /nodes/NODE/status, read once while it stays up
         self.fence: Callable[[], None] = lambda: None  # run_collector: raise NotLeader unless leading
 
     def read_api(self) -> dict[str, Any]:
@@ -105,7 +108,28 @@ class Collector:
             raise CollectError(f"cannot read the cluster: {exc}") from None
         resources = api["/cluster/resources"]
         api.update(self._guest_configs(resources if isinstance(resources, list) else []))
+        api.update(self._node_statuses(api, resources if isinstance(resources, list) else []))
         return api
+
+    def _node_statuses(self, api: dict[str, Any], resources: list[Any]) -> dict[str, Any]:
+        """Each online node's /nodes/NODE/status (its CPU model), read only when a VM of CPU type
+        `host` needs it (or for `record`), and once per node while it stays online."""
+        online = [r["node"] for r in resources if isinstance(r, dict) and r.get("type") == "node"
+                  and r.get("status") == "online" and isinstance(r.get("node"), str)]
+        for name in set(self._node_status) - set(online):
+            del self._node_status[name]  # offline: its hardware may differ when it is back
+        wanted = self.full_configs or any(
+            isinstance(c, dict) and parse_cputype(str(c.get("cpu") or "")) == "host"
+            for path, c in api.items() if "/qemu/" in path and path.endswith("/config"))
+        if not wanted:
+            return {}
+        for name in online:
+            if name not in self._node_status:
+                try:
+                    self._node_status[name] = self.client.get(f"/nodes/{name}/status")
+                except ProxmoxError as exc:  # its host-CPU guests stay put until it answers
+                    log.warning("node status unreadable", node=name, error=str(exc))
+        return {f"/nodes/{name}/status": self._node_status[name] for name in online if name in self._node_status}
 
     def _guest_configs(self, resources: list[Any]) -> dict[str, Any]:
         # Only entries that name a guest well enough to find its config; snapshot_from_api refuses

@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pvebalance.engine import Policy, fits, guest_figures, node_figures
+from pvebalance.engine import NodeFigures, Policy, fits, guest_figures, node_figures
+from pvebalance.engine.fit import holding_in_flight
 from pvebalance.shared.config import Settings
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import GuestType, MigrationJob
+from pvebalance.shared.models import GuestType, InFlightMigration, MigrationJob
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError
 
 log = get_logger("pvebalance.migrator")
@@ -45,12 +46,14 @@ def _entries(answer: Any, what: str) -> list[dict[str, Any]]:
 
 class Preflight:
     def __init__(self, client: ProxmoxClient, settings: Settings, api: Any,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 in_flight: Callable[[str], list[InFlightMigration]] | None = None) -> None:
         self.client = client
         self.settings = settings
         self.policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
         self.api = api  # MigrationRunner._api: waits out outages, within a patience
         self.sleep = sleep
+        self.in_flight = in_flight  # the other migrations in flight (JobStore.in_flight_migrations)
 
     def guest_entry(self, vmid: int) -> dict[str, Any] | None:
         return _find(self._guests(), vmid)
@@ -76,13 +79,23 @@ class Preflight:
             raise Skip(f"target node {job.target} is offline or in maintenance")
         # The engine's own answer to 'does it fit', on the live figures: reserves, max_node_usage, vCPUs.
         try:
-            why_not = fits(guest_figures(entry), node_figures(target, guests), self.policy)
+            why_not = fits(guest_figures(entry), self.holding_in_flight(node_figures(target, guests), job, guests),
+                           self.policy)
         except (KeyError, TypeError, ValueError):
             raise ProxmoxError(f"/cluster/resources: node {job.target} or guest {job.vmid} has no usable figures",
                                kind=MALFORMED) from None
         if why_not is not None:
             raise Skip(f"target node {job.target} no longer has room for {job.name}: {why_not}")
         return entry
+
+    def holding_in_flight(self, node: NodeFigures, job: MigrationJob, guests: list[dict[str, Any]]) -> NodeFigures:
+        """The target with the memory other migrations in flight hold on it until they end: one coming
+        onto it holds the guest's memory there from its start, before the guest is listed on it (a
+        guest it lists is in its figures already). Same counting as the engine's (fit.holding_in_flight)."""
+        if self.in_flight is None:
+            return node
+        listed = [int(g["vmid"]) for g in guests if g.get("node") == node.name and str(g.get("vmid", "")).isdigit()]
+        return holding_in_flight(node, self.in_flight(job.job_id), listed)
 
     def check(self, job: MigrationJob, patience: float) -> dict[str, Any]:
         """The guest's resources entry once every check passes; waits (bounded) while it is locked."""

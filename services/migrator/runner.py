@@ -52,7 +52,8 @@ class MigrationRunner:
         self.slots = slots
         self.settings = settings
         self.sleep = sleep
-        self.preflight = Preflight(client, settings, self._api, sleep)
+        self.preflight = Preflight(client, settings, self._api, sleep,
+                                   in_flight=lambda but: self._redis(lambda: store.in_flight_migrations(but)))
         self._api_outage = Outage(log, "the Proxmox API", "the migration")
         self._redis_outage = Outage(log, "Redis", "the migration")
 

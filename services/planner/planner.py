@@ -18,6 +18,7 @@ from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 
 from pvebalance.engine import Policy, plan_balance
+from pvebalance.engine.policy import HISTORY_WINDOW
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.heartbeat import beat
@@ -25,7 +26,7 @@ from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, utcnow
+from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, job_ids, utcnow
 from pvebalance.shared.plans import PLAN_TTL, PlanState, PlanStatus, PlanStore
 from pvebalance.shared.redisconn import Outage, connect_waiting
 from pvebalance.shared.requests import RequestAction, RequestState
@@ -95,6 +96,7 @@ class Planner:
             # A refused move would otherwise be planned again at once, and fail again, every snapshot.
             log.info("moves of the last plan failed; planning again later", wait_s=round(wait, 1))
             return None
+        snapshot = self.with_in_flight(snapshot)
         drain = self.run_drains(snapshot)
         if drain is not None:
             return drain
@@ -108,8 +110,8 @@ class Planner:
             return self.recommend(plan)
         latest = self.plans.latest()
         if not plan.migrations and latest is not None and not latest.migrations and latest.outcome == plan.outcome:
-            # Nothing to do, again: one plan says so; one per snapshot would fill Redis (2880 a day).
-            return None
+            # Nothing to do, again: the stored plan says so; one per snapshot would fill Redis (2880 a day).
+            return plan
         self.plans.forget_older_than(time.time() - PLAN_TTL)
         self.save(plan)
         log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id, outcome=plan.outcome,
@@ -127,7 +129,15 @@ class Planner:
         drained = set(drained_nodes(self.redis)) | nodes_in_windows(cluster.maintenance_windows, utcnow())
         if drained - set(cluster.maintenance_nodes):
             cluster = cluster.model_copy(update={"maintenance_nodes": sorted(set(cluster.maintenance_nodes) | drained)})
-        return Policy.from_settings(self.settings.balancing, cluster, cooldown=self.jobs.cooling_down())
+        now = time.time()
+        policy = Policy.from_settings(self.settings.balancing, cluster, cooldown=self.jobs.cooling_down(),
+                                      recent_moves=self.jobs.finished_since(now - HISTORY_WINDOW), now=now)
+        return replace(policy, migrator=self.settings.migrator)  # the limits a plan's moves are scheduled by
+
+    def with_in_flight(self, snapshot: ClusterSnapshot) -> ClusterSnapshot:
+        """The snapshot with pvebalance's migrations in flight: each holds its guest's memory on both its
+        nodes until it ends, which plans, drain checks and placement count (engine/fit.py)."""
+        return snapshot.model_copy(update={"in_flight": self.jobs.in_flight_migrations()})
 
     def drain_plan(self, snapshot: ClusterSnapshot, nodes: set[str], include_stopped: set[str]) -> Plan:
         """A plan that only repairs rules, with `nodes` drained; stopped guests of operator drains stay
@@ -183,7 +193,8 @@ class Planner:
             plan = self.plans.plan(status.plan_id)
             if plan is None:
                 continue
-            states = [self.jobs.load(MigrationJob.id_for(plan.plan_id, m.vmid)).get("state") for m in plan.migrations
+            pairs = zip(plan.migrations, job_ids(plan), strict=True)
+            states = [self.jobs.load(job_id).get("state") for m, job_id in pairs
                       if status.vmids is None or m.vmid in status.vmids]
             if any(s in ("queued", "waiting", "running") for s in states):
                 continue
@@ -193,16 +204,17 @@ class Planner:
     def failed_moves(self, plan_id: str) -> list[str]:
         plan = self.plans.plan(plan_id)
         failed = []
-        for m in plan.migrations if plan else []:
-            record = self.jobs.load(MigrationJob.id_for(plan_id, m.vmid))
+        for m, job_id in zip(plan.migrations, job_ids(plan), strict=True) if plan else []:
+            record = self.jobs.load(job_id)
             if record.get("state") == "failed":
                 failed.append(f"guest {m.vmid} ({m.name}) {m.source} -> {m.target}: {record.get('message', '')}")
         return failed
 
     def latest_snapshot(self) -> ClusterSnapshot | None:
+        """The collector's latest snapshot, with the migrations in flight (for operator requests)."""
         raw = self.redis.get(keys.SNAPSHOT_LATEST)
         try:
-            return ClusterSnapshot.model_validate_json(raw) if raw else None
+            return self.with_in_flight(ClusterSnapshot.model_validate_json(raw)) if raw else None
         except ValueError:
             return None
 
@@ -212,8 +224,8 @@ class Planner:
         if not raw:
             return 0.0
         plan = Plan.model_validate_json(raw)
-        failed_at = [float(r.get("at_failed") or 0) for m in plan.migrations
-                     if (r := self.jobs.load(MigrationJob.id_for(plan.plan_id, m.vmid))).get("state") == "failed"]
+        failed_at = [float(r.get("at_failed") or 0) for job_id in job_ids(plan)
+                     if (r := self.jobs.load(job_id)).get("state") == "failed"]
         if not failed_at:
             return 0.0
         now = time.time() if now is None else now
@@ -248,21 +260,25 @@ class Planner:
         """
         self.fence()
         leaving: dict[str, list[str]] = {}
+        earlier: dict[int, str] = {}  # vmid -> its previous job in this plan (a parked guest moves twice)
         enqueued = []
-        for m in plan.migrations:
+        for m, job_id in zip(plan.migrations, job_ids(plan), strict=True):
             job = MigrationJob(
-                job_id=MigrationJob.id_for(plan.plan_id, m.vmid), plan_id=plan.plan_id, vmid=m.vmid,
+                job_id=job_id, plan_id=plan.plan_id, vmid=m.vmid,
                 name=m.name, guest_type=m.type, source=m.source, target=m.target, online=m.online,
                 with_local_disks=m.local_disk_bytes > 0 and self.settings.balancing.with_local_disks,
                 mem_bytes=m.mem_bytes, local_disk_bytes=m.local_disk_bytes, reason=m.reason,
             )
-            holder = self.jobs.claim_guest(m.vmid, job.job_id)
-            if holder is not None:
-                log.warning("guest already has a job, not enqueued", vmid=m.vmid, job_id=holder)
-                continue
+            if m.vmid not in earlier:
+                holder = self.jobs.claim_guest(m.vmid, job.job_id)
+                if holder is not None:
+                    log.warning("guest already has a job, not enqueued", vmid=m.vmid, job_id=holder)
+                    continue
+            # A later move of the same guest runs after its earlier one, which holds the guest's claim
+            # until it ends; no other job can claim the guest meanwhile, as no plan is made while jobs run.
             if not self.jobs.create(job):
                 continue  # this plan was enqueued before: the job exists already
-            after = sorted(leaving.get(m.target, []))
+            after = sorted(set(leaving.get(m.target, [])) | ({earlier[m.vmid]} if m.vmid in earlier else set()))
             try:
                 enqueue_migration(self.queue, self.settings, job, after)
             except Exception as exc:
@@ -270,6 +286,7 @@ class Planner:
                 self.jobs.transition(job, JobState.FAILED, f"could not enqueue: {exc}")
                 raise
             leaving.setdefault(m.source, []).append(job.job_id)
+            earlier[m.vmid] = job.job_id
             enqueued.append(job.job_id)
         return enqueued
 

@@ -113,7 +113,8 @@ def test_drain_that_cannot_fit_is_refused_naming_the_guests_and_moves_nothing(cl
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: drain refused: the other nodes cannot take every guest "
                                                    "of pve1: "), out.stderr
-    for vmid in (101, 102, 106):  # the largest guests of pve1: no other node has room for them
+    assert "of pve1: 5 do not fit: " in lines[0]
+    for vmid in (100, 101, 104, 106, 107):  # the largest guests of pve1: no other node has room for them
         assert f"guest {vmid}: no node may take it with room to spare" in lines[0]
     assert c.redis.hget(keys.DRAINED, "pve1") is None, "a refused drain holds nothing"
     assert c.nothing_enqueued()

@@ -92,5 +92,6 @@ def test_demo_balances_all_on_one_through_the_whole_pipeline(real_redis: Redis, 
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "balanced" in out.stdout
+    assert "not balanced" not in out.stdout
+    assert "balanced" in [line.strip() for line in out.stdout.splitlines()]
     assert "spread 45.7 ->" in out.stdout

@@ -90,7 +90,8 @@ def test_placement_ranks_by_load_after_arrival(tight: ClusterSnapshot) -> None:
      "spread 45.7 pp is within the balanciness of 60 pp: nothing to do"),
     ("all-on-one", Policy(threshold=99), "balanced", "no node above the memory threshold of 99%: not balancing"),
     ("tight", replace(Policy(), maintenance_nodes=frozenset({"pve1"})), "partial",
-     "4 rule(s) cannot be met: maintenance pve1 (101): no node may take it with room to spare; "),
+     "5 rule(s) cannot be met: maintenance pve1 (101): no node may take it with room to spare; no guest on pve2 "
+     "could be parked on a third node with room to make room for 101; "),
     ("all-on-one", Policy(max_node_usage=1), "infeasible", "spread 45.7 pp above 5 pp, and no safe move helps"),
 ])
 def test_every_plan_says_its_outcome_in_one_field(scenario: str, policy: Policy, outcome: str,

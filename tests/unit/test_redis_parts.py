@@ -205,3 +205,25 @@ def test_a_service_stopped_while_waiting_for_redis_at_start_up_returns_quietly()
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
     assert connect_waiting("redis://127.0.0.1:1/0", get_logger("test"), stop) is None
+
+
+def test_a_parked_guest_gets_a_second_job_that_runs_after_its_first(fake_redis: Redis) -> None:
+    from rq.job import Job
+
+    from pvebalance.shared.models import Migration, MigrationReason, Plan, UsageSummary
+
+    def move(vmid: int, source: str, target: str) -> Migration:
+        return Migration(vmid=vmid, name=f"vm{vmid}", type=GuestType.QEMU, source=source, target=target,
+                         reason=MigrationReason.PIN, online=True)
+
+    empty = UsageSummary(spread_pp=0, nodes={})
+    plan = Plan(plan_id="plan-swap", method="memory", mode="used", balanciness=5, before=empty, after=empty,
+                migrations=[move(101, "pve2", "pve3"), move(100, "pve1", "pve2"), move(101, "pve3", "pve1")])
+    planner = Planner(fake_redis, load_settings())
+
+    enqueued = planner.enqueue(plan)
+
+    assert enqueued == ["migrate-plan-swap-101", "migrate-plan-swap-100", "migrate-plan-swap-101-2"]
+    second = Job.fetch("migrate-plan-swap-101-2", connection=fake_redis)
+    assert set(second.dependency_ids) == {"migrate-plan-swap-101", "migrate-plan-swap-100"}  # its own, and pve1 freed
+    assert fake_redis.get(keys.guest_job(101)) == b"migrate-plan-swap-101", "the first move holds the guest"

@@ -45,8 +45,8 @@ def groups_from_snapshot(snap: ClusterSnapshot, policy: Policy) -> tuple[list[se
 def allowed_nodes(g: GuestState, snap: ClusterSnapshot) -> set[str] | None:
     allowed: set[str] | None = None
     pins = {t[len("plb_pin_"):] for t in g.tags if t.startswith("plb_pin_")}
-    if pins:
-        allowed = pins
+    if pins:  # PVE lower-cases tags: a pin names its node in any case
+        allowed = {n.name for n in snap.nodes if n.name.casefold() in pins}
     for r in snap.ha_rules:
         if r.type == "node-affinity" and f"vm:{g.vmid}" in r.resources:
             allowed = set(r.nodes) if allowed is None else allowed & set(r.nodes)
@@ -68,7 +68,9 @@ def replay_checking_rules(snap: ClusterSnapshot, policy: Policy, plan: Plan) -> 
         assert g.running or m.source in drained, f"step {i}: moved stopped {g.vmid} off a normal node"
         assert m.target not in drained and nodes[m.target].online, f"step {i}: onto {m.target}"
         allowed = allowed_nodes(g, snap)
-        assert allowed is None or m.target in allowed, f"step {i}: {g.vmid} onto {m.target} outside {allowed}"
+        # a parking move may leave a guest outside its nodes only if it was outside them already
+        parked = allowed is not None and where[m.vmid] not in allowed and "parked on" in m.detail
+        assert allowed is None or m.target in allowed or parked, f"step {i}: {g.vmid} onto {m.target} outside {allowed}"
         for group in apart:
             if m.vmid in group:
                 others = [v for v in group if v != m.vmid and where[v] == m.target]
@@ -155,8 +157,8 @@ def test_config_maintenance_node_is_drained() -> None:
     snap, _ = load("all-on-one")
     plan = plan_balance(snap, Policy(maintenance_nodes=frozenset({"pve1"})))
     assert all(m.source == "pve1" for m in plan.migrations)
-    left = {g.vmid for g in snap.guests if g.node == "pve1"} - {m.vmid for m in plan.migrations}
-    assert left == set() or {u for x in plan.unmet for u in x.vmids} >= left
+    assert {m.vmid for m in plan.migrations} == {g.vmid for g in snap.guests if g.node == "pve1"}
+    assert plan.unmet == [] and plan.violations == []
 
 
 def test_unmeetable_anti_affinity_is_reported_not_dropped() -> None:
@@ -164,7 +166,9 @@ def test_unmeetable_anti_affinity_is_reported_not_dropped() -> None:
     # five guests kept apart on a four-node cluster: one pair must share, and the plan says so
     snap = modified(snap, {100, 101, 102, 103, 104}, tags=["plb_anti_affinity_five"])
     plan = plan_balance(snap, Policy())
-    assert plan.unmet and any("plb_anti_affinity_five" in u.rule for u in plan.unmet)
+    assert [(u.rule, u.reason) for u in plan.unmet] == [
+        ("tag:plb_anti_affinity_five", "share pve1: 5 members but no other node may take it")]
+    assert len(plan.unmet[0].vmids) == 2 and set(plan.unmet[0].vmids) <= {100, 101, 102, 103, 104}
     assert plan.violations == []
 
 
@@ -229,11 +233,19 @@ def test_threshold_gates_balancing() -> None:
 @pytest.mark.parametrize("method", ["memory", "cpu", "disk"])
 @pytest.mark.parametrize("mode", ["used", "assigned"])
 def test_every_dimension_and_mode_reaches_the_target_where_it_can(method: str, mode: str) -> None:
+    """The greedy plan (the exact solver's runs are bounded by time, which a test must not depend on).
+    On mid-300 it balances memory and CPU; for disk no move the rules allow lowers the spread past a
+    point, and the plan says so, naming the spread it ends with."""
     snap, _ = load("mid-300")
-    plan = plan_balance(snap, Policy(method=method, mode=mode))  # type: ignore[arg-type]
+    plan = plan_balance(snap, Policy(method=method, mode=mode, exact_seconds=0))  # type: ignore[arg-type]
     assert plan.violations == []
-    assert plan.after.spread_pp <= 5 or plan.notes, "either balanced or it says why not"
-    assert plan.after.spread_pp <= plan.before.spread_pp
+    if method == "disk":
+        assert plan.notes == [f"spread {plan.after.spread_pp:.1f} pp stays above balanciness 5.0: no move that "
+                              "the rules allow lowers it safely"]
+        assert 5 < plan.after.spread_pp < plan.before.spread_pp
+    else:
+        assert plan.notes == []
+        assert plan.after.spread_pp <= 5
 
 
 def test_containers_move_in_restart_mode_and_balance_types_selects() -> None:
@@ -241,11 +253,12 @@ def test_containers_move_in_restart_mode_and_balance_types_selects() -> None:
 
     snap, _ = load("homelab")
     plan = plan_balance(snap, Policy())
-    kinds = {m.type for m in plan.migrations}
-    assert all(not m.online for m in plan.migrations if m.type is GuestType.LXC)
+    containers = [m for m in plan.migrations if m.type is GuestType.LXC]
+    assert containers, "homelab is balanced by moving containers"
+    assert not any(m.online for m in containers)
     only_vms = plan_balance(snap, Policy(balance_types=frozenset({GuestType.QEMU})))
-    assert all(m.type is GuestType.QEMU for m in only_vms.migrations)
-    assert kinds  # something moved at all
+    assert only_vms.migrations
+    assert {m.type for m in only_vms.migrations} == {GuestType.QEMU}
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -299,4 +312,5 @@ def test_min_gain_drops_moves_that_help_too_little() -> None:
     full = plan_balance(snap, Policy())
     picky = plan_balance(snap, Policy(min_gain=50.0))
     assert len(picky.migrations) < len(full.migrations)
-    assert any("min_gain" in n for n in picky.notes), "the plan says why it stopped"
+    assert picky.notes == [f"spread {picky.after.spread_pp:.1f} pp stays above balanciness 5.0: no move that the "
+                           "rules allow lowers it safely by at least min_gain 50.0"], "the plan says why it stopped"
