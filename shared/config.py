@@ -192,6 +192,12 @@ class MigratorSettings(Section):
         return self.task_timeout_base + self.task_timeout_per_gib * moved_bytes / 2**30
 
 
+class LeaderSettings(Section):
+    lock_ttl: float = Field(
+        15.0, ge=1, description="seconds a collector's or planner's leader lock outlives its holder; "
+        "a waiting instance takes over within this after the leader dies")
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -210,6 +216,7 @@ class Settings(BaseSettings):
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
     migrator: MigratorSettings = Field(default_factory=MigratorSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
 
     @classmethod
     def settings_customise_sources(

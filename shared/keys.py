@@ -87,3 +87,8 @@ def request(request_id: str) -> str:
 def heartbeat(service: str, instance: str) -> str:
     """Set by a running service every few seconds, expiring HEARTBEAT_TTL after its last beat."""
     return f"{PREFIX}:alive:{service}:{instance}"
+
+
+def leader(service: str) -> str:
+    """The lock that makes one instance of a service the leader (shared/leader.py)."""
+    return f"{PREFIX}:leader:{service}"

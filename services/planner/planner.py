@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 
 from redis import Redis
@@ -22,8 +23,10 @@ from pvebalance.engine.rules import build_constraints
 from pvebalance.engine.verify import find_violations
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
+from pvebalance.shared.heartbeat import beat
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
+from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, job_ids, utcnow
 from pvebalance.shared.plans import PLAN_TTL, PlanState, PlanStatus, PlanStore
@@ -45,6 +48,7 @@ class Planner:
         self.plans = PlanStore(redis)
         self.operator = RequestHandler(self)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
+        self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
 
     def ensure_group(self, start: str = "$") -> None:
         try:
@@ -275,6 +279,7 @@ class Planner:
         return skipped
 
     def save(self, plan: Plan, state: PlanState = PlanState.RUNNING, request_id: str | None = None) -> None:
+        self.fence()
         self.plans.save(plan, PlanStatus(plan_id=plan.plan_id, state=state, request_id=request_id))
 
     def enqueue(self, plan: Plan) -> list[str]:
@@ -284,6 +289,7 @@ class Planner:
         the place) that the later move counts on. Moves out of one node, or into one node, may run
         in parallel up to the migrator's limits.
         """
+        self.fence()
         leaving: dict[str, list[str]] = {}
         earlier: dict[int, str] = {}  # vmid -> its previous job in this plan (a parked guest moves twice)
         enqueued = []
@@ -326,8 +332,11 @@ class Planner:
                     self.operator.ensure_group()
                     ready = True
                     group.ok()
+                beat(self.redis, "planner")
                 self._step()
                 outage.ok()
+            except NotLeader:  # another planner leads now: this one goes back to waiting
+                return
             except ResponseError as exc:  # Redis refuses the group (a key of that name of another type?)
                 group.failed(exc)
                 stop.wait(5)
@@ -357,7 +366,10 @@ def run_planner(settings: Settings, stop: threading.Event) -> None:
     redis = connect_waiting(settings.redis.url, log, stop)
     if redis is None:
         return
-    Planner(redis, settings).run(stop)
+    planner = Planner(redis, settings)
+    leader = Leader(redis, "planner", settings.leader.lock_ttl)  # one planner plans at a time
+    planner.fence = leader.fence
+    leader.lead(stop, planner.run)
 
 
 def _moves(plan: Plan | None) -> list[tuple[int, str, str]]:
