@@ -190,6 +190,9 @@ class Planner:
             why = "it is gone from Redis" if old is None else \
                 "a rebalance was asked for" if request_id is not None or snapshot is None or policy is None else \
                 self.stale_reason(old, plan, snapshot, policy)
+            if self.settings.balancing.mode_of_operation == "dry-run" and old is not None and why is None \
+                    and _moves(old) != _moves(plan):
+                why = "it gives other moves"  # dry-run shows what would be done now; nobody approves it
             if why is None:
                 return old or plan
             stale[status.plan_id] = why

@@ -276,3 +276,21 @@ def _snapshots_since(c: Cluster, snapshot_id: str) -> int:
     entries = c.redis.xrange(keys.SNAPSHOT_STREAM)
     ids = [ClusterSnapshot.model_validate_json(f[b"snapshot"]).snapshot_id for _, f in entries]
     return len(ids) - 1 - ids.index(snapshot_id) if snapshot_id in ids else 0
+
+
+def test_reject_drops_a_recommended_plan_and_it_can_no_longer_be_approved(cluster: Callable[..., Cluster]) -> None:
+    c = cluster("all-on-one")
+    plans = PlanStore(c.redis)
+    c.wait_for("a recommended plan", lambda: bool(plans.in_state(plans_state("recommended"))))
+    plan_id = plans.in_state(plans_state("recommended"))[-1].plan_id
+
+    out = c.cli("reject", plan_id)
+
+    assert (out.returncode, out.stderr.strip()) == (0, f"reject done: plan {plan_id} rejected")
+    status = plans.status(plan_id)
+    assert status is not None and (status.state.value, status.reason.startswith("rejected by ")) == ("rejected", True)
+    out = c.cli("approve", plan_id)
+    assert (out.returncode, out.stderr.strip()) == (
+        2, f"error: approve refused: plan {plan_id} is rejected: {status.reason}; only a recommended plan can be "
+           "approved")
+    assert c.nothing_enqueued()
