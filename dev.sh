@@ -17,7 +17,7 @@ setup() {
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setting up $VENV (log: $VENV/install.log)..." >&2
     if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
-           "$VENV/bin/python" -m pip install --disable-pip-version-check -e '.[test]'; } >"$VENV/install.log" 2>&1; then
+           "$VENV/bin/python" -m pip install --disable-pip-version-check -e '.[test,demo]'; } >"$VENV/install.log" 2>&1; then
       tail -n 30 "$VENV/install.log" >&2
       echo "error: installing pvebalance into $VENV failed (full log: $VENV/install.log)" >&2
       exit 2

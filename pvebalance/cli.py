@@ -362,7 +362,11 @@ def _stop_on_signals(stop: Any) -> Any:
 
 register_config_commands(app)  # config check, import-proxlb-config (cli_config.py)
 # Commands in their own modules register themselves on `app` when imported.
-from . import cli_ops, cli_read  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    cli_health,
+    cli_ops,
+    cli_read,
+)
 
 
 def main() -> None:
@@ -370,6 +374,12 @@ def main() -> None:
         app()
     except (ConfigError, DumpError, ProxmoxError, RedisUnavailable, UserError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:  # the demo and the simulator need the `demo` extra (pyproject.toml)
+        if exc.name not in ("fakeredis", "cryptography"):
+            raise
+        err.print(f"error: this command needs pvebalance[demo] ({exc.name} is not installed): "
+                  "pip install 'pvebalance[demo]'", markup=False, highlight=False)
         sys.exit(2)
 
 

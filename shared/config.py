@@ -172,6 +172,8 @@ class PlannerSettings(Section):
     max_snapshot_age: float = Field(120.0, gt=0, description="seconds; older snapshots are not planned on")
     retry_after_failure: float = Field(
         60.0, ge=0, description="seconds to wait before planning again after a plan whose moves failed")
+    recommendation_ttl: float = Field(
+        3600.0, gt=0, description="seconds a recommended plan (manual mode) waits for approval while it stays safe")
 
 
 class MigratorSettings(Section):
@@ -188,6 +190,12 @@ class MigratorSettings(Section):
         """How long a migration that copies this much (memory and local disks) is expected to take at
         most: what a run waits before it warns, and what the engine schedules a plan's moves with."""
         return self.task_timeout_base + self.task_timeout_per_gib * moved_bytes / 2**30
+
+
+class LeaderSettings(Section):
+    lock_ttl: float = Field(
+        15.0, ge=1, description="seconds a collector's or planner's leader lock outlives its holder; "
+        "a waiting instance takes over within this after the leader dies")
 
 
 class LoggingSettings(Section):
@@ -253,6 +261,7 @@ class Settings(BaseSettings):
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
     migrator: MigratorSettings = Field(default_factory=MigratorSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 

@@ -88,6 +88,11 @@ def heartbeat(service: str, instance: str) -> str:
     """Set by a running service every few seconds, expiring HEARTBEAT_TTL after its last beat."""
     return f"{PREFIX}:alive:{service}:{instance}"
 
+
+def leader(service: str) -> str:
+    """The lock that makes one instance of a service the leader (shared/leader.py)."""
+    return f"{PREFIX}:leader:{service}"
+
 # The API's notifier (services/api/webhooks.py): one instance at a time sends, and where it got to
 # survives its restarts, so an event is notified once.
 NOTIFIER_LOCK = f"{PREFIX}:notifier:lock"

@@ -42,7 +42,7 @@ from .views import LIVE_PLAN_STATES, guest_id
 log = get_logger("pvebalance.api.metrics")
 
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
-SERVICES = ("planner", "api")  # the collector shows in the snapshot age
+SERVICES = ("collector", "planner", "api")
 
 
 class JobEventFold:

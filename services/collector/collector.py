@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
@@ -22,6 +23,8 @@ from redis.exceptions import RedisError
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import DumpError, essential_config, parse_cputype, snapshot_from_api
 from pvebalance.shared.config import CollectorSettings, Settings
+from pvebalance.shared.heartbeat import beat
+from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, GuestType
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient
@@ -90,6 +93,7 @@ class Collector:
         self._memo: dict[str, tuple[str, dict[str, Any]]] = {}
         self._problems: dict[str, str] = {}  # node -> the problem last warned about, to warn once
         self._node_status: dict[str, Any] = {}  # node -> its /nodes/NODE/status, read once while it stays up
+        self.fence: Callable[[], None] = lambda: None  # run_collector: raise NotLeader unless leading
 
     def _get(self, path: str, **params: Any) -> Any:
         """One read, retried on its own while the failure is transient."""
@@ -210,6 +214,7 @@ class Collector:
 
     def publish(self, snapshot: ClusterSnapshot, latest_ttl: float) -> str:
         assert self.redis is not None
+        self.fence()
         raw = snapshot.model_dump_json()
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(keys.SNAPSHOT_STREAM, {"snapshot": raw}, maxlen=keys.SNAPSHOT_STREAM_MAXLEN, approximate=True)
@@ -222,6 +227,8 @@ class Collector:
         redis = Outage(log, "Redis", "the collector")
         while not stop.is_set():
             try:
+                if self.redis is not None:
+                    beat(self.redis, "collector", ttl=keys.HEARTBEAT_TTL + int(interval))
                 before = self.client.requests
                 snap = self.snapshot()
                 api.ok()
@@ -232,6 +239,8 @@ class Collector:
                 redis.ok()
                 log.info("snapshot published", snapshot_id=snap.snapshot_id, nodes=len(snap.nodes),
                          guests=len(snap.guests), requests=self.client.requests - before)
+            except NotLeader:  # another collector leads now: this one goes back to waiting
+                return
             except CollectError as exc:  # the cluster could not be read whole: nothing published
                 api.failed(exc)
             except RedisError as exc:  # away, loading its data, restarted: wait and carry on
@@ -247,8 +256,11 @@ def run_collector(settings: Settings, stop: threading.Event) -> None:
     redis = connect_waiting(settings.redis.url, log, stop)
     if redis is None:
         return
-    Collector(ProxmoxClient(settings.proxmox_api), redis, rrd_interval=c.rrd_interval,
-              smoothing=c.smoothing, reads=read_limits(c)).run(c.interval, stop)
+    collector = Collector(ProxmoxClient(settings.proxmox_api), redis, rrd_interval=c.rrd_interval,
+                          smoothing=c.smoothing, reads=read_limits(c))
+    leader = Leader(redis, "collector", settings.leader.lock_ttl)  # one collector publishes at a time
+    collector.fence = leader.fence
+    leader.lead(stop, lambda demoted: collector.run(c.interval, demoted))
 
 
 def read_limits(c: CollectorSettings) -> ReadLimits:

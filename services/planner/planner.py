@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 
 from redis import Redis
@@ -18,10 +19,14 @@ from rq import Queue
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.policy import HISTORY_WINDOW
+from pvebalance.engine.rules import build_constraints
+from pvebalance.engine.verify import find_violations
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
+from pvebalance.shared.heartbeat import beat
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
+from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, job_ids, utcnow
 from pvebalance.shared.plans import PLAN_TTL, PlanState, PlanStatus, PlanStore
@@ -43,6 +48,7 @@ class Planner:
         self.plans = PlanStore(redis)
         self.operator = RequestHandler(self)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
+        self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
 
     def ensure_group(self, start: str = "$") -> None:
         try:
@@ -100,10 +106,11 @@ class Planner:
         if pause:
             log.info("balancing paused, not planning", reason=pause.get("reason"), who=pause.get("who"))
             return None
-        plan = plan_balance(snapshot, self.policy(snapshot))
+        policy = self.policy(snapshot)
+        plan = plan_balance(snapshot, policy)
         mode = self.settings.balancing.mode_of_operation
         if mode != "automatic" or not self.settings.balancing.enable:
-            return self.recommend(plan)
+            return self.recommend(plan, snapshot=snapshot, policy=policy)
         latest = self.plans.latest()
         if not plan.migrations and latest is not None and not latest.migrations and latest.outcome == plan.outcome:
             # Nothing to do, again: the stored plan says so; one per snapshot would fill Redis (2880 a day).
@@ -170,19 +177,50 @@ class Planner:
         self.enqueue(plan)
         return plan
 
-    def recommend(self, plan: Plan, request_id: str | None = None) -> Plan:
-        """Store a plan for an operator to approve; older recommended plans become superseded. A plan
-        with the same moves as the one waiting leaves that one waiting (its approval stays valid)."""
+    def recommend(self, plan: Plan, request_id: str | None = None,
+                  snapshot: ClusterSnapshot | None = None, policy: Policy | None = None) -> Plan:
+        """Store a plan for an operator to approve. A plan already waiting stays waiting (its approval
+        stays valid) while the newer snapshot leaves it safe and needed: usage noise changes every
+        plan a little, and an operator needs more than one collector interval to read one. It is
+        superseded when the new snapshot makes it stale (see `stale_reason`), or by a rebalance request."""
         waiting = self.plans.in_state(PlanState.RECOMMENDED)
-        same = [s for s in waiting if request_id is None and _moves(self.plans.plan(s.plan_id)) == _moves(plan)]
-        if same:
-            return self.plans.plan(same[-1].plan_id) or plan
+        stale: dict[str, str] = {}
         for status in waiting:
-            self.plans.set_state(status.plan_id, PlanState.SUPERSEDED,
-                                 f"superseded by plan {plan.plan_id}, made on a newer snapshot")
+            old = self.plans.plan(status.plan_id)
+            why = "it is gone from Redis" if old is None else \
+                "a rebalance was asked for" if request_id is not None or snapshot is None or policy is None else \
+                self.stale_reason(old, plan, snapshot, policy)
+            if self.settings.balancing.mode_of_operation == "dry-run" and old is not None and why is None \
+                    and _moves(old) != _moves(plan):
+                why = "it gives other moves"  # dry-run shows what would be done now; nobody approves it
+            if why is None:
+                return old or plan
+            stale[status.plan_id] = why
+        for plan_id, why in stale.items():
+            self.plans.set_state(plan_id, PlanState.SUPERSEDED,
+                                 f"superseded by plan {plan.plan_id}, made on a newer snapshot: {why}")
         self.save(plan, PlanState.RECOMMENDED, request_id)
         log.info("plan recommended", plan_id=plan.plan_id, outcome=plan.outcome, migrations=len(plan.migrations))
         return plan
+
+    def stale_reason(self, old: Plan, new: Plan, snapshot: ClusterSnapshot, policy: Policy) -> str | None:
+        """Why a waiting plan no longer fits the cluster, or None while it is still safe and needed."""
+        if old.created_at.timestamp() < time.time() - self.settings.planner.recommendation_ttl:
+            return f"older than planner.recommendation_ttl ({self.settings.planner.recommendation_ttl:g} s)"
+        if _moves(old) == _moves(new):
+            return None
+        present = {g.vmid for g in snapshot.guests}
+        gone = sorted({m.vmid for m in old.migrations} - present)
+        if gone:
+            return f"guest(s) {', '.join(map(str, gone))} no longer exist"
+        if old.migrations and not new.migrations:
+            return f"nothing to do now ({new.outcome_reason})"
+        if new.outcome != old.outcome:
+            return f"its outcome changed from {old.outcome} to {new.outcome}"
+        violations = find_violations(snapshot, old, policy, build_constraints(snapshot, policy))
+        if violations:
+            return f"it would no longer be safe: {violations[0]}"
+        return None
 
     def end_finished_plans(self) -> None:
         for status in self.plans.in_state(PlanState.RUNNING, PlanState.APPROVED):
@@ -244,6 +282,7 @@ class Planner:
         return skipped
 
     def save(self, plan: Plan, state: PlanState = PlanState.RUNNING, request_id: str | None = None) -> None:
+        self.fence()
         self.plans.save(plan, PlanStatus(plan_id=plan.plan_id, state=state, request_id=request_id))
 
     def enqueue(self, plan: Plan) -> list[str]:
@@ -253,6 +292,7 @@ class Planner:
         the place) that the later move counts on. Moves out of one node, or into one node, may run
         in parallel up to the migrator's limits.
         """
+        self.fence()
         leaving: dict[str, list[str]] = {}
         earlier: dict[int, str] = {}  # vmid -> its previous job in this plan (a parked guest moves twice)
         enqueued = []
@@ -295,8 +335,11 @@ class Planner:
                     self.operator.ensure_group()
                     ready = True
                     group.ok()
+                beat(self.redis, "planner")
                 self._step()
                 outage.ok()
+            except NotLeader:  # another planner leads now: this one goes back to waiting
+                return
             except ResponseError as exc:  # Redis refuses the group (a key of that name of another type?)
                 group.failed(exc)
                 stop.wait(5)
@@ -326,7 +369,10 @@ def run_planner(settings: Settings, stop: threading.Event) -> None:
     redis = connect_waiting(settings.redis.url, log, stop)
     if redis is None:
         return
-    Planner(redis, settings).run(stop)
+    planner = Planner(redis, settings)
+    leader = Leader(redis, "planner", settings.leader.lock_ttl)  # one planner plans at a time
+    planner.fence = leader.fence
+    leader.lead(stop, planner.run)
 
 
 def _moves(plan: Plan | None) -> list[tuple[int, str, str]]:

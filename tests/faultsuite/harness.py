@@ -147,6 +147,8 @@ class Harness:
             "collector": {"interval": 1},
             # Time-scaled like the migrations: after failed moves the planner waits 10 s, not 60.
             "planner": {"retry_after_failure": 10},
+            # A killed collector's or planner's replacement waits for the old leader lock to expire.
+            "leader": {"lock_ttl": 3},
             "balancing": {"max_node_usage": self.max_node_usage},
             "migrator": {"max_parallel_cluster": self.limits.cluster,
                          "max_parallel_per_source": self.limits.per_source,

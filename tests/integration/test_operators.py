@@ -143,7 +143,7 @@ def test_approve_of_a_superseded_plan_is_refused_with_the_newer_plan_named(clust
 
     assert (out.returncode, out.stderr.strip()) == (
         2, f"error: approve refused: plan {old} is superseded: superseded by plan {newer}, made on a newer "
-           "snapshot; only a recommended plan can be approved")
+           "snapshot: a rebalance was asked for; only a recommended plan can be approved")
     assert c.nothing_enqueued()
 
 
@@ -194,8 +194,10 @@ def test_manual_mode_plans_wait_for_approval_and_approve_runs_only_the_chosen_mo
     c.wait_for("a recommended plan", lambda: bool(plans.in_state(plans_state("recommended"))))
     plan = plans.plan(plans.in_state(plans_state("recommended"))[-1].plan_id)
     assert plan is not None and plan.migrations
-    time.sleep(1.5)
+    time.sleep(1.5)  # three snapshots, each a little different (the simulated hosts' memory swings)
     assert c.nothing_enqueued(), "manual mode enqueues nothing without an approval"
+    assert [s.plan_id for s in plans.in_state(plans_state("recommended"))] == [plan.plan_id], \
+        "a plan still safe and needed keeps waiting: noise does not supersede it"
     chosen = [m.vmid for m in plan.migrations[:2]]
 
     out = c.cli("approve", plan.plan_id, "--moves", ",".join(map(str, chosen)))
@@ -274,3 +276,21 @@ def _snapshots_since(c: Cluster, snapshot_id: str) -> int:
     entries = c.redis.xrange(keys.SNAPSHOT_STREAM)
     ids = [ClusterSnapshot.model_validate_json(f[b"snapshot"]).snapshot_id for _, f in entries]
     return len(ids) - 1 - ids.index(snapshot_id) if snapshot_id in ids else 0
+
+
+def test_reject_drops_a_recommended_plan_and_it_can_no_longer_be_approved(cluster: Callable[..., Cluster]) -> None:
+    c = cluster("all-on-one")
+    plans = PlanStore(c.redis)
+    c.wait_for("a recommended plan", lambda: bool(plans.in_state(plans_state("recommended"))))
+    plan_id = plans.in_state(plans_state("recommended"))[-1].plan_id
+
+    out = c.cli("reject", plan_id)
+
+    assert (out.returncode, out.stderr.strip()) == (0, f"reject done: plan {plan_id} rejected")
+    status = plans.status(plan_id)
+    assert status is not None and (status.state.value, status.reason.startswith("rejected by ")) == ("rejected", True)
+    out = c.cli("approve", plan_id)
+    assert (out.returncode, out.stderr.strip()) == (
+        2, f"error: approve refused: plan {plan_id} is rejected: {status.reason}; only a recommended plan can be "
+           "approved")
+    assert c.nothing_enqueued()

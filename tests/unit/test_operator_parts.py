@@ -112,3 +112,27 @@ def test_a_request_ends_once(fake_redis: Redis) -> None:
     assert status is not None and (status.state, status.reason, status.request.who) == (
         RequestState.DONE, "pve2 is empty", "alice")
     assert not store.settle("req-unknown", RequestState.DONE)
+
+
+def test_a_waiting_plan_is_superseded_only_when_a_newer_snapshot_makes_it_stale(fake_redis: Redis) -> None:
+    from datetime import UTC, datetime
+
+    from pvebalance.services.planner.planner import Planner
+    from pvebalance.shared.config import load_settings
+    from pvebalance.shared.plans import PlanState, PlanStore
+
+    planner = Planner(fake_redis, load_settings(None, balancing={"mode_of_operation": "manual"}))
+    snap = snapshot_from_api(load_dump("all-on-one")["api"]).model_copy(update={"taken_at": datetime.now(UTC)})
+    first = planner.handle(snap)
+    assert first is not None and first.migrations
+    noisy = snap.model_copy(update={"guests": [g.model_copy(update={"mem": int(g.mem * 1.01)}) for g in snap.guests],
+                                    "taken_at": datetime.now(UTC)})
+    assert planner.handle(noisy) == first, "still safe and needed: the same plan keeps waiting"
+    moved = first.migrations[0]
+    by_hand = snap.model_copy(update={"guests": [g.model_copy(update={"node": moved.target}) if g.vmid == moved.vmid
+                                                 else g for g in snap.guests], "taken_at": datetime.now(UTC)})
+    newer = planner.handle(by_hand)
+    assert newer is not None and newer.plan_id != first.plan_id
+    status = PlanStore(fake_redis).status(first.plan_id)
+    assert status is not None and status.state is PlanState.SUPERSEDED
+    assert status.reason.startswith(f"superseded by plan {newer.plan_id}, made on a newer snapshot: ")
