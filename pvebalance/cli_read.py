@@ -13,11 +13,9 @@ from rich.table import Table
 
 from pvebalance.engine import Policy
 from pvebalance.engine.placement import PlacementRequest, place
-from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import load_settings
-from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import ClusterSnapshot, GuestType
+from pvebalance.shared.models import GuestType
 from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.redisconn import connect
 from pvebalance.shared.requests import RequestStore
@@ -62,16 +60,18 @@ def best_node(
         if not settings.balancing.pools and operator_pools(doc):
             pools = operator_pools(doc)  # the rules recorded with the cluster
             settings = load_settings(config, balancing={**settings.balancing.model_dump(), "pools": pools})
+        policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
     else:
-        redis = connect(settings.redis.url)
-        raw = redis.get(keys.SNAPSHOT_LATEST)
-        if raw is None:
+        from pvebalance.services.planner.planner import Planner
+
+        planner = Planner(connect(settings.redis.url), settings)
+        latest = planner.latest_snapshot()  # with the migrations in flight (both nodes hold their memory)
+        if latest is None:
             raise UserError("no snapshot of the cluster in Redis yet: is the collector running? "
                             "(or answer offline with --scenario)")
-        # the migrations in flight hold their guests' memory on both nodes until they end
-        snapshot = ClusterSnapshot.model_validate_json(raw).model_copy(
-            update={"in_flight": JobStore(redis).in_flight_migrations()})
-    answer = place(snapshot, Policy.from_settings(settings.balancing, settings.proxmox_cluster), request)
+        snapshot = latest
+        policy = planner.policy(snapshot)  # the planner's own: drained nodes and maintenance windows count
+    answer = place(snapshot, policy, request)
     if as_json:
         sys.stdout.write(answer.model_dump_json(indent=2) + "\n")
         if answer.best is None:

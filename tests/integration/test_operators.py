@@ -180,6 +180,8 @@ def test_drain_wait_empties_the_node_keeps_it_empty_and_undrain_lets_it_fill(clu
         if plan.created_at.timestamp() > drained_at:
             assert "pve2" not in {m.target for m in plan.migrations}
     assert _on(c, "pve2") == 0
+    placed = json.loads(c.cli("best-node", "--memory", "1G", "--json").stdout)
+    assert placed["refused"]["pve2"] == "pve2 is drained (maintenance)", "placement never names a drained node"
 
     out = c.cli("undrain", "pve2")
 
