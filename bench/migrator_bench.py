@@ -25,14 +25,14 @@ from typing import Any
 
 import yaml
 
-from pvebalance.demo import clear_pvebalance_keys
+from pvebalance.demo import clear_pvebalance_keys, stop_processes
 from pvebalance.embedded_redis import EmbeddedRedis
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared.apidump import load_dump
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState
+from pvebalance.shared.models import JobState, job_ids
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.redisconn import answers, connect
 from pvebalance.simulator.server import Simulator
@@ -70,14 +70,13 @@ def drain(slots: int, redis_url: str, workdir: Path, time_scale: float = TIME_SC
         plan = Planner(redis, settings).handle(Collector(ProxmoxClient(settings.proxmox_api)).snapshot())
         assert plan is not None
         store = JobStore(redis)
-        ids = [f"migrate-{plan.plan_id}-{m.vmid}" for m in plan.migrations]
+        ids = job_ids(plan)
         while not all((s := store.state(i)) is not None and s.terminal for i in ids):
             time.sleep(0.05)
         seconds = time.monotonic() - started
         succeeded = sum(1 for i in ids if store.state(i) is JobState.SUCCEEDED)
     finally:
-        for w in workers:
-            w.terminate()
+        stop_processes(workers)  # terminate, then kill: a worker whose Redis is gone waits for it for ever
         sim.stop()
     done = [m for m in sim.cluster.stats.migrations if m["ok"]]
     ideal = sum(m["end"] - m["start"] for m in done) / slots
