@@ -289,7 +289,8 @@ class MigrationRunner:
         if ok and ":hamigrate:" in upid:
             # The hamigrate task only queued the request; the HA manager migrates afterwards.
             self._wait_ha_landing(job)
-        entry = self._api(lambda: self.preflight.guest_entry(job.vmid, job.guest_type, nodes=[job.target, job.source]))
+        entry = self._api(lambda: self.preflight.guest_entry(job.vmid, job.guest_type,
+                                                             nodes=[job.target, job.source]))
         where = entry["node"] if entry else None
         if where == job.target:
             if not ok:
@@ -297,6 +298,11 @@ class MigrationRunner:
             return
         if not ok:
             raise Failed(exitstatus or "task ended without an exit status")
+        if where is not None and where != job.source:
+            # The task moved it (it ended OK); someone or HA moved it on before this run looked (a run
+            # resumed after an outage looks late). The migration happened once: the job succeeded.
+            log.warning("task ended OK; the guest has moved on since", upid=upid, now_on=where)
+            return
         raise Failed(f"task {upid} ended {exitstatus} but guest {job.vmid} is on {where or 'no node'}")
 
     def _wait_ha_landing(self, job: MigrationJob) -> None:

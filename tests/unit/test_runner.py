@@ -97,6 +97,25 @@ def test_resumed_job_polls_the_stored_upid_and_never_posts_again(start_simulator
     assert sim.cluster.stats.migrate_posts[118] == 1
 
 
+def test_a_resumed_job_whose_task_ended_ok_succeeds_though_the_guest_moved_on_since(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    """The fault suite's case: a worker POSTed and died; before the job was resumed the guest, already
+    on its target, was moved on by hand. The migration happened once: the job succeeded."""
+    import time
+
+    sim = start_simulator(time_scale=0.01)
+    r, store = runner(sim, fake_redis, tmp_path)
+    job = make_job(store, 118)
+    upid = r.client.post("/nodes/pve1/qemu/118/migrate", target="pve2", online=True)
+    store.transition(job, JobState.RUNNING, upid=upid)
+    while sim.cluster.guests[118].node != "pve2":
+        time.sleep(0.02)
+    sim.cluster.guests[118].entry["node"] = "pve3"  # moved on by hand
+
+    assert r.run(job) is JobState.SUCCEEDED
+    assert sim.cluster.stats.migrate_posts[118] == 1
+
+
 def test_a_finished_job_is_not_run_again(start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
     sim = start_simulator()
     r, store = runner(sim, fake_redis, tmp_path)
