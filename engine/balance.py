@@ -135,16 +135,25 @@ def _exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Cons
     from .exact import EXACT_NODE_LIMIT, minimum_migrations, order_placement  # scipy: loaded only when used
 
     # bounded by work only (no wall-clock limit): the same snapshot gives the same plan under any load
-    result = minimum_migrations(snapshot, policy, node_limit=EXACT_NODE_LIMIT, time_limit=None,
-                                fewer_than=len(greedy.moves))
-    if result.migrations is None or result.migrations >= len(greedy.moves):
-        return greedy
-    ordered = order_placement(snapshot, policy, constraints, result.placement)
-    if ordered is None or ordered.spread() > policy.balanciness:
-        notes.append(f"the exact solver found {result.migrations} migrations, but no safe order for them")
-        return greedy
-    notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {len(greedy.moves)}")
-    return ordered
+    stuck: list[dict[int, str]] = []
+    for _ in range(EXACT_RETRIES):
+        result = minimum_migrations(snapshot, policy, node_limit=EXACT_NODE_LIMIT, time_limit=None,
+                                    fewer_than=len(greedy.moves), exclude=stuck)
+        if result.migrations is None or result.migrations >= len(greedy.moves):
+            break
+        ordered = order_placement(snapshot, policy, constraints, result.placement)
+        if ordered is not None and ordered.spread() <= policy.balanciness:
+            notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {len(greedy.moves)}")
+            return ordered
+        # its moves are stuck in a cycle (two full nodes swapping guests): look for another placement
+        stuck.append(result.placement)
+    if stuck:
+        notes.append(f"the exact solver found {len(stuck)} placement(s) with fewer migrations, but no safe "
+                     "order for any")
+    return greedy
+
+
+EXACT_RETRIES = 3  # placements tried when the best has no safe order; each a work-bounded solve
 
 
 def _spread_by(snapshot: ClusterSnapshot, policy: Policy, targets: list[str], moves: list[Move]) -> tuple[float, float]:

@@ -10,6 +10,7 @@ order for the moves, or says there is none.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,10 +146,12 @@ class _Model:
 
 
 def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit: int | None = EXACT_NODE_LIMIT,
-                       time_limit: float | None = 60.0, fewer_than: int | None = None) -> ExactResult:
+                       time_limit: float | None = 60.0, fewer_than: int | None = None,
+                       exclude: Sequence[dict[int, str]] = ()) -> ExactResult:
     """The placement with the fewest migrations, searched over at most `node_limit` nodes (None: no
     limit). `time_limit` (None: none) is for yardsticks such as the bench: a search it cuts short
     depends on the machine's load, so plans pass None.
+    `exclude`: placements not to find again (each: not all of its moves at once).
     With `fewer_than`, only placements with fewer migrations count (infeasible when there is none),
     which lets the solver stop as soon as its bound shows that a plan in hand cannot be beaten."""
     started = time.monotonic()
@@ -162,6 +165,10 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
     cost = model.costs()
     if fewer_than is not None:
         model.row([(col, 1.0) for col in range(len(cost)) if cost[col] > 0], -np.inf, fewer_than - 1.0)
+    for placed in exclude:  # a no-good cut: not all of these moves again (that placement has no safe order)
+        cols = [col for g, n in sorted(placed.items()) if state.where[g] != n and (col := model.var(g, n)) is not None]
+        if cols:
+            model.row([(col, 1.0) for col in cols], -np.inf, len(cols) - 1.0)
     options: dict[str, object] = {"node_limit": node_limit, "disp": False}
     if time_limit is not None:
         options["time_limit"] = time_limit
