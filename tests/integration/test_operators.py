@@ -25,6 +25,7 @@ from pvebalance.shared import keys
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.plans import PlanStore
+from pvebalance.shared.requests import RequestStore
 from tests.helpers import SimFactory, kill_tree, start_workers, write_config
 
 pytestmark = pytest.mark.integration
@@ -176,8 +177,11 @@ def test_drain_wait_empties_the_node_keeps_it_empty_and_undrain_lets_it_fill(clu
     assert c.snapshot().taken_at.timestamp() > drained_at
     seen = c.snapshot().snapshot_id
     c.wait_for("four more snapshots", lambda: _snapshots_since(c, seen) >= 4)
-    for plan, _ in PlanStore(c.redis).recent(100):
-        if plan.created_at.timestamp() > drained_at:
+    [drain] = [r for r in RequestStore(c.redis).recent() if r.request.action.value == "drain"]
+    drain_plan = PlanStore(c.redis).plan(drain.plan_id or "")
+    assert drain_plan is not None and {m.source for m in drain_plan.migrations} == {"pve2"}
+    for plan, _ in PlanStore(c.redis).recent(100):  # a plan made as the drain was asked may still fill pve2
+        if plan.created_at > drain_plan.created_at:
             assert "pve2" not in {m.target for m in plan.migrations}
     assert _on(c, "pve2") == 0
     placed = json.loads(c.cli("best-node", "--memory", "1G", "--json").stdout)
