@@ -22,6 +22,7 @@ from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, Plan
 from pvebalance.shared.plans import PlanState
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
+from pvebalance.shared.streams import ensure_group, group_exists
 
 if TYPE_CHECKING:
     from .planner import Planner
@@ -63,18 +64,7 @@ class RequestHandler:
     # --- reading the stream ----------------------------------------------------------------------
 
     def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(keys.REQUEST_STREAM, keys.REQUESTS_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    def _group_exists(self) -> bool:
-        try:
-            groups = self.redis.xinfo_groups(keys.REQUEST_STREAM)
-        except ResponseError:
-            return False
-        return any(g.get("name") in (keys.REQUESTS_GROUP, keys.REQUESTS_GROUP.encode()) for g in groups)
+        ensure_group(self.redis, keys.REQUEST_STREAM, keys.REQUESTS_GROUP, start="0")
 
     def poll(self) -> int:
         """Handle every request waiting in the stream; how many there were."""
@@ -82,7 +72,7 @@ class RequestHandler:
             entries = self.redis.xreadgroup(keys.REQUESTS_GROUP, self.planner.consumer, {keys.REQUEST_STREAM: ">"},
                                             count=50)
         except ResponseError:
-            if self._group_exists():
+            if group_exists(self.redis, keys.REQUEST_STREAM, keys.REQUESTS_GROUP):
                 raise
             log.warning("request stream or its consumer group gone (Redis restarted empty?): creating it again")
             self.ensure_group()

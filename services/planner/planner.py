@@ -32,6 +32,7 @@ from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Pl
 from pvebalance.shared.plans import PLAN_TTL, PlanState, PlanStatus, PlanStore
 from pvebalance.shared.redisconn import Outage, connect_waiting
 from pvebalance.shared.requests import RequestAction, RequestState
+from pvebalance.shared.streams import ensure_group, group_exists
 
 from .operator import RequestHandler, drain_only, drained_nodes, leaving, paused
 from .windows import nodes_in_windows
@@ -51,18 +52,10 @@ class Planner:
         self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
 
     def ensure_group(self, start: str = "$") -> None:
-        try:
-            self.redis.xgroup_create(keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, id=start, mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group(self.redis, keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, start)
 
     def _group_exists(self) -> bool:
-        try:
-            groups = self.redis.xinfo_groups(keys.SNAPSHOT_STREAM)
-        except ResponseError:
-            return False
-        return any(g.get("name") in (keys.PLANNER_GROUP, keys.PLANNER_GROUP.encode()) for g in groups)
+        return group_exists(self.redis, keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP)
 
     def next_snapshot(self, block_ms: int = 1000) -> ClusterSnapshot | None:
         """The newest unread snapshot; older unread ones are acknowledged and skipped."""
@@ -99,14 +92,14 @@ class Planner:
             log.info("moves of the last plan failed; planning again later", wait_s=round(wait, 1))
             return None
         snapshot = self.with_in_flight(snapshot)
-        drain = self.run_drains(snapshot)
+        policy = self.policy(snapshot)  # once per snapshot: it reads drains, windows and 24 h of moves
+        drain = self.run_drains(snapshot, policy)
         if drain is not None:
             return drain
         pause = paused(self.redis)
         if pause:
             log.info("balancing paused, not planning", reason=pause.get("reason"), who=pause.get("who"))
             return None
-        policy = self.policy(snapshot)
         plan = plan_balance(snapshot, policy)
         mode = self.settings.balancing.mode_of_operation
         if mode != "automatic" or not self.settings.balancing.enable:
@@ -142,19 +135,20 @@ class Planner:
         nodes until it ends, which plans, drain checks and placement count (engine/fit.py)."""
         return snapshot.model_copy(update={"in_flight": self.jobs.in_flight_migrations()})
 
-    def drain_plan(self, snapshot: ClusterSnapshot, nodes: set[str], include_stopped: set[str]) -> Plan:
-        """A plan that only repairs rules, with `nodes` drained; stopped guests of operator drains stay
-        unless the drain includes them (they take no memory, and a stopped guest often stays on purpose)."""
-        policy = self.policy(snapshot)
+    def drain_plan(self, snapshot: ClusterSnapshot, nodes: set[str], include_stopped: set[str],
+                   policy: Policy | None = None) -> Plan:
+        """A plan that only repairs rules, with `nodes` (every node drained by an operator or a window)
+        drained; their stopped guests stay unless the drain includes them (they take no memory, and a
+        stopped guest often stays on purpose). `policy`: the snapshot's, when the caller has it."""
+        policy = policy or self.policy(snapshot)
         policy = drain_only(replace(policy, maintenance_nodes=frozenset(policy.maintenance_nodes) | nodes))
         plan = plan_balance(snapshot, policy)
         stopped = {g.vmid for g in snapshot.guests if not g.running}
-        operator = set(drained_nodes(self.redis)) | nodes
         keep = [m for m in plan.migrations
-                if not (m.vmid in stopped and m.source in operator and m.source not in include_stopped)]
+                if not (m.vmid in stopped and m.source in nodes and m.source not in include_stopped)]
         return plan.model_copy(update={"migrations": keep})
 
-    def run_drains(self, snapshot: ClusterSnapshot) -> Plan | None:
+    def run_drains(self, snapshot: ClusterSnapshot, policy: Policy | None = None) -> Plan | None:
         """Plan and enqueue the moves off drained nodes that still hold guests; drains always run, in
         every mode and while paused (the operator asked). None when there is nothing to drain."""
         if self.jobs.active_jobs():
@@ -165,7 +159,7 @@ class Planner:
         if not nodes:
             return None
         include = {n for n, d in drains.items() if d.get("include_stopped")}
-        plan = self.drain_plan(snapshot, nodes, include)
+        plan = self.drain_plan(snapshot, nodes, include, policy)
         if not leaving(plan, nodes):
             return None
         self.save(plan)
