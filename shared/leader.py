@@ -24,31 +24,9 @@ from . import keys
 from .heartbeat import INSTANCE, beat
 from .logging import get_logger
 from .redisconn import Outage
+from .tokenlock import EXTEND_IF_HELD, RELEASE_IF_HELD, TAKE_OR_EXTEND
 
 log = get_logger("pvebalance.leader")
-
-# KEYS[1] the lock, ARGV[1] this instance's token, ARGV[2] ttl in ms. 1: held (taken or renewed).
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class NotLeader(Exception):
@@ -62,9 +40,9 @@ class Leader:
         self.redis, self.service, self.ttl, self.token = redis, service, ttl, instance
         self.key = keys.leader(service)
         self._ttl_ms = max(int(ttl * 1000), 1)
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._acquire = redis.register_script(TAKE_OR_EXTEND)
+        self._renew = redis.register_script(EXTEND_IF_HELD)
+        self._release = redis.register_script(RELEASE_IF_HELD)
 
     @property
     def poll(self) -> float:

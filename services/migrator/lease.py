@@ -16,30 +16,16 @@ from redis.exceptions import RedisError
 from pvebalance.shared import keys
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.redisconn import Outage
+from pvebalance.shared.tokenlock import RELEASE_IF_HELD, TAKE_OR_EXTEND
 
 log = get_logger("pvebalance.migrator.lease")
-
-# Extend the lease if this holder has it, or take it back if it lapsed and nobody else has it.
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] or not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class Lease:
     def __init__(self, redis: Redis, job_id: str, holder: str, ttl: float) -> None:
         self.redis, self.key, self.holder, self.ttl = redis, keys.lease(job_id), holder, ttl
         self._stop = threading.Event()
-        self._renew_script = redis.register_script(_RENEW)
+        self._renew_script = redis.register_script(TAKE_OR_EXTEND)  # a lapsed lease is taken back
         self.lost = False
 
     def acquire(self) -> bool:
@@ -64,6 +50,6 @@ class Lease:
     def release(self) -> None:
         self._stop.set()
         try:
-            self.redis.eval(_RELEASE, 1, self.key, self.holder)
+            self.redis.eval(RELEASE_IF_HELD, 1, self.key, self.holder)
         except RedisError as exc:  # it expires by itself
             log.warning("could not release the job's lease; it expires", error=str(exc))
