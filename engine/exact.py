@@ -56,21 +56,41 @@ def _candidates(state: PlanState) -> list[int]:
     return out
 
 
-class _Model:
-    """The MILP being built: column (g, n) is x[g, n], 1 when guest g ends on node n; then hi, lo."""
+class PlacementModel:
+    """The MILP being built: column (g, n) is x[g, n], 1 when guest g ends on node n; then hi, lo.
+
+    Further columns may be added (`add_columns`) by a model that builds on this one (exact_ordered.py
+    adds the steps before the end): this model's rows then hold for its own block of columns."""
 
     def __init__(self, state: PlanState, candidates: list[int]) -> None:
         self.state = state
         self.nodes = state.targets
         self.candidates = frozenset(candidates)
         self.index = {pair: col for col, pair in enumerate((g, n) for g in candidates for n in self.nodes)}
-        self.hi, self.lo = len(self.index), len(self.index) + 1
+        self.col_low: list[float] = [0.0] * len(self.index)
+        self.col_high: list[float] = [1.0] * len(self.index)
+        self.integer: list[bool] = [True] * len(self.index)
+        self.hi = self.add_columns(1, -1e3, 1e3, integer=False)
+        self.lo = self.add_columns(1, -1e3, 1e3, integer=False)
         self.forbidden: set[int] = set()
         self.rows: list[int] = []
         self.cols: list[int] = []
         self.vals: list[float] = []
         self.lb: list[float] = []
         self.ub: list[float] = []
+
+    @property
+    def width(self) -> int:
+        """The number of columns."""
+        return len(self.col_low)
+
+    def add_columns(self, count: int, low: float, high: float, *, integer: bool) -> int:
+        """`count` new columns, each within [low, high]; the first one's index."""
+        first = self.width
+        self.col_low += [low] * count
+        self.col_high += [high] * count
+        self.integer += [integer] * count
+        return first
 
     def var(self, vmid: int, node: str) -> int | None:
         col = self.index.get((vmid, node))
@@ -122,7 +142,7 @@ class _Model:
         guests, where = self.state.guests, self.state.where
         data = {g: (guests[g].mem if guests[g].running else 0) + guests[g].local_disk for g in self.candidates}
         weight = 0.5 / (sum(data.values()) + 1.0)
-        cost = np.zeros(len(self.index) + 2)
+        cost = np.zeros(self.width)
         for (g, n), col in self.index.items():
             if where[g] != n:
                 cost[col] = 1.0 + weight * data[g]
@@ -131,18 +151,50 @@ class _Model:
     def solve(self, cost: np.ndarray, options: dict[str, object]) -> tuple[OptimizeResult, dict[int, int]]:
         """Solve without the forbidden columns (as if they had never been made); also the map from
         the solver's columns back to the model's."""
-        kept = [col for col in range(len(self.index) + 2) if col not in self.forbidden]
+        kept = [col for col in range(self.width) if col not in self.forbidden]
         new = {col: i for i, col in enumerate(kept)}
         entries = [(r, new[c], v) for r, c, v in zip(self.rows, self.cols, self.vals, strict=True) if c in new]
         matrix = coo_matrix(([v for _, _, v in entries], ([r for r, _, _ in entries], [c for _, c, _ in entries])),
                             shape=(len(self.lb), len(kept))).tocsr()
-        nvar = len(kept)
-        integrality = np.ones(nvar)
-        integrality[nvar - 2:] = 0  # hi and lo
-        bounds = Bounds(np.r_[np.zeros(nvar - 2), -1e3, -1e3], np.r_[np.ones(nvar - 2), 1e3, 1e3])
+        integrality = np.array([1.0 if self.integer[col] else 0.0 for col in kept])
+        bounds = Bounds(np.array([self.col_low[col] for col in kept]), np.array([self.col_high[col] for col in kept]))
         res = milp(cost[kept], constraints=LinearConstraint(matrix, self.lb, self.ub), integrality=integrality,
                    bounds=bounds, options=options)
         return res, new
+
+
+def solver_options(node_limit: int | None, time_limit: float | None) -> dict[str, object]:
+    options: dict[str, object] = {"node_limit": node_limit, "disp": False}
+    if time_limit is not None:
+        options["time_limit"] = time_limit
+    return options
+
+
+def why_stopped(res: OptimizeResult) -> str | None:
+    """"node limit" or "time limit" when the search was cut short, else None."""
+    # scipy: status 1 is "iteration or time limit" (no iteration limit is set); HiGHS reports its node
+    # limit as a "solution limit", which scipy passes on as status 4 with HiGHS's message.
+    return ("time limit" if res.status == 1
+            else "node limit" if res.status == 4 and "limit" in res.message else None)
+
+
+def lower_bound(res: OptimizeResult, tie_breaks: float) -> int | None:
+    """The fewest migrations the solver proved any plan needs, from its dual bound on an objective of
+    migrations plus tie-breaks adding up to less than `tie_breaks`."""
+    dual = getattr(res, "mip_dual_bound", None)
+    return int(np.ceil(dual - tie_breaks - 1e-6)) if dual is not None and np.isfinite(dual) else None
+
+
+def placement_model(snapshot: ClusterSnapshot, policy: Policy) -> PlacementModel:
+    """The placement model with every row a finished plan must meet: the balance band, the memory
+    limit, fixed guests, and each rule family's constraints."""
+    c = build_constraints(snapshot, policy)
+    state = PlanState(snapshot, policy, c)
+    model = PlacementModel(state, _candidates(state))
+    model.balance_rows(state.policy)
+    for family in c.families:
+        family.exact(c, model)
+    return model
 
 
 def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit: int | None = EXACT_NODE_LIMIT,
@@ -155,13 +207,8 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
     With `fewer_than`, only placements with fewer migrations count (infeasible when there is none),
     which lets the solver stop as soon as its bound shows that a plan in hand cannot be beaten."""
     started = time.monotonic()
-    c = build_constraints(snapshot, policy)
-    state = PlanState(snapshot, policy, c)
-    policy = state.policy
-    model = _Model(state, _candidates(state))
-    model.balance_rows(policy)
-    for family in c.families:
-        family.exact(c, model)
+    model = placement_model(snapshot, policy)
+    state = model.state
     cost = model.costs()
     if fewer_than is not None:
         model.row([(col, 1.0) for col in range(len(cost)) if cost[col] > 0], -np.inf, fewer_than - 1.0)
@@ -169,18 +216,11 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
         cols = [col for g, n in sorted(placed.items()) if state.where[g] != n and (col := model.var(g, n)) is not None]
         if cols:
             model.row([(col, 1.0) for col in cols], -np.inf, len(cols) - 1.0)
-    options: dict[str, object] = {"node_limit": node_limit, "disp": False}
-    if time_limit is not None:
-        options["time_limit"] = time_limit
-    res, column = model.solve(cost, options)
+    res, column = model.solve(cost, solver_options(node_limit, time_limit))
     seconds = time.monotonic() - started
-    # scipy: status 1 is "iteration or time limit" (no iteration limit is set); HiGHS reports its node
-    # limit as a "solution limit", which scipy passes on as status 4 with HiGHS's message.
-    stopped_by = ("time limit" if res.status == 1
-                  else "node limit" if res.status == 4 and "limit" in res.message else None)
-    dual = getattr(res, "mip_dual_bound", None)
+    stopped_by = why_stopped(res)
     # the objective is migrations plus tie-breaks below 1/2 in total: take those off before rounding up
-    bound = int(np.ceil(dual - 0.5 - 1e-6)) if dual is not None and np.isfinite(dual) else None
+    bound = lower_bound(res, 0.5)
     if res.x is None:
         status = "infeasible" if res.status == 2 else stopped_by or str(res.message)
         return ExactResult(status, None, bound, {}, seconds, stopped_by)
