@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=0.3,
                         help="migrator: the simulator's migration durations times this")
     args = parser.parse_args()
-    console = Console(width=200)
+    console = Console(width=220)
     RESULTS.mkdir(exist_ok=True)
     meta = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
     # name -> (title, how to run it, its columns); each is imported only when asked for
