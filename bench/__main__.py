@@ -33,8 +33,8 @@ def main() -> None:
                         choices=["engine", "collector", "proxlb", "migrator", "all"])
     parser.add_argument("--scenarios", nargs="*", default=ALL)
     parser.add_argument("--exact-limit", type=float, default=60.0, help="seconds for each MILP")
-    parser.add_argument("--time-scale", type=float, default=0.3,
-                        help="migrator: the simulator's migration durations times this")
+    parser.add_argument("--time-scale", type=float, default=None,
+                        help="migrator: the simulator's migration durations times this (default 1: as simulated)")
     args = parser.parse_args()
     console = Console(width=200)
     RESULTS.mkdir(exist_ok=True)
