@@ -35,6 +35,10 @@ class Skip(Exception):
     """The migration is no longer wanted or allowed; the job ends as skipped with this reason."""
 
 
+class Gone(Skip):
+    """Skipped for good: the guest or the target is gone, or the guest is no longer where the plan saw it."""
+
+
 class Failed(Exception):
     """The migration did not happen or did not land; the job ends as failed with this reason."""
 
@@ -125,6 +129,19 @@ class Preflight:
             log.info("guest is locked by another task, waiting", lock=cleared.entry["lock"])
             self.sleep(self.settings.migrator.poll_interval)
 
+    def look_ahead(self, job: MigrationJob) -> None:
+        """The same reads once, before waiting for a slot: a move that can no longer happen (Gone) ends
+        now instead of after the wait. Anything else may change by the time a slot is free and is checked
+        again then. The reads also leave the connections the pre-flight uses open: a job forked for its
+        run starts with none, and opening seven at once after the slot came took 50-90 ms of the time
+        between one migration's end and the next one's start."""
+        try:
+            self.api(lambda: self._checked(job), 0.0)
+        except Gone:
+            raise
+        except (Skip, Failed, ProxmoxError) as exc:
+            log.debug("look-ahead pre-flight: checked again once a slot is free", reason=str(exc))
+
     def migration_tasks(self, job: MigrationJob) -> list[dict[str, Any]]:
         """The guest's migration tasks on its source node, running or finished, oldest first."""
         return _migration_tasks(self.client.get(f"/nodes/{job.source}/tasks", vmid=job.vmid, source="all",
@@ -166,10 +183,10 @@ class Preflight:
             return as_entry(_value(answer), job.source, job.guest_type, path)
         where = self.guest_entry(job.vmid, job.guest_type, nodes=[job.target])
         if where is None:
-            raise Skip(f"guest {job.vmid} no longer exists")
+            raise Gone(f"guest {job.vmid} no longer exists")
         if where["node"] == job.target:
-            raise Skip(f"guest {job.vmid} is already on {job.target}")
-        raise Skip(f"guest {job.vmid} was moved to {where['node']} since the plan was made")
+            raise Gone(f"guest {job.vmid} is already on {job.target}")
+        raise Gone(f"guest {job.vmid} was moved to {where['node']} since the plan was made")
 
     def _target(self, job: MigrationJob, answers: dict[str, Any]) -> NodeFigures:
         """The target as it stands: Skip when it is gone, offline or in maintenance, else its figures with
@@ -178,7 +195,7 @@ class Preflight:
         nodes = {n.get("node"): n for n in _entries(_value(answers["nodes"]), "/cluster/resources")}
         target = nodes.get(job.target)
         if target is None:
-            raise Skip(f"target node {job.target} is not in the cluster any more")
+            raise Gone(f"target node {job.target} is not in the cluster any more")
         if target.get("status") != "online" or target.get("hastate") == "maintenance":
             raise Skip(f"target node {job.target} is offline or in maintenance")
         try:

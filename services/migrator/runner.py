@@ -147,6 +147,7 @@ class MigrationRunner:
         def waiting() -> None:
             self.store.transition(job, JobState.WAITING, "waiting for a migration slot",
                                   only_from=(JobState.QUEUED,))
+            self.preflight.look_ahead(job)  # raises Gone: a move that can no longer happen does not wait
 
         def cancelled() -> bool:
             state = self.store.state(job.job_id)
