@@ -8,6 +8,8 @@ It reads only what the move touches, not the whole cluster (10,000 guests are me
 the guest's `status/current` on its source node, the target's node entry (online, maintenance),
 its `/nodes/{target}/status` and guest lists (its figures), then Proxmox's own migrate pre-check.
 Only a guest missing from its source is looked for in the cluster-wide list, to say where it went.
+The reads are independent and made at once, with the guest's migration task list (which tells the
+POST's task from earlier ones).
 """
 
 from __future__ import annotations
