@@ -37,8 +37,8 @@ def main() -> None:
                         help="the ordered exact minimum: where the placement has no safe order (auto), "
                              "on every exact scenario (all, a cross-check), or nowhere")
     parser.add_argument("--ordered-limit", type=float, default=300.0, help="seconds for each ordered MILP")
-    parser.add_argument("--time-scale", type=float, default=0.3,
-                        help="migrator: the simulator's migration durations times this")
+    parser.add_argument("--time-scale", type=float, default=None,
+                        help="migrator: the simulator's migration durations times this (default 1: as simulated)")
     args = parser.parse_args()
     console = Console(width=220)
     RESULTS.mkdir(exist_ok=True)

@@ -90,6 +90,13 @@ class JobStore:
         raw = self.redis.hgetall(keys.job(job_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    def load_many(self, job_ids: list[str]) -> list[dict[str, str]]:
+        """The records of these jobs, in one round trip ({} for a job that is not stored)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job(job_id))
+        return [{_text(k): _text(v) for k, v in raw.items()} for raw in pipe.execute()]
+
     def job(self, job_id: str) -> MigrationJob | None:
         payload = self.load(job_id).get("payload")
         return MigrationJob.model_validate_json(payload) if payload else None
@@ -166,8 +173,9 @@ class JobStore:
         """The migrations in flight now (POSTed, not ended), but job `but`: each holds its guest's memory
         on both nodes until it ends, which the engine and the pre-flight count (engine/fit.py)."""
         out = []
-        for job_id in sorted(self.active_jobs() - {but}):
-            record = self.load(job_id)
+        ids = sorted(self.active_jobs() - {but})
+        # one round trip: a drain has every job of the plan active, and this runs before each POST
+        for job_id, record in zip(ids, self.load_many(ids), strict=True):
             if not in_flight(record) or not record.get("payload"):
                 continue
             job = MigrationJob.model_validate_json(record["payload"])

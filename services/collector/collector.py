@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import DumpError, essential_config, parse_cputype, snapshot_from_api
+from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.config import CollectorSettings, Settings
 from pvebalance.shared.heartbeat import beat
 from pvebalance.shared.leader import Leader, NotLeader
@@ -30,7 +31,6 @@ from pvebalance.shared.models import ClusterSnapshot, GuestType
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient
 from pvebalance.shared.redisconn import Outage, connect_waiting
 
-from .fetch import ReadLimits, read_all
 from .smoothing import Smoother
 
 log = get_logger("pvebalance.collector")

@@ -19,11 +19,10 @@ from typing import Any
 from redis import Redis
 
 from pvebalance.shared import keys
+from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError
-
-from .fetch import ReadLimits, read_all
 
 log = get_logger("pvebalance.collector")
 

@@ -8,16 +8,20 @@ It reads only what the move touches, not the whole cluster (10,000 guests are me
 the guest's `status/current` on its source node, the target's node entry (online, maintenance),
 its `/nodes/{target}/status` and guest lists (its figures), then Proxmox's own migrate pre-check.
 Only a guest missing from its source is looked for in the cluster-wide list, to say where it went.
+The reads are independent and made at once, with the guest's migration task list (which tells the
+POST's task from earlier ones).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pvebalance.engine import Policy, fits, guest_figures, node_figures
 from pvebalance.engine.fit import NodeFigures, holding_in_flight
+from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.config import Settings
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import GuestType, InFlightMigration, MigrationJob
@@ -26,14 +30,27 @@ from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError
 log = get_logger("pvebalance.migrator")
 
 OFFLINE_NODE = 595  # a call proxied to a node that does not answer
+MIGRATION_TASKS = ("qmigrate", "vzmigrate", "hamigrate")
 
 
 class Skip(Exception):
     """The migration is no longer wanted or allowed; the job ends as skipped with this reason."""
 
 
+class Gone(Skip):
+    """Skipped for good: the guest or the target is gone, or the guest is no longer where the plan saw it."""
+
+
 class Failed(Exception):
     """The migration did not happen or did not land; the job ends as failed with this reason."""
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """What a pre-flight that passed read: what the POST needs and what it is checked against after."""
+    entry: dict[str, Any]  # the guest, as its /cluster/resources entry
+    params: dict[str, Any]  # the migrate POST's parameters
+    known_tasks: set[str]  # UPIDs of the guest's migration tasks before the POST
 
 
 def _find(guests: list[dict[str, Any]], vmid: int) -> dict[str, Any] | None:
@@ -100,21 +117,93 @@ class Preflight:
                     return entry
         return _find(_entries(self.client.get("/cluster/resources", type="vm"), "/cluster/resources"), vmid)
 
-    def target_figures(self, job: MigrationJob) -> NodeFigures:
+    def clear(self, job: MigrationJob, patience: float) -> Cleared:
+        """Every check passed: the guest's entry, the POST's parameters and the guest's migration tasks
+        so far. Waits (bounded) while the guest is locked; a transient failure of any read (within
+        `patience`) reads everything again."""
+        deadline = time.monotonic() + self.settings.migrator.task_timeout_base
+        while True:
+            cleared: Cleared = self.api(lambda: self._checked(job), patience)
+            if not cleared.entry.get("lock"):
+                return cleared
+            if time.monotonic() > deadline:
+                raise Failed(f"guest {job.vmid} stayed locked ({cleared.entry['lock']})")
+            log.info("guest is locked by another task, waiting", lock=cleared.entry["lock"])
+            self.sleep(self.settings.migrator.poll_interval)
+
+    def look_ahead(self, job: MigrationJob) -> None:
+        """The same reads once, before waiting for a slot: a move that can no longer happen (Gone) ends
+        now instead of after the wait. Anything else may change by the time a slot is free and is checked
+        again then. The reads also leave the connections the pre-flight uses open: a job forked for its
+        run starts with none, and opening seven at once after the slot came took 50-90 ms of the time
+        between one migration's end and the next one's start."""
+        try:
+            self.api(lambda: self._checked(job), 0.0)
+        except Gone:
+            raise
+        except (Skip, Failed, ProxmoxError) as exc:
+            log.debug("look-ahead pre-flight: checked again once a slot is free", reason=str(exc))
+
+    def migration_tasks(self, job: MigrationJob) -> list[dict[str, Any]]:
+        """The guest's migration tasks on its source node, running or finished, oldest first."""
+        return _migration_tasks(self.client.get(f"/nodes/{job.source}/tasks", vmid=job.vmid, source="all",
+                                                limit=50), job)
+
+    def _checked(self, job: MigrationJob) -> Cleared:
+        # The reads are independent, so they are made at once: one after another they are most of the
+        # time between one migration's end and the next one's start on a slot (~7 x 10-50 ms).
+        source, target = job.source, job.target
+        guest_path = f"/nodes/{source}/{job.guest_type.value}/{job.vmid}"
+        reads: dict[str, tuple[str, Callable[[], Any]]] = {
+            "guest": (source, lambda: self.client.get(f"{guest_path}/status/current")),
+            "tasks": (source, lambda: self.migration_tasks(job)),
+            "nodes": ("", lambda: self.client.get("/cluster/resources", type="node")),
+            "status": (target, lambda: self.client.get(f"/nodes/{target}/status")),
+            "qemu": (target, lambda: self.client.get(f"/nodes/{target}/qemu")),
+            "lxc": (target, lambda: self.client.get(f"/nodes/{target}/lxc")),
+        }
+        if job.guest_type is GuestType.QEMU:
+            reads["precheck"] = (source, lambda: self.client.get(f"{guest_path}/migrate", target=target))
+        answers = read_all(reads, lambda key: reads[key][0], lambda key: reads[key][1](),
+                           ReadLimits(total=len(reads), per_node=3))
+        entry = self._guest(job, answers["guest"])
+        node = self._target(job, answers)
+        # The engine's own answer to 'does it fit', on the live figures: reserves, max_node_usage, vCPUs.
+        try:
+            why_not = fits(guest_figures(entry), node, self.policy)
+        except (KeyError, TypeError, ValueError):
+            raise ProxmoxError(f"guest {job.vmid} on {source} has no usable figures", kind=MALFORMED) from None
+        if why_not is not None:
+            raise Skip(f"target node {target} no longer has room for {job.name}: {why_not}")
+        params = self._params(job, entry, answers.get("precheck"))
+        return Cleared(entry, params, {str(t["upid"]) for t in _value(answers["tasks"])})
+
+    def _guest(self, job: MigrationJob, answer: Any) -> dict[str, Any]:
+        """The guest's entry on its source; Skip saying where it went when it is not there."""
+        if not (isinstance(answer, ProxmoxError) and _missing(answer)):
+            path = f"/nodes/{job.source}/{job.guest_type.value}/{job.vmid}/status/current"
+            return as_entry(_value(answer), job.source, job.guest_type, path)
+        where = self.guest_entry(job.vmid, job.guest_type, nodes=[job.target])
+        if where is None:
+            raise Gone(f"guest {job.vmid} no longer exists")
+        if where["node"] == job.target:
+            raise Gone(f"guest {job.vmid} is already on {job.target}")
+        raise Gone(f"guest {job.vmid} was moved to {where['node']} since the plan was made")
+
+    def _target(self, job: MigrationJob, answers: dict[str, Any]) -> NodeFigures:
         """The target as it stands: Skip when it is gone, offline or in maintenance, else its figures with
-        its running guests (the engine's NodeFigures, for its fits())."""
+        its running guests and the memory migrations in flight hold on it (the engine's NodeFigures)."""
         what = f"/nodes/{job.target}"
-        nodes = {n.get("node"): n for n in _entries(self.client.get("/cluster/resources", type="node"),
-                                                    "/cluster/resources")}
+        nodes = {n.get("node"): n for n in _entries(_value(answers["nodes"]), "/cluster/resources")}
         target = nodes.get(job.target)
         if target is None:
-            raise Skip(f"target node {job.target} is not in the cluster any more")
+            raise Gone(f"target node {job.target} is not in the cluster any more")
         if target.get("status") != "online" or target.get("hastate") == "maintenance":
             raise Skip(f"target node {job.target} is offline or in maintenance")
         try:
-            status = self.client.get(f"{what}/status")
+            status = _value(answers["status"])
             guests = [{**g, "node": job.target, "maxcpu": g.get("maxcpu", g.get("cpus"))}
-                      for kind in ("qemu", "lxc") for g in self._listed(f"{what}/{kind}")]
+                      for kind in ("qemu", "lxc") for g in _entries(_value(answers[kind]), f"{what}/{kind}")]
         except ProxmoxError as exc:
             if exc.status == OFFLINE_NODE:
                 raise Skip(f"target node {job.target} is offline or in maintenance") from None
@@ -127,28 +216,6 @@ class Preflight:
             raise ProxmoxError(f"{what}/status: node {job.target} has no usable figures", kind=MALFORMED) from None
         return self.holding_in_flight(node, job, guests)
 
-    def _listed(self, path: str) -> list[dict[str, Any]]:
-        return _entries(self.client.get(path), path)
-
-    def _checked(self, job: MigrationJob) -> dict[str, Any]:
-        entry = self.guest_on(job.source, job.guest_type, job.vmid)
-        if entry is None:
-            where = self.guest_entry(job.vmid, job.guest_type, nodes=[job.target])
-            if where is None:
-                raise Skip(f"guest {job.vmid} no longer exists")
-            if where["node"] == job.target:
-                raise Skip(f"guest {job.vmid} is already on {job.target}")
-            raise Skip(f"guest {job.vmid} was moved to {where['node']} since the plan was made")
-        target = self.target_figures(job)
-        # The engine's own answer to 'does it fit', on the live figures: reserves, max_node_usage, vCPUs.
-        try:
-            why_not = fits(guest_figures(entry), target, self.policy)
-        except (KeyError, TypeError, ValueError):
-            raise ProxmoxError(f"guest {job.vmid} on {job.source} has no usable figures", kind=MALFORMED) from None
-        if why_not is not None:
-            raise Skip(f"target node {job.target} no longer has room for {job.name}: {why_not}")
-        return entry
-
     def holding_in_flight(self, node: NodeFigures, job: MigrationJob, guests: list[dict[str, Any]]) -> NodeFigures:
         """The target with the memory other migrations in flight hold on it until they end: one coming
         onto it holds the guest's memory there from its start, before the guest is listed on it (a
@@ -158,37 +225,39 @@ class Preflight:
         listed = [int(g["vmid"]) for g in guests if g.get("node") == node.name and str(g.get("vmid", "")).isdigit()]
         return holding_in_flight(node, self.in_flight(job.job_id), listed)
 
-    def check(self, job: MigrationJob, patience: float) -> dict[str, Any]:
-        """The guest's resources entry once every check passes; waits (bounded) while it is locked."""
-        deadline = time.monotonic() + self.settings.migrator.task_timeout_base
-        while True:
-            entry: dict[str, Any] = self.api(lambda: self._checked(job), patience)
-            if not entry.get("lock"):
-                return entry
-            if time.monotonic() > deadline:
-                raise Failed(f"guest {job.vmid} stayed locked ({entry['lock']})")
-            log.info("guest is locked by another task, waiting", lock=entry["lock"])
-            self.sleep(self.settings.migrator.poll_interval)
-
-    def migrate_params(self, job: MigrationJob, entry: dict[str, Any], patience: float) -> dict[str, Any]:
-        """The POST's parameters, after Proxmox's own pre-check (qemu) says the target may take the guest."""
-        path = f"/nodes/{job.source}/{job.guest_type.value}/{job.vmid}/migrate"
+    def _params(self, job: MigrationJob, entry: dict[str, Any], precheck: Any) -> dict[str, Any]:
+        """The POST's parameters, once Proxmox's own pre-check (qemu) says the target may take the guest."""
         params: dict[str, Any] = {"target": job.target}
         running = entry.get("status") == "running"
-        if job.guest_type is GuestType.QEMU:
-            check = self.api(lambda: self.client.get(path, target=job.target), patience)
-            if not isinstance(check, dict):
-                raise Failed("the migrate pre-check answer is not an object")
-            if job.target not in check.get("allowed_nodes", [job.target]):
-                reasons = check.get("not_allowed_nodes", {}).get(job.target)
-                raise Skip(f"Proxmox does not allow {job.target} for this guest: {reasons}")
-            if check.get("local_resources") and running:
-                raise Skip(f"guest uses local devices: {', '.join(check['local_resources'])}")
-            if check.get("local_disks"):
-                if not job.with_local_disks:
-                    raise Skip("guest has local disks and with_local_disks is off")
-                params["with-local-disks"] = True
-            params["online"] = running
-        else:
+        if job.guest_type is not GuestType.QEMU:
             params["restart"] = running
+            return params
+        check = _value(precheck)
+        if not isinstance(check, dict):
+            raise Failed("the migrate pre-check answer is not an object")
+        if job.target not in check.get("allowed_nodes", [job.target]):
+            reasons = check.get("not_allowed_nodes", {}).get(job.target)
+            raise Skip(f"Proxmox does not allow {job.target} for this guest: {reasons}")
+        if check.get("local_resources") and running:
+            raise Skip(f"guest uses local devices: {', '.join(check['local_resources'])}")
+        if check.get("local_disks"):
+            if not job.with_local_disks:
+                raise Skip("guest has local disks and with_local_disks is off")
+            params["with-local-disks"] = True
+        params["online"] = running
         return params
+
+
+def _value(answer: Any) -> Any:
+    """A read's answer, or the ProxmoxError it ended with raised."""
+    if isinstance(answer, ProxmoxError):
+        raise answer
+    return answer
+
+
+def _migration_tasks(answer: Any, job: MigrationJob) -> list[dict[str, Any]]:
+    if not isinstance(answer, list):
+        raise ProxmoxError(f"task list of {job.source}: the answer is not a list", kind=MALFORMED)
+    ours = [t for t in answer if isinstance(t, dict) and t.get("type") in MIGRATION_TASKS
+            and str(t.get("id")) == str(job.vmid) and t.get("upid")]
+    return sorted(ours, key=lambda t: (float(t.get("starttime", 0)), str(t["upid"])))

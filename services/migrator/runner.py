@@ -37,7 +37,6 @@ from .slots import SlotCancelled, SlotRequest, Slots, SlotTimeout
 log = get_logger("pvebalance.migrator")
 T = TypeVar("T")
 
-MIGRATION_TASKS = ("qmigrate", "vzmigrate", "hamigrate")
 # Without a list of the guest's tasks from before the POST (a worker died right after pinning its
 # slots), a task counts as the POST's if it started at most this long before the POST was sent.
 CLOCK_SLACK = 2.0
@@ -148,6 +147,7 @@ class MigrationRunner:
         def waiting() -> None:
             self.store.transition(job, JobState.WAITING, "waiting for a migration slot",
                                   only_from=(JobState.QUEUED,))
+            self.preflight.look_ahead(job)  # raises Gone: a move that can no longer happen does not wait
 
         def cancelled() -> bool:
             state = self.store.state(job.job_id)
@@ -158,21 +158,19 @@ class MigrationRunner:
         while True:
             self.slots.wait(req, on_wait=waiting, cancelled=cancelled, waiting_since=waiting_since)
             with self.slots.held(req) as commit:
-                entry = self.preflight.check(job, patience)
-                params = self.preflight.migrate_params(job, entry, patience)
-                # The guest's migration tasks before ours: a task found later that is not among them
-                # is this POST's (an earlier job's task of the same guest may be seconds old).
-                known = self._api(lambda: self._migration_tasks(job), patience)
+                # It lists the guest's migration tasks before ours too: a task found later that is not
+                # among them is this POST's (an earlier job's task of the same guest may be seconds old).
+                cleared = self.preflight.clear(job, patience)
                 committed = commit()
             if committed == -1:
                 raise SlotCancelled()
             if committed == 1:
                 break
             log.warning("migration slots expired before the POST (Redis away?): waiting for them again")
-        known_upids = {str(t["upid"]) for t in known}
-        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(known_upids))))
+        known = cleared.known_tasks
+        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(known))))
         posted_at = float(self.store.load(job.job_id).get("posted_at") or time.time())
-        return self._post(job, params, posted_at, known_upids)
+        return self._post(job, cleared.params, posted_at, known)
 
     def _post(self, job: MigrationJob, params: dict[str, Any], since: float, known: set[str] | None) -> str | None:
         path = f"/nodes/{job.source}/{job.guest_type.value}/{job.vmid}/migrate"
@@ -222,20 +220,9 @@ class MigrationRunner:
         if entry is not None and entry["node"] == job.target:
             return None  # it landed; its task is no longer listed
         log.info("no task of an earlier migrate request: the request never reached Proxmox, sending it")
-        entry = self.preflight.check(job, self.settings.migrator.task_timeout_base)
-        params = self.preflight.migrate_params(job, entry, self.settings.migrator.task_timeout_base)
-        known = {str(t["upid"]) for t in self._api(lambda: self._migration_tasks(job))}
-        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(known))))
-        return self._post(job, params, time.time(), known)
-
-    def _migration_tasks(self, job: MigrationJob) -> list[dict[str, Any]]:
-        """The guest's migration tasks on its source node, running or finished, oldest first."""
-        tasks = self.client.get(f"/nodes/{job.source}/tasks", vmid=job.vmid, source="all", limit=50)
-        if not isinstance(tasks, list):
-            raise ProxmoxError(f"task list of {job.source}: the answer is not a list", kind=MALFORMED)
-        ours = [t for t in tasks if isinstance(t, dict) and t.get("type") in MIGRATION_TASKS
-                and str(t.get("id")) == str(job.vmid) and t.get("upid")]
-        return sorted(ours, key=lambda t: (float(t.get("starttime", 0)), str(t["upid"])))
+        cleared = self.preflight.clear(job, self.settings.migrator.task_timeout_base)
+        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(cleared.known_tasks))))
+        return self._post(job, cleared.params, time.time(), cleared.known_tasks)
 
     def _find_task(self, job: MigrationJob, since: float, window: float, known: set[str] | None) -> str | None:
         """The migration task of this job's POST, looked for over `window` s (a slow POST may be carried out
@@ -243,7 +230,7 @@ class MigrationRunner:
         without that list, the first started since the POST."""
         deadline = time.monotonic() + window
         while True:
-            tasks = self._api(lambda: self._migration_tasks(job))
+            tasks = self._api(lambda: self.preflight.migration_tasks(job))
             if known is not None:
                 new = [t for t in tasks if str(t["upid"]) not in known]
             else:

@@ -8,7 +8,7 @@ import pytest
 from redis import Redis
 
 from pvebalance.services.collector.collector import Collector
-from pvebalance.services.collector.fetch import ReadLimits, read_all
+from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError
 from tests.helpers import SimFactory, api_settings

@@ -140,7 +140,7 @@ def test_an_unexpected_exception_in_a_run_is_taken_over_and_the_job_finishes(
     store = JobStore(fake_redis)
     job = make_job(store)
     enqueue_migration(_queue(fake_redis), settings, job)
-    real_check = Preflight.check
+    real_check = Preflight.clear
     calls = {"n": 0}
 
     def broken_once(self: Preflight, *args: Any) -> Any:
@@ -149,7 +149,7 @@ def test_an_unexpected_exception_in_a_run_is_taken_over_and_the_job_finishes(
             raise RuntimeError("a bug in pre-flight")
         return real_check(self, *args)
 
-    monkeypatch.setattr(Preflight, "check", broken_once)
+    monkeypatch.setattr(Preflight, "clear", broken_once)
     SimpleWorker([_queue(fake_redis)], connection=fake_redis).work(burst=True)
     assert store.state(job.job_id) is JobState.QUEUED, "rq failed the run; the job is not lost, not ended"
     assert "RuntimeError: a bug in pre-flight" in store.load(job.job_id)["interrupted"]
@@ -172,7 +172,7 @@ def test_a_job_rq_keeps_failing_is_given_up_after_the_attempt_limit_with_rqs_rea
     def always_broken(self: Preflight, *args: Any) -> Any:
         raise RuntimeError("always broken")
 
-    monkeypatch.setattr(Preflight, "check", always_broken)
+    monkeypatch.setattr(Preflight, "clear", always_broken)
     reconciler = Reconciler(fake_redis, settings, interval=0.01)
     for _ in range(MAX_TAKEOVERS + 1):
         SimpleWorker([_queue(fake_redis)], connection=fake_redis).work(burst=True)

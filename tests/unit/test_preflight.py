@@ -46,16 +46,18 @@ def test_pre_flight_reads_only_the_guest_it_moves_and_its_target(start_simulator
     g = sim.cluster.guests[100]
     target = next(n for n in sim.cluster.nodes if n != g.node)
     j = job(100, g.node, target, GuestType(g.type), str(g.entry["name"]))
-    entry = pf.check(j, patience=5)
-    params = pf.migrate_params(j, entry, patience=5)
-    assert entry["node"] == g.node and entry["status"] == "running" and params["target"] == target
-    assert client.reads == [
+    cleared = pf.clear(j, patience=5)
+    assert cleared.entry["node"] == g.node and cleared.entry["status"] == "running"
+    assert cleared.params["target"] == target and cleared.known_tasks == set()
+    # made at once, so in no fixed order
+    assert sorted(client.reads, key=repr) == sorted([
         (f"/nodes/{g.node}/{g.type}/100/status/current", {}),
+        (f"/nodes/{g.node}/tasks", {"vmid": 100, "source": "all", "limit": 50}),
         ("/cluster/resources", {"type": "node"}),
         (f"/nodes/{target}/status", {}),
         (f"/nodes/{target}/qemu", {}),
         (f"/nodes/{target}/lxc", {}),
-    ] + ([(f"/nodes/{g.node}/qemu/100/migrate", {"target": target})] if g.type == "qemu" else [])
+    ] + ([(f"/nodes/{g.node}/qemu/100/migrate", {"target": target})] if g.type == "qemu" else []), key=repr)
 
 
 def _move_by_hand(sim: Simulator) -> None:
@@ -97,7 +99,7 @@ def test_pre_flight_skips_a_move_no_longer_wanted_or_allowed(start_simulator: Si
     change(sim)
     pf, _ = preflight_for(sim, tmp_path)
     with pytest.raises(Skip) as skipped:
-        pf.check(job(), patience=5)
+        pf.clear(job(), patience=5)
     assert str(skipped.value).startswith(reason)
 
 
@@ -106,7 +108,6 @@ def test_pre_flight_skips_a_target_an_ha_rule_bars(start_simulator: SimFactory, 
     sim.cluster.move_guest(sim.cluster.guests[124], "pve5")
     pf, _ = preflight_for(sim, tmp_path)
     j = job(123, "pve1", "pve5", name="vm123")
-    entry = pf.check(j, patience=5)
-    assert entry["hastate"] == "started"
+    assert pf.clear(job(123, "pve1", "pve2", name="vm123"), patience=5).entry["hastate"] == "started"
     with pytest.raises(Skip, match=r"Proxmox does not allow pve5 for this guest: .*blocking-ha-resources.*vm:124"):
-        pf.migrate_params(j, entry, patience=5)
+        pf.clear(j, patience=5)

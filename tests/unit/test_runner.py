@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from redis import Redis
 
 from pvebalance.services.migrator.runner import MigrationRunner
@@ -156,4 +158,38 @@ def test_no_slot_within_the_wait_limit_ends_the_job_failed(start_simulator: SimF
     assert r.run(job) is JobState.FAILED
     assert "no migration slot" in store.load(job.job_id)["message"]
     assert store.active_jobs() == set(), "the job is not left waiting forever"
+    assert sim.cluster.stats.migrate_posts[118] == 0
+
+
+def _delete_guest(sim: Simulator) -> None:
+    sim.cluster.delete_guest(118)
+
+
+def _fill_target(sim: Simulator) -> None:
+    sim.cluster.nodes["pve2"].mem_overhead = int(sim.cluster.nodes["pve2"].entry["maxmem"] * 0.94)
+    sim.cluster.note_mem()
+
+
+@pytest.mark.parametrize(("change", "state", "message"), [
+    # gone for good: skipped at once, not after the wait for a slot (which would end it failed here)
+    (_delete_guest, JobState.SKIPPED, "guest 118 no longer exists"),
+    # may change before a slot is free: it waits, and is checked again then
+    (_fill_target, JobState.FAILED, "no migration slot free within 0 s"),
+])
+def test_a_job_that_must_wait_for_a_slot_is_skipped_at_once_only_when_its_move_is_gone_for_good(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path, change: Callable[[Simulator], None],
+        state: JobState, message: str) -> None:
+    from pvebalance.services.migrator.slots import SlotRequest
+
+    sim = start_simulator(figure_lag=0, host_variation=0)
+    settings = settings_for(sim, "redis://unused", tmp_path,
+                            migrator={"max_parallel_cluster": 1, "slot_wait_timeout": 0.3})
+    store = JobStore(fake_redis)
+    slots = Slots(fake_redis, settings.migrator)
+    assert slots.try_acquire(SlotRequest("someone-else", "pve3", "pve4"))
+    change(sim)
+    job = make_job(store, 118)
+    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings)
+    assert r.run(job) is state
+    assert store.load(job.job_id)["message"] == message
     assert sim.cluster.stats.migrate_posts[118] == 0
