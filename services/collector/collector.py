@@ -5,7 +5,7 @@ in one answer). Guest configs, needed for local disks and pinned devices, are ca
 fetched again only for guests that are new or whose resources entry changed, so in steady state
 the number of requests does not grow with the number of guests. Reads that do not depend on each
 other are made at once, within `collector.config_reads` in all and `config_reads_per_node` per
-node (fetch.py), each retried on its own: a first snapshot of 10,000 guests at 20 ms a request
+node (shared/apireads.py), each retried on its own: a first snapshot of 10,000 guests at 20 ms a request
 takes seconds, not minutes.
 """
 

@@ -61,3 +61,20 @@ def test_a_tls_failure_says_tls_and_names_the_setting(start_simulator: SimFactor
     assert caught.value.kind == TLS
     assert caught.value.message.startswith(
         f"TLS verification of 127.0.0.1:{sim.port} failed (check proxmox_api.ca_file or ssl_verification)")
+
+
+@pytest.mark.parametrize(("no_proxy", "proxies"), [
+    ("", {"https": "http://proxy.example:3128"}),
+    ("127.0.0.1", {}),
+])
+def test_the_environment_proxies_and_ca_bundle_are_read_once_and_still_apply(
+        start_simulator: SimFactory, monkeypatch: pytest.MonkeyPatch, no_proxy: str, proxies: dict[str, str]) -> None:
+    sim = start_simulator()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/pve-ca.pem")
+    client = ProxmoxClient(api_settings(sim, ca_file=None, ssl_verification=True))
+    session = client._connect(f"127.0.0.1:{sim.port}")._store["session"]
+    assert session.trust_env is False  # requests no longer scans os.environ on every call
+    assert session.proxies == proxies
+    assert client._verify() == "/etc/pve-ca.pem"
