@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -28,6 +28,20 @@ def new_id(prefix: str) -> str:
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: Literal[1] = SCHEMA_VERSION
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_known(model: type[M], raw: bytes | str | None) -> M | None:
+    """A stored message, or None when there is none or a version whose schema this one does not know
+    wrote it (a reader refuses what it does not know)."""
+    if raw is None:
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError:
+        return None
 
 
 class GuestType(StrEnum):

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal, TypeVar
+from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 from redis import Redis
 
 from . import keys
-from .models import Message, Plan, utcnow
+from .models import Message, Plan, parse_known, utcnow
 
 PLAN_TTL = 7 * 24 * 3600
-M = TypeVar("M", bound=Message)
 
 
 class PlanState(StrEnum):
@@ -55,13 +54,13 @@ class PlanStore:
         pipe.execute()
 
     def plan(self, plan_id: str) -> Plan | None:
-        return _parse(Plan, self.redis.get(keys.plan(plan_id)))
+        return parse_known(Plan, self.redis.get(keys.plan(plan_id)))
 
     def latest(self) -> Plan | None:
-        return _parse(Plan, self.redis.get(keys.PLAN_LATEST))
+        return parse_known(Plan, self.redis.get(keys.PLAN_LATEST))
 
     def status(self, plan_id: str) -> PlanStatus | None:
-        return _parse(PlanStatus, self.redis.hget(keys.PLAN_STATUS, plan_id))
+        return parse_known(PlanStatus, self.redis.hget(keys.PLAN_STATUS, plan_id))
 
     def set_state(self, plan_id: str, state: PlanState, reason: str = "", **fields: object) -> PlanStatus:
         old = self.status(plan_id)
@@ -81,7 +80,7 @@ class PlanStore:
         return found
 
     def in_state(self, *states: PlanState) -> list[PlanStatus]:
-        statuses = (_parse(PlanStatus, raw) for raw in self.redis.hvals(keys.PLAN_STATUS))
+        statuses = (parse_known(PlanStatus, raw) for raw in self.redis.hvals(keys.PLAN_STATUS))
         return sorted((s for s in statuses if s is not None and s.state in states), key=lambda s: s.at)
 
     def forget_older_than(self, timestamp: float) -> None:
@@ -90,12 +89,3 @@ class PlanStore:
         if old:
             self.redis.zrem(keys.PLAN_INDEX, *old)
             self.redis.hdel(keys.PLAN_STATUS, *old)
-
-
-def _parse(model: type[M], raw: bytes | str | None) -> M | None:
-    if raw is None:
-        return None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError:
-        return None  # written by a version whose schema this one does not know

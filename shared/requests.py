@@ -12,11 +12,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from redis import Redis
 
 from . import keys
-from .models import Message, new_id, utcnow
+from .models import Message, new_id, parse_known, utcnow
 
 REQUEST_TTL = 30 * 24 * 3600  # a request's status is kept a month after its last change
 
@@ -112,13 +112,7 @@ class RequestStore:
         return status
 
     def status(self, request_id: str) -> RequestStatus | None:
-        raw = self.redis.hget(keys.request(request_id), "status")
-        if raw is None:
-            return None
-        try:
-            return RequestStatus.model_validate_json(raw)
-        except ValidationError:
-            return None  # written by a version whose schema this one does not know
+        return parse_known(RequestStatus, self.redis.hget(keys.request(request_id), "status"))
 
     def settle(self, request_id: str, state: RequestState, reason: str = "", *,
                plan_id: str | None = None, details: list[str] | None = None) -> bool:

@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from redis import Redis
 
 from pvebalance.engine import Policy
@@ -28,6 +28,7 @@ from pvebalance.shared.models import (
     MigrationReason,
     Plan,
     job_ids,
+    parse_known,
 )
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 
@@ -145,13 +146,7 @@ class ReadSide:
         return self.planner.policy(snapshot)
 
     def snapshot(self) -> ClusterSnapshot | None:
-        raw = self.redis.get(keys.SNAPSHOT_LATEST)
-        if raw is None:
-            return None
-        try:
-            return ClusterSnapshot.model_validate_json(raw)
-        except ValidationError:
-            return None  # a newer writer's schema: refused, as every reader does
+        return parse_known(ClusterSnapshot, self.redis.get(keys.SNAPSHOT_LATEST))
 
     def _json(self, key: str) -> dict[str, Any] | None:
         raw = self.redis.get(key)
@@ -211,10 +206,7 @@ class ReadSide:
 
     def job_view(self, job_id: str) -> JobView | None:
         record = self.jobs.load(job_id)
-        try:
-            job = MigrationJob.model_validate_json(record["payload"]) if record.get("payload") else None
-        except ValidationError:
-            job = None
+        job = parse_known(MigrationJob, record.get("payload") or None)
         if job is None:
             return None
         state = record.get("state")
