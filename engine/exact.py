@@ -178,6 +178,11 @@ def why_stopped(res: OptimizeResult) -> str | None:
             else "node limit" if res.status == 4 and "limit" in res.message else None)
 
 
+def unsolved(res: OptimizeResult) -> str:
+    """Why the solver gave no solution: "infeasible", or the limit or message that stopped it."""
+    return "infeasible" if res.status == 2 else why_stopped(res) or str(res.message)
+
+
 def lower_bound(res: OptimizeResult, tie_breaks: float) -> int | None:
     """The fewest migrations the solver proved any plan needs, from its dual bound on an objective of
     migrations plus tie-breaks adding up to less than `tie_breaks`."""
@@ -222,8 +227,7 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
     # the objective is migrations plus tie-breaks below 1/2 in total: take those off before rounding up
     bound = lower_bound(res, 0.5)
     if res.x is None:
-        status = "infeasible" if res.status == 2 else stopped_by or str(res.message)
-        return ExactResult(status, None, bound, {}, seconds, stopped_by)
+        return ExactResult(unsolved(res), None, bound, {}, seconds, stopped_by)
     placement = {g: n for (g, n), col in model.index.items() if col in column and res.x[column[col]] > 0.5}
     moved = sum(1 for g, n in placement.items() if state.where[g] != n)
     proven = res.status == 0 or (bound is not None and bound >= moved)

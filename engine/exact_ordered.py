@@ -39,7 +39,7 @@ import numpy as np
 
 from pvebalance.shared.models import ClusterSnapshot
 
-from .exact import PlacementModel, lower_bound, placement_model, solver_options, why_stopped
+from .exact import PlacementModel, lower_bound, placement_model, solver_options, unsolved, why_stopped
 from .fit import GIB, memory_limit
 from .policy import Policy
 
@@ -115,8 +115,7 @@ def ordered_minimum(snapshot: ClusterSnapshot, policy: Policy, steps: int, *, no
     stopped_by = why_stopped(res)
     bound = lower_bound(res, 0.0)
     if res.x is None:
-        status = "infeasible" if res.status == 2 else stopped_by or str(res.message)
-        return OrderedResult(status, None, bound, [], steps, seconds, stopped_by)
+        return OrderedResult(unsolved(res), None, bound, [], steps, seconds, stopped_by)
 
     def value(term: Term) -> float:
         col, constant = term
