@@ -56,8 +56,9 @@ LATENCIES = (10.0, 0.0)  # the simulator's default (pveproxy's 3 workers per nod
 
 def drain(slots: int, redis_url: str, workdir: Path, time_scale: float = TIME_SCALE,
           latency_ms: float = LATENCIES[0]) -> dict[str, Any]:
-    api = {} if latency_ms else {"latency_ms": 0.0, "jitter": 0.0, "workers": 0}
-    sim = Simulator(load_dump("all-on-one"), time_scale=time_scale, **({"latency_ms": latency_ms} | api))
+    # without latency, no pveproxy worker limit either: an instant API
+    api: dict[str, Any] = {"latency_ms": latency_ms} if latency_ms else {"latency_ms": 0.0, "jitter": 0.0, "workers": 0}
+    sim = Simulator(load_dump("all-on-one"), time_scale=time_scale, **api)
     sim.start(0, certdir=workdir / "certs")
     ident, secret = next(iter(sim.tokens.items()))
     user, token = ident.split("!")

@@ -154,8 +154,9 @@ class Preflight:
         # time between one migration's end and the next one's start on a slot (~7 x 10-50 ms).
         source, target = job.source, job.target
         guest_path = f"/nodes/{source}/{job.guest_type.value}/{job.vmid}"
+        status_path = f"{guest_path}/status/current"
         reads: dict[str, tuple[str, Callable[[], Any]]] = {
-            "guest": (source, lambda: self.client.get(f"{guest_path}/status/current")),
+            "guest": (source, lambda: self.client.get(status_path)),
             "tasks": (source, lambda: self.migration_tasks(job)),
             "nodes": ("", lambda: self.client.get("/cluster/resources", type="node")),
             "status": (target, lambda: self.client.get(f"/nodes/{target}/status")),
@@ -166,7 +167,7 @@ class Preflight:
             reads["precheck"] = (source, lambda: self.client.get(f"{guest_path}/migrate", target=target))
         answers = read_all(reads, lambda key: reads[key][0], lambda key: reads[key][1](),
                            ReadLimits(total=len(reads), per_node=3))
-        entry = self._guest(job, answers["guest"])
+        entry = self._guest(job, answers["guest"], status_path)
         node = self._target(job, answers)
         # The engine's own answer to 'does it fit', on the live figures: reserves, max_node_usage, vCPUs.
         try:
@@ -178,10 +179,9 @@ class Preflight:
         params = self._params(job, entry, answers.get("precheck"))
         return Cleared(entry, params, {str(t["upid"]) for t in _value(answers["tasks"])})
 
-    def _guest(self, job: MigrationJob, answer: Any) -> dict[str, Any]:
-        """The guest's entry on its source; Skip saying where it went when it is not there."""
+    def _guest(self, job: MigrationJob, answer: Any, path: str) -> dict[str, Any]:
+        """The guest's entry on its source (read from `path`); Gone saying where it went when it is not there."""
         if not (isinstance(answer, ProxmoxError) and _missing(answer)):
-            path = f"/nodes/{job.source}/{job.guest_type.value}/{job.vmid}/status/current"
             return as_entry(_value(answer), job.source, job.guest_type, path)
         where = self.guest_entry(job.vmid, job.guest_type, nodes=[job.target])
         if where is None:
