@@ -9,20 +9,31 @@
   error, so a long-running worker never fails on an expired ticket.
 - Safe to share between threads (the collector reads many configs at once): one login, one
   connection pool of up to MAX_CONNECTIONS kept-alive connections.
+- proxmoxer logs in and sends every POST. GETs go straight through the logged-in session's own
+  connection pool (urllib3, with the session's TLS settings, proxies, headers and proxmoxer's auth):
+  requests' per-call machinery (merging session settings and cookies, hooks, redirects) cost 0.3 ms
+  of CPU per call, more than half of a read, seconds on a first snapshot of 10,000 guests.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit
 
 import requests
+import urllib3
 from proxmoxer import AuthenticationError, ProxmoxAPI, ResourceException
 from requests.adapters import HTTPAdapter
+from requests.utils import requote_uri
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .config import ProxmoxApiSettings
@@ -110,10 +121,32 @@ def pve_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (int(v) if isinstance(v, bool) else v) for k, v in params.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class _Session:
+    """A logged-in proxmoxer session and the connection pool its GETs go through."""
+
+    api: ProxmoxAPI
+    http: requests.Session  # proxmoxer's requests session, for its headers and auth
+    pool: urllib3.HTTPConnectionPool
+    base_path: str  # "/api2/json"
+    headers: dict[str, str]  # the session's own (Accept, Connection: keep-alive, User-Agent)
+
+    def get_headers(self) -> dict[str, str]:
+        """The session's headers and proxmoxer's auth for one GET: a token's header, or the ticket's
+        cookie (proxmoxer renews a ticket once it is an hour old when its auth is applied)."""
+        auth: Any = self.http.auth  # proxmoxer's ProxmoxHTTPAuth or ProxmoxHTTPApiTokenAuth
+        headers = dict(self.headers)
+        auth(SimpleNamespace(method="GET", headers=headers))
+        ticket, _ = auth.get_tokens()
+        if ticket:
+            headers["Cookie"] = f"PVEAuthCookie={ticket}"
+        return headers
+
+
 class ProxmoxClient:
     def __init__(self, settings: ProxmoxApiSettings) -> None:
         self.settings = settings
-        self._api: ProxmoxAPI | None = None
+        self._api: _Session | None = None
         self._host: str | None = None
         self._requests = 0
         self._lock = threading.RLock()  # guards the session (login, host choice) and the count
@@ -134,7 +167,7 @@ class ProxmoxClient:
             return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         return False
 
-    def _connect(self, host: str) -> ProxmoxAPI:
+    def _connect(self, host: str) -> _Session:
         s = self.settings
         kwargs: dict[str, Any] = {"verify_ssl": self._verify(), "timeout": s.timeout, "user": s.user}
         if s.token_id and s.token_secret:
@@ -152,7 +185,11 @@ class ProxmoxClient:
             # guests. Read once here instead (the CA bundle in _verify), with the same outcome.
             session.proxies = requests.utils.get_environ_proxies(f"https://{host}")
             session.trust_env = False
-            return api
+            base = api._store["base_url"]
+            pool = session.get_adapter(base).get_connection_with_tls_context(
+                requests.Request("GET", base).prepare(), kwargs["verify_ssl"], session.proxies, session.cert)
+            headers = {str(k): str(v) for k, v in session.headers.items()}
+            return _Session(api, session, pool, urlsplit(base).path, headers)
         except AuthenticationError:
             raise ProxmoxError(
                 f"authentication failed for {s.user} at {host}: check the password", 401, host
@@ -177,7 +214,7 @@ class ProxmoxClient:
         self._forget(failed)
         return self._call_hosts(method, path, params)
 
-    def _session(self, host: str) -> ProxmoxAPI:
+    def _session(self, host: str) -> _Session:
         """The logged-in session with `host`, made (once, whichever thread asks first) if needed."""
         with self._lock:
             if self._api is None or self._host != host:
@@ -186,7 +223,7 @@ class ProxmoxClient:
             self._requests += 1
             return self._api
 
-    def _forget(self, api: ProxmoxAPI) -> None:
+    def _forget(self, api: _Session) -> None:
         with self._lock:
             if self._api is api:
                 self._api = None
@@ -197,17 +234,20 @@ class ProxmoxClient:
         order = hosts if current is None else [current] + [h for h in hosts if h != current]
         last: ProxmoxError | None = None
         for host in order:
-            api: ProxmoxAPI | None = None
+            api: _Session | None = None
             try:
                 api = self._session(host)
-                resource = api(path.strip("/"))
-                call = resource.get if method == "GET" else resource.post
-                answer = call(**pve_params(params))
+                if method == "GET":
+                    answer = self._get(api, path, params, host)
+                else:
+                    answer = api.api(path.strip("/")).post(**pve_params(params))
             except ResourceException as exc:
-                raise self._error(exc, method, path, host) from None
-            except requests.exceptions.SSLError as exc:
+                errors = exc.errors if isinstance(exc.errors, dict) else None
+                raise self._refused(int(exc.status_code), str(exc.content or exc.status_message or ""), errors,
+                                    method, path, host) from None
+            except (requests.exceptions.SSLError, urllib3.exceptions.SSLError) as exc:
                 raise _tls_error(host, exc) from None
-            except requests.RequestException as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 last = ProxmoxError(f"{host} does not answer ({method} {path}): {_short(exc)}", None, host)
                 if api is not None:
                     self._forget(api)
@@ -231,15 +271,40 @@ class ProxmoxClient:
         assert last is not None
         raise last
 
-    def _error(self, exc: ResourceException, method: str, path: str, host: str) -> ProxmoxError:
-        status = int(exc.status_code)
-        text = str(exc.content or exc.status_message or "").strip()
+    def _get(self, session: _Session, path: str, params: Mapping[str, Any], host: str) -> Any:
+        """One GET through the session's pool; the answer's data, as proxmoxer would give it."""
+        query = urlencode(pve_params(params), doseq=True)
+        url = requote_uri(f"{session.base_path}/{path.strip('/')}" + (f"?{query}" if query else ""))
+        # retries=False: tenacity retries at the caller; the same as requests' default adapter.
+        resp = session.pool.urlopen("GET", url, headers=session.get_headers(), retries=False, redirect=False,
+                                    timeout=urllib3.Timeout(self.settings.timeout), assert_same_host=False)
+        body = resp.data
+        if resp.status >= 400:
+            try:
+                errors = json.loads(body).get("errors")
+            except (ValueError, AttributeError):
+                errors = None
+            reason = resp.reason or http.client.responses.get(resp.status, "")
+            raise self._refused(resp.status, reason, errors if isinstance(errors, dict) else None, "GET", path, host)
+        try:
+            if not 200 <= resp.status < 300:
+                raise ValueError(f"HTTP {resp.status}")
+            return json.loads(body.decode("utf-8"))["data"]
+        except (UnicodeDecodeError, ValueError):
+            text = body[:80].decode(errors="replace")
+            raise ProxmoxError(f"{host} gave an answer that is not Proxmox's JSON (GET {path}): {text!r}",
+                               None, host, MALFORMED) from None
+
+    def _refused(self, status: int, text: str, errors: dict[str, Any] | None, method: str, path: str,
+                 host: str) -> ProxmoxError:
+        """PVE's refusal (an HTTP status of 400 or more) in one line, with its per-parameter errors."""
+        text = text.strip()
         if status == 401:
             who = self.settings.user + (f"!{self.settings.token_id}" if self.settings.token_id else "")
             return ProxmoxError(f"authentication failed for {who} at {host}: {text}", status, host)
         detail = ""
-        if isinstance(exc.errors, dict) and exc.errors and not isinstance(exc.errors.get("errors"), bytes):
-            detail = " (" + "; ".join(f"{k}: {v}" for k, v in exc.errors.items()) + ")"
+        if errors and not isinstance(errors.get("errors"), bytes):
+            detail = " (" + "; ".join(f"{k}: {v}" for k, v in errors.items()) + ")"
         return ProxmoxError(f"{method} {path} on {host}: {status} {text}{detail}", status, host)
 
     def get(self, path: str, **params: Any) -> Any:

@@ -19,7 +19,9 @@ import base64
 import json
 import re
 import secrets
+import socket
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -82,9 +84,7 @@ class Simulator:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(certfile, keyfile)
         handler = type("BoundHandler", (Handler,), {"sim": self})
-        httpd = ThreadingHTTPServer((host, port), handler)
-        httpd.daemon_threads = True
-        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+        httpd = TlsServer((host, port), handler, ctx)
         self.httpd = httpd
         # a short poll interval: stop() waits for it, and tests start and stop many simulators
         threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="pve-simulator",
@@ -138,12 +138,39 @@ class Simulator:
         return control(self, method, path, body)
 
 
+class TlsServer(ThreadingHTTPServer):
+    """pveproxy's listening side: a backlog as deep as the system allows (Python's default of 5 drops
+    connections when many clients connect at once, and each dropped one waits a second to try
+    again), and each connection's TLS handshake in its own thread, not in the accept loop where
+    the handshakes would queue behind each other."""
+
+    request_queue_size = socket.SOMAXCONN
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 context: ssl.SSLContext) -> None:
+        super().__init__(address, handler)
+        self.context = context
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = self.socket.accept()
+        return self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a failed handshake, a client gone: nothing to report
+            super().handle_error(request, client_address)
+
+
 class Handler(BaseHTTPRequestHandler):
     sim: Simulator
     protocol_version = "HTTP/1.1"
     server_version = "pve-api-daemon/3.0"
     # Headers and body leave in two writes; with Nagle on, each answer waits ~40 ms for an ACK.
     disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        self.request.do_handshake()  # here, in this connection's thread (TlsServer.get_request)
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -74,7 +74,40 @@ def test_the_environment_proxies_and_ca_bundle_are_read_once_and_still_apply(
     monkeypatch.setenv("NO_PROXY", no_proxy)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/pve-ca.pem")
     client = ProxmoxClient(api_settings(sim, ca_file=None, ssl_verification=True))
-    session = client._connect(f"127.0.0.1:{sim.port}")._store["session"]
+    session = client._connect(f"127.0.0.1:{sim.port}").http
     assert session.trust_env is False  # requests no longer scans os.environ on every call
     assert session.proxies == proxies
     assert client._verify() == "/etc/pve-ca.pem"
+
+
+@pytest.mark.parametrize(("method", "path", "params", "expected"), [
+    pytest.param("GET", "/cluster/resources", {"type": "disk"},
+                 "GET /cluster/resources on {host}: 400 Parameter verification failed. (type: value 'disk' does "
+                 "not have a value in the enumeration 'vm, storage, node, sdn')", id="get-parameter"),
+    pytest.param("POST", "/nodes/pve1/qemu/100/migrate", {"target": "pve2", "online": "yes"},
+                 "POST /nodes/pve1/qemu/100/migrate on {host}: 400 Parameter verification failed. "
+                 "(online: type check ('boolean') failed - got 'yes')", id="post-parameter"),
+    pytest.param("GET", "/nodes/pve1/qemu/99999/config", {},
+                 "GET /nodes/pve1/qemu/99999/config on {host}: 500 Configuration file "
+                 "'nodes/pve1/qemu-server/99999.conf' does not exist", id="get-missing"),
+])
+def test_a_refusal_reads_the_same_for_a_get_and_a_post(start_simulator: SimFactory, method: str, path: str,
+                                                      params: dict[str, object], expected: str) -> None:
+    """GETs go through the session's pool, POSTs through proxmoxer: PVE's refusal is one line either way,
+    with its per-parameter errors."""
+    sim = start_simulator()
+    client = ProxmoxClient(api_settings(sim))
+    call = client.get if method == "GET" else client.post
+    with pytest.raises(ProxmoxError) as caught:
+        call(path, **params)
+    assert caught.value.message == expected.format(host=f"127.0.0.1:{sim.port}")
+    assert caught.value.kind == "refused" and not caught.value.transient
+
+
+def test_a_get_sends_its_parameters_as_pve_reads_them(start_simulator: SimFactory) -> None:
+    sim = start_simulator()
+    client = ProxmoxClient(api_settings(sim))
+    nodes = client.get("/cluster/resources", type="node")
+    assert nodes and {r["type"] for r in nodes} == {"node"}
+    assert len(client.get("/cluster/resources")) > len(nodes)
+    assert client.get("/nodes/pve1/tasks", errors=True) == [], "a boolean goes out as PVE's 1, not 'True'"
