@@ -166,6 +166,12 @@ class JobStore:
         return [e for _, e in self.events(after=f"{int(since * 1000)}-0", count=keys.EVENT_STREAM_MAXLEN)
                 if e.state is JobState.SUCCEEDED]
 
+    def last_change_at(self) -> float | None:
+        """When a job last changed state (epoch seconds; None before any job): with no job active, when the
+        last one ended. The event stream's entry ids are its times."""
+        last = self.redis.xrevrange(keys.EVENT_STREAM, count=1)
+        return int(_text(last[0][0]).split("-")[0]) / 1000 if last else None
+
     def active_jobs(self) -> set[str]:
         return {_text(j) for j in self.redis.smembers(keys.ACTIVE_JOBS)}
 

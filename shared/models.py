@@ -136,7 +136,7 @@ class InFlightMigration(BaseModel):
 class ClusterSnapshot(Message):
     kind: Literal["snapshot"] = "snapshot"
     snapshot_id: str = Field(default_factory=lambda: new_id("snap"))
-    taken_at: datetime = Field(default_factory=utcnow)
+    taken_at: datetime = Field(default_factory=utcnow)  # the collector's: when its reads began
     cluster: str = ""
     quorate: bool = True
     ha_auto_rebalance: bool = False

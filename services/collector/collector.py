@@ -27,7 +27,7 @@ from pvebalance.shared.config import CollectorSettings, Settings
 from pvebalance.shared.heartbeat import beat
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import ClusterSnapshot, GuestType
+from pvebalance.shared.models import ClusterSnapshot, GuestType, utcnow
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient
 from pvebalance.shared.redisconn import Outage, connect_waiting
 
@@ -193,8 +193,12 @@ class Collector:
         return out
 
     def snapshot(self) -> ClusterSnapshot:
+        # Taken when the reads begin, not when they end: a migration that ends meanwhile may be missing
+        # from it, and the planner plans only on a snapshot taken after the last migration ended.
+        taken_at = utcnow()
         try:
             snap = snapshot_from_api(self.read_api())
+            snap.taken_at = taken_at
         except DumpError as exc:
             # Not published: the planner must never see a cluster read from answers it cannot trust.
             raise CollectError(f"the Proxmox API answered something unusable: {exc}") from None

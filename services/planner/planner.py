@@ -83,6 +83,13 @@ class Planner:
         if active:
             log.info("migrations still running, not planning", active_jobs=len(active))
             return None
+        ended = self.jobs.last_change_at()
+        if ended is not None and snapshot.taken_at.timestamp() < ended:
+            # Read while a migration was still running: its guest may show on its source. A plan on it
+            # could undo the move, or put an anti-affinity partner beside it.
+            log.info("snapshot taken before the last migration ended, planning on the next one",
+                     snapshot_id=snapshot.snapshot_id)
+            return None
         if not snapshot.quorate:
             log.warning("cluster not quorate, not planning", snapshot_id=snapshot.snapshot_id)
             return None

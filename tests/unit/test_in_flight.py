@@ -4,6 +4,7 @@ pre-flight counts those coming onto its target (the engine's side: tests/unit/te
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from redis import Redis
 
 from pvebalance.engine import Policy
 from pvebalance.engine.placement import PlacementRequest, place
+from pvebalance.services.collector.collector import Collector
 from pvebalance.services.migrator.runner import MigrationRunner
 from pvebalance.services.migrator.slots import Slots
 from pvebalance.services.planner.planner import Planner
@@ -25,9 +27,10 @@ from pvebalance.shared.models import (
     JobState,
     MigrationJob,
     NodeState,
+    utcnow,
 )
 from pvebalance.shared.proxmox import ProxmoxClient
-from tests.helpers import SimFactory, settings_for
+from tests.helpers import SimFactory, api_settings, settings_for
 
 GIB = 2**30
 
@@ -110,3 +113,27 @@ def test_placement_counts_a_migration_in_flight_on_its_target() -> None:
     answer = place(busy, policy, PlacementRequest(memory=20 * GIB))
     assert answer.best == "pve3"
     assert answer.refused["pve2"] == "pve2 would use 110.0%, above max_node_usage 95%"
+
+
+def test_the_planner_plans_only_on_a_snapshot_taken_after_the_last_migration_ended(fake_redis: Redis) -> None:
+    """A snapshot read while vm102's migration ran shows it on its source; a plan on it could move it back,
+    or put an anti-affinity partner beside it. The planner waits for the next one."""
+    planner = Planner(fake_redis, Settings())
+    read_before = busy_cluster().model_copy(update={"taken_at": utcnow()})
+    time.sleep(0.01)  # the event stream's times are in milliseconds
+    job = make_job(planner.jobs, 102, source="pve3", target="pve2", posted=True)
+    planner.jobs.transition(job, JobState.SUCCEEDED, "landed")
+    assert planner.handle(read_before) is None
+    time.sleep(0.01)
+    assert planner.handle(busy_cluster().model_copy(update={"taken_at": utcnow()})) is not None
+
+
+def test_a_snapshot_is_taken_when_the_collectors_reads_begin(start_simulator: SimFactory) -> None:
+    sim = start_simulator(latency_ms=20)
+    collector = Collector(ProxmoxClient(api_settings(sim)))
+    calls: list[datetime] = []
+    read = collector.client.get
+    collector.client.get = lambda path, **params: calls.append(utcnow()) or read(path, **params)  # type: ignore[method-assign]
+    snapshot = collector.snapshot()
+    assert snapshot.taken_at <= min(calls)
+    assert (max(calls) - snapshot.taken_at).total_seconds() >= 0.02, "the reads took a while"
