@@ -115,6 +115,9 @@ class Reconciler:
             rq_job, status = None, None
         if status is JobStatus.QUEUED:
             return self._find_lost(job_id)
+        if rq_job is None and state == JobState.QUEUED.value and \
+                time.time() - float(record.get("created_at") or 0) < self.lost_after:
+            return False  # just created: the planner puts a job in the job store, then in rq's queue
         self.redis.hdel(keys.LOST_SINCE, job_id)
         if status in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
             return False  # waiting for the moves it depends on

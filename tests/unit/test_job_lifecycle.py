@@ -198,6 +198,30 @@ def test_a_job_popped_by_a_dequeue_and_dropped_is_queued_again_once(fake_redis: 
     assert fake_redis.llen(queue.intermediate_queue_key) == 0
 
 
+def test_a_job_created_but_not_yet_in_rq_is_left_to_the_planner_that_enqueues_it(fake_redis: Redis) -> None:
+    """The planner stores a job, then enqueues it: a reconciler passing in between must not queue it too
+    (it jumped the queue's order, and the planner's own enqueue put it in the queue a second time)."""
+    settings = Settings()
+    store = JobStore(fake_redis)
+    job = make_job(store)
+    reconciler = Reconciler(fake_redis, settings, interval=0.01)
+    assert reconciler.run_once() == []
+    enqueue_migration(_queue(fake_redis), settings, job)
+    fake_redis.delete(keys.RECONCILER_LOCK)
+    assert reconciler.run_once() == []
+    assert [x.decode() for x in fake_redis.lrange(_queue(fake_redis).key, 0, -1)] == [job.job_id]
+    assert store.load(job.job_id).get("takeovers") is None
+
+
+def test_a_job_stored_long_ago_that_rq_never_had_is_queued_again(fake_redis: Redis) -> None:
+    settings = Settings()
+    store = JobStore(fake_redis)
+    job = make_job(store)
+    store.set_fields(job.job_id, created_at=time.time() - 60)  # the planner died before enqueueing it
+    assert Reconciler(fake_redis, settings, interval=0.01).run_once() == [job.job_id]
+    assert [x.decode() for x in fake_redis.lrange(_queue(fake_redis).key, 0, -1)] == [job.job_id]
+
+
 # --- the planner never stalls on a job ----------------------------------------------------------------
 
 def _snapshot(maintenance: str | None = None) -> ClusterSnapshot:
