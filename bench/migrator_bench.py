@@ -33,7 +33,7 @@ from redis import Redis
 from rq import Queue, Worker
 
 from pvebalance.demo import clear_pvebalance_keys, stop_processes
-from pvebalance.embedded_redis import EmbeddedRedis
+from pvebalance.embedded_redis import local_redis
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
@@ -134,14 +134,14 @@ def run(slot_counts: tuple[int, ...] = (1, 2, 4), time_scale: float | None = Non
         latencies: tuple[float, ...] = LATENCIES) -> list[dict[str, Any]]:
     time_scale = time_scale or TIME_SCALE
     url = os.environ.get("REDIS_URL", "")
-    embedded = None
-    if not (url and answers(url)):
-        embedded = EmbeddedRedis()
-        url = embedded.url
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        own = None
+        if not (url and answers(url)):
+            own, _ = local_redis(Path(tmp))  # redis-server when on PATH, as the services run against
+            url = own.url
+        try:
             return [drain(slots, url, Path(tmp), time_scale, latency) for slots in slot_counts for latency in latencies]
-    finally:
-        if embedded:
-            embedded.stop()
+        finally:
+            if own:
+                own.stop()
 
