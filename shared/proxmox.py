@@ -253,8 +253,7 @@ class ProxmoxClient:
                     self._forget(api)
                 continue
             except (KeyError, TypeError, ValueError) as exc:  # JSON without PVE's {"data": ...} envelope
-                raise ProxmoxError(f"{host} gave an answer that is not Proxmox's JSON ({method} {path}): "
-                                   f"{type(exc).__name__}", None, host, MALFORMED) from None
+                raise _malformed(host, method, path, type(exc).__name__) from None
             except ProxmoxError as exc:
                 if exc.kind != NO_ANSWER:
                     raise
@@ -264,9 +263,7 @@ class ProxmoxClient:
                 continue
             # proxmoxer hands back {"errors": <body>} for a 2xx body that is not JSON at all.
             if isinstance(answer, dict) and set(answer) == {"errors"} and isinstance(answer["errors"], bytes):
-                body = answer["errors"][:80].decode(errors="replace")
-                raise ProxmoxError(f"{host} gave an answer that is not Proxmox's JSON ({method} {path}): {body!r}",
-                                   None, host, MALFORMED)
+                raise _malformed(host, method, path, _excerpt(answer["errors"]))
             return answer
         assert last is not None
         raise last
@@ -286,14 +283,12 @@ class ProxmoxClient:
                 errors = None
             reason = resp.reason or http.client.responses.get(resp.status, "")
             raise self._refused(resp.status, reason, errors if isinstance(errors, dict) else None, "GET", path, host)
+        if not 200 <= resp.status < 300:  # a redirect or an informational status: not an API answer
+            raise _malformed(host, "GET", path, _excerpt(body))
         try:
-            if not 200 <= resp.status < 300:
-                raise ValueError(f"HTTP {resp.status}")
             return json.loads(body.decode("utf-8"))["data"]
         except (UnicodeDecodeError, ValueError):
-            text = body[:80].decode(errors="replace")
-            raise ProxmoxError(f"{host} gave an answer that is not Proxmox's JSON (GET {path}): {text!r}",
-                               None, host, MALFORMED) from None
+            raise _malformed(host, "GET", path, _excerpt(body)) from None
 
     def _refused(self, status: int, text: str, errors: dict[str, Any] | None, method: str, path: str,
                  host: str) -> ProxmoxError:
@@ -312,6 +307,15 @@ class ProxmoxClient:
 
     def post(self, path: str, **data: Any) -> Any:
         return self._call("POST", path, data)
+
+
+def _malformed(host: str, method: str, path: str, what: str) -> ProxmoxError:
+    return ProxmoxError(f"{host} gave an answer that is not Proxmox's JSON ({method} {path}): {what}",
+                        None, host, MALFORMED)
+
+
+def _excerpt(body: bytes) -> str:
+    return repr(body[:80].decode(errors="replace"))
 
 
 def _tls_error(host: str, exc: Exception) -> ProxmoxError:
