@@ -39,7 +39,9 @@ CLUSTER_PATHS = ["/cluster/status", "/cluster/options", "/cluster/ha/rules", "/c
 # What in a /cluster/resources entry says a guest's config may have changed.
 _FINGERPRINT_KEYS = ("node", "type", "name", "tags", "maxdisk", "maxmem", "maxcpu", "template", "pool")
 # Changed whenever essential_config keeps more keys, so that configs cached without them are read again.
-_CONFIG_KEYS_VERSION = 2
+# Version 3: configs cached by version 2 may have been trimmed as the wrong guest type (a VM's disks
+# dropped as if it were a container's, or the other way round).
+_CONFIG_KEYS_VERSION = 3
 
 
 class CollectError(Exception):
@@ -160,7 +162,7 @@ class Collector:
         fresh: dict[str, str] = {}
         offline = {r.get("node") for r in resources
                    if isinstance(r, dict) and r.get("type") == "node" and r.get("status") != "online"}
-        to_read: dict[str, tuple[str, str]] = {}  # path -> (vmid, node)
+        to_read: dict[str, tuple[str, str, GuestType]] = {}  # path -> (vmid, node, its type)
         for g in guests:
             vmid = str(_vmid(g["vmid"]))
             path = f"/nodes/{g['node']}/{g['type']}/{vmid}/config"
@@ -172,9 +174,9 @@ class Collector:
                 if hit:
                     out[path] = hit[1]
             else:
-                to_read[path] = (vmid, g["node"])
+                to_read[path] = (vmid, g["node"], GuestType(g["type"]))
         answers = read_all(to_read, lambda path: to_read[path][1], self._get, self.reads)
-        for path, (vmid, _) in to_read.items():
+        for path, (vmid, _, gtype) in to_read.items():
             config, fp, hit = answers[path], prints[vmid], known.get(vmid)
             if isinstance(config, ProxmoxError):
                 # The guest moved or vanished between the two reads; the next snapshot sees it.
@@ -183,7 +185,7 @@ class Collector:
                     out[path] = hit[1]
                 continue
             if not self.full_configs and isinstance(config, dict):
-                config = essential_config(config, GuestType(g["type"]))
+                config = essential_config(config, gtype)  # each guest trimmed as its own type
             out[path] = config
             if isinstance(config, dict):
                 self._memo[vmid] = (fp, config)

@@ -214,3 +214,23 @@ def test_a_slow_answer_times_out_and_is_retried(start_simulator: SimFactory, fak
     snap = Collector(client, fake_redis, retry_wait=0.01).snapshot()
     assert len(snap.guests) == 40
     assert sim.cluster.stats.requests["GET /cluster/resources"] >= 2
+
+
+@pytest.mark.parametrize("last", ["qemu", "lxc"])
+def test_each_guest_config_is_trimmed_as_its_own_type(start_simulator: SimFactory, fake_redis: Redis,
+                                                      last: str) -> None:
+    """The config of every guest keeps its own disks and CPU keys, whatever type the last guest in
+    /cluster/resources has (homelab ends in VMs 122 and 123; without them it ends in container 121)."""
+    sim = start_simulator("homelab")
+    if last == "lxc":
+        for vmid in (122, 123):
+            sim.cluster.delete_guest(vmid)
+    assert sim.cluster.resources("vm")[-1]["type"] == last
+    snap = Collector(ProxmoxClient(api_settings(sim)), fake_redis).snapshot()
+    guests = {g.vmid: g for g in snap.guests}
+    # ct106's rootfs (16 GiB) is on local-lvm; VM 101's config gives its vCPUs
+    assert guests[106].local_disk == 16 * 2**30
+    assert all(g.vcpus is not None for g in snap.guests if g.type == "qemu")
+    cached = {int(v): json.loads(raw)["config"] for v, raw in fake_redis.hgetall(keys.GUEST_CONFIG_CACHE).items()}
+    assert "rootfs" in cached[106] and "cores" not in cached[106]
+    assert any(k.startswith(("scsi", "virtio", "sata", "ide")) for k in cached[101])
