@@ -232,6 +232,13 @@ class Preflight:
         if job.guest_type is not GuestType.QEMU:
             params["restart"] = running
             return params
+        if running and not job.online:
+            # Only a live migration moves a running VM (PVE: "can't migrate running VM without --online"),
+            # and the plan did not plan one: the memory it holds on the target was not counted, in the
+            # plan nor in the migrations in flight (they count what the job says), so it is not sent.
+            why = ("balancing.live is off" if not self.settings.balancing.live
+                   else "it was stopped when the plan was made")
+            raise Skip(f"guest {job.vmid} runs and {why}: Proxmox moves a running VM only live; it stays")
         check = _value(precheck)
         if not isinstance(check, dict):
             raise Failed("the migrate pre-check answer is not an object")

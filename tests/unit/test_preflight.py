@@ -111,3 +111,47 @@ def test_pre_flight_skips_a_target_an_ha_rule_bars(start_simulator: SimFactory, 
     assert pf.clear(job(123, "pve1", "pve2", name="vm123"), patience=5).entry["hastate"] == "started"
     with pytest.raises(Skip, match=r"Proxmox does not allow pve5 for this guest: .*blocking-ha-resources.*vm:124"):
         pf.clear(j, patience=5)
+
+
+# --- balancing.live (issue 20, item 6) ------------------------------------------------------------
+
+def _job_as_planned(sim: Simulator, live: bool) -> MigrationJob:
+    """vm118's job as the planner makes it: `online` is a live move of a running VM, and only with live."""
+    running = sim.cluster.guests[118].running
+    return job().model_copy(update={"online": running and live})
+
+
+@pytest.mark.parametrize(("running", "live", "sent"), [
+    (True, True, True),  # a live migration, as planned and counted
+    (False, True, False),
+    (False, False, False),  # a stopped VM moves offline
+])
+def test_the_migrate_call_is_live_only_when_the_job_planned_a_live_move(
+        start_simulator: SimFactory, tmp_path: Path, running: bool, live: bool, sent: bool) -> None:
+    sim = start_simulator(figure_lag=0, host_variation=0)
+    if not running:
+        sim.cluster.guests[118].entry["status"] = "stopped"
+    settings = settings_for(sim, "redis://unused", tmp_path, balancing={"live": live})
+    pf = Preflight(ProxmoxClient(settings.proxmox_api), settings, api=lambda fn, patience=None: fn())
+    j = _job_as_planned(sim, live)
+    params = pf.clear(j, patience=5).params
+    assert params["online"] is sent
+    assert not params["online"] or j.online, "the in-flight accounting counts the memory of what the job says"
+
+
+def test_with_live_off_a_running_vm_is_skipped_not_migrated_live(start_simulator: SimFactory, tmp_path: Path) -> None:
+    sim = start_simulator(figure_lag=0, host_variation=0)
+    settings = settings_for(sim, "redis://unused", tmp_path, balancing={"live": False})
+    pf = Preflight(ProxmoxClient(settings.proxmox_api), settings, api=lambda fn, patience=None: fn())
+    with pytest.raises(Skip, match=r"^guest 118 runs and balancing.live is off: Proxmox moves a running VM "
+                                   r"only live; it stays$"):
+        pf.clear(_job_as_planned(sim, live=False), patience=5)
+
+
+def test_a_vm_started_since_a_plan_that_moved_it_offline_is_not_migrated_live(start_simulator: SimFactory,
+                                                                               tmp_path: Path) -> None:
+    sim = start_simulator(figure_lag=0, host_variation=0)
+    pf, _ = preflight_for(sim, tmp_path)
+    planned_stopped = job().model_copy(update={"online": False})  # planned while vm118 was stopped
+    with pytest.raises(Skip, match=r"^guest 118 runs and it was stopped when the plan was made"):
+        pf.clear(planned_stopped, patience=5)
