@@ -29,6 +29,7 @@ from itertools import chain
 
 from pvebalance.shared.models import MigrationReason
 
+from . import fit
 from .state import PlanState
 
 COARSE_STEPS = 12  # band positions tried between mean - balanciness and mean
@@ -49,6 +50,37 @@ class _Unit:
     vmids: frozenset[int]
     data: int
     key: int  # the smallest vmid: the stable tie-break
+
+
+class _Disks:
+    """The local disks the band plan has sent to each node's storages so far: a unit goes to a
+    target only if its disks fit there on top of them (fit.storage_refusal), as `apply_in_order`
+    will ask of each move; without this a band plan could need a storage no order allows."""
+
+    def __init__(self, state: PlanState) -> None:
+        self.state = state
+        self.sent: dict[str, fit.GuestFigures] = {}
+
+    def fit(self, vmids: frozenset[int], target: str) -> bool:
+        arriving = self._figures(vmids)
+        if not arriving.disks:
+            return True
+        node = self.state.loads[target].figures
+        if target in self.sent:
+            node = node.arrive(self.sent[target])
+        return fit.storage_refusal(arriving, node, self.state.policy) is None
+
+    def add(self, vmids: frozenset[int], target: str) -> None:
+        arriving = self._figures(vmids)
+        if arriving.disks:
+            before = self.sent.get(target)
+            merged = dict(before.disks) if before else {}
+            for storage, size in arriving.disks:
+                merged[storage] = merged.get(storage, 0) + size
+            self.sent[target] = fit.GuestFigures(0, 0, False, tuple(sorted(merged.items())))
+
+    def _figures(self, vmids: frozenset[int]) -> fit.GuestFigures:
+        return fit.GuestFigures.of(self.state.guests[v] for v in vmids)
 
 
 def clone(state: PlanState) -> PlanState:
@@ -111,6 +143,7 @@ def band_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | N
 def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, list[float]], cap: dict[str, float],
               load: dict[str, float], lo: float, hi: float) -> BandPlan | None:
     plan = BandPlan(lo)
+    disks = _Disks(state)
     now = dict(load)
     low = {n: lo * cap[n] / 100.0 for n in cap}
     high = {n: hi * cap[n] / 100.0 for n in cap}
@@ -138,55 +171,59 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, 
     # smallest that does), then units from nodes with load to spare above lo
     for n in sorted(cap, key=lambda x: (low[x] - now[x], x)):
         while now[n] < low[n]:
-            index = _from_pool(state, pool, keys, source_of, n, low[n] - now[n], high[n] - now[n])
+            index = _from_pool(state, disks, pool, keys, source_of, n, low[n] - now[n], high[n] - now[n])
             if index is None:
                 break
             fill = pool.pop(index)
             del keys[index]
             now[n] += fill.load
+            disks.add(fill.vmids, n)
             plan.moves.append((fill.vmids, n))
             plan.data += fill.data
         while now[n] < low[n]:
-            pick = _filler(state, by_node, neg, taken, now, low, n, low[n] - now[n], high[n] - now[n])
+            pick = _filler(state, disks, by_node, neg, taken, now, low, n, low[n] - now[n], high[n] - now[n])
             if pick is None:
                 return None
             u, source = pick
             now[source] -= u.load
             now[n] += u.load
             taken.add(u.key)
+            disks.add(u.vmids, n)
             plan.moves.append((u.vmids, n))
             plan.data += u.data
     for u in pool:  # what the nodes below the band did not need: where there is most room in it
-        target = _receiver(state, u, source_of[u.key], now, high)
+        target = _receiver(state, disks, u, source_of[u.key], now, high)
         if target is None:
             return None
         now[target] += u.load
+        disks.add(u.vmids, target)
         plan.moves.append((u.vmids, target))
         plan.data += u.data
     return plan
 
 
-def _from_pool(state: PlanState, pool: list[_Unit], keys: list[float], source_of: dict[int, str], target: str,
-               lack: float, room: float) -> int | None:
+def _from_pool(state: PlanState, disks: _Disks, pool: list[_Unit], keys: list[float], source_of: dict[int, str],
+               target: str, lack: float, room: float) -> int | None:
     """The index in the pool (sorted by falling load; `keys` its loads negated) of the smallest unit
     that fills `lack` within `room`, else of the largest within `room`."""
     start = bisect_left(keys, -room)  # units from `start` on carry at most `room`
     split = bisect_right(keys, -lack, lo=start)  # those before `split` fill the lack
     for i in chain(range(split - 1, start - 1, -1), range(split, len(pool))):
         u = pool[i]  # the rules are asked only of the one taken
-        if source_of[u.key] != target and state.allows(u.vmids, target):
+        if source_of[u.key] != target and state.allows(u.vmids, target) and disks.fit(u.vmids, target):
             return i
     return None
 
 
-def _receiver(state: PlanState, u: _Unit, source: str, now: dict[str, float], high: dict[str, float]) -> str | None:
+def _receiver(state: PlanState, disks: _Disks, u: _Unit, source: str, now: dict[str, float],
+              high: dict[str, float]) -> str | None:
     """The allowed node with the most room under the band's top for the unit."""
     room = sorted((now[t] - high[t], t) for t in state.targets if t != source and now[t] + u.load <= high[t])
-    return next((t for _, t in room if state.allows(u.vmids, t)), None)
+    return next((t for _, t in room if state.allows(u.vmids, t) and disks.fit(u.vmids, t)), None)
 
 
-def _filler(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, list[float]], taken: set[int],
-            now: dict[str, float], low: dict[str, float], target: str, lack: float,
+def _filler(state: PlanState, disks: _Disks, by_node: dict[str, list[_Unit]], neg: dict[str, list[float]],
+            taken: set[int], now: dict[str, float], low: dict[str, float], target: str, lack: float,
             room: float) -> tuple[_Unit, str] | None:
     """The unit, from a node that can spare it, that fills `lack` with the least load (without
     passing `room`); failing that the largest that fits. Ties: the source with most to spare."""
@@ -198,12 +235,12 @@ def _filler(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, li
         units, keys = by_node[source], neg[source]
         start = bisect_left(keys, -min(spare, room))  # units from `start` on carry at most that
         split = bisect_right(keys, -lack, lo=start)  # those before `split` fill the lack
-        smallest_filling = _first(state, units, range(split - 1, start - 1, -1), taken, target)
+        smallest_filling = _first(state, disks, units, range(split - 1, start - 1, -1), taken, target)
         if smallest_filling is not None:
             key: tuple[float, ...] = (0.0, smallest_filling.load, -spare)
             pick = smallest_filling
         else:
-            largest = _first(state, units, range(split, len(units)), taken, target)
+            largest = _first(state, disks, units, range(split, len(units)), taken, target)
             if largest is None:
                 continue
             key, pick = (1.0, -largest.load, -spare), largest
@@ -212,10 +249,11 @@ def _filler(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, li
     return (best[1], best[2]) if best else None
 
 
-def _first(state: PlanState, units: list[_Unit], indices: range, taken: set[int], target: str) -> _Unit | None:
+def _first(state: PlanState, disks: _Disks, units: list[_Unit], indices: range, taken: set[int],
+           target: str) -> _Unit | None:
     for i in indices:
         u = units[i]
-        if u.key not in taken and state.allows(u.vmids, target):
+        if u.key not in taken and state.allows(u.vmids, target) and disks.fit(u.vmids, target):
             return u
     return None
 

@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 
 from pvebalance.shared.models import ClusterSnapshot, MigrationReason
 
-from .fit import memory_limit
+from .fit import memory_limit, storage_limit
 from .load import guest_load
 from .policy import Policy
 from .rules import Constraints, build_constraints
@@ -133,7 +133,27 @@ class PlacementModel:
             mem_base = node.figures.used_mem - sum(mem[g] for g in here)
             self.row([(self.index[(g, n)], mem[g] / 2**30) for g in ordered], -np.inf,
                      (memory_limit(node.figures, policy) - mem_base) / 2**30)
+            self.storage_rows(n, ordered, policy)
         self.row([(hi, 1.0), (lo, -1.0)], -np.inf, policy.balanciness)
+
+    def storage_rows(self, n: str, ordered: list[int], policy: Policy) -> None:
+        """The local disks copied onto each of the node's storages stay under its limit; a guest whose
+        disks need a storage the node lacks cannot go there (fit.storage_refusal, as rows)."""
+        storages = self.state.loads[n].figures.storages
+        if storages is None:
+            return
+        arriving: dict[str, list[tuple[int, float]]] = {}
+        for g in ordered:
+            if self.state.where[g] == n:
+                continue
+            for storage, size in self.state.guests[g].local_storage_bytes().items():
+                if storage not in storages:
+                    self.forbid(g, n)
+                else:
+                    arriving.setdefault(storage, []).append((self.index[(g, n)], size / 2**30))
+        for storage, entries in sorted(arriving.items()):
+            figures = storages[storage]
+            self.row(entries, -np.inf, (storage_limit(figures, n, policy) - figures.used) / 2**30)
 
     def costs(self) -> np.ndarray:
         """Each migration costs 1, plus its share of all the data that could move: the shares of any

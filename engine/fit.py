@@ -3,7 +3,8 @@
 The engine asks it at every step of a plan, `verify` asks it again when it replays the plan, and the
 migrator's pre-flight asks it with the live figures right before a migration. They must agree, or a
 plan the engine calls safe is refused at run time (or worse, a refused one runs), so there is one
-function, and it counts everything: the host reserve, `max_node_usage` and `cpu_overcommit`.
+function, and it counts everything: the host reserve, `max_node_usage` and `cpu_overcommit`, and
+each local storage the guest's disks are copied onto (`max_storage_usage`, the node's disk reserve).
 
 Figures are what PVE's /cluster/resources reports (bytes, cores, vCPUs); `node_figures` and
 `guest_figures` read them from its entries, `snapshot_figures` from a snapshot.
@@ -12,10 +13,10 @@ Figures are what PVE's /cluster/resources reports (bytes, cores, vCPUs); `node_f
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pvebalance.shared.models import ClusterSnapshot, GuestState, InFlightMigration
+from pvebalance.shared.models import ClusterSnapshot, GuestState, InFlightMigration, StorageState
 
 from .policy import Policy
 
@@ -26,18 +27,33 @@ GIB = 2**30
 class GuestFigures:
     """What a guest (or several moving together) brings to a node.
 
-    A stopped guest brings nothing: it takes no memory until it starts, and the vCPU limit counts
-    running guests only."""
+    A stopped guest brings no memory: it takes none until it starts, and the vCPU limit counts
+    running guests only. Its local disks it brings whether it runs or not: a migration copies them."""
 
     mem: int  # bytes in use: a /cluster/resources guest entry's `mem`
     maxcpu: int  # vCPUs: its `maxcpu`
     running: bool  # its `status` == "running"
+    disks: tuple[tuple[str, int], ...] = ()  # (storage id, bytes) of its local disks, one per storage
 
     @classmethod
     def of(cls, guests: Iterable[GuestState]) -> GuestFigures:
         """Several guests arriving at once (an affinity group), as one."""
+        guests = list(guests)
         running = [g for g in guests if g.running]
-        return cls(sum(g.mem for g in running), sum(g.maxcpu for g in running), bool(running))
+        disks: dict[str, int] = {}
+        for g in guests:
+            for storage, size in g.local_storage_bytes().items():
+                disks[storage] = disks.get(storage, 0) + size
+        return cls(sum(g.mem for g in running), sum(g.maxcpu for g in running), bool(running),
+                   tuple(sorted(disks.items())))
+
+
+@dataclass(frozen=True)
+class StorageFigures:
+    """A local storage of a node that holds guest disks: what `fits` checks copied disks against."""
+
+    used: int  # bytes: its /cluster/resources `disk`
+    total: int  # bytes: its `maxdisk`
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,9 @@ class NodeFigures:
     maxcpu: int  # cores: its `maxcpu`
     guests_mem: int = 0  # `mem` summed over the running guests on it (type qemu/lxc, `node` == name)
     guests_vcpus: int = 0  # `maxcpu` summed over the same guests
+    # Its active local storages that hold guest disks, by storage id; None: not known (a caller that
+    # has no storage facts), and then no storage is checked.
+    storages: Mapping[str, StorageFigures] | None = field(default=None, compare=False)
 
     @property
     def used_mem(self) -> int:
@@ -58,16 +77,27 @@ class NodeFigures:
         return max(self.mem, self.guests_mem)
 
     def arrive(self, guest: GuestFigures) -> NodeFigures:
-        if not guest.running:
-            return self
-        return replace(self, mem=self.mem + guest.mem, guests_mem=self.guests_mem + guest.mem,
-                       guests_vcpus=self.guests_vcpus + guest.maxcpu)
+        return self._add(guest, 1)
 
     def leave(self, guest: GuestFigures) -> NodeFigures:
-        if not guest.running:
-            return self
-        return replace(self, mem=self.mem - guest.mem, guests_mem=self.guests_mem - guest.mem,
-                       guests_vcpus=self.guests_vcpus - guest.maxcpu)
+        return self._add(guest, -1)
+
+    def _add(self, guest: GuestFigures, sign: int) -> NodeFigures:
+        node = self
+        if guest.running:
+            node = replace(node, mem=node.mem + sign * guest.mem, guests_mem=node.guests_mem + sign * guest.mem,
+                           guests_vcpus=node.guests_vcpus + sign * guest.maxcpu)
+        # Disks count on the storage they are copied onto, and are never credited back to the one they
+        # leave: a thin volume frees less than its size= (what it really used), and the source's
+        # figure catches up only when PVE reports it again. Conservative in one direction only.
+        if sign > 0 and guest.disks and node.storages is not None:
+            storages = dict(node.storages)
+            for storage, size in guest.disks:
+                if storage in storages:  # a disk on a storage the node lacks was refused by `fits`
+                    s = storages[storage]
+                    storages[storage] = StorageFigures(s.used + size, s.total)
+            node = replace(node, storages=storages)
+        return node
 
 
 def usable_memory(node: NodeFigures, policy: Policy) -> float:
@@ -78,6 +108,33 @@ def usable_memory(node: NodeFigures, policy: Policy) -> float:
 def memory_limit(node: NodeFigures, policy: Policy) -> float:
     """Bytes in use the node may reach at any step: `max_node_usage` percent of its usable memory."""
     return usable_memory(node, policy) * policy.max_node_usage / 100.0
+
+
+def storage_limit(storage: StorageFigures, node: str, policy: Policy) -> float:
+    """Bytes a local storage may hold at any step: `max_storage_usage` percent of it, less the
+    node's disk reserve."""
+    usable = max(storage.total - policy.reserved(node).disk * GIB, 0.0)
+    return usable * policy.max_storage_usage / 100.0
+
+
+def storage_refusal(guest: GuestFigures, node: NodeFigures, policy: Policy) -> str | None:
+    """Why the node's storages cannot take the guest's local disks (None: they can, or the node's
+    storages are not known). Each disk goes to the storage of the same id on the target, as PVE
+    copies it without `targetstorage`."""
+    if not guest.disks or node.storages is None:
+        return None
+    for storage, size in guest.disks:
+        figures = node.storages.get(storage)
+        if figures is None:
+            return f"{node.name} has no active storage {storage} for the guest's local disks"
+        used = figures.used + size
+        if used > storage_limit(figures, node.name, policy):
+            share = f"{100 * used / figures.total:.1f}%" if figures.total else f"{used / GIB:.1f} GiB"
+            reserve = policy.reserved(node.name).disk
+            of = f" (with the host's {reserve:g} GiB disk reserve)" if reserve else ""
+            return (f"{node.name}'s {storage} would be at {share} of {figures.total / GIB:.0f} GiB{of}, above "
+                    f"max_storage_usage {policy.max_storage_usage:g}%")
+    return None
 
 
 def fits(guest: GuestFigures, node: NodeFigures, policy: Policy) -> str | None:
@@ -98,7 +155,16 @@ def fits(guest: GuestFigures, node: NodeFigures, policy: Policy) -> str | None:
         if vcpus > node.maxcpu * policy.cpu_overcommit:
             return (f"{node.name} would run {vcpus} vCPUs on {node.maxcpu} cores, above cpu_overcommit "
                     f"{policy.cpu_overcommit:g}")
-    return None
+    return storage_refusal(guest, node, policy)
+
+
+def storage_figures(storages: Iterable[StorageState]) -> dict[str, dict[str, StorageFigures]]:
+    """Each node's active local storages that hold guest disks, by node and storage id."""
+    out: dict[str, dict[str, StorageFigures]] = {}
+    for s in storages:
+        if s.active and not s.shared and s.holds_guest_disks:
+            out.setdefault(s.node, {})[s.storage] = StorageFigures(s.disk, s.maxdisk)
+    return out
 
 
 def snapshot_figures(snapshot: ClusterSnapshot) -> dict[str, NodeFigures]:
@@ -109,8 +175,11 @@ def snapshot_figures(snapshot: ClusterSnapshot) -> dict[str, NodeFigures]:
         if g.running:
             mem[g.node] = mem.get(g.node, 0) + g.mem
             vcpus[g.node] = vcpus.get(g.node, 0) + g.maxcpu
+    # A snapshot without storage entries (an old recording) has no storage facts to check against.
+    storages = storage_figures(snapshot.storages) if snapshot.storages else None
     figures = {n.name: NodeFigures(n.name, max(n.maxmem, 0), max(n.mem, 0), n.maxcpu, mem.get(n.name, 0),
-                                   vcpus.get(n.name, 0))
+                                   vcpus.get(n.name, 0),
+                                   None if storages is None else storages.get(n.name, {}))
                for n in snapshot.nodes}
     if snapshot.in_flight:
         guests = {g.vmid: g for g in snapshot.guests}

@@ -30,6 +30,7 @@ class PlacementRequest(BaseModel):
     cores: int = Field(1, ge=1, description="vCPUs")
     disk: int = Field(0, ge=0, description="bytes of disk")
     local: bool = Field(False, description="the disk is on the node's local storage")
+    storage: str | None = Field(None, description="that local storage's id (default: any of the node's)")
     type: GuestType = GuestType.QEMU
     tags: list[str] = Field(default_factory=list, description="plb_* tags it will carry")
     pool: str | None = None
@@ -78,10 +79,7 @@ def place(snapshot: ClusterSnapshot, policy: Policy, request: PlacementRequest) 
         if why is None:
             why = fit.fits(arriving, figures[node.name], policy)
         if why is None and request.local and request.disk:
-            free = node.local_maxdisk - node.local_disk - policy.reserved(node.name).disk * GIB
-            if request.disk > free:
-                why = (f"{node.name} has {max(free, 0) / GIB:.1f} GiB free on local storage, "
-                       f"the guest needs {request.disk / GIB:.1f} GiB")
+            why = _local_room(request, figures[node.name], policy)
         if why is None:
             where[vmid] = node.name
             breaches = [b for family in book.families for b in family.check(book, where, guests)
@@ -117,3 +115,17 @@ def _not_a_target(name: str, snapshot: ClusterSnapshot, policy: Policy, draining
     if name in draining:
         return f"{name} is drained (maintenance)"
     return None
+
+
+def _local_room(request: PlacementRequest, node: fit.NodeFigures, policy: Policy) -> str | None:
+    """Why none of the node's local storages (or the one asked for) can take the new guest's disk,
+    under `max_storage_usage` and the disk reserve: the same check as a migration's disks."""
+    storages = node.storages or {}
+    candidates = [request.storage] if request.storage else sorted(storages)
+    why = f"{node.name} has no local storage for guest disks"
+    for storage in candidates:
+        disk = fit.GuestFigures(0, 0, False, ((storage, request.disk),))
+        if (why_here := fit.storage_refusal(disk, node, policy)) is None:
+            return None
+        why = why_here
+    return why

@@ -33,6 +33,7 @@ def _from_settings(balancing: BalancingSettings, cluster: ProxmoxClusterSettings
         "mode": balancing.mode,
         "balanciness": balancing.balanciness,
         "max_node_usage": balancing.max_node_usage,
+        "max_storage_usage": balancing.max_storage_usage,
         "balance_types": frozenset(_TYPES[t] for t in balancing.balance_types),
         "max_migrations": balancing.max_migrations,
         "live": balancing.live,
@@ -70,6 +71,7 @@ class Policy:
     mode: Mode = field(default=_DEFAULTS["mode"])
     balanciness: float = field(default=_DEFAULTS["balanciness"])
     max_node_usage: float = field(default=_DEFAULTS["max_node_usage"])
+    max_storage_usage: float = field(default=_DEFAULTS["max_storage_usage"])
     balance_types: frozenset[GuestType] = field(default=_DEFAULTS["balance_types"])
     max_migrations: int | None = field(default=_DEFAULTS["max_migrations"])
     live: bool = field(default=_DEFAULTS["live"])

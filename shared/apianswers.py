@@ -76,6 +76,7 @@ class ApiStorage(_Answer):
     content: str | None = None
     disk: NonNegativeInt | None = None
     maxdisk: NonNegativeInt | None = None
+    status: str | None = None  # "available"; "unknown" when the node cannot reach it, or it is disabled
 
 
 class ApiStatusEntry(_Answer):

@@ -38,7 +38,7 @@ from .apianswers import (
     word,
 )
 from .config import PoolRule
-from .models import ClusterSnapshot, GuestState, GuestType, HaRule, NodeState
+from .models import ClusterSnapshot, GuestDisk, GuestState, GuestType, HaRule, NodeState, StorageState
 
 __all__ = ["DUMP_FORMAT", "DumpError", "essential_config", "guest_disks", "load_dump", "local_resources",
            "node_problem", "operator_pools", "parse_cputype", "parse_ha_rules", "parse_size", "parse_tags",
@@ -230,7 +230,7 @@ def node_problem(node: ApiNode) -> str | None:
     return None
 
 
-def _nodes(raw: list[ApiNode], storages: list[ApiStorage], api: Mapping[str, Any]) -> dict[str, NodeState]:
+def _nodes(raw: list[ApiNode], storages: list[StorageState], api: Mapping[str, Any]) -> dict[str, NodeState]:
     nodes: dict[str, NodeState] = {}
     for n in raw:
         online = n.status == "online"
@@ -249,11 +249,10 @@ def _nodes(raw: list[ApiNode], storages: list[ApiStorage], api: Mapping[str, Any
             cpu_model=cpuinfo.model if cpuinfo is not None else None,
         )
     for s in storages:
-        content = s.content if s.content is not None else "images"
-        if not s.shared and s.node in nodes and ("images" in content or "rootdir" in content):
+        if not s.shared and s.node in nodes and s.holds_guest_disks:
             node = nodes[s.node]
-            node.local_disk += s.disk or 0
-            node.local_maxdisk += s.maxdisk or 0
+            node.local_disk += s.disk
+            node.local_maxdisk += s.maxdisk
     return nodes
 
 
@@ -265,9 +264,10 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
     """
     if not isinstance(api, Mapping):
         raise DumpError(f"the API answers must be an object keyed by path, not {show(api)}")
-    raw_nodes, raw_guests, storages = split_resources(api)
+    raw_nodes, raw_guests, raw_storages = split_resources(api)
+    storages = [_storage(s) for s in raw_storages]
     nodes = _nodes(raw_nodes, storages, api)
-    shared = {(s.node, s.storage): bool(s.shared) for s in storages}
+    shared = {(s.node, s.storage): s.shared for s in storages}
 
     guests = []
     seen: set[int] = set()
@@ -282,8 +282,9 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
             config = {}
         elif not isinstance(config, dict):
             raise DumpError(f"{path}: not an object ({show(config)})")
-        local = sum(size for _, storage, size in guest_disks(config, gtype)
-                    if not shared.get((res.node, storage), False))
+        disks = [GuestDisk.model_construct(key=key, storage=storage, size=size,
+                                           shared=shared.get((res.node, storage), False))
+                 for key, storage, size in guest_disks(config, gtype)]
         # Every field was validated above (one pass for all guests), so the model's own validation
         # is skipped: it doubled the cost of a 10,000-guest snapshot.
         guests.append(
@@ -304,7 +305,8 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
                 mem=res.mem or 0,
                 maxmem=res.maxmem or 0,
                 maxdisk=res.maxdisk or 0,
-                local_disk=local,
+                local_disk=sum(d.size for d in disks if not d.shared),
+                disks=disks,
                 local_resources=local_resources(config),
                 vcpus=_vcpus(config, path) if gtype is GuestType.QEMU else None,
                 cputype=parse_cputype(_config_text(config, "cpu", path)) if gtype is GuestType.QEMU else None,
@@ -324,6 +326,7 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
         nodes=list(nodes.values()),
         guests=guests,
         ha_rules=parse_ha_rules(api.get("/cluster/ha/rules")),
+        storages=storages,
         pools=_pools(api, guests),
         ha_auto_rebalance_off=_ha_rebalance_off(api.get("/cluster/ha/resources")),
     )

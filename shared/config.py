@@ -128,9 +128,12 @@ class BalancingSettings(Section):
     mode: Literal["used", "assigned"] = "used"
     balanciness: float = Field(5.0, ge=0, le=100)
     max_node_usage: float = Field(95.0, gt=0, le=100, description="percent a node may reach mid-plan")
+    max_storage_usage: float = Field(
+        90.0, gt=0, le=100, description="percent a local storage may reach mid-plan, counting the disks that "
+        "migrations in flight copy onto it (a thin pool that fills stops every guest on it)")
     balance_types: list[GuestKind] = Field(default_factory=lambda: list[GuestKind](["vm", "ct"]))
     live: bool = True
-    with_local_disks: bool = True
+    with_local_disks: bool = Field(True, description="false: guests with disks on local storage stay where they are")
     max_migrations: int | None = Field(None, ge=1, description="cap on migrations per plan")
     max_migrations_per_target: int | None = Field(None, ge=1, description="cap on moves into one node per plan")
     min_gain: float = Field(0.0, ge=0, description="a balance move must lower the spread variance this much (pp^2)")

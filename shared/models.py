@@ -76,6 +76,33 @@ class NodeState(BaseModel):
         return self.problem is None
 
 
+class GuestDisk(BaseModel):
+    """One disk of a guest's config (`scsi0`, `efidisk0`, `rootfs`, `mp1`, ...); CD-ROMs are not disks."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    storage: str
+    size: int = Field(0, description="bytes: the config's size=")
+    shared: bool = Field(False, description="on a storage shared between nodes: a migration does not copy it")
+
+
+class StorageState(BaseModel):
+    """A storage as one node sees it (a /cluster/resources `type: storage` entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+    node: str
+    storage: str
+    shared: bool = False
+    content: list[str] = Field(default_factory=list, description="images, rootdir, iso, backup, ...")
+    disk: int = Field(0, description="bytes used")
+    maxdisk: int = Field(0, description="bytes of capacity")
+    active: bool = Field(True, description="`status` available: the node can use it now")
+
+    @property
+    def holds_guest_disks(self) -> bool:
+        return "images" in self.content or "rootdir" in self.content
+
+
 class GuestState(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vmid: int
@@ -94,6 +121,7 @@ class GuestState(BaseModel):
     maxmem: int = 0
     maxdisk: int = 0
     local_disk: int = Field(0, description="bytes of disks on non-shared storage (copied by a migration)")
+    disks: list[GuestDisk] = Field(default_factory=list, description="every disk of its config")
     local_resources: list[str] = Field(default_factory=list)
     # Smoothed over the collector's recent snapshots (None until seen twice)
     cpu_avg: float | None = None
@@ -107,6 +135,15 @@ class GuestState(BaseModel):
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+    def local_storage_bytes(self) -> dict[str, int]:
+        """Bytes of its local disks per storage id: what a migration copies onto the target's storage
+        of the same id (a snapshot without disk facts gives nothing)."""
+        out: dict[str, int] = {}
+        for d in self.disks:
+            if not d.shared:
+                out[d.storage] = out.get(d.storage, 0) + d.size
+        return out
 
 
 class HaRule(BaseModel):
@@ -143,6 +180,7 @@ class ClusterSnapshot(Message):
     nodes: list[NodeState]
     guests: list[GuestState]
     ha_rules: list[HaRule] = Field(default_factory=list)
+    storages: list[StorageState] = Field(default_factory=list)
     pools: dict[str, list[int]] = Field(default_factory=dict)
     # HA resources whose PVE 9.2 `auto-rebalance` flag is 0 (/cluster/ha/resources; the default is 1):
     # PVE's own auto-rebalance leaves them alone, so the balancer may move them.

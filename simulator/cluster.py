@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +22,21 @@ from .realism import FigureHistory, Realism, host_factor, qemu_overhead
 from .stats import Stats
 
 __all__ = ["ApiError", "Cluster", "Guest", "Node", "Stats"]
+
+# Config keys that hold a guest's disks (qemu-server's drive keys; pve-container's rootfs and mount points)
+_VM_DISK = re.compile(r"^(ide|sata|scsi|virtio)\d+$|^efidisk0$|^tpmstate0$")
+_CT_DISK = re.compile(r"^rootfs$|^mp\d+$")
+_UNIT = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _bytes(size: str) -> int:
+    """A config's size= (`32G`, `512M`, `1.5T`, bytes without a unit)."""
+    unit = _UNIT.get(size[-1:].upper(), 1)
+    number = size[:-1] if unit != 1 else size
+    try:
+        return int(float(number) * unit)
+    except ValueError:
+        return 0
 
 
 class ApiError(Exception):
@@ -264,16 +280,67 @@ class Cluster:
                 return bool(s.get("shared", 0))
         return False
 
-    def local_disks(self, g: Guest) -> list[dict[str, Any]]:
-        from pvebalance.shared.apidump import guest_disks
-        from pvebalance.shared.models import GuestType
+    def volumes(self, g: Guest) -> list[tuple[str, str, str, int]]:
+        """(config key, storage, volid, bytes) of each disk in the guest's config, as PVE reads them
+        (its own reading, not the balancer's): CD-ROMs and `none` drives are no disks."""
+        out = []
+        for key, value in g.config.items():
+            if not isinstance(value, str) or not (_VM_DISK if g.type == "qemu" else _CT_DISK).match(key):
+                continue
+            volid, *options = value.split(",")
+            if ":" not in volid or volid.startswith("none") or "media=cdrom" in options:
+                continue
+            size = next((_bytes(o[5:]) for o in options if o.startswith("size=")), 0)
+            out.append((key, volid.split(":", 1)[0], volid, size))
+        return out
 
+    def local_disks(self, g: Guest) -> list[dict[str, Any]]:
         return [
-            {"volid": g.config[key].split(",", 1)[0], "size": size, "drivename": key, "cdrom": 0,
+            {"volid": volid, "size": size, "drivename": key, "cdrom": 0,
              "is_unused": 0, "is_attached": 1, "shared": 0, "replicate": 0}
-            for key, storage, size in guest_disks(g.config, GuestType(g.type))
+            for key, storage, volid, size in self.volumes(g)
             if not self.shared_storage(g.node, storage)
         ]
+
+    def storage_entry(self, node: str, storage: str) -> dict[str, Any] | None:
+        return next((s for s in self.storages if s["node"] == node and s["storage"] == storage), None)
+
+    def unavailable_storages(self, g: Guest, target: str) -> list[str]:
+        """The storages of the guest's local disks that the target does not have active."""
+        missing = set()
+        for disk in self.local_disks(g):
+            storage = disk["volid"].split(":", 1)[0]
+            entry = self.storage_entry(target, storage)
+            if entry is None or entry.get("status", "available") != "available":
+                missing.add(storage)
+        return sorted(missing)
+
+    def copy_disks(self, g: Guest, target: str) -> str | None:
+        """A migration starts copying the guest's local disks: their volumes are allocated on the
+        target's storage of the same id. An error (and nothing allocated) when one does not fit."""
+        disks = [(d["volid"].split(":", 1)[0], int(d["size"])) for d in self.local_disks(g)]
+        for storage, size in disks:
+            entry = self.storage_entry(target, storage)
+            if entry is None:
+                return f"storage '{storage}' is not available on node '{target}'"
+            if int(entry.get("disk", 0)) + size > int(entry.get("maxdisk", 0)):
+                return (f"storage migration failed: volume {g.vmid} on '{storage}': "
+                        "No space left on device")
+        self._add_disks(target, disks, 1)
+        return None
+
+    def release_disks(self, g: Guest, node: str) -> None:
+        """The guest's local volumes are freed on the node (the source after a migration, the target
+        after one that failed)."""
+        self._add_disks(node, [(d["volid"].split(":", 1)[0], int(d["size"])) for d in self.local_disks(g)], -1)
+
+    def _add_disks(self, node: str, disks: list[tuple[str, int]], sign: int) -> None:
+        for storage, size in disks:
+            entry = self.storage_entry(node, storage)
+            if entry is not None:
+                entry["disk"] = max(int(entry.get("disk", 0)) + sign * size, 0)
+                if sign > 0 and int(entry.get("maxdisk", 0)) > 0:
+                    self.stats.note_storage(f"{node}/{storage}", int(entry["disk"]) / int(entry["maxdisk"]))
 
     def rrd_rows(
         self, varying: dict[str, float], fixed: dict[str, float], cf: str, timeframe: str

@@ -28,6 +28,7 @@ class Stats:
     max_per_target: Counter[str] = field(default_factory=Counter)
     migrations: list[dict[str, Any]] = field(default_factory=list)
     peak_mem_ratio: dict[str, float] = field(default_factory=dict)  # incl. memory held by live migrations
+    peak_storage_ratio: dict[str, float] = field(default_factory=dict)  # "node/storage" -> used / size, peak
     requests_waited: int = 0  # requests that waited for a free worker of their node
 
     def reset(self, mem_ratios: dict[str, float]) -> None:
@@ -53,6 +54,9 @@ class Stats:
             self.running.remove((record["vmid"], record["source"], record["target"]))
         self.migrations.append(record)
 
+    def note_storage(self, key: str, ratio: float) -> None:
+        self.peak_storage_ratio[key] = max(ratio, self.peak_storage_ratio.get(key, 0.0))
+
     def note_mem(self, ratios: dict[str, float]) -> None:
         for node, ratio in ratios.items():
             if ratio > self.peak_mem_ratio.get(node, -1.0):
@@ -74,5 +78,6 @@ class Stats:
             "max_per_target": dict(self.max_per_target),
             "migrations": [dict(m) for m in self.migrations],
             "peak_mem_ratio": dict(self.peak_mem_ratio),
+            "peak_storage_ratio": dict(self.peak_storage_ratio),
             "requests_waited": self.requests_waited,
         }

@@ -35,6 +35,7 @@ from typing import Any
 
 from . import ha
 from .cluster import ApiError, Cluster, Guest
+from .crm import Crm
 from .faults import Faults
 
 GIB = 2**30
@@ -115,6 +116,7 @@ class Migration:
     ha: bool  # started by the HA stack
     started: float = field(default_factory=time.time)
     holding: bool = False  # it set the guest's lock: counted as a running migration
+    copied: bool = False  # its local disks' volumes were allocated on the target
     wake: threading.Event = field(default_factory=threading.Event)  # ends the sleep early
 
 
@@ -132,6 +134,7 @@ class TaskManager:
         self.migrations: dict[str, Migration] = {}  # running ones, by UPID
         self._pids = itertools.count(os.getpid() * 16 + 1000)
         self._pstart = int(time.monotonic() * 100) & 0xFFFFFFF
+        self.crm = Crm(self)  # the HA CRM's own moves (crm.py)
 
     def new_task(self, node: str, ttype: str, tid: str, user: str) -> Task:
         pid = next(self._pids) & 0xFFFFFFFF
@@ -262,6 +265,7 @@ class TaskManager:
         c, g, task = self.cluster, m.guest, m.task
         error: str | None = None
         seconds, pause, online = 0.0, 0.0, False
+        disks: list[dict[str, Any]] = []
         with c.lock:
             if task.exitstatus is not None:  # ended before it ran (the guest was deleted)
                 return
@@ -273,6 +277,9 @@ class TaskManager:
                 error = self._precheck_in_task(g, m.params, disks, m.target)
                 online = bool(m.params.get("online")) and g.running
                 seconds = migration_seconds(g, sum(d["size"] for d in disks), online) * self.time_scale
+            if error is None and disks:
+                error = c.copy_disks(g, m.target)  # the target's volumes are allocated before the copy
+                m.copied = error is None
             if error is None and online and g.type == "qemu":
                 # the target QEMU starts first, with the guest's memory: both nodes hold it until the end
                 task.say(f"starting VM {g.vmid} on remote node '{m.target}'")
@@ -309,15 +316,20 @@ class TaskManager:
         c, g, task = self.cluster, m.guest, m.task
         g.paused = False
         if error is None:
+            if m.copied:
+                c.release_disks(g, m.source)  # the source volumes go once the target's are in use
             c.move_guest(g, m.target)
             task.say(f"migration finished successfully (duration {time.time() - m.started:.1f}s)")
         else:
+            if m.copied:
+                c.release_disks(g, m.target)  # PVE removes the volumes it allocated on the target
             c.end_incoming(g)
             task.say(f"migration aborted: {error}")
         if m.holding:  # only the task that set the lock removes it
             g.config.pop("lock", None)
         if m.ha:
             g.entry["hastate"] = "started"
+            self.crm.moved(g.vmid)
         task.finish(error or "OK")
         self.migrations.pop(task.upid, None)
         m.wake.set()
@@ -339,6 +351,8 @@ class TaskManager:
         c = self.cluster
         if not c.nodes[target].online:
             return f"migration aborted: target node '{target}' is not online (ssh tunnel failed)"
+        if missing := c.unavailable_storages(g, target):
+            return f"storage '{missing[0]}' is not available on node '{target}'"
         if g.type == "lxc":
             if g.running and params.get("online"):  # Migrate.pm prepare, even with restart
                 return "lxc live migration is currently not implemented"
@@ -363,6 +377,8 @@ class TaskManager:
             reasons: dict[str, Any] = {}
             if not node.online:
                 reasons["unavailable"] = 1
+            if missing := c.unavailable_storages(g, name):  # qemu-server and pve-container both say so
+                reasons["unavailable_storages"] = missing
             not_allowed[name] = reasons
             if not reasons:
                 allowed.append(name)

@@ -41,6 +41,8 @@ def fixed_reason(guest: GuestState, policy: Policy, draining: frozenset[str] = f
         return f"HA state {guest.hastate}"
     if guest.running and guest.type is GuestType.QEMU and guest.local_resources:
         return f"uses local devices ({', '.join(guest.local_resources)})"
+    if not policy.with_local_disks and guest.local_disk > 0:
+        return "has disks on local storage (balancing.with_local_disks is off)"
     return None
 
 
