@@ -200,7 +200,7 @@ def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy,
                 vmid=g.vmid, name=g.name, type=g.type, source=move.source, target=move.target,
                 reason=move.reason, detail=move.detail,
                 online=g.type is GuestType.QEMU and g.running and policy.live,
-                mem_bytes=g.mem, local_disk_bytes=g.local_disk,
+                mem_bytes=g.mem, local_disk_bytes=g.local_disk, local_disks=g.local_storage_bytes(),
                 spread_before_pp=round(before, 3), spread_after_pp=round(spread(loads, targets), 3),
                 batch=batch,
             )

@@ -129,11 +129,13 @@ def storage_refusal(guest: GuestFigures, node: NodeFigures, policy: Policy) -> s
             return f"{node.name} has no active storage {storage} for the guest's local disks"
         used = figures.used + size
         if used > storage_limit(figures, node.name, policy):
-            share = f"{100 * used / figures.total:.1f}%" if figures.total else f"{used / GIB:.1f} GiB"
             reserve = policy.reserved(node.name).disk
-            of = f" (with the host's {reserve:g} GiB disk reserve)" if reserve else ""
-            return (f"{node.name}'s {storage} would be at {share} of {figures.total / GIB:.0f} GiB{of}, above "
-                    f"max_storage_usage {policy.max_storage_usage:g}%")
+            usable = max(figures.total - reserve * GIB, 0)
+            share = f"{100 * used / usable:.1f}%" if usable else f"{used / GIB:.1f} GiB"
+            of = (f" of the {usable / GIB:.0f} GiB left after the node's {reserve:g} GiB disk reserve" if reserve
+                  else f" of {figures.total / GIB:.0f} GiB")
+            return (f"{node.name}'s {storage} would be at {share}{of}, above max_storage_usage "
+                    f"{policy.max_storage_usage:g}%")
     return None
 
 
@@ -203,7 +205,8 @@ def holding_in_flight(node: NodeFigures, flights: Iterable[InFlightMigration], l
         if node.name not in (f.source, f.target) or f.vmid in here:
             continue
         guest = (guests or {}).get(f.vmid)
-        node = node.arrive(GuestFigures.of([guest]) if guest is not None else GuestFigures(f.mem_bytes, 0, f.online))
+        node = node.arrive(GuestFigures.of([guest]) if guest is not None
+                           else GuestFigures(f.mem_bytes, 0, f.online, tuple(sorted(f.local_disks.items()))))
     return node
 
 

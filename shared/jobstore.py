@@ -186,7 +186,7 @@ class JobStore:
                 continue
             job = MigrationJob.model_validate_json(record["payload"])
             out.append(InFlightMigration(job_id=job_id, vmid=job.vmid, source=job.source, target=job.target,
-                                         mem_bytes=job.mem_bytes, online=job.online))
+                                         mem_bytes=job.mem_bytes, online=job.online, local_disks=job.local_disks))
         return out
 
     def events(self, after: str = "0-0", count: int = 1000,

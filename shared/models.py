@@ -168,6 +168,8 @@ class InFlightMigration(BaseModel):
     target: str
     mem_bytes: int = 0
     online: bool = True
+    local_disks: dict[str, int] = Field(default_factory=dict, description="storage -> bytes its local disks "
+                                        "take on the target's storage of that id")
 
 
 class ClusterSnapshot(Message):
@@ -213,6 +215,7 @@ class Migration(BaseModel):
     online: bool = Field(description="live migration (running VM); containers restart instead")
     mem_bytes: int = 0
     local_disk_bytes: int = 0
+    local_disks: dict[str, int] = Field(default_factory=dict, description="storage -> bytes of local disks copied")
     spread_before_pp: float = 0.0
     spread_after_pp: float = 0.0
     batch: int = Field(0, description="moves in the same batch may run in parallel")
@@ -317,6 +320,7 @@ class MigrationJob(Message):
     with_local_disks: bool = False
     mem_bytes: int = 0
     local_disk_bytes: int = 0
+    local_disks: dict[str, int] = Field(default_factory=dict, description="storage -> bytes of local disks copied")
     reason: MigrationReason = MigrationReason.BALANCE
 
     @staticmethod

@@ -302,7 +302,8 @@ class Planner:
                 job_id=job_id, plan_id=plan.plan_id, vmid=m.vmid,
                 name=m.name, guest_type=m.type, source=m.source, target=m.target, online=m.online,
                 with_local_disks=m.local_disk_bytes > 0 and self.settings.balancing.with_local_disks,
-                mem_bytes=m.mem_bytes, local_disk_bytes=m.local_disk_bytes, reason=m.reason,
+                mem_bytes=m.mem_bytes, local_disk_bytes=m.local_disk_bytes, local_disks=m.local_disks,
+                reason=m.reason,
             )
             if m.vmid not in earlier:
                 holder = self.jobs.claim_guest(m.vmid, job.job_id)

@@ -8,7 +8,15 @@ import json
 import pytest
 
 from pvebalance.engine import Policy, plan_balance
-from pvebalance.engine.fit import GIB, GuestFigures, NodeFigures, StorageFigures, fits, snapshot_figures
+from pvebalance.engine.fit import (
+    GIB,
+    GuestFigures,
+    NodeFigures,
+    StorageFigures,
+    fits,
+    holding_in_flight,
+    snapshot_figures,
+)
 from pvebalance.engine.placement import PlacementRequest, place
 from pvebalance.engine.rules import build_constraints
 from pvebalance.engine.verify import find_violations
@@ -47,7 +55,7 @@ def test_memory_balances_around_the_storages_that_cannot_take_the_big_disks() ->
 
 
 def test_with_local_disks_off_no_guest_with_local_disks_moves() -> None:
-    snap, policy = scenario("local-storage")
+    snap, _ = scenario("local-storage")
     plan = plan_balance(snap, Policy(with_local_disks=False))
     disks = local_disks(raw_api("local-storage"))
     assert plan.migrations and not [m.vmid for m in plan.migrations if disks[m.vmid]]
@@ -65,10 +73,12 @@ NODE = NodeFigures("pve2", 128 * GIB, 16 * GIB, 32, storages={"local-lvm": Stora
 
 @pytest.mark.parametrize(("disks", "policy", "refusal"), [
     ((("local-lvm", 50 * GIB),), Policy(), None),  # 450 of 500: exactly 90%
-    ((("local-lvm", 51 * GIB),), Policy(), "pve2's local-lvm would be at 90.2% of 500 GiB, above max_storage_usage 90%"),
+    ((("local-lvm", 51 * GIB),), Policy(),
+     "pve2's local-lvm would be at 90.2% of 500 GiB, above max_storage_usage 90%"),
     ((("local-lvm", 51 * GIB),), Policy(max_storage_usage=95), None),
     ((("local-lvm", 30 * GIB),), Policy(reserve={"defaults": ResourceReserve(disk=100)}),
-     "pve2's local-lvm would be at 86.0% of 500 GiB (with the host's 100 GiB disk reserve), above max_storage_usage 90%"),
+     "pve2's local-lvm would be at 107.5% of the 400 GiB left after the node's 100 GiB disk reserve, "
+     "above max_storage_usage 90%"),
     ((("local-zfs", GIB),), Policy(), "pve2 has no active storage local-zfs for the guest's local disks"),
     ((), Policy(), None),  # disks on shared storage only: nothing is copied
 ])
@@ -148,3 +158,22 @@ def test_the_engines_plan_runs_on_the_simulator_without_filling_a_storage(start_
 
 def test_load_dump_keeps_local_storage_a_bundled_scenario() -> None:
     assert load_dump("local-storage")["name"] == "local-storage"
+
+
+def test_the_pre_flight_counts_the_disks_of_other_jobs_in_flight_from_their_jobs() -> None:
+    """The migrator knows migrations in flight from their jobs, not from a snapshot's guests: the
+    job carries its local disks per storage, and they hold room on its target as in the plan."""
+    node = NodeFigures("pve3", 128 * GIB, 16 * GIB, 32, storages={"local-lvm": StorageFigures(300 * GIB, 2000 * GIB)})
+    flight = InFlightMigration(job_id="job-1", vmid=100, source="pve1", target="pve3", mem_bytes=GIB,
+                               local_disks={"local-lvm": 1500 * GIB})
+    holding = holding_in_flight(node, [flight])
+    assert holding.storages == {"local-lvm": StorageFigures(1800 * GIB, 2000 * GIB)}
+    assert fits(GuestFigures(0, 0, False, (("local-lvm", 40 * GIB),)), holding, Policy()) == \
+        "pve3's local-lvm would be at 92.0% of 2000 GiB, above max_storage_usage 90%"
+
+
+def test_a_plans_jobs_carry_each_moves_local_disks_per_storage() -> None:
+    snap, policy = scenario("local-storage")
+    plan = plan_balance(snap, policy)
+    disks = local_disks(raw_api("local-storage"))
+    assert {m.vmid: m.local_disks for m in plan.migrations} == {m.vmid: disks[m.vmid] for m in plan.migrations}
