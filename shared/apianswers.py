@@ -88,7 +88,20 @@ class ApiStatusEntry(_Answer):
 
 
 class ApiCrs(_Answer):
+    """datacenter.cfg's `crs`: the HA scheduler and PVE 9.2's automatic rebalancing of HA resources.
+    The threshold and margin are percent, 0-100, since pve-cluster 9.1.5 (defaults 30 and 10; they
+    were fractions before): a value is read as PVE 9.2 reads it."""
+
+    ha: str = "basic"  # the CRS scheduler: basic, static or dynamic
     ha_auto_rebalance: bool = Field(False, alias="ha-auto-rebalance")
+    ha_auto_rebalance_threshold: float = Field(30.0, ge=0, le=100, alias="ha-auto-rebalance-threshold")
+    ha_auto_rebalance_margin: float = Field(10.0, ge=0, le=100, alias="ha-auto-rebalance-margin")
+
+    @property
+    def rebalances(self) -> bool:
+        """Whether PVE's CRM rebalances HA resources: only with the static or dynamic scheduler
+        (pve-ha-manager Manager.pm load_balance returns at once under `basic`)."""
+        return self.ha_auto_rebalance and self.ha in ("static", "dynamic")
 
 
 class ApiOptions(_Answer):
@@ -117,7 +130,9 @@ class ApiHaResource(_Answer):
     """An entry of /cluster/ha/resources (raw config: PVE leaves defaults out)."""
 
     sid: str  # "vm:100", "ct:101"
+    state: str | None = None  # requested state; "ignored": the HA stack leaves the guest alone
     auto_rebalance: bool = Field(True, alias="auto-rebalance")  # PVE 9.2, 0/1; default 1
+    failback: bool = True  # 0/1; default 1: back to its node-affinity rule's top group when it can
 
 
 class ApiCpuInfo(_Answer):
@@ -182,7 +197,7 @@ def explain(exc: ValidationError, where: Callable[[tuple[Any, ...]], tuple[str, 
     place, rest = where(tuple(err["loc"]))
     field = ".".join(str(p) for p in rest)
     what = _WHAT.get(err["type"]) or str(err["msg"])
-    if err["type"] in ("greater_than", "greater_than_equal", "literal_error"):
+    if err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error"):
         what = str(err["msg"]).replace("Input should be", "must be")
     shown = "" if err["type"] == "missing" else f" ({show(err.get('input'))})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

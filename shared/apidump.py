@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -322,22 +322,31 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
     return ClusterSnapshot(
         cluster=cluster,
         quorate=quorate,
-        ha_auto_rebalance=bool(crs and crs.ha_auto_rebalance),
+        ha_auto_rebalance=bool(crs and crs.rebalances),
         nodes=list(nodes.values()),
         guests=guests,
         ha_rules=parse_ha_rules(api.get("/cluster/ha/rules")),
         storages=storages,
         pools=_pools(api, guests),
-        ha_auto_rebalance_off=_ha_rebalance_off(api.get("/cluster/ha/resources")),
+        ha_auto_rebalance_off=_ha_flag_off(api.get("/cluster/ha/resources"), "auto_rebalance"),
+        ha_failback_off=_ha_flag_off(api.get("/cluster/ha/resources"), "failback"),
     )
 
 
-def _ha_rebalance_off(raw: Any) -> list[int]:
-    """The vmids of HA resources whose `auto-rebalance` flag is 0."""
+def _storage(s: ApiStorage) -> StorageState:
+    # PVE leaves `content` out only for storages that hold images (an rbd pool): the default reads so
+    content = s.content if s.content is not None else "images"
+    return StorageState(node=s.node, storage=s.storage, shared=bool(s.shared),
+                        content=[c for c in content.split(",") if c], disk=s.disk or 0, maxdisk=s.maxdisk or 0,
+                        active=s.status in (None, "available"))
+
+
+def _ha_flag_off(raw: Any, flag: Literal["auto_rebalance", "failback"]) -> list[int]:
+    """The vmids of HA resources whose flag (/cluster/ha/resources, default 1) is 0."""
     off = []
     for entry in read_ha_resources(raw):
         kind, _, vmid = entry.sid.partition(":")
-        if not entry.auto_rebalance and kind in ("vm", "ct") and vmid.isdigit():
+        if not getattr(entry, flag) and kind in ("vm", "ct") and vmid.isdigit():
             off.append(int(vmid))
     return sorted(off)
 

@@ -187,6 +187,9 @@ class ClusterSnapshot(Message):
     # HA resources whose PVE 9.2 `auto-rebalance` flag is 0 (/cluster/ha/resources; the default is 1):
     # PVE's own auto-rebalance leaves them alone, so the balancer may move them.
     ha_auto_rebalance_off: list[int] = Field(default_factory=list)
+    # HA resources whose `failback` flag is 0 (/cluster/ha/resources; the default is 1): PVE leaves
+    # them on any node their node-affinity rule allows instead of moving them back to its top group.
+    ha_failback_off: list[int] = Field(default_factory=list)
     # The planner's view, not the collector's: pvebalance's own migrations in flight (jobstore.in_flight)
     in_flight: list[InFlightMigration] = Field(default_factory=list)
 
