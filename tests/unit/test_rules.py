@@ -14,7 +14,7 @@ import pytest
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import BalancingSettings
-from pvebalance.shared.models import ClusterSnapshot, GuestState, Plan
+from pvebalance.shared.models import ClusterSnapshot, GuestState, HaRule, Plan
 from tests.helpers import REPO, SCENARIOS
 
 
@@ -48,9 +48,25 @@ def allowed_nodes(g: GuestState, snap: ClusterSnapshot) -> set[str] | None:
     if pins:  # PVE lower-cases tags: a pin names its node in any case
         allowed = {n.name for n in snap.nodes if n.name.casefold() in pins}
     for r in snap.ha_rules:
-        if r.type == "node-affinity" and f"vm:{g.vmid}" in r.resources:
-            allowed = set(r.nodes) if allowed is None else allowed & set(r.nodes)
+        if r.type == "node-affinity" and not r.disabled and f"vm:{g.vmid}" in r.resources:
+            ha = ha_allowed(r, g, snap)
+            allowed = ha if allowed is None else allowed & ha
     return allowed
+
+
+def ha_allowed(r: HaRule, g: GuestState, snap: ClusterSnapshot) -> set[str]:
+    """PVE 9.2: a negative rule allows the other nodes, a non-strict one the rest at priority -1; a
+    guest belongs on the highest-priority group of usable nodes, and with failback off may stay on
+    any node the rule allows."""
+    cluster = {n.name for n in snap.nodes}
+    usable = {n.name for n in snap.nodes if n.online and not n.maintenance}
+    prio = {n: 0 for n in cluster - set(r.nodes)} if r.affinity == "negative" else dict(r.nodes)
+    if not r.strict:
+        prio.update({n: -1 for n in cluster if n not in prio})
+    ranked = {n: p for n, p in prio.items() if n in usable}
+    top = {n for n, p in ranked.items() if p == max(ranked.values())} if ranked else set()
+    stays = g.vmid in snap.ha_failback_off and g.node in ranked
+    return top | ({g.node} if stays else set())
 
 
 def replay_checking_rules(snap: ClusterSnapshot, policy: Policy, plan: Plan) -> dict[int, str]:
