@@ -14,6 +14,7 @@ from typing import Any
 
 from . import ha
 from .cluster import ApiError, Cluster, Guest
+from .crm import motion_answer
 from .tasks import Task, TaskManager
 
 BOOL_PARAMS = {"online", "with-local-disks", "restart", "force", "full", "with-conntrack-state", "errors"}
@@ -77,6 +78,7 @@ class Api:
                 if method == req.method:
                     req.params = check_params(req.params)
                     with self.cluster.lock:
+                        self.tasks.crm.tick()  # the HA CRM's rounds that came due (crm.py)
                         return fn(self, req, m)
                 allowed_methods.append(method)
         raise ApiError(501, f"Method '{req.method} {req.path}' not implemented")
@@ -135,6 +137,31 @@ def ha_resources(api: Api, req: Request, m: re.Match[str]) -> Any:
     return api.cluster.ha_resources
 
 
+@route("POST", r"/cluster/ha/resources/(?P<sid>[^/]+)/migrate")
+def ha_resource_migrate(api: Api, req: Request, m: re.Match[str]) -> Any:
+    """Queue a CRM `migrate SID NODE` and answer what blocks or comes along (no task, no error:
+    a blocked request is dropped by the CRM)."""
+    c = api.cluster
+    target = req.params.get("node")
+    if not target:
+        raise ApiError(400, "Parameter verification failed.", {"node": "property is missing and it is not optional"})
+    sid = m["sid"]
+    if sid.isdigit():  # a bare vmid: its type decides
+        g = c.guests.get(int(sid))
+        if g is None:
+            raise ApiError(500, f"unable to detect SID from VMID - VM/CT {sid} does not exist")
+        sid = ha.sid_of(g)
+    elif ":" not in sid:
+        raise ApiError(500, f"unable to parse service id '{sid}'")
+    guest = ha.guest_by_sid(c, sid)
+    if guest is None or not c.is_ha_managed(guest):
+        raise ApiError(500, f"resource '{sid}' is not HA managed")
+    dependent, blocking = ha.motion_info(c, guest, api.tasks.migrating_to())
+    if not blocking.get(target):
+        api.tasks.crm.request(guest, str(target), dependent)
+    return motion_answer(sid, str(target), dependent, blocking.get(target, []))
+
+
 @route("GET", r"/cluster/ha/groups")
 def ha_groups(api: Api, req: Request, m: re.Match[str]) -> Any:
     raise ApiError(500, "cannot index groups: ha groups have been migrated to rules")
@@ -147,6 +174,9 @@ def ha_status(api: Api, req: Request, m: re.Match[str]) -> Any:
     out: list[dict[str, Any]] = [
         {"id": "quorum", "type": "quorum", "node": first, "status": "OK", "quorate": 1},
         {"id": "master", "type": "master", "node": first, "status": f"{first} (active)", "timestamp": int(time.time())},
+        # pve-ha-manager 5.1.3+: the HA stack's armed state (the simulator's is never disarmed)
+        {"id": "fencing", "type": "fencing", "node": first, "status": "armed (CRM watchdog active)",
+         "armed-state": "armed"},
     ]
     for n in c.nodes.values():
         mode = "maintenance mode" if n.entry.get("hastate") == "maintenance" else "active"
@@ -157,9 +187,12 @@ def ha_status(api: Api, req: Request, m: re.Match[str]) -> Any:
         g = c.guests.get(vmid)
         if g:
             state = g.entry.get("hastate", "started")
+            # the resource's config with PVE's defaults filled in (read_and_check_resources_config)
+            flags = {"failback": 1, "auto-rebalance": 1, "max_relocate": 1, "max_restart": 1}
+            flags.update({k: r[k] for k in (*flags, "comment") if k in r})
             out.append({"id": f"service:{r['sid']}", "type": "service", "sid": r["sid"], "node": g.node,
                         "crm_state": state, "state": state, "request_state": r.get("state", "started"),
-                        "status": f"{r['sid']} ({g.node}, {state})"})
+                        "status": f"{r['sid']} ({g.node}, {state})", **flags})
     return out
 
 

@@ -1,12 +1,22 @@
-"""The HA stack as far as migrations meet it (pve-ha-manager, PVE 9): resource affinity and status.
+"""The HA stack as far as migrations meet it (pve-ha-manager, PVE 9.2): affinity rules and status.
 
 `ha-manager migrate SID NODE` (what a `hamigrate` task runs) asks the HA config for the resource's
-motion info (PVE::HA::Config get_resource_motion_info): HA resources in negative affinity with it
-that sit on (or are headed for) NODE block the request, and the command dies listing them (the
-task ends `command 'ha-manager migrate vm:100 pve2' failed: exit code 255`); resources in positive
-affinity are migrated along to NODE by the CRM ("comigrated"). Positive partners of a resource
-inherit its negative partners, as the PVE docs describe. Disabled rules and `ignored` resources
-do not count. Node-affinity rules are not enforced here.
+motion info (PVE::HA::Helpers get_resource_motion_info): HA resources in negative affinity with it
+that sit on (or are headed for) NODE block the request, and so does the resource itself when its
+node-affinity rule keeps it off NODE (cause `node-affinity`: NODE is not among the nodes the rule
+allows or, with failback on, outside the highest-priority group of them); the command dies listing
+the blockers (the task ends `command 'ha-manager migrate vm:100 pve2' failed: exit code 255`).
+Resources in positive affinity are migrated along to NODE by the CRM ("comigrated"). Positive
+partners of a resource inherit its negative partners, as the PVE docs describe. Disabled rules and
+`ignored` resources do not count.
+
+Node-affinity rules are read as PVE compiles them (Rules/NodeAffinity.pm): rules its checks reject
+are dropped (a resource in two rules, a negative rule naming every node or giving a priority), a
+negative rule becomes the positive rule of the other nodes, and a non-strict rule adds the nodes
+it does not name at priority -1. The CRM places a resource on the highest-priority group of its
+nodes that are online and not in maintenance (`crm_target`, Manager.pm select_service_node): with
+failback on (the default, per resource) it moves a resource back there from anywhere else; with it
+off only from a node the rule does not allow.
 
 manager_status is the CRM's own blob (/cluster/ha/status/manager_status), built from the cluster.
 """
@@ -52,6 +62,85 @@ def affinity(c: Cluster, sid: str) -> tuple[set[str], set[str]]:
     return together, apart
 
 
+def _flag(value: Any, default: bool) -> bool:
+    """PVE's 0/1, as a number or a string."""
+    return default if value is None else str(value).strip() not in ("0", "")
+
+
+def ha_online(c: Cluster) -> list[str]:
+    """The nodes the CRM places resources on: online and not in maintenance (NodeStatus 'online')."""
+    return [name for name, n in c.nodes.items() if n.online and n.entry.get("hastate") != "maintenance"]
+
+
+def node_rules(c: Cluster) -> dict[str, dict[str, int]]:
+    """Each resource a kept node-affinity rule binds -> every node it may run on, with its priority."""
+    cluster = list(c.nodes)
+    rules = [r for r in c.ha_rules if r.get("type") == "node-affinity" and not _flag(r.get("disable"), False)]
+    named: dict[str, dict[str, int]] = {}
+    for r in rules:
+        nodes: dict[str, int] = {}
+        for item in str(r.get("nodes", "")).split(","):
+            node, _, prio = item.strip().partition(":")
+            if node:
+                nodes[node] = int(prio) if prio.strip().lstrip("-").isdigit() else 0
+        named[str(r.get("rule"))] = nodes
+    uses: dict[str, int] = {}
+    for r in rules:
+        for sid in _rule_members(r):
+            uses[sid] = uses.get(sid, 0) + 1
+    out: dict[str, dict[str, int]] = {}
+    for r in rules:
+        nodes, negative = named[str(r.get("rule"))], r.get("affinity") == "negative"
+        if any(uses[sid] > 1 for sid in _rule_members(r)):
+            continue  # "resource '...' is already used in another node affinity rule": both go
+        if negative and (len(nodes) >= len(cluster) or any(nodes.values())):
+            continue  # a negative rule may neither name every node nor give a priority
+        priority = {n: 0 for n in cluster if n not in nodes} if negative else dict(nodes)
+        if not _flag(r.get("strict"), False):
+            priority.update({n: -1 for n in cluster if n not in priority})
+        for sid in _rule_members(r):
+            out[sid] = priority
+    return out
+
+
+def node_groups(priority: dict[str, int], usable: list[str]) -> tuple[set[str], set[str]]:
+    """(allowed, preferred): the usable nodes the resource may run on, and the highest-priority
+    group of them (NodeAffinity.pm get_node_affinity)."""
+    allowed = {n: priority[n] for n in usable if n in priority}
+    best = max(allowed.values(), default=None)
+    return set(allowed), {n for n, p in allowed.items() if p == best}
+
+
+def failback_on(c: Cluster, sid: str) -> bool:
+    entry = next((r for r in c.ha_resources if r.get("sid") == sid), {})
+    return _flag(entry.get("failback"), True)
+
+
+def crm_target(c: Cluster, g: Guest, migrating_to: dict[int, str]) -> tuple[str, str] | None:
+    """(node, why) when the CRM moves a started resource that its node-affinity rule binds, as
+    select_service_node does with no preference; None when it stays. The best node of the group
+    is the one using the least of its memory (the static scheduler's main figure); nodes where a
+    resource in negative affinity sits or is headed for are no candidates."""
+    sid = sid_of(g)
+    rule = node_rules(c).get(sid)
+    if rule is None or _managed(c).get(sid, {}).get("state", "started") != "started":
+        return None
+    allowed, top = node_groups(rule, ha_online(c))
+    if not top or g.node in top:
+        return None
+    failback = failback_on(c, sid)
+    if not failback and g.node in allowed:
+        return None
+    _together, apart = affinity(c, sid)
+    taken = {n for s in apart if (o := guest_by_sid(c, s)) is not None
+             for n in (o.node, migrating_to.get(o.vmid)) if n}
+    ratios = c.mem_ratios()
+    candidates = sorted(top - taken, key=lambda n: (ratios.get(n, 0.0), n))
+    if not candidates:
+        return None
+    return candidates[0], ("failback" if g.node in allowed else "node affinity")
+
+
 def guest_by_sid(c: Cluster, sid: str) -> Guest | None:
     kind, _, vmid = sid.partition(":")
     g = c.guests.get(int(vmid)) if vmid.isdigit() else None
@@ -66,9 +155,18 @@ Blocking = dict[str, list[dict[str, str]]]  # node -> [{"sid": ..., "cause": "re
 def motion_info(c: Cluster, g: Guest, migrating_to: dict[int, str]) -> tuple[list[str], Blocking]:
     """(dependent resources, blocking resources by node), as get_resource_motion_info returns them."""
     managed = _managed(c)
-    together, apart = affinity(c, sid_of(g))
+    sid = sid_of(g)
+    together, apart = affinity(c, sid)
     dependent = sorted(s for s in together if s in managed and guest_by_sid(c, s) is not None)
     blocking: Blocking = {}
+    rule = node_rules(c).get(sid)
+    if rule is not None:
+        usable = ha_online(c)
+        allowed, top = node_groups(rule, usable)
+        failback = failback_on(c, sid)
+        for name in usable:
+            if name not in allowed or (failback and name not in top):
+                blocking.setdefault(name, []).append({"sid": sid, "cause": "node-affinity"})
     for name, node in c.nodes.items():
         if not node.online:
             continue
@@ -82,10 +180,13 @@ def motion_info(c: Cluster, g: Guest, migrating_to: dict[int, str]) -> tuple[lis
 
 
 def refusal_lines(sid: str, target: str, blocking: list[dict[str, str]]) -> list[str]:
-    """What `ha-manager migrate` prints before it dies (PVE::CLI::ha_manager)."""
+    """What `ha-manager migrate` prints before it dies (PVE::CLI::ha_manager): a line per blocker,
+    with the negative-affinity words for a resource-affinity cause only (a node-affinity blocker is
+    the resource itself)."""
     lines = [f"cannot migrate resource '{sid}' to node '{target}':", ""]
-    lines += [f"- resource '{b['sid']}' on target node '{target}' in negative affinity with resource '{sid}'"
-              for b in blocking]
+    for b in blocking:
+        words = f" in negative affinity with resource '{sid}'" if b["cause"] == "resource-affinity" else ""
+        lines.append(f"- resource '{b['sid']}' on target node '{target}'{words}")
     return lines
 
 

@@ -13,10 +13,12 @@ Locks, as PVE takes them:
   its duration. (Real PVE first waits up to 10 s for the pve-migrate-<vmid> flock a running
   migration holds; the simulator skips that wait and checks the lock at once.)
 - HA-managed guests: the POST forks a `hamigrate` task that runs `ha-manager migrate`: it ends
-  in error when an HA resource in negative affinity is on the target (ha.py), otherwise it queues
-  the request; a CRM round later the real qmigrate/vzmigrate is started on the source node as
-  root@pam, for the guest and for its positive-affinity partners, unless the CRM ignores the
-  request (guest gone, target offline or already current, service already migrating).
+  in error when an HA resource in negative affinity is on the target, or the guest's own
+  node-affinity rule keeps it off the target (ha.py), otherwise it queues the request; a CRM
+  round later the real qmigrate/vzmigrate is started on the source node as root@pam, for the
+  guest and for its positive-affinity partners, unless the CRM ignores the request (guest gone,
+  target offline or already current, service already migrating). The CRM's own moves (a
+  resource back to its node-affinity rule's top group) are crm.py's.
 
 A live migration (a running VM, online) holds the guest's memory on the target from the start of
 the copy and on the source until the end, and pauses the guest at the switch-over (realism.py). A
@@ -217,26 +219,19 @@ class TaskManager:
                 for line in ha.refusal_lines(sid, target, blocking[target]):
                     request.say(line)
                 request.finish(ha.command_failed(sid, target))
+                causes = sorted({"negative resource affinity" if b["cause"] == "resource-affinity" else "node affinity"
+                                 for b in blocking[target]})
                 c.stats.ha_requests.append({"vmid": g.vmid, "request_upid": request.upid, "target": target,
-                                            "time": time.time(), "outcome": "refused: negative resource affinity",
+                                            "time": time.time(), "outcome": f"refused: {', '.join(causes)}",
                                             "upid": None, "blocking": [b["sid"] for b in blocking[target]]})
                 return
-            partners = [p for p in (ha.guest_by_sid(c, s) for s in dependent) if p is not None]
-            for p in partners:
-                request.say(f"also migrate resource '{ha.sid_of(p)}' in positive affinity with resource '{sid}' "
+            for p in dependent:
+                request.say(f"also migrate resource '{p}' in positive affinity with resource '{sid}' "
                             f"to target node '{target}'")
             request.finish("OK")
-            for guest, along_with in [(g, None), *((p, sid) for p in partners)]:
-                outcome, upid = self._crm_round(guest, target), None
-                if outcome == "migrating":
-                    upid = self._ha_migrate(guest, {**params, "target": target})
-                record = {"vmid": guest.vmid, "request_upid": request.upid, "target": target,
-                          "time": time.time(), "outcome": outcome, "upid": upid}
-                if along_with:
-                    record["along_with"] = along_with
-                c.stats.ha_requests.append(record)
+            self.crm.command(g, target, params, request.upid, dependent)
 
-    def _ha_migrate(self, g: Guest, params: dict[str, Any]) -> str:
+    def ha_migrate(self, g: Guest, params: dict[str, Any]) -> str:
         """The HA LRM does the real move, as its own task on the source node, by root@pam."""
         task = self.new_task(g.node, "qmigrate" if g.type == "qemu" else "vzmigrate", str(g.vmid), "root@pam")
         g.entry["hastate"] = "migrate"
@@ -244,22 +239,6 @@ class TaskManager:
         mode = {"online": g.running} if g.type == "qemu" else {"online": False, "restart": g.running}
         self._launch(task, g, {**params, **mode}, ha=True)
         return task.upid
-
-    def _crm_round(self, g: Guest, target: str) -> str:
-        """What the HA CRM does with a queued migrate request (pve-ha-manager Manager.pm)."""
-        c = self.cluster
-        if c.guests.get(g.vmid) is not g:
-            return "ignored: service removed"
-        if not c.nodes[target].online:
-            return "ignored: node not online"
-        if g.node == target:
-            return "ignored: service already on target node"
-        if g.entry.get("hastate", "started") != "started":
-            # a request queued while the service migrates is dropped when its state changes
-            return f"ignored: service is in state '{g.entry.get('hastate')}'"
-        if g.type == "qemu" and g.lock:
-            return f"failed: VM is locked ({g.lock})"  # the LRM's migrate call is refused
-        return "migrating"
 
     def _run(self, m: Migration) -> None:
         c, g, task = self.cluster, m.guest, m.task
