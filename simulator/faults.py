@@ -17,6 +17,10 @@ Kinds:
               `"truncate": true`, the request IS handled (a POST's migration starts) and the
               first half of its real JSON answer is sent, with its real status.
               {"kind": "malformed", "path": "^/cluster/resources$", "body": "<html>proxy error</html>"}
+- data:       answer METHOD PATH with HTTP 200 and PVE's JSON envelope around `data` (default null),
+              without handling the request: a well-formed answer that says nothing, or the wrong
+              thing (a list, a string, an object without the fields the caller reads).
+              {"kind": "data", "method": "GET", "path": "/tasks/[^/]+/status$", "data": null, "count": 3}
 - delay:      sleep `seconds` on METHOD PATH. `"when": "before"` (default) sleeps before handling;
               `"after"` handles the request first and sleeps before sending the answer, so a
               client with a shorter timeout gives up although the request took effect.
@@ -27,6 +31,7 @@ Kinds:
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -34,8 +39,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-FaultKind = Literal["http", "malformed", "delay", "task_error"]
-KINDS = ("http", "malformed", "delay", "task_error")
+FaultKind = Literal["http", "malformed", "data", "delay", "task_error"]
+KINDS = ("http", "malformed", "data", "delay", "task_error")
+ANSWERING = ("http", "malformed", "data")  # kinds that answer instead of the API
 PROXY_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>proxy error</body></html>"
 
 
@@ -51,6 +57,7 @@ class Fault:
     body: str | None = None
     truncate: bool = False
     vmid: int | None = None
+    data: Any = None  # kind data: what {"data": ...} holds
     count: int | None = 1
     for_seconds: float | None = None
     added: float = field(default_factory=time.monotonic)  # set on add; for_seconds runs from here
@@ -60,6 +67,8 @@ class Fault:
             self.message = "Authentication failed!" if self.status == 401 else "simulated failure"
         if self.kind == "malformed" and self.body is None and not self.truncate:
             self.body = PROXY_ERROR_PAGE
+        if self.kind == "data":  # served as a malformed body is: 200, this text, the request not handled
+            self.body, self.truncate = json.dumps({"data": self.data}), False
 
     @property
     def text(self) -> str:
@@ -116,8 +125,8 @@ class Faults:
         return None
 
     def answer(self, method: str, path: str) -> Fault | None:
-        """The http or malformed fault that answers this request instead of the API, if any."""
-        return self._take(lambda f: f.kind in ("http", "malformed") and f.matches(method, path))
+        """The http, malformed or data fault that answers this request instead of the API, if any."""
+        return self._take(lambda f: f.kind in ANSWERING and f.matches(method, path))
 
     def delay(self, method: str, path: str) -> Fault | None:
         return self._take(lambda f: f.kind == "delay" and f.matches(method, path))

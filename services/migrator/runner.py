@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import structlog
 
@@ -252,10 +252,8 @@ class MigrationRunner:
         poll = self.settings.migrator.poll_interval
         delay, started, warned = poll / 10, time.monotonic(), False
         while True:
-            status = self._api(lambda: self.client.get(f"/nodes/{node}/tasks/{upid}/status"))
-            if not isinstance(status, dict):
-                raise ProxmoxError(f"task status of {upid} is not an object", kind=MALFORMED)
-            if status.get("status") == "stopped":
+            status = self._api(lambda: self._task_status(node, upid))
+            if status["status"] == "stopped":
                 return status
             if not warned and time.monotonic() - started > self._expected(job):
                 warned = True
@@ -263,6 +261,15 @@ class MigrationRunner:
                             upid=upid, expected_s=round(self._expected(job)))
             self.sleep(delay)
             delay = min(delay * 1.5, poll)
+
+    def _task_status(self, node: str, upid: str) -> dict[str, Any]:
+        """The task's status; any other answer (`{"data": null}`, a list, a string, an object without a
+        `status`, a stop without an exit status) is a garbled answer, waited out by `_api` as a 5xx is:
+        the task runs on whatever a read says, so only PVE's own end of it may end the job and free its slots."""
+        answer = self.client.get(f"/nodes/{node}/tasks/{upid}/status")
+        if not is_task_status(answer):
+            raise ProxmoxError(f"task status of {upid} is not a task status: {str(answer)[:80]!r}", kind=MALFORMED)
+        return answer
 
     def _follow(self, job: MigrationJob, upid: str) -> None:
         try:
@@ -302,6 +309,18 @@ class MigrationRunner:
             if time.monotonic() > deadline:
                 raise Failed(f"HA migration of {job.vmid} did not land on {job.target} in time")
             self.sleep(self.settings.migrator.poll_interval)
+
+
+def is_task_status(answer: Any) -> TypeGuard[dict[str, Any]]:
+    """PVE's task status (Tasks.pm read_task_status): an object whose `status` is `running`, or `stopped`
+    with the task's `exitstatus` ("OK", "WARNINGS: n", or the error)."""
+    if not isinstance(answer, dict):
+        return False
+    status = answer.get("status")
+    if status == "running":
+        return True
+    exitstatus = answer.get("exitstatus")
+    return status == "stopped" and isinstance(exitstatus, str) and exitstatus != ""
 
 
 def _known(record: dict[str, str]) -> set[str] | None:

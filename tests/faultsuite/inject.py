@@ -23,17 +23,20 @@ from .harness import DRAINED, NODES, Harness, alive, ours
 
 KINDS = (
     "worker_kill", "horse_kill", "planner_kill", "collector_kill", "redis_restart", "redis_outage",
-    "http_500", "http_503", "http_401", "malformed", "timeout", "slow", "task_error",
+    "http_500", "http_503", "http_401", "malformed", "task_answer", "timeout", "slow", "task_error",
     "guest_lock", "guest_move", "node_offline", "guest_delete",
 )
 # Beyond one of each kind, faults are drawn with these weights (cheap, frequent ones first).
 EXTRA = {
-    "http_503": 3, "http_500": 2, "timeout": 2, "malformed": 2, "task_error": 2, "guest_lock": 2,
+    "http_503": 3, "http_500": 2, "timeout": 2, "malformed": 2, "task_answer": 2, "task_error": 2, "guest_lock": 2,
     "guest_move": 2, "slow": 1, "http_401": 1, "node_offline": 1, "horse_kill": 1, "worker_kill": 1,
     "redis_restart": 1, "planner_kill": 1, "collector_kill": 1,
 }
 PROCESS_FAULTS = ("worker_kill", "horse_kill", "planner_kill", "collector_kill", "redis_restart", "redis_outage")
-API_FAULTS = ("http_500", "http_503", "http_401", "malformed", "timeout", "slow")
+API_FAULTS = ("http_500", "http_503", "http_401", "malformed", "task_answer", "timeout", "slow")
+# What a task status read may answer instead of a task status (HTTP 200, PVE's envelope): seen live as
+# {"data": null}; the others are the shapes a proxy, a PVE bug or a half-written task file could give.
+NOT_A_TASK_STATUS: tuple[Any, ...] = (None, None, [], "", {"upid": "?"}, {"status": "stopped"})
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Features:
 
     for_seconds: bool
     malformed: bool
+    data: bool
     delay_after: bool
     delete: bool
     peak_mem_ratio: bool
@@ -51,7 +55,7 @@ class Features:
     def of(cls, sim: Simulator) -> Features:
         fault_fields = set(getattr(sim_faults.Fault, "__dataclass_fields__", {}))
         kinds = set(getattr(sim_faults, "KINDS", ()))
-        return cls(for_seconds="for_seconds" in fault_fields, malformed="malformed" in kinds,
+        return cls(for_seconds="for_seconds" in fault_fields, malformed="malformed" in kinds, data="data" in kinds,
                    delay_after="when" in fault_fields, delete=hasattr(sim.tasks, "abort_guest"),
                    peak_mem_ratio=hasattr(sim.cluster.stats, "peak_mem_ratio"),
                    migrate_requests=hasattr(sim.cluster.stats, "migrate_requests"))
@@ -114,7 +118,8 @@ class Injector:
         return first, second
 
     def offered(self, kind: str) -> bool:
-        return {"malformed": self.features.malformed, "guest_delete": self.features.delete}.get(kind, True)
+        return {"malformed": self.features.malformed, "task_answer": self.features.data,
+                "guest_delete": self.features.delete}.get(kind, True)
 
     def rel(self, t: float | None = None) -> str:
         return f"t+{(t if t is not None else time.time()) - self.t0:6.1f}s"
@@ -211,6 +216,14 @@ class Injector:
                 **self._lifetime(seconds, self.rng.randint(2, 20))}
         return self._api_fault(n, "malformed", {k: v for k, v in spec.items() if v is not None or k == "count"},
                                seconds)
+
+    def _task_answer(self, n: int) -> Injected:
+        """Task status reads answered `{"data": <not a task status>}` for a few seconds: the migrations
+        run on meanwhile, and their jobs must wait them out (no job may end, no slot be freed)."""
+        seconds = self.rng.uniform(2, 10)
+        spec = {"kind": "data", "method": "GET", "path": r"^/nodes/[^/]+/tasks/[^/]+/status$",
+                "data": self.rng.choice(NOT_A_TASK_STATUS), **self._lifetime(seconds, self.rng.randint(5, 40))}
+        return self._api_fault(n, "task_answer", spec, seconds)
 
     def _timeout(self, n: int) -> Injected | None:
         seconds = round(self.h.api_timeout + self.rng.uniform(0.5, 2.5), 2)

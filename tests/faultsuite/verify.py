@@ -22,6 +22,8 @@ from .harness import DRAINED, Harness
 from .inject import API_FAULTS, PROCESS_FAULTS, Injected
 
 SLACK = 2.0  # seconds around a job's window (clocks are one machine's, but writes are not instant)
+# A job reads its task's end after the simulator recorded it; this only absorbs rounding in the records.
+EARLY_SLACK = 0.5
 
 
 @dataclass
@@ -239,6 +241,11 @@ def check_jobs(jobs: dict[str, Job], stats: dict[str, Any], faults: list[Injecte
             found.add("doubled", f"{len(ok_mine)} ok migrations {[m['upid'] for m in ok_mine]}: {job.describe()}")
         upid = job.record.get("upid")
         task = by_upid.get(upid) if upid else None
+        if task is not None and job.ended is not None and job.ended < task["end"] - EARLY_SLACK \
+                and "may still run" not in job.message:
+            # its slots were freed while its migration ran: the limits no longer counted it
+            found.add("ended_early", f"{job.state.value if job.state else '?'} {job.ended - task['end']:.1f} s "
+                                     f"before its task {upid} ended: {job.describe()}")
         if job.state is JobState.SUCCEEDED:
             landed = [m for m in ok_mine if m["target"] == target]
             if not landed:

@@ -193,3 +193,70 @@ def test_a_job_that_must_wait_for_a_slot_is_skipped_at_once_only_when_its_move_i
     assert r.run(job) is state
     assert store.load(job.job_id)["message"] == message
     assert sim.cluster.stats.migrate_posts[118] == 0
+
+
+# --- answers to a task status read that are not a task status (issue 20, item 4) ---------------
+
+NOT_A_TASK_STATUS = [None, [], [{"status": "stopped", "exitstatus": "OK"}], "OK", {"upid": "UPID:pve1:x"},
+                     {"status": "stopped"}, {"status": "stopped", "exitstatus": ""}, {"status": None}]
+
+
+@pytest.mark.parametrize("answer", NOT_A_TASK_STATUS, ids=repr)
+def test_an_answer_that_is_not_a_task_status_is_waited_out_until_pve_ends_the_task(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path, answer: object) -> None:
+    """Every task status read answers `{"data": <answer>}` (HTTP 200) for as long as the migration
+    runs: the job neither ends nor frees its slots before PVE's own end of the task."""
+    import threading
+    import time
+
+    sim = start_simulator(time_scale=0.05)  # vm118's migration takes a few tenths of a second
+    path = r"^/nodes/pve1/tasks/[^/]+/status$"
+    sim.faults.add({"kind": "data", "method": "GET", "path": path, "data": answer, "count": None})
+
+    def heal_once_the_migration_ended() -> None:
+        deadline = time.monotonic() + 30
+        while not sim.cluster.stats.migrations and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sim.faults.clear()
+
+    healer = threading.Thread(target=heal_once_the_migration_ended, daemon=True)
+    healer.start()
+    settings = settings_for(sim, "redis://unused", tmp_path)
+    store = JobStore(fake_redis)
+    # the backoff between reads, cut short: how long it waits is not what is tested here
+    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings,
+                        sleep=lambda seconds: time.sleep(min(seconds, 0.02)))
+    job = make_job(store, 118)
+    assert r.run(job) is JobState.SUCCEEDED
+    healer.join()
+    record = store.load(job.job_id)
+    migration = next(m for m in sim.cluster.stats.migrations if m["vmid"] == 118)
+    assert migration["ok"] and sim.cluster.guests[118].node == "pve2"
+    assert float(record["at_succeeded"]) >= migration["end"], "the job ended while its task ran"
+    reads = sim.cluster.stats.requests[f"GET /nodes/pve1/tasks/{record['upid']}/status"]
+    assert reads >= 2, "the bad answers were read (and waited out), then PVE's own end"
+    assert sim.cluster.stats.migrate_posts[118] == 1
+
+
+@pytest.mark.parametrize(("answer", "is_status"), [
+    ({"status": "running", "upid": "UPID:pve1:x"}, True),
+    ({"status": "stopped", "exitstatus": "OK"}, True),
+    ({"status": "stopped", "exitstatus": "WARNINGS: 2"}, True),
+    ({"status": "stopped", "exitstatus": "migration aborted"}, True),
+    *[(bad, False) for bad in NOT_A_TASK_STATUS],
+])
+def test_a_task_status_is_running_or_stopped_with_an_exit_status(answer: object, is_status: bool) -> None:
+    from pvebalance.services.migrator.runner import is_task_status
+
+    assert is_task_status(answer) is is_status
+
+
+def test_the_simulator_answers_a_data_fault_with_pve_s_envelope_around_it(start_simulator: SimFactory,
+                                                                          tmp_path: Path) -> None:
+    sim = start_simulator()
+    sim.faults.add({"kind": "data", "path": "^/version$"})
+    sim.faults.add({"kind": "data", "path": "^/version$", "data": ["a", 1]})
+    client = ProxmoxClient(settings_for(sim, "redis://unused", tmp_path).proxmox_api)
+    assert client.get("/version") is None
+    assert client.get("/version") == ["a", 1]
+    assert client.get("/version")["release"], "a counted fault is gone once used"
