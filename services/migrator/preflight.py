@@ -6,7 +6,9 @@ cannot be done: the guest stayed locked). Nothing here changes the cluster.
 
 It reads only what the move touches, not the whole cluster (10,000 guests are megabytes):
 the guest's `status/current` on its source node, the target's node entry (online, maintenance),
-its `/nodes/{target}/status` and guest lists (its figures), then Proxmox's own migrate pre-check.
+its `/nodes/{target}/status` and guest lists (its figures), then Proxmox's own migrate pre-check,
+then the engine's rule families on the guest's tags, its pool and the HA rules as they are now
+(recheck.py: /cluster/ha/rules, and the pools the config gives rules to).
 Only a guest missing from its source is looked for in the cluster-wide list, to say where it went.
 The reads are independent and made at once, with the guest's migration task list (which tells the
 POST's task from earlier ones).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pvebalance.engine import Policy, fits, guest_figures, node_figures
@@ -26,6 +29,8 @@ from pvebalance.shared.config import Settings
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import GuestType, InFlightMigration, MigrationJob
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError
+
+from .recheck import HA_RULES, pool_paths, rule_refusal
 
 log = get_logger("pvebalance.migrator")
 
@@ -165,6 +170,10 @@ class Preflight:
         }
         if job.guest_type is GuestType.QEMU:
             reads["precheck"] = (source, lambda: self.client.get(f"{guest_path}/migrate", target=target))
+        # What the rule families need beyond the reads above (recheck.py says why that is enough).
+        rule_reads = [HA_RULES, *pool_paths(self.policy)]
+        for path in rule_reads:
+            reads[path] = ("", partial(self.client.get, path))
         answers = read_all(reads, lambda key: reads[key][0], lambda key: reads[key][1](),
                            ReadLimits(total=len(reads), per_node=3))
         entry = self._guest(job, answers["guest"], status_path)
@@ -177,6 +186,12 @@ class Preflight:
         if why_not is not None:
             raise Skip(f"target node {target} no longer has room for {job.name}: {why_not}")
         params = self._params(job, entry, answers.get("precheck"))
+        nodes = _entries(_value(answers["nodes"]), "/cluster/resources")
+        there = [g for kind in ("qemu", "lxc") for g in _entries(_value(answers[kind]), f"/nodes/{target}/{kind}")]
+        why = rule_refusal(job, self.policy, entry, nodes, there, answers[HA_RULES],
+                           {path: answers[path] for path in rule_reads[1:]})
+        if why is not None:
+            raise Skip(why)
         return Cleared(entry, params, {str(t["upid"]) for t in _value(answers["tasks"])})
 
     def _guest(self, job: MigrationJob, answer: Any, path: str) -> dict[str, Any]:

@@ -57,6 +57,7 @@ def test_pre_flight_reads_only_the_guest_it_moves_and_its_target(start_simulator
         (f"/nodes/{target}/status", {}),
         (f"/nodes/{target}/qemu", {}),
         (f"/nodes/{target}/lxc", {}),
+        ("/cluster/ha/rules", {}),  # the rules as they are now (no pool has a rule in mid-300)
     ] + ([(f"/nodes/{g.node}/qemu/100/migrate", {"target": target})] if g.type == "qemu" else []), key=repr)
 
 
@@ -155,3 +156,75 @@ def test_a_vm_started_since_a_plan_that_moved_it_offline_is_not_migrated_live(st
     planned_stopped = job().model_copy(update={"online": False})  # planned while vm118 was stopped
     with pytest.raises(Skip, match=r"^guest 118 runs and it was stopped when the plan was made"):
         pf.clear(planned_stopped, patience=5)
+
+
+# --- the rule families asked again on fresh data (issue 20, item 7) ---------------------------------
+
+def _tag(sim: Simulator, vmid: int, tags: str) -> None:
+    """Tags set by an operator: PVE keeps them in the config and shows them in every status of the guest."""
+    g = sim.cluster.guests[vmid]
+    g.config["tags"] = g.entry["tags"] = tags
+
+
+def _pin_added(sim: Simulator) -> None:
+    _tag(sim, 118, "plb_pin_pve3")
+
+
+def _ignore_added(sim: Simulator) -> None:
+    _tag(sim, 118, "web;plb_ignore_vm")
+
+
+def _partner_arrived(sim: Simulator) -> None:
+    _tag(sim, 118, "plb_anti_affinity_web")
+    _tag(sim, 119, "plb_anti_affinity_web")
+    sim.cluster.move_guest(sim.cluster.guests[119], "pve2")
+
+
+def _ha_rule_added(sim: Simulator) -> None:
+    sim.cluster.ha_rules.append({"rule": "keep-118", "type": "node-affinity", "resources": "vm:118",
+                                 "nodes": "pve3,pve4", "strict": 1, "disable": 0})
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (_pin_added, "guest 118 may run only on pve3 (plb_pin tags)"),
+    (_ignore_added, "guest 118 may not be moved now: plb_ignore tag"),
+    (_partner_arrived, "tag:plb_anti_affinity_web: guest 118 must not share pve2 with 119"),
+    (_ha_rule_added, "guest 118 may run only on pve3,pve4 (HA rule keep-118)"),
+])
+def test_a_rule_added_after_the_plan_skips_the_move_with_the_rule_s_reason(
+        start_simulator: SimFactory, tmp_path: Path, change: Callable[[Simulator], None], reason: str) -> None:
+    sim = start_simulator(figure_lag=0, host_variation=0)
+    pf, _ = preflight_for(sim, tmp_path)
+    assert pf.clear(job(), patience=5).params["target"] == "pve2", "allowed when the plan was made"
+    change(sim)
+    with pytest.raises(Skip) as skipped:
+        pf.clear(job(), patience=5)
+    assert str(skipped.value) == reason
+
+
+def test_an_anti_affinity_partner_elsewhere_or_a_tag_of_no_rule_leaves_the_move_alone(
+        start_simulator: SimFactory, tmp_path: Path) -> None:
+    sim = start_simulator(figure_lag=0, host_variation=0)
+    _tag(sim, 118, "plb_anti_affinity_web;prod")
+    _tag(sim, 119, "plb_anti_affinity_web")
+    sim.cluster.move_guest(sim.cluster.guests[119], "pve3")
+    _tag(sim, 120, "plb_anti_affinity_db")  # another group, on the target
+    sim.cluster.move_guest(sim.cluster.guests[120], "pve2")
+    pf, _ = preflight_for(sim, tmp_path)
+    assert pf.clear(job(), patience=5).params["target"] == "pve2"
+
+
+def test_a_pool_rule_is_read_from_the_pool_as_it_is_now(start_simulator: SimFactory, tmp_path: Path) -> None:
+    """groups: pool ci (117-122) kept apart by the config. ci4 (120) is moved onto pve3 by hand after
+    the plan, so ci1's move there is skipped; the pool is read, not the whole cluster."""
+    sim = start_simulator("groups", figure_lag=0, host_variation=0)
+    settings = settings_for(sim, "redis://unused", tmp_path, balancing={"pools": {"ci": {"type": "anti-affinity"}}})
+    client = Recording(settings.proxmox_api)
+    pf = Preflight(client, settings, api=lambda fn, patience=None: fn())
+    ci1 = job(117, "pve1", "pve3", name="ci1")
+    assert pf.clear(ci1, patience=5).params["target"] == "pve3"
+    sim.cluster.move_guest(sim.cluster.guests[120], "pve3")
+    with pytest.raises(Skip) as skipped:
+        pf.clear(ci1, patience=5)
+    assert str(skipped.value) == "pool:ci: guest 117 must not share pve3 with 120"
+    assert ("/pools/ci", {}) in client.reads and ("/cluster/resources", {"type": "vm"}) not in client.reads
