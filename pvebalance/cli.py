@@ -23,6 +23,7 @@ from pvebalance.shared.logging import configure_logging
 from pvebalance.shared.models import ClusterSnapshot, JobStatusEvent
 from pvebalance.shared.proxmox import ProxmoxError
 from pvebalance.shared.redisconn import RedisUnavailable
+from pvebalance.simulator.links import DEFAULT_GBIT
 from pvebalance.simulator.realism import Realism
 
 from .cli_config import register as register_config_commands
@@ -108,6 +109,9 @@ def simulator(
     live_memory: Annotated[bool, typer.Option(help="a live migration holds memory on both nodes until it ends")]
     = Realism.live_memory,
     idle: Annotated[bool, typer.Option(help="an idle, instant cluster: every realism above off")] = False,
+    link_gbit: Annotated[float, typer.Option(min=0.001, help="each node's migration link, Gbit/s, shared by the "
+                                             "migrations using it (a scenario's link_gbit names nodes' own)")]
+    = DEFAULT_GBIT,
 ) -> None:
     """Serve a recorded cluster as a Proxmox VE 9 API over HTTPS, until interrupted."""
     import threading
@@ -117,7 +121,10 @@ def simulator(
     configure_logging("INFO", "console")
     realism = Realism.off() if idle else Realism(latency_ms=latency, workers=workers, figure_lag=figure_lag,
                                                  host_variation=host_variation, live_memory=live_memory)
-    sim = Simulator(load_dump(scenario), time_scale=time_scale, realism=realism)
+    try:
+        sim = Simulator(load_dump(scenario), time_scale=time_scale, realism=realism, link_gbit=link_gbit)
+    except ValueError as exc:  # the scenario's link_gbit
+        raise UserError(f"scenario {scenario}: {exc}") from None
     try:
         bound = sim.start(port, host, certdir=certdir, certfile=cert, keyfile=key)
     except OSError as exc:
@@ -129,6 +136,9 @@ def simulator(
     err.print(f"  API token: user {user}, token_id {token_id}, token_secret {token_secret}", highlight=False)
     err.print(f"  password login: {user} / {sim.users[user]}", highlight=False)
     err.print("  realism: " + ", ".join(f"{k} {v}" for k, v in realism.as_json().items()), highlight=False)
+    links = sim.tasks.links
+    err.print(f"  migration links: {links.default_gbit:g} Gbit/s"
+              + "".join(f", {n} {g:g}" for n, g in sorted(links.gbit.items())), highlight=False)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

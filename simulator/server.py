@@ -35,6 +35,7 @@ from .certs import make_self_signed
 from .cluster import ApiError, Cluster
 from .control import control
 from .faults import Fault, Faults
+from .links import DEFAULT_GBIT, Links
 from .realism import Realism, Workers
 from .tasks import TaskManager
 
@@ -46,6 +47,8 @@ class Simulator:
 
     `realism` (default: Realism(), everything on) says how far it behaves like a busy cluster;
     single fields can be given as keyword arguments: `Simulator(dump, latency_ms=20, workers=4)`.
+    `link_gbit` is each node's migration link (links.py), unless the scenario's `link_gbit`
+    (node -> Gbit/s) names the node.
     """
 
     def __init__(
@@ -56,13 +59,15 @@ class Simulator:
         time_scale: float = 1.0,
         auth_fail_delay: float = 0.0,
         realism: Realism | None = None,
+        link_gbit: float = DEFAULT_GBIT,
         **realism_fields: Any,
     ) -> None:
         self.realism = (realism or Realism()).but(**realism_fields)
         self.cluster = Cluster(dump, self.realism, time_scale)
         self.workers = Workers(self.realism, list(self.cluster.nodes), self.cluster.stats)
         self.faults = Faults()
-        self.tasks = TaskManager(self.cluster, self.faults, time_scale)
+        links = Links(scenario_links(dump, set(self.cluster.nodes)), link_gbit, time_scale)
+        self.tasks = TaskManager(self.cluster, self.faults, time_scale, links)
         self.api = Api(self.cluster, self.tasks)
         self.users = users if users is not None else {"root@pam": "pvebalance"}
         self.tokens = tokens if tokens is not None else self.default_tokens()
@@ -136,6 +141,21 @@ class Simulator:
     def control(self, method: str, path: str, body: dict[str, Any]) -> Any:
         """The /_sim control API used by tests (control.py)."""
         return control(self, method, path, body)
+
+
+def scenario_links(dump: dict[str, Any], nodes: set[str]) -> dict[str, float]:
+    """The scenario's own link speeds (`link_gbit`: node -> Gbit/s), checked: a ValueError in one line."""
+    raw = dump.get("link_gbit") or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"scenario link_gbit: expected node -> Gbit/s, got {type(raw).__name__}")
+    out = {}
+    for node, gbit in raw.items():
+        if node not in nodes:
+            raise ValueError(f"scenario link_gbit: no node '{node}' in the cluster")
+        if isinstance(gbit, bool) or not isinstance(gbit, int | float) or gbit <= 0:
+            raise ValueError(f"scenario link_gbit: {node}: expected Gbit/s above 0, got {gbit!r}")
+        out[str(node)] = float(gbit)
+    return out
 
 
 class TlsServer(ThreadingHTTPServer):

@@ -7,13 +7,19 @@ Concurrency counts a migration task from the moment it holds the guest (its `loc
 set) until it ends: an HA request (`hamigrate`) does not count, the qmigrate/vzmigrate the HA
 stack starts later does, and a task that fails before it gets the guest (a CT that is already
 locked) never counted as a running migration.
+
+`links` (links.py) records each node's migration link: the seconds it carried any migration's data
+(`busy_s`) and the GiB it sent and received; forgetting the stats forgets those too.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .links import Links
 
 
 @dataclass
@@ -30,12 +36,16 @@ class Stats:
     peak_mem_ratio: dict[str, float] = field(default_factory=dict)  # incl. memory held by live migrations
     peak_storage_ratio: dict[str, float] = field(default_factory=dict)  # "node/storage" -> used / size, peak
     requests_waited: int = 0  # requests that waited for a free worker of their node
+    links: Links | None = None  # the nodes' migration links (set by the task manager)
 
     def reset(self, mem_ratios: dict[str, float]) -> None:
         """Forget the past, in place (callers may hold this object). Running migrations stay
         running: they end later and must still find themselves in `running`."""
-        running = list(self.running)
+        running, links = list(self.running), self.links
         self.__init__()  # type: ignore[misc]
+        self.links = links
+        if links is not None:
+            links.reset()
         for vmid, source, target in running:
             self.started(vmid, source, target)
         self.note_mem(mem_ratios)
@@ -80,4 +90,5 @@ class Stats:
             "peak_mem_ratio": dict(self.peak_mem_ratio),
             "peak_storage_ratio": dict(self.peak_storage_ratio),
             "requests_waited": self.requests_waited,
+            "links": self.links.as_json() if self.links is not None else {},
         }

@@ -1,9 +1,11 @@
 """Proxmox tasks, and migrations as real tasks: a UPID, a lock, a duration, then the guest moves.
 
-Duration grows with the memory copied by a live migration and the local disks copied, and is
-multiplied by `time_scale` so tests and demos run fast. A migration task's checks follow
-qemu-server and pve-container: which are synchronous (an HTTP error, no task) and which surface in
-the task (TASK ERROR).
+A migration takes PVE's fixed `BASE_SECONDS` (the tunnel, the target's QEMU, the config move), then
+copies the memory of a live migration and the local disks over the source's and the target's
+migration links, shared with the migrations using them at that moment (links.py), so its duration
+follows what else runs; all of it is multiplied by `time_scale` so tests and demos run fast. A
+migration task's checks follow qemu-server and pve-container: which are synchronous (an HTTP
+error, no task) and which surface in the task (TASK ERROR).
 
 Locks, as PVE takes them:
 - qemu: the POST checks the lock (500 `VM is locked (<lock>)`, no task) and the simulator sets
@@ -39,11 +41,10 @@ from . import ha
 from .cluster import ApiError, Cluster, Guest
 from .crm import Crm
 from .faults import Faults
+from .links import DEFAULT_GBIT, Links, bwlimit_kib, link_rate
 
 GIB = 2**30
-BASE_SECONDS = 2.0
-MEM_SECONDS_PER_GIB = 1.0  # about 10 GbE for the VM state
-DISK_SECONDS_PER_GIB = 5.0  # local disks copied over the migration network
+BASE_SECONDS = 2.0  # PVE's own part of a migration, beside the copy: the tunnel, the target's QEMU, the config move
 
 
 @dataclass
@@ -122,16 +123,23 @@ class Migration:
     wake: threading.Event = field(default_factory=threading.Event)  # ends the sleep early
 
 
-def migration_seconds(g: Guest, local_disk_bytes: int, online: bool) -> float:
-    mem = int(g.entry.get("mem", 0)) if online else 0
-    return BASE_SECONDS + MEM_SECONDS_PER_GIB * mem / GIB + DISK_SECONDS_PER_GIB * local_disk_bytes / GIB
+def migration_bytes(g: Guest, local_disk_bytes: int, online: bool) -> int:
+    """What a migration sends over the links: the memory of a live one, and the local disks."""
+    return (int(g.entry.get("mem", 0)) if online else 0) + local_disk_bytes
+
+
+def migration_seconds(g: Guest, local_disk_bytes: int, online: bool, gbit: float = DEFAULT_GBIT) -> float:
+    """How long a migration takes alone on links of `gbit` Gbit/s, at time scale 1."""
+    return BASE_SECONDS + migration_bytes(g, local_disk_bytes, online) / link_rate(gbit)
 
 
 class TaskManager:
-    def __init__(self, cluster: Cluster, faults: Faults, time_scale: float = 1.0) -> None:
+    def __init__(self, cluster: Cluster, faults: Faults, time_scale: float = 1.0, links: Links | None = None) -> None:
         self.cluster = cluster
         self.faults = faults
         self.time_scale = time_scale
+        self.links = links if links is not None else Links(time_scale=time_scale)
+        cluster.stats.links = self.links  # /_sim/stats shows each link's busy time
         self.tasks: dict[str, Task] = {}
         self.migrations: dict[str, Migration] = {}  # running ones, by UPID
         self._pids = itertools.count(os.getpid() * 16 + 1000)
@@ -243,7 +251,7 @@ class TaskManager:
     def _run(self, m: Migration) -> None:
         c, g, task = self.cluster, m.guest, m.task
         error: str | None = None
-        seconds, pause, online = 0.0, 0.0, False
+        setup, pause, online, nbytes = 0.0, 0.0, False, 0
         disks: list[dict[str, Any]] = []
         with c.lock:
             if task.exitstatus is not None:  # ended before it ran (the guest was deleted)
@@ -255,7 +263,7 @@ class TaskManager:
                 disks = c.local_disks(g)
                 error = self._precheck_in_task(g, m.params, disks, m.target)
                 online = bool(m.params.get("online")) and g.running
-                seconds = migration_seconds(g, sum(d["size"] for d in disks), online) * self.time_scale
+                nbytes = migration_bytes(g, sum(d["size"] for d in disks), online)
             if error is None and disks:
                 error = c.copy_disks(g, m.target)  # the target's volumes are allocated before the copy
                 m.copied = error is None
@@ -264,10 +272,17 @@ class TaskManager:
                 task.say(f"starting VM {g.vmid} on remote node '{m.target}'")
                 task.say(f"starting online/live migration on unix:/run/qemu-server/{g.vmid}.migrate")
                 c.start_incoming(g, m.target)
-                pause = min(c.realism.switchover_pause * self.time_scale, seconds)
-        if error is None:
-            m.wake.wait(seconds - pause)
-            if pause and not m.wake.is_set():
+                pause = c.realism.switchover_pause * self.time_scale
+            # PVE's fixed part, then the copy over the links; the switch-over pause ends the fixed part
+            setup = max(BASE_SECONDS * self.time_scale - pause, 0.0)
+        if error is None and not m.wake.wait(setup):
+            with c.lock:  # not for a task ended meanwhile (aborted): its flow would hold the links for nothing
+                copying = task.exitstatus is None
+                if copying and nbytes:
+                    kib = bwlimit_kib(c.options, m.params)
+                    self.links.start(task.upid, m.source, m.target, nbytes, kib * 1024 if kib else None)
+            copied = copying and (not nbytes or self.links.wait(task.upid))  # False: aborted meanwhile
+            if copied and pause and not m.wake.is_set():
                 with c.lock:
                     if task.exitstatus is None:
                         g.paused = True  # the switch-over: the source stops, the target takes over
@@ -311,6 +326,7 @@ class TaskManager:
             self.crm.moved(g.vmid)
         task.finish(error or "OK")
         self.migrations.pop(task.upid, None)
+        self.links.cancel(task.upid)  # an aborted copy stops using the links (a finished one is gone already)
         m.wake.set()
         c.stats.ended({"vmid": g.vmid, "type": task.type, "upid": task.upid, "user": task.user,
                        "source": m.source, "target": m.target, "start": m.started, "end": time.time(),
