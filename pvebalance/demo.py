@@ -36,7 +36,7 @@ from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
-from pvebalance.shared.config import ENV_PREFIX, load_settings
+from pvebalance.shared.config import ENV_PREFIX, PlannerSettings, load_settings
 from pvebalance.shared.logging import configure_logging
 from pvebalance.shared.models import ClusterSnapshot, JobState, JobStatusEvent, Plan, UsageSummary
 from pvebalance.shared.proxmox import ProxmoxClient
@@ -96,6 +96,9 @@ def demo_config(dump: dict[str, Any], port: int, sim: Simulator, redis_url: str)
         "redis": {"url": redis_url},
         "balancing": balancing,
         "collector": {"interval": 1},
+        # The simulator's node figures lag by its figure_lag times its time scale (simulator/realism.py):
+        # wait that much shorter for them to settle after a migration, as PVE's 10 s cycle is scaled there.
+        "planner": {"settle_seconds": PlannerSettings().settle_seconds * sim.cluster.time_scale},
         "migrator": {"poll_interval": 0.2},
         "logging": {"format": "json"},
     }

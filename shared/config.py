@@ -177,6 +177,12 @@ class PlannerSettings(Section):
         60.0, ge=0, description="seconds to wait before planning again after a plan whose moves failed")
     recommendation_ttl: float = Field(
         3600.0, gt=0, description="seconds a recommended plan (manual mode) waits for approval while it stays safe")
+    # PVE's pvestatd publishes node figures every 10 s (a busy node's cycle runs longer), while a guest's
+    # node changes at once: a snapshot read sooner after a migration shows the guest gone from its source
+    # but its memory still in the source's figures, and a plan on it moves a second guest off that node.
+    settle_seconds: float = Field(
+        15.0, ge=0, description="seconds after the last migration ended before a snapshot is planned on "
+        "(node figures lag the guests: pvestatd's 10 s cycle plus a margin)")
 
 
 class MigratorSettings(Section):

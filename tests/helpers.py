@@ -15,7 +15,7 @@ import yaml
 from redis import Redis
 
 from pvebalance.embedded_redis import free_port
-from pvebalance.shared.config import ProxmoxApiSettings, Settings, load_settings
+from pvebalance.shared.config import PlannerSettings, ProxmoxApiSettings, Settings, load_settings
 from pvebalance.simulator.server import Simulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +39,8 @@ def write_config(path: Path, sim: Simulator, redis_url: str, **sections: dict[st
                         "token_secret": api.token_secret.get_secret_value() if api.token_secret else None,
                         "ca_file": str(api.ca_file)},
         "redis": {"url": redis_url},
+        # the simulator's node figures lag by its figure_lag times its time scale: so does their settling
+        "planner": {"settle_seconds": PlannerSettings().settle_seconds * sim.cluster.time_scale},
         "migrator": {"poll_interval": 0.05, "slot_ttl": 10},
         "logging": {"format": "json"},
     }

@@ -149,7 +149,8 @@ class RequestHandler:
         moves = leaving(plan, {node})
         self.store.settle(request.request_id, RequestState.ACCEPTED,
                           f"{node} is drained: {len(moves)} guest(s) to move", details=[])
-        self.planner.run_drains(snapshot)
+        if self.planner.unsettled(snapshot) is None:  # else the planner drains on the next settled snapshot
+            self.planner.run_drains(snapshot)
 
     def undrain(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
         node = request.node or ""
@@ -201,6 +202,11 @@ class RequestHandler:
         if pause:
             self.refuse(request, f"balancing is paused ({pause.get('reason') or 'no reason given'}): "
                         "`pvebalance resume` first")
+            return
+        unsettled = self.planner.unsettled(snapshot)
+        if unsettled is not None:
+            self.refuse(request, f"the latest snapshot was {unsettled}: ask again once the collector has read "
+                        "a later one")
             return
         plan = plan_balance(snapshot, self.planner.policy(snapshot))
         self.planner.recommend(plan, request.request_id)

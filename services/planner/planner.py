@@ -83,12 +83,9 @@ class Planner:
         if active:
             log.info("migrations still running, not planning", active_jobs=len(active))
             return None
-        ended = self.jobs.last_change_at()
-        if ended is not None and snapshot.taken_at.timestamp() < ended:
-            # Read while a migration was still running: its guest may show on its source. A plan on it
-            # could undo the move, or put an anti-affinity partner beside it.
-            log.info("snapshot taken before the last migration ended, planning on the next one",
-                     snapshot_id=snapshot.snapshot_id)
+        unsettled = self.unsettled(snapshot)
+        if unsettled is not None:
+            log.info("snapshot not settled, planning on a later one", snapshot_id=snapshot.snapshot_id, why=unsettled)
             return None
         if not snapshot.quorate:
             log.warning("cluster not quorate, not planning", snapshot_id=snapshot.snapshot_id)
@@ -125,6 +122,26 @@ class Planner:
         else:
             self.plans.set_state(plan.plan_id, PlanState.DONE, plan.outcome_reason)
         return plan
+
+    def unsettled(self, snapshot: ClusterSnapshot) -> str | None:
+        """Why the snapshot may not be planned on yet, because of the last migration; None when it may.
+
+        Read while a migration ran, it may show the guest on its source: a plan on it could undo the move
+        or put an anti-affinity partner beside it. Read within `planner.settle_seconds` after the last one
+        ended, it shows the guest on its target at once (its node comes from the cluster's config file
+        system) but the nodes' figures from before (pvestatd publishes them every 10 s): the source still
+        counts the guest's memory, and a plan on it moves a second guest off the source for nothing."""
+        ended = self.jobs.last_change_at()
+        if ended is None:
+            return None
+        after = snapshot.taken_at.timestamp() - ended
+        if after < 0:
+            return "taken before the last migration ended"
+        settle = self.settings.planner.settle_seconds
+        if after < settle:
+            return (f"taken {after:.1f} s after the last migration ended, before the node figures settled "
+                    f"(planner.settle_seconds {settle:g})")
+        return None
 
     def policy(self, snapshot: ClusterSnapshot) -> Policy:
         """The settings' policy, with the nodes operators drained and those in a maintenance window."""
