@@ -26,7 +26,7 @@ from .outcome import outcome_of
 from .policy import Policy
 from .repair import repair
 from .rules import Constraints, build_constraints, fixed_reason
-from .schedule import schedule
+from .schedule import prefer, schedule
 from .search import balance_moves, units_by_node
 from .state import Move, PlanState
 from .verify import find_violations
@@ -73,6 +73,7 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
         notes=notes,
     )
     plan.splits = timetable.splits
+    plan.expected_seconds = round(timetable.expected_seconds, 1)
     plan.violations = find_violations(snapshot, plan, policy, constraints)
     plan.outcome, plan.outcome_reason = outcome_of(
         plan, below_threshold=policy.threshold is not None and hottest < policy.threshold)
@@ -115,7 +116,7 @@ def _balance(state: PlanState, notes: list[str]) -> PlanState:
         return banded
     greedy_notes: list[str] = []
     balance_moves(state, units_by_node(state, units), greedy_notes)
-    if banded is not None and len(banded.moves) < len(state.moves):
+    if banded is not None and prefer(banded.moves, state.moves, state.policy, state.c):  # balancing.objective
         return banded
     notes.extend(greedy_notes)
     return state
@@ -143,6 +144,10 @@ def _exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Cons
             break
         ordered = order_placement(snapshot, policy, constraints, result.placement)
         if ordered is not None and ordered.spread() <= policy.balanciness:
+            if not prefer(ordered.moves, greedy.moves, policy, constraints):  # balancing.objective: time
+                notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {len(greedy.moves)}, "
+                             "expected to finish later: kept the greedy plan")
+                return greedy
             notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {len(greedy.moves)}")
             return ordered
         # its moves are stuck in a cycle (two full nodes swapping guests): look for another placement

@@ -36,6 +36,7 @@ def _from_settings(balancing: BalancingSettings, cluster: ProxmoxClusterSettings
         "max_storage_usage": balancing.max_storage_usage,
         "balance_types": frozenset(_TYPES[t] for t in balancing.balance_types),
         "max_migrations": balancing.max_migrations,
+        "objective": balancing.objective,
         "live": balancing.live,
         "with_local_disks": balancing.with_local_disks,
         "max_migrations_per_target": balancing.max_migrations_per_target,
@@ -74,6 +75,7 @@ class Policy:
     max_storage_usage: float = field(default=_DEFAULTS["max_storage_usage"])
     balance_types: frozenset[GuestType] = field(default=_DEFAULTS["balance_types"])
     max_migrations: int | None = field(default=_DEFAULTS["max_migrations"])
+    objective: Literal["migrations", "time"] = field(default=_DEFAULTS["objective"])  # schedule.prefer
     live: bool = field(default=_DEFAULTS["live"])
     with_local_disks: bool = field(default=_DEFAULTS["with_local_disks"])
     max_migrations_per_target: int | None = field(default=_DEFAULTS["max_migrations_per_target"])

@@ -17,7 +17,9 @@ within it, it is free to:
   source, per target): list scheduling, the longest expected migration first (LPT).
 
 Durations are the migrator's expected ones (`MigratorSettings.expected_seconds`), an upper estimate,
-so a group's split time is an "at most". Pure and deterministic: ties are broken by the sequence.
+so a group's split time is an "at most". The plan's expected time to finish is another figure: the
+queue played out over the nodes' migration links (timing.py), where migrations out of one node share
+its link. Pure and deterministic: ties are broken by the sequence.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pvebalance.shared.models import ClusterSnapshot, GroupSplit
+from pvebalance.shared.models import ClusterSnapshot, GroupSplit, GuestType
 
 from .policy import Policy
 from .rules import Constraints
 from .state import Move
+from .timing import Copy, makespan
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Timetable:
     ends: list[float]
     splits: list[GroupSplit]
     notes: list[str]
+    expected_seconds: float = 0.0  # the queue over the migration links (timing.py): the plan's time to finish
 
     @property
     def makespan(self) -> float:
@@ -57,6 +61,55 @@ def expected_seconds(move: Move, policy: Policy) -> float:
 
 def schedule(moves: Sequence[Move], snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints) -> Timetable:
     """The batches and queue order of a plan's moves (given in the engine's sequence); see the module."""
+    order, level, starts, ends, groups = _queue(moves, policy, constraints)
+    splits = _splits(moves, snapshot, constraints, level, ends)
+    notes = [_split_note(s, groups[s.group], policy) for s in splits]
+    queued = [moves[i] for i in order]
+    return Timetable(queued, [level[i] for i in order], [starts[i] for i in order],
+                     [ends[i] for i in order], splits, notes, expected_time(queued, policy))
+
+
+def plan_seconds(moves: Sequence[Move], policy: Policy, constraints: Constraints) -> float:
+    """How long these moves (in the engine's sequence) are expected to take, queued as `schedule` queues them."""
+    order = _queue(moves, policy, constraints)[0]
+    return expected_time([moves[i] for i in order], policy)
+
+
+def expected_time(queued: Sequence[Move], policy: Policy) -> float:
+    """The moves in queue order, each waiting as the planner makes its job wait (Planner.enqueue: for the
+    moves out of its target queued before it, and its guest's earlier move), over the migration links."""
+    copies = [Copy(m.source, m.target, copied_bytes(m, policy)) for m in queued]
+    return makespan(copies, _departures_before(queued), policy.migrator)
+
+
+def copied_bytes(move: Move, policy: Policy) -> int:
+    """What the move sends over the links, as `Migration.gib_moved` counts it: a live VM's memory, local disks."""
+    g = move.guest
+    live = g.type is GuestType.QEMU and g.running and policy.live
+    return (g.mem if live else 0) + g.local_disk
+
+
+def prefer(a: Sequence[Move], b: Sequence[Move], policy: Policy, constraints: Constraints) -> bool:
+    """Whether plan `a` beats plan `b` (both balance; each in the engine's sequence) by
+    `balancing.objective`: migrations, the fewer moves, then the one expected to finish first; time,
+    the one expected to finish first among plans of about as many moves (see ABOUT_AS_MANY), then fewer."""
+    if policy.objective == "time" and max(len(a), len(b)) <= ABOUT_AS_MANY * min(len(a), len(b)) + 1:
+        return (plan_seconds(a, policy, constraints), len(a)) < (plan_seconds(b, policy, constraints), len(b))
+    if len(a) != len(b):
+        return len(a) < len(b)
+    return plan_seconds(a, policy, constraints) < plan_seconds(b, policy, constraints)
+
+
+# `objective: time` weighs a plan's time against plans of at most this many times its moves (plus one):
+# each migration disturbs its guest (a pause at the switch-over, memory held twice), so time does not buy
+# many more of them.
+ABOUT_AS_MANY = 1.25
+
+
+def _queue(moves: Sequence[Move], policy: Policy, constraints: Constraints
+           ) -> tuple[list[int], list[int], list[float], list[float], dict[str, list[int]]]:
+    """The queue order (indexes into `moves`), each move's batch, expected start and end (the upper
+    estimates), and the together-groups."""
     seconds = [expected_seconds(m, policy) for m in moves]
     preds = _departures_before(moves)
     groups = _groups(moves, constraints)
@@ -74,10 +127,7 @@ def schedule(moves: Sequence[Move], snapshot: ClusterSnapshot, policy: Policy, c
         started = _list_schedule(moves, by_level[batch], seconds, group_of, policy, clock, starts, ends)
         order += started
         clock = max((ends[i] for i in started), default=clock)
-    splits = _splits(moves, snapshot, constraints, level, ends)
-    notes = [_split_note(s, groups[s.group], policy) for s in splits]
-    return Timetable([moves[i] for i in order], [level[i] for i in order], [starts[i] for i in order],
-                     [ends[i] for i in order], splits, notes)
+    return order, level, starts, ends, groups
 
 
 def _departures_before(moves: Sequence[Move]) -> list[list[int]]:

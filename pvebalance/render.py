@@ -47,6 +47,8 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "unmet": [u.model_dump() for u in plan.unmet],
         "notes": plan.notes,
         "held_out": plan.held_out,
+        "gib_moved": round(sum(m.gib_moved for m in plan.migrations), 2),
+        "expected_seconds": plan.expected_seconds,
     }
 
 
@@ -99,6 +101,19 @@ def migrations_table(plan: Plan) -> Table:
     return table
 
 
+def plan_summary(plan: Plan) -> str:
+    """One line: how many migrations, how much they copy, and how long the plan is expected to take."""
+    gib = sum(m.gib_moved for m in plan.migrations)
+    return (f"{len(plan.migrations)} migrations, {gib:.1f} GiB copied, expected to finish in "
+            f"{duration(plan.expected_seconds)} at the migrator's limits")
+
+
+def duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {s} s" if minutes else f"{s} s"
+
+
 def print_plan(plan: Plan, console: Console) -> None:
     meaning = USAGE_MEANING.get((plan.method, plan.mode), "%")
     console.print(f"{plan.method} usage ({plan.mode}): {meaning}", markup=False, highlight=False)
@@ -110,6 +125,7 @@ def print_plan(plan: Plan, console: Console) -> None:
         console.print("No migrations needed.")
     else:
         console.print(migrations_table(plan))
+        console.print(plan_summary(plan), markup=False, highlight=False)
         if any(m.type is GuestType.LXC for m in plan.migrations):
             console.print(RESTART_NOTE, markup=False, highlight=False)
     for note in plan.notes:

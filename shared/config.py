@@ -11,7 +11,16 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -135,6 +144,9 @@ class BalancingSettings(Section):
     live: bool = True
     with_local_disks: bool = Field(True, description="false: guests with disks on local storage stay where they are")
     max_migrations: int | None = Field(None, ge=1, description="cap on migrations per plan")
+    objective: Literal["migrations", "time"] = Field(
+        "migrations", description="between plans that balance alike: migrations = the fewest migrations, then the "
+        "one expected to finish first; time = the one expected to finish first, among about as many migrations")
     max_migrations_per_target: int | None = Field(None, ge=1, description="cap on moves into one node per plan")
     min_gain: float = Field(0.0, ge=0, description="a balance move must lower the spread variance this much (pp^2)")
     cooldown_minutes: float = Field(60.0, ge=0, description="a guest moved recently is left alone this long")
@@ -194,6 +206,13 @@ class MigratorSettings(Section):
     poll_interval: float = Field(1.0, gt=0)
     task_timeout_base: float = Field(300.0, gt=0)
     task_timeout_per_gib: float = Field(60.0, ge=0)
+    # What the planner expects a plan's migrations to take (engine/timing.py): PVE sends a migration's memory and
+    # local disks out of the source's migration link and into the target's, shared with the migrations using them.
+    link_gbit: float = Field(10.0, gt=0, description="each node's migration network, Gbit/s (a plan's expected time)")
+    link_gbit_nodes: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="nodes whose migration network differs from link_gbit, Gbit/s")
+    setup_seconds: float = Field(
+        2.0, ge=0, description="a migration's time beside its copy: PVE's tunnel, the target's QEMU, the config move")
 
     def expected_seconds(self, moved_bytes: int) -> float:
         """How long a migration that copies this much (memory and local disks) is expected to take at

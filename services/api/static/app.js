@@ -126,7 +126,10 @@ async function refreshPlan() {
   try { view = await api("/api/v1/plans/latest"); } catch (e) { $("#plan-line").textContent = e.message; return; }
   plan = view;
   const p = view.plan, state = view.status ? view.status.state : "unknown";
-  $("#plan-line").textContent = `${p.plan_id} · ${state} · ${p.outcome} · spread ${p.before.spread_pp.toFixed(1)} → ${p.after.spread_pp.toFixed(1)} pp · ${p.migrations.length} moves`;
+  // GiB as Migration.gib_moved counts them: memory copied live, local disks; the time over the nodes' links
+  const gib = p.migrations.reduce((sum, m) => sum + ((m.online ? m.mem_bytes : 0) + m.local_disk_bytes) / 2 ** 30, 0);
+  const took = p.expected_seconds >= 60 ? `${Math.floor(p.expected_seconds / 60)} min ${Math.round(p.expected_seconds % 60)} s` : `${Math.round(p.expected_seconds)} s`;
+  $("#plan-line").textContent = `${p.plan_id} · ${state} · ${p.outcome} · spread ${p.before.spread_pp.toFixed(1)} → ${p.after.spread_pp.toFixed(1)} pp · ${p.migrations.length} moves · ${gib.toFixed(1)} GiB · expected ${took}`;
   $("#approve").hidden = state !== "recommended";
   $("#moves tbody").replaceChildren(...view.moves.map((m) => {
     const s = (jobs.get(m.job_id) || {}).state || m.job_state || "not enqueued";
