@@ -213,6 +213,9 @@ class MigratorSettings(Section):
         default_factory=dict, description="nodes whose migration network differs from link_gbit, Gbit/s")
     setup_seconds: float = Field(
         2.0, ge=0, description="a migration's time beside its copy: PVE's tunnel, the target's QEMU, the config move")
+    backup_guard_minutes: float = Field(
+        10.0, ge=0, description="a migration waits while a backup job of its guest starts within this many "
+        "minutes or runs on its node (docs/operations.md, Backups); 0: never waits for backups")
 
     def expected_seconds(self, moved_bytes: int) -> float:
         """How long a migration that copies this much (memory and local disks) is expected to take at

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import ha
+from . import backups, ha
 from .cluster import ApiError, Cluster, Guest
 from .crm import motion_answer
 from .tasks import Task, TaskManager
@@ -119,6 +119,11 @@ def cluster_resources(api: Api, req: Request, m: re.Match[str]) -> Any:
         enum = "value '{}' does not have a value in the enumeration 'vm, storage, node, sdn'"
         raise ApiError(400, "Parameter verification failed.", {"type": enum.format(rtype)})
     return api.cluster.resources(rtype)
+
+
+@route("GET", r"/cluster/backup")
+def backup_jobs(api: Api, req: Request, m: re.Match[str]) -> Any:
+    return backups.listing(api.cluster.backups)
 
 
 @route("GET", r"/cluster/options")

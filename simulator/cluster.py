@@ -140,6 +140,7 @@ class Cluster:
         self.ha_resources: list[dict[str, Any]] = api.get("/cluster/ha/resources") or []
         self.pools = {p["poolid"]: p for p in api.get("/pools") or []}
         self.options: dict[str, Any] = api.get("/cluster/options") or {}
+        self.backups: list[dict[str, Any]] = list(api.get("/cluster/backup") or [])  # vzdump jobs (backups.py)
         # /nodes/NODE/status as recorded, when the dump has it (the CPU model); generated otherwise
         self.node_status: dict[str, dict[str, Any]] = {n: api[f"/nodes/{n}/status"] for n in self.nodes
                                                        if isinstance(api.get(f"/nodes/{n}/status"), dict)}

@@ -8,7 +8,8 @@ It reads only what the move touches, not the whole cluster (10,000 guests are me
 the guest's `status/current` on its source node, the target's node entry (online, maintenance),
 its `/nodes/{target}/status` and guest lists (its figures), then Proxmox's own migrate pre-check,
 then the engine's rule families on the guest's tags, its pool and the HA rules as they are now
-(recheck.py: /cluster/ha/rules, and the pools the config gives rules to).
+(recheck.py: /cluster/ha/rules, and the pools the config gives rules to), and last the backup jobs
+and the backup tasks running on the source (backups.py): a move their backup is about to hold waits.
 Only a guest missing from its source is looked for in the cluster-wide list, to say where it went.
 The reads are independent and made at once, with the guest's migration task list (which tells the
 POST's task from earlier ones).
@@ -24,12 +25,14 @@ from typing import Any
 
 from pvebalance.engine import Policy, fits, guest_figures, node_figures
 from pvebalance.engine.fit import NodeFigures, holding_in_flight
+from pvebalance.shared.apianswers import DumpError, read_pool_detail
 from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.config import Settings
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import GuestType, InFlightMigration, MigrationJob
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError
 
+from .backups import BACKUP_JOBS, backup_wait
 from .recheck import HA_RULES, pool_paths, rule_refusal
 
 log = get_logger("pvebalance.migrator")
@@ -44,6 +47,14 @@ class Skip(Exception):
 
 class Gone(Skip):
     """Skipped for good: the guest or the target is gone, or the guest is no longer where the plan saw it."""
+
+
+class Deferred(Exception):
+    """The move must wait (a backup of the guest is about to start or runs); checked again after `until`."""
+
+    def __init__(self, reason: str, until: float) -> None:
+        super().__init__(reason)
+        self.until = until
 
 
 class Failed(Exception):
@@ -122,13 +133,13 @@ class Preflight:
                     return entry
         return _find(_entries(self.client.get("/cluster/resources", type="vm"), "/cluster/resources"), vmid)
 
-    def clear(self, job: MigrationJob, patience: float) -> Cleared:
+    def clear(self, job: MigrationJob, patience: float, backups: bool = True) -> Cleared:
         """Every check passed: the guest's entry, the POST's parameters and the guest's migration tasks
         so far. Waits (bounded) while the guest is locked; a transient failure of any read (within
-        `patience`) reads everything again."""
+        `patience`) reads everything again. Deferred when a backup holds the move (unless `backups` is off)."""
         deadline = time.monotonic() + self.settings.migrator.task_timeout_base
         while True:
-            cleared: Cleared = self.api(lambda: self._checked(job), patience)
+            cleared: Cleared = self.api(lambda: self._checked(job, backups), patience)
             if not cleared.entry.get("lock"):
                 return cleared
             if time.monotonic() > deadline:
@@ -146,7 +157,7 @@ class Preflight:
             self.api(lambda: self._checked(job), 0.0)
         except Gone:
             raise
-        except (Skip, Failed, ProxmoxError) as exc:
+        except (Skip, Failed, Deferred, ProxmoxError) as exc:
             log.debug("look-ahead pre-flight: checked again once a slot is free", reason=str(exc))
 
     def migration_tasks(self, job: MigrationJob) -> list[dict[str, Any]]:
@@ -154,7 +165,7 @@ class Preflight:
         return _migration_tasks(self.client.get(f"/nodes/{job.source}/tasks", vmid=job.vmid, source="all",
                                                 limit=50), job)
 
-    def _checked(self, job: MigrationJob) -> Cleared:
+    def _checked(self, job: MigrationJob, backups: bool = True) -> Cleared:
         # The reads are independent, so they are made at once: one after another they are most of the
         # time between one migration's end and the next one's start on a slot (~7 x 10-50 ms).
         source, target = job.source, job.target
@@ -174,6 +185,11 @@ class Preflight:
         rule_reads = [HA_RULES, *pool_paths(self.policy)]
         for path in rule_reads:
             reads[path] = ("", partial(self.client.get, path))
+        guard = self.settings.migrator.backup_guard_minutes if backups else 0.0
+        if guard > 0:
+            reads[BACKUP_JOBS] = ("", partial(self.client.get, BACKUP_JOBS))
+            reads["backup-tasks"] = (source, partial(self.client.get, f"/nodes/{source}/tasks", typefilter="vzdump",
+                                                     source="active"))
         answers = read_all(reads, lambda key: reads[key][0], lambda key: reads[key][1](),
                            ReadLimits(total=len(reads), per_node=3))
         entry = self._guest(job, answers["guest"], status_path)
@@ -192,7 +208,24 @@ class Preflight:
                            {path: answers[path] for path in rule_reads[1:]})
         if why is not None:
             raise Skip(why)
+        # Last: only a move allowed now waits for a backup (one no longer wanted ends at once).
+        if guard > 0 and (wait := backup_wait(_value(answers[BACKUP_JOBS]), _value(answers["backup-tasks"]), job,
+                                              guard, time.time(), self._pool_members)) is not None:
+            raise Deferred(*wait)
         return Cleared(entry, params, {str(t["upid"]) for t in _value(answers["tasks"])})
+
+    def _pool_members(self, pool: str) -> frozenset[int]:
+        """The guests of a pool a backup job names (read only when such a job would guard the move)."""
+        path = f"/pools/{pool}"
+        try:
+            detail = read_pool_detail(self.client.get(path), path)
+        except ProxmoxError as exc:
+            if _missing(exc):
+                return frozenset()  # the pool is gone: the job backs nobody up by it
+            raise
+        except DumpError as exc:
+            raise ProxmoxError(str(exc), kind=MALFORMED) from None
+        return frozenset(m.vmid for m in detail.members if m.type in ("qemu", "lxc") and m.vmid is not None)
 
     def _guest(self, job: MigrationJob, answer: Any, path: str) -> dict[str, Any]:
         """The guest's entry on its source (read from `path`); Gone saying where it went when it is not there."""

@@ -31,7 +31,7 @@ from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError, up
 from pvebalance.shared.redisconn import Outage, retry_redis
 
 from .lease import Lease
-from .preflight import Failed, Preflight, Skip
+from .preflight import Deferred, Failed, Preflight, Skip
 from .slots import SlotCancelled, SlotRequest, Slots, SlotTimeout
 
 log = get_logger("pvebalance.migrator")
@@ -155,13 +155,19 @@ class MigrationRunner:
 
         patience = self.settings.migrator.task_timeout_base
         waiting_since = float(record["at_waiting"]) if record.get("at_waiting") else None
+        deferred_for = ""
         while True:
             self.slots.wait(req, on_wait=waiting, cancelled=cancelled, waiting_since=waiting_since)
-            with self.slots.held(req) as commit:
-                # It lists the guest's migration tasks before ours too: a task found later that is not
-                # among them is this POST's (an earlier job's task of the same guest may be seconds old).
-                cleared = self.preflight.clear(job, patience)
-                committed = commit()
+            try:
+                with self.slots.held(req) as commit:
+                    # It lists the guest's migration tasks before ours too: a task found later that is not
+                    # among them is this POST's (an earlier job's task of the same guest may be seconds old).
+                    cleared = self.preflight.clear(job, patience)
+                    committed = commit()
+            except Deferred as exc:  # its slots went back with the `held` block: others move meanwhile
+                waiting_since = waiting_since or time.time()
+                deferred_for = self._defer(job, exc, waiting_since, deferred_for, cancelled)
+                continue
             if committed == -1:
                 raise SlotCancelled()
             if committed == 1:
@@ -171,6 +177,27 @@ class MigrationRunner:
         self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(known))))
         posted_at = float(self.store.load(job.job_id).get("posted_at") or time.time())
         return self._post(job, cleared.params, posted_at, known)
+
+    def _defer(self, job: MigrationJob, deferred: Deferred, waiting_since: float, said: str,
+               cancelled: Callable[[], bool]) -> str:
+        """Wait as a job waiting for a slot does (state waiting, within `slot_wait_timeout` of its first
+        wait), then let the caller look again; Skip once that time is up. Returns the reason now shown."""
+        limit = waiting_since + self.settings.migrator.slot_wait_timeout
+        now = time.time()
+        if now >= limit:
+            raise Skip(f"{deferred} (still so after waiting {self.settings.migrator.slot_wait_timeout:.0f} s: "
+                       f"the next plan decides again)")
+        reason = str(deferred)
+        if reason != said:  # one event per reason, not one per look
+            self._redis(lambda: self.store.transition(job, JobState.WAITING, f"deferred: {reason}",
+                                                      only_from=(JobState.QUEUED, JobState.WAITING)))
+            log.info("migration deferred", reason=reason, until=round(deferred.until))
+        # In steps, so that a cancelled job or a backup job moved meanwhile is seen within a step.
+        poll = self.settings.migrator.poll_interval
+        self.sleep(max(min(min(deferred.until, limit) - now, 30 * poll), poll))
+        if cancelled():
+            raise SlotCancelled()
+        return reason
 
     def _post(self, job: MigrationJob, params: dict[str, Any], since: float, known: set[str] | None) -> str | None:
         path = f"/nodes/{job.source}/{job.guest_type.value}/{job.vmid}/migrate"
@@ -220,7 +247,8 @@ class MigrationRunner:
         if entry is not None and entry["node"] == job.target:
             return None  # it landed; its task is no longer listed
         log.info("no task of an earlier migrate request: the request never reached Proxmox, sending it")
-        cleared = self.preflight.clear(job, self.settings.migrator.task_timeout_base)
+        # Its slots are pinned already, and the backups were looked at right before they were: no waiting.
+        cleared = self.preflight.clear(job, self.settings.migrator.task_timeout_base, backups=False)
         self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(cleared.known_tasks))))
         return self._post(job, cleared.params, time.time(), cleared.known_tasks)
 

@@ -58,6 +58,8 @@ def test_pre_flight_reads_only_the_guest_it_moves_and_its_target(start_simulator
         (f"/nodes/{target}/qemu", {}),
         (f"/nodes/{target}/lxc", {}),
         ("/cluster/ha/rules", {}),  # the rules as they are now (no pool has a rule in mid-300)
+        ("/cluster/backup", {}),  # backup jobs about to start, and backups running on the source
+        (f"/nodes/{g.node}/tasks", {"typefilter": "vzdump", "source": "active"}),
     ] + ([(f"/nodes/{g.node}/qemu/100/migrate", {"target": target})] if g.type == "qemu" else []), key=repr)
 
 
