@@ -32,6 +32,7 @@ from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transie
 from pvebalance.shared.redisconn import Outage, connect_waiting
 
 from .smoothing import Smoother
+from .triggers import INTERVAL, Triggers
 
 log = get_logger("pvebalance.collector")
 
@@ -228,9 +229,14 @@ class Collector:
         entry_id = pipe.execute()[0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    def run(self, interval: float, stop: threading.Event) -> None:
+    def run(self, interval: float, stop: threading.Event, settle_seconds: float | None = None) -> None:
+        """Publish a snapshot every `interval` seconds, and (with Redis and `settle_seconds`, the planner's)
+        also when something happened: a plan's last migration ended, an operator request arrived (triggers.py)."""
         api = Outage(log, "the Proxmox API", "the collector")
         redis = Outage(log, "Redis", "the collector")
+        triggers = Triggers(self.redis, settle_seconds) if self.redis is not None and settle_seconds is not None \
+            else None
+        why = INTERVAL
         while not stop.is_set():
             try:
                 if self.redis is not None:
@@ -244,7 +250,7 @@ class Collector:
                 self.publish(snap, latest_ttl=3 * interval)
                 redis.ok()
                 log.info("snapshot published", snapshot_id=snap.snapshot_id, nodes=len(snap.nodes),
-                         guests=len(snap.guests), requests=self.client.requests - before)
+                         guests=len(snap.guests), requests=self.client.requests - before, why=why)
             except NotLeader:  # another collector leads now: this one goes back to waiting
                 return
             except CollectError as exc:  # the cluster could not be read whole: nothing published
@@ -253,7 +259,20 @@ class Collector:
                 redis.failed(exc)
             except Exception:  # a malformed answer or a bug: say where, keep collecting
                 log.exception("snapshot failed")
+            why = self._wait(triggers, interval, stop, redis)
+
+    @staticmethod
+    def _wait(triggers: Triggers | None, interval: float, stop: threading.Event, redis: Outage) -> str:
+        """Until the next snapshot is due, and why; a Redis outage falls back on the interval."""
+        if triggers is None:
             stop.wait(interval)
+            return INTERVAL
+        try:
+            return triggers.wait(interval, stop)
+        except RedisError as exc:
+            redis.failed(exc)
+            stop.wait(interval)
+            return INTERVAL
 
 
 def run_collector(settings: Settings, stop: threading.Event) -> None:
@@ -266,7 +285,8 @@ def run_collector(settings: Settings, stop: threading.Event) -> None:
                           smoothing=c.smoothing, reads=read_limits(c))
     leader = Leader(redis, "collector", settings.leader.lock_ttl)  # one collector publishes at a time
     collector.fence = leader.fence
-    leader.lead(stop, lambda demoted: collector.run(c.interval, demoted))
+    # the planner's settle time: a snapshot after a plan's last migration is taken when the planner may use it
+    leader.lead(stop, lambda demoted: collector.run(c.interval, demoted, settings.planner.settle_seconds))
 
 
 def read_limits(c: CollectorSettings) -> ReadLimits:
