@@ -179,10 +179,15 @@ def approve(
 
 
 @app.command()
-def reject(plan_id: Annotated[str, typer.Argument(help="a recommended plan")], config: ConfigOpt = None,
-           as_json: JsonOpt = False) -> None:
+def reject(
+    plan_id: Annotated[str, typer.Argument(help="a recommended plan")],
+    reason: Annotated[str, typer.Option(help="why, kept with the plan's state (`pvebalance plans`)")] = "",
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Drop a recommended plan."""
-    answered(ask(_redis(config), OperatorRequest(action=RequestAction.REJECT, plan_id=plan_id, who=who())), as_json)
+    answered(ask(_redis(config), OperatorRequest(action=RequestAction.REJECT, plan_id=plan_id, reason=reason,
+                                                 who=who())), as_json)
 
 
 def _vmids(text: str) -> list[int]:

@@ -100,7 +100,7 @@ def plans(
     count: Annotated[int, typer.Option(help="how many recent plans")] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recent plans and their states (recommended, running, done, superseded, rejected)."""
+    """Recent plans and their states (recommended, running, done, superseded, rejected, dry-run), with why."""
     store = PlanStore(connect(load_settings(config).redis.url))
     if plan_id:
         plan, status = store.plan(plan_id), store.status(plan_id)
@@ -118,16 +118,16 @@ def plans(
     recent = store.recent(count)
     if as_json:
         rows = [{"plan_id": p.plan_id, "created_at": p.created_at.isoformat(), "state": s.state.value if s else None,
-                 "outcome": p.outcome, "migrations": len(p.migrations), "spread_before_pp": p.before.spread_pp,
-                 "spread_after_pp": p.after.spread_pp} for p, s in recent]
+                 "reason": s.reason if s else None, "outcome": p.outcome, "migrations": len(p.migrations),
+                 "spread_before_pp": p.before.spread_pp, "spread_after_pp": p.after.spread_pp} for p, s in recent]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table(title=f"{len(recent)} recent plans")
-    for col in ("plan", "made", "state", "outcome", "moves", "spread pp"):
+    for col in ("plan", "made", "state", "why", "outcome", "moves", "spread pp"):
         table.add_column(col, justify="right" if col in ("moves",) else "left")
     for p, s in recent:
-        table.add_row(p.plan_id, f"{p.created_at:%m-%d %H:%M:%S}", s.state.value if s else "?", p.outcome,
-                      str(len(p.migrations)), f"{p.before.spread_pp:.1f} -> {p.after.spread_pp:.1f}")
+        table.add_row(p.plan_id, f"{p.created_at:%m-%d %H:%M:%S}", s.state.value if s else "?", s.reason if s else "",
+                      p.outcome, str(len(p.migrations)), f"{p.before.spread_pp:.1f} -> {p.after.spread_pp:.1f}")
     Console().print(table)
 
 

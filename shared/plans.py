@@ -3,7 +3,8 @@
 A plan is stored once, as made, and never changed; its state lives beside it. States:
 recommended (made in manual or dry-run mode, waiting for an operator), approved (an operator said
 yes; its jobs are being enqueued), running (its jobs are enqueued), done (every job ended),
-superseded (a newer plan made it stale before it was approved), rejected (an operator said no).
+superseded (a newer plan made it stale before it was approved), rejected (an operator said no, and
+why when they said), dry-run (made for a `rebalance --dry-run`: shown, never enqueued, never approvable).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class PlanState(StrEnum):
     DONE = "done"
     SUPERSEDED = "superseded"
     REJECTED = "rejected"
+    DRY_RUN = "dry-run"
 
 
 class PlanStatus(Message):

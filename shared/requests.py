@@ -54,8 +54,8 @@ class OperatorRequest(Message):
     plan_id: str | None = Field(None, description="approve, reject: the plan")
     vmids: list[int] | None = Field(None, description="approve: only these moves of the plan")
     seconds: float | None = Field(None, gt=0, description="pause: for how long (None: until resumed)")
-    reason: str = Field("", description="pause: why, as the operator put it")
-    dry_run: bool = Field(False, description="rebalance: plan and store, never enqueue")
+    reason: str = Field("", description="pause, reject: why, as the operator put it")
+    dry_run: bool = Field(False, description="rebalance: plan and store (state dry-run), never enqueue")
 
 
 class RequestStatus(Message):

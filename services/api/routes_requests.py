@@ -38,7 +38,8 @@ class DrainBody(Body_):
 
 
 class RebalanceBody(Body_):
-    dry_run: bool = Field(False, description="plan and store the plan, enqueue nothing")
+    dry_run: bool = Field(False, description="plan and store the plan (state dry-run): never enqueued, never "
+                          "approvable, and a plan waiting for approval stays waiting")
 
 
 class ApproveBody(Body_):
@@ -46,7 +47,7 @@ class ApproveBody(Body_):
 
 
 class RejectBody(Body_):
-    reason: str = Field("", max_length=500)
+    reason: str = Field("", max_length=500, description="why: kept with the plan's state, shown with the plan")
 
 
 class PauseBody(Body_):

@@ -131,8 +131,9 @@ class RequestHandler:
         if node is None:
             return
         drained = set(drained_nodes(self.redis)) | {node}
-        others = [n.name for n in snapshot.nodes if n.online and n.usable and not n.maintenance
-                  and n.name not in drained and n.name not in self.planner.settings.proxmox_cluster.maintenance_nodes]
+        cluster = self.planner.settings.proxmox_cluster
+        held = drained | set(cluster.maintenance_nodes) | set(cluster.ignore_nodes)  # none is a drain target
+        others = [n.name for n in snapshot.nodes if n.online and n.usable and not n.maintenance and n.name not in held]
         if not others:
             self.refuse(request, f"{node} is the last node that could take guests: nowhere to drain it to")
             return
@@ -209,7 +210,13 @@ class RequestHandler:
                         "a later one")
             return
         plan = plan_balance(snapshot, self.planner.policy(snapshot))
-        self.planner.recommend(plan, request.request_id)
+        if request.dry_run:
+            # Shown, never enqueued: not a recommended plan anyone could approve, nor one that supersedes
+            # the plan an operator may be reading.
+            self.planner.save(plan, PlanState.DRY_RUN, request.request_id,
+                              reason=f"dry run asked by {request.who}: never enqueued")
+        else:
+            self.planner.recommend(plan, request.request_id)
         self.store.settle(request.request_id, RequestState.DONE, f"{plan.outcome}: {plan.outcome_reason}",
                           plan_id=plan.plan_id)
 
@@ -259,7 +266,8 @@ class RequestHandler:
             self.refuse(request, f"plan {request.plan_id} is {status.state.value}; only a recommended plan can be "
                         "rejected")
             return
-        self.planner.plans.set_state(status.plan_id, PlanState.REJECTED, f"rejected by {request.who}",
+        why = f": {request.reason}" if request.reason.strip() else ""
+        self.planner.plans.set_state(status.plan_id, PlanState.REJECTED, f"rejected by {request.who}{why}",
                                      request_id=request.request_id)
         self.store.settle(request.request_id, RequestState.DONE, f"plan {status.plan_id} rejected",
                           plan_id=status.plan_id)

@@ -7,6 +7,7 @@ claimed by its job (shared/jobstore.py), so it can never have two jobs at once.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import Counter
@@ -19,8 +20,6 @@ from rq import Queue
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.policy import HISTORY_WINDOW
-from pvebalance.engine.rules import build_constraints
-from pvebalance.engine.verify import find_violations
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.heartbeat import beat
@@ -28,13 +27,14 @@ from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, job_ids, utcnow
+from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, job_ids, parse_known, utcnow
 from pvebalance.shared.plans import PLAN_TTL, PlanState, PlanStatus, PlanStore
 from pvebalance.shared.redisconn import Outage, connect_waiting
 from pvebalance.shared.requests import RequestAction, RequestState
 from pvebalance.shared.streams import ensure_group, group_exists
 
 from .operator import RequestHandler, drain_only, drained_nodes, leaving, paused
+from .recommend import recommend
 from .windows import nodes_in_windows
 
 log = get_logger("pvebalance.planner")
@@ -50,6 +50,7 @@ class Planner:
         self.operator = RequestHandler(self)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
         self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
+        self._unknown_plan_seen = ""  # the digest of the last unreadable latest plan logged (logged once)
 
     def ensure_group(self, start: str = "$") -> None:
         ensure_group(self.redis, keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, start)
@@ -108,7 +109,7 @@ class Planner:
         mode = self.settings.balancing.mode_of_operation
         if mode != "automatic" or not self.settings.balancing.enable:
             return self.recommend(plan, snapshot=snapshot, policy=policy)
-        latest = self.plans.latest()
+        latest = self.latest_plan()
         if not plan.migrations and latest is not None and not latest.migrations and latest.outcome == plan.outcome:
             # Nothing to do, again: the stored plan says so; one per snapshot would fill Redis (2880 a day).
             return plan
@@ -197,48 +198,8 @@ class Planner:
 
     def recommend(self, plan: Plan, request_id: str | None = None,
                   snapshot: ClusterSnapshot | None = None, policy: Policy | None = None) -> Plan:
-        """Store a plan for an operator to approve. A plan already waiting stays waiting (its approval
-        stays valid) while the newer snapshot leaves it safe and needed: usage noise changes every
-        plan a little, and an operator needs more than one collector interval to read one. It is
-        superseded when the new snapshot makes it stale (see `stale_reason`), or by a rebalance request."""
-        waiting = self.plans.in_state(PlanState.RECOMMENDED)
-        stale: dict[str, str] = {}
-        for status in waiting:
-            old = self.plans.plan(status.plan_id)
-            why = "it is gone from Redis" if old is None else \
-                "a rebalance was asked for" if request_id is not None or snapshot is None or policy is None else \
-                self.stale_reason(old, plan, snapshot, policy)
-            if self.settings.balancing.mode_of_operation == "dry-run" and old is not None and why is None \
-                    and _moves(old) != _moves(plan):
-                why = "it gives other moves"  # dry-run shows what would be done now; nobody approves it
-            if why is None:
-                return old or plan
-            stale[status.plan_id] = why
-        for plan_id, why in stale.items():
-            self.plans.set_state(plan_id, PlanState.SUPERSEDED,
-                                 f"superseded by plan {plan.plan_id}, made on a newer snapshot: {why}")
-        self.save(plan, PlanState.RECOMMENDED, request_id)
-        log.info("plan recommended", plan_id=plan.plan_id, outcome=plan.outcome, migrations=len(plan.migrations))
-        return plan
-
-    def stale_reason(self, old: Plan, new: Plan, snapshot: ClusterSnapshot, policy: Policy) -> str | None:
-        """Why a waiting plan no longer fits the cluster, or None while it is still safe and needed."""
-        if old.created_at.timestamp() < time.time() - self.settings.planner.recommendation_ttl:
-            return f"older than planner.recommendation_ttl ({self.settings.planner.recommendation_ttl:g} s)"
-        if _moves(old) == _moves(new):
-            return None
-        present = {g.vmid for g in snapshot.guests}
-        gone = sorted({m.vmid for m in old.migrations} - present)
-        if gone:
-            return f"guest(s) {', '.join(map(str, gone))} no longer exist"
-        if old.migrations and not new.migrations:
-            return f"nothing to do now ({new.outcome_reason})"
-        if new.outcome != old.outcome:
-            return f"its outcome changed from {old.outcome} to {new.outcome}"
-        violations = find_violations(snapshot, old, policy, build_constraints(snapshot, policy))
-        if violations:
-            return f"it would no longer be safe: {violations[0]}"
-        return None
+        """Store a plan for an operator to approve, or keep the one waiting (see recommend.py)."""
+        return recommend(self, plan, request_id, snapshot, policy)
 
     def end_finished_plans(self) -> None:
         for status in self.plans.in_state(PlanState.RUNNING, PlanState.APPROVED):
@@ -270,12 +231,26 @@ class Planner:
         except ValueError:
             return None
 
+    def latest_plan(self) -> Plan | None:
+        """The latest stored plan; None when there is none, or when a version whose schema this one does not
+        know wrote it: this planner plans on as if there were none (said once per such plan) rather than stop
+        planning until that plan expires (PLAN_TTL, 7 days)."""
+        raw = self.redis.get(keys.PLAN_LATEST)
+        plan = parse_known(Plan, raw)
+        if raw and plan is None:
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            seen = hashlib.sha256(text.encode()).hexdigest()
+            if seen != self._unknown_plan_seen:
+                self._unknown_plan_seen = seen
+                log.warning("the latest plan is in a schema this version does not know (a newer planner's?): "
+                            "planning as if there were none", stored=text[:200])
+        return plan
+
     def wait_after_failures(self, now: float | None = None) -> float:
         """Seconds left before planning again, when moves of the latest plan failed (else 0)."""
-        raw = self.redis.get(keys.PLAN_LATEST)
-        if not raw:
+        plan = self.latest_plan()
+        if plan is None:
             return 0.0
-        plan = Plan.model_validate_json(raw)
         failed_at = [float(r.get("at_failed") or 0) for job_id in job_ids(plan)
                      if (r := self.jobs.load(job_id)).get("state") == "failed"]
         if not failed_at:
@@ -299,9 +274,10 @@ class Planner:
                 skipped.append(job_id)
         return skipped
 
-    def save(self, plan: Plan, state: PlanState = PlanState.RUNNING, request_id: str | None = None) -> None:
+    def save(self, plan: Plan, state: PlanState = PlanState.RUNNING, request_id: str | None = None,
+             reason: str = "") -> None:
         self.fence()
-        self.plans.save(plan, PlanStatus(plan_id=plan.plan_id, state=state, request_id=request_id))
+        self.plans.save(plan, PlanStatus(plan_id=plan.plan_id, state=state, reason=reason, request_id=request_id))
 
     def enqueue(self, plan: Plan) -> list[str]:
         """One job per move; a move into a node waits for the earlier moves out of that node.
@@ -393,6 +369,3 @@ def run_planner(settings: Settings, stop: threading.Event) -> None:
     planner.fence = leader.fence
     leader.lead(stop, planner.run)
 
-
-def _moves(plan: Plan | None) -> list[tuple[int, str, str]]:
-    return sorted((m.vmid, m.source, m.target) for m in plan.migrations) if plan else []

@@ -25,7 +25,7 @@ from pvebalance.shared import keys
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.plans import PlanStore
-from pvebalance.shared.requests import RequestStore
+from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestStore
 from tests.helpers import SimFactory, kill_tree, start_workers, write_config
 
 pytestmark = pytest.mark.integration
@@ -134,9 +134,14 @@ def test_approve_of_a_superseded_plan_is_refused_with_the_newer_plan_named(clust
     plans = PlanStore(c.redis)
     c.wait_for("a recommended plan", lambda: bool(plans.in_state(plans_state("recommended"))))
     old = plans.in_state(plans_state("recommended"))[0].plan_id
-    # A second rebalance plans again on a newer snapshot: the first plan is superseded.
-    out = c.cli("rebalance", "--dry-run")
-    assert out.returncode == 0, out.stderr
+    # A rebalance plans again on a newer snapshot: the first plan is superseded. (A dry run would not.)
+    asked = RequestStore(c.redis).submit(OperatorRequest(action=RequestAction.REBALANCE, who="test")).request
+
+    def rebalanced() -> bool:
+        status = RequestStore(c.redis).status(asked.request_id)
+        return status is not None and status.state.value == "done"
+
+    c.wait_for("the rebalance done", rebalanced)
     newer = plans.in_state(plans_state("recommended"))[-1].plan_id
     assert newer != old
 
