@@ -61,7 +61,7 @@ class _Disks:
         self.state = state
         self.sent: dict[str, fit.GuestFigures] = {}
 
-    def fit(self, vmids: frozenset[int], target: str) -> bool:
+    def room_for(self, vmids: frozenset[int], target: str) -> bool:
         arriving = self._figures(vmids)
         if not arriving.disks:
             return True
@@ -210,7 +210,7 @@ def _from_pool(state: PlanState, disks: _Disks, pool: list[_Unit], keys: list[fl
     split = bisect_right(keys, -lack, lo=start)  # those before `split` fill the lack
     for i in chain(range(split - 1, start - 1, -1), range(split, len(pool))):
         u = pool[i]  # the rules are asked only of the one taken
-        if source_of[u.key] != target and state.allows(u.vmids, target) and disks.fit(u.vmids, target):
+        if source_of[u.key] != target and state.allows(u.vmids, target) and disks.room_for(u.vmids, target):
             return i
     return None
 
@@ -219,7 +219,7 @@ def _receiver(state: PlanState, disks: _Disks, u: _Unit, source: str, now: dict[
               high: dict[str, float]) -> str | None:
     """The allowed node with the most room under the band's top for the unit."""
     room = sorted((now[t] - high[t], t) for t in state.targets if t != source and now[t] + u.load <= high[t])
-    return next((t for _, t in room if state.allows(u.vmids, t) and disks.fit(u.vmids, t)), None)
+    return next((t for _, t in room if state.allows(u.vmids, t) and disks.room_for(u.vmids, t)), None)
 
 
 def _filler(state: PlanState, disks: _Disks, by_node: dict[str, list[_Unit]], neg: dict[str, list[float]],
@@ -253,7 +253,7 @@ def _first(state: PlanState, disks: _Disks, units: list[_Unit], indices: range, 
            target: str) -> _Unit | None:
     for i in indices:
         u = units[i]
-        if u.key not in taken and state.allows(u.vmids, target) and disks.fit(u.vmids, target):
+        if u.key not in taken and state.allows(u.vmids, target) and disks.room_for(u.vmids, target):
             return u
     return None
 
