@@ -42,7 +42,7 @@ from .models import ClusterSnapshot, GuestDisk, GuestState, GuestType, HaRule, N
 
 __all__ = ["DUMP_FORMAT", "DumpError", "essential_config", "guest_disks", "load_dump", "local_resources",
            "node_problem", "operator_pools", "parse_cputype", "parse_ha_rules", "parse_size", "parse_tags",
-           "resolve_scenario", "snapshot_from_api"]
+           "read_storages", "resolve_scenario", "snapshot_from_api", "storage_state"]
 
 DUMP_FORMAT = "pve-api-dump/1"
 
@@ -265,7 +265,7 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
     if not isinstance(api, Mapping):
         raise DumpError(f"the API answers must be an object keyed by path, not {show(api)}")
     raw_nodes, raw_guests, raw_storages = split_resources(api)
-    storages = [_storage(s) for s in raw_storages]
+    storages = [storage_state(s) for s in raw_storages]
     nodes = _nodes(raw_nodes, storages, api)
     shared = {(s.node, s.storage): s.shared for s in storages}
 
@@ -333,7 +333,13 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
     )
 
 
-def _storage(s: ApiStorage) -> StorageState:
+def read_storages(answer: Any) -> list[StorageState]:
+    """The storages of a /cluster/resources answer (`type=storage`), as a snapshot holds them; DumpError
+    naming the entry and field when one is malformed."""
+    return [storage_state(s) for s in split_resources({"/cluster/resources": answer})[2]]
+
+
+def storage_state(s: ApiStorage) -> StorageState:
     # PVE leaves `content` out only for storages that hold images (an rbd pool): the default reads so
     content = s.content if s.content is not None else "images"
     return StorageState(node=s.node, storage=s.storage, shared=bool(s.shared),

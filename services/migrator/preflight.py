@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 from pvebalance.engine import Policy, fits, guest_figures, node_figures
-from pvebalance.engine.fit import NodeFigures, holding_in_flight
+from pvebalance.engine.fit import NodeFigures, holding_in_flight, storage_figures
 from pvebalance.shared.apianswers import DumpError, read_pool_detail
+from pvebalance.shared.apidump import read_storages
 from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.config import Settings
 from pvebalance.shared.logging import get_logger
@@ -181,6 +182,8 @@ class Preflight:
         }
         if job.guest_type is GuestType.QEMU:
             reads["precheck"] = (source, lambda: self.client.get(f"{guest_path}/migrate", target=target))
+        if job.local_disks:  # the storages its disks are copied onto, with what they hold now
+            reads["storages"] = ("", lambda: self.client.get("/cluster/resources", type="storage"))
         # What the rule families need beyond the reads above (recheck.py says why that is enough).
         rule_reads = [HA_RULES, *pool_paths(self.policy)]
         for path in rule_reads:
@@ -194,9 +197,11 @@ class Preflight:
                            ReadLimits(total=len(reads), per_node=3))
         entry = self._guest(job, answers["guest"], status_path)
         node = self._target(job, answers)
-        # The engine's own answer to 'does it fit', on the live figures: reserves, max_node_usage, vCPUs.
+        # The engine's own answer to 'does it fit', on the live figures: reserves, max_node_usage, vCPUs,
+        # and the target's storages for the local disks the job copies.
         try:
-            why_not = fits(guest_figures(entry), node, self.policy)
+            arriving = replace(guest_figures(entry), disks=tuple(sorted(job.local_disks.items())))
+            why_not = fits(arriving, node, self.policy)
         except (KeyError, TypeError, ValueError):
             raise ProxmoxError(f"guest {job.vmid} on {source} has no usable figures", kind=MALFORMED) from None
         if why_not is not None:
@@ -262,6 +267,12 @@ class Preflight:
             node = node_figures(figures, guests)
         except (KeyError, TypeError, ValueError):
             raise ProxmoxError(f"{what}/status: node {job.target} has no usable figures", kind=MALFORMED) from None
+        if "storages" in answers:
+            try:
+                storages = storage_figures(read_storages(_value(answers["storages"])))
+            except DumpError as exc:
+                raise ProxmoxError(str(exc), kind=MALFORMED) from None
+            node = replace(node, storages=storages.get(job.target, {}))
         return self.holding_in_flight(node, job, guests)
 
     def holding_in_flight(self, node: NodeFigures, job: MigrationJob, guests: list[dict[str, Any]]) -> NodeFigures:

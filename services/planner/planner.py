@@ -51,6 +51,7 @@ class Planner:
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
         self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
         self._unknown_plan_seen = ""  # the digest of the last unreadable latest plan logged (logged once)
+        self.unreadable_snapshots = False  # said once until a readable snapshot arrives
 
     def ensure_group(self, start: str = "$") -> None:
         ensure_group(self.redis, keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, start)
@@ -67,9 +68,16 @@ class Planner:
             return None
         messages = entries[0][1]
         self.redis.xack(keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, *[mid for mid, _ in messages])
-        fields = messages[-1][1]
-        raw = fields.get(b"snapshot") or fields.get("snapshot")
-        return ClusterSnapshot.model_validate_json(raw)
+        for _, fields in reversed(messages):  # the newest this version can read
+            snapshot = parse_known(ClusterSnapshot, fields.get(b"snapshot") or fields.get("snapshot"))
+            if snapshot is not None:
+                self.unreadable_snapshots = False
+                return snapshot
+        if not self.unreadable_snapshots:  # a newer collector's schema, or a damaged entry: said once
+            log.warning("snapshot not readable by this version, planning on the next one it can read",
+                        entry_id=str(messages[-1][0]))
+            self.unreadable_snapshots = True
+        return None
 
     def handle(self, snapshot: ClusterSnapshot) -> Plan | None:
         age = snapshot.age_seconds()

@@ -230,3 +230,28 @@ def test_a_pool_rule_is_read_from_the_pool_as_it_is_now(start_simulator: SimFact
         pf.clear(ci1, patience=5)
     assert str(skipped.value) == "pool:ci: guest 117 must not share pve3 with 120"
     assert ("/pools/ci", {}) in client.reads and ("/cluster/resources", {"type": "vm"}) not in client.reads
+
+
+@pytest.mark.parametrize(("used_gib", "in_flight_gib", "skipped"), [
+    (300, 0, False),  # pve3's local-lvm: 300 of 2,000 GiB, vm100 brings 300
+    (1600, 0, True),  # filled since the plan: 1,900 GiB, above 90%
+    (300, 1300, True),  # another migration in flight copies 1,300 GiB there
+])
+def test_pre_flight_checks_the_target_storage_for_the_local_disks_it_copies(
+        start_simulator: SimFactory, tmp_path: Path, used_gib: int, in_flight_gib: int, skipped: bool) -> None:
+    from pvebalance.shared.models import InFlightMigration
+
+    sim = start_simulator("local-storage")
+    next(s for s in sim.cluster.storages if s["node"] == "pve3" and s["storage"] == "local-lvm")["disk"] = used_gib * 2**30
+    pf, client = preflight_for(sim, tmp_path)
+    flights = [InFlightMigration(job_id="other", vmid=101, source="pve1", target="pve3",
+                                 local_disks={"local-lvm": in_flight_gib * 2**30})] if in_flight_gib else []
+    pf.in_flight = lambda but: flights
+    j = job(100, "pve1", "pve3", name="vm100").model_copy(update={"local_disks": {"local-lvm": 300 * 2**30}})
+    if skipped:
+        with pytest.raises(Skip, match=r"target node pve3 no longer has room for vm100: pve3's local-lvm would be at "
+                                       r"\d+\.\d% of 2000 GiB, above max_storage_usage 90%"):
+            pf.clear(j, patience=5)
+    else:
+        assert pf.clear(j, patience=5).params["with-local-disks"] is True
+    assert ("/cluster/resources", {"type": "storage"}) in client.reads
