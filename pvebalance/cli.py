@@ -7,6 +7,7 @@ one line on stderr and exit code 2, never as a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   context_settings={"help_option_names": ["-h", "--help"]})
 err = Console(stderr=True, soft_wrap=True)  # soft_wrap: one message stays one line, at any width
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="YAML config file (default: $PVEBALANCE_CONFIG, else /etc/pvebalance/pvebalance.yaml)")]
+CONFIG_ENV = "PVEBALANCE_CONFIG"
+DEFAULT_CONFIG = Path("/etc/pvebalance/pvebalance.yaml")  # where the Debian package puts it
 
 
 class UserError(Exception):
@@ -47,8 +51,30 @@ def root(version: Annotated[bool, typer.Option("--version", callback=show_versio
     """Balance the guests of a Proxmox VE cluster over its nodes."""
 
 
+def config_file(config: Path | None, *, warn: bool = True) -> Path | None:
+    """The config file a command reads: `-c`, else $PVEBALANCE_CONFIG, else DEFAULT_CONFIG when it exists.
+
+    None when there is none: the command runs on the defaults (and the PVEBALANCE_* variables), and
+    says so in one line, so that `pvebalance plans` never reads another Redis without a word."""
+    if config is not None:
+        return config
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    if DEFAULT_CONFIG.is_file():
+        return DEFAULT_CONFIG
+    if warn:
+        err.print(f"warning: no config file (-c, ${CONFIG_ENV} or {DEFAULT_CONFIG}): using the defaults "
+                  f"and the PVEBALANCE_* variables", markup=False, highlight=False)
+    return None
+
+
+def settings_of(config: Path | None, **overrides: Any) -> Settings:
+    """The settings of the config file `config_file` finds (a missing one warned about)."""
+    return load_settings(config_file(config), **overrides)
+
+
 def _settings(config: Path | None, **overrides: Any) -> Settings:
-    settings = load_settings(config, **overrides)
+    settings = settings_of(config, **overrides)
     configure_logging(settings.logging.level, settings.logging.format)
     return settings
 
@@ -71,6 +97,7 @@ def plan(
     if balanciness is not None:
         balancing["balanciness"] = balanciness
     doc = load_dump(scenario)
+    config = config_file(config, warn=False)  # offline: the defaults are a fine policy to plan with
     settings = load_settings(config)
     if not settings.balancing.pools and operator_pools(doc):
         balancing["pools"] = operator_pools(doc)  # the rules recorded with the cluster
@@ -170,7 +197,7 @@ def collect(
     from pvebalance.shared.proxmox import ProxmoxClient
     from pvebalance.shared.redisconn import connect
 
-    settings = load_settings(config)
+    settings = settings_of(config)
     configure_logging(settings.logging.level, "console", stream=sys.stderr)
     try:
         redis = connect(settings.redis.url)
@@ -203,7 +230,7 @@ def record(
     from pvebalance.shared.apidump import DUMP_FORMAT
     from pvebalance.shared.proxmox import ProxmoxClient
 
-    settings = load_settings(config)
+    settings = settings_of(config)
     configure_logging(settings.logging.level, "console", stream=sys.stderr)
     client = ProxmoxClient(settings.proxmox_api)
     try:
@@ -277,12 +304,12 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Migration jobs not yet ended, and the latest state of recent ones."""
-    from rich.table import Table
-
     from pvebalance.shared.jobstore import JobStore
     from pvebalance.shared.redisconn import connect
 
-    redis = connect(load_settings(config).redis.url)
+    from .cli_tables import compact, id_column, plural, text_columns, when
+
+    redis = connect(settings_of(config).redis.url)
     store = JobStore(redis)
     events = [e for _, e in read_events(redis, count=10_000)]
     if job_id is not None:
@@ -297,11 +324,10 @@ def jobs(
         console = Console()
         for field in sorted(record):
             console.print(f"{field}: {record[field]}", markup=False, highlight=False)
-        table = Table(title=f"{len(mine)} events")
-        for col in ("at", "state", "upid", "message"):
-            table.add_column(col)
+        table = compact(plural(len(mine), "event"))
+        text_columns(table, "at", "state", "upid", "message")
         for e in mine:
-            table.add_row(f"{e.at:%H:%M:%S.%f}"[:-3], e.state.value, e.upid or "", e.message)
+            table.add_row(f"{e.at.astimezone():%H:%M:%S.%f}"[:-3], e.state.value, e.upid or "", e.message)
         console.print(table)
         return
     latest = {e.job_id: e for e in events}
@@ -309,11 +335,11 @@ def jobs(
     if as_json:
         sys.stdout.write(json.dumps([e.model_dump(mode="json") for e in rows], indent=2) + "\n")
         return
-    table = Table(title=f"{len(store.active_jobs())} active jobs")
-    for col in ("job", "vmid", "source", "target", "state", "at", "message"):
-        table.add_column(col)
+    table = compact(f"{plural(len(store.active_jobs()), 'active job')}, {plural(len(rows), 'recent job')}")
+    id_column(table, "job", [e.job_id for e in rows])
+    text_columns(table, "vmid", "move", "state", "at", "message", right=("vmid",), whole=("at", "move"))
     for e in rows:
-        table.add_row(e.job_id, str(e.vmid), e.source, e.target, e.state.value, f"{e.at:%H:%M:%S}", e.message)
+        table.add_row(e.job_id, str(e.vmid), f"{e.source} -> {e.target}", e.state.value, when(e.at), e.message)
     Console().print(table)
 
 
@@ -325,7 +351,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="a job id, as `pvebalance 
     from pvebalance.shared.redisconn import connect
 
     try:
-        state = JobStore(connect(load_settings(config).redis.url)).cancel(job_id)
+        state = JobStore(connect(settings_of(config).redis.url)).cancel(job_id)
     except ValidationError as exc:  # a job written by a version whose schema this one does not know
         first = exc.errors(include_url=False)[0]
         raise UserError(f"job {job_id} cannot be read by this version of pvebalance "
@@ -376,6 +402,7 @@ from . import (  # noqa: E402,F401
     cli_health,
     cli_ops,
     cli_read,
+    cli_status,
 )
 
 

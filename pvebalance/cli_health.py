@@ -23,7 +23,7 @@ import typer
 
 from pvebalance.shared.config import ConfigError, load_settings
 
-from .cli import ConfigOpt, app
+from .cli import ConfigOpt, app, config_file
 
 SERVICES = ("collector", "planner", "migrator", "api")
 
@@ -79,7 +79,8 @@ def health(
     service: Annotated[str | None, typer.Argument(help="collector | planner | migrator | api "
                                                  "(default: the service this container runs)")] = None,
     config: ConfigOpt = None,
-    port: Annotated[int | None, typer.Option(help="the API's port (api only; default 8080)")] = None,
+    port: Annotated[int | None, typer.Option(help="the API's port (api only; default: the config's api.port)")]
+    = None,
     anywhere: Annotated[bool, typer.Option("--anywhere", help="any host's instance will do")] = False,
 ) -> None:
     """Exit 0 when the service is alive on this host (for HEALTHCHECK, probes and monitoring), else 1."""
@@ -91,13 +92,15 @@ def health(
         service, config, port = found[0], config or found[1], port or found[2]
     if service not in SERVICES:
         _unhealthy(f"unknown service {service!r} (one of {', '.join(SERVICES)})")
-    if service == "api":
-        _check_api(port or 8080)
-        return
     try:
-        settings = load_settings(config)
+        # no warning without a config file: a health check answers in one line
+        settings = load_settings(config_file(config, warn=False))
     except ConfigError as exc:
         _unhealthy(str(exc))
+    if service == "api":
+        host = settings.api.host if settings.api.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        _check_api(host, port or settings.api.port)
+        return
     host = "" if anywhere else socket.gethostname()
     try:
         instances = _alive(settings.redis.url, service, host)
@@ -126,8 +129,8 @@ def _alive(url: str, service: str, host: str) -> list[str]:
     return [i for i in alive(redis, service) if not host or i.startswith(f"{host}-")]
 
 
-def _check_api(port: int) -> None:
-    url = f"http://127.0.0.1:{port}/healthz"
+def _check_api(host: str, port: int) -> None:
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:
             status = answer.status

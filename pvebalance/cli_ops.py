@@ -20,14 +20,14 @@ from redis import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pvebalance.shared.config import load_settings
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import Plan, job_ids
 from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.redisconn import connect
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus, RequestStore
 
-from .cli import ConfigOpt, UserError, app, err
+from .cli import ConfigOpt, UserError, app, err, settings_of
+from .cli_tables import plural
 from .render import print_plan
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the request's final status as JSON")]
@@ -81,7 +81,7 @@ def answered(status: RequestStatus, as_json: bool) -> RequestStatus:
 
 
 def _redis(config: Any) -> Redis:
-    return connect(load_settings(config).redis.url)
+    return connect(settings_of(config).redis.url)
 
 
 @app.command()
@@ -111,11 +111,15 @@ def drain(
 
 
 def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool) -> RequestStatus:
-    """Show a drain's moves as they end, until the request ends."""
+    """Show a drain's moves as they end, until the request ends: a progress bar on a terminal, else one
+    line per finished move (a log or a pipe gets no bar, and must not wait silently for an hour)."""
     store, jobs, plans = RequestStore(redis), JobStore(redis), PlanStore(redis)
     deadline = time.monotonic() + timeout
+    console = Console(stderr=True)
+    lines = not as_json and not console.is_terminal
+    reported: set[str] = set()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), disable=as_json) as progress:
+                  console=console, disable=as_json or lines) as progress:
         bar = progress.add_task("waiting for the drain to be planned", total=None)
         while True:
             status = store.status(request_id)
@@ -123,9 +127,17 @@ def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool)
                 raise UserError(f"request {request_id} is gone from Redis (expired, or Redis lost its data)")
             plan = plans.plan(status.plan_id) if status.plan_id else None
             if plan is not None:
-                states = [jobs.load(job_id).get("state") for job_id in job_ids(plan)]
+                ids = job_ids(plan)
+                records = jobs.load_many(ids)
+                states = [r.get("state") for r in records]
                 progress.update(bar, total=len(states), completed=sum(s in FINAL for s in states),
                                 description=f"draining {status.request.node}")
+                for m, job_id, record in zip(plan.migrations, ids, records, strict=True):
+                    if lines and record.get("state") in FINAL and job_id not in reported:
+                        reported.add(job_id)
+                        done = sum(1 for s in states if s in FINAL)
+                        err.print(f"[{done}/{len(ids)}] guest {m.vmid} ({m.name}) {m.source} -> {m.target}: "
+                                  f"{ended_text(record)}", highlight=False, markup=False)
             if status.state.final:
                 break
             if time.monotonic() > deadline:
@@ -137,6 +149,14 @@ def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool)
     else:
         err.print(f"drain {status.state.value}: {status.reason}", highlight=False, markup=False)
     return status
+
+
+def ended_text(record: dict[str, str]) -> str:
+    """A finished job in a few words: 'succeeded in 42 s', 'failed: <why>'."""
+    state, message, took = record.get("state", "?"), record.get("message", ""), record.get("duration_s")
+    if state == "succeeded":
+        return f"succeeded in {float(took):.0f} s" if took else "succeeded"
+    return f"{state}: {message}" if message else state
 
 
 @app.command()
@@ -228,7 +248,8 @@ def rebalance(
     if not yes:
         if not sys.stdin.isatty():
             raise UserError("not asking on a non-interactive input: add --yes to run the plan")
-        if not typer.confirm(f"Run these {len(plan.migrations)} migrations?"):
+        if not typer.confirm(f"Run {'this' if len(plan.migrations) == 1 else 'these'} "
+                             f"{plural(len(plan.migrations), 'migration')}?"):
             raise typer.Exit(0)
     answered(ask(redis, OperatorRequest(action=RequestAction.APPROVE, plan_id=plan.plan_id, who=who())), as_json=False)
     outcome = follow_plan(redis, plan, timeout, as_json)
@@ -264,5 +285,5 @@ def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict
             time.sleep(0.5)
     if not as_json:
         ok = sum(1 for s in ended.values() if s == "succeeded")
-        err.print(f"{ok} of {len(ended)} migrations succeeded", highlight=False)
+        err.print(f"{ok} of {plural(len(ended), 'migration')} succeeded", highlight=False)
     return ended

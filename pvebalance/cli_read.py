@@ -20,25 +20,32 @@ from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.redisconn import connect
 from pvebalance.shared.requests import RequestStore
 
-from .cli import ConfigOpt, UserError, app, err
+from .cli import ConfigOpt, UserError, app, config_file, err, settings_of
+from .cli_tables import compact, id_column, plural, text_columns, when
 from .render import print_plan
 
-UNITS = {"": 2**30, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
-def parse_size(text: str, option: str) -> int:
-    """'8G', '512M', '1.5T', '8' (GiB) -> bytes."""
+def parse_size(text: str, option: str, bare: str | None) -> int:
+    """'8G', '512M', '1.5T' -> bytes. A bare number is in `bare` units ('m': MiB, as `qm set --memory`
+    takes it), or refused when `bare` is None (a disk: `qm` reads a bare disk size as GiB, its
+    --memory as MiB; a guess either way would be 1024 times off)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*", text.lower())
     if not match or float(match.group(1)) <= 0:
         raise UserError(f"{option} {text!r}: give a size such as 512M, 8G or 1T")
-    return int(float(match.group(1)) * UNITS[match.group(2)])
+    unit = match.group(2) or bare
+    if unit is None:
+        raise UserError(f"{option} {text!r}: give a unit, e.g. {match.group(1)}G or {match.group(1)}M")
+    return int(float(match.group(1)) * UNITS[unit])
 
 
 @app.command("best-node")
 def best_node(
-    memory: Annotated[str, typer.Option(help="the new guest's memory, e.g. 8G")],
+    memory: Annotated[str, typer.Option(help="the new guest's memory, e.g. 8G; a bare number is MiB, as in "
+                                              "`qm set --memory`")],
     cores: Annotated[int, typer.Option(min=1, help="its vCPUs")] = 1,
-    disk: Annotated[str | None, typer.Option(help="its disk size, e.g. 32G")] = None,
+    disk: Annotated[str | None, typer.Option(help="its disk size with a unit, e.g. 32G")] = None,
     local: Annotated[bool, typer.Option("--local", help="the disk is on the node's local storage")] = False,
     tags: Annotated[str, typer.Option(help="plb_* tags it will carry, comma-separated")] = "",
     pool: Annotated[str | None, typer.Option(help="the pool it joins")] = None,
@@ -49,11 +56,12 @@ def best_node(
 ) -> None:
     """The best node for a new guest under every rule, reservation and limit; the runner-ups; why not
     the others. Offline on --scenario, else on the collector's latest snapshot."""
-    settings = load_settings(config)
-    request = PlacementRequest(memory=parse_size(memory, "--memory"), cores=cores,
-                               disk=parse_size(disk, "--disk") if disk else 0, local=local,
+    request = PlacementRequest(memory=parse_size(memory, "--memory", bare="m"), cores=cores,
+                               disk=parse_size(disk, "--disk", bare=None) if disk else 0, local=local,
                                type=GuestType.LXC if ct else GuestType.QEMU,
                                tags=[t.strip().lower() for t in tags.split(",") if t.strip()], pool=pool)
+    config = config_file(config, warn=not scenario)  # offline, the defaults are a fine policy
+    settings = load_settings(config)
     if scenario:
         doc = load_dump(scenario)
         snapshot = snapshot_from_api(doc["api"], cluster=doc["name"])
@@ -101,7 +109,7 @@ def plans(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recent plans and their states (recommended, running, done, superseded, rejected, dry-run), with why."""
-    store = PlanStore(connect(load_settings(config).redis.url))
+    store = PlanStore(connect(settings_of(config).redis.url))
     if plan_id:
         plan, status = store.plan(plan_id), store.status(plan_id)
         if plan is None:
@@ -122,12 +130,13 @@ def plans(
                  "spread_before_pp": p.before.spread_pp, "spread_after_pp": p.after.spread_pp} for p, s in recent]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table(title=f"{len(recent)} recent plans")
-    for col in ("plan", "made", "state", "why", "outcome", "moves", "spread pp"):
-        table.add_column(col, justify="right" if col in ("moves",) else "left")
+    table = compact(plural(len(recent), "recent plan"))
+    id_column(table, "plan", [p.plan_id for p, _ in recent])
+    text_columns(table, "made", "state", "outcome", "moves", "spread pp", "why", right=("moves",),
+                 whole=("made",))
     for p, s in recent:
-        table.add_row(p.plan_id, f"{p.created_at:%m-%d %H:%M:%S}", s.state.value if s else "?", s.reason if s else "",
-                      p.outcome, str(len(p.migrations)), f"{p.before.spread_pp:.1f} -> {p.after.spread_pp:.1f}")
+        table.add_row(p.plan_id, when(p.created_at), s.state.value if s else "?", p.outcome, str(len(p.migrations)),
+                      f"{p.before.spread_pp:.1f} -> {p.after.spread_pp:.1f}", s.reason if s else "")
     Console().print(table)
 
 
@@ -138,7 +147,7 @@ def requests(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recent operator requests (drain, approve, pause, ...) and how each ended."""
-    store = RequestStore(connect(load_settings(config).redis.url))
+    store = RequestStore(connect(settings_of(config).redis.url))
     if request_id:
         status = store.status(request_id)
         if status is None:
@@ -149,11 +158,12 @@ def requests(
     if as_json:
         sys.stdout.write("[" + ",".join(s.model_dump_json() for s in recent) + "]\n")
         return
-    table = Table(title=f"{len(recent)} recent requests")
-    for col in ("request", "action", "who", "state", "reason"):
-        table.add_column(col)
+    table = compact(plural(len(recent), "recent request"))
+    id_column(table, "request", [s.request.request_id for s in recent])
+    text_columns(table, "asked", "action", "who", "state", "ended", "reason", whole=("asked", "ended"))
     for s in recent:
-        table.add_row(s.request.request_id, s.request.action.value, s.request.who, s.state.value, s.reason)
+        table.add_row(s.request.request_id, when(s.request.at), s.request.action.value, s.request.who, s.state.value,
+                      when(s.updated_at) if s.state.final else "", s.reason)
     Console().print(table)
     if not recent:
         err.print("no requests yet", highlight=False)

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pvebalance.shared.models import ClusterSnapshot, GuestType, Plan, UsageSummary
+from pvebalance.shared.words import plural
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def usage_table(title: str, before: UsageSummary, after: UsageSummary, unit: str
 
 def migrations_table(plan: Plan) -> Table:
     # Borderless columns and one space between them: nine columns fit an 80-column terminal.
-    table = Table(title=f"{len(plan.migrations)} migrations, in order", box=box.SIMPLE_HEAD, pad_edge=False,
+    table = Table(title=f"{plural(len(plan.migrations), 'migration')}, in order", box=box.SIMPLE_HEAD, pad_edge=False,
                   show_edge=False, collapse_padding=True,
                   caption="GiB: memory copied live + local disks copied; spread: pp after the move")
     for col in ("#", "vmid", "name", "type", "move", "reason", "GiB", "batch", "spread"):
@@ -104,7 +105,7 @@ def migrations_table(plan: Plan) -> Table:
 def plan_summary(plan: Plan) -> str:
     """One line: how many migrations, how much they copy, and how long the plan is expected to take."""
     gib = sum(m.gib_moved for m in plan.migrations)
-    return (f"{len(plan.migrations)} migrations, {gib:.1f} GiB copied, expected to finish in "
+    return (f"{plural(len(plan.migrations), 'migration')}, {gib:.1f} GiB copied, expected to finish in "
             f"{duration(plan.expected_seconds)} at the migrator's limits")
 
 
@@ -122,7 +123,9 @@ def print_plan(plan: Plan, console: Console) -> None:
         console.print(f"spread (pp) leaves out {', '.join(sorted(plan.held_out))}: nothing moves onto "
                       f"{'them' if len(plan.held_out) > 1 else 'it'}", markup=False, highlight=False)
     if not plan.migrations:
-        console.print("No migrations needed.")
+        # "needed" only when nothing is to do: an infeasible plan has no migration and is no good news
+        console.print("No migrations needed." if plan.outcome == "balanced" else
+                      f"No migrations: no safe move helps ({plan.outcome}; why below).")
     else:
         console.print(migrations_table(plan))
         console.print(plan_summary(plan), markup=False, highlight=False)

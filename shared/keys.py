@@ -78,6 +78,11 @@ PAUSED = f"{PREFIX}:paused"  # JSON of the pause (who, why, until), expiring wit
 PLAN_STATUS = f"{PREFIX}:plan-status"  # hash plan id -> JSON of its state (recommended, running, ...)
 
 HEARTBEAT_TTL = 30
+# JSON of the leading planner's mode of operation (its config's), beaten with its heartbeat: what
+# `pvebalance status` and the page show, whatever config the reader has.
+PLANNER_MODE = f"{PREFIX}:planner:mode"
+# Sorted set: "vmid:target" -> until when a rejected move is held back (`planner.reject_hold`)
+REJECTED_MOVES = f"{PREFIX}:rejected-moves"
 
 
 def request(request_id: str) -> str:

@@ -36,6 +36,15 @@ def planners_alive(redis: Redis) -> list[str]:
     return found
 
 
+def planner_count(redis: Redis) -> int:
+    """How many planners run: one heartbeat each (leader and standby both beat). Only a planner that
+    beats none (an older version) is counted by the snapshot stream's live consumers; a beating
+    planner is also such a consumer, and counting both made one planner two."""
+    found = planners_alive(redis)
+    beating = [f for f in found if f.startswith("heartbeat:")]
+    return len(beating) if beating else len(found)
+
+
 class Health(BaseModel):
     status: str = "ok"
 

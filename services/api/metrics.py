@@ -35,7 +35,7 @@ from pvebalance.shared.models import JobState, JobStatusEvent, Plan
 from pvebalance.shared.plans import PlanState
 
 from .context import ApiContext
-from .health import planners_alive
+from .health import planner_count
 from .usage import RESOURCES, spread_now, usage_percent
 from .views import LIVE_PLAN_STATES, guest_id
 
@@ -176,8 +176,8 @@ class PvebalanceCollector(Collector):
         services = _gauge("pvebalance_service_alive", "instances of a service seen alive within the heartbeat TTL",
                           ["service"])
         for service in SERVICES:
-            seen = planners_alive(context.redis) if service == "planner" else alive(context.redis, service)
-            services.add_metric([service], len(seen))
+            count = planner_count(context.redis) if service == "planner" else len(alive(context.redis, service))
+            services.add_metric([service], count)
         yield services
         paused = _gauge("pvebalance_paused", "1 while an operator's pause is in force")
         paused.add_metric([], 1 if context.redis.exists(keys.PAUSED) else 0)

@@ -23,6 +23,7 @@ from pvebalance.shared.models import ClusterSnapshot, Plan
 from pvebalance.shared.plans import PlanState
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
 from pvebalance.shared.streams import ensure_group, group_exists
+from pvebalance.shared.words import plural
 
 if TYPE_CHECKING:
     from .planner import Planner
@@ -130,6 +131,10 @@ class RequestHandler:
         node = self.known_node(request, snapshot)
         if node is None:
             return
+        current = drained_nodes(self.redis).get(node)
+        if current is not None and (current.get("include_stopped") or not request.include_stopped):
+            self.join_drain(request, node, current, snapshot)
+            return
         drained = set(drained_nodes(self.redis)) | {node}
         cluster = self.planner.settings.proxmox_cluster
         held = drained | set(cluster.maintenance_nodes) | set(cluster.ignore_nodes)  # none is a drain target
@@ -147,11 +152,27 @@ class RequestHandler:
         self.redis.hset(keys.DRAINED, node, json.dumps({
             "request_id": request.request_id, "who": request.who, "at": time.time(),
             "include_stopped": request.include_stopped}))
-        moves = leaving(plan, {node})
+        moves, stay = leaving(plan, {node}), _stopped_stay(snapshot, node, request)
         self.store.settle(request.request_id, RequestState.ACCEPTED,
-                          f"{node} is drained: {len(moves)} guest(s) to move", details=[])
+                          f"{node} is drained: {plural(len(moves), 'guest')} to move{stay}", details=[])
         if self.planner.unsettled(snapshot) is None:  # else the planner drains on the next settled snapshot
             self.planner.run_drains(snapshot)
+
+    def join_drain(self, request: OperatorRequest, node: str, current: dict[str, Any],
+                   snapshot: ClusterSnapshot) -> None:
+        """A drain of a node that is drained already follows that drain: it ends when the node is empty,
+        as the first one does (its own migrations lock the guests, which a fresh check would refuse)."""
+        include = bool(current.get("include_stopped"))
+        left = [g for g in snapshot.guests if g.node == node and (g.running or include)]
+        since = f"drained by {current.get('who', '?')} at {_clock(current['at'])}" if current.get("at") else "drained"
+        stay = _stopped_stay(snapshot, node, request)
+        if not left:
+            self.store.settle(request.request_id, RequestState.DONE, f"{node} is {since} and {_empty(stay)}")
+            return
+        first = next((s for s in self.store.open_requests(RequestAction.DRAIN) if s.request.node == node), None)
+        self.store.settle(request.request_id, RequestState.ACCEPTED,
+                          f"{node} is {since} (request {current.get('request_id', '?')}); following that drain: "
+                          f"{plural(len(left), 'guest')} left to move{stay}", plan_id=first.plan_id if first else None)
 
     def undrain(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
         node = request.node or ""
@@ -185,13 +206,14 @@ class RequestHandler:
             node = status.request.node or ""
             left = [g.vmid for g in snapshot.guests if g.node == node and (g.running or status.request.include_stopped)]
             if not left:
-                self.store.settle(status.request.request_id, RequestState.DONE, f"{node} is empty")
+                self.store.settle(status.request.request_id, RequestState.DONE,
+                                  f"{node} is {_empty(_stopped_stay(snapshot, node, status.request))}")
                 continue
             if status.plan_id:
                 failed = self.planner.failed_moves(status.plan_id)
                 if failed:
                     self.store.settle(status.request.request_id, RequestState.FAILED,
-                                      f"{len(failed)} move(s) off {node} failed", details=failed)
+                                      f"{plural(len(failed), 'move')} off {node} failed", details=failed)
 
     # --- plans: rebalance, approve, reject -------------------------------------------------------
 
@@ -237,7 +259,8 @@ class RequestHandler:
         if request.vmids is not None:
             unknown = sorted(set(request.vmids) - {m.vmid for m in plan.migrations})
             if unknown:
-                self.refuse(request, f"plan {plan.plan_id} has no move of guest(s) {', '.join(map(str, unknown))}")
+                self.refuse(request, f"plan {plan.plan_id} has no move of {'guest' if len(unknown) == 1 else 'guests'} "
+                                     f"{', '.join(map(str, unknown))}")
                 return
             moves = [m for m in plan.migrations if m.vmid in set(request.vmids)]
         if not moves:
@@ -247,14 +270,14 @@ class RequestHandler:
             return
         active = self.planner.jobs.active_jobs()
         if active:
-            self.refuse(request, f"{len(active)} migration(s) of an earlier plan still run; approve again when "
+            self.refuse(request, f"{plural(len(active), 'migration')} of an earlier plan still run; approve again when "
                         "they end (`pvebalance jobs`)")
             return
         self.planner.plans.set_state(plan.plan_id, PlanState.APPROVED, f"approved by {request.who}",
                                      request_id=request.request_id, vmids=request.vmids)
         enqueued = self.planner.enqueue(plan.model_copy(update={"migrations": moves}))
-        self.planner.plans.set_state(plan.plan_id, PlanState.RUNNING, f"{len(enqueued)} job(s) enqueued")
-        self.store.settle(request.request_id, RequestState.DONE, f"{len(enqueued)} migration(s) enqueued",
+        self.planner.plans.set_state(plan.plan_id, PlanState.RUNNING, f"{plural(len(enqueued), 'job')} enqueued")
+        self.store.settle(request.request_id, RequestState.DONE, f"{plural(len(enqueued), 'migration')} enqueued",
                           plan_id=plan.plan_id)
 
     def reject(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
@@ -275,16 +298,30 @@ class RequestHandler:
     # --- pause and resume ------------------------------------------------------------------------
 
     def pause(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
-        until = time.time() + request.seconds if request.seconds else None
-        value = json.dumps({"request_id": request.request_id, "who": request.who, "reason": request.reason,
-                            "since": time.time(), "until": until})
-        if request.seconds:
-            self.redis.set(keys.PAUSED, value, ex=max(1, int(request.seconds)))
+        """Pause, or extend the pause in force: a second pause never ends the first one sooner (refused:
+        `resume` first), and keeps its reason unless it gives one."""
+        now = time.time()
+        until = now + request.seconds if request.seconds else None
+        current = paused(self.redis)
+        reason = request.reason
+        if current is not None:
+            held = current.get("until")
+            if until is not None and (held is None or until < held):  # it would end the pause sooner
+                ends = f"until {_clock(held)}" if held is not None else "until `resume`"
+                self.refuse(request, f"balancing is paused {ends} by {current.get('who', '?')}"
+                            f"{_why(current.get('reason', ''))}: this pause would end sooner; `resume` first, "
+                            "or pause for longer")
+                return
+            reason = reason.strip() or current.get("reason", "")
+        value = json.dumps({"request_id": request.request_id, "who": request.who, "reason": reason,
+                            "since": current.get("since", now) if current else now, "until": until})
+        if until is not None:
+            self.redis.set(keys.PAUSED, value, ex=max(1, int(until - now)))
         else:
             self.redis.set(keys.PAUSED, value)
-        self.store.settle(request.request_id, RequestState.DONE,
-                          f"balancing paused for {request.seconds:g} s" if request.seconds else
-                          "balancing paused until `pvebalance resume`")
+        ends = f"until {_clock(until)}" if until is not None else "until `pvebalance resume`"
+        verb = "pause extended" if current is not None else "balancing paused"
+        self.store.settle(request.request_id, RequestState.DONE, f"{verb} {ends}{_why(reason)}")
 
     def resume(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
         if not self.redis.delete(keys.PAUSED):
@@ -292,3 +329,27 @@ class RequestHandler:
             return
         self.store.settle(request.request_id, RequestState.DONE, "balancing resumed")
 
+
+
+def _clock(epoch: float) -> str:
+    """A moment as the planner's clock reads it, with its zone: requests are read on other machines."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+
+
+def _why(reason: str) -> str:
+    return f" ({reason})" if reason.strip() else ""
+
+
+def _stopped_stay(snapshot: ClusterSnapshot, node: str, request: OperatorRequest) -> str:
+    """What a drain without --include-stopped leaves on the node, said, so "empty" is not read as empty."""
+    if request.include_stopped:
+        return ""
+    stopped = sum(1 for g in snapshot.guests if g.node == node and not g.running)
+    if not stopped:
+        return ""
+    verb = "stays" if stopped == 1 else "stay"
+    return f"; {stopped} stopped guest{'' if stopped == 1 else 's'} {verb} on it (`drain --include-stopped` moves them)"
+
+
+def _empty(stay: str) -> str:
+    return f"empty of running guests{stay}" if stay else "empty"

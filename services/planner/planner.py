@@ -8,6 +8,7 @@ claimed by its job (shared/jobstore.py), so it can never have two jobs at once.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.policy import HISTORY_WINDOW
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
-from pvebalance.shared.heartbeat import beat
+from pvebalance.shared.heartbeat import INSTANCE, beat
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.leader import Leader, NotLeader
@@ -339,6 +340,7 @@ class Planner:
                     ready = True
                     group.ok()
                 beat(self.redis, "planner")
+                self.publish_mode()
                 self._step()
                 outage.ok()
             except NotLeader:  # another planner leads now: this one goes back to waiting
@@ -352,6 +354,14 @@ class Planner:
             except Exception:  # a bad message or a bug: say where, keep planning
                 log.exception("planning failed")
                 stop.wait(2)
+
+    def publish_mode(self) -> None:
+        """The mode this (leading) planner plans in, for `pvebalance status` and the page, which may
+        read another config than the planner's."""
+        bal = self.settings.balancing
+        self.redis.set(keys.PLANNER_MODE, json.dumps({
+            "mode_of_operation": bal.mode_of_operation, "enable": bal.enable, "instance": INSTANCE,
+            "at": time.time()}), ex=keys.HEARTBEAT_TTL)
 
     def _step(self) -> None:
         self.operator.poll()

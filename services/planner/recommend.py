@@ -55,7 +55,8 @@ def stale_reason(planner: Planner, old: Plan, new: Plan, snapshot: ClusterSnapsh
     present = {g.vmid for g in snapshot.guests}
     gone = sorted({m.vmid for m in old.migrations} - present)
     if gone:
-        return f"guest(s) {', '.join(map(str, gone))} no longer exist"
+        return f"guest {gone[0]} no longer exists" if len(gone) == 1 else \
+            f"guests {', '.join(map(str, gone))} no longer exist"
     if old.migrations and not new.migrations:
         return f"nothing to do now ({new.outcome_reason})"
     if new.outcome != old.outcome:
