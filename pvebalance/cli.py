@@ -139,6 +139,9 @@ def simulator(
     link_gbit: Annotated[float, typer.Option(min=0.001, help="each node's migration link, Gbit/s, shared by the "
                                              "migrations using it (a scenario's link_gbit names nodes' own)")]
     = DEFAULT_GBIT,
+    privileges: Annotated[str | None, typer.Option(help="give the API token only these privileges, comma-separated "
+                                                   "(e.g. Sys.Audit,VM.Audit), as a restricted PVE token has: "
+                                                   "calls that need another answer 403 as PVE does")] = None,
 ) -> None:
     """Serve a recorded cluster as a Proxmox VE 9 API over HTTPS, until interrupted."""
     import threading
@@ -148,8 +151,16 @@ def simulator(
     configure_logging("INFO", "console")
     realism = Realism.off() if idle else Realism(latency_ms=latency, workers=workers, figure_lag=figure_lag,
                                                  host_variation=host_variation, live_memory=live_memory)
+    from pvebalance.simulator.permissions import parse as parse_privileges
+
     try:
-        sim = Simulator(load_dump(scenario), time_scale=time_scale, realism=realism, link_gbit=link_gbit)
+        granted = parse_privileges(privileges) if privileges is not None else None
+    except ValueError as exc:
+        raise UserError(f"--privileges: {exc}") from None
+    token = next(iter(Simulator.default_tokens()))
+    try:
+        sim = Simulator(load_dump(scenario), time_scale=time_scale, realism=realism, link_gbit=link_gbit,
+                        privileges={token: granted} if granted is not None else None)
     except ValueError as exc:  # the scenario's link_gbit
         raise UserError(f"scenario {scenario}: {exc}") from None
     try:
@@ -161,6 +172,8 @@ def simulator(
     err.print(f"Proxmox VE simulator for '{sim.cluster.name}' on https://{host}:{bound}/api2/json", highlight=False)
     err.print(f"  CA certificate: {sim.cafile}", highlight=False)
     err.print(f"  API token: user {user}, token_id {token_id}, token_secret {token_secret}", highlight=False)
+    if granted is not None:
+        err.print(f"  the token's privileges (on /): {', '.join(sorted(granted)) or 'none'}", highlight=False)
     err.print(f"  password login: {user} / {sim.users[user]}", highlight=False)
     err.print("  realism: " + ", ".join(f"{k} {v}" for k, v in realism.as_json().items()), highlight=False)
     links = sim.tasks.links

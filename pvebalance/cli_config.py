@@ -48,9 +48,19 @@ def show_version(value: bool) -> None:
 
 @config_app.command("check")
 def check(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file to check")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML config file to check (default: $PVEBALANCE_CONFIG, else "
+        "/etc/pvebalance/pvebalance.yaml)")] = None,
+    live: Annotated[bool, typer.Option("--live", help="also log in to Proxmox with it, name each privilege the "
+                                       "services need and the credentials lack, and ask Redis")] = False,
 ) -> None:
-    """Validate a config file (with the PVEBALANCE_* variables set now); name every wrong key."""
+    """Validate a config file (with the PVEBALANCE_* variables set now); name every wrong key. With
+    --live, also try it on the cluster and on Redis."""
+    from .cli import config_file  # cli.py imports this module
+
+    config = config_file(config)
+    if config is None and not live:
+        fail("no config file to check: give -c FILE (or set PVEBALANCE_CONFIG)")
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -64,7 +74,16 @@ def check(
     lines = summary(settings)
     if overriding_variables():
         lines.append(f"overridden by {', '.join(overriding_variables())}")
-    sys.stdout.write(f"{config}: ok\n" + "".join(f"  {line}\n" for line in lines))
+    sys.stdout.write(f"{config or 'the defaults'}: ok\n" + "".join(f"  {line}\n" for line in lines))
+    if live:
+        from .cli_live import check_live
+
+        fine, problems = check_live(settings)
+        sys.stdout.write("".join(f"  {line}\n" for line in fine))
+        for problem in problems:
+            say(f"error: {problem}")
+        if problems:
+            raise typer.Exit(2)
 
 
 def overriding_variables() -> list[str]:

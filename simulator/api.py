@@ -15,10 +15,10 @@ from typing import Any
 from . import backups, ha
 from .cluster import ApiError, Cluster, Guest
 from .crm import motion_answer
+from .permissions import Denied, Privileges
 from .tasks import Task, TaskManager
 
 BOOL_PARAMS = {"online", "with-local-disks", "restart", "force", "full", "with-conntrack-state", "errors"}
-PRIVILEGES = ["Datastore.Audit", "Sys.Audit", "VM.Audit", "VM.Migrate", "Pool.Audit"]
 
 
 @dataclass
@@ -65,10 +65,12 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, cluster: Cluster, tasks: TaskManager, version: str = "9.0.10") -> None:
+    def __init__(self, cluster: Cluster, tasks: TaskManager, version: str = "9.0.10",
+                 privileges: Privileges | None = None) -> None:
         self.cluster = cluster
         self.tasks = tasks
         self.version = version
+        self.privileges = privileges or Privileges()  # who may do what (permissions.py); root: everything
 
     def handle(self, req: Request) -> Any:
         allowed_methods = []
@@ -77,9 +79,13 @@ class Api:
             if m:
                 if method == req.method:
                     req.params = check_params(req.params)
+                    try:  # before anything is done, as PVE's handlers check
+                        self.privileges.check(req.user, req.method, req.path, req.params)
+                    except Denied as exc:
+                        raise ApiError(403, str(exc)) from None
                     with self.cluster.lock:
                         self.tasks.crm.tick()  # the HA CRM's rounds that came due (crm.py)
-                        return fn(self, req, m)
+                        return self.privileges.filtered(req.user, req.method, req.path, fn(self, req, m))
                 allowed_methods.append(method)
         raise ApiError(501, f"Method '{req.method} {req.path}' not implemented")
 
@@ -96,8 +102,11 @@ def version(api: Api, req: Request, m: re.Match[str]) -> Any:
 
 @route("GET", r"/access/permissions")
 def permissions(api: Api, req: Request, m: re.Match[str]) -> Any:
-    privs = {p: 1 for p in PRIVILEGES}
-    return {"/": privs, "/vms": privs, "/nodes": privs, "/storage": privs}
+    if req.params.get("userid") not in (None, req.user):
+        raise ApiError(403, "Permission check failed (/access, Sys.Audit)")  # another's: not ours to see
+    effective = api.privileges.effective(req.user)
+    path = req.params.get("path")
+    return effective if path is None else {path: effective.get("/", {})} if effective else {}
 
 
 @route("GET", r"/cluster/status")

@@ -24,6 +24,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +37,7 @@ from .cluster import ApiError, Cluster
 from .control import control
 from .faults import Fault, Faults
 from .links import DEFAULT_GBIT, Links
+from .permissions import Privileges
 from .realism import Realism, Workers
 from .tasks import TaskManager
 
@@ -60,6 +62,7 @@ class Simulator:
         auth_fail_delay: float = 0.0,
         realism: Realism | None = None,
         link_gbit: float = DEFAULT_GBIT,
+        privileges: dict[str, Iterable[str]] | None = None,
         **realism_fields: Any,
     ) -> None:
         self.realism = (realism or Realism()).but(**realism_fields)
@@ -68,7 +71,8 @@ class Simulator:
         self.faults = Faults()
         links = Links(scenario_links(dump, set(self.cluster.nodes)), link_gbit, time_scale)
         self.tasks = TaskManager(self.cluster, self.faults, time_scale, links)
-        self.api = Api(self.cluster, self.tasks)
+        # user or user!token -> its privileges (on / with propagation); anyone not named holds them all
+        self.api = Api(self.cluster, self.tasks, privileges=Privileges(privileges))
         self.users = users if users is not None else {"root@pam": "pvebalance"}
         self.tokens = tokens if tokens is not None else self.default_tokens()
         self.auth_fail_delay = auth_fail_delay
