@@ -32,7 +32,7 @@ from pvebalance.shared.redisconn import Outage, retry_redis
 
 from .lease import Lease
 from .preflight import Deferred, Failed, Preflight, Skip
-from .slots import SlotCancelled, SlotRequest, Slots, SlotTimeout
+from .slots import SlotCancelled, SlotRequest, Slots, SlotTimeout, SlotYield
 
 log = get_logger("pvebalance.migrator")
 T = TypeVar("T")
@@ -155,7 +155,8 @@ class MigrationRunner:
 
         patience = self.settings.migrator.task_timeout_base
         waiting_since = float(record["at_waiting"]) if record.get("at_waiting") else None
-        deferred_for = ""
+        # a run taken up again after giving way keeps the reason it showed (no second event for it)
+        deferred_for = record.get("message", "").removeprefix("deferred: ") if record.get("state") == "waiting" else ""
         while True:
             self.slots.wait(req, on_wait=waiting, cancelled=cancelled, waiting_since=waiting_since)
             try:
@@ -197,6 +198,10 @@ class MigrationRunner:
         self.sleep(max(min(min(deferred.until, limit) - now, 30 * poll), poll))
         if cancelled():
             raise SlotCancelled()
+        if self._redis(lambda: self.store.redis.llen(f"rq:queue:{keys.MIGRATION_QUEUE}")):
+            # Other jobs wait for a worker (moves of guests no backup holds, perhaps): give this one up,
+            # to the back of the queue, rather than sleep on it through the backup.
+            raise SlotYield()
         return reason
 
     def _post(self, job: MigrationJob, params: dict[str, Any], since: float, known: set[str] | None) -> str | None:

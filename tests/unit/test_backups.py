@@ -197,3 +197,28 @@ def test_a_job_deferred_longer_than_the_slot_wait_is_skipped_with_the_reason(
     assert message.startswith("backup job backup-nightly of guest 118 starts at ")
     assert message.endswith("(still so after waiting 0 s: the next plan decides again)")
     assert sim.cluster.stats.migrate_posts[118] == 0
+
+
+def test_a_deferred_job_gives_its_worker_up_when_other_jobs_wait_and_goes_on_later_without_a_second_event(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    from pvebalance.services.migrator.slots import SlotYield
+    from pvebalance.shared import keys
+
+    sim = start_simulator()
+    sim.cluster.backups.append(backup_job())
+    settings = settings_for(sim, "redis://unused", tmp_path)
+    store = JobStore(fake_redis)
+    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings,
+                        sleep=lambda seconds: None)
+    job = job118()
+    store.create(job)
+    fake_redis.rpush(f"rq:queue:{keys.MIGRATION_QUEUE}", "migrate-plan-b-200")  # another move waits for a worker
+    with pytest.raises(SlotYield):  # rq puts the job at the back of the queue (jobs.GIVE_WAY)
+        r.run(job)
+    assert store.load(job.job_id)["state"] == "waiting" and sim.cluster.stats.migrate_posts[118] == 0
+    fake_redis.delete(f"rq:queue:{keys.MIGRATION_QUEUE}")
+    # taken up again: still deferred for the same reason at first look, then the backup has run
+    r.sleep = lambda seconds: sim.cluster.backups.clear()
+    assert r.run(job) is JobState.SUCCEEDED
+    assert [e.state for _, e in store.events()] == [JobState.QUEUED, JobState.WAITING, JobState.RUNNING,
+                                                   JobState.SUCCEEDED]
