@@ -213,7 +213,7 @@ def collect(
     settings = settings_of(config)
     configure_logging(settings.logging.level, "console", stream=sys.stderr)
     try:
-        redis = connect(settings.redis.url)
+        redis = connect(settings.redis)
     except RedisUnavailable as exc:
         err.print(f"warning: {exc}; reading every guest config (no cache)", markup=False, highlight=False)
         redis = None
@@ -322,7 +322,7 @@ def jobs(
 
     from .cli_tables import compact, id_column, plural, text_columns, when
 
-    redis = connect(settings_of(config).redis.url)
+    redis = connect(settings_of(config).redis)
     store = JobStore(redis)
     events = [e for _, e in read_events(redis, count=10_000)]
     if job_id is not None:
@@ -364,7 +364,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="a job id, as `pvebalance 
     from pvebalance.shared.redisconn import connect
 
     try:
-        state = JobStore(connect(settings_of(config).redis.url)).cancel(job_id)
+        state = JobStore(connect(settings_of(config).redis)).cancel(job_id)
     except ValidationError as exc:  # a job written by a version whose schema this one does not know
         first = exc.errors(include_url=False)[0]
         raise UserError(f"job {job_id} cannot be read by this version of pvebalance "

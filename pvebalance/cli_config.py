@@ -110,7 +110,12 @@ def summary(settings: Settings) -> list[str]:
     if bal.pools:
         pools = (f"{name} ({rule.type or 'pin'})" for name, rule in bal.pools.items())
         lines.append(f"pools: {', '.join(pools)}")
-    lines.append(f"redis: {redis.scheme}://{where}")
+    if settings.redis.sentinels:
+        lines.append(f"redis: master '{settings.redis.master_name}' through sentinels "
+                     f"{', '.join(settings.redis.sentinels)} ({redis.scheme}://, database "
+                     f"{redis.path.strip('/') or 0}; locks wait for {settings.redis.replicas_to_wait} replica(s))")
+    else:
+        lines.append(f"redis: {redis.scheme}://{where}")
     return lines
 
 

@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from pvebalance.shared.config import ConfigError, load_settings
+from pvebalance.shared.config import ConfigError, RedisSettings, load_settings
 
 from .cli import ConfigOpt, app, config_file
 
@@ -103,7 +103,7 @@ def health(
         return
     host = "" if anywhere else socket.gethostname()
     try:
-        instances = _alive(settings.redis.url, service, host)
+        instances = _alive(settings.redis, service, host)
     except Exception as exc:  # Redis away, refused, or answering nonsense: unhealthy, in one line
         _unhealthy(f"cannot ask Redis about the {service}: {type(exc).__name__}: {exc}")
     where = "" if anywhere else f" on {host}"
@@ -112,15 +112,12 @@ def health(
     typer.echo(f"healthy: {service}{where}: {', '.join(instances)}")
 
 
-def _alive(url: str, service: str, host: str) -> list[str]:
+def _alive(target: RedisSettings, service: str, host: str) -> list[str]:
     from pvebalance.shared import keys
     from pvebalance.shared.heartbeat import alive
-    from pvebalance.shared.redisconn import connect, redact
+    from pvebalance.shared.redisconn import connect
 
-    try:
-        redis = connect(url, socket_timeout=5)
-    except Exception as exc:
-        raise ConnectionError(f"Redis at {redact(url)} does not answer") from exc
+    redis = connect(target, socket_timeout=5)  # RedisUnavailable: one line naming the Redis and why
     if service == "migrator":
         from rq import Queue, Worker
 

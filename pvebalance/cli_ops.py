@@ -81,7 +81,7 @@ def answered(status: RequestStatus, as_json: bool) -> RequestStatus:
 
 
 def _redis(config: Any) -> Redis:
-    return connect(settings_of(config).redis.url)
+    return connect(settings_of(config).redis)
 
 
 @app.command()

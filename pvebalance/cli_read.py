@@ -19,6 +19,7 @@ from pvebalance.shared.models import GuestType
 from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.redisconn import connect
 from pvebalance.shared.requests import RequestStore
+from pvebalance.shared.retention import Retention
 
 from .cli import ConfigOpt, UserError, app, config_file, err, settings_of
 from .cli_tables import compact, id_column, plural, text_columns, when
@@ -72,7 +73,7 @@ def best_node(
     else:
         from pvebalance.services.planner.planner import Planner
 
-        planner = Planner(connect(settings.redis.url), settings)
+        planner = Planner(connect(settings.redis), settings)
         latest = planner.latest_snapshot()  # with the migrations in flight (both nodes hold their memory)
         if latest is None:
             raise UserError("no snapshot of the cluster in Redis yet: is the collector running? "
@@ -109,11 +110,12 @@ def plans(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recent plans and their states (recommended, running, done, superseded, rejected, dry-run), with why."""
-    store = PlanStore(connect(settings_of(config).redis.url))
+    settings = settings_of(config)
+    store = PlanStore(connect(settings.redis), Retention(settings.retention))
     if plan_id:
         plan, status = store.plan(plan_id), store.status(plan_id)
         if plan is None:
-            raise UserError(f"no plan {plan_id} (plans are kept 7 days)")
+            raise UserError(f"no plan {plan_id} ({store.retention.plans_kept()})")
         if as_json:
             sys.stdout.write(plan.model_dump_json(indent=2) + "\n")
             return
@@ -147,11 +149,12 @@ def requests(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recent operator requests (drain, approve, pause, ...) and how each ended."""
-    store = RequestStore(connect(settings_of(config).redis.url))
+    settings = settings_of(config)
+    store = RequestStore(connect(settings.redis), Retention(settings.retention))
     if request_id:
         status = store.status(request_id)
         if status is None:
-            raise UserError(f"no request {request_id}")
+            raise UserError(f"no request {request_id} ({store.retention.requests_kept()})")
         sys.stdout.write(status.model_dump_json(indent=2) + "\n")
         return
     recent = store.recent()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -170,7 +171,68 @@ class BalancingSettings(Section):
 
 
 class RedisSettings(Section):
-    url: str = "redis://127.0.0.1:6379/0"
+    """One Redis (url), or a master found through Sentinel (sentinels, master_name). shared/redisconn.py
+    builds every service's client from these, rq's workers included; docs/operations.md, Redis."""
+
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS); with sentinels "
+                     "only its scheme, user, password and database apply")
+    sentinels: list[str] = Field(default_factory=list, description="host:port of each Sentinel; the master "
+                                 "is asked of them (and again after a failover)")
+    master_name: str = Field("mymaster", min_length=1, description="the master's name in the sentinels' config")
+    username: str | None = Field(None, description="ACL user (Redis 6+); or in url")
+    password: SecretStr | None = Field(None, description="or in url, or PVEBALANCE_REDIS__PASSWORD")
+    sentinel_password: SecretStr | None = Field(None, description="when the sentinels require one of their own")
+    tls_ca_file: Path | None = Field(None, description="CA bundle for rediss:// (default: the system's)")
+    # Replication is asynchronous: a master that fails right after acknowledging a write may lose it.
+    # The leaders' locks and the jobs' leases count as held only once this many replicas have them
+    # (Redis WAIT); null: 1 with sentinels, 0 without (nothing to wait for).
+    wait_replicas: int | None = Field(None, ge=0, le=16)
+
+    @field_validator("sentinels")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"each sentinel is host:port (got {entry!r})")
+        return value
+
+    @field_validator("tls_ca_file")
+    @classmethod
+    def _ca_file_readable(cls, value: Path | None) -> Path | None:
+        return ProxmoxApiSettings._ca_file_readable(value)  # the same check, the same words
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value.partition("://")[0] not in ("redis", "rediss", "unix"):
+            raise ValueError(f"url must start with redis://, rediss:// (TLS) or unix:// (got {value.split('@')[-1]!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _password_once(self) -> RedisSettings:
+        given = urlsplit(self.url)
+        if self.password is not None and given.password is not None:
+            raise ValueError("give the Redis password once: in url or in password, not both")
+        if self.username is not None and given.username:
+            raise ValueError("give the Redis user once: in url or in username, not both")
+        if self.sentinels and self.url.startswith("unix://"):
+            raise ValueError("sentinels name TCP hosts: url may not be unix:// with them")
+        return self
+
+    @property
+    def replicas_to_wait(self) -> int:
+        return self.wait_replicas if self.wait_replicas is not None else (1 if self.sentinels else 0)
+
+
+class RetentionSettings(Section):
+    """How long what pvebalance writes stays in Redis (shared/retention.py applies every figure)."""
+
+    jobs_days: float = Field(30.0, gt=0, description="a migration job's record (and rq's) after the job ended")
+    plans_days: float = Field(7.0, gt=0, description="a plan and its state after it was made")
+    requests_days: float = Field(30.0, gt=0, description="an operator request's status after its last change")
+    events: int = Field(10_000, ge=100, description="job status events kept (the newest), for `jobs` and the API")
+    snapshots: int = Field(10, ge=1, le=100, description="snapshots kept in the stream besides the latest")
 
 
 class CollectorSettings(Section):
@@ -293,6 +355,7 @@ class Settings(BaseSettings):
     migrator: MigratorSettings = Field(default_factory=MigratorSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 

@@ -16,11 +16,11 @@ from .config import Settings
 from .jobstore import JobStore, in_flight
 from .logging import get_logger
 from .models import JobState, MigrationJob
+from .retention import Retention
 
 log = get_logger("pvebalance.jobs")
 
 MIGRATION_FUNC = "pvebalance.services.migrator.jobs.run_migration"
-KEEP_RECORDS = 7 * 24 * 3600
 
 
 def expected_seconds(settings: Settings, job: MigrationJob) -> float:
@@ -30,11 +30,12 @@ def expected_seconds(settings: Settings, job: MigrationJob) -> float:
 def enqueue_migration(queue: Queue, settings: Settings, job: MigrationJob, after: list[str] | None = None,
                       at_front: bool = False) -> None:
     """One rq job per migration job, same id; rq's outcome reaches the job store through the callbacks."""
+    keep = Retention(settings.retention).job_seconds  # rq's record of the run goes with the job's own
     options: dict[str, Any] = {
         # A run follows its task to the end however long it takes; this only stops a hung run.
         "timeout": int(settings.migrator.slot_wait_timeout + 10 * expected_seconds(settings, job)),
-        "result_ttl": KEEP_RECORDS,
-        "failure_ttl": KEEP_RECORDS,
+        "result_ttl": keep,
+        "failure_ttl": keep,
         "on_failure": Callback("pvebalance.services.migrator.jobs.on_failure"),
         "on_stopped": Callback("pvebalance.services.migrator.jobs.on_stopped"),
         "depends_on": Dependency(jobs=after, allow_failure=True) if after else None,

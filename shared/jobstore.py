@@ -6,6 +6,10 @@ end a job a second time (a second runner, a callback, the reconciler) changes no
 job also, in the same step, takes it out of the active set, frees its guest claim and its
 migration slots, and wakes a worker waiting for a slot. Each change is written twice, onto the
 job's hash and onto the event stream.
+
+Retention (shared/retention.py): a job's hash carries no TTL while the job is active and expires
+`retention.jobs_days` after it ended (the figure the planner stored on the job when it made it, so
+whoever ends the job applies the same one); the event stream keeps the newest `retention.events`.
 """
 
 from __future__ import annotations
@@ -20,33 +24,38 @@ from redis import Redis
 
 from . import keys
 from .models import SCHEMA_VERSION, InFlightMigration, JobState, JobStatusEvent, MigrationJob
+from .retention import Retention
 
-GUEST_CLAIM_TTL = 24 * 3600  # a guest's claim outlives any sane migration, and cannot leak forever
 TERMINAL = ",".join(s.value for s in JobState if s.terminal)
 
 # KEYS: job hash, active set, guest claim, event stream, 3 slot sets, slot wake-up list.
 # ARGV: new state, job id, event JSON, stream maxlen, states it may come from ('' = any that is not
-#       final), terminal states, then field/value pairs for the hash.
+#       final; NEW = only a job not stored yet: its creation), terminal states, seconds an ended job
+#       is kept unless the job says (its keep_s field), then field/value pairs for the hash.
 # Returns 1 when the change was made, 0 when the job's current state forbade it.
+NEW = "!new"
 _TRANSITION = """
 local unpack = unpack or table.unpack
 local current = redis.call('HGET', KEYS[1], 'state') or ''
 for s in string.gmatch(ARGV[6], '[^,]+') do
   if s == current then return 0 end
 end
-if ARGV[5] ~= '' then
+if ARGV[5] == '!new' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+elseif ARGV[5] ~= '' then
   local allowed = false
   for s in string.gmatch(ARGV[5], '[^,]+') do
     if s == current then allowed = true end
   end
   if not allowed then return 0 end
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(ARGV, 8))
 local final = false
 for s in string.gmatch(ARGV[6], '[^,]+') do
   if s == ARGV[1] then final = true end
 end
 if final then
+  redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'keep_s') or ARGV[7]))
   redis.call('SREM', KEYS[2], ARGV[2])
   if redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
   local freed = 0
@@ -64,13 +73,14 @@ return 1
 
 
 class JobStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, retention: Retention | None = None) -> None:
         self.redis = redis
+        self.retention = retention or Retention()
         self._transition_script = redis.register_script(_TRANSITION)
 
     def claim_guest(self, vmid: int, job_id: str) -> str | None:
         """Claim the guest for this job; returns the job that already holds it, if any."""
-        if self.redis.set(keys.guest_job(vmid), job_id, nx=True, ex=GUEST_CLAIM_TTL):
+        if self.redis.set(keys.guest_job(vmid), job_id, nx=True, ex=self.retention.guest_claim_seconds):
             return None
         holder = self.redis.get(keys.guest_job(vmid))
         holder_id = holder.decode() if isinstance(holder, bytes) else holder
@@ -79,12 +89,11 @@ class JobStore:
         return str(holder_id) if holder_id else None
 
     def create(self, job: MigrationJob) -> bool:
-        """Store a new queued job; False when a job with this id exists already."""
-        created = self.redis.hsetnx(keys.job(job.job_id), "payload", job.model_dump_json())
-        if not created:
-            return False
-        self.transition(job, JobState.QUEUED, created_at=time.time())
-        return True
+        """Store a new queued job, in one step; False when a job with this id exists already. It carries
+        how long it is kept once ended, which whoever ends it applies."""
+        return self._change(job, JobState.QUEUED, "", NEW, {"payload": job.model_dump_json(),
+                                                             "created_at": time.time(),
+                                                             "keep_s": self.retention.job_seconds})
 
     def load(self, job_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(keys.job(job_id))
@@ -129,20 +138,25 @@ class JobStore:
 
         A final state also frees the guest claim and the job's slots and leaves the active set.
         """
+        values: dict[str, Any] = dict(fields)
+        if upid:
+            values["upid"] = upid
+        if duration_s is not None:
+            values["duration_s"] = duration_s
+        return self._change(job, state, message, ",".join(s.value for s in only_from), values, upid, duration_s)
+
+    def _change(self, job: MigrationJob, state: JobState, message: str, only_from: str, fields: dict[str, Any],
+                upid: str | None = None, duration_s: float | None = None) -> bool:
         event = JobStatusEvent(
             job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid, source=job.source, target=job.target,
             state=state, message=message, upid=upid, duration_s=duration_s,
         )
         values: dict[str, Any] = {"message": message, f"at_{state.value}": time.time(), **fields}
-        if upid:
-            values["upid"] = upid
-        if duration_s is not None:
-            values["duration_s"] = duration_s
         flat = [str(x) for kv in values.items() for x in kv]
         job_keys = [keys.job(job.job_id), keys.ACTIVE_JOBS, keys.guest_job(job.vmid), keys.EVENT_STREAM,
                     *keys.slot_scopes(job.source, job.target), keys.SLOTS_WAKE]
-        args = [state.value, job.job_id, event.model_dump_json(), keys.EVENT_STREAM_MAXLEN,
-                ",".join(s.value for s in only_from), TERMINAL, *flat]
+        args = [state.value, job.job_id, event.model_dump_json(), self.retention.events, only_from, TERMINAL,
+                self.retention.job_seconds, *flat]
         return bool(self._transition_script(keys=job_keys, args=args))
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
@@ -163,7 +177,7 @@ class JobStore:
     def finished_since(self, since: float) -> list[JobStatusEvent]:
         """The migrations that succeeded since `since` (epoch seconds), oldest first: the guests'
         recent moves, for the adaptive cooldown. The event stream's entry ids are its times."""
-        return [e for _, e in self.events(after=f"{int(since * 1000)}-0", count=keys.EVENT_STREAM_MAXLEN)
+        return [e for _, e in self.events(after=f"{int(since * 1000)}-0", count=self.retention.events)
                 if e.state is JobState.SUCCEEDED]
 
     def last_change_at(self) -> float | None:

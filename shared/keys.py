@@ -4,16 +4,15 @@ from __future__ import annotations
 
 PREFIX = "pvebalance"
 
+# Snapshots are encoded and decoded by shared/snapshots.py only; how many are kept: shared/retention.py.
 SNAPSHOT_STREAM = f"{PREFIX}:snapshots"
 SNAPSHOT_LATEST = f"{PREFIX}:snapshot:latest"
-SNAPSHOT_STREAM_MAXLEN = 100
 PLANNER_GROUP = "planner"
 
 PLAN_LATEST = f"{PREFIX}:plan:latest"
 PLAN_INDEX = f"{PREFIX}:plans"  # sorted set of plan ids by creation time
 
 EVENT_STREAM = f"{PREFIX}:events"
-EVENT_STREAM_MAXLEN = 10_000
 
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids not yet in a terminal state
 
@@ -69,7 +68,6 @@ COOLDOWN = f"{PREFIX}:cooldown"  # sorted set: vmid -> time until which the gues
 
 # Operator requests (shared/requests.py): one stream the planner consumes, one status hash each.
 REQUEST_STREAM = f"{PREFIX}:requests"
-REQUEST_STREAM_MAXLEN = 10_000
 REQUEST_INDEX = f"{PREFIX}:requests:index"  # sorted set of request ids by submission time
 REQUESTS_GROUP = "planner"
 

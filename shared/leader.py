@@ -9,6 +9,13 @@ Fencing: the leader renews its lock atomically (compare its token, then extend, 
 before each write (a snapshot published, a plan saved or enqueued) and stops when that fails. A
 renewal gives a full `ttl` of validity, so a write that follows its check within `ttl` cannot overlap
 another leader; only a process frozen longer than `ttl` between the check and the write could.
+
+Across a Sentinel failover: the lock counts as taken or renewed only once `redis.wait_replicas`
+replicas have it (WAIT, shared/redisconn.acknowledged), so the replica Sentinel promotes holds it
+too and grants it to nobody else; a renewal the new master does not know (the old leader's token is
+not there) fails, and the old leader stops before its next write. Its writes to the old master
+after the switch are refused (min-replicas-to-write) or lost with that master's data, never
+applied beside the new leader's.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from redis.exceptions import RedisError
 from . import keys
 from .heartbeat import INSTANCE, beat
 from .logging import get_logger
-from .redisconn import Outage
+from .redisconn import Outage, acknowledged
 from .tokenlock import EXTEND_IF_HELD, RELEASE_IF_HELD, TAKE_OR_EXTEND
 
 log = get_logger("pvebalance.leader")
@@ -43,6 +50,7 @@ class Leader:
         self._acquire = redis.register_script(TAKE_OR_EXTEND)
         self._renew = redis.register_script(EXTEND_IF_HELD)
         self._release = redis.register_script(RELEASE_IF_HELD)
+        self._unacknowledged = False  # the last take or renewal held the lock, but too few replicas had it
 
     @property
     def poll(self) -> float:
@@ -50,10 +58,17 @@ class Leader:
         return min(max(self.ttl / 10, 0.2), 2.0)
 
     def try_acquire(self) -> bool:
-        return bool(self._acquire(keys=[self.key], args=[self.token, self._ttl_ms]))
+        """Take (or keep) the lock; True once it is held and on enough replicas to survive a failover."""
+        held, kept = acknowledged(self.redis, lambda c: self._acquire(keys=[self.key], args=[self.token, self._ttl_ms],
+                                                                      client=c))
+        self._unacknowledged = bool(held) and not kept
+        return bool(held) and kept
 
     def renew(self) -> bool:
-        return bool(self._renew(keys=[self.key], args=[self.token, self._ttl_ms]))
+        held, kept = acknowledged(self.redis, lambda c: self._renew(keys=[self.key], args=[self.token, self._ttl_ms],
+                                                                    client=c))
+        self._unacknowledged = bool(held) and not kept
+        return bool(held) and kept
 
     def fence(self) -> None:
         """Before a write: renew the lock, or raise NotLeader (also when Redis cannot say)."""
@@ -62,7 +77,17 @@ class Leader:
         except RedisError as exc:
             raise NotLeader(f"cannot confirm the {self.service} lock: {exc}") from None
         if not held:
-            raise NotLeader(f"another {self.service} holds the lock now")
+            raise NotLeader(self._why_not())
+
+    def _why_not(self) -> str:
+        if self._unacknowledged:
+            return (f"the {self.service} lock is not on {self.redis_replicas} replica(s) within the wait: a failover "
+                    "could hand it to another instance")
+        return f"another {self.service} holds the lock now"
+
+    @property
+    def redis_replicas(self) -> int:
+        return int(getattr(self.redis, "wait_replicas", 0))
 
     def release(self) -> None:
         with contextlib.suppress(RedisError):  # else it expires by itself
@@ -89,8 +114,13 @@ class Leader:
                     continue
                 if not held:
                     if not waiting_logged:
-                        log.info("another instance leads; waiting to take over", service=self.service,
-                                 leader=self.holder(), lock_ttl_s=self.ttl)
+                        if self._unacknowledged:
+                            log.warning("lock taken but not acknowledged by Redis's replicas (redis.wait_replicas): "
+                                        "not leading until they have it", service=self.service,
+                                        replicas=self.redis_replicas)
+                        else:
+                            log.info("another instance leads; waiting to take over", service=self.service,
+                                     leader=self.holder(), lock_ttl_s=self.ttl)
                         waiting_logged = True
                     stop.wait(self.poll)
                     continue
@@ -111,7 +141,7 @@ class Leader:
                     # No heartbeat here: the work loop beats, so a leader whose loop hangs turns
                     # unhealthy and is restarted, instead of holding the lock for ever.
                     if not self.renew():
-                        log.warning("lock lost: another instance leads now", service=self.service)
+                        log.warning(f"lock lost: {self._why_not()}", service=self.service)
                         break
                 except RedisError as exc:
                     # Redis away: the lock cannot be confirmed, so stop writing until it can.

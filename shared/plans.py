@@ -5,10 +5,15 @@ recommended (made in manual or dry-run mode, waiting for an operator), approved 
 yes; its jobs are being enqueued), running (its jobs are enqueued), done (every job ended),
 superseded (a newer plan made it stale before it was approved), rejected (an operator said no, and
 why when they said), dry-run (made for a `rebalance --dry-run`: shown, never enqueued, never approvable).
+
+Retention (shared/retention.py): a plan expires `retention.plans_days` after it was made; its index
+entry and its state go with it (trimmed on each plan saved), and the index and state hash expire
+too when no plan was saved for that long.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
@@ -18,8 +23,7 @@ from redis import Redis
 
 from . import keys
 from .models import Message, Plan, parse_known, utcnow
-
-PLAN_TTL = 7 * 24 * 3600
+from .retention import Retention
 
 
 class PlanState(StrEnum):
@@ -43,17 +47,22 @@ class PlanStatus(Message):
 
 
 class PlanStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, retention: Retention | None = None) -> None:
         self.redis = redis
+        self.retention = retention or Retention()
 
     def save(self, plan: Plan, status: PlanStatus) -> None:
         raw = plan.model_dump_json()
+        ttl = self.retention.plan_seconds
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.plan(plan.plan_id), raw, ex=PLAN_TTL)
-        pipe.set(keys.PLAN_LATEST, raw, ex=PLAN_TTL)
+        pipe.set(keys.plan(plan.plan_id), raw, ex=ttl)
+        pipe.set(keys.PLAN_LATEST, raw, ex=ttl)
         pipe.zadd(keys.PLAN_INDEX, {plan.plan_id: plan.created_at.timestamp()})
         pipe.hset(keys.PLAN_STATUS, plan.plan_id, status.model_dump_json())
+        pipe.expire(keys.PLAN_INDEX, ttl)
+        pipe.expire(keys.PLAN_STATUS, ttl)
         pipe.execute()
+        self.forget_older_than(time.time() - ttl)
 
     def plan(self, plan_id: str) -> Plan | None:
         return parse_known(Plan, self.redis.get(keys.plan(plan_id)))
@@ -69,7 +78,10 @@ class PlanStore:
         status = PlanStatus(plan_id=plan_id, state=state, reason=reason,
                             request_id=fields.get("request_id", old.request_id if old else None),
                             vmids=fields.get("vmids", old.vmids if old else None))
-        self.redis.hset(keys.PLAN_STATUS, plan_id, status.model_dump_json())
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.PLAN_STATUS, plan_id, status.model_dump_json())
+        pipe.expire(keys.PLAN_STATUS, self.retention.plan_seconds)
+        pipe.execute()
         return status
 
     def recent(self, count: int = 20) -> list[tuple[Plan, PlanStatus | None]]:
@@ -86,7 +98,7 @@ class PlanStore:
         return sorted((s for s in statuses if s is not None and s.state in states), key=lambda s: s.at)
 
     def forget_older_than(self, timestamp: float) -> None:
-        """Plans expire on their own; their index entries and states are dropped here."""
+        """Plans expire on their own; their index entries and states are dropped here (by `save`)."""
         old = self.redis.zrangebyscore(keys.PLAN_INDEX, "-inf", timestamp)
         if old:
             self.redis.zrem(keys.PLAN_INDEX, *old)

@@ -4,10 +4,15 @@ Writers append a request to one stream and read its status; the planner is the o
 the stream and the only one that moves a request on from `pending`. A request ends once, in a final
 state with a reason (refused, done, failed); one compare-and-set script makes every change, so a
 final state never changes again (the job store's rule, for requests).
+
+Retention (shared/retention.py): a request's status expires `retention.requests_days` after its last
+change; the index of requests is trimmed to that horizon on each request submitted; the stream the
+planner consumes keeps the newest REQUEST_STREAM_ENTRIES.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
@@ -17,8 +22,7 @@ from redis import Redis
 
 from . import keys
 from .models import Message, new_id, parse_known, utcnow
-
-REQUEST_TTL = 30 * 24 * 3600  # a request's status is kept a month after its last change
+from .retention import REQUEST_STREAM_ENTRIES, Retention
 
 
 class RequestAction(StrEnum):
@@ -94,22 +98,39 @@ _FINAL = ",".join(s.value for s in RequestState if s.final)
 
 
 class RequestStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, retention: Retention | None = None) -> None:
         self.redis = redis
+        self.retention = retention or Retention()
         self._settle = redis.register_script(_SETTLE)
 
     def submit(self, request: OperatorRequest) -> RequestStatus:
         """Store the request as pending and hand it to the planner, in one step."""
         status = RequestStatus(request=request)
+        ttl = self.retention.request_seconds
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.request(request.request_id), mapping={"state": status.state.value,
                                                              "status": status.model_dump_json()})
-        pipe.expire(keys.request(request.request_id), REQUEST_TTL)
+        pipe.expire(keys.request(request.request_id), ttl)
         pipe.zadd(keys.REQUEST_INDEX, {request.request_id: request.at.timestamp()})
         pipe.xadd(keys.REQUEST_STREAM, {"request": request.model_dump_json()},
-                  maxlen=keys.REQUEST_STREAM_MAXLEN, approximate=True)
+                  maxlen=REQUEST_STREAM_ENTRIES, approximate=True)
         pipe.execute()
+        self.trim_index(time.time() - ttl)
         return status
+
+    def trim_index(self, older_than: float) -> int:
+        """Drop the index entries of requests submitted before `older_than` whose status has expired
+        (a request still open, a long drain, renews its status on each change and stays listed)."""
+        old = [_text(r) for r in self.redis.zrangebyscore(keys.REQUEST_INDEX, "-inf", older_than)]
+        if not old:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for request_id in old:
+            pipe.exists(keys.request(request_id))
+        gone = [r for r, there in zip(old, pipe.execute(), strict=True) if not there]
+        if gone:
+            self.redis.zrem(keys.REQUEST_INDEX, *gone)
+        return len(gone)
 
     def status(self, request_id: str) -> RequestStatus | None:
         return parse_known(RequestStatus, self.redis.hget(keys.request(request_id), "status"))
@@ -126,7 +147,7 @@ class RequestStore:
             "details": details if details is not None else current.details,
         })
         done = self._settle(keys=[keys.request(request_id)],
-                            args=[new.model_dump_json(), state.value, REQUEST_TTL, _FINAL])
+                            args=[new.model_dump_json(), state.value, self.retention.request_seconds, _FINAL])
         return bool(done)
 
     def open_requests(self, action: RequestAction | None = None) -> list[RequestStatus]:
@@ -143,5 +164,6 @@ class RequestStore:
         statuses = (self.status(r.decode() if isinstance(r, bytes) else str(r)) for r in ids)
         return [s for s in statuses if s is not None]
 
-    def trim_index(self, older_than: float) -> None:
-        self.redis.zremrangebyscore(keys.REQUEST_INDEX, "-inf", older_than)
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -17,6 +17,12 @@ Endpoints (bodies are JSON, or form fields):
                                           /cluster/resources, its config and the HA resources; a
                                           migration task of it ends in error. Answers
                                           {"vmid": 118, "deleted": 1, "aborted_tasks": ["UPID:..."]}
+- POST   /_sim/guests                     created by hand (`qm create` + `qm start`): {"vmid": 9001,
+                                          "node": "pve2", "type": "qemu"|"lxc", "memory_mib": 2048,
+                                          "cores": 2, "running": true}; no local disk; 400 when the
+                                          vmid is taken or the node unknown
+- POST   /_sim/guests/VMID/usage          its usage drifts: {"mem": bytes, "cpu": 0.35} (either; mem
+                                          within 0..maxmem, cpu within 0..1 of its cores)
 - POST   /_sim/nodes/NODE/status          {"online": false}: the node goes offline (or back online)
 - POST   /_sim/nodes/NODE/maintenance     {"enable": true}: HA maintenance mode on/off
 - POST   /_sim/options                    merge into datacenter.cfg, e.g. {"crs": {"ha": "static"}}
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .cluster import ApiError, Guest
+from .cluster import ApiError, Cluster, Guest
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -63,6 +69,8 @@ def control(sim: Simulator, method: str, path: str, body: dict[str, Any]) -> Any
                 return sim.faults.as_json()
         if len(parts) == 3 and parts[0] == "guests" and parts[1].isdigit() and method == "POST":
             return guest_action(sim, int(parts[1]), parts[2], body)
+        if parts == ["guests"] and method == "POST":
+            return create_guest(sim, body)
         if parts == ["options"] and method == "POST":  # datacenter.cfg, e.g. {"crs": {...}}
             c.options.update(body)
             return c.options
@@ -92,6 +100,8 @@ def guest_action(sim: Simulator, vmid: int, action: str, body: dict[str, Any]) -
         if target not in c.nodes:
             raise ApiError(400, f"no such cluster node '{target}'")
         c.move_guest(g, target)
+    elif action == "usage":
+        set_usage(c, g, body)
     elif action == "delete":
         aborted = sim.tasks.abort_guest(vmid)
         c.delete_guest(vmid)
@@ -99,3 +109,60 @@ def guest_action(sim: Simulator, vmid: int, action: str, body: dict[str, Any]) -
     else:
         raise ApiError(404, f"no control endpoint POST /_sim/guests/{vmid}/{action}")
     return c.guest_entry(g)
+
+
+def _number(body: dict[str, Any], key: str, low: float, high: float, default: float | None = None) -> float | None:
+    value = body.get(key, default)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"{key}: a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise ApiError(400, f"{key}: {number:g} is outside {low:g}..{high:g}")
+    return number
+
+
+def create_guest(sim: Simulator, body: dict[str, Any]) -> Any:
+    """A new guest, as `qm create` (or `pct create`) and a start leave it, without local disks."""
+    c = sim.cluster
+    if "vmid" not in body:
+        raise ApiError(400, "vmid: required")
+    vmid = int(_number(body, "vmid", 100, 999_999_999) or 0)
+    node = str(body.get("node", ""))
+    gtype = str(body.get("type", "qemu"))
+    if vmid in c.guests:
+        raise ApiError(400, f"VM {vmid} already exists")
+    if node not in c.nodes:
+        raise ApiError(400, f"no such cluster node '{node}'")
+    if gtype not in ("qemu", "lxc"):
+        raise ApiError(400, f"type: qemu or lxc, got {gtype!r}")
+    mib = int(_number(body, "memory_mib", 16, 4 * 2**20, 2048) or 0)
+    cores = int(_number(body, "cores", 1, 512, 2) or 1)
+    running = flag(body.get("running", True))
+    name = str(body.get("name") or f"{'vm' if gtype == 'qemu' else 'ct'}{vmid}")
+    maxmem = mib * 2**20
+    entry: dict[str, Any] = {"id": f"{gtype}/{vmid}", "type": gtype, "vmid": vmid, "name": name, "node": node,
+                             "status": "running" if running else "stopped", "maxmem": maxmem,
+                             "mem": maxmem // 2 if running else 0, "maxcpu": cores, "cpu": 0.1 if running else 0,
+                             "maxdisk": 0, "disk": 0, "template": 0, "uptime": 1 if running else 0}
+    config = {"name": name, "memory": str(mib), "cores": cores} if gtype == "qemu" else \
+        {"hostname": name, "memory": mib, "cores": cores}
+    c.guests[vmid] = Guest(entry=entry, config=config)
+    c.note_mem()
+    return c.guest_entry(c.guests[vmid])
+
+
+def set_usage(c: Cluster, g: Guest, body: dict[str, Any]) -> None:
+    """The guest uses more or less memory and CPU from now on (its node's figures follow, lagging)."""
+    if not g.running:
+        raise ApiError(400, f"guest {g.vmid} is not running")
+    mem = _number(body, "mem", 0, int(g.entry.get("maxmem", 0)))
+    cpu = _number(body, "cpu", 0, 1)
+    if mem is not None:
+        g.entry["mem"] = int(mem)
+        g.entry.pop("memhost", None)  # derived from mem from now on (Guest.memhost)
+    if cpu is not None:
+        g.entry["cpu"] = cpu
+    c.note_mem()

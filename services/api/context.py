@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from redis import Redis
 
 from pvebalance.shared.config import Settings
-from pvebalance.shared.redisconn import SOCKET_TIMEOUT
+from pvebalance.shared.redisconn import async_client, client
 from pvebalance.shared.requests import RequestStore
 
 from .views import ReadSide
@@ -24,15 +24,13 @@ class ApiContext:
 
     def __post_init__(self) -> None:
         self.read = ReadSide(self.redis, self.settings)
-        self.requests = RequestStore(self.redis)
+        self.requests = RequestStore(self.redis, self.read.retention)
 
     @classmethod
     def connect(cls, settings: Settings, redis: Redis | None = None,
                 async_redis: aioredis.Redis | None = None) -> ApiContext:
         """Clients connect on first use: the API starts (and /healthz answers) while Redis is away."""
-        sync = redis or Redis.from_url(settings.redis.url, socket_connect_timeout=5, socket_timeout=SOCKET_TIMEOUT,
-                                       socket_keepalive=True, health_check_interval=30)
-        # The event stream blocks up to 5 s per read: its socket waits longer than that.
-        aio = async_redis or aioredis.Redis.from_url(settings.redis.url, socket_connect_timeout=5,
-                                                     socket_timeout=SOCKET_TIMEOUT, socket_keepalive=True)
+        sync = redis or client(settings.redis)  # one Redis or Sentinel's master, as every service
+        # The event stream blocks up to 5 s per read: its socket waits longer than that (SOCKET_TIMEOUT).
+        aio = async_redis or async_client(settings.redis)
         return cls(settings, sync, aio)

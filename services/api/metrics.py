@@ -33,6 +33,7 @@ from pvebalance.shared.heartbeat import alive
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState, JobStatusEvent, Plan
 from pvebalance.shared.plans import PlanState
+from pvebalance.shared.retention import Retention
 
 from .context import ApiContext
 from .health import planner_count
@@ -51,6 +52,7 @@ class JobEventFold:
 
     def __init__(self) -> None:
         self.cursor = "0-0"
+        self.keep = Retention().events  # update() reads the settings'
         self.latest: OrderedDict[str, JobState] = OrderedDict()
         self.finished: Counter[str] = Counter()
         self.buckets: dict[str, list[int]] = {}
@@ -69,10 +71,11 @@ class JobEventFold:
                     if event.duration_s <= bound:
                         counts[i] += 1
                 self.sums[event.state.value] = self.sums.get(event.state.value, 0.0) + event.duration_s
-        while len(self.latest) > keys.EVENT_STREAM_MAXLEN:  # jobs long gone from the stream
+        while len(self.latest) > self.keep:  # jobs long gone from the stream
             self.latest.popitem(last=False)
 
     def update(self, context: ApiContext) -> None:
+        self.keep = context.settings.retention.events
         with self.lock:
             while True:
                 batch = context.read.jobs.events(self.cursor, count=1000)
@@ -166,7 +169,8 @@ class PvebalanceCollector(Collector):
         workers.add_metric([], Worker.count(queue=queue))
         yield workers
 
-        requests = _gauge("pvebalance_operator_requests", "operator requests kept (30 days), by action and state",
+        requests = _gauge("pvebalance_operator_requests",
+                          "operator requests kept (retention.requests_days), by action and state",
                           ["action", "state"])
         counts = Counter((s.request.action.value, s.state.value) for s in context.requests.recent(1000))
         for (action, state), n in sorted(counts.items()):

@@ -54,7 +54,7 @@ def plan_by_id(request: Request, plan_id: str, _: Reader) -> PlanView:
     read = ctx(request).read
     plan = read.plans.plan(plan_id)
     if plan is None:
-        raise HTTPException(404, f"no plan {plan_id} (plans are kept 7 days)")
+        raise HTTPException(404, f"no plan {plan_id} ({read.retention.plans_kept()})")
     return read.plan_view(plan)
 
 

@@ -81,7 +81,7 @@ def _known_node(request: Request, node: str) -> None:
 
 def _known_plan(request: Request, plan_id: str) -> None:
     if ctx(request).read.plans.plan(plan_id) is None:
-        raise HTTPException(404, f"no plan {plan_id} (plans are kept 7 days)")
+        raise HTTPException(404, f"no plan {plan_id} ({ctx(request).read.retention.plans_kept()})")
 
 
 @router.post("/nodes/{node}/drain", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
@@ -150,5 +150,5 @@ def request_status(request: Request, request_id: str, _: Reader) -> RequestStatu
     """A request's state: pending, accepted, refused, done or failed, with the reason and details."""
     found = ctx(request).requests.status(request_id)
     if found is None:
-        raise HTTPException(404, f"no request {request_id} (requests are kept 30 days)")
+        raise HTTPException(404, f"no request {request_id} ({ctx(request).read.retention.requests_kept()})")
     return found

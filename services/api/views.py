@@ -15,7 +15,7 @@ from redis import Redis
 
 from pvebalance.engine import Policy
 from pvebalance.services.planner.planner import Planner
-from pvebalance.shared import keys
+from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import (
@@ -31,6 +31,7 @@ from pvebalance.shared.models import (
     parse_known,
 )
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
+from pvebalance.shared.retention import Retention
 
 from .usage import spread_now, usage_percent
 
@@ -137,8 +138,9 @@ def _when(value: str | None) -> datetime | None:
 class ReadSide:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis, self.settings = redis, settings
-        self.jobs = JobStore(redis)
-        self.plans = PlanStore(redis)
+        self.retention = Retention(settings.retention)
+        self.jobs = JobStore(redis, self.retention)
+        self.plans = PlanStore(redis, self.retention)
         self.planner = Planner(redis, settings)
 
     def policy(self, snapshot: ClusterSnapshot) -> Policy:
@@ -146,7 +148,7 @@ class ReadSide:
         return self.planner.policy(snapshot)
 
     def snapshot(self) -> ClusterSnapshot | None:
-        return parse_known(ClusterSnapshot, self.redis.get(keys.SNAPSHOT_LATEST))
+        return snapshots.latest(self.redis)
 
     def _json(self, key: str) -> dict[str, Any] | None:
         raw = self.redis.get(key)
@@ -226,14 +228,14 @@ class ReadSide:
             plan = self.plans.plan(plan_id)
             return job_ids(plan) if plan else []
         seen: dict[str, None] = {}
-        for _, event in reversed(self.jobs.events(count=keys.EVENT_STREAM_MAXLEN)):
+        for _, event in reversed(self.jobs.events(count=self.jobs.retention.events)):
             seen.setdefault(event.job_id)
         for job_id in sorted(self.jobs.active_jobs()):
             seen.setdefault(job_id)
         return list(seen)
 
     def events_of(self, job_id: str) -> list[JobStatusEvent]:
-        return [e for _, e in self.jobs.events(count=keys.EVENT_STREAM_MAXLEN) if e.job_id == job_id]
+        return [e for _, e in self.jobs.events(count=self.jobs.retention.events) if e.job_id == job_id]
 
 
 def _is_number(value: str | None) -> bool:

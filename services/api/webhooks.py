@@ -30,7 +30,7 @@ from pvebalance.shared.heartbeat import INSTANCE
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState
 from pvebalance.shared.redisconn import Outage
-from pvebalance.shared.requests import REQUEST_TTL, RequestAction, RequestState
+from pvebalance.shared.requests import RequestAction, RequestState
 
 from .context import ApiContext
 
@@ -160,7 +160,7 @@ class Notifier:
         for status in self.context.requests.recent(200):
             if not status.state.final or not redis.sadd(keys.NOTIFIER_REQUESTS, status.request.request_id):
                 continue
-            redis.expire(keys.NOTIFIER_REQUESTS, REQUEST_TTL)
+            redis.expire(keys.NOTIFIER_REQUESTS, self.context.requests.retention.request_seconds)
             data = status.model_dump(mode="json")
             if status.state == RequestState.REFUSED:
                 self._notify("request_refused", data)

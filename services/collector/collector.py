@@ -20,7 +20,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from pvebalance.shared import keys
+from pvebalance.shared import keys, snapshots
 from pvebalance.shared.apidump import DumpError, essential_config, parse_cputype, snapshot_from_api
 from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.config import CollectorSettings, Settings
@@ -30,6 +30,7 @@ from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, GuestType, utcnow
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError, retry_transient
 from pvebalance.shared.redisconn import Outage, connect_waiting
+from pvebalance.shared.retention import Retention, drop_departed
 
 from .smoothing import Smoother
 from .triggers import INTERVAL, Triggers
@@ -97,6 +98,7 @@ class Collector:
         self._problems: dict[str, str] = {}  # node -> the problem last warned about, to warn once
         self._node_status: dict[str, Any] = {}  # node -> its /nodes/NODE/status, read once while it stays up
         self.fence: Callable[[], None] = lambda: None  # run_collector: raise NotLeader unless leading
+        self.retention = Retention()  # run_collector: the settings'
 
     def _get(self, path: str, **params: Any) -> Any:
         """One read, retried on its own while the failure is transient."""
@@ -222,12 +224,15 @@ class Collector:
     def publish(self, snapshot: ClusterSnapshot, latest_ttl: float) -> str:
         assert self.redis is not None
         self.fence()
-        raw = snapshot.model_dump_json()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(keys.SNAPSHOT_STREAM, {"snapshot": raw}, maxlen=keys.SNAPSHOT_STREAM_MAXLEN, approximate=True)
-        pipe.set(keys.SNAPSHOT_LATEST, raw, ex=max(int(latest_ttl), 1))
-        entry_id = pipe.execute()[0]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        entry_id = snapshots.publish(self.redis, snapshot, latest_ttl, history=self.retention.snapshots)
+        # Guests that left the cluster leave the config cache (Redis and this process's memo) with it:
+        # months of guests created and destroyed must not accumulate (the snapshot lists every guest,
+        # those on offline nodes included).
+        present = {str(g.vmid) for g in snapshot.guests}
+        drop_departed(self.redis, keys.GUEST_CONFIG_CACHE, present)
+        for vmid in self._memo.keys() - present:
+            del self._memo[vmid]
+        return entry_id
 
     def run(self, interval: float, stop: threading.Event, settle_seconds: float | None = None) -> None:
         """Publish a snapshot every `interval` seconds, and (with Redis and `settle_seconds`, the planner's)
@@ -278,13 +283,14 @@ class Collector:
 def run_collector(settings: Settings, stop: threading.Event) -> None:
     """The collector service: waits for Redis instead of exiting, then publishes until stopped."""
     c = settings.collector
-    redis = connect_waiting(settings.redis.url, log, stop)
+    redis = connect_waiting(settings.redis, log, stop)
     if redis is None:
         return
     collector = Collector(ProxmoxClient(settings.proxmox_api), redis, rrd_interval=c.rrd_interval,
                           smoothing=c.smoothing, reads=read_limits(c))
     leader = Leader(redis, "collector", settings.leader.lock_ttl)  # one collector publishes at a time
     collector.fence = leader.fence
+    collector.retention = Retention(settings.retention)
     # the planner's settle time: a snapshot after a plan's last migration is taken when the planner may use it
     leader.lead(stop, lambda demoted: collector.run(c.interval, demoted, settings.planner.settle_seconds))
 

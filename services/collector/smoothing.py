@@ -6,6 +6,9 @@ the RRD hour series PVE keeps (average, 95th percentile of CPU, PVE 9 pressure) 
 list (the only place PVE 9 shows a VM's pressure). The first snapshot reads every node; after
 that each snapshot refreshes only the stalest nodes older than `rrd_interval`, at most
 NODE_READS_PER_SNAPSHOT of them, so a steady-state snapshot costs a fixed number of requests.
+
+What is kept for a guest or a node goes when it leaves the cluster (shared/retention.py), in Redis
+and in this process: months of guests created and destroyed must not accumulate.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError
+from pvebalance.shared.retention import drop_departed
 
 log = get_logger("pvebalance.collector")
 
@@ -72,6 +76,17 @@ class Smoother:
         self._nodes(snap)
         if self.redis is not None:
             self._guests(snap)
+        self._forget_departed(snap)
+
+    def _forget_departed(self, snap: ClusterSnapshot) -> None:
+        guests, nodes = {g.vmid for g in snap.guests}, {n.name for n in snap.nodes}
+        for vmid in self._guest_psi.keys() - guests:
+            del self._guest_psi[vmid]
+        for name in self._node_rrd.keys() - nodes:
+            del self._node_rrd[name]
+        if self.redis is not None and not self.read_only:
+            drop_departed(self.redis, keys.GUEST_LOAD, (str(v) for v in guests))
+            drop_departed(self.redis, keys.NODE_RRD, nodes)
 
     def _load_shared(self) -> None:
         """What another collector (or an earlier run of this one) read, from Redis."""

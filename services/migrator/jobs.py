@@ -16,6 +16,7 @@ from pvebalance.shared.config import Settings, load_settings
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import JobState, MigrationJob
 from pvebalance.shared.proxmox import ProxmoxClient
+from pvebalance.shared.retention import Retention
 
 from .recovery import settle
 from .runner import MigrationRunner
@@ -56,8 +57,8 @@ def run_migration(payload: str) -> str | Retry:
     assert rq_job is not None, "run_migration runs inside an rq worker"
     redis = rq_job.connection
     settings = _context.settings
-    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), JobStore(redis), Slots(redis, settings.migrator),
-                             settings)
+    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), JobStore(redis, Retention(settings.retention)),
+                             Slots(redis, settings.migrator), settings)
     try:
         state = runner.run(job)
     except SlotYield:

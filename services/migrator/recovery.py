@@ -35,6 +35,7 @@ from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState
 from pvebalance.shared.redisconn import Outage
+from pvebalance.shared.retention import Retention
 
 log = get_logger("pvebalance.migrator.recovery")
 
@@ -60,7 +61,7 @@ class Reconciler:
         self.lost_after = lost_after
         self.settings = settings
         self.interval = interval
-        self.store = JobStore(redis)
+        self.store = JobStore(redis, Retention(settings.retention))
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
         # rq runs failure callbacks under a death penalty; the signal-based default works only in a
         # process's main thread, and the reconciler runs in its own.

@@ -1,4 +1,9 @@
-"""An rq worker process for migration jobs, which rides out Redis outages instead of exiting."""
+"""An rq worker process for migration jobs, which rides out Redis outages (and Sentinel failovers)
+instead of exiting.
+
+Its connection comes from shared/redisconn.py like every service's: with `redis.sentinels` it is a
+client of Sentinel's master (`Sentinel.master_for`), which rq takes as it takes any client, and its
+work-horses inherit it (a job's `connection`), so a failover is a short outage to both."""
 
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ def worker_name() -> str:
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
                stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
-    redis = connect_waiting(settings.redis.url, log, stop, socket_timeout=WORKER_SOCKET_TIMEOUT)
+    redis = connect_waiting(settings.redis, log, stop, socket_timeout=WORKER_SOCKET_TIMEOUT)
     if redis is None:
         return
     set_context(settings)

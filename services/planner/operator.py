@@ -55,7 +55,7 @@ class RequestHandler:
     def __init__(self, planner: Planner) -> None:
         self.planner = planner
         self.redis = planner.redis
-        self.store = RequestStore(planner.redis)
+        self.store = RequestStore(planner.redis, planner.retention)
         self.handlers: dict[RequestAction, Callable[[OperatorRequest, ClusterSnapshot | None], None]] = {
             RequestAction.DRAIN: self.drain, RequestAction.UNDRAIN: self.undrain,
             RequestAction.REBALANCE: self.rebalance, RequestAction.APPROVE: self.approve,
@@ -246,7 +246,8 @@ class RequestHandler:
         plan = self.planner.plans.plan(request.plan_id or "")
         status = self.planner.plans.status(request.plan_id or "")
         if plan is None or status is None:
-            self.refuse(request, f"no plan {request.plan_id} (plans are kept 7 days; `pvebalance plans` lists them)")
+            self.refuse(request, f"no plan {request.plan_id} ({self.planner.retention.plans_kept()}; "
+                        "`pvebalance plans` lists them)")
             return
         if self.planner.settings.balancing.mode_of_operation == "dry-run":
             self.refuse(request, "balancing.mode_of_operation is dry-run: plans are never run")

@@ -21,7 +21,7 @@ from rq import Queue
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.policy import HISTORY_WINDOW
-from pvebalance.shared import keys
+from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
 from pvebalance.shared.heartbeat import INSTANCE, beat
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
@@ -29,9 +29,10 @@ from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, job_ids, parse_known, utcnow
-from pvebalance.shared.plans import PLAN_TTL, PlanState, PlanStatus, PlanStore
+from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.redisconn import Outage, connect_waiting
 from pvebalance.shared.requests import RequestAction, RequestState
+from pvebalance.shared.retention import Retention
 from pvebalance.shared.streams import ensure_group, group_exists
 
 from .operator import RequestHandler, drain_only, drained_nodes, leaving, paused
@@ -46,8 +47,9 @@ class Planner:
         self.redis = redis
         self.settings = settings
         self.consumer = consumer
-        self.jobs = JobStore(redis)
-        self.plans = PlanStore(redis)
+        self.retention = Retention(settings.retention)
+        self.jobs = JobStore(redis, self.retention)
+        self.plans = PlanStore(redis, self.retention)
         self.operator = RequestHandler(self)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
         self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
@@ -70,7 +72,7 @@ class Planner:
         messages = entries[0][1]
         self.redis.xack(keys.SNAPSHOT_STREAM, keys.PLANNER_GROUP, *[mid for mid, _ in messages])
         for _, fields in reversed(messages):  # the newest this version can read
-            snapshot = parse_known(ClusterSnapshot, fields.get(b"snapshot") or fields.get("snapshot"))
+            snapshot = snapshots.from_entry(fields)
             if snapshot is not None:
                 self.unreadable_snapshots = False
                 return snapshot
@@ -122,7 +124,6 @@ class Planner:
         if not plan.migrations and latest is not None and not latest.migrations and latest.outcome == plan.outcome:
             # Nothing to do, again: the stored plan says so; one per snapshot would fill Redis (2880 a day).
             return plan
-        self.plans.forget_older_than(time.time() - PLAN_TTL)
         self.save(plan)
         log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id, outcome=plan.outcome,
                  spread_before=plan.before.spread_pp, spread_after=plan.after.spread_pp,
@@ -234,16 +235,13 @@ class Planner:
 
     def latest_snapshot(self) -> ClusterSnapshot | None:
         """The collector's latest snapshot, with the migrations in flight (for operator requests)."""
-        raw = self.redis.get(keys.SNAPSHOT_LATEST)
-        try:
-            return self.with_in_flight(ClusterSnapshot.model_validate_json(raw)) if raw else None
-        except ValueError:
-            return None
+        latest = snapshots.latest(self.redis)
+        return self.with_in_flight(latest) if latest is not None else None
 
     def latest_plan(self) -> Plan | None:
         """The latest stored plan; None when there is none, or when a version whose schema this one does not
         know wrote it: this planner plans on as if there were none (said once per such plan) rather than stop
-        planning until that plan expires (PLAN_TTL, 7 days)."""
+        planning until that plan expires (retention.plans_days)."""
         raw = self.redis.get(keys.PLAN_LATEST)
         plan = parse_known(Plan, raw)
         if raw and plan is None:
@@ -379,7 +377,7 @@ class Planner:
 
 def run_planner(settings: Settings, stop: threading.Event) -> None:
     """The planner service: waits for Redis instead of exiting, then plans until stopped."""
-    redis = connect_waiting(settings.redis.url, log, stop)
+    redis = connect_waiting(settings.redis, log, stop)
     if redis is None:
         return
     planner = Planner(redis, settings)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from pvebalance.shared import keys
+from pvebalance.shared import keys, snapshots
 from pvebalance.shared.heartbeat import alive
-from pvebalance.shared.models import ClusterSnapshot, Plan
+from pvebalance.shared.models import Plan
 from tests.helpers import SimFactory, kill_tree, write_config
 
 pytestmark = pytest.mark.integration
@@ -36,8 +36,10 @@ def services(start_simulator: SimFactory, real_redis: Redis, redis_url: str,
     # dry-run: plans are stored, never enqueued, so no job holds the planner back; the planner makes
     # a plan only when the cluster changed, so each snapshot is made to differ from the one before
     # (pve3 in and out of maintenance).
+    # retention.snapshots 100: the test counts and reads every snapshot of its run off the stream
     config = write_config(tmp_path / "pvebalance.yaml", sim, redis_url, collector={"interval": INTERVAL},
-                          leader={"lock_ttl": LOCK_TTL}, balancing={"mode_of_operation": "dry-run"})
+                          leader={"lock_ttl": LOCK_TTL}, balancing={"mode_of_operation": "dry-run"},
+                          retention={"snapshots": 100})
     env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "PVEBALANCE_REDIS__URL": redis_url}
     procs: dict[str, list[subprocess.Popen[bytes]]] = {}
     for service in ("collector", "planner"):
@@ -101,7 +103,7 @@ def assert_one_snapshot_per_interval_and_one_plan_per_snapshot(redis: Redis) -> 
     made = plans(redis)
     per_snapshot = [p.snapshot_id for p in made]
     assert len(per_snapshot) == len(set(per_snapshot)), "a snapshot was planned twice"
-    published = {ClusterSnapshot.model_validate_json(f[b"snapshot"]).snapshot_id
+    published = {snapshots.from_entry(f).snapshot_id  # type: ignore[union-attr]
                  for _, f in redis.xrange(keys.SNAPSHOT_STREAM)}
     assert set(per_snapshot) <= published
     # every snapshot differs from the one before, so each gets its plan; the planner skips only

@@ -21,7 +21,7 @@ from pvebalance.engine import Policy
 from pvebalance.engine.rules import build_constraints
 from pvebalance.services.collector.collector import run_collector
 from pvebalance.services.planner.planner import run_planner
-from pvebalance.shared import keys
+from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.plans import PlanStore
@@ -43,7 +43,9 @@ class Cluster:
                               capture_output=True, text=True, timeout=timeout)
 
     def snapshot(self) -> ClusterSnapshot:
-        return ClusterSnapshot.model_validate_json(self.redis.get(keys.SNAPSHOT_LATEST))
+        latest = snapshots.latest(self.redis)
+        assert latest is not None
+        return latest
 
     def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -285,7 +287,7 @@ def test_rebalance_refuses_to_ask_on_a_non_interactive_input_without_yes(cluster
 
 def _snapshots_since(c: Cluster, snapshot_id: str) -> int:
     entries = c.redis.xrange(keys.SNAPSHOT_STREAM)
-    ids = [ClusterSnapshot.model_validate_json(f[b"snapshot"]).snapshot_id for _, f in entries]
+    ids = [s.snapshot_id for _, f in entries if (s := snapshots.from_entry(f)) is not None]
     return len(ids) - 1 - ids.index(snapshot_id) if snapshot_id in ids else 0
 
 

@@ -8,7 +8,7 @@ import pytest
 from redis import Redis
 
 from pvebalance.services.collector.collector import CollectError, Collector
-from pvebalance.shared import keys
+from pvebalance.shared import keys, snapshots
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.proxmox import ProxmoxClient
 from tests.helpers import SimFactory, api_settings
@@ -45,11 +45,11 @@ def test_published_snapshot_is_on_the_stream_and_latest(start_simulator: SimFact
     collector = Collector(ProxmoxClient(api_settings(sim)), fake_redis)
     snap = collector.snapshot()
     collector.publish(snap, latest_ttl=30)
-    latest = ClusterSnapshot.model_validate_json(fake_redis.get(keys.SNAPSHOT_LATEST))
-    assert latest.snapshot_id == snap.snapshot_id and latest.schema_version == 1
+    latest = snapshots.latest(fake_redis)  # stored compressed (shared/snapshots.py)
+    assert latest is not None and latest.snapshot_id == snap.snapshot_id and latest.schema_version == 1
     assert 0 < fake_redis.ttl(keys.SNAPSHOT_LATEST) <= 30
     entries = fake_redis.xrange(keys.SNAPSHOT_STREAM)
-    assert json.loads(entries[-1][1][b"snapshot"])["snapshot_id"] == snap.snapshot_id
+    assert snapshots.from_entry(entries[-1][1]) == latest
 
 
 def test_an_api_failure_publishes_nothing(start_simulator: SimFactory, fake_redis: Redis) -> None:

@@ -12,7 +12,7 @@ from redis import Redis
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.collector.triggers import INTERVAL, MIGRATIONS_ENDED, OPERATOR_REQUEST, Triggers
 from pvebalance.services.planner.planner import Planner
-from pvebalance.shared import keys
+from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import ClusterSnapshot, GuestType, JobState, MigrationJob
@@ -102,7 +102,8 @@ def test_the_collector_publishes_when_the_last_migration_ended(start_simulator: 
         while fake_redis.xlen(keys.SNAPSHOT_STREAM) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         [(_, fields)] = fake_redis.xrevrange(keys.SNAPSHOT_STREAM, count=1)
-        snap = ClusterSnapshot.model_validate_json(fields[b"snapshot"])
+        snap = snapshots.from_entry(fields)
+        assert snap is not None
         assert fake_redis.xlen(keys.SNAPSHOT_STREAM) == 2
         assert snap.taken_at.timestamp() - store.last_change_at() >= SETTLE  # type: ignore[operator]
     finally:
