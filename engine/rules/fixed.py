@@ -41,6 +41,10 @@ def fixed_reason(guest: GuestState, policy: Policy, draining: frozenset[str] = f
         return f"HA state {guest.hastate}"
     if guest.running and guest.type is GuestType.QEMU and guest.local_resources:
         return f"uses local devices ({', '.join(guest.local_resources)})"
+    if not policy.live and guest.running and guest.type is GuestType.QEMU:
+        # PVE moves a running VM only live ("can't migrate running VM without --online"); the
+        # migrator skips such a move, so the plan must not count on it
+        return "running VM and balancing.live is off"
     if not policy.with_local_disks and guest.local_disk > 0:
         return "has disks on local storage (balancing.with_local_disks is off)"
     return None

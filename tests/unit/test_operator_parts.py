@@ -59,11 +59,12 @@ def test_placement_refuses_an_ignored_node(tight: ClusterSnapshot) -> None:
 
 
 def test_placement_refuses_a_node_without_local_storage_for_the_disk(tight: ClusterSnapshot) -> None:
-    nodes = [n.model_copy(update={"local_maxdisk": 100 * GIB, "local_disk": 90 * GIB}) for n in tight.nodes]
-    answer = place(tight.model_copy(update={"nodes": nodes}), Policy(),
+    storages = [s.model_copy(update={"maxdisk": 100 * GIB, "disk": 75 * GIB}) if not s.shared else s
+                for s in tight.storages]
+    answer = place(tight.model_copy(update={"storages": storages}), Policy(),
                    PlacementRequest(memory=GIB, disk=20 * GIB, local=True))
-    assert answer.best is None
-    assert answer.refused["pve1"] == "pve1 has 10.0 GiB free on local storage, the guest needs 20.0 GiB"
+    assert answer.best is None  # 95 of 100 GiB: above max_storage_usage, as a migration's disks would be
+    assert answer.refused["pve1"] == "pve1's local-lvm would be at 95.0% of 100 GiB, above max_storage_usage 90%"
 
 
 def test_placement_keeps_anti_affinity_and_pins(tight: ClusterSnapshot) -> None:

@@ -242,7 +242,8 @@ def test_pre_flight_checks_the_target_storage_for_the_local_disks_it_copies(
     from pvebalance.shared.models import InFlightMigration
 
     sim = start_simulator("local-storage")
-    next(s for s in sim.cluster.storages if s["node"] == "pve3" and s["storage"] == "local-lvm")["disk"] = used_gib * 2**30
+    storage = next(s for s in sim.cluster.storages if s["node"] == "pve3" and s["storage"] == "local-lvm")
+    storage["disk"] = used_gib * 2**30
     pf, client = preflight_for(sim, tmp_path)
     flights = [InFlightMigration(job_id="other", vmid=101, source="pve1", target="pve3",
                                  local_disks={"local-lvm": in_flight_gib * 2**30})] if in_flight_gib else []

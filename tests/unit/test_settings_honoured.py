@@ -173,3 +173,16 @@ def homelab_plan_json(**changes: object) -> str:
     doc = json.loads(plan_balance(homelab(), Policy()).model_dump_json())
     doc.update(changes)
     return json.dumps(doc)
+
+
+def test_with_live_off_the_engine_plans_no_move_of_a_running_vm() -> None:
+    """The migrator skips a running VM's move when balancing.live is off (PVE moves it only live), so the
+    plan must not count on one: containers (restarted) and stopped guests may still move."""
+    from pvebalance.engine import Policy, plan_balance
+    from pvebalance.shared.models import GuestType
+
+    for scenario in ("all-on-one", "local-storage"):  # running VMs only; VMs and containers
+        snap = snapshot_from_api(load_dump(scenario)["api"])
+        running = {g.vmid for g in snap.guests if g.running and g.type is GuestType.QEMU}
+        assert {m.vmid for m in plan_balance(snap, Policy()).migrations} & running  # moved with live on
+        assert not {m.vmid for m in plan_balance(snap, Policy(live=False)).migrations} & running
