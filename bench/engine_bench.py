@@ -25,18 +25,20 @@ from pvebalance.shared.models import ClusterSnapshot, Plan
 EXACT_SCENARIOS = ("all-on-one", "homelab", "mid-300", "groups", "maintenance", "tight", "operator-rules")
 
 
-def lower_bound(snapshot: ClusterSnapshot, policy: Policy) -> int:
-    """For each node above mean + balanciness, the fewest of its guests whose load covers the excess."""
+def lower_bound(snapshot: ClusterSnapshot, policy: Policy, dim: int = 0) -> int:
+    """For each node above mean + balanciness, the fewest of its guests whose load covers the excess
+    (in the policy's `dim`-th dimension)."""
     loads = initial_loads(snapshot, policy)
+    band = policy.band(policy.dimensions[dim])
     nodes = [n.name for n in snapshot.nodes if n.online and not n.maintenance]
-    mean = sum(loads[n].percent for n in nodes) / len(nodes)
+    mean = sum(loads[n].percent_in(dim) for n in nodes) / len(nodes)
     bound = 0
     for n in nodes:
-        excess_pct = loads[n].percent - (mean + policy.balanciness)
+        excess_pct = loads[n].percent_in(dim) - (mean + band)
         if excess_pct <= 0:
             continue
-        excess = excess_pct / 100 * loads[n].capacity
-        sizes = sorted((guest_load(g, policy) for g in snapshot.guests if g.node == n), reverse=True)
+        excess = excess_pct / 100 * loads[n].capacity[dim]
+        sizes = sorted((guest_load(g, policy)[dim] for g in snapshot.guests if g.node == n), reverse=True)
         covered = 0.0
         for count, size in enumerate(sizes, 1):
             covered += size
@@ -46,15 +48,17 @@ def lower_bound(snapshot: ClusterSnapshot, policy: Policy) -> int:
     return bound
 
 
-def band_lower_bound(snapshot: ClusterSnapshot, policy: Policy, step: float = 0.25) -> int:
+def band_lower_bound(snapshot: ClusterSnapshot, policy: Policy, step: float = 0.25, dim: int = 0) -> int:
     """A stronger bound: whatever band [lo, lo + balanciness] the nodes end in, nodes above it must
     shed (each with its own largest guests) and nodes below it must receive (at best the largest
     guests of the whole cluster); every migration does one of each, so at least the larger count.
     The smallest such count over all band positions bounds every plan."""
     loads = initial_loads(snapshot, policy)
+    band = policy.band(policy.dimensions[dim])
     nodes = [n.name for n in snapshot.nodes if n.online and not n.maintenance]
-    own = {n: sorted((guest_load(g, policy) for g in snapshot.guests if g.node == n), reverse=True) for n in nodes}
-    everyone = sorted((guest_load(g, policy) for g in snapshot.guests if g.node in own), reverse=True)
+    own = {n: sorted((guest_load(g, policy)[dim] for g in snapshot.guests if g.node == n), reverse=True)
+           for n in nodes}
+    everyone = sorted((guest_load(g, policy)[dim] for g in snapshot.guests if g.node in own), reverse=True)
 
     def fewest(sizes: list[float], amount: float) -> int | None:
         covered = 0.0
@@ -69,14 +73,14 @@ def band_lower_bound(snapshot: ClusterSnapshot, policy: Policy, step: float = 0.
     while lo <= 100:
         shed, feasible = 0, True
         for n in nodes:
-            excess = (loads[n].percent - lo - policy.balanciness) / 100 * loads[n].capacity
+            excess = (loads[n].percent_in(dim) - lo - band) / 100 * loads[n].capacity[dim]
             if excess > 0:
                 count = fewest(own[n], excess)
                 if count is None:
                     feasible = False
                     break
                 shed += count
-        need = sum(max(0.0, (lo - loads[n].percent) / 100 * loads[n].capacity) for n in nodes)
+        need = sum(max(0.0, (lo - loads[n].percent_in(dim)) / 100 * loads[n].capacity[dim]) for n in nodes)
         receive = fewest(everyone, need)
         if feasible and receive is not None:
             bound = max(shed, receive)
@@ -85,7 +89,7 @@ def band_lower_bound(snapshot: ClusterSnapshot, policy: Policy, step: float = 0.
     return best or 0
 
 
-def shed_fill_lower_bound(snapshot: ClusterSnapshot, policy: Policy, steps: int = 500) -> int:
+def shed_fill_lower_bound(snapshot: ClusterSnapshot, policy: Policy, steps: int = 500, dim: int = 0) -> int:
     """A bound that counts both sides of the band at once (no node being drained; rules only shrink
     the plans it covers, so they may be left out). Say the nodes end in [lo, lo + balanciness] (the
     cluster's mean must lie in it), and count, per node n, the c_n of its own guests that leave it:
@@ -104,17 +108,17 @@ def shed_fill_lower_bound(snapshot: ClusterSnapshot, policy: Policy, steps: int 
     loads = initial_loads(snapshot, policy)
     fixed = build_constraints(snapshot, policy).fixed
     nodes = [n.name for n in snapshot.nodes if n.online and n.usable and not n.maintenance
-             and n.name not in policy.ignore_nodes and loads[n.name].capacity > 0]
-    cap = {n: loads[n].capacity for n in nodes}
-    load = {n: loads[n].load for n in nodes}
+             and n.name not in policy.ignore_nodes and min(loads[n.name].capacity) > 0]
+    cap = {n: loads[n].capacity[dim] for n in nodes}
+    load = {n: loads[n].load[dim] for n in nodes}
     own: dict[str, list[float]] = {n: [] for n in nodes}
     for g in snapshot.guests:
-        if g.node in own and g.vmid not in fixed and (size := guest_load(g, policy)) > 0:
+        if g.node in own and g.vmid not in fixed and (size := guest_load(g, policy)[dim]) > 0:
             own[g.node].append(size)
     for sizes in own.values():
         sizes.sort(reverse=True)
     mean = 100.0 * sum(load.values()) / sum(cap.values())
-    b = policy.balanciness
+    b = policy.band(policy.dimensions[dim])
     best: int | None = None
     for i in range(steps):
         lo_bottom, lo_top = mean - b + b * i / steps, mean - b + b * (i + 1) / steps

@@ -1,15 +1,18 @@
-"""Plan migrations: first repair what breaks a rule, then bring the spread within `balanciness`.
+"""Plan migrations: first repair what breaks a rule, then bring every balanced dimension's spread
+within its band (`balanciness`, per dimension: `Policy.band`).
 
 Pure: a snapshot and a policy in, a Plan out; no I/O. Each registered rule family repairs what it
 finds broken, in the registry's order of urgency (maintenance, pins and HA node rules, affinity,
 anti-affinity; see rules/registry.py), then the balance phase runs, all on one PlanState, so every
 move is checked against every family's rules and the room on its target at the step it runs. A rule
-that cannot be met is reported in `unmet`, with the guests and the reason.
+that cannot be met is reported in `unmet`, with the guests and the reason; with several dimensions,
+so is each dimension whose spread the plan cannot bring within its band (rule "balance DIM", how far
+above, and why; with one, the notes say it).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
 
 from pvebalance.shared.models import (
     ClusterSnapshot,
@@ -21,7 +24,7 @@ from pvebalance.shared.models import (
 )
 
 from .band import apply_in_order, band_plan, clone
-from .load import guest_load, initial_loads, spread, summarize, with_cluster_scale
+from .load import initial_loads, spreads, summarize
 from .outcome import outcome_of
 from .policy import Policy
 from .repair import repair
@@ -38,36 +41,47 @@ def is_movable(guest: GuestState, policy: Policy) -> bool:
 
 
 def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
-    policy = with_cluster_scale(policy, snapshot)
     constraints = build_constraints(snapshot, policy)
     state = PlanState(snapshot, policy, constraints)
-    before = summarize(state.loads, state.targets)
+    bands = dict(zip(state.dims, state.bands, strict=True))  # as asked, before any is relaxed
+    before = summarize(state.loads, state.targets, state.dims)
     unmet: list[Unmet] = []
     notes: list[str] = []
 
     for family in constraints.families:  # in the registry's order: the most urgent rules first
         repair(state, family.fixes(state), unmet)
-    hottest = max((state.loads[n].percent for n in state.targets), default=0.0)
-    if policy.threshold is not None and hottest < policy.threshold:
-        notes.append(f"no node above the {policy.method} threshold of {policy.threshold}%: not balancing")
-    elif state.spread() > policy.balanciness:
+    quiet = _below_thresholds(state, notes)  # dimensions no node has passed the threshold of
+    if quiet and len(quiet) < len(state.dims):
+        state.relax(quiet)
+        policy = state.policy
+    below_threshold = len(quiet) == len(state.dims)
+    repaired = clone(state) if _searches(state) else None  # the local search's start (improve.py)
+    if not below_threshold and not state.balanced():
         state = _balance(state, notes)
-    if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations \
-            and state.spread() > policy.balanciness:
+    exact = (not unmet and bool(state.moves) and _exact_applies(snapshot, policy)
+             and _exact_work(state) <= EXACT_MAX_WORK)
+    if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations and not state.balanced():
         notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
-    elif not unmet and state.moves and _exact_applies(snapshot, policy):
+    elif exact:
         state = _exact_if_fewer(snapshot, policy, constraints, state, notes)
+    if repaired is not None and not below_threshold and (not exact or not state.balanced()):
+        state = _searched(repaired, state, _units(repaired), notes)
+    if state.balanced():  # the exact model or the local search brought it within: no longer so
+        notes[:] = [n for n in notes if not (n.startswith("spread ") and "stays above" in n)]
+    if not below_threshold and len(state.dims) > 1:  # one dimension: its notes say so, as they always have
+        unmet += _out_of_band(state, notes)
 
     timetable = schedule(state.moves, snapshot, policy, constraints)  # batches and queue order (schedule.py)
     notes += timetable.notes
     migrations = _to_migrations(timetable.moves, snapshot, policy, state.targets, timetable.batches)
     plan = Plan(
         snapshot_id=snapshot.snapshot_id,
-        method=policy.method,
+        method=",".join(state.dims),
         mode=policy.mode,
-        balanciness=policy.balanciness,
+        balanciness=bands[state.dims[0]],
+        bands=bands,
         before=before,
-        after=summarize(state.loads, state.targets),
+        after=summarize(state.loads, state.targets, state.dims),
         migrations=migrations,
         unmet=unmet,
         notes=notes,
@@ -75,15 +89,36 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     plan.splits = timetable.splits
     plan.expected_seconds = round(timetable.expected_seconds, 1)
     plan.violations = find_violations(snapshot, plan, policy, constraints)
-    plan.outcome, plan.outcome_reason = outcome_of(
-        plan, below_threshold=policy.threshold is not None and hottest < policy.threshold)
+    plan.outcome, plan.outcome_reason = outcome_of(plan, below_threshold=below_threshold, quiet=quiet)
     plan.held_out = held_out_nodes(snapshot, state)
-    if policy.method == "weighted":
-        for dim in (d for d, w in sorted(policy.weights.items()) if w > 0):
-            one = replace(policy, method=dim, scale={})  # type: ignore[arg-type]
-            before_dim, after_dim = _spread_by(snapshot, one, state.targets, state.moves)
-            plan.notes.append(f"{dim}: spread {before_dim:.1f} -> {after_dim:.1f} pp")
     return plan
+
+
+def _below_thresholds(state: PlanState, notes: list[str]) -> list[str]:
+    """The balanced dimensions with a threshold that no node passes (after the repairs): they are
+    not balanced by this plan, and the notes say so."""
+    quiet = []
+    for i, dim in enumerate(state.dims):
+        threshold = state.policy.threshold_of(dim)
+        hottest = max((state.loads[n].percent_in(i) for n in state.targets), default=0.0)
+        if threshold is not None and hottest < threshold:
+            quiet.append(dim)
+            notes.append(f"no node above the {dim} threshold of {threshold}%: "
+                         + ("not balancing" if len(state.dims) == 1 else f"{dim} not balanced"))
+    return quiet
+
+
+def _out_of_band(state: PlanState, notes: list[str]) -> list[Unmet]:
+    """Each dimension the plan leaves above its band, the largest excess first: how far, and why."""
+    why = next((n.split(": ", 1)[1] for n in notes if n.startswith("spread ") and "stays above" in n),
+               "no safe move the rules allow brings it closer")
+    if any(n.startswith("stopped at the cap") for n in notes):
+        why = f"the cap of {state.policy.max_migrations} migrations per plan is reached"
+    over = sorted(((s - b, d, s, b) for d, s, b in zip(state.dims, state.spreads(), state.bands, strict=True)
+                   if s > b and math.isfinite(b)), key=lambda x: (-x[0], x[1]))
+    return [Unmet(rule=f"balance {d}", vmids=[],
+                  reason=f"spread {s:.1f} pp, {excess:.1f} pp above its band of {b:g} pp: {why}")
+            for excess, d, s, b in over]
 
 
 def held_out_nodes(snapshot: ClusterSnapshot, state: PlanState) -> dict[str, str]:
@@ -97,6 +132,13 @@ def held_out_nodes(snapshot: ClusterSnapshot, state: PlanState) -> dict[str, str
 
 
 EXACT_MAX_GUESTS = 500
+# The exact model's size, in candidate guests x target nodes x dimensions, above which it is not
+# built: HiGHS's root node alone (cuts, its own heuristics) then takes seconds. Measured on this
+# repository's 2-core machine: groups balancing memory and CPU (1224) 1.5 s for the root, mid-300
+# balancing CPU (2400) 5-9 s without a proof; maintenance with both (960) 0.4 s, every model of one
+# dimension up to 645 (operator-rules) well under 0.5 s. The plan is then the heuristics' and the local
+# search's (improve.py): the gate is work, not time, so it is the same on any machine.
+EXACT_MAX_WORK = 1000
 
 
 def _balance(state: PlanState, notes: list[str]) -> PlanState:
@@ -110,16 +152,45 @@ def _balance(state: PlanState, notes: list[str]) -> PlanState:
     band = band_plan(state, units) if state.policy.min_gain <= 0 else None
     if band is not None and state.budget_left(sum(len(u) for u, _ in band.moves)):
         banded = clone(state)
-        if not apply_in_order(banded, band.moves) or banded.spread() > state.policy.balanciness:
+        if not apply_in_order(banded, band.moves) or not banded.balanced():
             banded = None
     if banded is not None and len(state.guests) > EXACT_MAX_GUESTS:
         return banded
     greedy_notes: list[str] = []
     balance_moves(state, units_by_node(state, units), greedy_notes)
     if banded is not None and prefer(banded.moves, state.moves, state.policy, state.c):  # balancing.objective
-        return banded
+        state, greedy_notes = banded, []
     notes.extend(greedy_notes)
     return state
+
+
+def _searches(state: PlanState) -> bool:
+    """Whether the local search (improve.py) runs: several dimensions, a cluster the size the exact
+    model is built for, and no per-plan cap or minimum gain (it knows neither)."""
+    policy = state.policy
+    return (len(state.dims) > 1 and len(state.guests) <= EXACT_MAX_GUESTS and policy.max_migrations is None
+            and policy.min_gain <= 0)
+
+
+def _searched(base: PlanState, chosen: PlanState, units: list[frozenset[int]], notes: list[str]) -> PlanState:
+    """The local search (improve.py) from the plan chosen and from each dimension's own band plan;
+    its plan if it balances where the chosen one does not, or is preferred to it (fewer migrations).
+    It runs where the exact model is not built (too large) or found nothing that balances."""
+    from .improve import fewer_moves  # numpy: loaded only when several dimensions are balanced
+
+    starts = [chosen]
+    for i in range(len(base.dims)):
+        one = band_plan(base, units, only=i)
+        if one is not None:
+            start = clone(base)
+            apply_in_order(start, one.moves)
+            starts.append(start)
+    found = fewer_moves(base, starts, units)
+    if found is None or (chosen.balanced() and not prefer(found.moves, chosen.moves, chosen.policy, chosen.c)):
+        return chosen
+    notes.append(f"local search: {len(found.moves)} migrations instead of {len(chosen.moves)}"
+                 + ("" if chosen.balanced() else " that left a dimension above its band"))
+    return found
 
 
 def _exact_applies(snapshot: ClusterSnapshot, policy: Policy) -> bool:
@@ -128,27 +199,41 @@ def _exact_applies(snapshot: ClusterSnapshot, policy: Policy) -> bool:
     by time, so that no load on the machine changes a plan."""
     return (policy.exact_seconds > 0 and len(snapshot.guests) <= EXACT_MAX_GUESTS
             and policy.max_migrations is None and policy.max_migrations_per_target is None
-            and policy.cpu_overcommit is None and policy.threshold is None)
+            and policy.cpu_overcommit is None and policy.threshold is None and not policy.thresholds)
+
+
+def _exact_work(state: PlanState) -> int:
+    """The exact model's size: the guests it may move (exact._candidates) x target nodes x dimensions."""
+    movable = sum(1 for v, g in state.guests.items() if v not in state.c.fixed and state.where[v] in state.online
+                  and (g.running or state.where[v] in state.draining))
+    return movable * len(state.targets) * len(state.dims)
 
 
 def _exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, greedy: PlanState,
                     notes: list[str]) -> PlanState:
-    from .exact import EXACT_NODE_LIMIT, minimum_migrations, order_placement  # scipy: loaded only when used
+    """The exact model's plan when it has fewer migrations than the heuristics' (or balances where
+    theirs does not); bounded by work only (exact.EXACT_NODE_LIMIT, no wall clock), so the same
+    snapshot gives the same plan under any load."""
+    from .exact import EXACT_NODE_LIMIT, minimum_migrations, order_placement  # highspy: loaded only when used
 
-    # bounded by work only (no wall-clock limit): the same snapshot gives the same plan under any load
+    balanced = greedy.balanced()
+    # an unbalanced plan is no yardstick: any count that balances (unless min_gain stopped it on purpose:
+    # the model does not know min_gain, so it may only offer fewer moves)
+    cap = len(greedy.moves) if balanced or policy.min_gain > 0 else None
     stuck: list[dict[int, str]] = []
     for _ in range(EXACT_RETRIES):
         result = minimum_migrations(snapshot, policy, node_limit=EXACT_NODE_LIMIT, time_limit=None,
-                                    fewer_than=len(greedy.moves), exclude=stuck)
-        if result.migrations is None or result.migrations >= len(greedy.moves):
+                                    fewer_than=cap, exclude=stuck)
+        if result.migrations is None or (cap is not None and result.migrations >= cap):
             break
         ordered = order_placement(snapshot, policy, constraints, result.placement)
-        if ordered is not None and ordered.spread() <= policy.balanciness:
-            if not prefer(ordered.moves, greedy.moves, policy, constraints):  # balancing.objective: time
-                notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {len(greedy.moves)}, "
+        if ordered is not None and ordered.balanced():
+            instead = f"{len(greedy.moves)}" + ("" if balanced else " that left a dimension above its band")
+            if balanced and not prefer(ordered.moves, greedy.moves, policy, constraints):  # objective: time
+                notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {instead}, "
                              "expected to finish later: kept the greedy plan")
                 return greedy
-            notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {len(greedy.moves)}")
+            notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {instead}")
             return ordered
         # its moves are stuck in a cycle (two full nodes swapping guests): look for another placement
         stuck.append(result.placement)
@@ -159,17 +244,6 @@ def _exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Cons
 
 
 EXACT_RETRIES = 3  # placements tried when the best has no safe order; each a work-bounded solve
-
-
-def _spread_by(snapshot: ClusterSnapshot, policy: Policy, targets: list[str], moves: list[Move]) -> tuple[float, float]:
-    """One dimension's spread before and after the moves (explains a weighted plan)."""
-    loads = initial_loads(snapshot, policy)
-    before = spread(loads, targets)
-    for move in moves:
-        load = guest_load(move.guest, policy)
-        loads[move.source].load -= load
-        loads[move.target].load += load
-    return before, spread(loads, targets)
 
 
 def _units(state: PlanState) -> list[frozenset[int]]:
@@ -194,11 +268,12 @@ def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy,
                    batches: list[int]) -> list[Migration]:
     """Replay the moves (in queue order) to record each one's effect; `batches` from schedule.py."""
     loads = initial_loads(snapshot, policy)
+    count = len(policy.dimensions)
     result = []
     for move, batch in zip(moves, batches, strict=True):
-        before = spread(loads, targets)
-        loads[move.source].load -= move.load
-        loads[move.target].load += move.load
+        before = spreads(loads, targets, count)[0]
+        loads[move.source].add(move.load, -1.0)
+        loads[move.target].add(move.load)
         g = move.guest
         result.append(
             Migration(
@@ -206,7 +281,7 @@ def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy,
                 reason=move.reason, detail=move.detail,
                 online=g.type is GuestType.QEMU and g.running and policy.live,
                 mem_bytes=g.mem, local_disk_bytes=g.local_disk, local_disks=g.local_storage_bytes(),
-                spread_before_pp=round(before, 3), spread_after_pp=round(spread(loads, targets), 3),
+                spread_before_pp=round(before, 3), spread_after_pp=round(spreads(loads, targets, count)[0], 3),
                 batch=batch,
             )
         )

@@ -30,6 +30,7 @@ from itertools import chain
 from pvebalance.shared.models import MigrationReason
 
 from . import fit
+from .search import Sizer
 from .state import PlanState
 
 COARSE_STEPS = 12  # band positions tried between mean - balanciness and mean
@@ -86,7 +87,7 @@ class _Disks:
 def clone(state: PlanState) -> PlanState:
     """An independent copy of a plan's state (what a move changes is copied; the rest is shared)."""
     twin = copy(state)
-    twin.loads = {n: replace(load) for n, load in state.loads.items()}
+    twin.loads = {n: replace(load, load=list(load.load)) for n, load in state.loads.items()}
     twin.where = dict(state.where)
     twin.moves = list(state.moves)
     twin.moved = set(state.moved)
@@ -94,24 +95,31 @@ def clone(state: PlanState) -> PlanState:
     return twin
 
 
-def band_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | None:
-    """The fewest-moves plan over the band grid (None when no band position works)."""
+def band_plan(state: PlanState, units: Iterable[frozenset[int]], only: int | None = None) -> BandPlan | None:
+    """The fewest-moves plan over the band grid (None when no band position works). Several
+    dimensions: a box of bands instead (band_vector.py), unless `only` names the one to plan for
+    (the others left as they fall: a start for the local search, improve.py)."""
     nodes = state.targets
     if len(nodes) < 2:
         return None
+    dim = only or 0
+    if len(state.dims) > 1 and only is None:
+        from .band_vector import box_plan  # it builds on this module's BandPlan and _Disks
+
+        return box_plan(state, units)
     by_node: dict[str, list[_Unit]] = {n: [] for n in nodes}
     for vmids in units:
         node = state.where[min(vmids)]
-        weight = state.load_of(vmids)
+        weight = state.load_of(vmids)[dim]
         if node in by_node and weight > 0:
             data = sum(state.guests[v].mem + state.guests[v].local_disk for v in vmids)
             by_node[node].append(_Unit(weight, vmids, data, min(vmids)))
     for listed in by_node.values():
         listed.sort(key=lambda u: (-u.load, u.key))
-    cap = {n: state.loads[n].capacity for n in nodes}
-    load = {n: state.loads[n].load for n in nodes}
+    cap = {n: state.loads[n].capacity[dim] for n in nodes}
+    load = {n: state.loads[n].load[dim] for n in nodes}
     mean = 100.0 * sum(load.values()) / sum(cap.values())
-    width = state.policy.balanciness - 2 * _EDGE
+    width = min(state.bands[dim], 100.0) - 2 * _EDGE
     if width <= 0:
         return None
     neg = {n: [-u.load for u in listed] for n, listed in by_node.items()}
@@ -261,15 +269,16 @@ def _first(state: PlanState, disks: _Disks, units: list[_Unit], indices: range, 
 def apply_in_order(state: PlanState, moves: list[tuple[frozenset[int], str]]) -> bool:
     """Make the moves on `state`, each when the rules and its target's room allow it (largest first);
     False when some are left that no order allows."""
-    pending = sorted(moves, key=lambda m: (-state.load_of(m[0]), min(m[0])))
+    sizer = Sizer(state)
+    pending = sorted(moves, key=lambda m: (-sizer.size(state.load_of(m[0])), min(m[0])))
     while pending:
         for i, (unit, target) in enumerate(pending):
             if state.allows(unit, target) and state.fits(unit, target):
-                before = state.spread()
+                before = state.spreads()
                 count = state.move(unit, target, MigrationReason.BALANCE, "")
                 together = f" (with its affinity group of {len(unit)})" if len(unit) > 1 else ""
                 for move in state.moves[len(state.moves) - count:]:
-                    move.detail = f"spread {before:.1f} -> {state.spread():.1f} pp{together}"
+                    move.detail = f"{state.spread_text(before)}{together}"
                 del pending[i]
                 break
         else:

@@ -1,7 +1,8 @@
-"""The fewest migrations that reach the balance target, as a MILP solved by HiGHS (scipy).
+"""The fewest migrations that reach the balance target, as a MILP solved by HiGHS (highs.py).
 
 Placement only, no order: x[g, n] = 1 when guest g ends on node n. Every node's usage must lie in
-a band no wider than `balanciness`, no node may pass its memory limit, fixed guests stay, and each
+a band no wider than `balanciness`, in each balanced dimension (one band per dimension, each of its
+own width: `Policy.band`), no node may pass its memory limit, fixed guests stay, and each
 registered rule family adds its own constraints (`Family.exact`). The objective counts the guests
 that leave their node, with the data copied as a tie-breaker. `order_placement` then finds a safe
 order for the moves, or says there is none.
@@ -14,13 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
-from scipy.sparse import coo_matrix
 
 from pvebalance.shared.models import ClusterSnapshot, MigrationReason
 
 from .fit import memory_limit, storage_limit
-from .load import guest_load
+from .highs import Solved, solve
 from .policy import Policy
 from .rules import Constraints, build_constraints
 from .state import PlanState
@@ -57,7 +56,8 @@ def _candidates(state: PlanState) -> list[int]:
 
 
 class PlacementModel:
-    """The MILP being built: column (g, n) is x[g, n], 1 when guest g ends on node n; then hi, lo.
+    """The MILP being built: column (g, n) is x[g, n], 1 when guest g ends on node n; then each
+    balanced dimension's hi and lo (the band's top and bottom, percent).
 
     Further columns may be added (`add_columns`) by a model that builds on this one (exact_ordered.py
     adds the steps before the end): this model's rows then hold for its own block of columns."""
@@ -70,8 +70,8 @@ class PlacementModel:
         self.col_low: list[float] = [0.0] * len(self.index)
         self.col_high: list[float] = [1.0] * len(self.index)
         self.integer: list[bool] = [True] * len(self.index)
-        self.hi = self.add_columns(1, -1e3, 1e3, integer=False)
-        self.lo = self.add_columns(1, -1e3, 1e3, integer=False)
+        self.hi = [self.add_columns(1, -1e3, 1e3, integer=False) for _ in state.dims]
+        self.lo = [self.add_columns(1, -1e3, 1e3, integer=False) for _ in state.dims]
         self.forbidden: set[int] = set()
         self.rows: list[int] = []
         self.cols: list[int] = []
@@ -114,10 +114,9 @@ class PlacementModel:
         return None if vmid in self.candidates else self.state.where[vmid]
 
     def balance_rows(self, policy: Policy) -> None:
-        """Each guest on one node; each node's usage within [lo, hi] and its memory under its limit;
-        hi - lo within balanciness."""
-        state, hi, lo = self.state, self.hi, self.lo
-        load = {g: guest_load(state.guests[g], policy) for g in self.candidates}
+        """Each guest on one node; each node's usage within [lo, hi] in every balanced dimension and
+        its memory under its limit; each dimension's hi - lo within its band."""
+        state = self.state
         mem = {g: float(state.guests[g].mem if state.guests[g].running else 0) for g in self.candidates}
         ordered = sorted(self.candidates)
         for g in ordered:
@@ -125,16 +124,19 @@ class PlacementModel:
         for n in self.nodes:
             node = state.loads[n]
             here = [g for g in ordered if state.where[g] == n]
-            base_pct = 100.0 * (node.load - sum(load[g] for g in here)) / node.capacity
-            pct = [(self.index[(g, n)], 100.0 * load[g] / node.capacity) for g in ordered]
-            self.row([*pct, (hi, -1.0)], -np.inf, -base_pct)  # usage <= hi
-            self.row([*pct, (lo, -1.0)], -base_pct, np.inf)  # usage >= lo
+            for i, (hi, lo) in enumerate(zip(self.hi, self.lo, strict=True)):
+                cap = node.capacity[i]
+                base_pct = 100.0 * (node.load[i] - sum(state.guest_load(g)[i] for g in here)) / cap
+                pct = [(self.index[(g, n)], 100.0 * state.guest_load(g)[i] / cap) for g in ordered]
+                self.row([*pct, (hi, -1.0)], -np.inf, -base_pct)  # usage <= hi
+                self.row([*pct, (lo, -1.0)], -base_pct, np.inf)  # usage >= lo
             # in GiB: rows in bytes (up to 1e11) beside percentages (1e-2) leave HiGHS badly scaled
             mem_base = node.figures.used_mem - sum(mem[g] for g in here)
             self.row([(self.index[(g, n)], mem[g] / 2**30) for g in ordered], -np.inf,
                      (memory_limit(node.figures, policy) - mem_base) / 2**30)
             self.storage_rows(n, ordered, policy)
-        self.row([(hi, 1.0), (lo, -1.0)], -np.inf, policy.balanciness)
+        for hi, lo, band in zip(self.hi, self.lo, state.bands, strict=True):
+            self.row([(hi, 1.0), (lo, -1.0)], -np.inf, band)
 
     def storage_rows(self, n: str, ordered: list[int], policy: Policy) -> None:
         """The local disks copied onto each of the node's storages stay under its limit; a guest whose
@@ -168,46 +170,33 @@ class PlacementModel:
                 cost[col] = 1.0 + weight * data[g]
         return cost
 
-    def solve(self, cost: np.ndarray, options: dict[str, object]) -> tuple[OptimizeResult, dict[int, int]]:
+    def solve(self, cost: np.ndarray, *, node_limit: int | None,
+              time_limit: float | None) -> tuple[Solved, dict[int, int]]:
         """Solve without the forbidden columns (as if they had never been made); also the map from
-        the solver's columns back to the model's."""
+        the model's columns to the solver's."""
         kept = [col for col in range(self.width) if col not in self.forbidden]
         new = {col: i for i, col in enumerate(kept)}
         entries = [(r, new[c], v) for r, c, v in zip(self.rows, self.cols, self.vals, strict=True) if c in new]
-        matrix = coo_matrix(([v for _, _, v in entries], ([r for r, _, _ in entries], [c for _, c, _ in entries])),
-                            shape=(len(self.lb), len(kept))).tocsr()
-        integrality = np.array([1.0 if self.integer[col] else 0.0 for col in kept])
-        bounds = Bounds(np.array([self.col_low[col] for col in kept]), np.array([self.col_high[col] for col in kept]))
-        res = milp(cost[kept], constraints=LinearConstraint(matrix, self.lb, self.ub), integrality=integrality,
-                   bounds=bounds, options=options)
+        res = solve(cost[kept], [r for r, _, _ in entries], [c for _, c, _ in entries], [v for _, _, v in entries],
+                    self.lb, self.ub, [self.col_low[col] for col in kept], [self.col_high[col] for col in kept],
+                    [self.integer[col] for col in kept], node_limit=node_limit, time_limit=time_limit)
         return res, new
 
 
-def solver_options(node_limit: int | None, time_limit: float | None) -> dict[str, object]:
-    options: dict[str, object] = {"node_limit": node_limit, "disp": False}
-    if time_limit is not None:
-        options["time_limit"] = time_limit
-    return options
-
-
-def why_stopped(res: OptimizeResult) -> str | None:
+def why_stopped(res: Solved) -> str | None:
     """"node limit" or "time limit" when the search was cut short, else None."""
-    # scipy: status 1 is "iteration or time limit" (no iteration limit is set); HiGHS reports its node
-    # limit as a "solution limit", which scipy passes on as status 4 with HiGHS's message.
-    return ("time limit" if res.status == 1
-            else "node limit" if res.status == 4 and "limit" in res.message else None)
+    return res.stopped_by
 
 
-def unsolved(res: OptimizeResult) -> str:
+def unsolved(res: Solved) -> str:
     """Why the solver gave no solution: "infeasible", or the limit or message that stopped it."""
-    return "infeasible" if res.status == 2 else why_stopped(res) or str(res.message)
+    return res.status
 
 
-def lower_bound(res: OptimizeResult, tie_breaks: float) -> int | None:
+def lower_bound(res: Solved, tie_breaks: float) -> int | None:
     """The fewest migrations the solver proved any plan needs, from its dual bound on an objective of
     migrations plus tie-breaks adding up to less than `tie_breaks`."""
-    dual = getattr(res, "mip_dual_bound", None)
-    return int(np.ceil(dual - tie_breaks - 1e-6)) if dual is not None and np.isfinite(dual) else None
+    return int(np.ceil(res.dual_bound - tie_breaks - 1e-6)) if res.dual_bound is not None else None
 
 
 def placement_model(snapshot: ClusterSnapshot, policy: Policy) -> PlacementModel:
@@ -241,7 +230,7 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
         cols = [col for g, n in sorted(placed.items()) if state.where[g] != n and (col := model.var(g, n)) is not None]
         if cols:
             model.row([(col, 1.0) for col in cols], -np.inf, len(cols) - 1.0)
-    res, column = model.solve(cost, solver_options(node_limit, time_limit))
+    res, column = model.solve(cost, node_limit=node_limit, time_limit=time_limit)
     seconds = time.monotonic() - started
     stopped_by = why_stopped(res)
     # the objective is migrations plus tie-breaks below 1/2 in total: take those off before rounding up
@@ -250,7 +239,7 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
         return ExactResult(unsolved(res), None, bound, {}, seconds, stopped_by)
     placement = {g: n for (g, n), col in model.index.items() if col in column and res.x[column[col]] > 0.5}
     moved = sum(1 for g, n in placement.items() if state.where[g] != n)
-    proven = res.status == 0 or (bound is not None and bound >= moved)
+    proven = res.status == "optimal" or (bound is not None and bound >= moved)
     return ExactResult("optimal" if proven else stopped_by or "stopped", moved, bound, placement, seconds, stopped_by)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from pvebalance.shared.models import ClusterSnapshot
 
-from .exact import PlacementModel, lower_bound, placement_model, solver_options, unsolved, why_stopped
+from .exact import PlacementModel, lower_bound, placement_model, unsolved, why_stopped
 from .fit import GIB, memory_limit
 from .policy import Policy
 
@@ -110,16 +110,17 @@ def ordered_minimum(snapshot: ClusterSnapshot, policy: Policy, steps: int, *, no
     cost = np.zeros(model.width)
     for col in arrive.values():
         cost[col] = 1.0
-    res, column = model.solve(cost, solver_options(node_limit, time_limit))
+    res, column = model.solve(cost, node_limit=node_limit, time_limit=time_limit)
     seconds = time.monotonic() - started
     stopped_by = why_stopped(res)
     bound = lower_bound(res, 0.0)
-    if res.x is None:
+    x = res.x
+    if x is None:
         return OrderedResult(unsolved(res), None, bound, [], steps, seconds, stopped_by)
 
     def value(term: Term) -> float:
         col, constant = term
-        return constant if col is None else (res.x[column[col]] if col in column else 0.0)
+        return constant if col is None else (float(x[column[col]]) if col in column else 0.0)
 
     moves: list[tuple[int, str, str]] = []
     where = dict(home)
@@ -129,7 +130,7 @@ def ordered_minimum(snapshot: ClusterSnapshot, policy: Policy, steps: int, *, no
             if node != where[g]:
                 moves.append((g, where[g], node))
                 where[g] = node
-    proven = res.status == 0 or (bound is not None and bound >= len(moves))
+    proven = res.status == "optimal" or (bound is not None and bound >= len(moves))
     return OrderedResult("optimal" if proven else stopped_by or "stopped", len(moves), bound, moves, steps,
                          seconds, stopped_by)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from .band import clone
 from .rules import Fix
+from .search import Sizer
 from .state import PlanState
 
 _MOST_PARKED = 4  # guests moved out of the way for one repair: more is no longer a swap
@@ -90,7 +91,8 @@ def _blockers(state: PlanState, moving: frozenset[int], node: str) -> list[froze
         seen |= unit
         if all(state.where[v] == node and state.guests[v].running for v in unit) and state.movable(unit):
             found.append(unit)
-    return sorted(found, key=lambda u: (state.allows(u, node), -state.load_of(u), min(u)))
+    size = Sizer(state).size
+    return sorted(found, key=lambda u: (state.allows(u, node), -size(state.load_of(u)), min(u)))
 
 
 def _no_worse(state: PlanState, unit: frozenset[int], spot: str) -> bool:
@@ -103,11 +105,12 @@ def _no_worse(state: PlanState, unit: frozenset[int], spot: str) -> bool:
 def _parking_spot(state: PlanState, unit: frozenset[int], node: str) -> str | None:
     """The node, other than `node`, that takes the unit with room and least load after."""
     load = state.load_of(unit)
+    means = state.means()
     best: tuple[float, str] | None = None
     for t in state.targets:
         if t == node or not _no_worse(state, unit, t) or not state.fits(unit, t):
             continue
-        key = ((state.loads[t].load + load) / state.loads[t].capacity, t)
+        key = (state.ending(t, load, means), t)
         if best is None or key < best:
             best = key
     return best[1] if best else None

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pvebalance.shared.models import ClusterSnapshot, GuestState, GuestType
 
 from . import fit
-from .load import guest_load, initial_loads, with_cluster_scale
+from .load import guest_load, initial_loads
 from .policy import Policy
 from .rules import build_constraints
 
@@ -39,7 +39,8 @@ class PlacementRequest(BaseModel):
 class NodeChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     node: str
-    percent_after: float = Field(description="the node's load in the balanced dimension once the guest runs")
+    percent_after: float = Field(description="the node's load once the guest runs: in the balanced dimension, "
+                                 "or the highest of the balanced dimensions' (percent)")
     memory_percent_after: float
 
 
@@ -63,7 +64,6 @@ def place(snapshot: ClusterSnapshot, policy: Policy, request: PlacementRequest) 
     if request.pool:
         pools[request.pool] = [*pools.get(request.pool, []), vmid]
     with_new = snapshot.model_copy(update={"guests": [*snapshot.guests, new], "pools": pools})
-    policy = with_cluster_scale(policy, snapshot)
     book = build_constraints(with_new, policy)
     loads = initial_loads(snapshot, policy)  # without the new guest: what each node holds now
     figures = fit.snapshot_figures(snapshot)
@@ -92,8 +92,10 @@ def place(snapshot: ClusterSnapshot, policy: Policy, request: PlacementRequest) 
             continue
         n = loads[node.name]
         mem_after = figures[node.name].used_mem + request.memory
+        # the balanced dimensions' worst: the highest share any of them reaches on the node
+        after = max(100 * (n.load[i] + load[i]) / n.capacity[i] if n.capacity[i] else 100.0 for i in range(len(load)))
         ranked.append(NodeChoice(
-            node=node.name, percent_after=round(100 * (n.load + load) / n.capacity, 2) if n.capacity else 100.0,
+            node=node.name, percent_after=round(after, 2),
             memory_percent_after=round(100 * mem_after / max(fit.usable_memory(figures[node.name], policy), 1), 2)))
     ranked.sort(key=lambda c: (c.percent_after, c.node))
     answer = PlacementAnswer(method=policy.method, best=ranked[0].node if ranked else None, ranked=ranked,

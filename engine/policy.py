@@ -1,4 +1,4 @@
-"""What the operator asks of a plan: the dimension to balance, the tolerance, the limits.
+"""What the operator asks of a plan: the dimensions to balance, the tolerance, the limits.
 
 A Policy is the validated settings (`balancing`, `proxmox_cluster`) in the engine's terms. Its
 defaults are not declared here but read from the settings models, so `Policy()` plans exactly as
@@ -20,7 +20,6 @@ from pvebalance.shared.config import (
 )
 from pvebalance.shared.models import GuestType, JobState, JobStatusEvent
 
-Method = Literal["memory", "cpu", "disk", "weighted"]
 Mode = Literal["used", "assigned"]
 
 _TYPES = {"vm": GuestType.QEMU, "ct": GuestType.LXC}
@@ -29,9 +28,12 @@ _TYPES = {"vm": GuestType.QEMU, "ct": GuestType.LXC}
 def _from_settings(balancing: BalancingSettings, cluster: ProxmoxClusterSettings) -> dict[str, Any]:
     """The one mapping from settings to Policy fields: used by `from_settings` and for the defaults."""
     return {
-        "method": balancing.method,
+        "method": balancing.method if isinstance(balancing.method, str) else ",".join(balancing.method),
         "mode": balancing.mode,
-        "balanciness": balancing.balanciness,
+        # a number: every dimension's band; a mapping: each named dimension's, the default for the others
+        "balanciness": (balancing.balanciness if not isinstance(balancing.balanciness, dict)
+                        else BalancingSettings.model_fields["balanciness"].default),
+        "bands": dict(balancing.balanciness) if isinstance(balancing.balanciness, dict) else {},
         "max_node_usage": balancing.max_node_usage,
         "max_storage_usage": balancing.max_storage_usage,
         "balance_types": frozenset(_TYPES[t] for t in balancing.balance_types),
@@ -46,8 +48,7 @@ def _from_settings(balancing: BalancingSettings, cluster: ProxmoxClusterSettings
         "ignore_guests": frozenset(int(g) for g in balancing.ignore_guests if isinstance(g, int) or g.isdigit()),
         "ignore_guests_by_name": frozenset(g for g in balancing.ignore_guests if isinstance(g, str)),
         "pools": dict(balancing.pools),
-        "threshold": {"memory": balancing.memory_threshold, "cpu": balancing.cpu_threshold,
-                      "disk": balancing.disk_threshold}.get(balancing.method),
+        "thresholds": dict(balancing.threshold),
         "leave_ha_to_crs": balancing.leave_ha_to_crs,
         "weights": {str(dim): w for dim, w in balancing.weights.items()},
         "exact_seconds": balancing.exact_seconds,
@@ -68,9 +69,12 @@ def _fresh(name: str) -> Callable[[], Any]:
 
 @dataclass(frozen=True)
 class Policy:
-    method: Method = field(default=_DEFAULTS["method"])
+    # "memory", "cpu", "disk", several joined by commas ("memory,cpu"), or "weighted" (the dimensions
+    # with a weight above 0, each held within its band divided by its weight): see `dimensions`
+    method: str = field(default=_DEFAULTS["method"])
     mode: Mode = field(default=_DEFAULTS["mode"])
-    balanciness: float = field(default=_DEFAULTS["balanciness"])
+    balanciness: float = field(default=_DEFAULTS["balanciness"])  # pp: the band of every dimension not in `bands`
+    bands: dict[str, float] = field(default_factory=_fresh("bands"))  # pp: a dimension's own band
     max_node_usage: float = field(default=_DEFAULTS["max_node_usage"])
     max_storage_usage: float = field(default=_DEFAULTS["max_storage_usage"])
     balance_types: frozenset[GuestType] = field(default=_DEFAULTS["balance_types"])
@@ -85,7 +89,10 @@ class Policy:
     ignore_guests: frozenset[int] = field(default=_DEFAULTS["ignore_guests"])
     ignore_guests_by_name: frozenset[str] = field(default=_DEFAULTS["ignore_guests_by_name"])
     pools: dict[str, PoolRule] = field(default_factory=_fresh("pools"))
-    threshold: float | None = field(default=_DEFAULTS["threshold"])  # the balanced dimension's trigger, percent
+    # Balance a dimension only once some node passes its threshold (percent): `thresholds` per
+    # dimension; `threshold` for every dimension without one of its own (None: no threshold).
+    threshold: float | None = None
+    thresholds: dict[str, float] = field(default_factory=_fresh("thresholds"))
     leave_ha_to_crs: bool = field(default=_DEFAULTS["leave_ha_to_crs"])  # with PVE's HA auto-rebalance on
     weights: dict[str, float] = field(default_factory=_fresh("weights"))
     # > 0: also solve small clusters exactly (bounded by work, see exact.EXACT_NODE_LIMIT); this many
@@ -97,7 +104,6 @@ class Policy:
     cooldown_cap_minutes: float = field(default=_DEFAULTS["cooldown_cap_minutes"])
     # Not settings: the planner's state, and a figure derived per snapshot.
     cooldown: frozenset[int] = field(default_factory=frozenset)  # guests moved too recently
-    scale: dict[str, float] = field(default_factory=dict)  # set per snapshot for weighted balancing
     # The guests' migrations of the last HISTORY_WINDOW seconds, oldest first, and the time the plan
     # is made (epoch seconds): the adaptive cooldown and the no-return rule read them. The clock is
     # the planner's, passed in, so that a plan depends on its inputs only.
@@ -105,6 +111,21 @@ class Policy:
     now: float = 0.0
     # The migrator's limits and expected durations, which a plan's moves are scheduled by (schedule.py)
     migrator: MigratorSettings = field(default_factory=MigratorSettings)
+    # Derived from `method` (and `weights`): the dimensions balanced, in order; the first is the one a
+    # plan's single figures (`spread_pp`) stand for.
+    dimensions: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dimensions", dimensions_of(self.method, self.weights))
+
+    def band(self, dimension: str) -> float:
+        """The spread (pp) a dimension may keep: its own band, else `balanciness`; with `weighted`,
+        divided by the dimension's weight (a heavier weight holds it tighter)."""
+        band = self.bands.get(dimension, self.balanciness)
+        return band / self.weights[dimension] if self.method == "weighted" else band
+
+    def threshold_of(self, dimension: str) -> float | None:
+        return self.thresholds.get(dimension, self.threshold)
 
     def reserved(self, node: str) -> ResourceReserve:
         return self.reserve.get(node) or self.reserve.get("defaults") or ResourceReserve()
@@ -124,6 +145,23 @@ class Policy:
     ) -> Policy:
         return cls(**_from_settings(balancing, cluster or ProxmoxClusterSettings()), cooldown=cooldown,
                    history=history_of(recent_moves), now=now)
+
+
+def dimensions_of(method: str, weights: dict[str, float]) -> tuple[str, ...]:
+    """The dimensions a method balances: "memory,cpu" -> ("memory", "cpu"); "weighted" -> those with
+    a weight above 0, in DIMENSIONS' order. ValueError for a name DIMENSIONS lacks."""
+    from .load import DIMENSIONS  # load.py builds on this module: the table is read when a Policy is made
+
+    if method == "weighted":
+        names = tuple(d for d in DIMENSIONS if weights.get(d, 0) > 0)
+        if not names:
+            raise ValueError("method weighted with no weight above 0")
+        return names
+    names = tuple(d.strip() for d in method.split(","))
+    unknown = [d for d in names if d not in DIMENSIONS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"method {method!r}: a dimension ({', '.join(DIMENSIONS)}) or several, each once")
+    return names
 
 
 HISTORY_WINDOW = 24 * 3600.0  # seconds of migrations the adaptive cooldown and the no-return rule look at

@@ -2,18 +2,22 @@
 
 Every move goes through `move`, after `allows` and `fits` said yes at that very step, so the
 sequence of moves is a safe order by construction: no node passes its memory limit at any point.
+
+Loads are vectors, one entry per balanced dimension (load.py); "balanced" means every dimension's
+spread is within its own band (`Policy.band`).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pvebalance.shared.models import ClusterSnapshot, GuestState, MigrationReason
 
 from . import fit
-from .load import NodeLoad, guest_load, initial_loads, spread, with_cluster_scale
+from .load import NodeLoad, Vector, guest_load, initial_loads, spread_in
 from .policy import Policy
 from .rules import Constraints
 
@@ -21,7 +25,7 @@ from .rules import Constraints
 @dataclass
 class Move:
     guest: GuestState
-    load: float
+    load: Vector
     source: str
     target: str
     reason: MigrationReason
@@ -30,9 +34,10 @@ class Move:
 
 class PlanState:
     def __init__(self, snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints) -> None:
-        policy = with_cluster_scale(policy, snapshot) if not policy.scale else policy
         self.policy = policy
         self.c = constraints
+        self.dims = policy.dimensions
+        self.bands: Vector = tuple(policy.band(d) for d in self.dims)
         self.loads: dict[str, NodeLoad] = initial_loads(snapshot, policy)
         self.guests = {g.vmid: g for g in snapshot.guests}
         self.where = {g.vmid: g.node for g in snapshot.guests}
@@ -40,18 +45,55 @@ class PlanState:
         online = {n.name for n in snapshot.nodes if n.online and n.usable and n.name not in policy.ignore_nodes}
         self.draining = constraints.draining
         self.online = online
-        self.targets = sorted(n for n in online if n not in self.draining and self.loads[n].capacity > 0)
+        # a node offering nothing in a balanced dimension has no percentage in it: no target
+        self.targets = sorted(n for n in online if n not in self.draining and min(self.loads[n].capacity) > 0)
         self.moves: list[Move] = []
         self.moved: set[int] = set()
         self.inflow: Counter[str] = Counter()
+        self._guest_loads = {v: guest_load(g, policy) for v, g in self.guests.items()}  # never change
 
     # --- questions -----------------------------------------------------------------------------
 
     def spread(self) -> float:
-        return spread(self.loads, self.targets)
+        """The first dimension's spread (pp)."""
+        return spread_in(self.loads, self.targets, 0)
 
-    def load_of(self, vmids: Iterable[int]) -> float:
-        return sum(guest_load(self.guests[v], self.policy) for v in vmids)
+    def spreads(self) -> Vector:
+        """Each balanced dimension's spread (pp), in the policy's order."""
+        return tuple(spread_in(self.loads, self.targets, i) for i in range(len(self.dims)))
+
+    def excess(self) -> Vector:
+        """How far each dimension's spread is above its band (pp; 0 within it)."""
+        return tuple(max(s - b, 0.0) for s, b in zip(self.spreads(), self.bands, strict=True))
+
+    def balanced(self) -> bool:
+        """Every balanced dimension within its band."""
+        return all(s <= b for s, b in zip(self.spreads(), self.bands, strict=True))
+
+    def spread_text(self, before: Vector) -> str:
+        """A move's effect in words: "spread 30.1 -> 25.2 pp", or per dimension when there are several."""
+        after = self.spreads()
+        if len(after) == 1:
+            return f"spread {before[0]:.1f} -> {after[0]:.1f} pp"
+        return "spread " + ", ".join(f"{d} {b:.1f} -> {a:.1f}" for d, b, a in zip(self.dims, before, after,
+                                                                                   strict=True)) + " pp"
+
+    def relax(self, dimensions: Iterable[str]) -> None:
+        """Stop holding these dimensions to a band (a threshold no node passes): an infinite band,
+        in the policy too, so that every state made from it (the exact model's) agrees."""
+        free = set(dimensions)
+        self.policy = replace(self.policy, bands={**self.policy.bands, **dict.fromkeys(free, math.inf)})
+        self.bands = tuple(self.policy.band(d) for d in self.dims)
+
+    def guest_load(self, vmid: int) -> Vector:
+        return self._guest_loads[vmid]
+
+    def load_of(self, vmids: Iterable[int]) -> Vector:
+        total = [0.0] * len(self.dims)
+        for v in vmids:
+            for i, value in enumerate(self._guest_loads[v]):
+                total[i] += value
+        return tuple(total)
 
     def budget_left(self, count: int = 1) -> bool:
         cap = self.policy.max_migrations
@@ -99,17 +141,34 @@ class PlanState:
         return fit.fits(arriving, self.loads[target].figures, self.policy)
 
     def best_target(self, vmids: frozenset[int], exclude: str | None = None) -> str | None:
-        """The allowed node with room that ends least loaded (in percent) after taking the guests."""
+        """The allowed node with room that ends least loaded after taking the guests (`ending`)."""
         load = self.load_of(v for v in vmids)
+        means = self.means()
         best: tuple[float, str] | None = None
         for t in self.targets:
             if t == exclude or not self.allows(vmids, t) or not self.fits(vmids, t):
                 continue
-            n = self.loads[t]
-            key = ((n.load + load) / n.capacity, t)
+            key = (self.ending(t, load, means), t)
             if best is None or key < best:
                 best = key
         return best[1] if best else None
+
+    def ending(self, target: str, load: Vector, means: Vector) -> float:
+        """How loaded the target ends with `load` on top, as one number to rank nodes by: its share
+        for one dimension; for several, how far above the mean it ends in its worst dimension, in bands."""
+        n = self.loads[target]
+        if len(load) == 1:
+            return (n.load[0] + load[0]) / n.capacity[0]
+        return max((100.0 * (n.load[i] + load[i]) / n.capacity[i] - means[i]) / max(self.bands[i], 1e-9)
+                   for i in range(len(load)))
+
+    def means(self) -> Vector:
+        """Each dimension's mean over the targets, weighted by capacity (percent)."""
+        out = []
+        for i in range(len(self.dims)):
+            cap = sum(self.loads[n].capacity[i] for n in self.targets)
+            out.append(100.0 * sum(self.loads[n].load[i] for n in self.targets) / cap if cap > 0 else 0.0)
+        return tuple(out)
 
     # --- the one way to change it --------------------------------------------------------------
 
@@ -120,9 +179,9 @@ class PlanState:
             if source == target:
                 continue
             g = self.guests[v]
-            load = guest_load(g, self.policy)
-            self.loads[source].load -= load
-            self.loads[target].load += load
+            load = self._guest_loads[v]
+            self.loads[source].add(load, -1.0)
+            self.loads[target].add(load)
             figures = fit.GuestFigures.of([g])
             self.loads[source].figures = self.loads[source].figures.leave(figures)
             self.loads[target].figures = self.loads[target].figures.arrive(figures)

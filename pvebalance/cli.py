@@ -82,7 +82,7 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 @app.command()
 def plan(
     scenario: Annotated[str, typer.Option(help="recorded cluster (pve-api-dump/1 file or bundled name)")],
-    method: Annotated[str | None, typer.Option(help="memory | cpu | disk")] = None,
+    method: Annotated[str | None, typer.Option(help="memory | cpu | disk, or several at once: memory,cpu")] = None,
     mode: Annotated[str | None, typer.Option(help="used | assigned")] = None,
     balanciness: Annotated[float | None, typer.Option(help="tolerated spread, percentage points")] = None,
     config: ConfigOpt = None,

@@ -10,15 +10,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pvebalance.engine.load import DIMENSIONS
 from pvebalance.shared.models import ClusterSnapshot, GuestType, Plan, UsageSummary
 from pvebalance.shared.words import plural
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
     def usage(summary: UsageSummary) -> dict[str, Any]:
+        # spread_pp and nodes: the first dimension's (what a plan of one dimension always said);
+        # dimensions: each balanced dimension's, in the plan's order
         return {
             "spread_pp": round(summary.spread_pp, 2),
             "nodes": {name: round(u.percent, 2) for name, u in sorted(summary.nodes.items())},
+            "dimensions": {dim: {"spread_pp": round(d.spread_pp, 2),
+                                 "nodes": {name: round(u.percent, 2) for name, u in sorted(d.nodes.items())}}
+                           for dim, d in summary.dimensions.items()},
         }
 
     return {
@@ -26,6 +32,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "method": plan.method,
         "mode": plan.mode,
         "balanciness": plan.balanciness,
+        "bands": plan.bands,
         "before": usage(plan.before),
         "after": usage(plan.after),
         "migrations": [
@@ -53,42 +60,46 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
     }
 
 
-# What a node's percentage means, per method and mode: said in the usage table's title.
+# What a node's percentage means, per dimension and mode: said above the usage table (engine/load.py).
 USAGE_MEANING: dict[tuple[str, str], str] = {
-    ("memory", "used"): "% of each node's memory in use",
-    ("memory", "assigned"): "% of each node's memory given to guests; over 100 % = overcommitted",
-    ("cpu", "used"): "% of each node's cores in use; over 100 % = overcommitted",
-    ("cpu", "assigned"): "vCPUs given to guests per node core, in %; over 100 % = overcommitted",
-    ("disk", "used"): "% of each node's local guest storage in use",
-    ("disk", "assigned"): "% of each node's local guest storage in use",
-    ("weighted", "used"): "weighted shares of the cluster's capacity in use, in %",
-    ("weighted", "assigned"): "weighted shares of the cluster's capacity given to guests, in %",
+    (dim, mode): meaning for dim, row in DIMENSIONS.items() for mode, meaning in row.meaning.items()
 }
 RESTART_NOTE = "ct, restart: a container migrates by restart: stopped, moved, started (downtime)"
 
 
 def usage_table(title: str, before: UsageSummary, after: UsageSummary, unit: str = "%",
                 held_out: Mapping[str, str] | None = None) -> Table:
-    """Each node before and after; a node in `held_out` is marked with the reason it is held out."""
+    """Each node before and after; a node in `held_out` is marked with the reason it is held out.
+    Several dimensions: a column before and after for each."""
     held_out = held_out or {}
     table = Table(title=escape(title) if title else None)
     table.add_column("node")
-    table.add_column(f"before {unit}", justify="right")
-    table.add_column(f"after {unit}", justify="right")
+    several = len(before.dimensions) > 1
+    parts = [(f"{dim} ", before.dimensions[dim], after.dimensions.get(dim)) for dim in before.dimensions] \
+        if several else [("", before, after)]
+    for label, _, _ in parts:
+        table.add_column(f"{label}before {unit}", justify="right")
+        table.add_column(f"{label}after {unit}", justify="right")
     for name in sorted(before.nodes):
-        b = before.nodes[name].percent
-        a = after.nodes[name].percent if name in after.nodes else float("nan")
+        cells = []
+        for _, b, a in parts:
+            cells += [f"{b.nodes[name].percent:.1f}" if name in b.nodes else "-",
+                      f"{a.nodes[name].percent:.1f}" if a is not None and name in a.nodes else "nan"]
         shown = f"{name} ({held_out[name]})" if name in held_out else name
-        table.add_row(escape(shown), f"{b:.1f}", f"{a:.1f}")
-    table.add_row("spread (pp)", f"{before.spread_pp:.1f}", f"{after.spread_pp:.1f}", style="bold")
+        table.add_row(escape(shown), *cells)
+    spreads = []
+    for _, b, a in parts:
+        spreads += [f"{b.spread_pp:.1f}", f"{a.spread_pp:.1f}" if a is not None else "nan"]
+    table.add_row("spread (pp)", *spreads, style="bold")
     return table
 
 
 def migrations_table(plan: Plan) -> Table:
     # Borderless columns and one space between them: nine columns fit an 80-column terminal.
+    first = f" ({plan.method.split(',')[0]})" if "," in plan.method else ""  # several: the spread is the first's
     table = Table(title=f"{plural(len(plan.migrations), 'migration')}, in order", box=box.SIMPLE_HEAD, pad_edge=False,
                   show_edge=False, collapse_padding=True,
-                  caption="GiB: memory copied live + local disks copied; spread: pp after the move")
+                  caption=f"GiB: memory copied live + local disks copied; spread: pp after the move{first}")
     for col in ("#", "vmid", "name", "type", "move", "reason", "GiB", "batch", "spread"):
         # the name is cut short first on a narrow terminal: the vmid says which guest it is
         table.add_column(col, justify="right" if col in ("#", "vmid", "GiB", "batch", "spread") else "left",
@@ -116,8 +127,9 @@ def duration(seconds: float) -> str:
 
 
 def print_plan(plan: Plan, console: Console) -> None:
-    meaning = USAGE_MEANING.get((plan.method, plan.mode), "%")
-    console.print(f"{plan.method} usage ({plan.mode}): {meaning}", markup=False, highlight=False)
+    for dim in plan.method.split(","):
+        meaning = USAGE_MEANING.get((dim, plan.mode), "%")
+        console.print(f"{dim} usage ({plan.mode}): {meaning}", markup=False, highlight=False)
     console.print(usage_table("", plan.before, plan.after, held_out=plan.held_out))
     if plan.held_out:
         console.print(f"spread (pp) leaves out {', '.join(sorted(plan.held_out))}: nothing moves onto "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -18,11 +18,13 @@ from pydantic import (
     Field,
     PositiveFloat,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,7 +34,6 @@ from pydantic_settings import (
 
 ENV_PREFIX = "PVEBALANCE_"
 GuestKind = Literal["vm", "ct"]
-Dimension = Literal["memory", "cpu", "disk"]
 
 
 class ConfigError(Exception):
@@ -127,16 +128,49 @@ class ResourceReserve(Section):
     disk: float = Field(0.0, ge=0, description="GiB of local storage kept free")
 
 
+def dimension_names() -> tuple[str, ...]:
+    """What can be balanced: the names in engine/load.py's DIMENSIONS, the one list of them."""
+    from pvebalance.engine.load import DIMENSIONS  # when a value is checked: the engine builds on this module
+
+    return tuple(DIMENSIONS)
+
+
+_BAND = TypeAdapter(float)
+
+
+def _per_dimension(value: dict[Any, Any], key: str, *, zero: bool) -> dict[str, float]:
+    """A mapping dimension -> percent (0-100; above 0 unless `zero`), or ValueError naming what is wrong."""
+    names = dimension_names()
+    out = {}
+    for dim, number in value.items():
+        if dim not in names:
+            raise ValueError(f"unknown dimension {dim!r} (one of {', '.join(names)})")
+        low = "from 0" if zero else "above 0,"
+        try:
+            figure = _BAND.validate_python(number)
+        except ValidationError:
+            figure = None
+        if isinstance(number, bool) or figure is None or not (0 <= figure <= 100) or (figure == 0 and not zero):
+            raise ValueError(f"{key} of {dim} must be a percentage {low} up to 100 (got {number!r})")
+        out[str(dim)] = figure
+    return out
+
+
 class BalancingSettings(Section):
     enable: bool = True
     mode_of_operation: Literal["automatic", "manual", "dry-run"] = Field(
         "automatic", description="manual: plans wait for `pvebalance approve`; dry-run: plans are never run")
-    method: Literal["memory", "cpu", "disk", "weighted"] = "memory"
-    weights: dict[Dimension, float] = Field(
-        default_factory=lambda: dict[Dimension, float]({"memory": 1.0, "cpu": 1.0}), description="for method: weighted"
-    )
+    # The names come from engine/load.py's DIMENSIONS (checked by _method, not spelled here).
+    method: str | list[str] = Field(
+        "memory", description="the dimension to balance (memory, cpu, disk), a list of them to balance at once, or "
+        "weighted (deprecated: the dimensions with a weight above 0)")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"memory": 1.0, "cpu": 1.0},
+        description="for method: weighted: the dimensions with a weight above 0, each within balanciness / weight")
     mode: Literal["used", "assigned"] = "used"
-    balanciness: float = Field(5.0, ge=0, le=100)
+    balanciness: float | dict[str, float] = Field(
+        5.0, description="tolerated spread, percentage points: one for every dimension, or a mapping dimension -> "
+        "spread (a dimension it leaves out: 5)")
     max_node_usage: float = Field(95.0, gt=0, le=100, description="percent a node may reach mid-plan")
     max_storage_usage: float = Field(
         90.0, gt=0, le=100, description="percent a local storage may reach mid-plan, counting the disks that "
@@ -153,9 +187,8 @@ class BalancingSettings(Section):
     cooldown_minutes: float = Field(60.0, ge=0, description="a guest moved recently is left alone this long")
     ignore_guests: list[int | str] = Field(default_factory=list,
                                            description="vmids or names (shell wildcards: veeam-*) never moved")
-    memory_threshold: float | None = Field(None, gt=0, le=100, description="balance only once a node passes this %")
-    cpu_threshold: float | None = Field(None, gt=0, le=100)
-    disk_threshold: float | None = Field(None, gt=0, le=100)
+    threshold: dict[str, float] = Field(
+        default_factory=dict, description="dimension -> percent: balance it only once a node passes this")
     cpu_overcommit: float | None = Field(None, gt=0, description="max assigned vCPUs per node core")
     exact_seconds: float = Field(
         30.0, ge=0, description="> 0: the exact solver runs on clusters of up to 500 guests, bounded by work "
@@ -168,6 +201,71 @@ class BalancingSettings(Section):
     # Adaptive cooldown: a guest moved n times in 24 h waits max(cooldown_minutes, its last move's
     # duration) x 2^(n-1) after its last move, at most this long.
     cooldown_cap_minutes: float = Field(360.0, ge=0, description="the longest adaptive cooldown")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _thresholds_as_before(cls, data: Any) -> Any:
+        """memory_threshold, cpu_threshold and disk_threshold (one key per dimension, before
+        `threshold: {memory: 80}`) are still read, as entries of `threshold` (deprecated)."""
+        if not isinstance(data, dict) or not any(str(k).endswith("_threshold") for k in data):
+            return data
+        data = dict(data)
+        merged = dict(data.get("threshold") or {}) if isinstance(data.get("threshold") or {}, dict) else None
+        for dim in dimension_names():
+            value = data.pop(f"{dim}_threshold", None)
+            if value is not None and merged is not None:
+                merged.setdefault(dim, value)
+        if merged is not None:
+            data["threshold"] = merged
+        return data
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        names = dimension_names()
+        if isinstance(value, str) and "," in value:  # PVEBALANCE_BALANCING__METHOD=memory,cpu, or --method
+            value = [part.strip() for part in value.split(",")]
+        listed = value if isinstance(value, list) else [value]
+        choice = f"{', '.join(names)}, a list of them, or weighted"
+        if isinstance(value, list) and not value:
+            raise ValueError(f"an empty list: name at least one dimension ({choice})")
+        for name in listed:
+            if not isinstance(name, str) or (name not in names and (name != "weighted" or len(listed) > 1)):
+                raise ValueError(f"unknown dimension {name!r} (one of {choice})")
+        if len(set(listed)) != len(listed):
+            raise ValueError(f"{value!r} names a dimension twice")
+        return value
+
+    @field_validator("balanciness", mode="before")
+    @classmethod
+    def _balanciness(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return _per_dimension(value, "balanciness", zero=True)
+        try:  # one number: pydantic's own words for it
+            return _BAND_PP.validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            raise PydanticCustomError(first["type"], first["msg"]) from None
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        return _per_dimension(value, "threshold", zero=False) if isinstance(value, dict) else value
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            names = dimension_names()
+            for dim, weight in value.items():
+                if dim not in names:
+                    raise ValueError(f"unknown dimension {dim!r} (one of {', '.join(names)})")
+                if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                    raise ValueError(f"the weight of {dim} must be a number, 0 or more (got {weight!r})")
+        return value
+
+
+_BAND_PP = TypeAdapter(Annotated[float, Field(ge=0, le=100)])
 
 
 class RedisSettings(Section):

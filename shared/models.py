@@ -235,10 +235,21 @@ class NodeUsage(BaseModel):
     percent: float
 
 
-class UsageSummary(BaseModel):
+class DimensionUsage(BaseModel):
+    """One balanced dimension (engine/load.py DIMENSIONS) across the nodes."""
+
     model_config = ConfigDict(extra="forbid")
     spread_pp: float
     nodes: dict[str, NodeUsage]
+
+
+class UsageSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spread_pp: float  # the first balanced dimension's, as are `nodes`
+    nodes: dict[str, NodeUsage]
+    dimensions: dict[str, DimensionUsage] = Field(
+        default_factory=dict, description="each dimension the plan balances, in the plan's order (the first is "
+        "also spread_pp and nodes)")
 
 
 class Unmet(BaseModel):
@@ -270,7 +281,9 @@ class Plan(Message):
     created_at: datetime = Field(default_factory=utcnow)
     method: str
     mode: str
-    balanciness: float
+    balanciness: float  # the first dimension's band, percentage points
+    bands: dict[str, float] = Field(default_factory=dict, description="each balanced dimension's band (its "
+                                    "balanciness), percentage points, in the plan's order")
     before: UsageSummary
     after: UsageSummary
     migrations: list[Migration]

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
+from pvebalance.engine import Policy
 from pvebalance.shared import keys
 from pvebalance.shared.heartbeat import alive
 from pvebalance.shared.logging import get_logger
@@ -37,7 +38,7 @@ from pvebalance.shared.retention import Retention
 
 from .context import ApiContext
 from .health import planner_count
-from .usage import RESOURCES, spread_now, usage_percent
+from .usage import RESOURCES, spreads_now, usage_percent
 from .views import LIVE_PLAN_STATES, guest_id
 
 log = get_logger("pvebalance.api.metrics")
@@ -190,9 +191,15 @@ class PvebalanceCollector(Collector):
     def _cluster(self) -> Iterator[Metric]:
         context, settings = self.context, self.context.settings
         config = _gauge("pvebalance_config", "settings alerts compare with", ["setting"])
-        config.add_metric(["balanciness_pp"], settings.balancing.balanciness)
+        asked = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
+        config.add_metric(["balanciness_pp"], asked.band(asked.dimensions[0]))  # the first dimension's, as before
         config.add_metric(["max_snapshot_age_seconds"], settings.planner.max_snapshot_age)
         yield config
+        bands = _gauge("pvebalance_band_pp", "the spread each balanced dimension may keep, percentage points",
+                       ["dimension"])
+        for dim in asked.dimensions:
+            bands.add_metric([dim], asked.band(dim))
+        yield bands
         snapshot = context.read.snapshot()
         if snapshot is None:
             return
@@ -215,9 +222,16 @@ class PvebalanceCollector(Collector):
                     if value is not None:
                         family.add_metric([node, resource], value / 100.0)
             yield family
-        spread = _gauge("pvebalance_spread_pp", "spread of the balanced dimension between nodes, percentage points")
-        spread.add_metric([], spread_now(snapshot, policy))
+        spreads = spreads_now(snapshot, policy)
+        spread = _gauge("pvebalance_spread_pp", "spread of the (first) balanced dimension between nodes, "
+                        "percentage points")
+        spread.add_metric([], next(iter(spreads.values())))
         yield spread
+        each = _gauge("pvebalance_dimension_spread_pp", "spread of each balanced dimension between nodes, "
+                      "percentage points", ["dimension"])
+        for dim, value in spreads.items():
+            each.add_metric([dim], value)
+        yield each
         guests = _gauge("pvebalance_node_guests", "guests on the node", ["node"])
         drained = _gauge("pvebalance_node_drained", "1 while a drain holds the node empty", ["node"])
         held = context.read.drained()

@@ -33,7 +33,7 @@ from pvebalance.shared.models import (
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.retention import Retention
 
-from .usage import spread_now, usage_percent
+from .usage import RESOURCES, spreads_now, usage_percent
 
 # Plans in these states still have moves to come; others leave "after" equal to "now".
 LIVE_PLAN_STATES = (PlanState.RECOMMENDED, PlanState.APPROVED, PlanState.RUNNING)
@@ -83,10 +83,14 @@ class ClusterView(BaseModel):
     age_s: float
     cluster: str
     quorate: bool
-    method: str
+    method: str = Field(description="the dimensions balanced, joined by commas (memory,cpu)")
     mode: str
-    balanciness: float
-    spread_pp: float = Field(description="spread of the balanced dimension now, percentage points")
+    balanciness: float = Field(description="the first balanced dimension's band, percentage points")
+    spread_pp: float = Field(description="spread of the (first) balanced dimension now, percentage points")
+    resources: list[str] = Field(default_factory=list, description="every dimension a node's usage is given in "
+                                 "(engine/load.py DIMENSIONS), in order: the keys of each node's usage")
+    bands: dict[str, float] = Field(default_factory=dict, description="each balanced dimension's band, pp")
+    spreads: dict[str, float] = Field(default_factory=dict, description="each balanced dimension's spread now, pp")
     plan_id: str | None = Field(None, description="the plan whose moves 'usage_after_plan' counts")
     paused: dict[str, Any] | None = Field(None, description="the pause in force (who, why, until), if any")
     nodes: list[NodeView]
@@ -190,11 +194,13 @@ class ReadSide:
         guests = [GuestView(id=guest_id(g.type, g.vmid), vmid=g.vmid, name=g.name, type=g.type, node=g.node,
                             status=g.status, mem=g.mem, maxmem=g.maxmem, maxcpu=g.maxcpu, tags=g.tags,
                             hastate=g.hastate) for g in snapshot.guests]
-        b = self.settings.balancing
+        spreads = spreads_now(snapshot, policy)
         return ClusterView(snapshot_id=snapshot.snapshot_id, taken_at=snapshot.taken_at,
                            age_s=round(snapshot.age_seconds(), 3), cluster=snapshot.cluster, quorate=snapshot.quorate,
-                           method=b.method, mode=b.mode, balanciness=b.balanciness,
-                           spread_pp=spread_now(snapshot, policy), plan_id=plan.plan_id if plan else None,
+                           method=",".join(policy.dimensions), mode=policy.mode,
+                           balanciness=policy.band(policy.dimensions[0]), spread_pp=next(iter(spreads.values())),
+                           resources=list(RESOURCES), bands={d: policy.band(d) for d in policy.dimensions},
+                           spreads=spreads, plan_id=plan.plan_id if plan else None,
                            paused=self._json(keys.PAUSED), nodes=nodes, guests=guests)
 
     def plan_view(self, plan: Plan) -> PlanView:

@@ -22,7 +22,11 @@ def test_plan_json_runs_in_order_to_the_target_without_overloading() -> None:
     plan = json.loads(out.stdout)
     assert {"method", "mode", "balanciness", "before", "after", "migrations", "violations", "unmet"} <= set(plan)
     assert (plan["method"], plan["mode"], plan["balanciness"]) == ("memory", "used", 5.0)
-    assert set(plan["before"]) == {"spread_pp", "nodes"}
+    assert set(plan["before"]) == {"spread_pp", "nodes", "dimensions"}
+    # one dimension: its own entry says what spread_pp and nodes say
+    assert plan["before"]["dimensions"] == {"memory": {"spread_pp": plan["before"]["spread_pp"],
+                                                       "nodes": plan["before"]["nodes"]}}
+    assert plan["bands"] == {"memory": 5.0}
     for m in plan["migrations"]:
         assert {"vmid", "name", "type", "source", "target", "reason"} <= set(m)
     # replay the moves, in the printed order, on the recorded memory figures

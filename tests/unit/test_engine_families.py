@@ -4,9 +4,9 @@ them, and a family added to the registry is obeyed with no other change."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import get_args
 
 import pytest
+from pydantic import ValidationError
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.exact import minimum_migrations
@@ -15,7 +15,7 @@ from pvebalance.engine.rules import FAMILIES, Family, build_constraints
 from pvebalance.engine.rules import registry as registry_module
 from pvebalance.engine.rules.kinds import NodeRule
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
-from pvebalance.shared.config import Dimension
+from pvebalance.shared.config import BalancingSettings
 from pvebalance.shared.models import ClusterSnapshot, HaRule, MigrationReason
 from tests.helpers import REPO
 
@@ -125,5 +125,12 @@ def test_a_family_added_to_the_registry_is_obeyed_by_the_plan(monkeypatch: pytes
     assert max(others.values()) - min(others.values()) <= 5, "balanced over the nodes it may use"
 
 
-def test_every_balancing_dimension_has_a_row_in_the_dimension_table() -> None:
-    assert set(DIMENSIONS) == set(get_args(Dimension))
+def test_the_settings_accept_exactly_the_dimensions_of_the_dimension_table() -> None:
+    """DIMENSIONS is the one list: every name in it is a method, a band and a threshold key; no other is."""
+    for name in DIMENSIONS:
+        settings = BalancingSettings(method=name, balanciness={name: 3}, threshold={name: 80})
+        assert Policy.from_settings(settings).dimensions == (name,)
+    assert BalancingSettings(method=list(DIMENSIONS)).method == list(DIMENSIONS)
+    for wrong in ({"method": "ram"}, {"balanciness": {"ram": 3}}, {"threshold": {"ram": 80}}):
+        with pytest.raises(ValidationError, match="unknown dimension 'ram'"):
+            BalancingSettings(**wrong)

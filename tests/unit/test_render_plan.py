@@ -6,6 +6,7 @@ import pytest
 from rich.console import Console
 
 from pvebalance.engine import Policy, plan_balance
+from pvebalance.engine.load import DIMENSIONS
 from pvebalance.render import USAGE_MEANING, plan_to_json, print_plan
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.models import GuestType, Migration, MigrationReason, NodeUsage, Plan, UsageSummary
@@ -88,14 +89,13 @@ def test_plan_table_without_containers_or_held_out_nodes_has_neither_note() -> N
     ("cpu", "assigned", "cpu usage (assigned): vCPUs given to guests per node core, in %; over 100 % = overcommitted"),
     ("memory", "used", "memory usage (used): % of each node's memory in use"),
     ("disk", "used", "disk usage (used): % of each node's local guest storage in use"),
-    ("weighted", "used", "weighted usage (used): weighted shares of the cluster's capacity in use, in %"),
 ])
 def test_the_header_says_what_the_percentages_mean(method: str, mode: str, header: str) -> None:
     assert render(sample_plan(method=method, mode=mode))[0] == header
 
 
-def test_every_method_and_mode_has_a_meaning() -> None:
-    assert {(m, o) for m in ("memory", "cpu", "disk", "weighted") for o in ("used", "assigned")} == set(USAGE_MEANING)
+def test_every_dimension_and_mode_has_a_meaning() -> None:
+    assert {(m, o) for m in DIMENSIONS for o in ("used", "assigned")} == set(USAGE_MEANING)
 
 
 def test_plan_table_fits_an_80_column_terminal() -> None:

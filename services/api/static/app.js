@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const RESOURCES = ["memory", "cpu", "disk"];
+let RESOURCES = [];  // the dimensions a node's usage is given in: the API's (engine/load.py DIMENSIONS)
 const jobs = new Map();  // job id -> latest status event
 let plan = null;
 let waitingForToken = null;
@@ -114,7 +114,11 @@ async function followRequest(id, what) {
 async function refreshCluster() {
   try {
     const c = await api("/api/v1/cluster");
-    $("#cluster-line").textContent = `${c.cluster || "cluster"} · ${c.method}/${c.mode} · spread ${c.spread_pp.toFixed(1)} pp (balanciness ${c.balanciness}) · snapshot ${Math.round(c.age_s)} s old${c.paused ? " · PAUSED" : ""}`;
+    RESOURCES = c.resources || Object.keys((c.nodes[0] || { usage: {} }).usage);
+    // every balanced dimension: its spread now and its band
+    const spreads = Object.entries(c.spreads || { [c.method]: c.spread_pp })
+      .map(([d, s]) => `${d} ${s.toFixed(1)} pp (band ${(c.bands || {})[d] ?? c.balanciness})`).join(", ");
+    $("#cluster-line").textContent = `${c.cluster || "cluster"} · ${c.method}/${c.mode} · spread ${spreads} · snapshot ${Math.round(c.age_s)} s old${c.paused ? " · PAUSED" : ""}`;
     $("#nodes").replaceChildren(...c.nodes.map(nodeCard));
   } catch (e) {
     $("#cluster-line").textContent = e.message;
@@ -129,7 +133,12 @@ async function refreshPlan() {
   // GiB as Migration.gib_moved counts them: memory copied live, local disks; the time over the nodes' links
   const gib = p.migrations.reduce((sum, m) => sum + ((m.online ? m.mem_bytes : 0) + m.local_disk_bytes) / 2 ** 30, 0);
   const took = p.expected_seconds >= 60 ? `${Math.floor(p.expected_seconds / 60)} min ${Math.round(p.expected_seconds % 60)} s` : `${Math.round(p.expected_seconds)} s`;
-  $("#plan-line").textContent = `${p.plan_id} · ${state} · ${p.outcome} · spread ${p.before.spread_pp.toFixed(1)} → ${p.after.spread_pp.toFixed(1)} pp · ${p.migrations.length} moves · ${gib.toFixed(1)} GiB · expected ${took}`;
+  // each dimension the plan balances, before and after (a plan of one: its spread_pp)
+  const dims = Object.keys(p.after.dimensions || {});
+  const spread = dims.length > 1
+    ? dims.map((d) => `${d} ${p.before.dimensions[d].spread_pp.toFixed(1)} → ${p.after.dimensions[d].spread_pp.toFixed(1)}`).join(", ")
+    : `${p.before.spread_pp.toFixed(1)} → ${p.after.spread_pp.toFixed(1)}`;
+  $("#plan-line").textContent = `${p.plan_id} · ${state} · ${p.outcome} · spread ${spread} pp · ${p.migrations.length} moves · ${gib.toFixed(1)} GiB · expected ${took}`;
   $("#approve").hidden = state !== "recommended";
   $("#moves tbody").replaceChildren(...view.moves.map((m) => {
     const s = (jobs.get(m.job_id) || {}).state || m.job_state || "not enqueued";

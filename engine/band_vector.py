@@ -1,0 +1,272 @@
+"""The band plan for several dimensions at once: pick the box of bands the nodes end in (one band
+per dimension, each as wide as its own `balanciness`), then move the fewest guests that bring every
+node into the box in every dimension.
+
+band.py does this for one dimension, where a guest's load is one number and "the smallest guest
+that fills the lack" is found by bisection. With several, a guest is a vector (memory and CPU, say)
+and a node may be above the box in one dimension and inside or below it in another, so each choice
+is scored in bands: a node's distance outside the box, per dimension, in widths of that dimension's
+band on that node (`_Box.outside`), added up over the dimensions.
+
+For a box (lo_i for each dimension, hi_i = lo_i + band_i):
+
+1. every node outside the box from above sheds, one unit at a time, the unit that takes it furthest
+   towards the box (its excess lowered, less any lack it opens below the box), the larger on ties;
+2. each node lacking (below the box in some dimension), the one lacking least first, takes shed
+   units: the smallest that fills every lack without passing the box's top, else the one covering
+   the most lack; then, if the shed units run out, units from nodes with load to spare in every
+   dimension, the same way;
+3. shed units no node needed go where the box has most room.
+
+The box is found by coordinate search: each dimension's lo in turn over a grid between its mean
+less its band and its mean (the capacity-weighted mean must lie in every band), the others held;
+twice over. The box with the fewest moves (then the least data) wins, and the caller replays it move
+by move through `PlanState` (rules and room checked at each step), as it does the one-dimension plan.
+Large clusters look at fewer positions: the search is bounded by work, the same input gives the
+same plan.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .band import _EDGE, BandPlan, _Disks
+from .load import Vector
+from .search import Sizer
+from .state import PlanState
+
+_STEPS = 8  # lo positions per dimension tried between mean - band and mean ...
+_STEPS_LARGE = 4  # ... or this many on clusters of more than _LARGE units
+_LARGE = 2000
+_ROUNDS = 2  # passes of the coordinate search over the dimensions
+_SCAN = 48  # units looked at on each side of where the best one should lie
+_SOURCES = 8  # nodes with load to spare asked for a unit, the most spare first
+_TINY = 1e-9
+
+
+@dataclass(frozen=True)
+class _Unit:
+    load: Vector
+    size: float  # Sizer: the load as one number, to sort by
+    vmids: frozenset[int]
+    data: int
+    key: int  # the smallest vmid: the stable tie-break
+
+
+class _Box:
+    """One position of the box: each node's bounds and its load as the plan takes shape."""
+
+    def __init__(self, state: PlanState, lo: Vector, widths: Vector) -> None:
+        self.nodes = state.targets
+        self.count = len(lo)
+        self.now = {n: list(state.loads[n].load) for n in self.nodes}
+        caps = {n: state.loads[n].capacity for n in self.nodes}
+        self.low = {n: [lo[i] * caps[n][i] / 100.0 for i in range(self.count)] for n in self.nodes}
+        self.high = {n: [(lo[i] + widths[i]) * caps[n][i] / 100.0 for i in range(self.count)] for n in self.nodes}
+        # load units -> bands on that node (an unbounded dimension counts for nothing)
+        self.scale = {n: [100.0 / (caps[n][i] * widths[i]) if widths[i] < 1e8 else 0.0 for i in range(self.count)]
+                      for n in self.nodes}
+
+    def outside(self, n: str, load: list[float] | Vector) -> tuple[float, float]:
+        """How far a load on node n lies above the box and below it, in bands (summed over dimensions)."""
+        above = below = 0.0
+        low, high, scale = self.low[n], self.high[n], self.scale[n]
+        for i in range(self.count):
+            if load[i] > high[i]:
+                above += (load[i] - high[i]) * scale[i]
+            elif load[i] < low[i]:
+                below += (low[i] - load[i]) * scale[i]
+        return above, below
+
+    def fits_under(self, n: str, load: Vector) -> bool:
+        now, high = self.now[n], self.high[n]
+        return all(now[i] + load[i] <= high[i] for i in range(self.count))
+
+    def spares(self, n: str, load: Vector) -> bool:
+        now, low = self.now[n], self.low[n]
+        return all(now[i] - load[i] >= low[i] for i in range(self.count))
+
+    def room(self, n: str) -> float:
+        """The least room under the box's top over the dimensions, in bands (bounded ones only)."""
+        return min(((self.high[n][i] - self.now[n][i]) * self.scale[n][i] for i in range(self.count)
+                    if self.scale[n][i] > 0), default=0.0)
+
+    def shift(self, n: str, load: Vector, sign: float) -> None:
+        for i in range(self.count):
+            self.now[n][i] += sign * load[i]
+
+    def lacking(self, n: str) -> float:
+        return self.outside(n, self.now[n])[1]
+
+
+def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | None:
+    """The fewest-moves plan over the boxes tried (None when no box works)."""
+    nodes = state.targets
+    count = len(state.dims)
+    sizer = Sizer(state)
+    by_node: dict[str, list[_Unit]] = {n: [] for n in nodes}
+    total = 0
+    for vmids in units:
+        node = state.where[min(vmids)]
+        load = state.load_of(vmids)
+        if node in by_node and any(x > 0 for x in load):
+            data = sum(state.guests[v].mem + state.guests[v].local_disk for v in vmids)
+            by_node[node].append(_Unit(load, sizer.size(load), vmids, data, min(vmids)))
+            total += 1
+    for listed in by_node.values():
+        listed.sort(key=lambda u: (-u.size, u.key))
+    neg = {n: [-u.size for u in listed] for n, listed in by_node.items()}
+    means = state.means()
+    widths = tuple(b - 2 * _EDGE if b < 1e8 else 1e9 for b in state.bands)
+    if min(widths) <= 0:
+        return None
+    free = [i for i in range(count) if widths[i] < 1e8]  # dimensions held to a band
+    steps = _STEPS if total <= _LARGE else _STEPS_LARGE
+    lo = [means[i] - widths[i] / 2 if i in free else -1e9 for i in range(count)]
+
+    def at(position: list[float]) -> BandPlan | None:
+        return _plan_for(state, by_node, neg, sizer, _Box(state, tuple(position), widths))
+
+    def better(plan: BandPlan | None, best: BandPlan | None) -> bool:
+        return plan is not None and (best is None or (len(plan.moves), plan.data) < (len(best.moves), best.data))
+
+    best = at(lo)
+    for _ in range(_ROUNDS):
+        for i in free:
+            for step in range(steps + 1):
+                trial = list(lo)
+                trial[i] = means[i] - widths[i] + widths[i] * step / steps
+                plan = at(trial)
+                if better(plan, best):
+                    best, lo = plan, trial
+    return best
+
+
+def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, list[float]], sizer: Sizer,
+              box: _Box) -> BandPlan | None:
+    plan = BandPlan(box.low[box.nodes[0]][0])
+    disks = _Disks(state)
+    taken: set[int] = set()
+    shed: list[tuple[_Unit, str]] = []
+    for n in sorted(box.nodes):
+        while box.outside(n, box.now[n])[0] > _TINY:
+            u = _to_shed(box, n, by_node[n], taken)
+            if u is None:
+                return None
+            box.shift(n, u.load, -1.0)
+            taken.add(u.key)
+            shed.append((u, n))
+    shed.sort(key=lambda pair: (-pair[0].size, pair[0].key))
+    pool = [u for u, _ in shed]
+    keys = [-u.size for u in pool]
+    source_of = {u.key: n for u, n in shed}
+    for n in sorted(box.nodes, key=lambda x: (box.lacking(x), x)):
+        while box.lacking(n) > _TINY:
+            near = [u for u in _window(pool, keys, box, n, sizer) if source_of[u.key] != n]
+            pick = _choose(state, disks, box, n, near)
+            if pick is not None:
+                index = pool.index(pick)
+                del pool[index], keys[index]
+            else:
+                found = _filler(state, disks, box, by_node, neg, taken, sizer, n)
+                if found is None:
+                    return None
+                pick, source = found
+                box.shift(source, pick.load, -1.0)
+                taken.add(pick.key)
+            box.shift(n, pick.load, 1.0)
+            disks.add(pick.vmids, n)
+            plan.moves.append((pick.vmids, n))
+            plan.data += pick.data
+    for u in pool:  # what no lacking node needed: where the box has most room
+        room = sorted((-box.room(t), t) for t in box.nodes if t != source_of[u.key] and box.fits_under(t, u.load))
+        target = next((t for _, t in room if state.allows(u.vmids, t) and disks.room_for(u.vmids, t)), None)
+        if target is None:
+            return None
+        box.shift(target, u.load, 1.0)
+        disks.add(u.vmids, target)
+        plan.moves.append((u.vmids, target))
+        plan.data += u.data
+    return plan
+
+
+def _to_shed(box: _Box, n: str, units: list[_Unit], taken: set[int]) -> _Unit | None:
+    """The unit whose leaving takes node n furthest towards the box: its excess above the box
+    lowered, less the lack below the box it opens; the larger on ties."""
+    above, below = box.outside(n, box.now[n])
+    best: tuple[float, float, int] | None = None
+    choice = None
+    for u in units:
+        if u.key in taken:
+            continue
+        after = [box.now[n][i] - u.load[i] for i in range(box.count)]
+        a, b = box.outside(n, after)
+        gain = (above - a) - (b - below)
+        if gain <= _TINY:
+            continue
+        key = (-gain, -u.size, u.key)
+        if best is None or key < best:
+            best, choice = key, u
+    return choice
+
+
+def _window(pool: list[_Unit], keys: list[float], box: _Box, n: str, sizer: Sizer) -> Iterator[_Unit]:
+    """The pool's units that could fill node n's lack, nearest first: those no larger than its room
+    allows, from about the size of its lack both ways (a unit under the box's top in every dimension
+    is no larger than the room's size; one filling every lack no smaller than the lack's)."""
+    room = sizer.size(tuple(max(box.high[n][i] - box.now[n][i], 0.0) for i in range(box.count)))
+    lack = sizer.size(tuple(max(box.low[n][i] - box.now[n][i], 0.0) for i in range(box.count)))
+    start = bisect_left(keys, -room - _TINY)  # pool is sorted by falling size: from `start` on, size <= room
+    split = max(bisect_left(keys, -lack, lo=start), start)  # before `split`: at least the lack's size
+    for i in range(split - 1, max(start - 1, split - 1 - _SCAN), -1):
+        yield pool[i]
+    for i in range(split, min(len(pool), split + _SCAN)):
+        yield pool[i]
+
+
+def _choose(state: PlanState, disks: _Disks, box: _Box, n: str, candidates: Iterable[_Unit]) -> _Unit | None:
+    """Among the candidates under the box's top on node n: the smallest that fills every lack, else
+    the one that covers the most lack (the larger on ties); the first the rules and the storages allow."""
+    keyed = _ranked(box, n, candidates)
+    return next((u for _, u in keyed if state.allows(u.vmids, n) and disks.room_for(u.vmids, n)), None)
+
+
+def _ranked(box: _Box, n: str, candidates: Iterable[_Unit]) -> list[tuple[tuple[float, ...], _Unit]]:
+    lack = box.lacking(n)
+    keyed: list[tuple[tuple[float, ...], _Unit]] = []
+    for u in candidates:
+        if not box.fits_under(n, u.load):
+            continue
+        left = box.outside(n, [box.now[n][i] + u.load[i] for i in range(box.count)])[1]
+        if left >= lack - _TINY:
+            continue  # it covers none of the lack
+        key = (0.0, u.size, float(u.key)) if left <= _TINY else (1.0, left, -u.size, float(u.key))
+        keyed.append((key, u))
+    keyed.sort(key=lambda pair: pair[0])
+    return keyed
+
+
+def _filler(state: PlanState, disks: _Disks, box: _Box, by_node: dict[str, list[_Unit]],
+            neg: dict[str, list[float]], taken: set[int], sizer: Sizer, target: str) -> tuple[_Unit, str] | None:
+    """A unit from a node with load to spare in every dimension (it stays in the box without it),
+    chosen as `_choose` does; the nodes with the most to spare are asked first."""
+    spare = sorted((-min(((box.now[s][i] - box.low[s][i]) * box.scale[s][i] for i in range(box.count)
+                           if box.scale[s][i] > 0), default=0.0), s) for s in box.nodes if s != target)
+    best: tuple[tuple[float, ...], _Unit, str] | None = None
+    for minus, source in spare[:_SOURCES]:
+        if minus >= 0:
+            break
+        units = by_node[source]
+        room = sizer.size(tuple(max(box.high[target][i] - box.now[target][i], 0.0) for i in range(box.count)))
+        start = bisect_left(neg[source], -room - _TINY)
+        near = units[start:start + 2 * _SCAN]
+        candidates = [u for u in near if u.key not in taken and box.spares(source, u.load)]
+        for key, u in _ranked(box, target, candidates):
+            if best is not None and key >= best[0]:
+                break
+            if state.allows(u.vmids, target) and disks.room_for(u.vmids, target):
+                best = (key, u, source)
+                break
+    return (best[1], best[2]) if best else None

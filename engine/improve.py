@@ -1,0 +1,334 @@
+"""Fewer migrations for a plan that balances several dimensions: a local search bounded by work.
+
+With one dimension the band plan and the exact model reach the minimum. With several, the exact
+model takes HiGHS far longer than a plan may (mid-300, memory and CPU: the minimum, 18, is proven in
+about 10 minutes; none of 18 is found in a minute), and the constructive plans end a few moves above
+it. This search takes a balanced plan of k moves and looks for one of k - 1, then k - 2, ...:
+
+- drop: a move whose guest may as well stay (reverted, everything still within its band);
+- two for one: two moves reverted and one other made instead (any guest, any target);
+- else, at k - 1 moves, from the plan less the move whose loss hurts least, swaps (one move
+  reverted, another made) that bring the dimensions closest to their bands (the sum over the
+  dimensions of how far each spread is above its band, in bands; then of the spreads, in bands),
+  never undoing a swap of the last few steps, until every dimension is within its band.
+
+Every candidate move of every step is scored at once with numpy: moving unit k from node s to node t
+changes only s and t, so the spread after it is the largest of (the other nodes' largest percentage,
+s's and t's new ones) less the smallest, from each dimension's three largest and three smallest.
+The rules a unit's target must meet (pins, HA node rules) come from `PlanState.allows` once per
+unit and node; rules between guests (anti-affinity, affinity groups) are checked on each placement
+found (`Family.check`), and the plan found is replayed move by move through `PlanState`, where every
+rule and the room on each target are checked at each step, as for every plan. The search stops
+after `ITERATIONS` steps: bounded by work, never by time, so the same input gives the same plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+
+import numpy as np
+
+from .band import apply_in_order, clone
+from .fit import memory_limit
+from .state import PlanState
+
+ITERATIONS = 40  # swaps tried in all, over every count of moves
+TABU = 6  # a swap's guests are left alone for this many steps
+_TOL = 1e-9
+
+
+class _Cluster:
+    """The units and nodes as arrays: what each unit adds to each node, in percent per dimension."""
+
+    def __init__(self, base: PlanState, units: Sequence[frozenset[int]]) -> None:
+        self.base = base
+        self.units = list(units)
+        self.nodes = list(base.targets)
+        index = {n: i for i, n in enumerate(self.nodes)}
+        load = np.array([base.load_of(u) for u in self.units], dtype=float).reshape(len(self.units), -1)
+        cap = np.array([base.loads[n].capacity for n in self.nodes], dtype=float)
+        self.pct = 100.0 * load[:, None, :] / cap[None, :, :]  # unit x node x dimension
+        self.home = np.array([index[base.where[min(u)]] for u in self.units])
+        self.start = np.array([base.loads[n].percents for n in self.nodes], dtype=float)  # node x dimension
+        self.bands = np.array(base.bands, dtype=float)
+        self.allowed = np.array([[base.allows(u, n) for n in self.nodes] for u in self.units], dtype=bool)
+        self.of_vmid = {min(u): k for k, u in enumerate(self.units)}
+        self.index = index
+        # the memory a unit takes on a node (running guests), each node's in use and its limit: a
+        # placement's end must keep every node under fit.memory_limit, as any order of it must
+        self.mem = np.array([float(sum(base.guests[v].mem for v in u if base.guests[v].running)) for u in self.units])
+        self.mem_start = np.array([float(base.loads[n].figures.used_mem) for n in self.nodes])
+        self.mem_limit = np.array([memory_limit(base.loads[n].figures, base.policy) for n in self.nodes])
+
+    def memory(self, place: np.ndarray) -> np.ndarray:
+        used = self.mem_start.copy()
+        for k in np.nonzero(place != self.home)[0]:
+            used[self.home[k]] -= self.mem[k]
+            used[place[k]] += self.mem[k]
+        return used
+
+    def percents(self, place: np.ndarray) -> np.ndarray:
+        p = self.start.copy()
+        for k in np.nonzero(place != self.home)[0]:
+            p[self.home[k]] -= self.pct[k, self.home[k]]
+            p[place[k]] += self.pct[k, place[k]]
+        return p
+
+    def scores(self, place: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For every unit k and node t: how far above its band each dimension's spread would be
+        after moving k (from where `place` has it) to t, summed in bands, and the spreads so summed.
+        Moves that are no move, or to a node the unit's rules exclude, score infinite."""
+        p = self.percents(place)
+        n_nodes = len(self.nodes)
+        src = place
+        nodes = np.arange(n_nodes)
+        ex_max = _excluding(p, nodes, largest=True)  # node s x node t x dimension
+        ex_min = _excluding(p, nodes, largest=False)
+        units = np.arange(len(self.units))
+        new_s = p[src] - self.pct[units, src]  # unit x dimension
+        new_t = p[None, :, :] + self.pct  # unit x node x dimension
+        high = np.maximum(np.maximum(ex_max[src], new_s[:, None, :]), new_t)
+        low = np.minimum(np.minimum(ex_min[src], new_s[:, None, :]), new_t)
+        spread = (high - low) / self.bands
+        over = np.maximum(spread - 1.0, 0.0).sum(axis=2)
+        smooth = spread.sum(axis=2)
+        full = self.memory(place)[None, :] + self.mem[:, None] > self.mem_limit[None, :]
+        bad = ~self.allowed | (nodes[None, :] == src[:, None]) | full
+        over[bad] = np.inf
+        smooth[bad] = np.inf
+        return over, smooth
+
+    def exchanges(self, place: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For every pair of units on different nodes: the same scores (see `scores`) after each takes
+        the other's place."""
+        p = self.percents(place)
+        used = self.memory(place)
+        nodes = np.arange(len(self.nodes))
+        ex_max = _excluding(p, nodes, largest=True)
+        ex_min = _excluding(p, nodes, largest=False)
+        units = np.arange(len(self.units))
+        a = place  # k's node; j's node is a[j]
+        own = self.pct[units, a]  # what each unit adds where it is: unit x dimension
+        there = self.pct[:, a, :]  # unit k's load on unit j's node: k x j x dimension
+        new_a = p[a][:, None, :] - own[:, None, :] + np.transpose(there, (1, 0, 2))  # k's node, j arrived
+        new_b = p[a][None, :, :] - own[None, :, :] + there  # j's node, k arrived
+        pair_max = ex_max[a[:, None], a[None, :]]
+        pair_min = ex_min[a[:, None], a[None, :]]
+        high = np.maximum(np.maximum(pair_max, new_a), new_b)
+        low = np.minimum(np.minimum(pair_min, new_a), new_b)
+        spread = (high - low) / self.bands
+        over = np.maximum(spread - 1.0, 0.0).sum(axis=2)
+        smooth = spread.sum(axis=2)
+        mem_a = used[a][:, None] - self.mem[:, None] + self.mem[None, :]
+        mem_b = used[a][None, :] - self.mem[None, :] + self.mem[:, None]
+        bad = ((a[:, None] == a[None, :]) | ~self.allowed[:, a] | ~self.allowed[:, a].T
+               | (mem_a > self.mem_limit[a][:, None]) | (mem_b > self.mem_limit[a][None, :]))
+        over[bad] = np.inf
+        smooth[bad] = np.inf
+        return over, smooth
+
+    def balanced(self, place: np.ndarray) -> bool:
+        p = self.percents(place)
+        return bool(np.all(p.max(axis=0) - p.min(axis=0) <= self.bands + _TOL))
+
+    def rules_hold(self, place: np.ndarray) -> bool:
+        """No rule between guests broken at the placement's end (what `allowed` cannot say)."""
+        state = self.base
+        where = dict(state.where)
+        for k in np.nonzero(place != self.home)[0]:
+            for v in self.units[k]:
+                where[v] = self.nodes[place[k]]
+        return not any(b.required for f in state.c.families for b in f.check(state.c, where, state.guests))
+
+
+def _excluding(p: np.ndarray, nodes: np.ndarray, largest: bool) -> np.ndarray:
+    """For each pair of nodes (s, t): each dimension's largest (or smallest) percentage over the
+    other nodes; -inf (+inf) when there are none."""
+    fill = -np.inf if largest else np.inf
+    order = np.argsort(-p if largest else p, axis=0, kind="stable")[:3]  # up to 3 x dimension
+    values = np.take_along_axis(p, order, axis=0)
+    if len(order) < 3:
+        pad = 3 - len(order)
+        order = np.vstack([order, np.full((pad, p.shape[1]), -1)])
+        values = np.vstack([values, np.full((pad, p.shape[1]), fill)])
+    s = nodes[:, None, None]
+    t = nodes[None, :, None]
+    out = np.full((len(nodes), len(nodes), p.shape[1]), fill)
+    for j in (2, 1, 0):  # the first of the three that is neither s nor t wins
+        free = (order[j][None, None, :] != s) & (order[j][None, None, :] != t)
+        out = np.where(free, values[j][None, None, :], out)
+    return out
+
+
+def fewer_moves(base: PlanState, starts: Sequence[PlanState], units: Sequence[frozenset[int]]) -> PlanState | None:
+    """The plan with the fewest balance moves the search finds from `base` (the state after the
+    repairs), starting from each of `starts` in turn (plans made from `base`, balanced or not: one
+    that is not is first brought within the bands), replayed through PlanState; None when it finds
+    none with every dimension within its band."""
+    if len(base.dims) < 2 or len(base.targets) < 2 or not units:
+        return None
+    cluster = _Cluster(base, units)
+    budget = [ITERATIONS]
+    best: PlanState | None = None
+    for start in starts:
+        place = cluster.home.copy()
+        for move in start.moves[len(base.moves):]:
+            k = cluster.of_vmid.get(min(base.c.unit(move.guest.vmid)))
+            if k is not None:  # else a move the search does not model: it starts without it
+                place[k] = cluster.index[move.target]
+        if not cluster.balanced(place) or not cluster.rules_hold(place):
+            reached = _reach(cluster, place, budget)
+            if reached is None:
+                continue
+            place = reached
+        while True:
+            replayed = _replay(base, cluster, place)
+            if replayed is None:
+                break
+            if best is None or len(replayed.moves) < len(best.moves):
+                best = replayed
+            found = _one_fewer(cluster, place, budget)
+            if found is None:
+                break
+            place = found
+    return best
+
+
+def _reach(cluster: _Cluster, place: np.ndarray, budget: list[int]) -> np.ndarray | None:
+    """From a placement some dimension's spread leaves above its band: steps that bring the
+    dimensions closest to their bands (then add the fewest moves): a guest moved, moved on or back
+    home, or two guests on different nodes trading places; never touching a guest of the last few
+    steps; until every dimension is within its band."""
+    current = place.copy()
+    recent: list[int] = []
+    n_nodes = len(cluster.nodes)
+    while budget[0] > 0:
+        budget[0] -= 1
+        at_home = (current == cluster.home).astype(int)
+        over, smooth = cluster.scores(current)
+        over[recent, :] = np.inf
+        added = at_home[:, None] - (np.arange(n_nodes)[None, :] == cluster.home[:, None])
+        pair_over, pair_smooth = cluster.exchanges(current)
+        pair_over[recent, :] = np.inf
+        pair_over[:, recent] = np.inf
+        # after k and j trade places: each adds a move if it was home, takes one off if it goes home
+        goes_home = current[None, :] == cluster.home[:, None]  # k to j's node, its home
+        pair_added = (at_home[:, None] - goes_home) + (at_home[None, :] - goes_home.T)
+        one = int(np.lexsort((smooth.ravel(), added.ravel(), over.ravel()))[0])
+        two = int(np.lexsort((pair_smooth.ravel(), pair_added.ravel(), pair_over.ravel()))[0])
+        k, t = divmod(one, n_nodes)
+        i, j = divmod(two, len(cluster.units))
+        single = (over[k, t], added[k, t], smooth[k, t])
+        pair = (pair_over[i, j], pair_added[i, j], pair_smooth[i, j])
+        if not np.isfinite(single[0]) and not np.isfinite(pair[0]):
+            return None
+        current = current.copy()
+        if single <= pair:
+            current[k] = t
+            recent = ([*recent, k])[-TABU:]
+            reached = single[0]
+        else:
+            current[i], current[j] = current[j], current[i]
+            recent = ([*recent, i, j])[-TABU:]
+            reached = pair[0]
+        if reached <= _TOL and cluster.rules_hold(current):
+            return current
+    return None
+
+
+def _count(cluster: _Cluster, place: np.ndarray) -> int:
+    return int(np.count_nonzero(place != cluster.home))
+
+
+def _one_fewer(cluster: _Cluster, place: np.ndarray, budget: list[int]) -> np.ndarray | None:
+    """A balanced placement with one move fewer than `place`, or None."""
+    moved = [int(k) for k in np.nonzero(place != cluster.home)[0]]
+    target = len(moved) - 1
+    for k in moved:  # drop
+        trial = place.copy()
+        trial[k] = cluster.home[k]
+        if cluster.balanced(trial) and cluster.rules_hold(trial):
+            return trial
+    for a, b in combinations(moved, 2):  # two for one
+        trial = place.copy()
+        trial[a], trial[b] = cluster.home[a], cluster.home[b]
+        found = _first_fix(cluster, trial, target)
+        if found is not None:
+            return found
+    return _swaps(cluster, place, moved, target, budget)
+
+
+def _first_fix(cluster: _Cluster, place: np.ndarray, count: int) -> np.ndarray | None:
+    """One move from `place` that balances it with at most `count` moves and keeps the rules."""
+    over, smooth = cluster.scores(place)
+    for flat in np.lexsort((smooth.ravel(), over.ravel())):
+        k, t = divmod(int(flat), len(cluster.nodes))
+        if over[k, t] > _TOL:
+            return None
+        trial = place.copy()
+        trial[k] = t
+        if _count(cluster, trial) <= count and cluster.rules_hold(trial):
+            return trial
+    return None
+
+
+def _swaps(cluster: _Cluster, place: np.ndarray, moved: list[int], count: int, budget: list[int]) -> np.ndarray | None:
+    """From `place` less its least needed move, swaps towards balance at `count` moves (see the module)."""
+    losses = []
+    for k in moved:
+        trial = place.copy()
+        trial[k] = cluster.home[k]
+        lost, spread = _totals(cluster, trial)
+        losses.append((lost, spread, k, trial))
+    if not losses:
+        return None
+    _, _, dropped, current = min(losses, key=lambda x: (x[0], x[1], x[2]))
+    recent: list[int] = [dropped]
+    while budget[0] > 0:
+        budget[0] -= 1
+        best: tuple[float, float, int, int, int] | None = None
+        for m in (int(k) for k in np.nonzero(current != cluster.home)[0]):
+            if m in recent:
+                continue
+            trial = current.copy()
+            trial[m] = cluster.home[m]
+            over, smooth = cluster.scores(trial)
+            for k in recent:
+                over[k, :] = np.inf
+            flat = int(np.lexsort((smooth.ravel(), over.ravel()))[0])
+            k, t = divmod(flat, len(cluster.nodes))
+            if not np.isfinite(over[k, t]):
+                continue
+            trial[k] = t
+            if _count(cluster, trial) > count:
+                continue
+            key = (float(over[k, t]), float(smooth[k, t]), m, k, t)
+            if best is None or key < best:
+                best = key
+        if best is None:
+            return None
+        _, _, m, k, t = best
+        current = current.copy()
+        current[m] = cluster.home[m]
+        current[k] = t
+        recent = ([*recent, m, k])[-TABU:]
+        if best[0] <= _TOL and cluster.balanced(current) and cluster.rules_hold(current):
+            return current
+    return None
+
+
+def _totals(cluster: _Cluster, place: np.ndarray) -> tuple[float, float]:
+    p = cluster.percents(place)
+    spread = (p.max(axis=0) - p.min(axis=0)) / cluster.bands
+    return float(np.maximum(spread - 1.0, 0.0).sum()), float(spread.sum())
+
+
+def _replay(base: PlanState, cluster: _Cluster, place: np.ndarray) -> PlanState | None:
+    """The placement's moves made through PlanState (rules and room at each step), if some order
+    allows them and the end is balanced."""
+    state = clone(base)
+    moves = [(cluster.units[k], cluster.nodes[place[k]]) for k in np.nonzero(place != cluster.home)[0]]
+    if not apply_in_order(state, moves) or not state.balanced():
+        return None
+    return state
