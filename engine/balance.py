@@ -31,7 +31,7 @@ from .repair import repair
 from .rules import Constraints, build_constraints, fixed_reason
 from .schedule import prefer, schedule
 from .search import balance_moves, units_by_node
-from .state import Move, PlanState
+from .state import BAND_TOLERANCE, Move, PlanState
 from .verify import find_violations
 
 
@@ -55,21 +55,16 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
         state.relax(quiet)
         policy = state.policy
     below_threshold = len(quiet) == len(state.dims)
-    repaired = clone(state) if _searches(state) else None  # the local search's start (improve.py)
-    if not below_threshold and not state.balanced():
-        state = _balance(state, notes)
-    exact = (not unmet and bool(state.moves) and _exact_applies(snapshot, policy)
-             and _exact_work(state) <= EXACT_MAX_WORK)
-    if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations and not state.balanced():
-        notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
-    elif exact:
-        state = _exact_if_fewer(snapshot, policy, constraints, state, notes)
-    if repaired is not None and not below_threshold and (not exact or not state.balanced()):
-        state = _searched(repaired, state, _units(repaired), notes)
+    if not below_threshold:
+        repaired = clone(state) if len(state.dims) > 1 else state
+        state = _planned(snapshot, state, constraints, bool(unmet), notes)
+        if not state.balanced() and len(state.dims) > 1:
+            state = _closest(snapshot, repaired, constraints, state, notes)
+        policy = state.policy
     if state.balanced():  # the exact model or the local search brought it within: no longer so
         notes[:] = [n for n in notes if not (n.startswith("spread ") and "stays above" in n)]
     if not below_threshold and len(state.dims) > 1:  # one dimension: its notes say so, as they always have
-        unmet += _out_of_band(state, notes)
+        unmet += _out_of_band(state, notes, bands)
 
     timetable = schedule(state.moves, snapshot, policy, constraints)  # batches and queue order (schedule.py)
     notes += timetable.notes
@@ -94,6 +89,51 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     return plan
 
 
+def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constraints, rules_unmet: bool,
+             notes: list[str]) -> PlanState:
+    """The balance phase on the state after the repairs: the heuristics, then the exact model where it
+    is small enough, then the local search where it is not (or found nothing that balances)."""
+    policy = state.policy
+    repaired = clone(state) if _searches(state) else None  # the local search's start (improve.py)
+    if not state.balanced():
+        state = _balance(state, notes)
+    exact = (not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy)
+             and _exact_work(state) <= EXACT_MAX_WORK)
+    if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations and not state.balanced():
+        notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
+    elif exact:
+        state = _exact_if_fewer(snapshot, policy, constraints, state, notes)
+    if repaired is not None and (not exact or not state.balanced()):
+        state = _searched(repaired, state, _units(repaired), notes)
+    return state
+
+
+def _closest(snapshot: ClusterSnapshot, repaired: PlanState, constraints: Constraints, plan: PlanState,
+             notes: list[str]) -> PlanState:
+    """A plan that leaves some dimension above its band, as close as the others allow: each
+    dimension in turn is let go (planned as it falls) and the others planned for; of those plans and
+    `plan`, the one with the most dimensions within their bands, then the least excess in bands
+    (the largest excess counts most: the sum of squares)."""
+    def score(state: PlanState) -> tuple[int, float]:
+        over = [max(s - b, 0.0) / b for s, b in zip(state.spreads(), plan.bands, strict=True)]
+        return -sum(x <= BAND_TOLERANCE for x in over), sum(x * x for x in over)
+
+    best, freed, said = plan, "", notes
+    for dim in plan.dims:
+        attempt = clone(repaired)
+        attempt.relax([dim])
+        told: list[str] = []
+        attempt = _planned(snapshot, attempt, constraints, False, told)
+        if attempt.balanced() and score(attempt) < score(best):
+            best, freed, said = attempt, dim, told
+    if freed:
+        notes[:] = [n for n in notes if not (n.startswith("spread ") and "stays above" in n)] + said
+        notes.append(f"{freed} cannot be brought within its band with the others: planned for the others")
+        best.policy = plan.policy  # the plan reads as asked: every dimension held to its band
+        best.bands = plan.bands
+    return best
+
+
 def _below_thresholds(state: PlanState, notes: list[str]) -> list[str]:
     """The balanced dimensions with a threshold that no node passes (after the repairs): they are
     not balanced by this plan, and the notes say so."""
@@ -108,14 +148,15 @@ def _below_thresholds(state: PlanState, notes: list[str]) -> list[str]:
     return quiet
 
 
-def _out_of_band(state: PlanState, notes: list[str]) -> list[Unmet]:
+def _out_of_band(state: PlanState, notes: list[str], bands: dict[str, float]) -> list[Unmet]:
     """Each dimension the plan leaves above its band, the largest excess first: how far, and why."""
     why = next((n.split(": ", 1)[1] for n in notes if n.startswith("spread ") and "stays above" in n),
                "no safe move the rules allow brings it closer")
     if any(n.startswith("stopped at the cap") for n in notes):
         why = f"the cap of {state.policy.max_migrations} migrations per plan is reached"
-    over = sorted(((s - b, d, s, b) for d, s, b in zip(state.dims, state.spreads(), state.bands, strict=True)
-                   if s > b and math.isfinite(b)), key=lambda x: (-x[0], x[1]))
+    quiet = {d for d, b in zip(state.dims, state.bands, strict=True) if not math.isfinite(b)}
+    over = sorted(((s - bands[d], d, s, bands[d]) for d, s in zip(state.dims, state.spreads(), strict=True)
+                   if s > bands[d] + BAND_TOLERANCE and d not in quiet), key=lambda x: (-x[0], x[1]))
     return [Unmet(rule=f"balance {d}", vmids=[],
                   reason=f"spread {s:.1f} pp, {excess:.1f} pp above its band of {b:g} pp: {why}")
             for excess, d, s, b in over]

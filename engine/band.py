@@ -61,6 +61,7 @@ class _Disks:
     def __init__(self, state: PlanState) -> None:
         self.state = state
         self.sent: dict[str, fit.GuestFigures] = {}
+        self.figures: dict[frozenset[int], fit.GuestFigures] = {}  # a unit's: asked of many targets
 
     def room_for(self, vmids: frozenset[int], target: str) -> bool:
         arriving = self._figures(vmids)
@@ -81,7 +82,10 @@ class _Disks:
             self.sent[target] = fit.GuestFigures(0, 0, False, tuple(sorted(merged.items())))
 
     def _figures(self, vmids: frozenset[int]) -> fit.GuestFigures:
-        return fit.GuestFigures.of(self.state.guests[v] for v in vmids)
+        known = self.figures.get(vmids)
+        if known is None:
+            known = self.figures[vmids] = fit.GuestFigures.of(self.state.guests[v] for v in vmids)
+        return known
 
 
 def clone(state: PlanState) -> PlanState:

@@ -28,7 +28,7 @@ same plan.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -44,6 +44,8 @@ _ROUNDS = 2  # passes of the coordinate search over the dimensions
 _SCAN = 48  # units looked at on each side of where the best one should lie
 _SOURCES = 8  # nodes with load to spare asked for a unit, the most spare first
 _TINY = 1e-9
+_PASSES = 4  # shed-then-fill passes per box
+_SHORTLIST = 16  # units a node above the box chooses among, per dimension
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
     for listed in by_node.values():
         listed.sort(key=lambda u: (-u.size, u.key))
     neg = {n: [-u.size for u in listed] for n, listed in by_node.items()}
+    # a node sheds among its largest units in each dimension (a node above in one dimension only
+    # needs what is large in that one): _SHORTLIST per dimension, by falling load there
+    shortlist = {n: _shortlist(listed, count) for n, listed in by_node.items()}
     means = state.means()
     widths = tuple(b - 2 * _EDGE if b < 1e8 else 1e9 for b in state.bands)
     if min(widths) <= 0:
@@ -127,13 +132,13 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
     lo = [means[i] - widths[i] / 2 if i in free else -1e9 for i in range(count)]
 
     def at(position: list[float]) -> BandPlan | None:
-        return _plan_for(state, by_node, neg, sizer, _Box(state, tuple(position), widths))
+        return _plan_for(state, by_node, shortlist, neg, sizer, _Box(state, tuple(position), widths))
 
     def better(plan: BandPlan | None, best: BandPlan | None) -> bool:
         return plan is not None and (best is None or (len(plan.moves), plan.data) < (len(best.moves), best.data))
 
     best = at(lo)
-    for _ in range(_ROUNDS):
+    for _ in range(_ROUNDS if total <= _LARGE else 1):
         for i in free:
             for step in range(steps + 1):
                 trial = list(lo)
@@ -144,42 +149,56 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
     return best
 
 
-def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, list[float]], sizer: Sizer,
-              box: _Box) -> BandPlan | None:
+def _shortlist(units: list[_Unit], count: int) -> list[list[_Unit]]:
+    """For each dimension, the node's units by falling load in it (a unit of no load there last)."""
+    return [sorted(units, key=lambda u, i=i: (-u.load[i], u.key)) for i in range(count)]
+
+
+def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], shortlist: dict[str, list[list[_Unit]]],
+              neg: dict[str, list[float]], sizer: Sizer, box: _Box) -> BandPlan | None:
     plan = BandPlan(box.low[box.nodes[0]][0])
     disks = _Disks(state)
     taken: set[int] = set()
-    shed: list[tuple[_Unit, str]] = []
-    for n in sorted(box.nodes):
-        while box.outside(n, box.now[n])[0] > _TINY:
-            u = _to_shed(box, n, by_node[n], taken)
-            if u is None:
-                return None
-            box.shift(n, u.load, -1.0)
-            taken.add(u.key)
-            shed.append((u, n))
-    shed.sort(key=lambda pair: (-pair[0].size, pair[0].key))
-    pool = [u for u, _ in shed]
-    keys = [-u.size for u in pool]
-    source_of = {u.key: n for u, n in shed}
-    for n in sorted(box.nodes, key=lambda x: (box.lacking(x), x)):
-        while box.lacking(n) > _TINY:
-            near = [u for u in _window(pool, keys, box, n, sizer) if source_of[u.key] != n]
-            pick = _choose(state, disks, box, n, near)
-            if pick is not None:
-                index = pool.index(pick)
-                del pool[index], keys[index]
-            else:
-                found = _filler(state, disks, box, by_node, neg, taken, sizer, n)
-                if found is None:
+    pool: list[_Unit] = []  # shed, not yet placed: by falling size
+    source_of: dict[int, str] = {}
+    for _ in range(_PASSES):  # a node may be above in one dimension and below in another: shed, fill, again
+        for n in sorted(box.nodes):
+            while box.outside(n, box.now[n])[0] > _TINY:
+                u = _to_shed(box, n, shortlist[n], taken)
+                if u is None:
                     return None
-                pick, source = found
-                box.shift(source, pick.load, -1.0)
-                taken.add(pick.key)
-            box.shift(n, pick.load, 1.0)
-            disks.add(pick.vmids, n)
-            plan.moves.append((pick.vmids, n))
-            plan.data += pick.data
+                box.shift(n, u.load, -1.0)
+                taken.add(u.key)
+                source_of[u.key] = n
+                insort(pool, u, key=lambda x: (-x.size, x.key))
+        for n in sorted(box.nodes, key=lambda x: (box.lacking(x), x)):
+            while box.lacking(n) > _TINY:
+                keys = [-u.size for u in pool]
+                near = [u for u in _window(pool, keys, box, n, sizer) if source_of[u.key] != n]
+                pick = _choose(state, disks, box, n, near)
+                source = None
+                if pick is None:
+                    found = _filler(state, disks, box, by_node, neg, taken, sizer, n)
+                    if found is None:  # nothing fits under the box's top: the unit that helps most, if any
+                        anywhere = [u for u in pool if source_of[u.key] != n]
+                        pick = _choose(state, disks, box, n, anywhere, over_top=True)
+                        if pick is None:
+                            break
+                    else:
+                        pick, source = found
+                if source is None:
+                    pool.remove(pick)
+                else:
+                    box.shift(source, pick.load, -1.0)
+                    taken.add(pick.key)
+                box.shift(n, pick.load, 1.0)
+                disks.add(pick.vmids, n)
+                plan.moves.append((pick.vmids, n))
+                plan.data += pick.data
+        if all(box.outside(n, box.now[n]) == (0.0, 0.0) for n in box.nodes):
+            break
+    if any(box.outside(n, box.now[n]) != (0.0, 0.0) for n in box.nodes):
+        return None
     for u in pool:  # what no lacking node needed: where the box has most room
         room = sorted((-box.room(t), t) for t in box.nodes if t != source_of[u.key] and box.fits_under(t, u.load))
         target = next((t for _, t in room if state.allows(u.vmids, t) and disks.room_for(u.vmids, t)), None)
@@ -192,24 +211,40 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], neg: dict[str, 
     return plan
 
 
-def _to_shed(box: _Box, n: str, units: list[_Unit], taken: set[int]) -> _Unit | None:
+def _to_shed(box: _Box, n: str, shortlist: list[list[_Unit]], taken: set[int]) -> _Unit | None:
     """The unit whose leaving takes node n furthest towards the box: its excess above the box
-    lowered, less the lack below the box it opens; the larger on ties."""
+    lowered, less the lack below the box it opens; the larger on ties. When every unit opens more
+    lack than it removes excess (a node above in one dimension, at the bottom in another), the one
+    that removes the excess opening the least lack: a later pass fills that."""
     above, below = box.outside(n, box.now[n])
-    best: tuple[float, float, int] | None = None
+    best: tuple[float, ...] | None = None
     choice = None
-    for u in units:
-        if u.key in taken:
-            continue
+    for u in _first_free(shortlist, taken):
         after = [box.now[n][i] - u.load[i] for i in range(box.count)]
         a, b = box.outside(n, after)
+        if a >= above - _TINY:
+            continue  # it lowers no excess
         gain = (above - a) - (b - below)
-        if gain <= _TINY:
-            continue
-        key = (-gain, -u.size, u.key)
+        key = (0.0, -gain, -u.size, float(u.key)) if gain > _TINY else (1.0, a, b, -u.size, float(u.key))
         if best is None or key < best:
             best, choice = key, u
     return choice
+
+
+def _first_free(shortlist: list[list[_Unit]], taken: set[int]) -> Iterator[_Unit]:
+    """The first _SHORTLIST units not taken in each dimension's list (a unit in two, once)."""
+    seen: set[int] = set()
+    for listed in shortlist:
+        found = 0
+        for u in listed:
+            if found == _SHORTLIST:
+                break
+            if u.key in taken:
+                continue
+            found += 1
+            if u.key not in seen:
+                seen.add(u.key)
+                yield u
 
 
 def _window(pool: list[_Unit], keys: list[float], box: _Box, n: str, sizer: Sizer) -> Iterator[_Unit]:
@@ -226,23 +261,30 @@ def _window(pool: list[_Unit], keys: list[float], box: _Box, n: str, sizer: Size
         yield pool[i]
 
 
-def _choose(state: PlanState, disks: _Disks, box: _Box, n: str, candidates: Iterable[_Unit]) -> _Unit | None:
+def _choose(state: PlanState, disks: _Disks, box: _Box, n: str, candidates: Iterable[_Unit],
+            over_top: bool = False) -> _Unit | None:
     """Among the candidates under the box's top on node n: the smallest that fills every lack, else
-    the one that covers the most lack (the larger on ties); the first the rules and the storages allow."""
-    keyed = _ranked(box, n, candidates)
+    the one that covers the most lack (the larger on ties); the first the rules and the storages allow.
+    `over_top`: any candidate, by the lack it covers less the excess it opens (when above 0)."""
+    keyed = _ranked(box, n, candidates, over_top)
     return next((u for _, u in keyed if state.allows(u.vmids, n) and disks.room_for(u.vmids, n)), None)
 
 
-def _ranked(box: _Box, n: str, candidates: Iterable[_Unit]) -> list[tuple[tuple[float, ...], _Unit]]:
+def _ranked(box: _Box, n: str, candidates: Iterable[_Unit],
+            over_top: bool = False) -> list[tuple[tuple[float, ...], _Unit]]:
     lack = box.lacking(n)
     keyed: list[tuple[tuple[float, ...], _Unit]] = []
     for u in candidates:
-        if not box.fits_under(n, u.load):
+        under = box.fits_under(n, u.load)
+        if not under and not over_top:
             continue
-        left = box.outside(n, [box.now[n][i] + u.load[i] for i in range(box.count)])[1]
-        if left >= lack - _TINY:
-            continue  # it covers none of the lack
-        key = (0.0, u.size, float(u.key)) if left <= _TINY else (1.0, left, -u.size, float(u.key))
+        opened, left = box.outside(n, [box.now[n][i] + u.load[i] for i in range(box.count)])
+        if left >= lack - _TINY or (over_top and lack - left - opened <= _TINY):
+            continue  # it covers none of the lack (or opens as much excess)
+        if over_top:
+            key: tuple[float, ...] = (2.0, opened - (lack - left), -u.size, float(u.key))
+        else:
+            key = (0.0, u.size, float(u.key)) if left <= _TINY else (1.0, left, -u.size, float(u.key))
         keyed.append((key, u))
     keyed.sort(key=lambda pair: pair[0])
     return keyed

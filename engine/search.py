@@ -22,6 +22,7 @@ the caller keeps whichever plan is better.)
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, insort
 from collections import defaultdict
 
@@ -72,9 +73,11 @@ class Sizer:
 
 
 def objective_weights(state: PlanState) -> Vector:
-    """Each dimension's weight in the summed variance: (first band / its band)^2."""
-    first = max(state.bands[0], 1e-9)
-    return tuple((first / max(b, 1e-9)) ** 2 for b in state.bands)
+    """Each dimension's weight in the summed variance: (first band / its band)^2; a dimension let go
+    (an infinite band: below its threshold, or out of reach) weighs nothing."""
+    finite = [b for b in state.bands if math.isfinite(b)]
+    first = max(state.bands[0] if math.isfinite(state.bands[0]) else min(finite, default=1.0), 1e-9)
+    return tuple((first / max(b, 1e-9)) ** 2 if math.isfinite(b) else 0.0 for b in state.bands)
 
 
 def units_by_node(state: PlanState, units: list[frozenset[int]]) -> dict[str, NodeUnits]:
@@ -158,7 +161,7 @@ def _best_move(
                 p_s, p_t = loads[s].percent_in(i), loads[t].percent_in(i)
                 a.append(weights[i] * ((alpha**2 + beta**2) / n - (alpha - beta) ** 2 / n**2))
                 b.append(weights[i] * (2 * (p_t * beta - p_s * alpha) / n + 2 * totals[i] * (alpha - beta) / n**2))
-            ideal = sizer.size(tuple(-b[i] / (2 * a[i]) for i in range(count)))
+            ideal = sizer.size(tuple(-b[i] / (2 * a[i]) if a[i] else 0.0 for i in range(count)))
             for delta, size, unit in _nearest_valid(state, node_units, ideal, t, a, b):
                 if delta > -min_gain:
                     continue
