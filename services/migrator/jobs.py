@@ -12,17 +12,21 @@ from redis import Redis
 from rq import Retry, get_current_job
 from rq.job import Job
 
+from pvebalance.shared import keys
 from pvebalance.shared.config import Settings, load_settings
 from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState, MigrationJob
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.retention import Retention
 
+from . import handover
 from .recovery import settle
 from .runner import MigrationRunner
 from .slots import Slots, SlotYield
 
 CONFIG_ENV = "PVEBALANCE_CONFIG"
+log = get_logger("pvebalance.migrator")
 
 
 class MigrationNotDone(Exception):
@@ -58,11 +62,20 @@ def run_migration(payload: str) -> str | Retry:
     redis = rq_job.connection
     settings = _context.settings
     runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), JobStore(redis, Retention(settings.retention)),
-                             Slots(redis, settings.migrator), settings)
+                             Slots(redis, settings.migrator), settings, sleep=handover.sleep,
+                             safe_point=handover.check)
     try:
         state = runner.run(job)
     except SlotYield:
         return GIVE_WAY  # a job in flight waits for a worker to resume it: let it have this one
+    except handover.HandOver:
+        # The run ends here, as one whose worker died would (lease given back, pinned slots kept); the
+        # reconciler of another worker queues the job again to be resumed (handover.py). A return, not an
+        # exception: a hand-over is no failure, and its log needs no traceback.
+        redis.hset(keys.job(job.job_id), mapping={"handed_over": "1", "interrupted": handover.REASON})
+        log.warning("job handed over at a safe point; another worker resumes it", job_id=job.job_id,
+                    state=JobStore(redis).load(job.job_id).get("state"))
+        return "handed over"
     if state is JobState.FAILED:
         raise MigrationNotDone(JobStore(redis).load(job.job_id).get("message", "failed"))
     return state.value

@@ -165,8 +165,9 @@ class Reconciler:
             self.queue.failed_job_registry.requeue(job_id, at_front=True)
         else:
             self.queue.enqueue_job(rq_job, at_front=True)
-        self.redis.hdel(keys.job(job_id), "interrupted")
-        self.store.count(job_id, "takeovers")
+        self.redis.hdel(keys.job(job_id), "interrupted", "handed_over")
+        if not record.get("handed_over"):  # a worker stopped on purpose handed it over: no takeover spent
+            self.store.count(job_id, "takeovers")
         if in_flight(record):
             # Its pinned slots may be what every busy worker waits for: they give way (see Slots.wait).
             self.redis.sadd(keys.RESUMING, job_id)

@@ -45,12 +45,15 @@ REDIS_PATIENCE = 600.0  # how long a runner holding a live migration waits for R
 
 class MigrationRunner:
     def __init__(self, client: ProxmoxClient, store: JobStore, slots: Slots, settings: Settings,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, safe_point: Callable[[], None] = lambda: None) -> None:
         self.client = client
         self.store = store
         self.slots = slots
         self.settings = settings
+        # Every wait is a safe point: `sleep` (and `safe_point`, called each round of a slot wait) may
+        # raise to stop the run there, as a worker that is being stopped does (handover.py)
         self.sleep = sleep
+        self.safe_point = safe_point
         self.preflight = Preflight(client, settings, self._api, sleep,
                                    in_flight=lambda but: self._redis(lambda: store.in_flight_migrations(but)))
         self._api_outage = Outage(log, "the Proxmox API", "the migration")
@@ -150,6 +153,7 @@ class MigrationRunner:
             self.preflight.look_ahead(job)  # raises Gone: a move that can no longer happen does not wait
 
         def cancelled() -> bool:
+            self.safe_point()
             state = self.store.state(job.job_id)
             return state is not None and state.terminal
 
