@@ -36,11 +36,36 @@ typecheck() {
   (cd "$root" && "../../$VENV/bin/mypy" --config-file ../../pyproject.toml -p pvebalance)
 }
 
+# What the tests need beyond Python: a redis-server binary (the integration tests start their own;
+# or PVEBALANCE_TEST_REDIS_URL) and Debian's Chromium (the web page's browser test drives it through
+# Playwright; never `playwright install`). Installed through apt when run as root, else named.
+test_needs() {
+  local missing=()
+  if [ -z "${PVEBALANCE_TEST_REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+    missing+=(redis-server)
+  fi
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} (apt-get; log: $VENV/apt.log)..." >&2
+    mkdir -p "$VENV"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+             "${missing[@]}"; } >"$VENV/apt.log" 2>&1; then
+      tail -n 20 "$VENV/apt.log" >&2
+      echo "error: apt-get could not install ${missing[*]} (log: $VENV/apt.log)" >&2
+      exit 2
+    fi
+    return 0
+  fi
+  echo "error: the tests need ${missing[*]} (not root: not installing): sudo apt-get install ${missing[*]}" >&2
+  exit 2
+}
+
 cmd=${1:-demo}
 shift || true
 case "$cmd" in
   demo)  setup; exec "$VENV/bin/pvebalance" demo "$@" ;;
-  test)  setup; "$VENV/bin/ruff" check . && typecheck &&
+  test)  setup; test_needs; "$VENV/bin/ruff" check . && typecheck &&
          exec "$VENV/bin/python" -m pytest -q -n "${PVEBALANCE_TEST_WORKERS:-3}" --dist loadfile "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
   lint)  setup; "$VENV/bin/ruff" check . && typecheck ;;
