@@ -193,7 +193,12 @@ def _balance(state: PlanState, notes: list[str]) -> PlanState:
     band = band_plan(state, units) if state.policy.min_gain <= 0 else None
     if band is not None and state.budget_left(sum(len(u) for u, _ in band.moves)):
         banded = clone(state)
-        if not apply_in_order(banded, band.moves) or not banded.balanced():
+        ordered = apply_in_order(banded, band.moves)
+        if not banded.balanced() and len(state.dims) > 1:  # a box no node could all be brought into:
+            balance_moves(banded, units_by_node(banded, _units(banded)), [])  # the greedy finishes it
+        elif not ordered:
+            banded = None
+        if banded is not None and not banded.balanced():
             banded = None
     if banded is not None and len(state.guests) > EXACT_MAX_GUESTS:
         return banded

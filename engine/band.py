@@ -43,6 +43,7 @@ class BandPlan:
     lo: float
     moves: list[tuple[frozenset[int], str]] = field(default_factory=list)  # (unit, target), in no order
     data: int = 0
+    residual: float = 0.0  # several dimensions: how far the nodes stay outside the box, in bands (0: none)
 
 
 @dataclass(frozen=True)

@@ -31,24 +31,26 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from .band import _EDGE, BandPlan, _Disks
 from .load import Vector
 from .search import Sizer
 from .state import PlanState
 
-_STEPS = 8  # lo positions per dimension tried between mean - band and mean ...
-_STEPS_LARGE = 4  # ... or this many on clusters of more than _LARGE units
+_STEPS = 6  # lo positions per dimension tried between mean - band and mean ...
+_STEPS_LARGE = 3  # ... or this many on clusters of more than _LARGE units
 _LARGE = 2000
 _ROUNDS = 2  # passes of the coordinate search over the dimensions
-_SCAN = 48  # units looked at on each side of where the best one should lie
-_SOURCES = 8  # nodes with load to spare asked for a unit, the most spare first
+_SCAN = 48  # units looked at on each side of where the best one should lie ...
+_SOURCES = 8  # ... and nodes with load to spare asked for a unit, the most spare first;
+_SCAN_LARGE, _SOURCES_LARGE = 48, 8  # on clusters of more than _LARGE units
 _TINY = 1e-9
 _PASSES = 4  # shed-then-fill passes per box
 _SHORTLIST = 16  # units a node above the box chooses among, per dimension
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: a unit is one object, looked up in lists
 class _Unit:
     load: Vector
     size: float  # Sizer: the load as one number, to sort by
@@ -60,7 +62,8 @@ class _Unit:
 class _Box:
     """One position of the box: each node's bounds and its load as the plan takes shape."""
 
-    def __init__(self, state: PlanState, lo: Vector, widths: Vector) -> None:
+    def __init__(self, state: PlanState, lo: Vector, widths: Vector, large: bool) -> None:
+        self.scan, self.sources = (_SCAN_LARGE, _SOURCES_LARGE) if large else (_SCAN, _SOURCES)
         self.nodes = state.targets
         self.count = len(lo)
         self.now = {n: list(state.loads[n].load) for n in self.nodes}
@@ -74,21 +77,15 @@ class _Box:
     def outside(self, n: str, load: list[float] | Vector) -> tuple[float, float]:
         """How far a load on node n lies above the box and below it, in bands (summed over dimensions)."""
         above = below = 0.0
-        low, high, scale = self.low[n], self.high[n], self.scale[n]
-        for i in range(self.count):
-            if load[i] > high[i]:
-                above += (load[i] - high[i]) * scale[i]
-            elif load[i] < low[i]:
-                below += (low[i] - load[i]) * scale[i]
+        for x, lo, hi, scale in zip(load, self.low[n], self.high[n], self.scale[n], strict=True):
+            if x > hi:
+                above += (x - hi) * scale
+            elif x < lo:
+                below += (lo - x) * scale
         return above, below
 
     def fits_under(self, n: str, load: Vector) -> bool:
-        now, high = self.now[n], self.high[n]
-        return all(now[i] + load[i] <= high[i] for i in range(self.count))
-
-    def spares(self, n: str, load: Vector) -> bool:
-        now, low = self.now[n], self.low[n]
-        return all(now[i] - load[i] >= low[i] for i in range(self.count))
+        return all(now + x <= hi for x, now, hi in zip(load, self.now[n], self.high[n], strict=True))
 
     def room(self, n: str) -> float:
         """The least room under the box's top over the dimensions, in bands (bounded ones only)."""
@@ -131,11 +128,14 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
     steps = _STEPS if total <= _LARGE else _STEPS_LARGE
     lo = [means[i] - widths[i] / 2 if i in free else -1e9 for i in range(count)]
 
-    def at(position: list[float]) -> BandPlan | None:
-        return _plan_for(state, by_node, shortlist, neg, sizer, _Box(state, tuple(position), widths))
+    def at(position: list[float]) -> BandPlan:
+        return _plan_for(state, by_node, shortlist, neg, sizer, _Box(state, tuple(position), widths, total > _LARGE))
 
-    def better(plan: BandPlan | None, best: BandPlan | None) -> bool:
-        return plan is not None and (best is None or (len(plan.moves), plan.data) < (len(best.moves), best.data))
+    def better(plan: BandPlan, best: BandPlan) -> bool:  # every node in the box first, then the fewest moves
+        def key(p: BandPlan) -> tuple[bool, float, int, int]:
+            partial = p.residual > _TINY
+            return partial, p.residual if partial else 0.0, len(p.moves), p.data
+        return key(plan) < key(best)
 
     best = at(lo)
     for _ in range(_ROUNDS if total <= _LARGE else 1):
@@ -151,11 +151,18 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
 
 def _shortlist(units: list[_Unit], count: int) -> list[list[_Unit]]:
     """For each dimension, the node's units by falling load in it (a unit of no load there last)."""
-    return [sorted(units, key=lambda u, i=i: (-u.load[i], u.key)) for i in range(count)]
+    return [sorted(units, key=partial(_by_load, i)) for i in range(count)]
+
+
+def _by_load(i: int, u: _Unit) -> tuple[float, int]:
+    return -u.load[i], u.key
 
 
 def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], shortlist: dict[str, list[list[_Unit]]],
-              neg: dict[str, list[float]], sizer: Sizer, box: _Box) -> BandPlan | None:
+              neg: dict[str, list[float]], sizer: Sizer, box: _Box) -> BandPlan:
+    """The moves for one box; where some node cannot be brought into it, the moves found so far,
+    with how far the nodes are left outside (`residual`, in bands): the caller finishes such a plan
+    with the greedy one (balance._balance)."""
     plan = BandPlan(box.low[box.nodes[0]][0])
     disks = _Disks(state)
     taken: set[int] = set()
@@ -166,7 +173,7 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], shortlist: dict
             while box.outside(n, box.now[n])[0] > _TINY:
                 u = _to_shed(box, n, shortlist[n], taken)
                 if u is None:
-                    return None
+                    break
                 box.shift(n, u.load, -1.0)
                 taken.add(u.key)
                 source_of[u.key] = n
@@ -180,7 +187,7 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], shortlist: dict
                 if pick is None:
                     found = _filler(state, disks, box, by_node, neg, taken, sizer, n)
                     if found is None:  # nothing fits under the box's top: the unit that helps most, if any
-                        anywhere = [u for u in pool if source_of[u.key] != n]
+                        anywhere = [u for u in pool[:4 * box.scan] if source_of[u.key] != n]
                         pick = _choose(state, disks, box, n, anywhere, over_top=True)
                         if pick is None:
                             break
@@ -197,17 +204,18 @@ def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], shortlist: dict
                 plan.data += pick.data
         if all(box.outside(n, box.now[n]) == (0.0, 0.0) for n in box.nodes):
             break
-    if any(box.outside(n, box.now[n]) != (0.0, 0.0) for n in box.nodes):
-        return None
-    for u in pool:  # what no lacking node needed: where the box has most room
+    complete = all(box.outside(n, box.now[n]) == (0.0, 0.0) for n in box.nodes)
+    for u in pool:  # what no lacking node needed: where the box has most room (else it stays)
         room = sorted((-box.room(t), t) for t in box.nodes if t != source_of[u.key] and box.fits_under(t, u.load))
-        target = next((t for _, t in room if state.allows(u.vmids, t) and disks.room_for(u.vmids, t)), None)
-        if target is None:
-            return None
+        target = next((t for _, t in room if state.allows(u.vmids, t) and disks.room_for(u.vmids, t)), None) \
+            if complete else None
+        target = target or source_of[u.key]
         box.shift(target, u.load, 1.0)
-        disks.add(u.vmids, target)
-        plan.moves.append((u.vmids, target))
-        plan.data += u.data
+        if target != source_of[u.key]:
+            disks.add(u.vmids, target)
+            plan.moves.append((u.vmids, target))
+            plan.data += u.data
+    plan.residual = sum(sum(box.outside(n, box.now[n])) for n in box.nodes)
     return plan
 
 
@@ -255,9 +263,9 @@ def _window(pool: list[_Unit], keys: list[float], box: _Box, n: str, sizer: Size
     lack = sizer.size(tuple(max(box.low[n][i] - box.now[n][i], 0.0) for i in range(box.count)))
     start = bisect_left(keys, -room - _TINY)  # pool is sorted by falling size: from `start` on, size <= room
     split = max(bisect_left(keys, -lack, lo=start), start)  # before `split`: at least the lack's size
-    for i in range(split - 1, max(start - 1, split - 1 - _SCAN), -1):
+    for i in range(split - 1, max(start - 1, split - 1 - box.scan), -1):
         yield pool[i]
-    for i in range(split, min(len(pool), split + _SCAN)):
+    for i in range(split, min(len(pool), split + box.scan)):
         yield pool[i]
 
 
@@ -274,11 +282,17 @@ def _ranked(box: _Box, n: str, candidates: Iterable[_Unit],
             over_top: bool = False) -> list[tuple[tuple[float, ...], _Unit]]:
     lack = box.lacking(n)
     keyed: list[tuple[tuple[float, ...], _Unit]] = []
+    rows = list(zip(box.now[n], box.low[n], box.high[n], box.scale[n], strict=True))  # the hot loop's figures
     for u in candidates:
-        under = box.fits_under(n, u.load)
-        if not under and not over_top:
-            continue
-        opened, left = box.outside(n, [box.now[n][i] + u.load[i] for i in range(box.count)])
+        opened = left = 0.0
+        for x, (now, lo, hi, scale) in zip(u.load, rows, strict=True):
+            after = now + x
+            if after > hi:
+                opened += (after - hi) * scale
+            elif after < lo:
+                left += (lo - after) * scale
+        if opened > 0 and not over_top:
+            continue  # above the box's top in some dimension
         if left >= lack - _TINY or (over_top and lack - left - opened <= _TINY):
             continue  # it covers none of the lack (or opens as much excess)
         if over_top:
@@ -297,14 +311,16 @@ def _filler(state: PlanState, disks: _Disks, box: _Box, by_node: dict[str, list[
     spare = sorted((-min(((box.now[s][i] - box.low[s][i]) * box.scale[s][i] for i in range(box.count)
                            if box.scale[s][i] > 0), default=0.0), s) for s in box.nodes if s != target)
     best: tuple[tuple[float, ...], _Unit, str] | None = None
-    for minus, source in spare[:_SOURCES]:
+    for minus, source in spare[:box.sources]:
         if minus >= 0:
             break
         units = by_node[source]
         room = sizer.size(tuple(max(box.high[target][i] - box.now[target][i], 0.0) for i in range(box.count)))
         start = bisect_left(neg[source], -room - _TINY)
-        near = units[start:start + 2 * _SCAN]
-        candidates = [u for u in near if u.key not in taken and box.spares(source, u.load)]
+        near = units[start:start + 2 * box.scan]
+        spare_at = [now - lo for now, lo in zip(box.now[source], box.low[source], strict=True)]
+        candidates = [u for u in near if u.key not in taken
+                      and all(x <= room for x, room in zip(u.load, spare_at, strict=True))]
         for key, u in _ranked(box, target, candidates):
             if best is not None and key >= best[0]:
                 break

@@ -99,34 +99,50 @@ class _Cluster:
         smooth[bad] = np.inf
         return over, smooth
 
-    def exchanges(self, place: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For every pair of units on different nodes: the same scores (see `scores`) after each takes
-        the other's place."""
+    def best_trade(self, place: np.ndarray, banned: Sequence[int], limit: int | None,
+                   fewer_first: bool) -> tuple[tuple[float, float, float], int, int] | None:
+        """The best trade of places between two units on different nodes (each takes the other's
+        node): least over (see `scores`), then (with `fewer_first`) the fewest moves after, then the
+        least spread; none touching a `banned` unit, none leaving more than `limit` moves. Scored a
+        pair of nodes at a time: a trade changes only those two."""
         p = self.percents(place)
         used = self.memory(place)
         nodes = np.arange(len(self.nodes))
         ex_max = _excluding(p, nodes, largest=True)
         ex_min = _excluding(p, nodes, largest=False)
-        units = np.arange(len(self.units))
-        a = place  # k's node; j's node is a[j]
-        own = self.pct[units, a]  # what each unit adds where it is: unit x dimension
-        there = self.pct[:, a, :]  # unit k's load on unit j's node: k x j x dimension
-        new_a = p[a][:, None, :] - own[:, None, :] + np.transpose(there, (1, 0, 2))  # k's node, j arrived
-        new_b = p[a][None, :, :] - own[None, :, :] + there  # j's node, k arrived
-        pair_max = ex_max[a[:, None], a[None, :]]
-        pair_min = ex_min[a[:, None], a[None, :]]
-        high = np.maximum(np.maximum(pair_max, new_a), new_b)
-        low = np.minimum(np.minimum(pair_min, new_a), new_b)
-        spread = (high - low) / self.bands
-        over = np.maximum(spread - 1.0, 0.0).sum(axis=2)
-        smooth = spread.sum(axis=2)
-        mem_a = used[a][:, None] - self.mem[:, None] + self.mem[None, :]
-        mem_b = used[a][None, :] - self.mem[None, :] + self.mem[:, None]
-        bad = ((a[:, None] == a[None, :]) | ~self.allowed[:, a] | ~self.allowed[:, a].T
-               | (mem_a > self.mem_limit[a][:, None]) | (mem_b > self.mem_limit[a][None, :]))
-        over[bad] = np.inf
-        smooth[bad] = np.inf
-        return over, smooth
+        free = np.ones(len(self.units), dtype=bool)
+        free[list(banned)] = False
+        on = [np.flatnonzero((place == n) & free) for n in nodes]
+        moves = _count_of(place, self.home)
+        best: tuple[tuple[float, float, float], int, int] | None = None
+        for s in nodes:
+            for t in nodes[s + 1:]:
+                i, j = on[s], on[t]
+                if not len(i) or not len(j):
+                    continue
+                new_s = p[s] - self.pct[i, s][:, None, :] + self.pct[j, s][None, :, :]
+                new_t = p[t] - self.pct[j, t][None, :, :] + self.pct[i, t][:, None, :]
+                high = np.maximum(np.maximum(ex_max[s, t], new_s), new_t)
+                low = np.minimum(np.minimum(ex_min[s, t], new_s), new_t)
+                spread = (high - low) / self.bands
+                over = np.maximum(spread - 1.0, 0.0).sum(axis=2)
+                smooth = spread.sum(axis=2)
+                # each: a move more if it leaves its home, one less if it goes back there
+                added = ((self.home[i] == s).astype(int) - (self.home[i] == t))[:, None] + \
+                    ((self.home[j] == t).astype(int) - (self.home[j] == s))[None, :]
+                bad = ~(self.allowed[i, t][:, None] & self.allowed[j, s][None, :])
+                bad |= used[s] - self.mem[i][:, None] + self.mem[j][None, :] > self.mem_limit[s]
+                bad |= used[t] - self.mem[j][None, :] + self.mem[i][:, None] > self.mem_limit[t]
+                if limit is not None:
+                    bad |= moves + added > limit
+                over[bad] = np.inf
+                a, b = divmod(_first(over, smooth, added if fewer_first else None), len(j))
+                if not np.isfinite(over[a, b]):
+                    continue
+                key = (float(over[a, b]), float(added[a, b]) if fewer_first else 0.0, float(smooth[a, b]))
+                if best is None or key < best[0]:
+                    best = (key, int(i[a]), int(j[b]))
+        return best
 
     def balanced(self, place: np.ndarray) -> bool:
         p = self.percents(place)
@@ -209,36 +225,32 @@ def _reach(cluster: _Cluster, place: np.ndarray, budget: list[int]) -> np.ndarra
         over, smooth = cluster.scores(current)
         over[recent, :] = np.inf
         added = at_home[:, None] - (np.arange(n_nodes)[None, :] == cluster.home[:, None])
-        pair_over, pair_smooth = cluster.exchanges(current)
-        pair_over[recent, :] = np.inf
-        pair_over[:, recent] = np.inf
-        # after k and j trade places: each adds a move if it was home, takes one off if it goes home
-        goes_home = current[None, :] == cluster.home[:, None]  # k to j's node, its home
-        pair_added = (at_home[:, None] - goes_home) + (at_home[None, :] - goes_home.T)
-        one = int(np.lexsort((smooth.ravel(), added.ravel(), over.ravel()))[0])
-        two = int(np.lexsort((pair_smooth.ravel(), pair_added.ravel(), pair_over.ravel()))[0])
-        k, t = divmod(one, n_nodes)
-        i, j = divmod(two, len(cluster.units))
-        single = (over[k, t], added[k, t], smooth[k, t])
-        pair = (pair_over[i, j], pair_added[i, j], pair_smooth[i, j])
-        if not np.isfinite(single[0]) and not np.isfinite(pair[0]):
+        k, t = divmod(_first(over, smooth, added), n_nodes)
+        single = (float(over[k, t]), float(added[k, t]), float(smooth[k, t]))
+        trade = cluster.best_trade(current, recent, None, fewer_first=True)
+        if not np.isfinite(single[0]) and trade is None:
             return None
         current = current.copy()
-        if single <= pair:
+        if trade is None or single <= trade[0]:
             current[k] = t
-            recent = ([*recent, k])[-TABU:]
+            recent = [*recent, k][-TABU:]
             reached = single[0]
         else:
+            _, i, j = trade
             current[i], current[j] = current[j], current[i]
-            recent = ([*recent, i, j])[-TABU:]
-            reached = pair[0]
+            recent = [*recent, i, j][-TABU:]
+            reached = trade[0][0]
         if reached <= _TOL and cluster.rules_hold(current):
             return current
     return None
 
 
 def _count(cluster: _Cluster, place: np.ndarray) -> int:
-    return int(np.count_nonzero(place != cluster.home))
+    return _count_of(place, cluster.home)
+
+
+def _count_of(place: np.ndarray, home: np.ndarray) -> int:
+    return int(np.count_nonzero(place != home))
 
 
 def _one_fewer(cluster: _Cluster, place: np.ndarray, budget: list[int]) -> np.ndarray | None:
@@ -296,8 +308,7 @@ def _swaps(cluster: _Cluster, place: np.ndarray, moved: list[int], count: int, b
             over, smooth = cluster.scores(trial)
             for k in recent:
                 over[k, :] = np.inf
-            flat = int(np.lexsort((smooth.ravel(), over.ravel()))[0])
-            k, t = divmod(flat, len(cluster.nodes))
+            k, t = divmod(_first(over, smooth), len(cluster.nodes))
             if not np.isfinite(over[k, t]):
                 continue
             trial[k] = t
@@ -306,16 +317,35 @@ def _swaps(cluster: _Cluster, place: np.ndarray, moved: list[int], count: int, b
             key = (float(over[k, t]), float(smooth[k, t]), m, k, t)
             if best is None or key < best:
                 best = key
-        if best is None:
+        trade = cluster.best_trade(current, recent, count, fewer_first=False)
+        if best is None and trade is None:
             return None
-        _, _, m, k, t = best
         current = current.copy()
-        current[m] = cluster.home[m]
-        current[k] = t
-        recent = ([*recent, m, k])[-TABU:]
-        if best[0] <= _TOL and cluster.balanced(current) and cluster.rules_hold(current):
+        if trade is not None and (best is None or (trade[0][0], trade[0][2]) < best[:2]):
+            i, j = trade[1], trade[2]
+            current[i], current[j] = current[j], current[i]
+            recent = ([*recent, i, j])[-TABU:]
+            reached = trade[0][0]
+        else:
+            assert best is not None
+            _, _, m, k, t = best
+            current[m] = cluster.home[m]
+            current[k] = t
+            recent = ([*recent, m, k])[-TABU:]
+            reached = best[0]
+        if reached <= _TOL and cluster.balanced(current) and cluster.rules_hold(current):
             return current
     return None
+
+
+def _first(over: np.ndarray, smooth: np.ndarray, added: np.ndarray | None = None) -> int:
+    """The flat index of the least (over, added, smooth), the first on ties; lexsort's answer, but
+    only the least is sought, among the few whose `over` is least."""
+    flat_over = over.ravel()
+    low = flat_over.min()
+    tied = np.flatnonzero(flat_over <= low) if np.isfinite(low) else np.arange(flat_over.size)
+    keys = [smooth.ravel()[tied]] + ([added.ravel()[tied]] if added is not None else [])
+    return int(tied[np.lexsort(keys)[0]])
 
 
 def _totals(cluster: _Cluster, place: np.ndarray) -> tuple[float, float]:

@@ -21,7 +21,6 @@ from .load import NodeLoad, Vector, guest_load, initial_loads, spread_in
 from .policy import Policy
 from .rules import Constraints
 
-
 BAND_TOLERANCE = 1e-6  # pp
 
 

@@ -227,11 +227,11 @@ class PvebalanceCollector(Collector):
                         "percentage points")
         spread.add_metric([], next(iter(spreads.values())))
         yield spread
-        each = _gauge("pvebalance_dimension_spread_pp", "spread of each balanced dimension between nodes, "
-                      "percentage points", ["dimension"])
+        per_dimension = _gauge("pvebalance_dimension_spread_pp", "spread of each balanced dimension between nodes, "
+                               "percentage points", ["dimension"])
         for dim, value in spreads.items():
-            each.add_metric([dim], value)
-        yield each
+            per_dimension.add_metric([dim], value)
+        yield per_dimension
         guests = _gauge("pvebalance_node_guests", "guests on the node", ["node"])
         drained = _gauge("pvebalance_node_drained", "1 while a drain holds the node empty", ["node"])
         held = context.read.drained()

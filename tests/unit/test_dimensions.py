@@ -143,12 +143,11 @@ def test_plan_json_gives_each_dimension_and_the_table_a_column_each() -> None:
 
 # --- settings: a wrong dimension or band is one line, exit 2, at config check and at start-up ---------
 
+CHOICE = "(one of memory, cpu, disk, a list of them, or weighted)"
 WRONG = [
-    ("method: ram", "balancing.method: unknown dimension 'ram' (one of memory, cpu, disk, a list of them, or weighted)"),
-    ("method: [memory, ram]",
-     "balancing.method: unknown dimension 'ram' (one of memory, cpu, disk, a list of them, or weighted)"),
-    ("method: [memory, weighted]",
-     "balancing.method: unknown dimension 'weighted' (one of memory, cpu, disk, a list of them, or weighted)"),
+    ("method: ram", f"balancing.method: unknown dimension 'ram' {CHOICE}"),
+    ("method: [memory, ram]", f"balancing.method: unknown dimension 'ram' {CHOICE}"),
+    ("method: [memory, weighted]", f"balancing.method: unknown dimension 'weighted' {CHOICE}"),
     ("method: [memory, memory]", "balancing.method: ['memory', 'memory'] names a dimension twice"),
     ("method: []",
      "balancing.method: an empty list: name at least one dimension (memory, cpu, disk, a list of them, or weighted)"),
