@@ -48,6 +48,11 @@ def main() -> None:
         "engine": ("pvebalance engine (memory, used, balanciness 5)",
                    lambda: engine_bench.run(args.scenarios, args.exact_limit, args.ordered,
                                                   args.ordered_limit), lambda: engine_bench.COLUMNS),
+        # part of `bench engine`: memory and CPU at once, every bundled scenario unless named
+        "dimensions": ("pvebalance engine, memory and CPU at once (used, balanciness 5 each)",
+                       lambda: _module("dimensions_bench").run(
+                           _module("dimensions_bench").BUNDLED if args.scenarios == ALL else args.scenarios,
+                           args.exact_limit), lambda: _module("dimensions_bench").COLUMNS),
         "collector": ("collector: API requests and time per snapshot",
                       lambda: _module("collector_bench").run(), lambda: _module("collector_bench").COLUMNS),
         "proxlb": ("ProxLB 2.3.0 (dry run) beside pvebalance",
@@ -57,7 +62,7 @@ def main() -> None:
                      lambda: _module("migrator_bench").COLUMNS),
     }
     for name, (title, run, columns) in benches.items():
-        if args.which in (name, "all"):
+        if args.which in (name, "all") or (args.which, name) == ("engine", "dimensions"):
             rows = run()
             console.print(table(title, rows, columns()))
             for row in rows:  # a plan of fewer migrations than the engine's: the engine should find it
