@@ -9,9 +9,12 @@
 #   4. the Helm chart rendered (default values, and every option on), every object validated against
 #      Kubernetes schemas, values.yaml against values.schema.json, every .Values.x a template uses
 #      present in values.yaml;
-#   5. hadolint on the Dockerfile.
+#   5. hadolint on the Dockerfile;
+#   6. the Debian package (deploy/deb/build.sh) installed with apt into a fresh Debian container
+#      (the debootstrap image): `pvebalance --version`, `pvebalance config check` (on the package's
+#      /etc/pvebalance/pvebalance.yaml, found without -c) and `systemd-analyze verify` of its units.
 # Any part that cannot run fails the script, loudly: it never passes without having run.
-#   deploy/check.sh [docker|helm|lint]...   (default: all three)
+#   deploy/check.sh [docker|helm|lint|deb]...   (default: all four)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -224,11 +227,48 @@ lint_part() {
   say "hadolint: Dockerfile clean"
 }
 
+# --- 6. the Debian package, in a fresh Debian container ------------------------------------------------
+deb_part() {
+  local out deb t0=$SECONDS
+  out=$(mktemp -d)
+  deb=$(deploy/deb/build.sh "$out") || die "the Debian package does not build"
+  say "built $(basename "$deb") ($(du -k "$deb" | cut -f1) KiB); installing it into a fresh $BASE_IMAGE container"
+  mkdir -p "$CACHE/deb-apt" "$CACHE/deb-pip"
+  # apt's and pip's downloads kept between runs; pip trusts this machine's CA bundle (TLS interception
+  # on the way to the package index: test only, as in the Python image)
+  docker run --rm -v "$out:/deb:ro" -v "$CACHE/deb-apt:/var/cache/apt/archives" -v "$CACHE/deb-pip:/root/.cache/pip" \
+      -v /etc/ssl/certs/ca-certificates.crt:/etc/pvebalance-test-ca.crt:ro -e PIP_CERT=/etc/pvebalance-test-ca.crt \
+      "$BASE_IMAGE" bash -euo pipefail -c '
+    rm -f /etc/apt/apt.conf.d/docker-clean  # keep the downloaded .debs in the mounted cache
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends /deb/pvebalance_*_all.deb systemd \
+      > /tmp/apt.log 2>&1 || { tail -30 /tmp/apt.log; exit 1; }
+    echo "--- pvebalance --version"; pvebalance --version
+    echo "--- pvebalance config check (no -c: /etc/pvebalance/pvebalance.yaml)"; pvebalance config check
+    echo "--- the service user and the config'"'"'s owner"
+    getent passwd pvebalance >/dev/null
+    [ "$(stat -c %U:%G:%a /etc/pvebalance/pvebalance.yaml)" = root:pvebalance:640 ]
+    [ "$(dpkg-query -W -f="\${Conffiles}" pvebalance | awk "{print \$1}")" = /etc/pvebalance/pvebalance.yaml ]
+    echo "--- systemd-analyze verify"
+    cd /lib/systemd/system
+    cp pvebalance-migrator@.service /tmp/pvebalance-migrator@1.service
+    systemd-analyze verify --man=no pvebalance.target pvebalance-collector.service pvebalance-planner.service \
+      pvebalance-api.service /tmp/pvebalance-migrator@1.service 2>&1 | tee /tmp/verify.log
+    [ ! -s /tmp/verify.log ]
+    echo "--- removed: the venv goes with it"
+    apt-get remove -y -qq pvebalance >/dev/null 2>&1
+    [ ! -e /opt/pvebalance ]
+  ' > "$CACHE/deb.log" 2>&1 || { cat "$CACHE/deb.log" >&2; rm -rf "$out"; die "the Debian package does not install and run"; }
+  rm -rf "$out"
+  sed -n 's/^pvebalance [0-9].*/  &/p; s/^.*: ok$/  &/p' "$CACHE/deb.log"
+  say "Debian package: installs, runs, its units verify, removes ($(( SECONDS - t0 )) s)"
+}
+
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(lint helm docker)
+[ ${#parts[@]} -gt 0 ] || parts=(lint helm docker deb)
 # On a cold machine the tools install while the engine starts and the base images build.
 ( tools ) & tools_pid=$!
-if [[ " ${parts[*]} " == *" docker "* ]]; then engine; base_images; fi
+if [[ " ${parts[*]} " == *" docker "* || " ${parts[*]} " == *" deb "* ]]; then engine; base_images; fi
 wait "$tools_pid" || die "cannot install the test tools"
 tools
 for part in "${parts[@]}"; do
@@ -236,7 +276,8 @@ for part in "${parts[@]}"; do
     docker) docker_part ;;
     helm) helm_part ;;
     lint) lint_part ;;
-    *) die "unknown part $part (docker, helm, lint)" ;;
+    deb) deb_part ;;
+    *) die "unknown part $part (docker, helm, lint, deb)" ;;
   esac
 done
 say "all passed (${parts[*]}) in $(( $(date +%s) - STARTED )) s"
