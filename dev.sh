@@ -4,6 +4,7 @@
 #   ./dev.sh test [ARGS]   set up .venv (with test tools), then lint (ruff, mypy) and run every test
 #   ./dev.sh bench [ARGS]  set up .venv, then run the benchmarks
 #   ./dev.sh soak --seeds N  the fault-injection suite, N seeds in a row
+#   ./dev.sh soak --long [--minutes 30]  weeks of churn, time-compressed: Redis and the services stay flat
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -69,7 +70,9 @@ case "$cmd" in
          exec "$VENV/bin/python" -m pytest -q -n "${PVEBALANCE_TEST_WORKERS:-3}" --dist loadfile "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
   lint)  setup; "$VENV/bin/ruff" check . && typecheck ;;
-  soak)  setup; exec "$VENV/bin/python" -m tests.faultsuite "$@" ;;  # the fault suite: soak --seeds N
+  soak)  setup
+         if [ "${1:-}" = "--long" ]; then exec "$VENV/bin/python" -m bench.soak "$@"; fi  # bench/soak.py
+         exec "$VENV/bin/python" -m tests.faultsuite "$@" ;;  # the fault suite: soak --seeds N
   setup) setup ;;
   *) echo "usage: $0 demo|test|bench|soak|lint|setup [ARGS]" >&2; exit 2 ;;
 esac

@@ -5,7 +5,8 @@
 #      and a Redis image on it; kept between runs;
 #   3. the project image built once (`docker compose build`), then `docker compose --profile demo up`
 #      until the simulated cluster is balanced (every job succeeded, the next plan empty), migrators
-#      scaled to 3 and back, `docker compose down`;
+#      scaled to 3 and back, `docker compose down`; then Redis through Sentinel
+#      (docker-compose.sentinel.yml): up, the master failed over, snapshots and plans go on, down;
 #   4. the Helm chart rendered (default values, and every option on), every object validated against
 #      Kubernetes schemas, values.yaml against values.schema.json, every .Values.x a template uses
 #      present in values.yaml;
@@ -132,7 +133,8 @@ EOF
 }
 
 # --- 3. compose, for real ----------------------------------------------------------------------------
-compose() { "$COMPOSE_BIN" -p "$PROJECT" --profile demo "$@"; }
+COMPOSE_FILES=(-f docker-compose.yml)
+compose() { "$COMPOSE_BIN" -p "$PROJECT" "${COMPOSE_FILES[@]}" --profile demo "$@"; }
 
 status() {  # the pipeline's state as JSON, read inside the planner container
   compose exec -T planner python - < deploy/compose_status.py
@@ -212,6 +214,48 @@ docker_part() {
   compose down -v --remove-orphans > /dev/null 2>&1 || die "docker compose down failed"
   trap - EXIT
   say "compose: down"
+  sentinel_part
+}
+
+field() {  # one field of the pipeline's status
+  status 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])" 2>/dev/null || true
+}
+
+# Redis through Sentinel: the same services, told the sentinels; the master is failed over while the
+# demo runs, and the collector and planner carry on through the new master.
+sentinel_part() {
+  COMPOSE_FILES=(-f docker-compose.yml -f docker-compose.sentinel.yml)
+  PROJECT=pvebalance-check-ha
+  trap 'compose logs --no-color --tail 40 > "$CACHE/compose-ha.log" 2>&1 || true; compose down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
+  compose down -v --remove-orphans >/dev/null 2>&1 || true
+  say "Redis through Sentinel: docker compose -f docker-compose.yml -f docker-compose.sentinel.yml --profile demo up -d"
+  local t0=$SECONDS before="" after="" master=""
+  compose up -d --no-build > "$CACHE/up-ha.log" 2>&1 || { tail -30 "$CACHE/up-ha.log" >&2; die "compose up with Sentinel failed"; }
+  for _ in $(seq 120); do before=$(field snapshot_id); [ -n "$before" ] && [ "$before" != None ] && break; sleep 1; done
+  [ -n "$before" ] && [ "$before" != None ] || { compose logs --no-color --tail 30 >&2 || true; die "no snapshot through Sentinel within 120 s"; }
+  say "a snapshot through Sentinel $(( SECONDS - t0 )) s after up; failing the master over"
+  compose exec -T redis-sentinel-1 redis-cli -p 26379 sentinel failover pvebalance >/dev/null || die "SENTINEL FAILOVER refused"
+  for _ in $(seq 60); do
+    master=$(compose exec -T redis-sentinel-2 redis-cli -p 26379 --raw sentinel get-master-addr-by-name pvebalance 2>/dev/null | head -n1)
+    [ "$master" = redis-replica ] && break; sleep 1
+  done
+  [ "$master" = redis-replica ] || die "the sentinels did not promote redis-replica (master: ${master:-none})"
+  for _ in $(seq 90); do
+    after=$(field snapshot_id)
+    [ -n "$after" ] && [ "$after" != None ] && [ "$after" != "$before" ] && [ "$(field master)" = redis-replica ] && break
+    sleep 1
+  done
+  [ "$after" != "$before" ] && [ "$(field master)" = redis-replica ] \
+    || { compose logs --no-color --tail 30 >&2 || true; die "no new snapshot on the new master within 90 s"; }
+  for service in collector planner migrator; do
+    compose exec -T "$service" pvebalance health "$service" -c /etc/pvebalance/pvebalance.yaml >/dev/null \
+      || die "$service is not healthy after the failover"
+  done
+  say "failed over to redis-replica: snapshots go on, every service healthy ($(( SECONDS - t0 )) s)"
+  compose down -v --remove-orphans > /dev/null 2>&1 || die "docker compose down (Sentinel) failed"
+  trap - EXIT
+  COMPOSE_FILES=(-f docker-compose.yml)
+  PROJECT=pvebalance-check
 }
 
 # --- 4. Helm, offline --------------------------------------------------------------------------------

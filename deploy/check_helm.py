@@ -4,7 +4,8 @@
 - values.yaml, and the all-options file, against values.schema.json (jsonschema, and Helm's own check);
 - every `.Values.x` a template reads exists in values.yaml (a typo renders as empty, silently);
 - rendered with the default values (which must refuse to install without a token, with a clear
-  message), with the defaults plus a token, and with every option on; every object validated
+  message), with the defaults plus a token, with every option on (the chart's own Redis through
+  Sentinel), and with an external Redis through Sentinel; every object validated
   strictly against the Kubernetes schemas (kubernetes-validate); the ServiceMonitor, a CRD these
   schemas do not hold, against the fields the Prometheus operator requires.
 """
@@ -152,6 +153,21 @@ def check_hardened(label: str, docs: list[dict[str, Any]]) -> None:
                 fail(f"{label}: {name}: container {c['name']} has no liveness probe or resources")
 
 
+def check_sentinel_env(label: str, docs: list[dict[str, Any]], sentinels: list[str], password: bool = False) -> None:
+    """Every service (rq's workers too) is told the sentinels and the master's name, and the password
+    comes from its Secret: pvebalance reads these as redis.sentinels, redis.master_name, redis.password."""
+    services = [d for d in docs if d["kind"] == "Deployment"]
+    for doc in services:
+        env = {e["name"]: e for e in doc["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+        given = json.loads(env.get("PVEBALANCE_REDIS__SENTINELS", {}).get("value", "[]"))
+        if given != sentinels or not env.get("PVEBALANCE_REDIS__MASTER_NAME", {}).get("value"):
+            fail(f"{label}: {doc['metadata']['name']}: sentinels {given}, expected {sentinels}")
+        if password and "secretKeyRef" not in env.get("PVEBALANCE_REDIS__PASSWORD", {}).get("valueFrom", {}):
+            fail(f"{label}: {doc['metadata']['name']}: no PVEBALANCE_REDIS__PASSWORD from its Secret")
+    if services and len(problems) == 0:
+        print(f"  {label}: {len(services)} services ask the sentinels {', '.join(sentinels)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chart", type=Path, required=True)
@@ -190,6 +206,14 @@ def main() -> int:
             fail(f"every option on: no {kind} rendered")
     check_hardened("defaults", default_docs)
     check_hardened("every option on", all_docs)
+    check_sentinel_env("every option on", all_docs, ["pvebalance-redis-0.pvebalance-redis-headless:26379",
+                                                     "pvebalance-redis-1.pvebalance-redis-headless:26379",
+                                                     "pvebalance-redis-2.pvebalance-redis-headless:26379"])
+    external = ["10.0.0.11:26379", "10.0.0.12:26379", "10.0.0.13:26379"]
+    sentinel_docs = render_and_validate(chart, "external Redis through Sentinel", {
+        "proxmox": {"tokenSecret": "x"},
+        "externalRedis": {"sentinels": external, "masterName": "mymaster", "passwordSecret": "redis-pass"}}, version)
+    check_sentinel_env("external Redis through Sentinel", sentinel_docs, external, password=True)
     if problems:
         print(f"{len(problems)} problems in the Helm chart", file=sys.stderr)
         return 1

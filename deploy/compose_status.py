@@ -2,19 +2,20 @@
 `docker compose exec -T planner python - < deploy/compose_status.py`).
 
 balanced: a plan moved guests, every job succeeded, none is active, and the latest plan is empty.
+Redis as the services find it (one server, or the master through Sentinel): `master` names it.
 """
 
 import json
-import os
 
-from redis import Redis
 from rq import Queue, Worker
 
-from pvebalance.shared import keys
+from pvebalance.shared import keys, snapshots
+from pvebalance.shared.config import load_settings
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import Plan
+from pvebalance.shared.redisconn import client
 
-redis = Redis.from_url(os.environ["REDIS_URL"])
+redis = client(load_settings("/etc/pvebalance/pvebalance.yaml").redis)
 store = JobStore(redis)
 latest: dict[str, str] = {}
 for _, event in store.events("0-0", 100_000):
@@ -35,4 +36,7 @@ print(json.dumps({
     "spread_pp": [round(last.before.spread_pp, 1), round(last.after.spread_pp, 1)] if last else None,
     "workers": len(Worker.all(queue=Queue(keys.MIGRATION_QUEUE, connection=redis))),
     "leaders": {s: (redis.get(keys.leader(s)) or b"").decode() for s in ("collector", "planner")},
+    "snapshot_id": (latest_snapshot.snapshot_id if (latest_snapshot := snapshots.latest(redis)) else None),
+    "master": redis.connection_pool.get_master_address()[0] if hasattr(redis.connection_pool, "get_master_address")
+    else "redis",
 }))
