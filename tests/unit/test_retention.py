@@ -63,13 +63,16 @@ def test_a_snapshot_in_a_format_this_version_cannot_read_reads_as_none(value: st
 
 def test_the_planner_skips_a_snapshot_of_an_unknown_format_and_says_so_once(fake_redis: Redis,
                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from pvebalance.shared.logging import configure_logging
+
+    configure_logging("INFO", "json")
     planner = Planner(fake_redis, Settings())
     planner.ensure_group("0")
     fake_redis.xadd(keys.SNAPSHOT_STREAM, {"snapshot": b"zstd9:whatever"})
     assert planner.next_snapshot(block_ms=10) is None
     fake_redis.xadd(keys.SNAPSHOT_STREAM, {"snapshot": b"zstd9:again"})
     assert planner.next_snapshot(block_ms=10) is None
-    said = [line for line in capsys.readouterr().out.splitlines() if "not readable by this version" in line]
+    said = [line for line in capsys.readouterr().err.splitlines() if "not readable by this version" in line]
     assert len(said) == 1
     snap = homelab()
     snapshots.publish(fake_redis, snap, latest_ttl=30, history=10)
