@@ -33,7 +33,7 @@ from .band import apply_in_order, clone
 from .fit import memory_limit
 from .state import PlanState
 
-ITERATIONS = 40  # swaps tried in all, over every count of moves
+ITERATIONS = 20  # swaps tried in all, over every count of moves
 TABU = 6  # a swap's guests are left alone for this many steps
 _TOL = 1e-9
 

@@ -194,3 +194,30 @@ def test_every_dimension_of_the_table_is_known_to_the_settings_and_the_plan_tabl
     for name in DIMENSIONS:
         assert {m for d, m in USAGE_MEANING if d == name} == {"used", "assigned"}
         assert BalancingSettings(method=[name]).method == [name]
+
+
+def test_the_api_and_metrics_show_every_balanced_dimension() -> None:
+    """The cluster view names the dimensions usage is given in (the page draws those), and each
+    balanced dimension's spread and band; /metrics exports them per dimension."""
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.api_helpers import OPS, fake_app, make_world, settings_with_tokens
+
+    settings = settings_with_tokens(balancing={"method": ["memory", "cpu"], "balanciness": {"memory": 5, "cpu": 8}})
+    app, redis = fake_app(settings)
+    make_world(redis)
+    with TestClient(app) as client:
+        view = client.get("/api/v1/cluster", headers=OPS).json()
+        metrics = client.get("/metrics", headers=OPS).text
+    assert view["resources"] == list(DIMENSIONS)
+    assert view["method"] == "memory,cpu" and view["bands"] == {"memory": 5.0, "cpu": 8.0}
+    assert set(view["spreads"]) == {"memory", "cpu"} and view["spread_pp"] == view["spreads"]["memory"]
+    assert all(set(node["usage"]) == set(DIMENSIONS) for node in view["nodes"])
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics) for s in family.samples}
+    for dim in BOTH:
+        assert samples[("pvebalance_dimension_spread_pp", (("dimension", dim),))] == pytest.approx(
+            view["spreads"][dim], abs=1e-3)
+    assert samples[("pvebalance_band_pp", (("dimension", "cpu"),))] == 8.0
+    assert samples[("pvebalance_config", (("setting", "balanciness_pp"),))] == 5.0
