@@ -44,9 +44,9 @@ def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
 
 
 def readme_config(tmp_path: Path) -> Path:
-    text = (REPO / "README.md").read_text()
-    block = re.search(r"## Configuration.*?```yaml\n(.*?)```", text, re.S)
-    assert block, "the README has an example config"
+    text = (REPO / "docs" / "configuration.md").read_text()
+    block = re.search(r"# Configuration.*?```yaml\n(.*?)```", text, re.S)
+    assert block, "docs/configuration.md has an example config"
     path = tmp_path / "config.yaml"
     path.write_text(block.group(1))
     return path
