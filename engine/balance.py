@@ -24,6 +24,7 @@ from pvebalance.shared.models import (
 )
 
 from .band import apply_in_order, band_plan, clone
+from .explain import costly_moves, held_back
 from .load import initial_loads, spreads, summarize
 from .outcome import outcome_of
 from .policy import Policy
@@ -50,7 +51,11 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
 
     for family in constraints.families:  # in the registry's order: the most urgent rules first
         repair(state, family.fixes(state), unmet)
-    quiet = _below_thresholds(state, notes)  # dimensions no node has passed the threshold of
+    if policy.repair_only:  # a drain's plan: the rules' moves only, and no threshold to speak of
+        quiet = list(state.dims)
+        notes.append(REPAIR_ONLY)
+    else:
+        quiet = _below_thresholds(state, notes)  # dimensions no node has passed the threshold of
     if quiet and len(quiet) < len(state.dims):
         state.relax(quiet)
         policy = state.policy
@@ -86,7 +91,14 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     plan.violations = find_violations(snapshot, plan, policy, constraints)
     plan.outcome, plan.outcome_reason = outcome_of(plan, below_threshold=below_threshold, quiet=quiet)
     plan.held_out = held_out_nodes(snapshot, state)
+    # After the outcome, whose reason quotes the notes. Only where no safe move helps (not at the cap).
+    if not below_threshold and any("stays above" in n for n in notes):
+        plan.notes += held_back(state)
+    plan.notes += costly_moves(state, plan)
     return plan
+
+
+REPAIR_ONLY = "a drain's plan: only the moves the rules ask for (the drained nodes, pins, affinity); no balancing"
 
 
 def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constraints, rules_unmet: bool,

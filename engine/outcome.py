@@ -20,7 +20,8 @@ def outcome_of(plan: Plan, below_threshold: bool = False, quiet: Collection[str]
     if plan.migrations:
         return "planned", f"{len(plan.migrations)} migration(s): {_spreads(plan)}"
     if below_threshold:
-        return "balanced", next((n for n in plan.notes if "threshold" in n), "no node above its threshold")
+        return "balanced", next((n for n in plan.notes if "threshold" in n),
+                                plan.notes[0] if plan.notes else "no node above its threshold")
     over = _over(plan, quiet)
     if not over:
         if len(plan.bands) <= 1:

@@ -104,6 +104,11 @@ class Policy:
     cooldown_cap_minutes: float = field(default=_DEFAULTS["cooldown_cap_minutes"])
     # Not settings: the planner's state, and a figure derived per snapshot.
     cooldown: frozenset[int] = field(default_factory=frozenset)  # guests moved too recently
+    # Moves an operator rejected, held back for planner.reject_hold: vmid -> target -> who and until when
+    # (rules/rejected.py keeps the guest off that target; a drain is not held)
+    held: dict[int, dict[str, str]] = field(default_factory=dict)
+    # A drain's plan: only the moves the rules ask for (the drained nodes, pins, affinity), no balancing
+    repair_only: bool = False
     # The guests' migrations of the last HISTORY_WINDOW seconds, oldest first, and the time the plan
     # is made (epoch seconds): the adaptive cooldown and the no-return rule read them. The clock is
     # the planner's, passed in, so that a plan depends on its inputs only.

@@ -161,6 +161,8 @@ def report(result: ProxlbImport, source: Path) -> None:
         say(f"note: {key}: {note}")
     for key, why in result.unmapped:
         say(f"not mapped: {key}: {why}")
+    for key, why in result.added:
+        say(f"added: {key}: {why}")
     for key, default, target, value in result.defaults:
         say(f"default kept: {key} is not set; ProxLB's default {json.dumps(default)} written as "
             f"{target}: {json.dumps(value)} (pvebalance's default differs)")

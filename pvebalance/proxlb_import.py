@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ConfigDict, ValidationError, create_model
 
-from pvebalance.shared.config import Settings, describe_problems
+from pvebalance.shared.config import RedisSettings, Settings, describe_problems
 
 Convert = Callable[[Any, dict[str, Any]], Any]  # (the value, its section in the ProxLB file)
 
@@ -73,6 +73,8 @@ class ProxlbImport:
     # Keys the file leaves out whose ProxLB default differs from pvebalance's: ProxLB's is written,
     # so the converted config behaves as the ProxLB one did (ProxLB key and default, pvebalance key and value).
     defaults: list[tuple[str, Any, str, Any]] = field(default_factory=list)
+    # Keys pvebalance needs that ProxLB has no counterpart for, written with their default and why
+    added: list[tuple[str, str]] = field(default_factory=list)  # (pvebalance key, why)
 
 
 # --- converters --------------------------------------------------------------------------------
@@ -130,6 +132,37 @@ def _parallel_1x(value: Any, section: dict[str, Any]) -> int:
     return 1
 
 
+_SCHEDULE_UNITS = {"hours": 3600, "minutes": 60}
+
+
+def _schedule(value: Any, section: dict[str, Any]) -> float:
+    """ProxLB's round every `interval` hours or minutes (1.1.1+: {interval, format}; 1.0 and 1.1.0: a
+    number of hours), in seconds between pvebalance's balancing rounds."""
+    if isinstance(value, dict):
+        unit = _SCHEDULE_UNITS.get(str(value.get("format", "hours")).lower())
+        if unit is None:
+            raise NoCounterpart(f"format {value.get('format')!r} is neither hours nor minutes")
+        amount = value.get("interval", 12)
+    else:
+        unit, amount = 3600, value
+    try:
+        seconds = float(amount) * unit
+    except (TypeError, ValueError):
+        raise NoCounterpart(f"interval {amount!r} is not a number") from None
+    if seconds <= 0:
+        raise NoCounterpart(f"interval {amount!r} is not above 0")
+    return seconds
+
+
+def _enforce(differs: str) -> Convert:
+    def convert(value: Any, section: dict[str, Any]) -> Any:
+        if _flag(value, section):
+            raise NoCounterpart("nothing to set: pvebalance always repairs these rules in its next plan, as "
+                                "ProxLB does with it on")
+        raise NoCounterpart(differs)
+    return convert
+
+
 def _exact_names(value: Any, section: dict[str, Any]) -> Any:
     names = _csv(value, section)
     patterns = [n for n in names if "*" in n]
@@ -146,8 +179,16 @@ def _exact_names(value: Any, section: dict[str, Any]) -> Any:
 _GATE = ("pvebalance balances only once a node passes it; ProxLB also balanced when the spread alone "
          "passed balanciness")
 _SERVICES = "pvebalance's services run continuously"
-_SCHEDULE = "pvebalance plans on every snapshot (every collector.interval seconds), not on a schedule"
-_ALWAYS_REPAIRED = "pvebalance always repairs broken affinity, anti-affinity and pins first, balanced or not"
+_SCHEDULE_NOTE = ("ProxLB ran a balancing round this often; pvebalance makes a balancing plan at most this often "
+                  "(planner.interval) and runs its moves at once; drains and operator requests are never held back")
+# ProxLB relocates guests only in a round that balances, unless enforce_* is on (1.1.10+ turns
+# enforce_affinity on itself when its affinity map is broken); pvebalance has no such switch.
+_EAGER = ("pvebalance repairs them in its next plan, balanced or not, so this config may move guests ProxLB left "
+          "in place (balancing.mode_of_operation: manual shows such moves for approval first)")
+_AFFINITY_DIFFERS = ("DIFFERS: with it off, ProxLB repaired broken affinity and anti-affinity only in a round that "
+                     "also balanced (1.1.10 and later: also when its affinity map was broken); " + _EAGER)
+_PINNING_DIFFERS = ("DIFFERS: with it off, ProxLB moved guests onto their pinned nodes only in a round that also "
+                    "balanced; " + _EAGER)
 
 YAML_KEYS: dict[str, To | Dropped] = {
     "proxmox_api.hosts": To("proxmox_api.hosts"),
@@ -165,8 +206,8 @@ YAML_KEYS: dict[str, To | Dropped] = {
         "ProxLB never reads it; pvebalance bounds vCPUs per core with balancing.cpu_overcommit"),
     "proxmox_cluster.maintenance_nodes_schedule": Dropped("no weekly maintenance windows in this pvebalance version"),
     "balancing.enable": To("balancing.enable"),
-    "balancing.enforce_affinity": Dropped(_ALWAYS_REPAIRED),
-    "balancing.enforce_pinning": Dropped(_ALWAYS_REPAIRED),
+    "balancing.enforce_affinity": To("balancing.enforce_affinity", _enforce(_AFFINITY_DIFFERS)),  # never written
+    "balancing.enforce_pinning": To("balancing.enforce_pinning", _enforce(_PINNING_DIFFERS)),
     "balancing.parallel": To("migrator.max_parallel_cluster", _parallel),
     "balancing.parallel_jobs": To("migrator.max_parallel_cluster", _parallel),
     "balancing.live": To("balancing.live"),
@@ -195,7 +236,7 @@ YAML_KEYS: dict[str, To | Dropped] = {
     "balancing.cpu_overcommit": To("balancing.cpu_overcommit"),
     "balancing.max_node_inflow": To("balancing.max_migrations_per_target"),
     "service.daemon": Dropped(_SERVICES + "; `pvebalance rebalance` is the one-shot"),
-    "service.schedule": Dropped(_SCHEDULE),
+    "service.schedule": To("planner.interval", _schedule, note=_SCHEDULE_NOTE),
     "service.delay": Dropped("pvebalance plans from its first snapshot on; no start-up delay"),
     "service.enable_ha": Dropped("pvebalance runs beside the cluster, not on a PVE node; its jobs live in Redis"),
     "service.log_level": To("logging.level", _log_level),
@@ -209,7 +250,11 @@ YAML_DEFAULTS: dict[str, Any] = {
     "balancing.balance_types": [],
     "balancing.balanciness": 10,
     "balancing.parallel": False,
+    "service.schedule": {"interval": 12, "format": "hours"},
 }
+# ProxLB settings whose default (off) behaves otherwise than pvebalance, said when the file leaves them out
+YAML_DIFFERING_DEFAULTS = {"balancing.enforce_affinity": _AFFINITY_DIFFERS,
+                           "balancing.enforce_pinning": _PINNING_DIFFERS}
 
 INI_KEYS: dict[str, To | Dropped] = {
     "proxmox.api_host": To("proxmox_api.hosts", _csv),
@@ -231,7 +276,7 @@ INI_KEYS: dict[str, To | Dropped] = {
     "update_service": Dropped("pvebalance does not update nodes"),
     "api": Dropped("ProxLB 1.0's API switch; pvebalance has no such switch"),
     "service.daemon": Dropped(_SERVICES),
-    "service.schedule": Dropped(_SCHEDULE),
+    "service.schedule": To("planner.interval", _schedule, note=_SCHEDULE_NOTE),
     "service.master_only": Dropped("pvebalance runs beside the cluster, not on its nodes"),
     "service.log_verbosity": To("logging.level", _log_level),
     "service.config_version": Dropped("ProxLB's own schema version"),
@@ -252,14 +297,30 @@ def read_proxlb(path: Path) -> ProxlbImport:
         raise ProxlbConfigError(f"cannot read {path}: {why}") from None
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", ";"))), "")
     if _INI_SECTION.match(first):
-        return map_keys(_read_ini(path, text), INI_KEYS, "ProxLB 1.0 INI", {})
+        return with_redis(map_keys(_read_ini(path, text), INI_KEYS, "ProxLB 1.0 INI", {}))
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ProxlbConfigError(f"{path} is neither ProxLB YAML nor INI: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(doc, dict):
         raise ProxlbConfigError(f"{path} holds no ProxLB settings (expected a mapping of sections)")
-    return map_keys(doc, YAML_KEYS, "ProxLB YAML (1.1+, 2.x)", YAML_DEFAULTS)
+    result = map_keys(doc, YAML_KEYS, "ProxLB YAML (1.1+, 2.x)", YAML_DEFAULTS)
+    balancing = doc.get("balancing") if isinstance(doc.get("balancing"), dict) else {}
+    for key, differs in YAML_DIFFERING_DEFAULTS.items():
+        if key.split(".")[1] not in balancing:
+            result.unmapped.append((f"{key} (not set: ProxLB's default is off)", differs))
+    return with_redis(result)
+
+
+def with_redis(result: ProxlbImport) -> ProxlbImport:
+    """pvebalance keeps its state in Redis, which ProxLB never had: the section is written, so the
+    operator sees where the services will look."""
+    if "redis" not in result.config:
+        url = RedisSettings().url
+        result.config["redis"] = {"url": url}
+        result.added.append(("redis.url", f"{url} (pvebalance's default, the redis-server package's): ProxLB "
+                                          "kept no state; pvebalance keeps its plans, jobs and requests in Redis"))
+    return result
 
 
 def _read_ini(path: Path, text: str) -> dict[str, Any]:

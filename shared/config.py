@@ -355,6 +355,12 @@ class PlannerSettings(Section):
     settle_seconds: float = Field(
         15.0, ge=0, description="seconds after the last migration ended before a snapshot is planned on "
         "(node figures lag the guests: pvestatd's 10 s cycle plus a margin)")
+    reject_hold: float = Field(
+        3600.0, ge=0, description="seconds the moves of a rejected plan are not planned again (each guest stays "
+        "off the target the plan gave it; drains are not held)")
+    interval: float = Field(
+        0.0, ge=0, description="seconds between balancing rounds: a balancing plan at most this often (0: on "
+        "every settled snapshot); drains and operator requests are never held back (ProxLB's schedule)")
 
 
 class MigratorSettings(Section):

@@ -79,8 +79,9 @@ HEARTBEAT_TTL = 30
 # JSON of the leading planner's mode of operation (its config's), beaten with its heartbeat: what
 # `pvebalance status` and the page show, whatever config the reader has.
 PLANNER_MODE = f"{PREFIX}:planner:mode"
-# Sorted set: "vmid:target" -> until when a rejected move is held back (`planner.reject_hold`)
+# Hash "vmid:target" -> JSON of a rejected move held back (who, plan, until: `planner.reject_hold`)
 REJECTED_MOVES = f"{PREFIX}:rejected-moves"
+LAST_ROUND = f"{PREFIX}:planner:last-round"  # when the planner last made a balancing plan (`planner.interval`)
 
 
 def request(request_id: str) -> str:

@@ -79,12 +79,20 @@ def adaptive_cooldown(vmid: int, policy: Policy) -> str | None:
     """Why a guest moved n times within 24 h still waits, or None: it waits max(cooldown, its last
     move's duration) x 2^(n-1) after its last move, at most `cooldown_cap_minutes`."""
     moves = policy.recent_moves(vmid)
+    end = cooldown_end(vmid, policy)
+    if end is None or policy.now >= end:
+        return None
+    times = "once" if len(moves) == 1 else f"{len(moves)} times"
+    wait = end - moves[-1].at
+    return f"moved {times} in 24 h: waits {round(wait / 60, 1):g} min after its last move (adaptive cooldown)"
+
+
+def cooldown_end(vmid: int, policy: Policy) -> float | None:
+    """When the guest's cooldown after its last move ends (epoch seconds), None without a recent move."""
+    moves = policy.recent_moves(vmid)
     if not moves:
         return None
     last = moves[-1]
     wait = min(max(policy.cooldown_minutes * 60, last.duration_s) * 2 ** (len(moves) - 1),
                policy.cooldown_cap_minutes * 60)
-    if policy.now - last.at >= wait:
-        return None
-    times = "once" if len(moves) == 1 else f"{len(moves)} times"
-    return f"moved {times} in 24 h: waits {round(wait / 60, 1):g} min after its last move (adaptive cooldown)"
+    return last.at + wait

@@ -13,6 +13,7 @@ from .host_cpu import HostCpu
 from .maintenance import Maintenance
 from .no_return import NoReturn
 from .pins import Pins
+from .rejected import RejectedMoves
 from .vcpu_cores import VcpuCores
 
 FAMILIES: tuple[Family, ...] = (
@@ -25,4 +26,5 @@ FAMILIES: tuple[Family, ...] = (
     VcpuCores(),
     HostCpu(),
     NoReturn(),
+    RejectedMoves(),
 )

@@ -25,6 +25,8 @@ from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestSt
 from pvebalance.shared.streams import ensure_group, group_exists
 from pvebalance.shared.words import plural
 
+from .holds import hold_rejected
+
 if TYPE_CHECKING:
     from .planner import Planner
 
@@ -42,9 +44,9 @@ def paused(redis: Any) -> dict[str, Any] | None:
 
 
 def drain_only(policy: Policy) -> Policy:
-    """The policy for a plan that only repairs rules (a drain): no node is above a 101 % threshold,
-    so the balance phase never runs, and the plan holds no move but those a rule asks for."""
-    return replace(policy, threshold=101.0)
+    """The policy for a plan that only repairs rules (a drain): the balance phase never runs, and the
+    plan holds no move but those a rule asks for."""
+    return replace(policy, repair_only=True)
 
 
 def leaving(plan: Plan, nodes: set[str]) -> list[int]:
@@ -293,8 +295,12 @@ class RequestHandler:
         why = f": {request.reason}" if request.reason.strip() else ""
         self.planner.plans.set_state(status.plan_id, PlanState.REJECTED, f"rejected by {request.who}{why}",
                                      request_id=request.request_id)
-        self.store.settle(request.request_id, RequestState.DONE, f"plan {status.plan_id} rejected",
-                          plan_id=status.plan_id)
+        plan = self.planner.plans.plan(status.plan_id)
+        hold = self.planner.settings.planner.reject_hold
+        held = hold_rejected(self.redis, plan, request.who, hold) if plan is not None else 0
+        self.store.settle(request.request_id, RequestState.DONE, f"plan {status.plan_id} rejected" + (
+            f"; {'its move is' if held == 1 else f'its {held} moves are'} not planned again until "
+            f"{_clock(time.time() + hold)} (planner.reject_hold)" if held else ""), plan_id=status.plan_id)
 
     # --- pause and resume ------------------------------------------------------------------------
 

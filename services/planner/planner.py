@@ -35,6 +35,7 @@ from pvebalance.shared.requests import RequestAction, RequestState
 from pvebalance.shared.retention import Retention
 from pvebalance.shared.streams import ensure_group, group_exists
 
+from .holds import held_moves, round_made, round_wait
 from .operator import RequestHandler, drain_only, drained_nodes, leaving, paused
 from .recommend import recommend
 from .windows import nodes_in_windows
@@ -116,7 +117,12 @@ class Planner:
         if pause:
             log.info("balancing paused, not planning", reason=pause.get("reason"), who=pause.get("who"))
             return None
+        interval = self.settings.planner.interval
+        if (due_in := round_wait(self.redis, interval)) > 0:
+            log.debug("next balancing round not due yet (planner.interval)", due_in_s=round(due_in))
+            return None
         plan = plan_balance(snapshot, policy)
+        round_made(self.redis, interval)
         mode = self.settings.balancing.mode_of_operation
         if mode != "automatic" or not self.settings.balancing.enable:
             return self.recommend(plan, snapshot=snapshot, policy=policy)
@@ -163,7 +169,8 @@ class Planner:
         now = time.time()
         policy = Policy.from_settings(self.settings.balancing, cluster, cooldown=self.jobs.cooling_down(),
                                       recent_moves=self.jobs.finished_since(now - HISTORY_WINDOW), now=now)
-        return replace(policy, migrator=self.settings.migrator)  # the limits a plan's moves are scheduled by
+        # the migrator's limits schedule a plan's moves; rejected moves stay out of plans for a while
+        return replace(policy, migrator=self.settings.migrator, held=held_moves(self.redis, now))
 
     def with_in_flight(self, snapshot: ClusterSnapshot) -> ClusterSnapshot:
         """The snapshot with pvebalance's migrations in flight: each holds its guest's memory on both its

@@ -46,6 +46,7 @@ EXAMPLE_MAPPING = [
     ("balancing.pools.de-nbg01-db.type", "balancing.pools.de-nbg01-db.type"),
     ("balancing.pools.de-nbg01-db.pin", "balancing.pools.de-nbg01-db.pin"),
     ("balancing.pools.de-nbg01-db.strict", "balancing.pools.de-nbg01-db.strict"),
+    ("service.schedule", "planner.interval"),
     ("service.log_level", "logging.level"),
 ]
 EXAMPLE_UNMAPPED = [
@@ -55,7 +56,6 @@ EXAMPLE_UNMAPPED = [
     "balancing.with_conntrack_state",
     "balancing.balance_larger_guests_first",
     "service.daemon",
-    "service.schedule",
     "service.delay",
 ]
 
@@ -81,14 +81,15 @@ def test_proxlb_example_maps_exactly_these_keys() -> None:
     assert result.mapped == EXAMPLE_MAPPING
     assert result.defaults == []  # it sets every key whose default differs
     assert [key for key, _ in result.notes] == [
-        "balancing.max_job_validation", "balancing.memory_threshold", "balancing.cpu_threshold"]
+        "balancing.max_job_validation", "balancing.memory_threshold", "balancing.cpu_threshold", "service.schedule"]
     assert [key for key, _ in result.unmapped] == EXAMPLE_UNMAPPED
     assert all(why for _, why in result.unmapped)
     assert result.unknown == []
 
 
 @pytest.mark.parametrize(("proxlb_key", "pvebalance_key"),
-                         [m for m in EXAMPLE_MAPPING if m[1] != "migrator.max_parallel_cluster"])
+                         [m for m in EXAMPLE_MAPPING if m[1] not in ("migrator.max_parallel_cluster",
+                                                                      "planner.interval")])
 def test_each_mapped_value_is_carried_over(converted: tuple[Path, Any], proxlb_key: str, pvebalance_key: str) -> None:
     out, _ = converted
     proxlb = yaml.safe_load(PROXLB_EXAMPLE.read_text())
@@ -113,7 +114,7 @@ def test_import_to_a_file_lists_every_key_on_stderr_and_never_a_secret(converted
     assert lines[0] == f"{PROXLB_EXAMPLE}: ProxLB YAML (1.1+, 2.x)"
     assert [ln for ln in lines if ln.startswith("mapped: ")] == [f"mapped: {a} -> {b}" for a, b in EXAMPLE_MAPPING]
     assert [ln.split(": ")[1] for ln in lines if ln.startswith("not mapped: ")] == EXAMPLE_UNMAPPED
-    assert lines[-1].startswith(f"wrote {out}: 26 keys mapped, 8 not mapped")
+    assert lines[-1].startswith(f"wrote {out}: 27 keys mapped, 7 not mapped")
     assert PASSWORD not in result.stderr
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600  # it holds the password
 
@@ -164,8 +165,9 @@ def test_values_without_a_counterpart_are_listed_with_why(tmp_path: Path, text: 
     source.write_text(text)
     result = read_proxlb(source)
     assert result.mapped == []
-    assert [k for k, _ in result.unmapped] == [key]
-    assert why in result.unmapped[0][1]
+    said = [(k, w) for k, w in result.unmapped if "(not set: " not in k]  # the enforce_* differences: below
+    assert [k for k, _ in said] == [key]
+    assert why in said[0][1]
 
 
 def test_proxlb_defaults_that_differ_are_written_when_the_file_leaves_them_out(tmp_path: Path) -> None:
@@ -181,6 +183,7 @@ def test_proxlb_defaults_that_differ_are_written_when_the_file_leaves_them_out(t
         ("balancing.balance_types", [], "balancing.balance_types", []),
         ("balancing.balanciness", 10, "balancing.balanciness", 10),
         ("balancing.parallel", False, "migrator.max_parallel_cluster", 1),
+        ("service.schedule", {"interval": 12, "format": "hours"}, "planner.interval", 43200.0),
     ]
     out = tmp_path / "pvebalance.yaml"
     cli = invoke("import-proxlb-config", str(source), "-o", str(out))
@@ -190,7 +193,8 @@ def test_proxlb_defaults_that_differ_are_written_when_the_file_leaves_them_out(t
     settings = load_settings(out)
     assert (settings.balancing.enable, settings.balancing.balance_types, settings.balancing.balanciness,
             settings.migrator.max_parallel_cluster) == (False, [], 10, 1)
-    assert list(yaml.safe_load(out.read_text())) == ["proxmox_api", "balancing", "migrator"]  # pvebalance's order
+    assert list(yaml.safe_load(out.read_text())) == ["proxmox_api", "balancing", "redis", "planner",
+                                                     "migrator"]  # pvebalance's order
 
 
 PROXLB_1_0_INI = """\
@@ -241,10 +245,12 @@ def test_proxlb_1_0_ini_config_maps(tmp_path: Path) -> None:
         "proxmox_cluster": {"maintenance_nodes": ["dummynode03", "dummynode04"],
                             "ignore_nodes": ["dummynode01", "dummynode02"]},
         "logging": {"level": "INFO"},
+        "planner": {"interval": 86400.0},  # schedule: 24 (hours)
+        "redis": {"url": "redis://127.0.0.1:6379/0"},
     }
     assert [k for k, _ in result.unmapped] == [
         "vm_balancing.mode_option", "vm_balancing.ignore_vms (test*)", "storage_balancing", "update_service", "api",
-        "service.master_only", "service.daemon", "service.schedule", "service.config_version"]
+        "service.master_only", "service.daemon", "service.config_version"]
     out = tmp_path / "pvebalance.yaml"
     assert invoke("import-proxlb-config", str(source), "-o", str(out)).exit_code == 0
     assert invoke("config", "check", "-c", str(out)).exit_code == 0
@@ -296,3 +302,40 @@ def test_the_proxlb_file_is_never_overwritten(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"error: {tmp_path / 'proxlb.yaml'} is the ProxLB file itself: write the pvebalance config elsewhere"]
     assert source.read_text() == PROXLB_EXAMPLE.read_text()
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("service:\n  schedule: {interval: 12, format: hours}\n", 43200.0),
+    ("service:\n  schedule: {interval: 30, format: minutes}\n", 1800.0),
+    ("service:\n  schedule: 6\n", 21600.0),  # 1.1.0: hours
+    ("balancing:\n  enable: true\n", 43200.0),  # not set: ProxLB's default, every 12 hours
+])
+def test_schedule_becomes_the_planning_interval(tmp_path: Path, text: str, seconds: float) -> None:
+    source = tmp_path / "proxlb.yaml"
+    source.write_text(text)
+    result = read_proxlb(source)
+    assert result.config["planner"]["interval"] == seconds
+    out = tmp_path / "pvebalance.yaml"
+    assert invoke("import-proxlb-config", str(source), "-o", str(out)).exit_code == 0
+    assert load_settings(out).planner.interval == seconds
+
+
+def test_enforce_off_is_said_to_differ_and_on_needs_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "proxlb.yaml"
+    source.write_text("balancing:\n  enforce_affinity: false\n  enforce_pinning: true\n")
+    why = dict(read_proxlb(source).unmapped)
+    assert why["balancing.enforce_affinity"].startswith("DIFFERS: with it off, ProxLB repaired broken affinity and "
+                                                        "anti-affinity only in a round that also balanced")
+    assert "this config may move guests ProxLB left in place" in why["balancing.enforce_affinity"]
+    assert why["balancing.enforce_pinning"].startswith("nothing to set: pvebalance always repairs")
+    source.write_text("balancing:\n  enable: true\n")
+    left_out = dict(read_proxlb(source).unmapped)
+    assert left_out["balancing.enforce_pinning (not set: ProxLB's default is off)"].startswith(
+        "DIFFERS: with it off, ProxLB moved guests onto their pinned nodes only in a round that also balanced")
+
+
+def test_a_redis_section_is_written_and_said(tmp_path: Path) -> None:
+    out = tmp_path / "pvebalance.yaml"
+    result = invoke("import-proxlb-config", str(PROXLB_EXAMPLE), "-o", str(out))
+    assert yaml.safe_load(out.read_text())["redis"] == {"url": "redis://127.0.0.1:6379/0"}
+    assert any(line.startswith("added: redis.url: redis://127.0.0.1:6379/0 ") for line in result.stderr.splitlines())

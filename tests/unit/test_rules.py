@@ -255,12 +255,15 @@ def test_every_dimension_and_mode_reaches_the_target_where_it_can(method: str, m
     snap, _ = load("mid-300")
     plan = plan_balance(snap, Policy(method=method, mode=mode, exact_seconds=0))  # type: ignore[arg-type]
     assert plan.violations == []
+    # besides: the guests that would help and what holds them, and moves that copy far more than their
+    # memory (mid-300's VMs with large local disks): test_planner_explain.py checks those
+    said = [n for n in plan.notes if not n.startswith("guest ") and " more guests on " not in n]
     if method == "disk":
-        assert plan.notes == [f"spread {plan.after.spread_pp:.1f} pp stays above balanciness 5.0: no move that "
-                              "the rules allow lowers it safely"]
+        assert said == [f"spread {plan.after.spread_pp:.1f} pp stays above balanciness 5.0: no move that "
+                        "the rules allow lowers it safely"]
         assert 5 < plan.after.spread_pp < plan.before.spread_pp
     else:
-        assert plan.notes == []
+        assert said == []
         assert plan.after.spread_pp <= 5
 
 
@@ -321,5 +324,6 @@ def test_min_gain_drops_moves_that_help_too_little() -> None:
     full = plan_balance(snap, Policy())
     picky = plan_balance(snap, Policy(min_gain=50.0))
     assert len(picky.migrations) < len(full.migrations)
-    assert picky.notes == [f"spread {picky.after.spread_pp:.1f} pp stays above balanciness 5.0: no move that the "
-                           "rules allow lowers it safely by at least min_gain 50.0"], "the plan says why it stopped"
+    assert picky.notes[0] == (f"spread {picky.after.spread_pp:.1f} pp stays above balanciness 5.0: no move that "
+                              "the rules allow lowers it safely by at least min_gain 50.0"), "it says why it stopped"
+    assert all(n.startswith("guest ") or " more guests on " in n for n in picky.notes[1:])  # and who would help

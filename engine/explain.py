@@ -1,0 +1,97 @@
+"""A plan's explanations beyond its outcome: what holds back the guests that would bring a dimension
+within its band, and the moves that copy far more than they gain.
+
+"No move that the rules allow lowers it safely" tells an operator nothing to act on. For a plan that
+leaves a dimension above its band, `held_back` names the guests on the fullest node whose move to
+the emptiest would narrow the gap, best first, each with what holds it: a cooldown (until when),
+no return, a rule, a lock, room on the target, or nothing (the move would not lower the spread as a
+whole). Read on the plan's final state, so it speaks of the cluster as the plan leaves it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from pvebalance.shared.models import MigrationReason, Plan
+
+from .rules.fixed import cooldown_end
+from .state import PlanState
+
+SHOWN = 5  # guests named per plan: the best helpers; more would bury the first ones
+# A balance move is worth a note when it copies this much at least, and this many times its guest's
+# memory or more: 64.9 GiB copied (mostly local disks) for a VM of 4.9 GiB, which shifts 1.4 pp.
+COSTLY_GIB = 8.0
+COSTLY_FACTOR = 4.0
+
+
+def held_back(state: PlanState, shown: int = SHOWN) -> list[str]:
+    """One note per guest that would help the dimension furthest above its band, and what holds it."""
+    over = [(s - b, i) for i, (s, b) in enumerate(zip(state.spreads(), state.bands, strict=True))
+            if math.isfinite(b) and s > b]
+    if not over or len(state.targets) < 2:
+        return []
+    _, i = max(over)
+    pct = {n: state.loads[n].percent_in(i) for n in state.targets}
+    fullest = max(state.targets, key=lambda n: (pct[n], n))
+    emptiest = min(state.targets, key=lambda n: (pct[n], n))
+    gap = pct[fullest] - pct[emptiest]
+    full_cap, empty_cap = state.loads[fullest].capacity[i], state.loads[emptiest].capacity[i]
+    helpers = []
+    for vmid, node in state.where.items():
+        load = state.guest_load(vmid)[i]
+        if node != fullest or load <= 0:
+            continue
+        after = abs((pct[fullest] - 100 * load / full_cap) - (pct[emptiest] + 100 * load / empty_cap))
+        if after < gap:
+            helpers.append((after, vmid))
+    dim = state.dims[i]
+    notes = []
+    for _, vmid in sorted(helpers)[:shown]:
+        guest = state.guests[vmid]
+        notes.append(f"guest {vmid} ({guest.name}) would narrow the {dim} gap moving {fullest} -> {emptiest}: "
+                     f"{_what_holds(state, vmid, emptiest, i)}")
+    if len(helpers) > shown:
+        notes.append(f"{len(helpers) - shown} more guests on {fullest} would help; the first {shown} are named")
+    return notes
+
+
+def _what_holds(state: PlanState, vmid: int, target: str, i: int) -> str:
+    fixed = state.c.fixed.get(vmid)
+    if fixed is not None:
+        end = cooldown_end(vmid, state.policy) if "cooldown" in fixed else None
+        if end is None:
+            return fixed
+        return fixed.replace("(cooldown)", f"(cooldown until {clock(end)})") if "(cooldown)" in fixed \
+            else f"{fixed}, until {clock(end)}"
+    if vmid in state.moved:
+        return "this plan moves it already"
+    unit = state.c.unit(vmid)
+    if (why := state.refusal(unit, target)) is not None:
+        return why if len(unit) == 1 else f"{why} (it moves with its group of {len(unit)})"
+    return "nothing holds it, but the move alone does not lower the spread over all nodes " \
+           "(another node would set it)"
+
+
+def costly_moves(state: PlanState, plan: Plan) -> list[str]:
+    """One note per balance move whose copy is far above the load it shifts: it copies COSTLY_FACTOR
+    times its guest's memory or more (its local disks), while what it shifts is its load (for memory,
+    that memory). A VM copied for its memory costs what it gains; one whose disks dwarf it does not."""
+    dim = state.dims[0]
+    notes = []
+    for m in plan.migrations:
+        if m.reason is not MigrationReason.BALANCE or m.source not in state.loads or m.gib_moved < COSTLY_GIB:
+            continue
+        memory = m.mem_bytes / 2**30
+        if m.gib_moved < COSTLY_FACTOR * max(memory, 1e-9):
+            continue
+        shift = 100 * state.guest_load(m.vmid)[0] / max(state.loads[m.source].capacity[0], 1e-9)
+        notes.append(f"guest {m.vmid} ({m.name}) copies {m.gib_moved:.1f} GiB, {m.gib_moved / max(memory, 0.1):.0f}x "
+                     f"its {memory:.1f} GiB of memory (its local disks), to shift {shift:.1f} pp of {dim}: "
+                     "costly for its gain")
+    return notes
+
+
+def clock(epoch: float) -> str:
+    """A moment in UTC, as plans say it (the same on every machine that reads the plan)."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
