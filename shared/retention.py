@@ -78,6 +78,10 @@ class Retention:
     def jobs_kept(self) -> str:
         return f"jobs are kept {days(self.settings.jobs_days)} after they end"
 
+    def kept(self) -> str:
+        """All three, for the page."""
+        return f"{self.plans_kept()}; {self.jobs_kept()}; {self.requests_kept()}"
+
 
 def _seconds(days_: float) -> int:
     return max(int(days_ * DAY), 1)

@@ -45,7 +45,7 @@ def latest_plan(request: Request, _: Reader) -> PlanView:
     read = ctx(request).read
     plan = read.plans.latest()
     if plan is None:
-        raise HTTPException(404, "no plan yet")
+        raise HTTPException(404, f"no plan yet ({read.retention.plans_kept()})")
     return read.plan_view(plan)
 
 

@@ -93,6 +93,7 @@ class ClusterView(BaseModel):
     spreads: dict[str, float] = Field(default_factory=dict, description="each balanced dimension's spread now, pp")
     plan_id: str | None = Field(None, description="the plan whose moves 'usage_after_plan' counts")
     paused: dict[str, Any] | None = Field(None, description="the pause in force (who, why, until), if any")
+    kept: str = Field("", description="how long Redis keeps plans, jobs and requests (the retention settings)")
     nodes: list[NodeView]
     guests: list[GuestView]
 
@@ -201,7 +202,7 @@ class ReadSide:
                            balanciness=policy.band(policy.dimensions[0]), spread_pp=next(iter(spreads.values())),
                            resources=list(RESOURCES), bands={d: policy.band(d) for d in policy.dimensions},
                            spreads=spreads, plan_id=plan.plan_id if plan else None,
-                           paused=self._json(keys.PAUSED), nodes=nodes, guests=guests)
+                           paused=self._json(keys.PAUSED), kept=self.retention.kept(), nodes=nodes, guests=guests)
 
     def plan_view(self, plan: Plan) -> PlanView:
         moves = []

@@ -246,7 +246,7 @@ def test_plans_show_moves_with_reasons_job_states_and_the_plan_state(setup: tupl
 def test_no_plan_yet_is_404(setup: tuple[TestClient, World]) -> None:
     client, world = setup
     world.redis.delete(keys.PLAN_LATEST)
-    assert client.get("/api/v1/plans/latest", headers=OPS).json() == {"detail": "no plan yet"}
+    assert client.get("/api/v1/plans/latest", headers=OPS).json() == {"detail": "no plan yet (plans are kept 7 days)"}
 
 
 def test_jobs_filter_by_state_plan_and_vmid_and_one_job_has_its_events(setup: tuple[TestClient, World]) -> None:

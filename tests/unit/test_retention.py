@@ -215,6 +215,15 @@ def test_the_api_says_how_long_plans_and_requests_are_kept_from_the_settings() -
         "detail": "no request req-nope (requests are kept 12 hours)"}
 
 
+def test_the_api_says_for_the_page_how_long_redis_keeps_things_from_the_settings() -> None:
+    app, redis = fake_app(settings_with_tokens(retention={"plans_days": 3, "jobs_days": 14, "requests_days": 1}))
+    snapshots.publish(redis, all_on_one(), latest_ttl=30, history=10)
+    client = TestClient(app)
+    assert client.get("/api/v1/cluster", headers=OPS).json()["kept"] == (
+        "plans are kept 3 days; jobs are kept 14 days after they end; requests are kept 1 day")
+    assert client.get("/api/v1/plans/latest", headers=OPS).json() == {"detail": "no plan yet (plans are kept 3 days)"}
+
+
 @pytest.mark.parametrize(("value", "words"), [(30, "30 days"), (1, "1 day"), (2.5, "2.5 days"),
                                               (0.25, "6 hours"), (0.002, "2.88 minutes")])
 def test_retention_in_words(value: float, words: str) -> None:

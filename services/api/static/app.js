@@ -120,6 +120,7 @@ async function refreshCluster() {
       .map(([d, s]) => `${d} ${s.toFixed(1)} pp (band ${(c.bands || {})[d] ?? c.balanciness})`).join(", ");
     $("#cluster-line").textContent = `${c.cluster || "cluster"} · ${c.method}/${c.mode} · spread ${spreads} · snapshot ${Math.round(c.age_s)} s old${c.paused ? " · PAUSED" : ""}`;
     $("#nodes").replaceChildren(...c.nodes.map(nodeCard));
+    $("#kept").textContent = c.kept ? `· ${c.kept}` : "";  // the retention settings, as the API says them
   } catch (e) {
     $("#cluster-line").textContent = e.message;
   }
