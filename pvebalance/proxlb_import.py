@@ -305,7 +305,8 @@ def read_proxlb(path: Path) -> ProxlbImport:
     if not isinstance(doc, dict):
         raise ProxlbConfigError(f"{path} holds no ProxLB settings (expected a mapping of sections)")
     result = map_keys(doc, YAML_KEYS, "ProxLB YAML (1.1+, 2.x)", YAML_DEFAULTS)
-    balancing = doc.get("balancing") if isinstance(doc.get("balancing"), dict) else {}
+    section = doc.get("balancing")
+    balancing: dict[str, Any] = section if isinstance(section, dict) else {}
     for key, differs in YAML_DIFFERING_DEFAULTS.items():
         if key.split(".")[1] not in balancing:
             result.unmapped.append((f"{key} (not set: ProxLB's default is off)", differs))

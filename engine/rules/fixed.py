@@ -93,6 +93,6 @@ def cooldown_end(vmid: int, policy: Policy) -> float | None:
     if not moves:
         return None
     last = moves[-1]
-    wait = min(max(policy.cooldown_minutes * 60, last.duration_s) * 2 ** (len(moves) - 1),
+    wait = min(max(policy.cooldown_minutes * 60, last.duration_s) * 2.0 ** (len(moves) - 1),
                policy.cooldown_cap_minutes * 60)
     return last.at + wait
