@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from pvebalance.shared import keys
-from pvebalance.shared.models import JobState, JobStatusEvent
+from pvebalance.shared.models import JobState, JobStatusEvent, PlanOutcome
+from pvebalance.shared.plans import PlanState
 
 from .auth import Reader
 from .context import ApiContext
@@ -37,6 +39,31 @@ def cluster(request: Request, _: Reader) -> ClusterView:
     if snapshot is None:
         raise HTTPException(503, "no cluster snapshot yet: is the collector running?")
     return read.cluster(snapshot)
+
+
+class PlanSummary(BaseModel):
+    """One recent plan, as `pvebalance plans` lists it."""
+
+    plan_id: str
+    created_at: datetime
+    state: PlanState | None = Field(None, description="None: its state is gone or unreadable")
+    reason: str = Field("", description="why it is in that state (who rejected it and why, ...)")
+    outcome: PlanOutcome
+    outcome_reason: str
+    migrations: int
+    spread_before_pp: float
+    spread_after_pp: float
+
+
+@router.get("/plans", response_model=list[PlanSummary], responses=NEEDS_TOKEN)
+def plans(request: Request, _: Reader,
+          limit: Annotated[int, Query(ge=1, le=500, description="how many, newest first")] = 20) -> list[PlanSummary]:
+    """Recent plans, newest first, each with its state and outcome (the whole plan: /plans/{plan_id})."""
+    return [PlanSummary(plan_id=p.plan_id, created_at=p.created_at, state=s.state if s else None,
+                        reason=s.reason if s else "", outcome=p.outcome, outcome_reason=p.outcome_reason,
+                        migrations=len(p.migrations), spread_before_pp=p.before.spread_pp,
+                        spread_after_pp=p.after.spread_pp)
+            for p, s in ctx(request).read.plans.recent(limit)]
 
 
 @router.get("/plans/latest", response_model=PlanView, responses={**NEEDS_TOKEN, **NOT_FOUND})

@@ -146,3 +146,24 @@ def test_a_move_copying_far_more_than_its_memory_is_said_and_no_other() -> None:
     assert costly_moves(state, plan) == [
         f"guest {big_disk} (vm{big_disk}) copies 64.9 GiB, 13x its 4.9 GiB of memory (its local disks), to shift "
         f"{shift:.1f} pp of memory: costly for its gain"]
+
+
+def test_the_api_lists_recent_plans_with_their_states() -> None:
+    from fastapi.testclient import TestClient
+
+    from pvebalance.shared.plans import PlanStatus
+    from tests.api_helpers import OPS, fake_app, settings_with_tokens
+
+    app, redis = fake_app(settings_with_tokens())
+    store = PlanStore(redis)
+    first = plan_balance(fresh(), Policy())
+    second = first.model_copy(update={"plan_id": "plan-second", "created_at": first.created_at + timedelta(seconds=5),
+                                      "migrations": []})
+    store.save(first, PlanStatus(plan_id=first.plan_id, state=PlanState.REJECTED, reason="rejected by alice"))
+    store.save(second, PlanStatus(plan_id=second.plan_id, state=PlanState.RECOMMENDED))
+    with TestClient(app) as client:
+        assert client.get("/api/v1/plans").status_code == 401, "a token, as every read"
+        listed = client.get("/api/v1/plans", headers=OPS).json()
+    assert [(p["plan_id"], p["state"], p["reason"], p["migrations"]) for p in listed] == [
+        ("plan-second", "recommended", "", 0), (first.plan_id, "rejected", "rejected by alice", len(first.migrations))]
+    assert listed[1]["spread_before_pp"] == first.before.spread_pp and listed[1]["outcome"] == first.outcome
