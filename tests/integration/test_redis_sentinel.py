@@ -127,6 +127,28 @@ def test_config_check_accepts_a_sentinel_config(tmp_path: Path) -> None:
     assert "s3cret" not in out.stdout
 
 
+def test_every_client_kind_reaches_the_master_through_sentinel(ha: RedisHA) -> None:
+    """The services' sync clients and the API's asyncio one (its event stream) both ask the sentinels."""
+    import asyncio
+
+    from pvebalance.shared.redisconn import async_client
+
+    settings = RedisSettings(**redis_section(ha))
+    sync = client(settings)
+    sync.set("pvebalance:test:sentinel", "through the master")
+    assert ha.server(ha.master()).get("pvebalance:test:sentinel") == b"through the master"
+
+    async def read() -> bytes:
+        aio = async_client(settings)
+        try:
+            return await aio.get("pvebalance:test:sentinel")  # type: ignore[no-any-return]
+        finally:
+            await aio.aclose()
+
+    assert asyncio.run(read()) == b"through the master"
+    sync.delete("pvebalance:test:sentinel")
+
+
 # --- a failover in the middle of a drain -----------------------------------------------------------------
 
 def test_a_failover_during_a_drain_loses_doubles_and_misstates_no_job(ha: RedisHA, start_simulator: SimFactory,
