@@ -135,8 +135,7 @@ def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool)
                 for m, job_id, record in zip(plan.migrations, ids, records, strict=True):
                     if lines and record.get("state") in FINAL and job_id not in reported:
                         reported.add(job_id)
-                        done = sum(1 for s in states if s in FINAL)
-                        err.print(f"[{done}/{len(ids)}] guest {m.vmid} ({m.name}) {m.source} -> {m.target}: "
+                        err.print(f"[{len(reported)}/{len(ids)}] guest {m.vmid} ({m.name}) {m.source} -> {m.target}: "
                                   f"{ended_text(record)}", highlight=False, markup=False)
             if status.state.final:
                 break

@@ -4,6 +4,7 @@ collector and planner services, rq worker processes, proxmoxer over HTTPS agains
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -171,7 +172,12 @@ def test_drain_wait_empties_the_node_keeps_it_empty_and_undrain_lets_it_fill(clu
     out = c.cli("drain", "pve2", "--wait", timeout=240)
 
     assert out.returncode == 0, out.stderr
-    assert out.stderr.strip().splitlines()[-1] == "drain done: pve2 is empty"
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1] == "drain done: pve2 is empty"
+    # not a terminal: one line per finished move instead of a progress bar (and never silence till the end)
+    moves = [line for line in lines if line.startswith("[")]
+    assert moves and all(re.fullmatch(rf"\[{i}/{len(moves)}\] guest \d+ \(\S+\) pve2 -> pve\d: succeeded in \d+ s",
+                                      line) for i, line in enumerate(moves, 1)), moves
     assert [vmid for vmid, g in c.sim.cluster.guests.items() if g.node == "pve2"] == []
     snapshot = c.snapshot()
     policy = Policy()
