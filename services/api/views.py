@@ -94,6 +94,10 @@ class ClusterView(BaseModel):
     plan_id: str | None = Field(None, description="the plan whose moves 'usage_after_plan' counts")
     paused: dict[str, Any] | None = Field(None, description="the pause in force (who, why, until), if any")
     kept: str = Field("", description="how long Redis keeps plans, jobs and requests (the retention settings)")
+    mode_of_operation: str = Field("automatic", description="automatic | manual | dry-run: the running planner's "
+                                   "(it publishes its mode), else the API's config's")
+    balancing_enabled: bool = Field(True, description="balancing.enable, from the same source")
+    mode_from: str = Field("config", description="planner: as the running planner reports it; config: no planner seen")
     nodes: list[NodeView]
     guests: list[GuestView]
 
@@ -202,7 +206,17 @@ class ReadSide:
                            balanciness=policy.band(policy.dimensions[0]), spread_pp=next(iter(spreads.values())),
                            resources=list(RESOURCES), bands={d: policy.band(d) for d in policy.dimensions},
                            spreads=spreads, plan_id=plan.plan_id if plan else None,
-                           paused=self._json(keys.PAUSED), kept=self.retention.kept(), nodes=nodes, guests=guests)
+                           paused=self._json(keys.PAUSED), kept=self.retention.kept(), nodes=nodes, guests=guests,
+                           **self.operation())
+
+    def operation(self) -> dict[str, Any]:
+        """The mode of operation the running planner publishes (services/planner), else this config's."""
+        published = self._json(keys.PLANNER_MODE)
+        if published and isinstance(published.get("mode_of_operation"), str):
+            return {"mode_of_operation": published["mode_of_operation"],
+                    "balancing_enabled": bool(published.get("enable", True)), "mode_from": "planner"}
+        bal = self.settings.balancing
+        return {"mode_of_operation": bal.mode_of_operation, "balancing_enabled": bal.enable, "mode_from": "config"}
 
     def plan_view(self, plan: Plan) -> PlanView:
         moves = []

@@ -167,3 +167,19 @@ def test_the_api_lists_recent_plans_with_their_states() -> None:
     assert [(p["plan_id"], p["state"], p["reason"], p["migrations"]) for p in listed] == [
         ("plan-second", "recommended", "", 0), (first.plan_id, "rejected", "rejected by alice", len(first.migrations))]
     assert listed[1]["spread_before_pp"] == first.before.spread_pp and listed[1]["outcome"] == first.outcome
+
+
+def test_the_api_shows_the_running_planners_mode_of_operation() -> None:
+    from fastapi.testclient import TestClient
+
+    from tests.api_helpers import OPS, fake_app, make_world, settings_with_tokens
+
+    app, redis = fake_app(settings_with_tokens())  # the API's own config: automatic
+    make_world(redis)
+    with TestClient(app) as client:
+        before = client.get("/api/v1/cluster", headers=OPS).json()
+        Planner(redis, Settings(balancing={"mode_of_operation": "manual", "enable": False})).publish_mode()
+        after = client.get("/api/v1/cluster", headers=OPS).json()
+    assert (before["mode_of_operation"], before["balancing_enabled"], before["mode_from"]) == (
+        "automatic", True, "config")
+    assert (after["mode_of_operation"], after["balancing_enabled"], after["mode_from"]) == ("manual", False, "planner")
