@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from pvebalance.shared.logging import get_logger
+from pvebalance.shared.models import JobState
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus
 
 from .auth import Reader, Writer
@@ -136,6 +137,25 @@ def pause(request: Request, who: Writer, body: Annotated[PauseBody | None, Body(
              responses=WRITE_ERRORS)
 def resume(request: Request, who: Writer) -> Accepted:
     return _submit(request, who.name, RequestAction.RESUME)
+
+
+class Cancelled(BaseModel):
+    job_id: str
+    state: JobState
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=Cancelled, tags=["jobs"],
+             responses={**WRITE_ERRORS, **NOT_FOUND, 409: {"description": "the job has started or ended"}})
+def cancel(request: Request, job_id: str, who: Writer) -> Cancelled:
+    """Cancel a job that has not started migrating (queued or waiting), as `pvebalance cancel` does: the
+    job store's compare-and-set, not a request to the planner, so the answer is final at once."""
+    state = ctx(request).read.jobs.cancel(job_id)
+    if state is None:
+        raise HTTPException(404, f"no job {job_id}")
+    if state != JobState.CANCELLED:
+        raise HTTPException(409, f"job {job_id} is {state.value}: only queued or waiting jobs can be cancelled")
+    log.info("job cancelled", job_id=job_id, who=who.name)
+    return Cancelled(job_id=job_id, state=state)
 
 
 @router.get("/requests", response_model=list[RequestStatus], responses=NEEDS_TOKEN, tags=["read"])

@@ -1,7 +1,8 @@
 """What the API answers: response models, and how each is read from Redis.
 
 The API only reads the stores the services write (snapshots, plans and their states, jobs, request
-statuses) and writes operator requests; it never changes a plan or a job itself.
+statuses) and writes operator requests; it never changes a plan or a job itself, but for cancelling a
+job that has not started (the job store's own compare-and-set, as `pvebalance cancel` does).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class JobView(BaseModel):
     message: str = ""
     upid: str | None = None
     duration_s: float | None = None
+    started_at: datetime | None = Field(None, description="when it started migrating (its running event)")
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -239,7 +241,7 @@ class ReadSide:
                        state=JobState(state) if state else None, message=record.get("message", ""),
                        upid=record.get("upid") or None,
                        duration_s=float(record["duration_s"]) if _is_number(record.get("duration_s")) else None,
-                       created_at=_when(record.get("created_at")),
+                       started_at=_when(record.get("at_running")), created_at=_when(record.get("created_at")),
                        updated_at=_when(str(updated)) if updated is not None else None)
 
     def listed_jobs(self, plan_id: str | None = None) -> list[str]:
