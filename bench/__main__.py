@@ -30,7 +30,7 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str]]
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("which", nargs="?", default="engine",
-                        choices=["engine", "collector", "proxlb", "migrator", "redis", "soak", "all"])
+                        choices=["engine", "collector", "proxlb", "migrator", "e2e", "redis", "soak", "all"])
     parser.add_argument("--scenarios", nargs="*", default=ALL)
     parser.add_argument("--exact-limit", type=float, default=60.0, help="seconds for each placement MILP")
     parser.add_argument("--ordered", choices=["auto", "all", "none"], default="auto",
@@ -60,6 +60,10 @@ def main() -> None:
         "migrator": ("draining 40 guests (all-on-one, pve1 in maintenance)",
                      lambda: _module("migrator_bench").run(time_scale=args.time_scale),
                      lambda: _module("migrator_bench").COLUMNS),
+        "e2e": ("ProxLB 2.3.0 and pvebalance from a cold start to balanced, links of 10 Gbit/s",
+                lambda: _module("e2e_bench").run([(n, s) for n, s in _module("e2e_bench").RUNS
+                                                  if n in args.scenarios]),
+                lambda: _module("e2e_bench").COLUMNS),
         "redis": ("Redis and the services' memory: the collector publishing 30 snapshots of xl-10k",
                   lambda: _module("redis_bench").run(), lambda: _module("redis_bench").COLUMNS),
         "soak": ("a short soak (8 min, retention 60 s): the last sample (`./dev.sh soak --long`: 30 min)",
@@ -81,4 +85,5 @@ def _module(name: str) -> Any:
     return importlib.import_module(f"{__package__}.{name}")
 
 
-main()
+if __name__ == "__main__":
+    main()

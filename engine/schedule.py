@@ -34,7 +34,7 @@ from pvebalance.shared.models import ClusterSnapshot, GroupSplit, GuestType
 from .policy import Policy
 from .rules import Constraints
 from .state import Move
-from .timing import Copy, makespan
+from .timing import Copy, makespan, shortest_order
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,30 @@ def _queue(moves: Sequence[Move], policy: Policy, constraints: Constraints
     group_of = {i: name for name, members in groups.items() if name in kept for i in members}
     for batch in sorted(by_level):
         started = _list_schedule(moves, by_level[batch], seconds, group_of, policy, clock, starts, ends)
+        if _shares_links(moves, started, group_of, policy):
+            copies = [Copy(moves[i].source, moves[i].target, copied_bytes(moves[i], policy)) for i in started]
+            started = [started[k] for k in shortest_order(copies, policy.migrator)]
         order += started
         clock = max((ends[i] for i in started), default=clock)
     return order, level, starts, ends, groups
+
+
+def _shares_links(moves: Sequence[Move], batch: list[int], group_of: dict[int, str], policy: Policy) -> bool:
+    """Whether the batch's queue order is worth choosing over the links (timing.shortest_order): the limits
+    let two moves out of (or into) one node run at once, so they share its link, and the queue's order is
+    the order they start in (no per-target limit holds a worker back while a later move could start), and
+    no move of the batch waits for another (an arrival before a departure from its node) or belongs to a
+    group (whose moves stay next to each other)."""
+    m = policy.migrator
+    together = min(m.max_parallel_cluster, max(m.max_parallel_per_source, m.max_parallel_per_target))
+    if together < 2 or m.max_parallel_per_target < min(m.max_parallel_cluster, m.max_parallel_per_source) \
+            or len(batch) > SHARED_ORDER_MAX or any(i in group_of for i in batch):
+        return False
+    arriving = {moves[i].target for i in batch}
+    return not any(moves[i].source in arriving for i in batch)
+
+
+SHARED_ORDER_MAX = 200  # moves in a batch whose order is chosen over the links (a play is O(moves^2))
 
 
 def _departures_before(moves: Sequence[Move]) -> list[list[int]]:

@@ -143,6 +143,48 @@ def makespan(copies: Sequence[Copy], waits_for: Sequence[Sequence[int]], limits:
     return max((end for _, end in finish_times(copies, waits_for, limits)), default=0.0)
 
 
+# Plays of the queue a reordering may try: bounded by work, not time, so that a plan never depends on the
+# machine's load (about 0.7 ms a play for 40 moves).
+ORDER_PLAYS = 600
+
+
+def shortest_order(copies: Sequence[Copy], limits: MigratorSettings, plays: int = ORDER_PLAYS) -> list[int]:
+    """An order of independent moves (none waits for another) that finishes soon over the links: the
+    given order (longest first, say), improved by moving one move to another place while that helps
+    (first improvement, going on from the move that last helped), for at most `plays` plays.
+
+    Why not longest first: two moves that share a link and start together copy in step and end
+    together, then both spend PVE's fixed part (and the migrator's gap) at once while the link idles.
+    Orders in which one move's fixed part falls within another's copy keep the link busy."""
+    n = len(copies)
+    none: list[list[int]] = [[] for _ in range(n)]
+    played = 0
+
+    def play(order: list[int]) -> float:
+        nonlocal played
+        played += 1
+        return makespan([copies[i] for i in order], none, limits)
+
+    best = list(range(n))
+    best_time = play(best)
+    improved, first = True, 0
+    while improved and played < plays:
+        improved = False
+        for i in (k % n for k in range(first, first + n)):
+            for j in range(n):
+                if i == j or played >= plays:
+                    continue
+                trial = best[:i] + best[i + 1:]
+                trial.insert(j, best[i])
+                took = play(trial)
+                if took < best_time - _DONE:
+                    best, best_time, improved, first = trial, took, True, i + 1
+                    break
+            if improved or played >= plays:
+                break
+    return best
+
+
 def _rate(limits: MigratorSettings, node: str) -> float:
     return link_rate(limits.link_gbit_nodes.get(node, limits.link_gbit))
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from pvebalance.engine import Policy, plan_balance
+from pvebalance.engine import Policy, plan_balance, timing
 from pvebalance.engine.fit import GuestFigures, NodeFigures, fits, holding_in_flight, snapshot_figures
 from pvebalance.engine.rules import build_constraints
 from pvebalance.engine.schedule import expected_seconds, schedule
@@ -213,16 +213,24 @@ def makespan(seconds: list[float], slots: int) -> float:
     return max(free)
 
 
-@pytest.mark.parametrize("slots", [1, 2, 4])
-def test_a_drain_is_queued_longest_first_and_ends_within_5_percent_of_the_lower_bound(slots: int) -> None:
+@pytest.mark.parametrize(("slots", "within"), [(1, 1.0), (2, 1.13), (4, 1.01)])
+def test_a_drain_is_queued_for_the_shortest_time_over_the_source_link(slots: int, within: float) -> None:
+    """Every move leaves pve1, so every byte crosses pve1's link: no order ends before that link has carried
+    them all after one migration's fixed part, nor before the moves' lone durations fill the slots. One
+    slot: any order is that sum. Several: the queue is ordered over the links (timing.shortest_order);
+    with two, some fixed parts fall outside the other slot's copy (half the guests copy for less time than a
+    fixed part, 2.7 s, lasts), so 13 % is allowed: longest first was 40 % over (166 s), the order found 12 %."""
     limits = MigratorSettings(max_parallel_cluster=slots, max_parallel_per_source=slots, max_parallel_per_target=slots)
     snap, policy = scenario("all-on-one", maintenance_nodes=frozenset({"pve1"}), migrator=limits)
     plan = plan_balance(snap, policy)
     assert len(plan.migrations) == 40 and {m.batch for m in plan.migrations} == {0}
-    seconds = [limits.expected_seconds(m.mem_bytes + m.local_disk_bytes) for m in plan.migrations]
-    assert seconds == sorted(seconds, reverse=True)
-    bound = max(sum(seconds) / slots, max(seconds))
-    assert makespan(seconds, slots) <= 1.05 * bound
+    fixed = limits.setup_seconds + limits.poll_interval / 2 + timing.PREFLIGHT_SECONDS
+    lone = [fixed + m.gib_moved for m in plan.migrations]  # 10 Gbit/s: 1 GiB a second
+    bound = max(sum(lone) / slots, max(lone), limits.setup_seconds + sum(m.gib_moved for m in plan.migrations))
+    assert bound - 0.05 <= plan.expected_seconds <= within * bound + 0.05  # (rounded to 0.1 s)
+    longest_first = sorted(plan.migrations, key=lambda m: -m.gib_moved)
+    copies = [timing.Copy(m.source, m.target, m.mem_bytes) for m in longest_first]
+    assert plan.expected_seconds <= timing.makespan(copies, [[] for _ in copies], limits) + 0.05
 
 
 def test_one_move_per_target_at_a_time_interleaves_the_targets() -> None:
