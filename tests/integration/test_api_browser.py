@@ -1,10 +1,12 @@
 """The web page in a real headless Chromium (Debian's, driven by Playwright; no browser download)
-against `pvebalance api` serving a simulated cluster with the services running: the page shows the
-nodes, its drain button drains a node, and the page shows the jobs finishing and the node empty.
-A screenshot is kept in build/artefacts/api-page.png."""
+against `pvebalance api` serving a simulated cluster with the services running: the page asks for a
+token (and says when one is refused), shows the nodes and the mode, asks before it drains a node,
+and shows the jobs finishing, the node empty, the plan's notes and the request history.
+Screenshots are kept in build/artefacts/ (api-page.png, api-confirm.png: docs/ shows copies)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +42,9 @@ def page() -> Iterator[Page]:
 
 @pytest.fixture
 def live(start_simulator: SimFactory, real_redis: Redis, redis_url: str, tmp_path: Path) -> Iterator[LiveCluster]:
-    cluster = start_live(start_simulator("homelab", time_scale=0.01), real_redis, redis_url, tmp_path, workers=2)
+    # a memory threshold no node passes: a balancing plan says so in its notes (no moves: nothing to approve)
+    cluster = start_live(start_simulator("homelab", time_scale=0.01), real_redis, redis_url, tmp_path, workers=2,
+                         balancing={"memory_threshold": 95})
     yield cluster
     cluster.close()
 
@@ -51,19 +55,41 @@ def test_page_shows_the_nodes_drains_one_and_shows_its_jobs_finish_and_the_node_
     page.on("request", lambda r: requests_seen.append(r.url))
     page.goto(live.url + "/")
 
-    # Reads need a token: the page asks for it once.
+    # Reads need a token: the page asks for it, says so when one is refused, and says nothing once one works.
+    expect(page.locator("#token-form")).to_be_visible()
+    expect(page.locator("#message")).to_have_text("The API needs a token.")
+    page.fill("#token-input", "not-the-token-0123456789")
+    page.click("#token-form button")
+    expect(page.locator("#message")).to_contain_text("The API refused this token")
     expect(page.locator("#token-form")).to_be_visible()
     page.fill("#token-input", OPS_TOKEN)
     page.click("#token-form button")
     expect(page.locator("#token-form")).to_be_hidden()
+    expect(page.locator("#message")).to_have_text("")
 
     for node in ("pve1", "pve2", "pve3"):
         expect(page.locator(f'.node[data-node="{node}"]')).to_be_visible()
     expect(page.locator('.node[data-node="pve2"] .guests')).to_have_text("5 running, 1 stopped")
     expect(page.locator('.node[data-node="pve1"] .bar[data-resource="memory"]')).to_be_visible()
+    expect(page.locator("#mode")).to_have_text("manual: plans wait for approval")  # start_live runs manual
+
+    # Drain asks first; going back changes nothing.
+    page.click('.node[data-node="pve3"] button.drain')
+    expect(page.locator("#confirm")).to_be_visible()
+    page.click("#confirm-no")
+    expect(page.locator("#confirm")).to_be_hidden()
+    expect(page.locator("#message")).to_have_text("drain pve3: not done")
+    assert live.redis.xlen(keys.REQUEST_STREAM) == 0
     running = live.guests_on("pve2", running_only=True)
 
     page.click('.node[data-node="pve2"] button.drain')
+    expect(page.locator("#confirm-title")).to_have_text("Drain pve2?")
+    expect(page.locator("#confirm-text")).to_contain_text("Every running guest on pve2 (5) is migrated to other nodes")
+    expect(page.locator("#confirm-text")).to_contain_text("Its 1 stopped guest stays.")
+    expect(page.locator("#confirm-reason-label")).to_be_hidden()  # a drain takes no reason
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / "api-confirm.png"))
+    page.click("#confirm-yes")
 
     expect(page.locator("#message")).to_contain_text("drain pve2: accepted", timeout=30_000)
     store = JobStore(live.redis)
@@ -78,20 +104,38 @@ def test_page_shows_the_nodes_drains_one_and_shows_its_jobs_finish_and_the_node_
     expect(page.locator('.node[data-node="pve2"] .tag.drained')).to_be_visible()
     expect(page.locator('.node[data-node="pve2"] button.undrain')).to_be_visible()
 
+    # The history: the drain, done; the plan it made, with its notes.
+    drained = page.locator('#requests tbody tr[data-action="drain"]')
+    expect(drained).to_have_count(1)
+    expect(drained).to_contain_text("pve2")
+    expect(drained.locator("td.state-done")).to_be_visible()
+    expect(page.locator("#plans tbody tr").first).to_be_visible()
+    # the latest plan is the drain's, or one made after it (the memory threshold no node passes): its notes
+    expect(page.locator("#plan-notes li").first).to_have_text(re.compile(
+        r"^(a drain's plan: only the moves the rules ask for|no node above the memory threshold of 95)"))
+    expect(page.locator("#approve")).to_be_hidden()  # a running, done or empty plan is not approvable
+    expect(page.locator(f'#jobs tbody tr[data-vmid="{running[0]}"] td.elapsed')).to_have_text(re.compile(r"^\d+ s$"))
+
     page.click("#pause")
+    expect(page.locator("#confirm-title")).to_have_text("Pause balancing?")
+    expect(page.locator("#confirm-reason-label")).to_be_visible()
+    page.fill("#confirm-reason", "backups")
+    page.click("#confirm-yes")
     expect(page.locator("#message")).to_contain_text("pause: done", timeout=30_000)
-    expect(page.locator("#cluster-line")).to_contain_text("PAUSED", timeout=15_000)
+    expect(page.locator("#cluster-line")).to_contain_text("PAUSED (backups)", timeout=15_000)
     assert live.redis.get(keys.PAUSED) is not None
     page.click("#resume")
+    page.click("#confirm-yes")
     expect(page.locator("#message")).to_contain_text("resume: done", timeout=30_000)
     expect(page.locator("#cluster-line")).not_to_contain_text("PAUSED", timeout=15_000)
+    expect(page.locator("#requests tbody tr")).to_have_count(3)
 
     assert live.guests_on("pve2", running_only=True) == []
     assert live.redis.hget(keys.DRAINED, "pve2") is not None
     assert all(r.startswith(live.url) for r in requests_seen), "the page loads nothing from outside the API"
 
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTEFACTS / "api-page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    shutil.copy(shot, live.log_dir / "api-page.png")
+    for name in ("api-page.png", "api-confirm.png"):
+        shutil.copy(ARTEFACTS / name, live.log_dir / name)

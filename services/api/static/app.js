@@ -231,7 +231,7 @@ async function refreshPlan() {
   const expected = p.migrations.length ? ` · ${gib.toFixed(1)} GiB · expected ${span(p.expected_seconds)}` : "";
   $("#plan-line").textContent = `${p.plan_id} · ${state}${view.status && view.status.reason ? ` (${view.status.reason})` : ""} · ${p.outcome} · spread ${spread} pp · ${plural(p.migrations.length, "move")}${expected}${running}`;
   $("#approve").hidden = state !== "recommended" || p.migrations.length === 0;
-  $("#reject").hidden = state !== "recommended";
+  $("#reject").hidden = state !== "recommended" || p.migrations.length === 0;
   $("#plan-outcome").textContent = p.outcome_reason;
   $("#plan-outcome").hidden = !p.outcome_reason;
   list("#plan-unmet", [...(p.unmet || []).map((u) => `${u.rule}: ${u.reason}${u.vmids.length ? ` (${u.vmids.join(", ")})` : ""}`), ...(p.violations || [])]);
@@ -289,7 +289,7 @@ async function refreshRequests() {
   $("#requests tbody").replaceChildren(...rows.map((r) => el("tr", { "data-request": r.request.request_id, "data-action": r.request.action },
     el("td", { title: r.request.at }, `${new Date(r.request.at).toLocaleString()}`), el("td", {}, r.request.action),
     el("td", {}, requestOf(r)), el("td", {}, r.request.who), el("td", { class: `state-${r.state}` }, r.state),
-    el("td", {}, [r.reason, ...(r.details || [])].filter(Boolean).join("; ") + (r.request.reason ? ` (why: ${r.request.reason})` : "")))));
+    el("td", { title: r.request.reason ? `why: ${r.request.reason}` : "" }, [r.reason, ...(r.details || [])].filter(Boolean).join("; ")))));
 }
 
 async function refreshPlans() {
