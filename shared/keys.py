@@ -82,6 +82,9 @@ PLANNER_MODE = f"{PREFIX}:planner:mode"
 # Hash "vmid:target" -> JSON of a rejected move held back (who, plan, until: `planner.reject_hold`)
 REJECTED_MOVES = f"{PREFIX}:rejected-moves"
 LAST_ROUND = f"{PREFIX}:planner:last-round"  # when the planner last made a balancing plan (`planner.interval`)
+# Stream of each node's usage per resource, one entry a minute at most (id: the snapshot's time),
+# written by the API (services/api/history.py), bounded by retention.USAGE_HISTORY_SAMPLES
+USAGE_HISTORY = f"{PREFIX}:usage:history"
 
 
 def request(request_id: str) -> str:

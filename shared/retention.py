@@ -16,6 +16,7 @@ belongs to (a plan's state with the plan, a guest's cache entries with the guest
 | snapshot stream, `snapshot:latest`  | the newest `retention.snapshots`; the latest for 3 intervals    |
 | guest config cache, guest averages  | while the guest is in the cluster (dropped on each snapshot)    |
 | node RRD figures                    | while the node is in the cluster                                |
+| node usage history `usage:history`  | the newest USAGE_HISTORY_SAMPLES (one a minute: 12 hours)       |
 | guest claim `guest-job:VMID`        | until its job ends; GUEST_CLAIM_SECONDS at most (a safety net)  |
 
 Stores take a Retention (from the settings) where they write; the figures are never spelled elsewhere.
@@ -38,6 +39,9 @@ GUEST_CLAIM_SECONDS = DAY
 # The stream of operator requests the planner consumes: each is read within a second, and their
 # statuses are kept apart (`request:ID`); this only bounds the stream.
 REQUEST_STREAM_ENTRIES = 10_000
+# The page's usage lines (services/api/history.py): one sample a minute at most, the last 12 hours.
+USAGE_HISTORY_EVERY_SECONDS = 60
+USAGE_HISTORY_SAMPLES = 12 * 60
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pvebalance.shared.heartbeat import beat
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.redisconn import Outage
 
-from . import health, routes_placement, routes_read, routes_requests
+from . import health, history, routes_placement, routes_read, routes_requests
 from .auth import Caller, reader
 from .context import ApiContext
 from .metrics import build_registry
@@ -44,6 +44,7 @@ def _heartbeats(context: ApiContext, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             beat(context.redis, "api")
+            history.record(context.read)  # the page's usage lines: one sample a minute at most
             outage.ok()
         except RedisError as exc:
             outage.failed(exc)

@@ -16,6 +16,7 @@ from pvebalance.shared.plans import PlanState
 
 from .auth import Reader
 from .context import ApiContext
+from .history import UsageHistory, history
 from .views import ClusterView, JobDetail, JobView, PlanView
 
 router = APIRouter(prefix="/api/v1", tags=["read"])
@@ -83,6 +84,14 @@ def plan_by_id(request: Request, plan_id: str, _: Reader) -> PlanView:
     if plan is None:
         raise HTTPException(404, f"no plan {plan_id} ({read.retention.plans_kept()})")
     return read.plan_view(plan)
+
+
+@router.get("/usage/history", response_model=UsageHistory, responses=NEEDS_TOKEN)
+def usage_history(request: Request, _: Reader,
+                  hours: Annotated[int, Query(ge=1, le=12, description="the last this many hours")] = 6
+                  ) -> UsageHistory:
+    """Each node's usage per resource over the last hours, one sample a minute at most (kept 12 hours)."""
+    return history(ctx(request).redis, hours)
 
 
 @router.get("/jobs", response_model=list[JobView], responses=NEEDS_TOKEN)

@@ -9,7 +9,7 @@ let RESOURCES = [];  // the dimensions a node's usage is given in: the API's (en
 const jobs = new Map();  // job id -> latest status event (plus `started`, when it began migrating)
 let plan = null;
 let cluster = null;
-let history = {};  // node -> [[unix seconds, {resource: percent}], ...] (GET /api/v1/usage/history)
+let history = {};  // node -> [{at: unix seconds, usage: {resource: percent}}, ...] (GET /api/v1/usage/history)
 let waitingForToken = null;
 const NEEDS_TOKEN = "The API needs a token.";
 const ACTIVE = ["queued", "waiting", "running"];
@@ -113,7 +113,7 @@ async function confirmed(path, what, title, text, yes, body = {}, reasonKey = nu
 }
 
 function sparkline(node, resource) {
-  const points = (history[node] || []).map(([t, u]) => [t, u[resource]]).filter(([, v]) => typeof v === "number");
+  const points = (history[node] || []).map((s) => [s.at, s.usage[resource]]).filter(([, v]) => typeof v === "number");
   if (points.length < 2) return null;
   const t0 = points[0][0], t1 = points[points.length - 1][0] || t0 + 1;
   const xy = points.map(([t, v]) => `${((100 * (t - t0)) / (t1 - t0 || 1)).toFixed(1)},${(100 - Math.min(v, 100)).toFixed(1)}`);
