@@ -56,7 +56,9 @@ def test_a_queued_job_survives_a_redis_restart_and_workers_reconnect(start_simul
             w.terminate()
             w.wait(10)
 
-        # A job queued with no worker running survives Redis restarting, and then runs.
+        # A job queued with no worker running survives Redis restarting, and then runs. The planner
+        # plans only on figures read planner.settle_seconds after the last migration ended.
+        time.sleep(settings.planner.settle_seconds)
         second_vmid, second = plan_one()
         assert store.state(second) is JobState.QUEUED
         server.stop()
