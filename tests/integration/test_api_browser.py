@@ -6,8 +6,10 @@ Screenshots are kept in build/artefacts/ (api-page.png, api-confirm.png: docs/ s
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,3 +141,44 @@ def test_page_shows_the_nodes_drains_one_and_shows_its_jobs_finish_and_the_node_
     assert shot.stat().st_size > 10_000
     for name in ("api-page.png", "api-confirm.png"):
         shutil.copy(ARTEFACTS / name, live.log_dir / name)
+
+
+@pytest.fixture
+def manual(start_simulator: SimFactory, real_redis: Redis, redis_url: str, tmp_path: Path) -> Iterator[LiveCluster]:
+    cluster = start_live(start_simulator("homelab", time_scale=0.01), real_redis, redis_url, tmp_path)
+    yield cluster
+    cluster.close()
+
+
+def test_page_rejects_a_recommended_plan_with_a_reason_and_draws_each_nodes_usage_over_the_last_hours(
+        page: Page, manual: LiveCluster) -> None:
+    # three hours of samples, one every 10 minutes, as the API's heartbeat would have recorded them
+    # (in place of the one sample the API has taken since it started: one transaction, so none comes between)
+    now_ms = int(time.time() * 1000) - 60_000
+    seed = manual.redis.pipeline(transaction=True)
+    seed.delete(keys.USAGE_HISTORY)
+    for i in range(18, 0, -1):
+        usage = {n: {"memory": 20.0 + i, "cpu": 10.0, "disk": 5.0} for n in ("pve1", "pve2", "pve3")}
+        seed.xadd(keys.USAGE_HISTORY, {"usage": json.dumps(usage)}, id=f"{now_ms - i * 600_000}-0")
+    seed.execute()
+    page.goto(manual.url + "/")
+    page.fill("#token-input", OPS_TOKEN)
+    page.click("#token-form button")
+    expect(page.locator('.node[data-node="pve1"] .spark[data-resource="memory"] polyline')).to_have_count(1)
+
+    # manual mode: the balancing plan waits for approval, with Approve and Reject
+    expect(page.locator("#approve")).to_be_visible(timeout=30_000)
+    plan_id = page.locator("#plan-line").inner_text().split(" · ")[0]
+    page.click("#reject")
+    expect(page.locator("#confirm-title")).to_have_text(f"Reject {plan_id}?")
+    expect(page.locator("#confirm-text")).to_contain_text("None of its")
+    page.fill("#confirm-reason", "not during backups")
+    page.click("#confirm-yes")
+    expect(page.locator("#message")).to_contain_text(f"reject {plan_id}: done", timeout=30_000)
+    row = page.locator(f'#plans tbody tr[data-plan="{plan_id}"]')
+    expect(row).to_contain_text("rejected", timeout=15_000)
+    expect(row).to_contain_text("not during backups")
+    rejected = page.locator('#requests tbody tr[data-action="reject"]')
+    expect(rejected).to_contain_text(plan_id)
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / "api-rejected.png"), full_page=True)
