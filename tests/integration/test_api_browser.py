@@ -1,7 +1,8 @@
 """The web page in a real headless Chromium (Debian's, driven by Playwright; no browser download)
 against `pvebalance api` serving a simulated cluster with the services running: the page asks for a
 token (and says when one is refused), shows the nodes and the mode, asks before it drains a node,
-and shows the jobs finishing, the node empty, the plan's notes and the request history.
+and shows the jobs finishing, the node empty, the plan's notes and the request history; in manual
+mode it rejects a plan with a reason and draws each node's usage over the last hours.
 Screenshots are kept in build/artefacts/ (api-page.png, api-confirm.png: docs/ shows copies)."""
 
 from __future__ import annotations
