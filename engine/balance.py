@@ -22,6 +22,7 @@ from pvebalance.shared.models import (
     Plan,
     Unmet,
 )
+from pvebalance.shared.words import plural
 
 from .band import apply_in_order, band_plan, clone
 from .explain import costly_moves, held_back
@@ -296,7 +297,7 @@ def _exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Cons
         # its moves are stuck in a cycle (two full nodes swapping guests): look for another placement
         stuck.append(result.placement)
     if stuck:
-        notes.append(f"the exact solver found {len(stuck)} placement(s) with fewer migrations, but no safe "
+        notes.append(f"the exact solver found {plural(len(stuck), 'placement')} with fewer migrations, but no safe "
                      "order for any")
     return greedy
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from pvebalance.shared.models import Plan, PlanOutcome
+from pvebalance.shared.words import plural
 
 
 def outcome_of(plan: Plan, below_threshold: bool = False, quiet: Collection[str] = ()) -> tuple[PlanOutcome, str]:
@@ -16,9 +17,9 @@ def outcome_of(plan: Plan, below_threshold: bool = False, quiet: Collection[str]
     if rules or (plan.unmet and plan.migrations):  # a rule, or a dimension the moves leave out of its band
         shown = "; ".join(f"{u.rule} ({', '.join(map(str, u.vmids))}): {u.reason}" for u in plan.unmet[:3])
         more = f" and {len(plan.unmet) - 3} more" if len(plan.unmet) > 3 else ""
-        return "partial", f"{len(plan.unmet)} rule(s) cannot be met: {shown}{more}"
+        return "partial", f"{plural(len(plan.unmet), 'rule')} cannot be met: {shown}{more}"
     if plan.migrations:
-        return "planned", f"{len(plan.migrations)} migration(s): {_spreads(plan)}"
+        return "planned", f"{plural(len(plan.migrations), 'migration')}: {_spreads(plan)}"
     if below_threshold:
         return "balanced", next((n for n in plan.notes if "threshold" in n),
                                 plan.notes[0] if plan.notes else "no node above its threshold")

@@ -86,12 +86,12 @@ def test_placement_ranks_by_load_after_arrival(tight: ClusterSnapshot) -> None:
 
 
 @pytest.mark.parametrize(("scenario", "policy", "outcome", "reason_start"), [
-    ("all-on-one", Policy(), "planned", "17 migration(s): spread 45.7 -> 4.9 pp (balanciness 5 pp)"),
+    ("all-on-one", Policy(), "planned", "17 migrations: spread 45.7 -> 4.9 pp (balanciness 5 pp)"),
     ("all-on-one", Policy(balanciness=60), "balanced",
      "spread 45.7 pp is within the balanciness of 60 pp: nothing to do"),
     ("all-on-one", Policy(threshold=99), "balanced", "no node above the memory threshold of 99%: not balancing"),
     ("tight", replace(Policy(), maintenance_nodes=frozenset({"pve1"})), "partial",
-     "5 rule(s) cannot be met: maintenance pve1 (101): no node may take it with room to spare; no guest on pve2 "
+     "5 rules cannot be met: maintenance pve1 (101): no node may take it with room to spare; no guest on pve2 "
      "could be parked on a third node with room to make room for 101; "),
     ("all-on-one", Policy(max_node_usage=1), "infeasible", "spread 45.7 pp above 5 pp, and no safe move helps"),
 ])

@@ -168,7 +168,7 @@ def test_operator_rules_scenario_keeps_every_rule() -> None:
     assert [m.vmid for m in plan.migrations if "parked on" in m.detail] == [401]
     # the exact model's 6-move placements (three tried, each cut from the next solve) all need the swap
     # between two full nodes first: none has a safe order, so the plan keeps the parking move (7)
-    assert plan.notes[0] == ("the exact solver found 3 placement(s) with fewer migrations, but no safe order "
+    assert plan.notes[0] == ("the exact solver found 3 placements with fewer migrations, but no safe order "
                              "for any")
 
 
