@@ -87,8 +87,12 @@ def check(
 
 
 def overriding_variables() -> list[str]:
-    """The environment variables load_settings reads besides the file (names only: values may be secrets)."""
-    return sorted(n for n in os.environ if n.startswith(ENV_PREFIX) or n == "REDIS_URL")
+    """The environment variables load_settings reads besides the file (names only: values may be secrets):
+    PVEBALANCE_SECTION[__KEY] for a section of the settings, and REDIS_URL; not PVEBALANCE_CONFIG or
+    the tests' PVEBALANCE_TEST_REDIS_URL, which name no setting."""
+    sections = {name.upper() for name in Settings.model_fields}
+    return sorted(n for n in os.environ if n == "REDIS_URL" or (
+        n.startswith(ENV_PREFIX) and n[len(ENV_PREFIX):].split("__")[0].upper() in sections))
 
 
 def summary(settings: Settings) -> list[str]:
