@@ -116,8 +116,10 @@ def migrations_table(plan: Plan) -> Table:
 def plan_summary(plan: Plan) -> str:
     """One line: how many migrations, how much they copy, and how long the plan is expected to take."""
     gib = sum(m.gib_moved for m in plan.migrations)
-    return (f"{plural(len(plan.migrations), 'migration')}, {gib:.1f} GiB copied, expected to finish in "
-            f"{duration(plan.expected_seconds)} at the migrator's limits")
+    line = f"{plural(len(plan.migrations), 'migration')}, {gib:.1f} GiB copied"
+    if plan.expected_seconds:  # 0: not scheduled (a plan read from elsewhere), no time to promise
+        line += f", expected to finish in {duration(plan.expected_seconds)} at the migrator's limits"
+    return line
 
 
 def duration(seconds: float) -> str:

@@ -66,6 +66,7 @@ spread (pp) leaves out pve3: nothing moves onto it
 2   102  guest102  vm           pve3 -> pve2  maintenance   0.0      0    25.0
 3   201  guest201  ct, restart  pve1 -> pve4  balance       8.0      1     4.5
    GiB: memory copied live + local disks copied; spread: pp after the move
+3 migrations, 22.0 GiB copied
 ct, restart: a container migrates by restart: stopped, moved, started (downtime)
 """
 
@@ -81,7 +82,14 @@ def test_plan_table_without_containers_or_held_out_nodes_has_neither_note() -> N
     assert lines[0] == "memory usage (assigned): % of each node's memory given to guests; over 100 % = overcommitted"
     assert "│ pve3        │     30.0 │     0.0 │" in lines
     assert not [ln for ln in lines if "restart" in ln or "leaves out" in ln]
-    assert lines[-1] == "GiB: memory copied live + local disks copied; spread: pp after the move"
+    assert lines[-2:] == ["GiB: memory copied live + local disks copied; spread: pp after the move",
+                          "2 migrations, 14.0 GiB copied"]
+
+
+def test_the_summary_says_when_a_scheduled_plan_is_expected_to_finish() -> None:
+    plan = sample_plan()
+    plan.expected_seconds = 754.0
+    assert "3 migrations, 22.0 GiB copied, expected to finish in 12 min 34 s at the migrator's limits" in render(plan)
 
 
 @pytest.mark.parametrize(("method", "mode", "header"), [
