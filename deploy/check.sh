@@ -234,7 +234,14 @@ sentinel_part() {
   for _ in $(seq 120); do before=$(field snapshot_id); [ -n "$before" ] && [ "$before" != None ] && break; sleep 1; done
   [ -n "$before" ] && [ "$before" != None ] || { compose logs --no-color --tail 30 >&2 || true; die "no snapshot through Sentinel within 120 s"; }
   say "a snapshot through Sentinel $(( SECONDS - t0 )) s after up; failing the master over"
-  compose exec -T redis-sentinel-1 redis-cli -p 26379 sentinel failover pvebalance >/dev/null || die "SENTINEL FAILOVER refused"
+  # A sentinel learns of the replica from the master's INFO (every 10 s) and answers NOGOODREPLICA until
+  # then; redis-cli exits 0 on an error reply, so the answer itself is read, and asked again until OK.
+  local answer=""
+  for _ in $(seq 60); do
+    answer=$(compose exec -T redis-sentinel-1 redis-cli -p 26379 --raw sentinel failover pvebalance 2>&1 | head -n1)
+    [ "$answer" = OK ] && break; sleep 1
+  done
+  [ "$answer" = OK ] || die "SENTINEL FAILOVER refused: ${answer:-no answer}"
   for _ in $(seq 60); do
     master=$(compose exec -T redis-sentinel-2 redis-cli -p 26379 --raw sentinel get-master-addr-by-name pvebalance 2>/dev/null | head -n1)
     [ "$master" = redis-replica ] && break; sleep 1
