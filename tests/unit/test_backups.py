@@ -89,15 +89,16 @@ def _in_pool(sim: Simulator) -> None:
     sim.cluster.guests[118].entry["pool"] = "db"
 
 
-@pytest.mark.parametrize("job", [
-    backup_job(),
-    backup_job(vmid=None, all=1, exclude="100"),
-    backup_job(vmid=None, pool="db"),
-    backup_job(node="pve2"),  # where the guest goes
-    backup_job(enabled=None),  # PVE's default: enabled
+@pytest.mark.parametrize("fields", [
+    {},
+    {"vmid": None, "all": 1, "exclude": "100"},
+    {"vmid": None, "pool": "db"},
+    {"node": "pve2"},  # where the guest goes
+    {"enabled": None},  # PVE's default: enabled
 ], ids=["vmid-list", "all", "pool", "on-target", "enabled-by-default"])
 def test_a_move_whose_guest_is_backed_up_within_the_guard_is_deferred_until_the_backup_started(
-        start_simulator: SimFactory, tmp_path: Path, job: dict[str, Any]) -> None:
+        start_simulator: SimFactory, tmp_path: Path, fields: dict[str, Any]) -> None:
+    job = backup_job(**fields)  # due in 5 minutes from now, not from when the tests were collected
     sim = start_simulator()
     _in_pool(sim)
     sim.cluster.backups.append({k: v for k, v in job.items() if v is not None})
@@ -111,16 +112,17 @@ def test_a_move_whose_guest_is_backed_up_within_the_guard_is_deferred_until_the_
     assert deferred.value.until == due + 60, "looked at again once pvescheduler has started it"
 
 
-@pytest.mark.parametrize("job", [
-    backup_job(minutes=20),
-    backup_job(enabled=0),
-    backup_job(vmid="117,119"),
-    backup_job(vmid=None, all=1, exclude="118"),
-    backup_job(vmid=None, pool="web"),
-    backup_job(node="pve3"),  # runs on pve3 only: never on the guest, where it is or goes
+@pytest.mark.parametrize("fields", [
+    {"minutes": 20},
+    {"enabled": 0},
+    {"vmid": "117,119"},
+    {"vmid": None, "all": 1, "exclude": "118"},
+    {"vmid": None, "pool": "web"},
+    {"node": "pve3"},  # runs on pve3 only: never on the guest, where it is or goes
 ], ids=["later", "disabled", "other-guests", "excluded", "other-pool", "other-node"])
 def test_a_backup_job_that_does_not_back_the_guest_up_soon_leaves_the_move_alone(
-        start_simulator: SimFactory, tmp_path: Path, job: dict[str, Any]) -> None:
+        start_simulator: SimFactory, tmp_path: Path, fields: dict[str, Any]) -> None:
+    job = backup_job(**fields)  # timed from now, not from when the tests were collected
     sim = start_simulator()
     _in_pool(sim)
     sim.cluster.pools["web"] = {"poolid": "web"}
