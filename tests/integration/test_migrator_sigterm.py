@@ -50,6 +50,8 @@ def test_sigterm_hands_both_a_running_and_a_waiting_job_over_and_another_worker_
                    "one job migrating, the other waiting for the one cluster slot")
         running = next(j for j in moves if store.load(j).get("state") == "running")
         waiting = next(j for j in moves if j != running)
+        # a job is running from just before its POST; its task's UPID is stored once the POST answers
+        wait_until(lambda: bool(store.load(running).get("upid")), 30, "the running job's task id stored")
         upid = store.load(running)["upid"]
         by_job = {_runs(real_redis, p.pid): p for p in first}
         for proc in first:  # to the main processes only, as systemd's KillMode=mixed does
