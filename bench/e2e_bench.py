@@ -16,8 +16,10 @@ process; the tool runs in its own processes against it:
   Gbit/s and PVE's 2 s at time scale 1).
 
 The clock starts when the tool's first process starts. Per tool:
-- balanced: when the cluster, as the simulator holds it (no lag), last came within 5 pp (its
-  nodes' memory in use, the nodes in maintenance left out and empty) and stayed so;
+- balanced: when the cluster, as the simulator's API shows it without the lag (each node's memory in
+  use: its host's own, swinging as the simulator swings it, and its guests'; the nodes in maintenance
+  left out and empty), last came within 5 pp and stayed so; the spread at the end also without the
+  host's swing;
 - end: ProxLB's exit; pvebalance's first plan with nothing to move after its migrations ended
   (the balance confirmed), with the spread the cluster had then;
 - migrations, GiB copied (what the links carried), most migrations at once, the busiest link's busy
@@ -47,6 +49,7 @@ from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.redisconn import connect
 from pvebalance.shared.streams import group_exists
+from pvebalance.simulator.realism import host_factor
 from pvebalance.simulator.server import Simulator
 from pvebalance.simulator.tasks import BASE_SECONDS
 
@@ -58,40 +61,56 @@ BALANCED_PP = 5.0
 TIMEOUT = 3600.0
 COLUMNS = [("scenario", "scenario"), ("time_scale", "time scale"), ("tool", "tool"),
            ("first_start", "first migration s"), ("balanced", "balanced s"), ("last_end", "last migration ended s"),
-           ("end", "end s"), ("end_spread", "spread at end pp"), ("left", "guests left in maintenance"),
+           ("end", "end s"), ("end_spread", "spread at end pp"), ("steady_spread", "without the host's swing pp"),
+           ("left", "guests left in maintenance"),
            ("migrations", "migrations"),
            ("gib", "GiB copied"), ("at_once", "most at once"), ("busiest_link", "busiest link busy s"),
            ("expected_vs_measured", "plans: expected / measured s")]
 
 
 class Cluster:
-    """What the cluster held when the run began, to replay the simulator's record of the run on."""
+    """What the cluster held when the run began, to replay the simulator's record of the run on.
+
+    A node's memory in use is what the simulator's API shows without its lag: the host's own use,
+    swinging as the simulator swings it at that moment (realism.host_factor), plus its running guests
+    as the host sees them (memhost for VMs). Both tools read and balance that figure."""
 
     def __init__(self, sim: Simulator) -> None:
         c = sim.cluster
+        self.realism, self.scale = c.realism, c.time_scale
         self.where = {v: g.node for v, g in c.guests.items()}
         self.mem = {v: c._host_mem(g) for v, g in c.guests.items()}
         self.overhead = {n: node.mem_overhead for n, node in c.nodes.items()}
+        self.index = {n: node.index for n, node in c.nodes.items()}
         self.maxmem = {n: int(node.entry.get("maxmem", 1)) for n, node in c.nodes.items()}
         self.held_out = {n for n, node in c.nodes.items()
                          if not node.online or node.entry.get("hastate") == "maintenance"}
 
-    def state(self, where: dict[int, str]) -> tuple[float, int]:
-        """The spread in pp over the nodes that take guests, and the guests left on the held-out nodes."""
-        used = dict(self.overhead)
+    def state(self, where: dict[int, str], at: float | None) -> tuple[float, int]:
+        """The spread in pp over the nodes that take guests at `at` (epoch seconds; None: the host's own use
+        without its swing), and the guests left on the held-out nodes."""
+        used = {n: o * (host_factor(self.realism, self.index[n], at, self.scale) if at is not None else 1.0)
+                for n, o in self.overhead.items()}
         for v, node in where.items():
             used[node] += self.mem[v]
         pct = [100 * used[n] / self.maxmem[n] for n in used if n not in self.held_out]
         return max(pct) - min(pct), sum(1 for v, n in where.items() if n in self.held_out and self.mem[v])
 
-    def timeline(self, migrations: list[dict[str, Any]]) -> list[tuple[float, float, int]]:
+    def timeline(self, migrations: list[dict[str, Any]], t0: float) -> list[tuple[float, float, int]]:
         """(time, spread, guests left on held-out nodes) at the start and after each successful migration."""
         where = dict(self.where)
-        out = [(0.0, *self.state(where))]
+        out = [(t0, *self.state(where, t0))]
         for m in sorted((m for m in migrations if m["ok"]), key=lambda m: m["end"]):
             where[m["vmid"]] = m["target"]
-            out.append((m["end"], *self.state(where)))
+            out.append((m["end"], *self.state(where, m["end"])))
         return out
+
+    def final(self, migrations: list[dict[str, Any]]) -> float:
+        """The spread at the end without the host's swing (noise no balancer controls)."""
+        where = dict(self.where)
+        for m in sorted((m for m in migrations if m["ok"]), key=lambda m: m["end"]):
+            where[m["vmid"]] = m["target"]
+        return self.state(where, None)[0]
 
 
 def balanced_at(timeline: list[tuple[float, float, int]], t0: float) -> float | None:
@@ -107,12 +126,13 @@ def measure(sim: Simulator, start: Cluster, t0: float) -> dict[str, Any]:
     stats = sim.cluster.stats.as_json()
     done = [m for m in stats["migrations"] if m["ok"]]
     links = stats["links"]
-    timeline = start.timeline(stats["migrations"])
+    timeline = start.timeline(stats["migrations"], t0)
     when = balanced_at(timeline, t0)
     return {"first_start": round(min(m["start"] for m in done) - t0, 1) if done else None,
             "last_end": round(max(m["end"] for m in done) - t0, 1) if done else None,
             "balanced": round(when, 1) if when is not None else "no",
-            "end_spread": round(timeline[-1][1], 1), "left": timeline[-1][2], "migrations": len(done),
+            "end_spread": round(timeline[-1][1], 1), "steady_spread": round(start.final(stats["migrations"]), 1),
+            "left": timeline[-1][2], "migrations": len(done),
             "gib": round(sum(link["sent_gib"] for link in links.values()), 1),
             "at_once": stats["max_concurrent"],
             "busiest_link": round(max((link["busy_s"] for link in links.values()), default=0.0), 1)}

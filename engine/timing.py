@@ -76,15 +76,16 @@ def fair_rates(flows: dict[int, Copy], capacity: Callable[[tuple[str, str]], flo
 
 
 def lone_seconds(copy: Copy, limits: MigratorSettings) -> float:
-    """How long the move takes with nothing else running, slot to slot."""
+    """How long the move's task takes with nothing else running."""
     rate = min(_rate(limits, copy.source), _rate(limits, copy.target))
-    return limits.setup_seconds + copy.nbytes / rate + _after(limits)
+    return limits.setup_seconds + copy.nbytes / rate
 
 
 def finish_times(copies: Sequence[Copy], waits_for: Sequence[Sequence[int]],
                  limits: MigratorSettings) -> list[tuple[float, float]]:
-    """Each move's expected (start, end), in seconds from the plan's start; `copies` in queue order,
-    `waits_for[i]` the indexes of the moves move i waits for."""
+    """Each move's expected (start, end) of its task, in seconds from the plan's start; `copies` in queue
+    order, `waits_for[i]` the indexes of the moves move i waits for. A move's slot frees a little after
+    its task's end (`_after`): the next move starts then, but the plan's end is its last task's end."""
     n = len(copies)
     times = [(0.0, 0.0)] * n
     started = [False] * n
@@ -126,7 +127,6 @@ def finish_times(copies: Sequence[Copy], waits_for: Sequence[Sequence[int]],
                 ended[i], running = True, running - 1
                 per_source[copies[i].source] -= 1
                 per_target[copies[i].target] -= 1
-                times[i] = (times[i][0], clock)
             else:
                 copying[i] = float(copies[i].nbytes)
         for i in list(copying):
@@ -134,6 +134,7 @@ def finish_times(copies: Sequence[Copy], waits_for: Sequence[Sequence[int]],
             if copying[i] <= rates.get(i, 0.0) * _DONE or copying[i] <= 0:
                 del copying[i]
                 after_copy.add(i)
+                times[i] = (times[i][0], clock)  # its task ends with the copy (the switch-over is PVE's fixed part)
                 phase_left[i] = _after(limits)
         dispatch()
     return times
