@@ -75,12 +75,6 @@ def fair_rates(flows: dict[int, Copy], capacity: Callable[[tuple[str, str]], flo
     return rates
 
 
-def lone_seconds(copy: Copy, limits: MigratorSettings) -> float:
-    """How long the move's task takes with nothing else running."""
-    rate = min(_rate(limits, copy.source), _rate(limits, copy.target))
-    return limits.setup_seconds + copy.nbytes / rate
-
-
 def finish_times(copies: Sequence[Copy], waits_for: Sequence[Sequence[int]],
                  limits: MigratorSettings) -> list[tuple[float, float]]:
     """Each move's expected (start, end) of its task, in seconds from the plan's start; `copies` in queue
