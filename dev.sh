@@ -32,8 +32,8 @@ setup() {
 typecheck() {
   local root=build/typecheck
   rm -rf "$root" && mkdir -p "$root/pvebalance"
-  for f in pvebalance/*.py; do ln -s "../../../$f" "$root/pvebalance/"; done
-  for d in shared engine services simulator; do ln -s "../../../$d" "$root/pvebalance/$d"; done
+  for f in pvebalance/*; do ln -s "../../../$f" "$root/pvebalance/"; done
+  for d in shared services; do ln -s "../../../$d" "$root/pvebalance/$d"; done
   (cd "$root" && "../../$VENV/bin/mypy" --config-file ../../pyproject.toml -p pvebalance)
 }
 

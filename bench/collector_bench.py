@@ -18,7 +18,7 @@ from typing import Any
 
 import fakeredis
 
-from pvebalance.embedded_redis import free_port
+from pvebalance.demo.embedded_redis import free_port
 from pvebalance.services.collector.collector import Collector
 from pvebalance.shared.config import ProxmoxApiSettings
 from pvebalance.shared.proxmox import ProxmoxClient

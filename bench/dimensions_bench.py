@@ -1,7 +1,7 @@
 """The engine balancing memory and CPU at once (issue 19), part of `bench engine`: each dimension's
 spread after the plan, the migrations, and beside them a reference:
 
-- up to 500 guests the exact two-dimension minimum (engine/exact.py with a band per dimension, every
+- up to 500 guests the exact two-dimension minimum (pvebalance/engine/exact.py with a band per dimension, every
   rule of the scenario, no node over its memory limit), solved without a node limit for at most
   `exact_limit` seconds: a yardstick, not a plan, so it may depend on the machine's load; the issue's
   proven minima beside it (solved for longer than a bench should take);

@@ -1,7 +1,7 @@
 """ProxLB 2.3.0 and pvebalance, each from a cold start until the cluster is balanced, on the same simulator.
 
 Each run gets a fresh simulator (its default realism; migration links of 10 Gbit/s, shared by the
-migrations using them, simulator/links.py) serving the scenario at the given time scale, in this
+migrations using them, pvebalance/simulator/links.py) serving the scenario at the given time scale, in this
 process; the tool runs in its own processes against it:
 
 - ProxLB 2.3.0 (PyPI, bench/.venv-proxlb, as `bench proxlb` installs it), not dry-run, one-shot
@@ -41,7 +41,7 @@ import yaml
 from redis import Redis
 
 from pvebalance.demo import clear_pvebalance_keys, stop_processes, worker_env
-from pvebalance.embedded_redis import local_redis
+from pvebalance.demo.embedded_redis import local_redis
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, operator_pools
 from pvebalance.shared.config import PlannerSettings

@@ -2,8 +2,8 @@
 migrations compared with the exact minimum (MILP, HiGHS, 60 s) or, where that cannot finish, with
 lower bounds (the best of them, and the plan's ratio to it, side by side).
 
-The exact minimum is of placements (engine/exact.py). Where its placement has no safe order (a swap
-between full nodes), the reference is the ordered exact minimum (engine/exact_ordered.py), the fewest
+The exact minimum is of placements (pvebalance/engine/exact.py). Where its placement has no safe order (a swap
+between full nodes), the reference is the ordered exact minimum (bench/exact_ordered.py), the fewest
 migrations of a plan that can be carried out, so that the ratio compares plans with plans; the
 placement figure stays beside it."""
 
@@ -13,9 +13,9 @@ import math
 import time
 from typing import Any
 
+from bench.exact_ordered import ordered_minimum
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.exact import minimum_migrations, order_placement
-from pvebalance.engine.exact_ordered import ordered_minimum
 from pvebalance.engine.load import guest_load, initial_loads
 from pvebalance.engine.rules import build_constraints
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
@@ -169,7 +169,7 @@ def load_scenario(name: str) -> tuple[ClusterSnapshot, Policy]:
 
 
 def ordered_reference(snapshot: ClusterSnapshot, policy: Policy, plan: Plan, limit: float) -> dict[str, Any]:
-    """The ordered exact minimum (engine/exact_ordered.py) as the reference: the fewest migrations of
+    """The ordered exact minimum (bench/exact_ordered.py) as the reference: the fewest migrations of
     a plan that can be carried out, not of a placement.
 
     When the engine's plan keeps every rule and ends within the band, it is a plan of the model, so

@@ -3,7 +3,7 @@
 The simulator serves all-on-one with pve1 in maintenance; real rq worker processes (slots + 2 of
 them) carry the 40 moves out. Every migration leaves pve1, so every byte goes out of pve1's
 migration link (10 Gbit/s: 1 GiB a second), shared by the migrations running at once
-(simulator/links.py): two at once each copy at half speed, and only PVE's fixed part of each
+(pvebalance/simulator/links.py): two at once each copy at half speed, and only PVE's fixed part of each
 migration (2 s: the tunnel, the target's QEMU, the config move) overlaps with the other's copy.
 
 Makespan: from the first migration task's start to the last one's end, as the simulator timed them
@@ -36,7 +36,7 @@ from redis import Redis
 from rq import Queue, Worker
 
 from pvebalance.demo import clear_pvebalance_keys, stop_processes
-from pvebalance.embedded_redis import local_redis
+from pvebalance.demo.embedded_redis import local_redis
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys

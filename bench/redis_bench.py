@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from redis import Redis
 
-from pvebalance.embedded_redis import RedisServerProcess, free_port
+from pvebalance.demo.embedded_redis import RedisServerProcess, free_port
 from pvebalance.shared import keys
 from pvebalance.simulator.server import Simulator
 

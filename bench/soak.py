@@ -5,7 +5,7 @@ simulator serves mid-300 (8 nodes, 300 guests) at time scale 0.01; a redis-serve
 own; the collector (every 0.5 s: 60x the default 30 s), the planner, the API and three migrator
 workers as the `pvebalance` processes they run as. Retention is short (every `*_days` one horizon,
 120 s here, standing for the defaults' 7-30 days; 2,000 events), so the soak runs many horizons.
-Meanwhile the soak, through the simulator's control API (simulator/control.py):
+Meanwhile the soak, through the simulator's control API (pvebalance/simulator/control.py):
 - creates a guest and destroys another every 2 s (a destroyed guest's job fails: not a lost job);
 - drifts the memory of 10 running guests every second (the planner balances them again);
 - drains a node, waits until it is empty, undrains it, and the next node (hundreds of moves each).
@@ -35,7 +35,7 @@ import yaml
 from redis import Redis
 
 from pvebalance.demo import stop_processes
-from pvebalance.embedded_redis import RedisServerProcess, free_port
+from pvebalance.demo.embedded_redis import RedisServerProcess, free_port
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump
 from pvebalance.shared.config import PlannerSettings

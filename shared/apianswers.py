@@ -27,8 +27,10 @@ from pydantic import (
     field_validator,
 )
 
+from .errors import OperatorError
 
-class DumpError(Exception):
+
+class DumpError(OperatorError):
     """A recorded cluster file (or an API answer) that cannot be used, worded for the operator."""
 
 

@@ -32,11 +32,13 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from .errors import OperatorError
+
 ENV_PREFIX = "PVEBALANCE_"
 GuestKind = Literal["vm", "ct"]
 
 
-class ConfigError(Exception):
+class ConfigError(OperatorError):
     """A configuration problem, worded for the operator: names the key and what is wrong."""
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
@@ -129,7 +131,7 @@ class ResourceReserve(Section):
 
 
 def dimension_names() -> tuple[str, ...]:
-    """What can be balanced: the names in engine/load.py's DIMENSIONS, the one list of them."""
+    """What can be balanced: the names in pvebalance/engine/load.py's DIMENSIONS, the one list of them."""
     from pvebalance.engine.load import DIMENSIONS  # when a value is checked: the engine builds on this module
 
     return tuple(DIMENSIONS)
@@ -160,7 +162,7 @@ class BalancingSettings(Section):
     enable: bool = True
     mode_of_operation: Literal["automatic", "manual", "dry-run"] = Field(
         "automatic", description="manual: plans wait for `pvebalance approve`; dry-run: plans are never run")
-    # The names come from engine/load.py's DIMENSIONS (checked by _method, not spelled here).
+    # The names come from pvebalance/engine/load.py's DIMENSIONS (checked by _method, not spelled here).
     method: str | list[str] = Field(
         "memory", description="the dimension to balance (memory, cpu, disk), a list of them to balance at once, or "
         "weighted (deprecated: the dimensions with a weight above 0)")
@@ -372,7 +374,7 @@ class MigratorSettings(Section):
     poll_interval: float = Field(1.0, gt=0)
     task_timeout_base: float = Field(300.0, gt=0)
     task_timeout_per_gib: float = Field(60.0, ge=0)
-    # What the planner expects a plan's migrations to take (engine/timing.py): PVE sends a migration's memory and
+    # What the planner expects a plan's migrations to take (pvebalance/engine/timing.py): PVE sends a migration's memory and
     # local disks out of the source's migration link and into the target's, shared with the migrations using them.
     link_gbit: float = Field(10.0, gt=0, description="each node's migration network, Gbit/s (a plan's expected time)")
     link_gbit_nodes: dict[str, PositiveFloat] = Field(

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-
-from redis import Redis
+from typing import TYPE_CHECKING
 
 from . import keys
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 INSTANCE = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 

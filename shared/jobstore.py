@@ -191,7 +191,7 @@ class JobStore:
 
     def in_flight_migrations(self, but: str = "") -> list[InFlightMigration]:
         """The migrations in flight now (POSTed, not ended), but job `but`: each holds its guest's memory
-        on both nodes until it ends, which the engine and the pre-flight count (engine/fit.py)."""
+        on both nodes until it ends, which the engine and the pre-flight count (pvebalance/engine/fit.py)."""
         out = []
         ids = sorted(self.active_jobs() - {but})
         # one round trip: a drain has every job of the plan active, and this runs before each POST

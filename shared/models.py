@@ -159,7 +159,7 @@ class HaRule(BaseModel):
 
 class InFlightMigration(BaseModel):
     """A migration running when a plan is made: a live migration holds the guest's memory on both its
-    source and its target until it ends, so the engine counts it on both (engine/fit.py)."""
+    source and its target until it ends, so the engine counts it on both (pvebalance/engine/fit.py)."""
 
     model_config = ConfigDict(extra="forbid")
     job_id: str
@@ -236,7 +236,7 @@ class NodeUsage(BaseModel):
 
 
 class DimensionUsage(BaseModel):
-    """One balanced dimension (engine/load.py DIMENSIONS) across the nodes."""
+    """One balanced dimension (pvebalance/engine/load.py DIMENSIONS) across the nodes."""
 
     model_config = ConfigDict(extra="forbid")
     spread_pp: float
@@ -262,7 +262,7 @@ class Unmet(BaseModel):
 class GroupSplit(BaseModel):
     """How long a together-group (affinity) is split while a plan runs: from the first of its guests
     landing (or the plan's start, if it was split before) to the last, at the migrator's limits and
-    expected durations (engine/schedule.py)."""
+    expected durations (pvebalance/engine/schedule.py)."""
 
     model_config = ConfigDict(extra="forbid")
     group: str
@@ -298,7 +298,7 @@ class Plan(Message):
     held_out: dict[str, str] = Field(default_factory=dict)
     splits: list[GroupSplit] = Field(default_factory=list, description="affinity groups split while it runs")
     expected_seconds: float = Field(0.0, ge=0, description="expected time from its first migration's start to its "
-                                    "last one's end: the queue over the nodes' migration links (engine/timing.py)")
+                                    "last one's end: the queue over the nodes' migration links (pvebalance/engine/timing.py)")
 
 
 def job_ids(plan: Plan) -> list[str]:

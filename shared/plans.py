@@ -16,14 +16,16 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
-from redis import Redis
 
 from . import keys
 from .models import Message, Plan, parse_known, utcnow
 from .retention import Retention
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 
 class PlanState(StrEnum):

@@ -37,6 +37,7 @@ from requests.utils import requote_uri
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .config import ProxmoxApiSettings
+from .errors import OperatorError
 
 T = TypeVar("T")
 
@@ -54,7 +55,7 @@ NO_ANSWER, MALFORMED, AUTH, TLS, REFUSED = "no-answer", "malformed", "auth", "tl
 GATEWAY_STATUSES = (502, 503, 504, 595, 596)
 
 
-class ProxmoxError(Exception):
+class ProxmoxError(OperatorError):
     """An API call that failed; `status` is the HTTP status (None when no host answered)."""
 
     def __init__(self, message: str, status: int | None = None, host: str | None = None,

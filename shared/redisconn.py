@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .config import RedisSettings
+from .errors import OperatorError
 
 T = TypeVar("T")
 
@@ -61,8 +62,8 @@ AWAY = "is away"
 REPLICA_WAIT_MS = 2000
 
 
-class RedisUnavailable(Exception):
-    pass
+class RedisUnavailable(OperatorError):
+    """Redis did not answer (or its Sentinels named no master); the message says where."""
 
 
 class Client(Redis):  # type: ignore[misc]  # redis is typed Any here (pyproject)

@@ -15,14 +15,16 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
-from redis import Redis
 
 from . import keys
 from .models import Message, new_id, parse_known, utcnow
 from .retention import REQUEST_STREAM_ENTRIES, Retention
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 
 class RequestAction(StrEnum):

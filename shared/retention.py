@@ -26,10 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-from redis import Redis
+from typing import TYPE_CHECKING
 
 from .config import RetentionSettings
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 DAY = 24 * 3600
 # A guest's claim is freed when its job ends; the TTL only bounds a claim whose job record was lost.

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from redis import Redis
 
-from pvebalance.embedded_redis import free_port
+from pvebalance.demo.embedded_redis import free_port
 from pvebalance.services.collector.collector import run_collector
 from pvebalance.services.planner.planner import run_planner
 from pvebalance.shared import keys

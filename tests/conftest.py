@@ -56,7 +56,8 @@ def start_simulator(certdir: Path) -> Iterator[SimFactory]:
     started: list[Simulator] = []
 
     def start(scenario: str = "all-on-one", time_scale: float = 0.01, **kwargs: Any) -> Simulator:
-        sim = Simulator(load_dump(REPO / "scenarios" / f"{scenario}.json"), time_scale=time_scale, **kwargs)
+        sim = Simulator(load_dump(REPO / "pvebalance" / "scenarios" / f"{scenario}.json"), time_scale=time_scale,
+                        **kwargs)
         sim.start(0, certdir=certdir)
         started.append(sim)
         return sim

@@ -14,12 +14,12 @@ import pytest
 import yaml
 from redis import Redis
 
-from pvebalance.embedded_redis import free_port
+from pvebalance.demo.embedded_redis import free_port
 from pvebalance.shared.config import PlannerSettings, ProxmoxApiSettings, Settings, load_settings
 from pvebalance.simulator.server import Simulator
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = sorted(p.stem for p in (REPO / "scenarios").glob("*.json"))
+SCENARIOS = sorted(p.stem for p in (REPO / "pvebalance" / "scenarios").glob("*.json"))
 SimFactory = Callable[..., Simulator]
 
 

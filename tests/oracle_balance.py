@@ -2,7 +2,7 @@
 computed from the raw API answers of a recorded cluster (`pve-api-dump/1`'s `api` mapping).
 
 It reads /cluster/resources itself, never pvebalance's parsers (shared/apidump.py) or the engine's
-load model (engine/load.py), so a mistake there cannot hide itself:
+load model (pvebalance/engine/load.py), so a mistake there cannot hide itself:
 
 - memory-used %: the host's own use (the node's `mem` less its running guests' `mem`, at least 0)
   plus the `mem` of the running guests on it after the plan, as a share of its `maxmem`;

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from pvebalance.embedded_redis import free_port
+from pvebalance.demo.embedded_redis import free_port
 
 MASTER_NAME = "pvebalance"
 DOWN_AFTER_MS = 1000  # a stopped master is noticed within a second (Sentinel's default is 30 s)

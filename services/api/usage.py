@@ -1,6 +1,6 @@
 """Node usage per resource, now and after the moves of the current plan still to come.
 
-Both come from the engine's own load model (engine/load.py), every dimension of its DIMENSIONS
+Both come from the engine's own load model (pvebalance/engine/load.py), every dimension of its DIMENSIONS
 (the one list of them), with the operator's mode and reservations: the bar of a balanced dimension is
 exactly what the plan's `before` shows, and "after" moves each guest's load as the engine does when
 it plans.

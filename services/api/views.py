@@ -89,7 +89,7 @@ class ClusterView(BaseModel):
     balanciness: float = Field(description="the first balanced dimension's band, percentage points")
     spread_pp: float = Field(description="spread of the (first) balanced dimension now, percentage points")
     resources: list[str] = Field(default_factory=list, description="every dimension a node's usage is given in "
-                                 "(engine/load.py DIMENSIONS), in order: the keys of each node's usage")
+                                 "(pvebalance/engine/load.py DIMENSIONS), in order: the keys of each node's usage")
     bands: dict[str, float] = Field(default_factory=dict, description="each balanced dimension's band, pp")
     spreads: dict[str, float] = Field(default_factory=dict, description="each balanced dimension's spread now, pp")
     plan_id: str | None = Field(None, description="the plan whose moves 'usage_after_plan' counts")

@@ -24,6 +24,7 @@ from pvebalance.shared import keys, snapshots
 from pvebalance.shared.apidump import DumpError, essential_config, parse_cputype, snapshot_from_api
 from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.config import CollectorSettings, Settings
+from pvebalance.shared.errors import OperatorError
 from pvebalance.shared.heartbeat import beat
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
@@ -46,7 +47,7 @@ _FINGERPRINT_KEYS = ("node", "type", "name", "tags", "maxdisk", "maxmem", "maxcp
 _CONFIG_KEYS_VERSION = 3
 
 
-class CollectError(Exception):
+class CollectError(OperatorError):
     """The cluster could not be read whole; nothing is published."""
 
 

@@ -174,7 +174,7 @@ class Planner:
 
     def with_in_flight(self, snapshot: ClusterSnapshot) -> ClusterSnapshot:
         """The snapshot with pvebalance's migrations in flight: each holds its guest's memory on both its
-        nodes until it ends, which plans, drain checks and placement count (engine/fit.py)."""
+        nodes until it ends, which plans, drain checks and placement count (pvebalance/engine/fit.py)."""
         return snapshot.model_copy(update={"in_flight": self.jobs.in_flight_migrations()})
 
     def drain_plan(self, snapshot: ClusterSnapshot, nodes: set[str], include_stopped: set[str],

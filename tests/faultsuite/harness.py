@@ -128,7 +128,7 @@ class Harness:
         # Secrets of this run only, so finding one anywhere is a leak, not a coincidence.
         self.token_secret = str(uuid.uuid4())
         self.password = "pw-" + secrets.token_hex(12)
-        self.sim = Simulator(load_dump(REPO / "scenarios" / "all-on-one.json"),
+        self.sim = Simulator(load_dump(REPO / "pvebalance" / "scenarios" / "all-on-one.json"),
                              users={"root@pam": self.password}, tokens={"root@pam!pvebalance": self.token_secret},
                              time_scale=time_scale)
         self.limits = limits

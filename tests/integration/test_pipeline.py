@@ -95,6 +95,6 @@ def test_demo_balances_all_on_one_through_the_whole_pipeline(real_redis: Redis, 
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "not balanced" not in out.stdout
     assert "balanced" in [line.strip() for line in out.stdout.splitlines()]
-    # 45.7 pp as recorded; the simulated hosts' own memory use swings a little (simulator/realism.py)
+    # 45.7 pp as recorded; the simulated hosts' own memory use swings a little (pvebalance/simulator/realism.py)
     spread = re.search(r"spread (\d+\.\d) ->", out.stdout)
     assert spread and abs(float(spread.group(1)) - 45.7) <= 0.3, out.stdout[-500:]

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from pvebalance.demo import stop_processes
-from pvebalance.embedded_redis import free_port
+from pvebalance.demo.embedded_redis import free_port
 from pvebalance.shared import keys
 from pvebalance.shared.config import RedisSettings, load_settings
 from pvebalance.shared.jobstore import JobStore

@@ -64,7 +64,7 @@ def test_readme_config_names_the_missing_ca_file(tmp_path: Path, command: list[s
 
 
 def homelab() -> dict[str, Any]:
-    return json.loads((REPO / "scenarios" / "homelab.json").read_text())
+    return json.loads((REPO / "pvebalance" / "scenarios" / "homelab.json").read_text())
 
 
 def index_of(doc: dict[str, Any], kind: str, name: str | int) -> int:
@@ -166,7 +166,8 @@ def _node_figures(doc: dict[str, Any], node: str, **figures: Any) -> dict[str, A
 ])
 def test_a_node_with_impossible_figures_is_left_alone(tmp_path: Path, figures: dict[str, Any],
                                                       problem: str) -> None:
-    doc = _node_figures(json.loads((REPO / "scenarios" / "all-on-one.json").read_text()), "pve4", **figures)
+    scenario = REPO / "pvebalance" / "scenarios" / "all-on-one.json"
+    doc = _node_figures(json.loads(scenario.read_text()), "pve4", **figures)
     path = tmp_path / "odd.json"
     path.write_text(json.dumps(doc))
     out = run("plan", "--scenario", str(path), "--json")

@@ -16,7 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_plan_json_runs_in_order_to_the_target_without_overloading() -> None:
-    scenario = REPO / "scenarios" / "all-on-one.json"
+    scenario = REPO / "pvebalance" / "scenarios" / "all-on-one.json"
     out = run("plan", "--scenario", str(scenario), "--json")
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)

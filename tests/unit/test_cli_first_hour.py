@@ -21,11 +21,11 @@ from redis import Redis
 from rich.console import Console
 from typer.testing import CliRunner
 
-from pvebalance import cli
 from pvebalance.cli import UserError, app, config_file
-from pvebalance.cli_read import parse_size
+from pvebalance.cli import base as cli_base
+from pvebalance.cli.read import parse_size
+from pvebalance.cli.render import print_plan
 from pvebalance.engine import Policy, plan_balance
-from pvebalance.render import print_plan
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
@@ -50,7 +50,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 def test_config_is_c_then_the_variable_then_etc_then_the_defaults_with_a_warning(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     given, from_env, in_etc = tmp_path / "given.yaml", tmp_path / "env.yaml", tmp_path / "etc.yaml"
-    monkeypatch.setattr(cli, "DEFAULT_CONFIG", in_etc)
+    monkeypatch.setattr(cli_base, "DEFAULT_CONFIG", in_etc)
     monkeypatch.setenv("PVEBALANCE_CONFIG", str(from_env))
     assert config_file(given) == given
     assert config_file(None) == from_env

@@ -74,7 +74,7 @@ def test_record_writes_a_dump_that_plans_like_the_original(start_simulator: SimF
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     recorded = snapshot_from_api(load_dump(tmp_path / "rec.json")["api"])
-    original = snapshot_from_api(load_dump(REPO / "scenarios" / "mid-300.json")["api"])
+    original = snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "mid-300.json")["api"])
     assert [(g.vmid, g.node, g.local_disk, g.mem) for g in recorded.guests] == \
         [(g.vmid, g.node, g.local_disk, g.mem) for g in original.guests]
     a, b = plan_balance(recorded, Policy()), plan_balance(original, Policy())

@@ -17,9 +17,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from pvebalance.cli import app
+from pvebalance.cli.render import plan_to_json, print_plan
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.load import DIMENSIONS
-from pvebalance.render import plan_to_json, print_plan
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import BalancingSettings
 from pvebalance.shared.models import ClusterSnapshot, Plan
@@ -33,7 +33,7 @@ BOTH = ["memory", "cpu"]
 
 @cache
 def scenario(name: str) -> tuple[ClusterSnapshot, dict[str, Any]]:
-    doc = load_dump(REPO / "scenarios" / f"{name}.json")
+    doc = load_dump(REPO / "pvebalance" / "scenarios" / f"{name}.json")
     return snapshot_from_api(doc["api"], cluster=doc["name"]), doc
 
 
@@ -189,7 +189,7 @@ def test_the_cli_balances_the_dimensions_it_is_given() -> None:
 
 
 def test_every_dimension_of_the_table_is_known_to_the_settings_and_the_plan_table() -> None:
-    from pvebalance.render import USAGE_MEANING
+    from pvebalance.cli.render import USAGE_MEANING
 
     for name in DIMENSIONS:
         assert {m for d, m in USAGE_MEANING if d == name} == {"used", "assigned"}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from redis import Redis
 
-from pvebalance.embedded_redis import EmbeddedRedis
+from pvebalance.demo.embedded_redis import EmbeddedRedis
 
 
 def test_blocked_blmove_receives_every_item_pushed_after_it_blocked_exactly_once() -> None:

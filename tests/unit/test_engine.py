@@ -11,7 +11,7 @@ from tests.helpers import REPO, SCENARIOS
 
 
 def snapshot(name: str) -> ClusterSnapshot:
-    return snapshot_from_api(load_dump(REPO / "scenarios" / f"{name}.json")["api"])
+    return snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / f"{name}.json")["api"])
 
 
 def replay(snap: ClusterSnapshot, plan: Plan, limit_pct: float = 95.0) -> dict[str, float]:

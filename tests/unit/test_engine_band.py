@@ -1,4 +1,4 @@
-"""The band plan (engine/band.py) and the bench's shed+fill lower bound that judges it."""
+"""The band plan (pvebalance/engine/band.py) and the bench's shed+fill lower bound that judges it."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 
 import pytest
 
+from pvebalance.cli.render import plan_to_json
 from pvebalance.engine import Policy, plan_balance
-from pvebalance.render import plan_to_json
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import BalancingSettings, ProxmoxClusterSettings
 from pvebalance.shared.models import ClusterSnapshot
@@ -27,7 +27,7 @@ from tests.helpers import REPO, SCENARIOS
 
 def scenario(name: str) -> tuple[ClusterSnapshot, Policy]:
     """As `pvebalance plan --scenario NAME` reads it: the pools recorded with the cluster, default settings."""
-    doc = load_dump(REPO / "scenarios" / f"{name}.json")
+    doc = load_dump(REPO / "pvebalance" / "scenarios" / f"{name}.json")
     policy = Policy.from_settings(BalancingSettings(pools=operator_pools(doc)), ProxmoxClusterSettings())
     return snapshot_from_api(doc["api"], cluster=doc["name"]), policy
 

@@ -1,4 +1,4 @@
-"""The ordered exact minimum (engine/exact_ordered.py) beside the placement minimum (engine/exact.py):
+"""The ordered exact minimum (bench/exact_ordered.py) beside the placement minimum (pvebalance/engine/exact.py):
 a swap between two full nodes is 2 migrations as a placement but 3 as a plan (a parking move on a
 third node with room), and no plan at all without such a node."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.exact_ordered import ordered_minimum
 from pvebalance.engine import Policy
 from pvebalance.engine.exact import minimum_migrations
-from pvebalance.engine.exact_ordered import ordered_minimum
 from pvebalance.engine.fit import GuestFigures, fits, snapshot_figures
 from pvebalance.shared.models import ClusterSnapshot, GuestState, GuestType, NodeState
 

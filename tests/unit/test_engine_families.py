@@ -23,7 +23,7 @@ Change = Callable[[ClusterSnapshot], ClusterSnapshot]
 
 
 def all_on_one() -> ClusterSnapshot:
-    return snapshot_from_api(load_dump(REPO / "scenarios" / "all-on-one.json")["api"])
+    return snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "all-on-one.json")["api"])
 
 
 def guests(changes: dict[int, dict[str, object]]) -> Change:

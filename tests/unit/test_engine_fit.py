@@ -85,7 +85,7 @@ def test_guest_figures_read_from_a_cluster_resources_entry(entry: dict[str, Any]
 
 
 def test_verify_reports_a_step_that_fits_refuses_in_the_words_of_fits() -> None:
-    snap = snapshot_from_api(load_dump(REPO / "scenarios" / "tight.json")["api"])
+    snap = snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "tight.json")["api"])
     policy = Policy()
     biggest = max((g for g in snap.guests if g.node != "pve1" and g.running), key=lambda g: g.mem)
     onto_pve1 = Migration(vmid=biggest.vmid, name=biggest.name, type=biggest.type, source=biggest.node,

@@ -18,7 +18,7 @@ from tests.helpers import REPO
 
 
 def api_of(name: str) -> dict[str, Any]:
-    return copy.deepcopy(load_dump(REPO / "scenarios" / f"{name}.json")["api"])
+    return copy.deepcopy(load_dump(REPO / "pvebalance" / "scenarios" / f"{name}.json")["api"])
 
 
 def test_failback_is_read_per_resource_with_pves_default_on() -> None:

@@ -22,7 +22,7 @@ from tests.helpers import REPO
 
 
 def ha_rules_api() -> dict[str, Any]:
-    return copy.deepcopy(load_dump(REPO / "scenarios" / "ha-rules.json")["api"])
+    return copy.deepcopy(load_dump(REPO / "pvebalance" / "scenarios" / "ha-rules.json")["api"])
 
 
 def node(api: dict[str, Any], name: str, **fields: Any) -> dict[str, Any]:

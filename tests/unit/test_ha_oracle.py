@@ -14,7 +14,7 @@ from tests.helpers import REPO, SCENARIOS
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_no_plan_step_breaks_a_node_affinity_rule(name: str) -> None:
-    doc = load_dump(REPO / "scenarios" / f"{name}.json")
+    doc = load_dump(REPO / "pvebalance" / "scenarios" / f"{name}.json")
     policy = Policy.from_settings(BalancingSettings(pools=operator_pools(doc)))
     plan = plan_balance(snapshot_from_api(doc["api"]), policy)
     steps = [(m.vmid, m.source, m.target) for m in plan.migrations]
@@ -25,7 +25,7 @@ def test_no_plan_step_breaks_a_node_affinity_rule(name: str) -> None:
 
 
 def test_the_bundled_ha_scenario_binds_guests_with_every_kind_of_rule() -> None:
-    bound = oracle_ha.bound_guests(load_dump(REPO / "scenarios" / "ha-rules.json")["api"])
+    bound = oracle_ha.bound_guests(load_dump(REPO / "pvebalance" / "scenarios" / "ha-rules.json")["api"])
     kinds = {(b.rule, b.strict, b.negative, b.failback) for b in bound.values()}
     assert kinds == {("keep-off-3-4", True, True, True), ("avoid-5", False, True, True),
                      ("db-prefers-1-2", False, False, True), ("web-on-2-3", True, False, False)}
@@ -40,13 +40,13 @@ def test_the_bundled_ha_scenario_binds_guests_with_every_kind_of_rule() -> None:
     ((100, "pve2", "pve3"), "guest 100 is on pve1, not pve2"),
 ])
 def test_the_oracle_names_each_kind_of_broken_step(step: tuple[int, str, str], words: str) -> None:
-    api = load_dump(REPO / "scenarios" / "ha-rules.json")["api"]
+    api = load_dump(REPO / "pvebalance" / "scenarios" / "ha-rules.json")["api"]
     (breach,) = oracle_ha.step_breaches(api, [step])
     assert breach.startswith("step 0: ") and breach.endswith(words), breach
 
 
 def test_the_oracle_finds_a_guest_left_where_pve_would_move_it() -> None:
-    api = load_dump(REPO / "scenarios" / "ha-rules.json")["api"]
+    api = load_dump(REPO / "pvebalance" / "scenarios" / "ha-rules.json")["api"]
     assert oracle_ha.end_breaches(api, []) == {
         207: "guest 207 ends on pve2, outside ['pve1'] (HA rule db-prefers-1-2, failback)"}
     assert oracle_ha.end_breaches(api, [(207, "pve2", "pve1")]) == {}

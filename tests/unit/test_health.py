@@ -9,7 +9,7 @@ from redis import Redis
 from typer.testing import CliRunner
 
 from pvebalance.cli import app
-from pvebalance.cli_health import running_service, service_of
+from pvebalance.cli.health import running_service, service_of
 from pvebalance.shared.heartbeat import beat
 
 

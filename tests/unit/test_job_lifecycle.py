@@ -258,7 +258,7 @@ def test_after_a_plan_whose_moves_failed_the_planner_waits_before_planning_again
     from tests.helpers import REPO
 
     planner = Planner(fake_redis, Settings(planner={"retry_after_failure": 60}, balancing={"enable": False}))
-    snapshot = snapshot_from_api(load_dump(REPO / "scenarios" / "all-on-one.json")["api"])
+    snapshot = snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "all-on-one.json")["api"])
     plan = planner.handle(snapshot)
     assert plan is not None and plan.migrations
     assert planner.wait_after_failures() == 0.0

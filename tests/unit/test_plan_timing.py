@@ -1,4 +1,4 @@
-"""A plan's expected time (engine/timing.py, schedule.py): its moves over the nodes' migration links under
+"""A plan's expected time (pvebalance/engine/timing.py, schedule.py): its moves over the nodes' migration links under
 the migrator's limits; migrations out of one node share its link; the engine's model agrees with the
 simulator's; `balancing.objective` prefers the plan that finishes first."""
 
@@ -87,7 +87,7 @@ def test_the_engines_link_model_agrees_with_the_simulators() -> None:
 def test_a_plans_expected_time_is_its_moves_one_after_another_when_all_leave_one_node() -> None:
     """all-on-one with the default limits (one migration per source): the oracle adds up, from the plan's own
     figures, each move's PVE part, its GiB at 1 GiB a second and the migrator's gap before the next move."""
-    doc = load_dump(REPO / "scenarios" / "all-on-one.json")
+    doc = load_dump(REPO / "pvebalance" / "scenarios" / "all-on-one.json")
     limits = MigratorSettings()
     plan = plan_balance(snapshot_from_api(doc["api"]), replace(Policy(), migrator=limits))
     assert {m.source for m in plan.migrations} == {"pve1"} and limits.max_parallel_per_source == 1

@@ -31,7 +31,7 @@ def test_the_planner_plans_on_the_newest_snapshot_it_can_read(fake_redis: Redis,
                                                               readable: str | None) -> None:
     planner = Planner(fake_redis, Settings())
     planner.ensure_group("0")
-    snap = snapshot_from_api(load_dump(REPO / "scenarios" / "homelab.json")["api"])
+    snap = snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "homelab.json")["api"])
     raw = snap.model_dump_json()
     for kind in entries:
         value = {"ok": raw, "newer": newer(raw), "damaged": "{not json"}[kind]

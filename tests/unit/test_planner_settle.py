@@ -23,7 +23,7 @@ SETTLE = Settings().planner.settle_seconds
 
 
 def homelab() -> ClusterSnapshot:
-    return snapshot_from_api(load_dump(REPO / "scenarios" / "homelab.json")["api"])
+    return snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "homelab.json")["api"])
 
 
 def at(snapshot: ClusterSnapshot, epoch: float) -> ClusterSnapshot:

@@ -123,7 +123,7 @@ def test_any_environment_gives_settings_or_a_config_error(variables: dict[str, s
 
 # --- the scenario / API-answer loader ------------------------------------------------------------
 
-BASE = json.loads((REPO / "scenarios" / "groups.json").read_text())["api"]
+BASE = json.loads((REPO / "pvebalance" / "scenarios" / "groups.json").read_text())["api"]
 API_PATHS = sorted(BASE)
 
 

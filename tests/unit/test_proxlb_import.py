@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pvebalance.cli import app
-from pvebalance.proxlb_import import read_proxlb
+from pvebalance.cli.proxlb_import import read_proxlb
 from pvebalance.shared.config import load_settings
 from tests.helpers import REPO
 

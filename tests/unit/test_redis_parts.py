@@ -93,7 +93,7 @@ def test_slots_are_released_when_the_body_raises(fake_redis: Redis) -> None:
 
 
 def all_on_one():  # type: ignore[no-untyped-def]
-    return snapshot_from_api(load_dump(REPO / "scenarios" / "all-on-one.json")["api"])
+    return snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "all-on-one.json")["api"])
 
 
 def test_planner_enqueues_one_job_per_move_and_never_twice(fake_redis: Redis) -> None:

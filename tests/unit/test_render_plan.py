@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
+from pvebalance.cli.render import USAGE_MEANING, plan_to_json, print_plan
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.load import DIMENSIONS
-from pvebalance.render import USAGE_MEANING, plan_to_json, print_plan
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.models import GuestType, Migration, MigrationReason, NodeUsage, Plan, UsageSummary
 

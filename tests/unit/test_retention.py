@@ -31,13 +31,13 @@ DAY = 24 * 3600
 
 
 def homelab() -> ClusterSnapshot:
-    return snapshot_from_api(load_dump(REPO / "scenarios" / "homelab.json")["api"])
+    return snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "homelab.json")["api"])
 
 
 # --- snapshots: one encoding, compact, a short history ---------------------------------------------
 
 def test_a_snapshot_is_stored_compressed_and_read_back_whole() -> None:
-    snap = snapshot_from_api(load_dump(REPO / "scenarios" / "mid-300.json")["api"])
+    snap = snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "mid-300.json")["api"])
     raw = snapshots.encode(snap)
     assert raw.startswith(b"zlib1:")
     assert len(raw) * 8 < len(snap.model_dump_json()), "at least 8x smaller than its JSON"

@@ -19,7 +19,7 @@ from tests.helpers import REPO, SCENARIOS
 
 
 def load(name: str) -> tuple[ClusterSnapshot, Policy]:
-    doc = load_dump(REPO / "scenarios" / f"{name}.json")
+    doc = load_dump(REPO / "pvebalance" / "scenarios" / f"{name}.json")
     policy = Policy.from_settings(BalancingSettings(pools=operator_pools(doc)))
     return snapshot_from_api(doc["api"]), policy
 

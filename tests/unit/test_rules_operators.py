@@ -27,7 +27,7 @@ from tests.helpers import REPO, SimFactory, api_settings
 
 
 def scenario(name: str) -> ClusterSnapshot:
-    return snapshot_from_api(load_dump(REPO / "scenarios" / f"{name}.json")["api"])
+    return snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / f"{name}.json")["api"])
 
 
 def changed(snap: ClusterSnapshot, vmids: set[int] | None = None, nodes: set[str] | None = None,

@@ -27,7 +27,7 @@ HOUR = 3600.0
 
 
 def all_on_one() -> ClusterSnapshot:
-    return snapshot_from_api(load_dump(REPO / "scenarios" / "all-on-one.json")["api"])
+    return snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "all-on-one.json")["api"])
 
 
 def guest(vmid: int, **fields: object) -> Change:

@@ -1,4 +1,4 @@
-"""The schedule of a plan's moves (engine/schedule.py): batches that never overload a node while their
+"""The schedule of a plan's moves (pvebalance/engine/schedule.py): batches that never overload a node while their
 live migrations overlap, affinity groups moved in one batch largest first, drains ordered for the
 shortest total time under the migrator's limits, and migrations in flight counted on both nodes."""
 
@@ -34,7 +34,7 @@ GIB = 2**30
 
 
 def scenario(name: str, **changes: object) -> tuple[ClusterSnapshot, Policy]:
-    doc = load_dump(REPO / "scenarios" / f"{name}.json")
+    doc = load_dump(REPO / "pvebalance" / "scenarios" / f"{name}.json")
     policy = Policy.from_settings(BalancingSettings(pools=operator_pools(doc)))
     return snapshot_from_api(doc["api"], cluster=doc["name"]), replace(policy, **changes)  # type: ignore[arg-type]
 

@@ -30,7 +30,7 @@ from tests.helpers import REPO
 
 
 def homelab() -> ClusterSnapshot:
-    snap = snapshot_from_api(load_dump(REPO / "scenarios" / "homelab.json")["api"])
+    snap = snapshot_from_api(load_dump(REPO / "pvebalance" / "scenarios" / "homelab.json")["api"])
     return snap.model_copy(update={"taken_at": datetime.now(UTC)})
 
 
@@ -132,7 +132,7 @@ def test_the_cli_rejects_with_a_reason_and_plans_shows_it(real_redis: Redis, red
 
 
 def out_who() -> str:
-    from pvebalance.cli_ops import who
+    from pvebalance.cli.ops import who
 
     return who()
 

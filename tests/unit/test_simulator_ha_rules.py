@@ -106,7 +106,7 @@ def test_the_crm_fails_back_a_round_after_the_top_node_leaves_maintenance(start_
 
 def test_the_engines_plan_runs_through_the_simulated_ha_stack_with_no_refusal_and_no_failback(
         start_simulator: SimFactory) -> None:
-    doc = load_dump(REPO / "scenarios" / "ha-rules.json")
+    doc = load_dump(REPO / "pvebalance" / "scenarios" / "ha-rules.json")
     plan = plan_balance(snapshot_from_api(doc["api"]), Policy())
     assert any(m.vmid in range(201, 209) for m in plan.migrations)
     sim = start_simulator("ha-rules", time_scale=0.01)

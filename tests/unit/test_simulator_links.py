@@ -1,4 +1,4 @@
-"""The simulator's migration links (simulator/links.py): migrations share their source's and target's
+"""The simulator's migration links (pvebalance/simulator/links.py): migrations share their source's and target's
 links max-min fairly, so two out of one node take about twice as long as one; PVE's bwlimit caps one;
 /_sim/stats records each link's busy time and data; a scenario may give a node its own link speed."""
 
@@ -114,7 +114,7 @@ def test_pve_bwlimit_caps_a_migration(start_simulator: SimFactory) -> None:
 
 
 def test_a_scenario_gives_nodes_their_own_links(tmp_path: Any) -> None:
-    doc = load_dump(REPO / "scenarios" / "all-on-one.json")
+    doc = load_dump(REPO / "pvebalance" / "scenarios" / "all-on-one.json")
     sim = Simulator({**doc, "link_gbit": {"pve1": 40, "pve2": 40}}, link_gbit=25)
     links = sim.tasks.links
     assert links.lone_seconds("pve1", "pve2", 8 * GIB) == pytest.approx(2.0)  # 40 Gbit/s: 4 GiB/s

@@ -31,7 +31,7 @@ from tests.unit.test_simulator import wait_task
 
 
 def raw_api(name: str) -> dict:  # type: ignore[type-arg]
-    return json.loads((REPO / "scenarios" / f"{name}.json").read_text())["api"]  # type: ignore[no-any-return]
+    return json.loads((REPO / "pvebalance" / "scenarios" / f"{name}.json").read_text())["api"]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -11,7 +11,7 @@ from redis import Redis
 from typer.testing import CliRunner
 
 from pvebalance.cli import app
-from pvebalance.cli_live import check_live
+from pvebalance.cli.live import check_live
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.migrator.runner import MigrationRunner
 from pvebalance.services.migrator.slots import Slots

@@ -1,6 +1,6 @@
 """`pvebalance api`: the HTTP API, metrics and web page (services/api), served by uvicorn.
 
-Registered on the `pvebalance` command by one line at the end of cli.py.
+Registered on the `pvebalance` command when imported (pvebalance/cli/__init__.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import ConfigOpt, UserError, _settings, app
+from .base import ConfigOpt, UserError, app, service_settings
 
 
 @app.command()
@@ -24,7 +24,7 @@ def api(
 
     from pvebalance.services.api.app import create_app
 
-    settings = _settings(config)
+    settings = service_settings(config)
     bind_host, bind_port = host or settings.api.host, settings.api.port if port is None else port
     # Bound here, so that a port in use is one line and exit 2 (uvicorn would log and exit 1).
     family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET

@@ -73,7 +73,7 @@ class Breach:
 
 
 class ExactModel(Protocol):
-    """What a family sees of the exact model (engine/exact.py): x[g, n] = 1 when g ends on n."""
+    """What a family sees of the exact model (pvebalance/engine/exact.py): x[g, n] = 1 when g ends on n."""
 
     nodes: list[str]
 

@@ -13,22 +13,21 @@ import re
 import socket
 import sys
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from redis import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import Plan, job_ids
-from pvebalance.shared.plans import PlanStore
-from pvebalance.shared.redisconn import connect
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus, RequestStore
 
-from .cli import ConfigOpt, UserError, app, err, settings_of
-from .cli_tables import plural
+from .base import ConfigOpt, UserError, app, err, settings_of
 from .render import print_plan
+from .tables import plural
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the request's final status as JSON")]
 ANSWER_TIMEOUT = 30.0  # seconds the planner has to take a request on
@@ -81,6 +80,8 @@ def answered(status: RequestStatus, as_json: bool) -> RequestStatus:
 
 
 def _redis(config: Any) -> Redis:
+    from pvebalance.shared.redisconn import connect
+
     return connect(settings_of(config).redis)
 
 
@@ -113,6 +114,9 @@ def drain(
 def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool) -> RequestStatus:
     """Show a drain's moves as they end, until the request ends: a progress bar on a terminal, else one
     line per finished move (a log or a pipe gets no bar, and must not wait silently for an hour)."""
+    from pvebalance.shared.jobstore import JobStore
+    from pvebalance.shared.plans import PlanStore
+
     store, jobs, plans = RequestStore(redis), JobStore(redis), PlanStore(redis)
     deadline = time.monotonic() + timeout
     console = Console(stderr=True)
@@ -227,6 +231,8 @@ def rebalance(
     """Plan now on the latest snapshot, show the plan, ask, run it and follow it to the end.
 
     Exit codes: 0 done or nothing to do, 1 some moves failed, 2 bad input or refused."""
+    from pvebalance.shared.plans import PlanStore
+
     redis = _redis(config)
     status = answered(ask(redis, OperatorRequest(action=RequestAction.REBALANCE, dry_run=dry_run, who=who())),
                       as_json=False)
@@ -265,6 +271,8 @@ def rebalance(
 
 def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict[str, str]:
     """Follow a plan's jobs with a progress bar until each has ended; job id -> final state (+ message)."""
+    from pvebalance.shared.jobstore import JobStore
+
     jobs = JobStore(redis)
     deadline = time.monotonic() + timeout
     ended: dict[str, str] = {}

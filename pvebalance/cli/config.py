@@ -1,6 +1,6 @@
-"""Commands about the config file: `config check`, `import-proxlb-config`, and the root's --version.
+"""Commands about the config file: `config check` and `import-proxlb-config`.
 
-Registered on the main app by `register(app)` (one line in cli.py). Each command handles the
+Registered on the main app when imported (pvebalance/cli/__init__.py). Each command handles the
 errors an operator can cause itself: one line on stderr per problem, exit code 2.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, NoReturn
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ from rich.console import Console
 
 from pvebalance.shared.config import ENV_PREFIX, ConfigError, Settings, load_settings
 
+from .base import app, config_file
 from .proxlb_import import ProxlbConfigError, ProxlbImport, read_proxlb, to_yaml, validate
 
 config_app = typer.Typer(no_args_is_help=True, help="Check a pvebalance config file.")
@@ -34,18 +34,6 @@ def fail(text: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def show_version(value: bool) -> None:
-    """--version on the root command: the installed package's version."""
-    if not value:
-        return
-    try:
-        installed = version("pvebalance")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        installed = "unknown (not installed)"
-    sys.stdout.write(f"pvebalance {installed}\n")
-    raise typer.Exit(0)
-
-
 @config_app.command("check")
 def check(
     config: Annotated[Path | None, typer.Option(
@@ -56,8 +44,6 @@ def check(
 ) -> None:
     """Validate a config file (with the PVEBALANCE_* variables set now); name every wrong key. With
     --live, also try it on the cluster and on Redis."""
-    from .cli import config_file  # cli.py imports this module
-
     config = config_file(config)
     if config is None and not live:
         fail("no config file to check: give -c FILE (or set PVEBALANCE_CONFIG)")
@@ -76,7 +62,7 @@ def check(
         lines.append(f"overridden by {', '.join(overriding_variables())}")
     sys.stdout.write(f"{config or 'the defaults'}: ok\n" + "".join(f"  {line}\n" for line in lines))
     if live:
-        from .cli_live import check_live
+        from .live import check_live
 
         fine, problems = check_live(settings)
         sys.stdout.write("".join(f"  {line}\n" for line in fine))
@@ -177,7 +163,5 @@ def report(result: ProxlbImport, source: Path) -> None:
              "fix or remove them, nothing written")
 
 
-def register(app: typer.Typer) -> None:
-    """Add these commands to the `pvebalance` app."""
-    app.add_typer(config_app, name="config")
-    app.command("import-proxlb-config")(import_proxlb_config)
+app.add_typer(config_app, name="config")
+app.command("import-proxlb-config")(import_proxlb_config)

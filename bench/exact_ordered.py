@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pvebalance.engine.exact import PlacementModel, lower_bound, placement_model, unsolved, why_stopped
+from pvebalance.engine.fit import GIB, memory_limit
+from pvebalance.engine.policy import Policy
 from pvebalance.shared.models import ClusterSnapshot
-
-from .exact import PlacementModel, lower_bound, placement_model, unsolved, why_stopped
-from .fit import GIB, memory_limit
-from .policy import Policy
 
 
 @dataclass

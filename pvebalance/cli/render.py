@@ -60,7 +60,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
     }
 
 
-# What a node's percentage means, per dimension and mode: said above the usage table (engine/load.py).
+# What a node's percentage means, per dimension and mode: said above the usage table (pvebalance/engine/load.py).
 USAGE_MEANING: dict[tuple[str, str], str] = {
     (dim, mode): meaning for dim, row in DIMENSIONS.items() for mode, meaning in row.meaning.items()
 }

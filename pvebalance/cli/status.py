@@ -10,22 +10,20 @@ import json
 import sys
 import textwrap
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from redis import Redis
 from rich.console import Console
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
-from pvebalance.shared.heartbeat import alive
-from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import ClusterSnapshot, parse_known
-from pvebalance.shared.plans import PlanStore
-from pvebalance.shared.redisconn import connect, redact
 
-from .cli import ConfigOpt, app, settings_of
-from .cli_tables import compact, id_column, plural, text_columns, when
+from .base import ConfigOpt, app, settings_of
+from .tables import compact, id_column, plural, text_columns, when
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 
 def _json(redis: Redis, key: str) -> dict[str, Any] | None:
@@ -40,6 +38,11 @@ def _json(redis: Redis, key: str) -> dict[str, Any] | None:
 def gather(redis: Redis, settings: Settings) -> dict[str, Any]:
     """Everything `status` shows, as plain data (its --json)."""
     from rq import Queue, Worker
+
+    from pvebalance.shared.heartbeat import alive
+    from pvebalance.shared.jobstore import JobStore
+    from pvebalance.shared.plans import PlanStore
+    from pvebalance.shared.redisconn import redact
 
     published = _json(redis, keys.PLANNER_MODE)
     mode = ({"mode_of_operation": published.get("mode_of_operation"), "enable": published.get("enable"),
@@ -153,6 +156,8 @@ def status(config: ConfigOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="the same as one JSON object")] = False) -> None:
     """The mode of operation, a pause (why, until when), drained nodes, the current plan and its state,
     the active migration jobs."""
+    from pvebalance.shared.redisconn import connect
+
     settings = settings_of(config)
     data = gather(connect(settings.redis.url), settings)
     if as_json:

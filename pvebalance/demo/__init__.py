@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from redis import Redis
 from rich.console import Console
 
+from pvebalance.cli.render import usage_table
 from pvebalance.engine import Policy, initial_loads, plan_balance
 from pvebalance.engine.load import summarize
 from pvebalance.services.collector.collector import Collector
@@ -44,7 +45,6 @@ from pvebalance.shared.redisconn import answers, connect, redact
 from pvebalance.simulator.server import Simulator
 
 from .embedded_redis import local_redis
-from .render import usage_table
 
 _MARK = {JobState.SUCCEEDED: "ok", JobState.FAILED: "FAILED", JobState.SKIPPED: "skipped",
          JobState.RUNNING: "running", JobState.WAITING: "waiting", JobState.QUEUED: "queued",
@@ -96,7 +96,7 @@ def demo_config(dump: dict[str, Any], port: int, sim: Simulator, redis_url: str)
         "redis": {"url": redis_url},
         "balancing": balancing,
         "collector": {"interval": 1},
-        # The simulator's node figures lag by its figure_lag times its time scale (simulator/realism.py):
+        # The simulator's node figures lag by its figure_lag times its time scale (pvebalance/simulator/realism.py):
         # wait that much shorter for them to settle after a migration, as PVE's 10 s cycle is scaled there.
         "planner": {"settle_seconds": PlannerSettings().settle_seconds * sim.cluster.time_scale},
         "migrator": {"poll_interval": 0.2},
@@ -231,7 +231,7 @@ def _still_to_do(after: ClusterSnapshot, policy: Policy) -> str:
 def _follow(redis: Redis, console: Console, timeout: float, procs: list[subprocess.Popen[Any]],
             workdir: Path) -> Outcome:
     """Print job events until a plan finds nothing left to move; otherwise say why it stopped."""
-    from .cli import read_events
+    from pvebalance.cli.base import read_events
 
     outcome = Outcome()
     last_event = "0-0"

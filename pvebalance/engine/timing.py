@@ -18,7 +18,7 @@ the copy. This module plays a plan out in time, as the migrator runs it:
 A link of N Gbit/s (`migrator.link_gbit`, per node `link_gbit_nodes`) carries N/10 GiB of migration
 data a second: 10 Gbit/s is 1.16 GiB/s on the wire, of which about 86 % carries the guest's pages and
 blocks (TCP/IP, the migration stream's framing, pages dirtied meanwhile and sent again). The
-simulator's links (simulator/links.py) are the same model, written apart from this one: a test
+simulator's links (pvebalance/simulator/links.py) are the same model, written apart from this one: a test
 checks that both agree.
 
 Pure and deterministic: the same moves and settings give the same times.

@@ -16,14 +16,12 @@ from pvebalance.engine.placement import PlacementRequest, place
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.models import GuestType
-from pvebalance.shared.plans import PlanStore
-from pvebalance.shared.redisconn import connect
 from pvebalance.shared.requests import RequestStore
 from pvebalance.shared.retention import Retention
 
-from .cli import ConfigOpt, UserError, app, config_file, err, settings_of
-from .cli_tables import compact, id_column, plural, text_columns, when
+from .base import ConfigOpt, UserError, app, config_file, err, settings_of
 from .render import print_plan
+from .tables import compact, id_column, plural, text_columns, when
 
 UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -57,6 +55,8 @@ def best_node(
 ) -> None:
     """The best node for a new guest under every rule, reservation and limit; the runner-ups; why not
     the others. Offline on --scenario, else on the collector's latest snapshot."""
+    from pvebalance.shared.redisconn import connect
+
     request = PlacementRequest(memory=parse_size(memory, "--memory", bare="m"), cores=cores,
                                disk=parse_size(disk, "--disk", bare=None) if disk else 0, local=local,
                                type=GuestType.LXC if ct else GuestType.QEMU,
@@ -110,6 +110,9 @@ def plans(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recent plans and their states (recommended, running, done, superseded, rejected, dry-run), with why."""
+    from pvebalance.shared.plans import PlanStore
+    from pvebalance.shared.redisconn import connect
+
     settings = settings_of(config)
     store = PlanStore(connect(settings.redis), Retention(settings.retention))
     if plan_id:
@@ -149,6 +152,8 @@ def requests(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recent operator requests (drain, approve, pause, ...) and how each ended."""
+    from pvebalance.shared.redisconn import connect
+
     settings = settings_of(config)
     store = RequestStore(connect(settings.redis), Retention(settings.retention))
     if request_id:

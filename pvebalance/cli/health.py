@@ -23,7 +23,7 @@ import typer
 
 from pvebalance.shared.config import ConfigError, RedisSettings, load_settings
 
-from .cli import ConfigOpt, app, config_file
+from .base import ConfigOpt, app, config_file
 
 SERVICES = ("collector", "planner", "migrator", "api")
 
