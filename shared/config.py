@@ -374,7 +374,7 @@ class MigratorSettings(Section):
     poll_interval: float = Field(1.0, gt=0)
     task_timeout_base: float = Field(300.0, gt=0)
     task_timeout_per_gib: float = Field(60.0, ge=0)
-    # What the planner expects a plan's migrations to take (pvebalance/engine/timing.py): PVE sends a migration's memory and
+    # What the planner expects a plan's migrations to take (engine/timing.py): PVE sends a migration's memory and
     # local disks out of the source's migration link and into the target's, shared with the migrations using them.
     link_gbit: float = Field(10.0, gt=0, description="each node's migration network, Gbit/s (a plan's expected time)")
     link_gbit_nodes: dict[str, PositiveFloat] = Field(

@@ -298,7 +298,8 @@ class Plan(Message):
     held_out: dict[str, str] = Field(default_factory=dict)
     splits: list[GroupSplit] = Field(default_factory=list, description="affinity groups split while it runs")
     expected_seconds: float = Field(0.0, ge=0, description="expected time from its first migration's start to its "
-                                    "last one's end: the queue over the nodes' migration links (pvebalance/engine/timing.py)")
+                                    "last one's end: the queue over the nodes' migration links "
+                                    "(pvebalance/engine/timing.py)")
 
 
 def job_ids(plan: Plan) -> list[str]:

@@ -71,15 +71,15 @@ def best_node(
             settings = load_settings(config, balancing={**settings.balancing.model_dump(), "pools": pools})
         policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
     else:
-        from pvebalance.services.planner.planner import Planner
+        from pvebalance.shared.policy_now import policy_now, snapshot_now
 
-        planner = Planner(connect(settings.redis), settings)
-        latest = planner.latest_snapshot()  # with the migrations in flight (both nodes hold their memory)
+        redis = connect(settings.redis)
+        latest = snapshot_now(redis)  # with the migrations in flight (both nodes hold their memory)
         if latest is None:
             raise UserError("no snapshot of the cluster in Redis yet: is the collector running? "
                             "(or answer offline with --scenario)")
         snapshot = latest
-        policy = planner.policy(snapshot)  # the planner's own: drained nodes and maintenance windows count
+        policy = policy_now(redis, settings)  # the planner's own: drained nodes and maintenance windows count
     answer = place(snapshot, policy, request)
     if as_json:
         sys.stdout.write(answer.model_dump_json(indent=2) + "\n")

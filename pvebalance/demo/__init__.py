@@ -40,6 +40,7 @@ from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_a
 from pvebalance.shared.config import ENV_PREFIX, PlannerSettings, load_settings
 from pvebalance.shared.logging import configure_logging
 from pvebalance.shared.models import ClusterSnapshot, JobState, JobStatusEvent, Plan, UsageSummary
+from pvebalance.shared.policy_now import policy_now
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.redisconn import answers, connect, redact
 from pvebalance.simulator.server import Simulator
@@ -135,7 +136,6 @@ def run_demo(scenario: str, redis_url: str | None, workers: int, time_scale: flo
         config_file.write_text(yaml.safe_dump(config))
         # The chosen Redis wins over REDIS_URL here too (an init value outranks every variable).
         settings = load_settings(config_file, redis={"url": redis_url})
-        policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
         redis = connect(redis_url)
 
         procs = [
@@ -150,6 +150,7 @@ def run_demo(scenario: str, redis_url: str | None, workers: int, time_scale: flo
         collector = Collector(ProxmoxClient(settings.proxmox_api), redis)
         planner = Planner(redis, settings)
         planner.ensure_group()
+        policy = policy_now(redis, settings)  # the planner's, as the API and best-node see it
         before = collector.snapshot()
         pools = ", ".join(f"{name} ({rule.get('type') or 'pin'})" for name, rule in operator_pools(dump).items())
         console.print(f"  {len(before.nodes)} nodes, {len(before.guests)} guests; {workers} migrator workers; "

@@ -46,7 +46,7 @@ def record(read: ReadSide, keep: int = USAGE_HISTORY_SAMPLES) -> bool:
     newest = read.redis.xrevrange(keys.USAGE_HISTORY, count=1)
     if newest and at_ms - _ms(newest[0][0]) < USAGE_HISTORY_EVERY_SECONDS * 1000:
         return False
-    usage = usage_percent(snapshot, read.policy(snapshot))
+    usage = usage_percent(snapshot, read.policy())
     try:
         read.redis.xadd(keys.USAGE_HISTORY, {"usage": json.dumps(usage)}, id=f"{at_ms}-0", maxlen=keep,
                         approximate=False)

@@ -209,7 +209,7 @@ class PvebalanceCollector(Collector):
         plan = context.read.plans.latest()
         status = context.read.plans.status(plan.plan_id) if plan else None
         pending = context.read.pending_moves(plan, status)
-        policy = context.read.policy(snapshot)
+        policy = context.read.policy()
         for name, doc, moves in (
             ("pvebalance_node_usage_ratio", "share of what the node offers guests in use now", None),
             ("pvebalance_node_usage_after_plan_ratio", "the same once the current plan's remaining moves are done",

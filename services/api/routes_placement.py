@@ -31,4 +31,4 @@ def placement(request: Request, guest: PlacementBody, _: Reader) -> PlacementAns
     snapshot = context.read.snapshot()
     if snapshot is None:
         raise HTTPException(503, "no cluster snapshot yet: is the collector running?")
-    return place(snapshot, context.read.policy(snapshot), guest)
+    return place(snapshot, context.read.policy(), guest)

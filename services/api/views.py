@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field
 from redis import Redis
 
 from pvebalance.engine import Policy
-from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobstore import JobStore
@@ -32,6 +31,7 @@ from pvebalance.shared.models import (
     parse_known,
 )
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
+from pvebalance.shared.policy_now import policy_now
 from pvebalance.shared.retention import Retention
 
 from .usage import RESOURCES, spreads_now, usage_percent
@@ -152,11 +152,10 @@ class ReadSide:
         self.retention = Retention(settings.retention)
         self.jobs = JobStore(redis, self.retention)
         self.plans = PlanStore(redis, self.retention)
-        self.planner = Planner(redis, settings)
 
-    def policy(self, snapshot: ClusterSnapshot) -> Policy:
-        """The policy the planner plans with now: the settings', with drained nodes and maintenance windows."""
-        return self.planner.policy(snapshot)
+    def policy(self) -> Policy:
+        """The policy the planner plans with now (shared/policy_now.py)."""
+        return policy_now(self.redis, self.settings)
 
     def snapshot(self) -> ClusterSnapshot | None:
         return snapshots.latest(self.redis)
@@ -184,7 +183,7 @@ class ReadSide:
         plan = self.plans.latest()
         status = self.plans.status(plan.plan_id) if plan else None
         pending = self.pending_moves(plan, status)
-        policy = self.policy(snapshot)
+        policy = self.policy()
         now = usage_percent(snapshot, policy)
         after = usage_percent(snapshot, policy, pending) if pending else now
         drained = self.drained()

@@ -18,24 +18,19 @@ from redis.exceptions import ResponseError
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.shared import keys
+from pvebalance.shared.holds import hold_rejected
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, Plan
 from pvebalance.shared.plans import PlanState
+from pvebalance.shared.policy_now import drained_nodes, snapshot_now
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
 from pvebalance.shared.streams import ensure_group, group_exists
 from pvebalance.shared.words import plural
-
-from .holds import hold_rejected
 
 if TYPE_CHECKING:
     from .planner import Planner
 
 log = get_logger("pvebalance.planner")
-
-
-def drained_nodes(redis: Any) -> dict[str, dict[str, Any]]:
-    """Nodes an operator drained and has not undrained: node -> the drain (request id, who, ...)."""
-    return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in redis.hgetall(keys.DRAINED).items()}
 
 
 def paused(redis: Any) -> dict[str, Any] | None:
@@ -83,7 +78,7 @@ class RequestHandler:
         if not entries:
             return 0
         messages = entries[0][1]
-        snapshot = self.planner.latest_snapshot()
+        snapshot = snapshot_now(self.redis)
         for entry_id, fields in messages:
             raw = fields.get(b"request") or fields.get("request")
             try:
@@ -233,7 +228,7 @@ class RequestHandler:
             self.refuse(request, f"the latest snapshot was {unsettled}: ask again once the collector has read "
                         "a later one")
             return
-        plan = plan_balance(snapshot, self.planner.policy(snapshot))
+        plan = plan_balance(snapshot, self.planner.policy())
         if request.dry_run:
             # Shown, never enqueued: not a recommended plan anyone could approve, nor one that supersedes
             # the plan an operator may be reading.

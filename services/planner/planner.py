@@ -20,25 +20,25 @@ from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 
 from pvebalance.engine import Policy, plan_balance
-from pvebalance.engine.policy import HISTORY_WINDOW
 from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
 from pvebalance.shared.heartbeat import INSTANCE, beat
+from pvebalance.shared.holds import round_made, round_wait
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
 from pvebalance.shared.jobstore import JobStore, in_flight
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, job_ids, parse_known, utcnow
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
+from pvebalance.shared.policy_now import drained_nodes, policy_now, with_in_flight
 from pvebalance.shared.redisconn import Outage, connect_waiting
 from pvebalance.shared.requests import RequestAction, RequestState
 from pvebalance.shared.retention import Retention
 from pvebalance.shared.streams import ensure_group, group_exists
+from pvebalance.shared.windows import nodes_in_windows
 
-from .holds import held_moves, round_made, round_wait
-from .operator import RequestHandler, drain_only, drained_nodes, leaving, paused
+from .operator import RequestHandler, drain_only, leaving, paused
 from .recommend import recommend
-from .windows import nodes_in_windows
 
 log = get_logger("pvebalance.planner")
 
@@ -108,8 +108,8 @@ class Planner:
             # A refused move would otherwise be planned again at once, and fail again, every snapshot.
             log.info("moves of the last plan failed; planning again later", wait_s=round(wait, 1))
             return None
-        snapshot = self.with_in_flight(snapshot)
-        policy = self.policy(snapshot)  # once per snapshot: it reads drains, windows and 24 h of moves
+        snapshot = with_in_flight(self.redis, snapshot)
+        policy = self.policy()  # once per snapshot: it reads drains, windows and 24 h of moves
         drain = self.run_drains(snapshot, policy)
         if drain is not None:
             return drain
@@ -160,29 +160,16 @@ class Planner:
                     f"(planner.settle_seconds {settle:g})")
         return None
 
-    def policy(self, snapshot: ClusterSnapshot) -> Policy:
-        """The settings' policy, with the nodes operators drained and those in a maintenance window."""
-        cluster = self.settings.proxmox_cluster
-        drained = set(drained_nodes(self.redis)) | nodes_in_windows(cluster.maintenance_windows, utcnow())
-        if drained - set(cluster.maintenance_nodes):
-            cluster = cluster.model_copy(update={"maintenance_nodes": sorted(set(cluster.maintenance_nodes) | drained)})
-        now = time.time()
-        policy = Policy.from_settings(self.settings.balancing, cluster, cooldown=self.jobs.cooling_down(),
-                                      recent_moves=self.jobs.finished_since(now - HISTORY_WINDOW), now=now)
-        # the migrator's limits schedule a plan's moves; rejected moves stay out of plans for a while
-        return replace(policy, migrator=self.settings.migrator, held=held_moves(self.redis, now))
-
-    def with_in_flight(self, snapshot: ClusterSnapshot) -> ClusterSnapshot:
-        """The snapshot with pvebalance's migrations in flight: each holds its guest's memory on both its
-        nodes until it ends, which plans, drain checks and placement count (pvebalance/engine/fit.py)."""
-        return snapshot.model_copy(update={"in_flight": self.jobs.in_flight_migrations()})
+    def policy(self) -> Policy:
+        """The policy in force now (shared/policy_now.py: the one every reader uses)."""
+        return policy_now(self.redis, self.settings)
 
     def drain_plan(self, snapshot: ClusterSnapshot, nodes: set[str], include_stopped: set[str],
                    policy: Policy | None = None) -> Plan:
         """A plan that only repairs rules, with `nodes` (every node drained by an operator or a window)
         drained; their stopped guests stay unless the drain includes them (they take no memory, and a
         stopped guest often stays on purpose). `policy`: the snapshot's, when the caller has it."""
-        policy = policy or self.policy(snapshot)
+        policy = policy or self.policy()
         policy = drain_only(replace(policy, maintenance_nodes=frozenset(policy.maintenance_nodes) | nodes))
         plan = plan_balance(snapshot, policy)
         stopped = {g.vmid for g in snapshot.guests if not g.running}
@@ -239,11 +226,6 @@ class Planner:
             if record.get("state") == "failed":
                 failed.append(f"guest {m.vmid} ({m.name}) {m.source} -> {m.target}: {record.get('message', '')}")
         return failed
-
-    def latest_snapshot(self) -> ClusterSnapshot | None:
-        """The collector's latest snapshot, with the migrations in flight (for operator requests)."""
-        latest = snapshots.latest(self.redis)
-        return self.with_in_flight(latest) if latest is not None else None
 
     def latest_plan(self) -> Plan | None:
         """The latest stored plan; None when there is none, or when a version whose schema this one does not

@@ -282,7 +282,7 @@ def test_demo_workers_get_the_chosen_redis_over_redis_url(monkeypatch: pytest.Mo
 
 
 def test_demo_redis_falls_back_to_fakeredis_without_a_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvebalance import embedded_redis
+    from pvebalance.demo import embedded_redis
 
     server, what = embedded_redis.local_redis(tmp_path)
     try:

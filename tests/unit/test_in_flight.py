@@ -29,6 +29,7 @@ from pvebalance.shared.models import (
     NodeState,
     utcnow,
 )
+from pvebalance.shared.policy_now import snapshot_now
 from pvebalance.shared.proxmox import ProxmoxClient
 from tests.helpers import SimFactory, api_settings, settings_for
 
@@ -99,7 +100,7 @@ def test_an_operators_drain_is_planned_around_the_memory_migrations_in_flight_ho
     planner = Planner(fake_redis, Settings())
     fake_redis.set(keys.SNAPSHOT_LATEST, busy_cluster().model_dump_json())
     make_job(planner.jobs, 102, source="pve3", target="pve2", mem_bytes=30 * GIB, posted=posted)
-    snapshot = planner.latest_snapshot()
+    snapshot = snapshot_now(fake_redis)
     assert snapshot is not None and len(snapshot.in_flight) == posted
     plan = planner.drain_plan(snapshot, {"pve1"}, include_stopped=set())
     assert [(m.vmid, m.target) for m in plan.migrations] == [(101, target)]

@@ -10,11 +10,11 @@ from redis import Redis
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.placement import PlacementRequest, place
-from pvebalance.services.planner.windows import window_open
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import MaintenanceWindow
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
+from pvebalance.shared.windows import window_open
 
 GIB = 2**30
 SAT_0300 = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)  # a Saturday

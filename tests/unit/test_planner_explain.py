@@ -15,11 +15,11 @@ from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.explain import costly_moves
 from pvebalance.engine.rules import build_constraints
 from pvebalance.engine.state import PlanState as EngineState
-from pvebalance.services.planner.holds import held_moves
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import BalancingSettings, Settings
+from pvebalance.shared.holds import held_moves
 from pvebalance.shared.models import ClusterSnapshot, GuestType, JobState, JobStatusEvent, Migration, MigrationReason
 from pvebalance.shared.plans import PlanState, PlanStore
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestStore
@@ -66,8 +66,7 @@ def test_a_held_move_is_named_with_who_rejected_it_until_when(fake_redis: Redis)
     held = json.loads(fake_redis.hget(keys.REJECTED_MOVES, f"{move.vmid}:{move.target}"))
     assert held["who"] == "alice" and held["plan_id"] == first.plan_id
     assert held["until"] > time.time() + 3500
-    snapshot = fresh()
-    policy = planner.policy(snapshot)
+    policy = planner.policy()
     why = policy.held[move.vmid][move.target]
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(held["until"]))
     assert why == f"rejected by alice with plan {first.plan_id}, held until {until}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from pvebalance.shared.config import MaintenanceWindow
+from .config import MaintenanceWindow
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

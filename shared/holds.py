@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 from pvebalance.engine.explain import clock
-from pvebalance.shared import keys
-from pvebalance.shared.models import Plan
+
+from . import keys
+from .models import Plan
 
 
 def hold_rejected(redis: Any, plan: Plan, who: str, seconds: float, now: float | None = None) -> int:
