@@ -17,17 +17,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.exact import minimum_migrations
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import BalancingSettings
+from pvebalance.shared.scenario import bundled_scenarios
 
 from .engine_bench import shed_fill_lower_bound
 
-BUNDLED = sorted(p.stem for p in (Path(__file__).parent.parent / "scenarios").glob("*.json"))
+BUNDLED = bundled_scenarios()
 EXACT_GUESTS = 500
 METHODS = ("memory", "cpu", "memory,cpu")
 # The two-dimension minima (memory and CPU each within 5 pp), proven optimal there.

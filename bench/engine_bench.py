@@ -18,8 +18,7 @@ from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.exact import minimum_migrations, order_placement
 from pvebalance.engine.load import guest_load, initial_loads
 from pvebalance.engine.rules import build_constraints
-from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
-from pvebalance.shared.config import BalancingSettings
+from pvebalance.shared import scenario
 from pvebalance.shared.models import ClusterSnapshot, Plan
 
 EXACT_SCENARIOS = ("all-on-one", "homelab", "mid-300", "groups", "maintenance", "tight", "operator-rules")
@@ -164,8 +163,8 @@ def _count_for_band(own: dict[str, list[float]], cap: dict[str, float], load: di
 
 
 def load_scenario(name: str) -> tuple[ClusterSnapshot, Policy]:
-    doc = load_dump(name)
-    return snapshot_from_api(doc["api"]), Policy.from_settings(BalancingSettings(pools=operator_pools(doc)))
+    recorded = scenario.load_scenario(name)
+    return recorded.snapshot, Policy.from_settings(recorded.balancing())
 
 
 def ordered_reference(snapshot: ClusterSnapshot, policy: Policy, plan: Plan, limit: float) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.load import initial_loads, summarize
 from pvebalance.engine.rules import build_constraints
 from pvebalance.engine.verify import find_violations
-from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
-from pvebalance.shared.config import BalancingSettings
+from pvebalance.shared.apidump import operator_pools
 from pvebalance.shared.models import ClusterSnapshot, GuestType, Migration, MigrationReason, Plan
+from pvebalance.shared.scenario import load_scenario
 from pvebalance.simulator.server import Simulator
 
 VERSION = "2.3.0"
@@ -83,9 +83,9 @@ def plan_from_proxlb(doc: dict[str, Any], snapshot: ClusterSnapshot, policy: Pol
 
 
 def run_one(name: str, python: Path, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    doc = load_dump(name)
-    snapshot = snapshot_from_api(doc["api"])
-    policy = Policy.from_settings(BalancingSettings(pools=operator_pools(doc)))
+    recorded = load_scenario(name)
+    doc, snapshot = recorded.doc, recorded.snapshot
+    policy = Policy.from_settings(recorded.balancing())
     constraints = build_constraints(snapshot, policy)
     ours_started = time.perf_counter()
     ours = plan_balance(snapshot, policy)

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from pvebalance.shared.config import load_settings
 from pvebalance.shared.logging import configure_logging
 from pvebalance.simulator.links import DEFAULT_GBIT
 from pvebalance.simulator.realism import Realism
@@ -40,21 +39,14 @@ def plan(
     if balanciness is not None:
         balancing["balanciness"] = balanciness
     from pvebalance.engine import Policy, plan_balance
-    from pvebalance.shared.apidump import DumpError, load_dump, operator_pools, snapshot_from_api
+    from pvebalance.shared.scenario import load_scenario
 
     from .render import plan_to_json, print_plan
 
-    doc = load_dump(scenario)
-    config = config_file(config, warn=False)  # offline: the defaults are a fine policy to plan with
-    settings = load_settings(config)
-    if not settings.balancing.pools and operator_pools(doc):
-        balancing["pools"] = operator_pools(doc)  # the rules recorded with the cluster
-    if balancing:
-        settings = load_settings(config, balancing={**settings.balancing.model_dump(), **balancing})
-    try:
-        snapshot = snapshot_from_api(doc["api"], cluster=doc["name"])
-    except DumpError as exc:
-        raise DumpError(f"scenario {scenario}: {exc}") from None
+    recorded = load_scenario(scenario)
+    # offline: the defaults are a fine policy to plan with (no warning without a config file)
+    settings = recorded.settings(config_file(config, warn=False), **balancing)
+    snapshot = recorded.snapshot
     warn_unusable(snapshot)
     policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
     result = plan_balance(snapshot, policy)

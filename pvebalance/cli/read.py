@@ -13,11 +13,11 @@ from rich.table import Table
 
 from pvebalance.engine import Policy
 from pvebalance.engine.placement import PlacementRequest, place
-from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.models import GuestType
 from pvebalance.shared.requests import RequestStore
 from pvebalance.shared.retention import Retention
+from pvebalance.shared.scenario import load_scenario
 
 from .base import ConfigOpt, UserError, app, config_file, err, settings_of
 from .render import print_plan
@@ -62,17 +62,15 @@ def best_node(
                                type=GuestType.LXC if ct else GuestType.QEMU,
                                tags=[t.strip().lower() for t in tags.split(",") if t.strip()], pool=pool)
     config = config_file(config, warn=not scenario)  # offline, the defaults are a fine policy
-    settings = load_settings(config)
     if scenario:
-        doc = load_dump(scenario)
-        snapshot = snapshot_from_api(doc["api"], cluster=doc["name"])
-        if not settings.balancing.pools and operator_pools(doc):
-            pools = operator_pools(doc)  # the rules recorded with the cluster
-            settings = load_settings(config, balancing={**settings.balancing.model_dump(), "pools": pools})
+        recorded = load_scenario(scenario)
+        settings = recorded.settings(config)
+        snapshot = recorded.snapshot
         policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
     else:
         from pvebalance.shared.policy_now import policy_now, snapshot_now
 
+        settings = load_settings(config)
         redis = connect(settings.redis)
         latest = snapshot_now(redis)  # with the migrations in flight (both nodes hold their memory)
         if latest is None:

@@ -36,13 +36,14 @@ from pvebalance.engine.load import summarize
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
-from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
+from pvebalance.shared.apidump import operator_pools
 from pvebalance.shared.config import ENV_PREFIX, PlannerSettings, load_settings
 from pvebalance.shared.logging import configure_logging
 from pvebalance.shared.models import ClusterSnapshot, JobState, JobStatusEvent, Plan, UsageSummary
 from pvebalance.shared.policy_now import policy_now
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.redisconn import answers, connect, redact
+from pvebalance.shared.scenario import load_scenario
 from pvebalance.simulator.server import Simulator
 
 from .embedded_redis import local_redis
@@ -118,8 +119,7 @@ class Outcome:
 
 def run_demo(scenario: str, redis_url: str | None, workers: int, time_scale: float, timeout: float,
              console: Console) -> bool:
-    dump = load_dump(scenario)
-    snapshot_from_api(dump["api"], cluster=dump["name"])  # a broken scenario fails here, before anything starts
+    dump = load_scenario(scenario).doc  # a broken scenario fails here, before anything starts
     workdir = Path(tempfile.mkdtemp(prefix="pvebalance-demo-"))
     with ExitStack() as cleanup:
         log_stream = cleanup.enter_context((workdir / "services.log").open("w"))
