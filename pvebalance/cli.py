@@ -331,12 +331,12 @@ def jobs(
             raise UserError(f"no job {job_id} (`pvebalance jobs` lists them)")
         mine = [e for e in events if e.job_id == job_id]
         if as_json:
-            sys.stdout.write(json.dumps({"job": record, "events": [e.model_dump(mode="json") for e in mine]},
-                                        indent=2) + "\n")
+            doc = {"job": dict(record.fields), "events": [e.model_dump(mode="json") for e in mine]}
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
             return
         console = Console()
-        for field in sorted(record):
-            console.print(f"{field}: {record[field]}", markup=False, highlight=False)
+        for field, value in sorted(record.fields.items()):
+            console.print(f"{field}: {value}", markup=False, highlight=False)
         table = compact(plural(len(mine), "event"))
         text_columns(table, "at", "state", "upid", "message")
         for e in mine:

@@ -58,11 +58,8 @@ def slots_target(node: str) -> str:
     return f"{PREFIX}:slots:target:{node}"
 
 
-RECONCILER_LOCK = f"{PREFIX}:reconciler"  # one worker reconciles the job store with rq at a time
-LOST_SINCE = f"{PREFIX}:jobs:lost-since"
-# In-flight jobs queued again to be resumed: while any waits for a worker, runners waiting for a slot
-# give their worker up (the resumed job's pinned slots are what they wait for).
-RESUMING = f"{PREFIX}:jobs:resuming"  # hash job id -> when a 'queued' job was first seen in no queue
+# One pass of the reconciler (services/migrator/recovery.py) per interval across all workers: a rate.
+RECONCILER_LOCK = f"{PREFIX}:reconciler"
 
 COOLDOWN = f"{PREFIX}:cooldown"  # sorted set: vmid -> time until which the guest stays put
 
