@@ -147,7 +147,7 @@ class Reconciler:
         if record.takeovers >= MAX_TAKEOVERS:
             note = f"; its task {record.upid} may still run" if record.upid else ""
             message = f"given up after {record.takeovers + 1} runs{note}: {reason}"
-            if self.store.transition(job, JobState.FAILED, message):
+            if self.store.transition(job, JobState.FAILED, message, upid=record.upid):
                 log.error("job given up", job_id=job_id, reason=message)
             return True
         if not self.store.take_over(record):

@@ -166,8 +166,8 @@ def test_every_accepted_state_change_writes_exactly_one_event_and_a_refused_one_
 # --- the states, once --------------------------------------------------------------------------------------
 
 def test_every_state_is_live_or_terminal_and_a_job_starts_only_from_live_states() -> None:
-    assert LIVE | TERMINAL == set(JobState) and not LIVE & TERMINAL
-    assert TERMINAL == {JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED}
+    assert set(JobState) == LIVE | TERMINAL and not LIVE & TERMINAL
+    assert {JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED} == TERMINAL
     assert set(STARTABLE) < LIVE and JobState.RUNNING not in STARTABLE
 
 
