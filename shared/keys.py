@@ -60,6 +60,9 @@ def slots_target(node: str) -> str:
 
 # One pass of the reconciler (services/migrator/recovery.py) per interval across all workers: a rate.
 RECONCILER_LOCK = f"{PREFIX}:reconciler"
+# Keys earlier versions wrote and this one no longer reads (the reconciler's own bookkeeping of rq, issue
+# 21): deleted when a migrator starts, so an upgrade leaves nothing behind.
+RETIRED = (f"{PREFIX}:jobs:lost-since", f"{PREFIX}:jobs:resuming")
 
 COOLDOWN = f"{PREFIX}:cooldown"  # sorted set: vmid -> time until which the guest stays put
 

@@ -75,6 +75,8 @@ class Reconciler:
 
     def run(self, stop: threading.Event) -> None:
         outage = Outage(log, "Redis", "the job reconciler")
+        with contextlib.suppress(RedisError):  # they hold nothing this version needs; a later start retries
+            self.redis.delete(*keys.RETIRED)
         while not stop.wait(self.interval):
             try:
                 self.run_once()
