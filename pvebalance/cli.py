@@ -21,7 +21,7 @@ from pvebalance.engine import Policy, plan_balance
 from pvebalance.shared.apidump import DumpError, load_dump, operator_pools, snapshot_from_api
 from pvebalance.shared.config import ConfigError, Settings, load_settings
 from pvebalance.shared.logging import configure_logging
-from pvebalance.shared.models import ClusterSnapshot, JobStatusEvent
+from pvebalance.shared.models import ClusterSnapshot, JobState, JobStatusEvent
 from pvebalance.shared.proxmox import ProxmoxError
 from pvebalance.shared.redisconn import RedisUnavailable
 from pvebalance.simulator.links import DEFAULT_GBIT
@@ -371,7 +371,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="a job id, as `pvebalance 
                         f"({'.'.join(str(p) for p in first['loc']) or 'job'}: {first['msg']}); not cancelled") from None
     if state is None:
         raise UserError(f"no job {job_id}")
-    if state.value != "cancelled":
+    if state is not JobState.CANCELLED:
         raise UserError(f"job {job_id} is {state.value}: only queued or waiting jobs can be cancelled")
     err.print(f"job {job_id} cancelled", highlight=False)
 
