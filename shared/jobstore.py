@@ -1,14 +1,15 @@
 """Migration jobs in Redis: the job hash, the guest claim, and the status event stream.
 
-The job store is the one writer of a job's state, and the one reader of its hash (a typed
-`JobRecord`, shared/jobrecord.py). Every change of state goes through a Lua script that compares and
-sets, and writes the change twice, onto the job's hash and onto the event stream (one event per
-change, none otherwise): a job that has reached a final state never changes again, so whoever tries
-to end a job a second time (a second runner, a callback, the reconciler) changes nothing. Ending a
-job also, in the same step, takes it out of the active set, frees its guest claim and its migration
-slots, and wakes a worker waiting for a slot. Starting one (`start`: queued or waiting -> running)
-pins its migration slots in the same step, or does nothing if a slot has lapsed or the job may no
-longer start; the slots' own arithmetic (taking, renewing, adopting) stays in services/migrator/slots.py.
+The job store is the one writer of a job's state, and services read its hash through it (a typed
+`JobRecord`, shared/jobrecord.py; only the slots' Lua looks at a state itself, to drop ended holders).
+Every change of state goes through a Lua script that compares and sets, and writes the change twice,
+onto the job's hash and onto the event stream (one event per change, none otherwise): a job that has
+reached a final state never changes again, so whoever tries to end a job a second time (a second
+runner, a callback, the reconciler) changes nothing. Ending a job also, in the same step, takes it
+out of the active set, frees its guest claim and its migration slots, and wakes a worker waiting for
+a slot. Starting one (`start`: queued or waiting -> running) pins its migration slots in the same
+step, or does nothing if a slot has lapsed or the job may no longer start; the slots' own arithmetic
+(taking, renewing, adopting) stays in services/migrator/slots.py.
 
 Retention (shared/retention.py): a job's hash carries no TTL while the job is active and expires
 `retention.jobs_days` after it ended (the figure the planner stored on the job when it made it, so
