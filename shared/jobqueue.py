@@ -13,7 +13,8 @@ from rq import Callback, Queue
 from rq.job import Dependency
 
 from .config import Settings
-from .jobstore import JobStore, in_flight
+from .jobrecord import JobRecord
+from .jobstore import JobStore
 from .logging import get_logger
 from .models import JobState, MigrationJob
 from .retention import Retention
@@ -45,10 +46,10 @@ def enqueue_migration(queue: Queue, settings: Settings, job: MigrationJob, after
     queue.enqueue_call(MIGRATION_FUNC, args=(job.model_dump_json(),), job_id=job.job_id, **options)
 
 
-def deadline_of(record: dict[str, str], settings: Settings) -> float:
+def deadline_of(record: JobRecord, settings: Settings) -> float:
     """When a job that has not started migrating is given up: it waited for a slot and a worker too long."""
     m = settings.migrator
-    return float(record.get("created_at") or time.time()) + m.slot_wait_timeout + m.task_timeout_base + 60
+    return (record.created_at or time.time()) + m.slot_wait_timeout + m.task_timeout_base + 60
 
 
 def end_overdue(store: JobStore, settings: Settings, now: float | None = None) -> list[str]:
@@ -58,9 +59,9 @@ def end_overdue(store: JobStore, settings: Settings, now: float | None = None) -
     for job_id in sorted(store.active_jobs()):
         record = store.load(job_id)
         job = store.job(job_id)
-        if job is None or in_flight(record) or now < deadline_of(record, settings):
+        if job is None or record.in_flight or now < deadline_of(record, settings):
             continue
-        waited = round(now - float(record.get("created_at") or now))
+        waited = round(now - (record.created_at or now))
         if store.transition(job, JobState.FAILED, f"not started within {waited} s (no worker took it, or no "
                                                   "migration slot came free)"):
             log.warning("job overdue, ended", job_id=job_id, waited_s=waited)

@@ -1,11 +1,15 @@
 """Migration jobs in Redis: the job hash, the guest claim, and the status event stream.
 
-The job store is the one owner of a job's state. Every change goes through one Lua script that
-compares and sets: a job that has reached a final state never changes again, so whoever tries to
-end a job a second time (a second runner, a callback, the reconciler) changes nothing. Ending a
-job also, in the same step, takes it out of the active set, frees its guest claim and its
-migration slots, and wakes a worker waiting for a slot. Each change is written twice, onto the
-job's hash and onto the event stream.
+The job store is the one writer of a job's state, and services read its hash through it (a typed
+`JobRecord`, shared/jobrecord.py; only the slots' Lua looks at a state itself, to drop ended holders).
+Every change of state goes through a Lua script that compares and sets, and writes the change twice,
+onto the job's hash and onto the event stream (one event per change, none otherwise): a job that has
+reached a final state never changes again, so whoever tries to end a job a second time (a second
+runner, a callback, the reconciler) changes nothing. Ending a job also, in the same step, takes it
+out of the active set, frees its guest claim and its migration slots, and wakes a worker waiting for
+a slot. Starting one (`start`: queued or waiting -> running) pins its migration slots in the same
+step, or does nothing if a slot has lapsed or the job may no longer start; the slots' own arithmetic
+(taking, renewing, adopting) stays in services/migrator/slots.py.
 
 Retention (shared/retention.py): a job's hash carries no TTL while the job is active and expires
 `retention.jobs_days` after it ended (the figure the planner stored on the job when it made it, so
@@ -23,10 +27,11 @@ from pydantic import ValidationError
 from redis import Redis
 
 from . import keys
+from .jobrecord import LIVE, STARTABLE, TERMINAL, JobRecord, lua_list
 from .models import SCHEMA_VERSION, InFlightMigration, JobState, JobStatusEvent, MigrationJob
 from .retention import Retention
 
-TERMINAL = ",".join(s.value for s in JobState if s.terminal)
+FINAL_STATES = lua_list(TERMINAL)  # as the Lua scripts take them
 
 # KEYS: job hash, active set, guest claim, event stream, 3 slot sets, slot wake-up list.
 # ARGV: new state, job id, event JSON, stream maxlen, states it may come from ('' = any that is not
@@ -71,12 +76,63 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
 return 1
 """
 
+# The start commit, right before the POST. KEYS: job hash, active set, event stream, then the job's slot
+# scopes. ARGV: job id (the slots' holder), now, states it may start from, event JSON, stream maxlen,
+# message. The job must still be startable (not cancelled or ended) and hold every slot unexpired; then
+# its slots are pinned (+inf: freed only when the job ends), the job is marked running with the time of
+# the POST, and the event written, in one step. Returns 1, 0 (a slot lapsed: wait again) or -1 (the job
+# may not start).
+_START = """
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+local ok = false
+for s in string.gmatch(ARGV[3], '[^,]+') do if s == state then ok = true end end
+if not ok then return -1 end
+for i = 4, #KEYS do
+  local score = redis.call('ZSCORE', KEYS[i], ARGV[1])
+  if not score then return 0 end
+  if score ~= 'inf' and score ~= '+inf' and tonumber(score) <= tonumber(ARGV[2]) then return 0 end
+end
+for i = 4, #KEYS do redis.call('ZADD', KEYS[i], '+inf', ARGV[1]) end
+redis.call('HSET', KEYS[1], 'state', 'running', 'posted_at', ARGV[2], 'at_running', ARGV[2], 'message', ARGV[6])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+return 1
+"""
+
+# KEYS: job hash. ARGV: the state it must be in, UPID, message. The UPID of a running job's task, stored
+# the moment it is known and before anything else can look; no state change, so no event.
+_RECORD_UPID = """
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'upid', ARGV[2], 'message', ARGV[3])
+return 1
+"""
+
+START_MESSAGE = "starting the migration"
+
+# KEYS: job hash. ARGV: the takeovers and handed_over fields as the caller read them, live states. A job
+# lost by rq is taken over once however many reconcilers saw it lost: only the one that finds the fields
+# as it read them counts the takeover (a hand-over counts none) and clears the run's leftovers.
+_TAKE_OVER = """
+if (redis.call('HGET', KEYS[1], 'takeovers') or '0') ~= ARGV[1] then return 0 end
+if (redis.call('HGET', KEYS[1], 'handed_over') or '') ~= ARGV[2] then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+local live = false
+for s in string.gmatch(ARGV[3], '[^,]+') do if s == state then live = true end end
+if not live then return 0 end
+if ARGV[2] == '' then redis.call('HINCRBY', KEYS[1], 'takeovers', 1) end
+redis.call('HDEL', KEYS[1], 'handed_over', 'interrupted')
+return 1
+"""
+
 
 class JobStore:
     def __init__(self, redis: Redis, retention: Retention | None = None) -> None:
         self.redis = redis
         self.retention = retention or Retention()
         self._transition_script = redis.register_script(_TRANSITION)
+        self._start_script = redis.register_script(_START)
+        self._upid_script = redis.register_script(_RECORD_UPID)
+        self._take_over_script = redis.register_script(_TAKE_OVER)
 
     def claim_guest(self, vmid: int, job_id: str) -> str | None:
         """Claim the guest for this job; returns the job that already holds it, if any."""
@@ -95,32 +151,31 @@ class JobStore:
                                                              "created_at": time.time(),
                                                              "keep_s": self.retention.job_seconds})
 
-    def load(self, job_id: str) -> dict[str, str]:
-        raw = self.redis.hgetall(keys.job(job_id))
-        return {_text(k): _text(v) for k, v in raw.items()}
+    def load(self, job_id: str) -> JobRecord:
+        """The job's record (false when the job is not stored)."""
+        return JobRecord.of(job_id, self.redis.hgetall(keys.job(job_id)))
 
-    def load_many(self, job_ids: list[str]) -> list[dict[str, str]]:
-        """The records of these jobs, in one round trip ({} for a job that is not stored)."""
+    def load_many(self, job_ids: list[str]) -> list[JobRecord]:
+        """The records of these jobs, in one round trip (a false record for a job that is not stored)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(keys.job(job_id))
-        return [{_text(k): _text(v) for k, v in raw.items()} for raw in pipe.execute()]
+        return [JobRecord.of(job_id, raw) for job_id, raw in zip(job_ids, pipe.execute(), strict=True)]
 
     def job(self, job_id: str) -> MigrationJob | None:
-        payload = self.load(job_id).get("payload")
+        """The job itself, strictly: a payload this version cannot read raises (the runner must not guess)."""
+        payload = self.load(job_id).payload
         return MigrationJob.model_validate_json(payload) if payload else None
 
     def state(self, job_id: str) -> JobState | None:
-        value = self.load(job_id).get("state")
-        return JobState(value) if value else None
+        return self.load(job_id).state
 
     def cancel(self, job_id: str) -> JobState | None:
         """Cancel a job that has not started migrating; returns its state afterwards (None: no such job)."""
         job = self.job(job_id)
         if job is None:
             return None
-        if self.transition(job, JobState.CANCELLED, "cancelled by the operator",
-                           only_from=(JobState.QUEUED, JobState.WAITING)):
+        if self.transition(job, JobState.CANCELLED, "cancelled by the operator", only_from=STARTABLE):
             return JobState.CANCELLED
         return self.state(job_id)
 
@@ -155,9 +210,25 @@ class JobStore:
         flat = [str(x) for kv in values.items() for x in kv]
         job_keys = [keys.job(job.job_id), keys.ACTIVE_JOBS, keys.guest_job(job.vmid), keys.EVENT_STREAM,
                     *keys.slot_scopes(job.source, job.target), keys.SLOTS_WAKE]
-        args = [state.value, job.job_id, event.model_dump_json(), self.retention.events, only_from, TERMINAL,
+        args = [state.value, job.job_id, event.model_dump_json(), self.retention.events, only_from, FINAL_STATES,
                 self.retention.job_seconds, *flat]
         return bool(self._transition_script(keys=job_keys, args=args))
+
+    def start(self, job: MigrationJob, now: float | None = None) -> int:
+        """The start commit, right before the POST: the job (queued or waiting) becomes running, its slots
+        pinned and its event written, in one step. 1 when it started; 0 when one of its slots has lapsed
+        (nothing changed: it waits for them again); -1 when the job may no longer start (cancelled, ended)."""
+        now = time.time() if now is None else now
+        event = JobStatusEvent(job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid, source=job.source,
+                               target=job.target, state=JobState.RUNNING, message=START_MESSAGE)
+        job_keys = [keys.job(job.job_id), keys.ACTIVE_JOBS, keys.EVENT_STREAM,
+                    *keys.slot_scopes(job.source, job.target)]
+        args = [job.job_id, now, lua_list(STARTABLE), event.model_dump_json(), self.retention.events, START_MESSAGE]
+        return int(self._start_script(keys=job_keys, args=args))
+
+    def record_upid(self, job: MigrationJob, upid: str) -> bool:
+        """Store the UPID of the running job's task (no state change, no event); False if the job is not running."""
+        return bool(self._upid_script(keys=[keys.job(job.job_id)], args=[JobState.RUNNING.value, upid, f"task {upid}"]))
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         """Bookkeeping that is not a state change (attempt counters, when a POST was sent)."""
@@ -165,6 +236,17 @@ class JobStore:
 
     def count(self, job_id: str, field: str) -> int:
         return int(self.redis.hincrby(keys.job(job_id), field, 1))
+
+    def take_over(self, seen: JobRecord) -> bool:
+        """Claim the running again of a job rq lost, as `seen` (read before): True for one caller only."""
+        args = [seen.fields.get("takeovers", "0"), seen.fields.get("handed_over", ""), lua_list(LIVE)]
+        return bool(self._take_over_script(keys=[keys.job(seen.job_id)], args=args))
+
+    def forget_ended(self, job_id: str) -> bool:
+        """Drop a leftover from the active set: a job whose hash is gone or that has ended. True if dropped."""
+        if self.load(job_id).live:
+            return False
+        return bool(self.redis.srem(keys.ACTIVE_JOBS, job_id))
 
     def start_cooldown(self, vmid: int, seconds: float) -> None:
         self.redis.zadd(keys.COOLDOWN, {str(vmid): time.time() + seconds})
@@ -196,9 +278,10 @@ class JobStore:
         ids = sorted(self.active_jobs() - {but})
         # one round trip: a drain has every job of the plan active, and this runs before each POST
         for job_id, record in zip(ids, self.load_many(ids), strict=True):
-            if not in_flight(record) or not record.get("payload"):
+            if not record.in_flight or record.payload is None:
                 continue
-            job = MigrationJob.model_validate_json(record["payload"])
+            # strictly: a migration in flight that this version cannot read must not go uncounted
+            job = MigrationJob.model_validate_json(record.payload)
             out.append(InFlightMigration(job_id=job_id, vmid=job.vmid, source=job.source, target=job.target,
                                          mem_bytes=job.mem_bytes, online=job.online, local_disks=job.local_disks))
         return out
@@ -219,11 +302,6 @@ class JobStore:
                 if on_skip is not None:
                     on_skip(entry_id, unreadable_reason(raw))
         return out
-
-
-def in_flight(record: dict[str, str]) -> bool:
-    """A migrate POST was sent (or may have been): the job follows a Proxmox task, never POSTs blindly."""
-    return bool(record.get("upid") or record.get("posted_at"))
 
 
 def unreadable_reason(raw: Any) -> str:

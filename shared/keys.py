@@ -58,11 +58,11 @@ def slots_target(node: str) -> str:
     return f"{PREFIX}:slots:target:{node}"
 
 
-RECONCILER_LOCK = f"{PREFIX}:reconciler"  # one worker reconciles the job store with rq at a time
-LOST_SINCE = f"{PREFIX}:jobs:lost-since"
-# In-flight jobs queued again to be resumed: while any waits for a worker, runners waiting for a slot
-# give their worker up (the resumed job's pinned slots are what they wait for).
-RESUMING = f"{PREFIX}:jobs:resuming"  # hash job id -> when a 'queued' job was first seen in no queue
+# One pass of the reconciler (services/migrator/recovery.py) per interval across all workers: a rate.
+RECONCILER_LOCK = f"{PREFIX}:reconciler"
+# Keys earlier versions wrote and this one no longer reads (the reconciler's own bookkeeping of rq, issue
+# 21): deleted when a migrator starts, so an upgrade leaves nothing behind.
+RETIRED = (f"{PREFIX}:jobs:lost-since", f"{PREFIX}:jobs:resuming")
 
 COOLDOWN = f"{PREFIX}:cooldown"  # sorted set: vmid -> time until which the guest stays put
 

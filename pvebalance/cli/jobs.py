@@ -34,12 +34,12 @@ def jobs(
             raise UserError(f"no job {job_id} (`pvebalance jobs` lists them)")
         mine = [e for e in events if e.job_id == job_id]
         if as_json:
-            sys.stdout.write(json.dumps({"job": record, "events": [e.model_dump(mode="json") for e in mine]},
-                                        indent=2) + "\n")
+            doc = {"job": dict(record.fields), "events": [e.model_dump(mode="json") for e in mine]}
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
             return
         console = Console()
-        for field in sorted(record):
-            console.print(f"{field}: {record[field]}", markup=False, highlight=False)
+        for field, value in sorted(record.fields.items()):
+            console.print(f"{field}: {value}", markup=False, highlight=False)
         table = compact(plural(len(mine), "event"))
         text_columns(table, "at", "state", "upid", "message")
         for e in mine:
@@ -64,6 +64,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="a job id, as `pvebalance 
            config: ConfigOpt = None) -> None:
     """Cancel a migration job that has not started migrating yet."""
     from pvebalance.shared.jobstore import JobStore
+    from pvebalance.shared.models import JobState
     from pvebalance.shared.redisconn import connect
 
     try:
@@ -74,7 +75,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="a job id, as `pvebalance 
                         f"({'.'.join(str(p) for p in first['loc']) or 'job'}: {first['msg']}); not cancelled") from None
     if state is None:
         raise UserError(f"no job {job_id}")
-    if state.value != "cancelled":
+    if state is not JobState.CANCELLED:
         raise UserError(f"job {job_id} is {state.value}: only queued or waiting jobs can be cancelled")
     err.print(f"job {job_id} cancelled", highlight=False)
 

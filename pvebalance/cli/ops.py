@@ -19,7 +19,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pvebalance.shared.models import Plan, job_ids
+from pvebalance.shared.jobrecord import JobRecord
+from pvebalance.shared.models import JobState, Plan, job_ids
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus, RequestStore
 
 from .base import ConfigOpt, UserError, app, err, settings_of
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the request's final status as JSON")]
 ANSWER_TIMEOUT = 30.0  # seconds the planner has to take a request on
-FINAL = ("succeeded", "failed", "skipped", "cancelled")
 
 
 def who() -> str:
@@ -133,11 +133,10 @@ def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool)
             if plan is not None:
                 ids = job_ids(plan)
                 records = jobs.load_many(ids)
-                states = [r.get("state") for r in records]
-                progress.update(bar, total=len(states), completed=sum(s in FINAL for s in states),
+                progress.update(bar, total=len(records), completed=sum(r.terminal for r in records),
                                 description=f"draining {status.request.node}")
                 for m, job_id, record in zip(plan.migrations, ids, records, strict=True):
-                    if lines and record.get("state") in FINAL and job_id not in reported:
+                    if lines and record.terminal and job_id not in reported:
                         reported.add(job_id)
                         err.print(f"[{len(reported)}/{len(ids)}] guest {m.vmid} ({m.name}) {m.source} -> {m.target}: "
                                   f"{ended_text(record)}", highlight=False, markup=False)
@@ -154,11 +153,11 @@ def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool)
     return status
 
 
-def ended_text(record: dict[str, str]) -> str:
+def ended_text(record: JobRecord) -> str:
     """A finished job in a few words: 'succeeded in 42 s', 'failed: <why>'."""
-    state, message, took = record.get("state", "?"), record.get("message", ""), record.get("duration_s")
-    if state == "succeeded":
-        return f"succeeded in {float(took):.0f} s" if took else "succeeded"
+    state, message, took = record.fields.get("state", "?"), record.message, record.duration_s
+    if record.state is JobState.SUCCEEDED:
+        return f"succeeded in {took:.0f} s" if took is not None else "succeeded"
     return f"{state}: {message}" if message else state
 
 
@@ -282,9 +281,9 @@ def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict
         while len(ended) < len(plan.migrations):
             for job_id in job_ids(plan):
                 record = jobs.load(job_id)
-                state = record.get("state")
-                if state in FINAL and job_id not in ended:
-                    ended[job_id] = state if state == "succeeded" else f"{state}: {record.get('message', '')}"
+                if record.state is not None and record.terminal and job_id not in ended:
+                    state = record.state.value
+                    ended[job_id] = state if record.state is JobState.SUCCEEDED else f"{state}: {record.message}"
             progress.update(bar, completed=len(ended))
             if time.monotonic() > deadline:
                 raise UserError(f"the plan's migrations did not end within {timeout:g} s; "

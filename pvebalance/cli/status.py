@@ -59,11 +59,10 @@ def gather(redis: Redis, settings: Settings) -> dict[str, Any]:
     active = []
     ids = sorted(jobs.active_jobs())
     for job_id, record in zip(ids, jobs.load_many(ids), strict=True):
-        payload = json.loads(record["payload"]) if record.get("payload") else {}
-        since = max((float(v) for k, v in record.items() if k.startswith("at_") and _number(v)), default=None)
+        payload = json.loads(record.payload) if record.payload else {}
         active.append({"job_id": job_id, "vmid": payload.get("vmid"), "name": payload.get("name"),
                        "source": payload.get("source"), "target": payload.get("target"),
-                       "state": record.get("state"), "message": record.get("message", ""), "since": since})
+                       "state": record.fields.get("state"), "message": record.message, "since": record.updated_at})
     return {
         "redis": redact(settings.redis.url),
         "mode": mode,
@@ -81,14 +80,6 @@ def gather(redis: Redis, settings: Settings) -> dict[str, Any]:
             "outcome": plan.outcome, "outcome_reason": plan.outcome_reason, "migrations": len(plan.migrations)},
         "active_jobs": active,
     }
-
-
-def _number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def mode_text(mode: dict[str, Any]) -> str:

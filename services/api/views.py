@@ -24,11 +24,9 @@ from pvebalance.shared.models import (
     JobState,
     JobStatusEvent,
     Migration,
-    MigrationJob,
     MigrationReason,
     Plan,
     job_ids,
-    parse_known,
 )
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.policy_now import policy_now
@@ -139,10 +137,10 @@ class JobDetail(JobView):
     events: list[JobStatusEvent]
 
 
-def _when(value: str | None) -> datetime | None:
+def _when(value: float | None) -> datetime | None:
     try:
-        return datetime.fromtimestamp(float(value), UTC) if value else None
-    except ValueError:
+        return datetime.fromtimestamp(value, UTC) if value is not None else None
+    except (ValueError, OverflowError, OSError):
         return None
 
 
@@ -223,25 +221,20 @@ class ReadSide:
         moves = []
         for m, job_id in zip(plan.migrations, job_ids(plan), strict=True):  # a parked guest moves twice
             record = self.jobs.load(job_id)
-            state = record.get("state")
             moves.append(MoveView(**m.model_dump(), id=guest_id(m.type, m.vmid), job_id=job_id,
-                                  job_state=JobState(state) if state else None, job_message=record.get("message", "")))
+                                  job_state=record.state, job_message=record.message))
         return PlanView(plan=plan, status=self.plans.status(plan.plan_id), moves=moves)
 
     def job_view(self, job_id: str) -> JobView | None:
         record = self.jobs.load(job_id)
-        job = parse_known(MigrationJob, record.get("payload") or None)
+        job = record.job
         if job is None:
             return None
-        state = record.get("state")
-        updated = max((float(v) for k, v in record.items() if k.startswith("at_") and _is_number(v)), default=None)
         return JobView(job_id=job.job_id, plan_id=job.plan_id, id=guest_id(job.guest_type, job.vmid), vmid=job.vmid,
                        name=job.name, type=job.guest_type, source=job.source, target=job.target, reason=job.reason,
-                       state=JobState(state) if state else None, message=record.get("message", ""),
-                       upid=record.get("upid") or None,
-                       duration_s=float(record["duration_s"]) if _is_number(record.get("duration_s")) else None,
-                       started_at=_when(record.get("at_running")), created_at=_when(record.get("created_at")),
-                       updated_at=_when(str(updated)) if updated is not None else None)
+                       state=record.state, message=record.message, upid=record.upid, duration_s=record.duration_s,
+                       started_at=_when(record.at(JobState.RUNNING)), created_at=_when(record.created_at),
+                       updated_at=_when(record.updated_at))
 
     def listed_jobs(self, plan_id: str | None = None) -> list[str]:
         """Jobs to list, newest first: a plan's own (ids follow from its moves), or the active ones
@@ -258,11 +251,3 @@ class ReadSide:
 
     def events_of(self, job_id: str) -> list[JobStatusEvent]:
         return [e for _, e in self.jobs.events(count=self.jobs.retention.events) if e.job_id == job_id]
-
-
-def _is_number(value: str | None) -> bool:
-    try:
-        float(value or "")
-    except ValueError:
-        return False
-    return True

@@ -12,7 +12,6 @@ from redis import Redis
 from rq import Retry, get_current_job
 from rq.job import Job
 
-from pvebalance.shared import keys
 from pvebalance.shared.config import Settings, load_settings
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import get_logger
@@ -61,9 +60,9 @@ def run_migration(payload: str) -> str | Retry:
     assert rq_job is not None, "run_migration runs inside an rq worker"
     redis = rq_job.connection
     settings = _context.settings
-    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), JobStore(redis, Retention(settings.retention)),
-                             Slots(redis, settings.migrator), settings, sleep=handover.sleep,
-                             safe_point=handover.check)
+    store = JobStore(redis, Retention(settings.retention))
+    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(redis, settings.migrator, store),
+                             settings, sleep=handover.sleep, safe_point=handover.check)
     try:
         state = runner.run(job)
     except SlotYield:
@@ -72,12 +71,13 @@ def run_migration(payload: str) -> str | Retry:
         # The run ends here, as one whose worker died would (lease given back, pinned slots kept); the
         # reconciler of another worker queues the job again to be resumed (handover.py). A return, not an
         # exception: a hand-over is no failure, and its log needs no traceback.
-        redis.hset(keys.job(job.job_id), mapping={"handed_over": "1", "interrupted": handover.REASON})
+        store = JobStore(redis)
+        store.set_fields(job.job_id, handed_over=1, interrupted=handover.REASON)
         log.warning("job handed over at a safe point; another worker resumes it", job_id=job.job_id,
-                    state=JobStore(redis).load(job.job_id).get("state"))
+                    state=store.load(job.job_id).fields.get("state"))
         return "handed over"
     if state is JobState.FAILED:
-        raise MigrationNotDone(JobStore(redis).load(job.job_id).get("message", "failed"))
+        raise MigrationNotDone(JobStore(redis).load(job.job_id).message or "failed")
     return state.value
 
 

@@ -1,29 +1,31 @@
-"""Keeping the job store and rq in step: whatever ends an rq job settles the migration job too.
+"""Running again what rq lost.
 
-rq is the source of truth for whether a job is queued, running or over; the job store for how the
-migration went. They meet in two places:
+rq runs the jobs, and its lists and registries say where each run is: waiting in the queue (or, for a
+moment, in its dequeue's intermediate list), running (StartedJobRegistry), waiting for the moves it
+depends on (DeferredJobRegistry), or over (finished, failed). rq finds its own lost runs: a run whose
+worker died is moved to the failed registry by StartedJobRegistry.cleanup (which this pass calls, as
+every worker's maintenance does), and one stuck in the intermediate list by the workers' maintenance
+(IntermediateQueue.cleanup). The job store says whether the job itself has ended.
 
-- `settle` is rq's failure, stopped and horse-killed callback (and runs for jobs whose worker died,
-  through rq's own StartedJobRegistry.cleanup). A job that rq ended while the job store still has it
-  active is marked to be taken over.
-- `Reconciler.run_once`, every few seconds in one worker at a time, compares each active job with
-  rq: a job rq has ended is queued again (its runner resumes it: a job in flight follows its task,
-  never POSTs twice) or, after MAX_TAKEOVERS, ended failed with rq's reason; a job rq calls queued but
-  that no queue holds (a dequeue that popped it and lost it, rq issues #758 and #2079) is queued
-  again, once; a job that never started within its deadline is ended, so the planner never stalls.
+A job is lost when the job store has it live (queued, waiting, running), no runner holds its lease,
+and rq holds no run of it to come: no rq job, or one that is in none of the lists and registries
+above (its run failed, was stopped, or returned without ending the job: a hand-over). The reconciler
+runs it again, at the front of the queue (its runner resumes it: a job in flight follows its task,
+never POSTs twice), or, after MAX_TAKEOVERS, ends it failed with rq's reason. A job that never
+started within its deadline is ended (jobqueue.end_overdue), so the planner never stalls.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
@@ -31,7 +33,8 @@ from rq.timeouts import TimerDeathPenalty
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
-from pvebalance.shared.jobstore import JobStore, in_flight
+from pvebalance.shared.jobrecord import JobRecord
+from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState
 from pvebalance.shared.redisconn import Outage
@@ -39,20 +42,22 @@ from pvebalance.shared.retention import Retention
 
 log = get_logger("pvebalance.migrator.recovery")
 
-MAX_TAKEOVERS = 5  # times one job is queued again after its run ended early, before it is ended as failed
-LOST_AFTER = 15.0  # seconds a 'queued' job may be in no queue list (a dequeue in progress takes ms)
+MAX_TAKEOVERS = 5  # times one job is run again after its run ended early, before it is ended as failed
+LOST_AFTER = 15.0  # seconds a new job may be missing from rq: the planner stores a job, then enqueues it
+# rq statuses of a job that waits in a registry this pass does not list (rq 3's rate limits, dependents
+# about to be enqueued): rq still holds a run of it.
+_WAITING = {s for s in JobStatus if s.value in ("deferred", "scheduled", "rate_limited", "ready_to_enqueue")}
 
 
 def settle(redis: Redis, job_id: str, reason: str) -> None:
-    """rq ended this job (an exception, a timeout, a stop, a killed work-horse, a dead worker)."""
+    """rq ended this job's run (an exception, a timeout, a stop, a killed work-horse, a dead worker)."""
     store = JobStore(redis)
     record = store.load(job_id)
-    state = record.get("state")
-    if not state or JobState(state).terminal:
+    if not record.live:
         return
     store.set_fields(job_id, interrupted=reason[-500:])
-    log.warning("a job's run ended before the job did; it will be taken over", job_id=job_id, state=state,
-                upid=record.get("upid"), reason=reason[-300:])
+    log.warning("a job's run ended before the job did; it will be run again", job_id=job_id,
+                state=record.fields.get("state"), upid=record.upid, reason=reason[-300:])
 
 
 class Reconciler:
@@ -70,6 +75,8 @@ class Reconciler:
 
     def run(self, stop: threading.Event) -> None:
         outage = Outage(log, "Redis", "the job reconciler")
+        with contextlib.suppress(RedisError):  # they hold nothing this version needs; a later start retries
+            self.redis.delete(*keys.RETIRED)
         while not stop.wait(self.interval):
             try:
                 self.run_once()
@@ -80,17 +87,12 @@ class Reconciler:
                 log.exception("job reconciliation failed")
 
     def run_once(self) -> list[str]:
-        """One pass; returns the ids of the jobs it acted on. Only one worker passes at a time."""
+        """One pass; returns the ids of the jobs it acted on. One pass per interval across all workers (a
+        rate, not a mutex: two passes that overlap still run a job again once, see JobStore.take_over)."""
         if not self.redis.set(keys.RECONCILER_LOCK, self.me, nx=True, px=int(self.interval * 900)):
             return []
-        # rq's own detection of runs whose worker died: their failure callback (settle) runs here.
-        self.started.cleanup()
+        self.started.cleanup()  # rq's detection of runs whose worker died: to its failed registry
         acted = end_overdue(self.store, self.settings)
-        # A job marked 'resuming' that ended without a run (given up, cancelled) must not keep
-        # runners waiting for slots giving their workers away.
-        ended = self.redis.sdiff(keys.RESUMING, keys.ACTIVE_JOBS)
-        if ended:
-            self.redis.srem(keys.RESUMING, *ended)
         for job_id in sorted(self.store.active_jobs()):
             try:
                 if self._reconcile(job_id):
@@ -103,76 +105,64 @@ class Reconciler:
 
     def _reconcile(self, job_id: str) -> bool:
         record = self.store.load(job_id)
-        state = record.get("state")
-        if not state or JobState(state).terminal:
-            self.redis.srem(keys.ACTIVE_JOBS, job_id)  # a leftover: the hash is gone or the job ended
-            return True
-        if self.redis.exists(keys.lease(job_id)):
-            return False  # a runner is working on it
-        try:
-            rq_job: Job | None = Job.fetch(job_id, connection=self.redis)
-            status = rq_job.get_status() if rq_job else None
-        except NoSuchJobError:
-            rq_job, status = None, None
-        if status is JobStatus.QUEUED:
-            return self._find_lost(job_id)
-        if rq_job is None and state == JobState.QUEUED.value and \
-                time.time() - float(record.get("created_at") or 0) < self.lost_after:
-            return False  # just created: the planner puts a job in the job store, then in rq's queue
-        self.redis.hdel(keys.LOST_SINCE, job_id)
-        if status in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
-            return False  # waiting for the moves it depends on
-        if status is JobStatus.STARTED and job_id in self.started:
-            return False  # running; if its worker died, rq's cleanup above will say so
-        return self._take_over(job_id, record, rq_job, status)
+        if not record.live:
+            return self.store.forget_ended(job_id)  # a leftover: the hash is gone or the job ended
+        if self.redis.exists(keys.lease(job_id)) or self.rq_holds(job_id):
+            return False  # a runner works on it, or rq will run it
+        if time.time() - (record.created_at or 0) < self.lost_after and not self.redis.exists(Job.key_for(job_id)):
+            return False  # just made: the planner puts a job in the job store, then in rq's queue
+        return self._run_again(record)
 
-    def _find_lost(self, job_id: str) -> bool:
-        """A job rq calls queued must be in the queue (or, for a moment, its intermediate list)."""
-        queued = self.redis.lpos(self.queue.key, job_id) is not None
-        if queued:
-            self.redis.hdel(keys.LOST_SINCE, job_id)
-            return False
-        now = time.time()
-        if self.redis.hsetnx(keys.LOST_SINCE, job_id, now) and self.lost_after > 0:
-            return False
-        since = float(self.redis.hget(keys.LOST_SINCE, job_id) or now)
-        if now - since < self.lost_after:
-            return False
+    def rq_holds(self, job_id: str) -> bool:
+        """rq has a run of this job to come or under way. Read in one transaction, so a run moving from
+        one list to the next (queue -> intermediate -> started) is seen in exactly one."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.lrem(self.queue.intermediate_queue_key, 0, job_id)
-        pipe.rpush(self.queue.key, job_id)
-        pipe.hdel(keys.LOST_SINCE, job_id)
-        pipe.execute()
-        log.warning("job was queued in no queue (popped by a dequeue that never ran it): queued again",
-                    job_id=job_id, lost_s=round(now - since, 1))
-        return True
+        pipe.hget(Job.key_for(job_id), "status")
+        pipe.lpos(self.queue.key, job_id)
+        pipe.lpos(self.queue.intermediate_queue_key, job_id)
+        pipe.zrange(self.started.key, 0, -1)
+        pipe.zscore(self.queue.deferred_job_registry.key, job_id)
+        pipe.zscore(self.queue.scheduled_job_registry.key, job_id)
+        status, queued, dequeued, started, deferred, scheduled = pipe.execute()
+        if queued is not None or dequeued is not None or deferred is not None or scheduled is not None:
+            return True
+        if job_id in {StartedJobRegistry.parse_job_id(entry) for entry in started}:
+            return True  # running; if its worker died, rq's cleanup moves it to the failed registry
+        if status is None:
+            return False
+        try:
+            return JobStatus(status.decode() if isinstance(status, bytes) else status) in _WAITING
+        except ValueError:
+            return True  # a status this rq does not know: leave it to rq
 
-    def _take_over(self, job_id: str, record: dict[str, str], rq_job: Job | None, status: Any) -> bool:
+    def _run_again(self, record: JobRecord) -> bool:
+        job_id = record.job_id
         job = self.store.job(job_id)
         if job is None:
             return False
-        takeovers = int(record.get("takeovers") or 0)
-        reason = record.get("interrupted") or _rq_reason(rq_job) or f"rq says the job is {status or 'gone'}"
-        if takeovers >= MAX_TAKEOVERS:
-            note = f"; its task {record['upid']} may still run" if record.get("upid") else ""
-            message = f"given up after {takeovers + 1} runs{note}: {reason}"
-            if self.store.transition(job, JobState.FAILED, message):
+        try:
+            rq_job: Job | None = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            rq_job = None
+        reason = record.interrupted or _rq_reason(rq_job) or \
+            f"rq says the job is {rq_job.get_status() if rq_job else 'gone'}"
+        if record.takeovers >= MAX_TAKEOVERS:
+            note = f"; its task {record.upid} may still run" if record.upid else ""
+            message = f"given up after {record.takeovers + 1} runs{note}: {reason}"
+            if self.store.transition(job, JobState.FAILED, message, upid=record.upid):
                 log.error("job given up", job_id=job_id, reason=message)
             return True
+        if not self.store.take_over(record):
+            return False  # another pass took it over meanwhile
         if rq_job is None:
             enqueue_migration(self.queue, self.settings, job, at_front=True)
         elif job_id in self.queue.failed_job_registry:
-            self.queue.failed_job_registry.requeue(job_id, at_front=True)
+            with contextlib.suppress(InvalidJobOperation):  # no longer there: queued again by rq's own retry
+                self.queue.failed_job_registry.requeue(job_id, at_front=True)
         else:
             self.queue.enqueue_job(rq_job, at_front=True)
-        self.redis.hdel(keys.job(job_id), "interrupted", "handed_over")
-        if not record.get("handed_over"):  # a worker stopped on purpose handed it over: no takeover spent
-            self.store.count(job_id, "takeovers")
-        if in_flight(record):
-            # Its pinned slots may be what every busy worker waits for: they give way (see Slots.wait).
-            self.redis.sadd(keys.RESUMING, job_id)
-        log.warning("job taken over: queued again to be resumed", job_id=job_id, rq_status=str(status),
-                    in_flight=in_flight(record), upid=record.get("upid"), reason=reason[-300:])
+        log.warning("job lost by rq: queued again to be resumed", job_id=job_id, in_flight=record.in_flight,
+                    upid=record.upid, handed_over=record.handed_over, reason=reason[-300:])
         return True
 
 

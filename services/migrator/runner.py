@@ -24,7 +24,8 @@ import structlog
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobqueue import expected_seconds
-from pvebalance.shared.jobstore import JobStore, in_flight
+from pvebalance.shared.jobrecord import JobRecord
+from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import JobState, MigrationJob
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError, upid_node
@@ -104,19 +105,16 @@ class MigrationRunner:
 
     def _run(self, job: MigrationJob) -> JobState:
         record = self.store.load(job.job_id)
-        state = JobState(record["state"]) if record.get("state") else None
-        if state is not None and state.terminal:
-            log.info("job already ended", state=state.value)
-            return state
+        if record.state is not None and record.terminal:
+            log.info("job already ended", state=record.state.value)
+            return record.state
         started = time.monotonic()
         req = SlotRequest(job.job_id, job.source, job.target)
         try:
-            if in_flight(record):
-                self.store.redis.srem(keys.RESUMING, job.job_id)  # it has a worker again
+            if record.in_flight:
                 if not self.slots.adopt(req):
                     return self.store.state(job.job_id) or JobState.FAILED
-                upid = record.get("upid") or self._resume_post(job, float(record["posted_at"]),
-                                                               _known(record))
+                upid = record.upid or self._resume_post(job, record.posted_at or 0.0, record.known_tasks)
                 log.info("resuming the migration task of an earlier worker", upid=upid)
             else:
                 upid = self._prepare_and_post(job, req, record)
@@ -136,7 +134,7 @@ class MigrationRunner:
 
     def _end(self, job: MigrationJob, state: JobState, message: str, started: float) -> JobState:
         duration = round(time.monotonic() - started, 3)
-        upid = self._redis(lambda: self.store.load(job.job_id)).get("upid")
+        upid = self._redis(lambda: self.store.load(job.job_id)).upid
         if self._redis(lambda: self.store.transition(job, state, message, upid=upid, duration_s=duration)):
             log.info("migration ended", state=state.value, reason=message, duration_s=duration)
             return state
@@ -146,7 +144,7 @@ class MigrationRunner:
 
     # --- before: slots, pre-flight, the POST ------------------------------------------------------
 
-    def _prepare_and_post(self, job: MigrationJob, req: SlotRequest, record: dict[str, str]) -> str | None:
+    def _prepare_and_post(self, job: MigrationJob, req: SlotRequest, record: JobRecord) -> str | None:
         def waiting() -> None:
             self.store.transition(job, JobState.WAITING, "waiting for a migration slot",
                                   only_from=(JobState.QUEUED,))
@@ -158,9 +156,9 @@ class MigrationRunner:
             return state is not None and state.terminal
 
         patience = self.settings.migrator.task_timeout_base
-        waiting_since = float(record["at_waiting"]) if record.get("at_waiting") else None
+        waiting_since = record.at(JobState.WAITING)
         # a run taken up again after giving way keeps the reason it showed (no second event for it)
-        deferred_for = record.get("message", "").removeprefix("deferred: ") if record.get("state") == "waiting" else ""
+        deferred_for = record.message.removeprefix("deferred: ") if record.state is JobState.WAITING else ""
         while True:
             self.slots.wait(req, on_wait=waiting, cancelled=cancelled, waiting_since=waiting_since)
             try:
@@ -168,7 +166,7 @@ class MigrationRunner:
                     # It lists the guest's migration tasks before ours too: a task found later that is not
                     # among them is this POST's (an earlier job's task of the same guest may be seconds old).
                     cleared = self.preflight.clear(job, patience)
-                    committed = commit()
+                    committed = commit(job)  # the start: slots pinned, job running, its event
             except Deferred as exc:  # its slots went back with the `held` block: others move meanwhile
                 waiting_since = waiting_since or time.time()
                 deferred_for = self._defer(job, exc, waiting_since, deferred_for, cancelled)
@@ -180,7 +178,7 @@ class MigrationRunner:
             log.warning("migration slots expired before the POST (Redis away?): waiting for them again")
         known = cleared.known_tasks
         self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(known))))
-        posted_at = float(self.store.load(job.job_id).get("posted_at") or time.time())
+        posted_at = self.store.load(job.job_id).posted_at or time.time()
         return self._post(job, cleared.params, posted_at, known)
 
     def _defer(self, job: MigrationJob, deferred: Deferred, waiting_since: float, said: str,
@@ -243,7 +241,8 @@ class MigrationRunner:
         raise Failed("Proxmox kept refusing the credentials")
 
     def _record_upid(self, job: MigrationJob, upid: str) -> None:
-        self._redis(lambda: self.store.transition(job, JobState.RUNNING, f"task {upid}", upid=upid))
+        if not self._redis(lambda: self.store.record_upid(job, upid)):  # the lease makes this unreachable
+            log.error("the job is no longer running: its task's UPID was not stored", upid=upid)
         log.info("migration started", upid=upid, source=job.source, target=job.target)
 
     def _resume_post(self, job: MigrationJob, posted_at: float, known: set[str] | None) -> str | None:
@@ -358,10 +357,3 @@ def is_task_status(answer: Any) -> TypeGuard[dict[str, Any]]:
         return True
     exitstatus = answer.get("exitstatus")
     return status == "stopped" and isinstance(exitstatus, str) and exitstatus != ""
-
-
-def _known(record: dict[str, str]) -> set[str] | None:
-    """The guest's migration tasks listed before this job's POST (None: the list was not taken)."""
-    if "known_tasks" not in record:
-        return None
-    return {u for u in record["known_tasks"].split(",") if u}

@@ -3,8 +3,9 @@
 Each scope is a sorted set of holders (job ids) scored by their expiry. One Lua script takes a slot
 in every scope of a migration at once or in none, so two workers can never both squeeze past a
 limit. Before its POST a job renews its slots, and loses them when they expire if its worker dies;
-from the POST on they are pinned and freed only when the job ends (shared/jobstore.py), so a
-migration Proxmox is running always counts.
+from the POST on they are pinned and freed only when the job ends, so a migration Proxmox is running
+always counts. Pinning them is part of the job's start, which the job store writes (JobStore.start:
+the slots pinned, the job running and its event, in one step); this module never writes a job's state.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq import Queue
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import MigratorSettings
-from pvebalance.shared.jobstore import TERMINAL
+from pvebalance.shared.jobstore import FINAL_STATES, JobStore
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import JobState
+from pvebalance.shared.models import MigrationJob
 from pvebalance.shared.redisconn import REDIS_AWAY, Outage
 
 log = get_logger("pvebalance.migrator.slots")
@@ -68,26 +70,6 @@ end
 return held
 """
 
-# KEYS: the scopes, then the job hash. ARGV: holder, now, states the job may start from.
-# Right before the POST: the holder must still have every slot (not expired) and the job must not have
-# been cancelled or ended; then the slots are pinned (+inf), and the job marked running with the time
-# of the POST, atomically. Returns 1, 0 (a slot was lost: wait again) or -1 (the job may not start).
-_COMMIT = """
-local n = #KEYS - 1
-local state = redis.call('HGET', KEYS[#KEYS], 'state') or ''
-local ok = false
-for s in string.gmatch(ARGV[3], '[^,]+') do if s == state then ok = true end end
-if not ok then return -1 end
-for i = 1, n do
-  local score = redis.call('ZSCORE', KEYS[i], ARGV[1])
-  if not score then return 0 end
-  if score ~= 'inf' and score ~= '+inf' and tonumber(score) <= tonumber(ARGV[2]) then return 0 end
-end
-for i = 1, n do redis.call('ZADD', KEYS[i], '+inf', ARGV[1]) end
-redis.call('HSET', KEYS[#KEYS], 'state', 'running', 'posted_at', ARGV[2], 'message', 'starting the migration')
-return 1
-"""
-
 # KEYS: the scopes, then the job hash. ARGV: holder, final states. A job resumed after its POST takes
 # its slots back, pinned, whatever the limits say: its migration is running (or may be) and counts.
 _ADOPT = """
@@ -97,6 +79,10 @@ for s in string.gmatch(ARGV[2], '[^,]+') do if s == state then return 0 end end
 for i = 1, #KEYS - 1 do redis.call('ZADD', KEYS[i], '+inf', ARGV[1]) end
 return 1
 """
+
+
+# How many jobs at the head of the queue a waiting runner looks at for a job in flight to be resumed.
+RESUMED_LOOKS = 8
 
 
 class SlotTimeout(Exception):
@@ -119,12 +105,13 @@ class SlotRequest:
 
 
 class Slots:
-    def __init__(self, redis: Redis, settings: MigratorSettings) -> None:
+    def __init__(self, redis: Redis, settings: MigratorSettings, store: JobStore | None = None) -> None:
         self.redis = redis
         self.settings = settings
+        self.store = store or JobStore(redis)
+        self.queue_key = Queue(keys.MIGRATION_QUEUE, connection=redis).key
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
-        self._commit = redis.register_script(_COMMIT)
         self._adopt = redis.register_script(_ADOPT)
 
     def _limits(self) -> list[int]:
@@ -133,23 +120,29 @@ class Slots:
 
     def try_acquire(self, req: SlotRequest) -> bool:
         now = time.time()
-        args = [req.holder, now, now + self.settings.slot_ttl, keys.job(""), TERMINAL, *self._limits()]
+        args = [req.holder, now, now + self.settings.slot_ttl, keys.job(""), FINAL_STATES, *self._limits()]
         return bool(self._acquire(keys=keys.slot_scopes(req.source, req.target), args=args))
 
     def renew(self, req: SlotRequest) -> int:
         return int(self._renew(keys=keys.slot_scopes(req.source, req.target),
                                args=[req.holder, time.time() + self.settings.slot_ttl]))
 
-    def commit(self, req: SlotRequest) -> int:
-        """Pin the slots for the POST and mark the job running: 1, 0 (a slot expired) or -1 (job not startable)."""
-        scopes = [*keys.slot_scopes(req.source, req.target), keys.job(req.holder)]
-        startable = f"{JobState.QUEUED.value},{JobState.WAITING.value}"
-        return int(self._commit(keys=scopes, args=[req.holder, time.time(), startable]))
+    def commit(self, req: SlotRequest, job: MigrationJob) -> int:
+        """Start the job (JobStore.start: its slots pinned, the job running, its event): 1, 0 (a slot expired)
+        or -1 (the job may not start)."""
+        assert (req.holder, req.source, req.target) == (job.job_id, job.source, job.target), "the job's own slots"
+        return self.store.start(job)
 
     def adopt(self, req: SlotRequest) -> bool:
         """A resumed in-flight job takes its slots back, pinned; False if the job has ended meanwhile."""
         scopes = [*keys.slot_scopes(req.source, req.target), keys.job(req.holder)]
-        return bool(self._adopt(keys=scopes, args=[req.holder, TERMINAL]))
+        return bool(self._adopt(keys=scopes, args=[req.holder, FINAL_STATES]))
+
+    def resumed_job_waits(self) -> bool:
+        """A job in flight waits in rq's queue for a worker to resume it. Jobs run again go to the front of
+        the queue, so its head tells; a job in flight there may hold the slots its waiters wait for."""
+        head = [_text(j) for j in self.redis.lrange(self.queue_key, 0, RESUMED_LOOKS - 1)]
+        return any(r.in_flight and r.live for r in self.store.load_many(head)) if head else False
 
     def release(self, req: SlotRequest) -> None:
         """Give back slots that were never pinned (the job stops before its POST without ending)."""
@@ -175,7 +168,7 @@ class Slots:
                 if self.try_acquire(req):
                     outage.ok()
                     return
-                if self.redis.scard(keys.RESUMING):
+                if self.resumed_job_waits():
                     raise SlotYield()
                 if cancelled is not None and cancelled():
                     raise SlotCancelled()
@@ -195,9 +188,9 @@ class Slots:
             delay = min(delay * 1.5, 2.0)
 
     @contextmanager
-    def held(self, req: SlotRequest) -> Iterator[Callable[[], int]]:
+    def held(self, req: SlotRequest) -> Iterator[Callable[[MigrationJob], int]]:
         """Keep slots already taken alive for the body (renewed in the background, riding out Redis
-        blips); the body gets `commit`. Slots not pinned by a commit are given back on every exit."""
+        blips); the body gets `commit` (the job's start). Slots not pinned by it are given back on every exit."""
         stop = threading.Event()
         committed = False
 
@@ -210,9 +203,9 @@ class Slots:
                 except RedisError as exc:
                     outage.failed(exc)
 
-        def commit() -> int:
+        def commit(job: MigrationJob) -> int:
             nonlocal committed
-            result = self.commit(req)
+            result = self.commit(req, job)
             committed = result == 1
             return result
 
@@ -227,3 +220,7 @@ class Slots:
                     self.release(req)
                 except RedisError as exc:  # they expire by themselves
                     log.warning("could not give back the migration slots; they expire", error=str(exc))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -21,9 +21,9 @@ from rq.job import Job
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
-from pvebalance.shared.jobstore import TERMINAL, JobStore
+from pvebalance.shared.jobrecord import STARTABLE
+from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import MigrationJob
 from pvebalance.shared.redisconn import REDIS_AWAY, Outage, connect_waiting, retry_redis
 
 from .handover import HANDOVER_SIGNAL, install_in_horse
@@ -39,6 +39,10 @@ WORKER_TTL = 60
 WORKER_SOCKET_TIMEOUT = WORKER_TTL + 15
 # How often the worker checks on its work-horse (and renews the run's heartbeat in rq).
 JOB_MONITORING_INTERVAL = 5
+# How often an idle worker runs rq's maintenance (rq's default: 10 min): among it, failing a run stuck in
+# the dequeue's intermediate list (a worker that died between its dequeue and its run), which the
+# reconciler then runs again (recovery.py).
+MAINTENANCE_INTERVAL = 30
 
 
 class MigrationWorker(Worker):
@@ -62,13 +66,12 @@ class MigrationWorker(Worker):
             log.info("stop requested: no migration job running; the worker exits")
             return
         record = JobStore(self.connection).load(job_id)
-        job = record.get("payload") and MigrationJob.model_validate_json(record["payload"])
-        state, upid = record.get("state", "?"), record.get("upid")
-        if state in TERMINAL.split(","):
+        job, state, upid = record.job, record.fields.get("state", "?"), record.upid
+        if record.terminal:
             log.info("stop requested: its last job has ended; the worker exits", job_id=job_id, state=state)
             return
         waits_for = (f"its migration task {upid} (it goes on in Proxmox)" if upid else
-                     "a migration slot or the pre-flight" if state in ("queued", "waiting") else state)
+                     "a migration slot or the pre-flight" if record.state in STARTABLE else state)
         log.warning("stop requested: handing the running job over to another worker at its next safe point "
                     "(seconds, not the migration's end); another worker resumes it", job_id=job_id,
                     vmid=job.vmid if job else None, move=f"{job.source} -> {job.target}" if job else None,
@@ -121,6 +124,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
             worker = MigrationWorker(
                 [Queue(keys.MIGRATION_QUEUE, connection=redis)], connection=redis, name=name or worker_name(),
                 worker_ttl=WORKER_TTL, job_monitoring_interval=JOB_MONITORING_INTERVAL,
+                maintenance_interval=MAINTENANCE_INTERVAL,
                 work_horse_killed_handler=on_horse_killed,
             )
             try:

@@ -25,7 +25,8 @@ from pvebalance.shared.config import Settings
 from pvebalance.shared.heartbeat import INSTANCE, beat
 from pvebalance.shared.holds import round_made, round_wait
 from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
-from pvebalance.shared.jobstore import JobStore, in_flight
+from pvebalance.shared.jobrecord import STARTABLE
+from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, job_ids, parse_known, utcnow
@@ -211,11 +212,10 @@ class Planner:
             if plan is None:
                 continue
             pairs = zip(plan.migrations, job_ids(plan), strict=True)
-            states = [self.jobs.load(job_id).get("state") for m, job_id in pairs
-                      if status.vmids is None or m.vmid in status.vmids]
-            if any(s in ("queued", "waiting", "running") for s in states):
+            records = [self.jobs.load(job_id) for m, job_id in pairs if status.vmids is None or m.vmid in status.vmids]
+            if any(r.live for r in records):
                 continue
-            counts = Counter(s or "not enqueued" for s in states)
+            counts = Counter(r.fields.get("state") or "not enqueued" for r in records)
             self.plans.set_state(plan.plan_id, PlanState.DONE, ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
     def failed_moves(self, plan_id: str) -> list[str]:
@@ -223,8 +223,8 @@ class Planner:
         failed = []
         for m, job_id in zip(plan.migrations, job_ids(plan), strict=True) if plan else []:
             record = self.jobs.load(job_id)
-            if record.get("state") == "failed":
-                failed.append(f"guest {m.vmid} ({m.name}) {m.source} -> {m.target}: {record.get('message', '')}")
+            if record.state is JobState.FAILED:
+                failed.append(f"guest {m.vmid} ({m.name}) {m.source} -> {m.target}: {record.message}")
         return failed
 
     def latest_plan(self) -> Plan | None:
@@ -247,8 +247,8 @@ class Planner:
         plan = self.latest_plan()
         if plan is None:
             return 0.0
-        failed_at = [float(r.get("at_failed") or 0) for job_id in job_ids(plan)
-                     if (r := self.jobs.load(job_id)).get("state") == "failed"]
+        failed_at = [r.at(JobState.FAILED) or 0.0 for job_id in job_ids(plan)
+                     if (r := self.jobs.load(job_id)).state is JobState.FAILED]
         if not failed_at:
             return 0.0
         now = time.time() if now is None else now
@@ -262,10 +262,10 @@ class Planner:
         skipped = []
         for job_id in sorted(self.jobs.active_jobs()):
             job = self.jobs.job(job_id)
-            if job is None or job.target not in unusable or in_flight(self.jobs.load(job_id)):
+            if job is None or job.target not in unusable or self.jobs.load(job_id).in_flight:
                 continue
             reason = f"target node {job.target} is {unusable[job.target]} since the plan was made"
-            if self.jobs.transition(job, JobState.SKIPPED, reason, only_from=(JobState.QUEUED, JobState.WAITING)):
+            if self.jobs.transition(job, JobState.SKIPPED, reason, only_from=STARTABLE):
                 log.info("job skipped", job_id=job_id, reason=reason)
                 skipped.append(job_id)
         return skipped

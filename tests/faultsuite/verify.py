@@ -69,7 +69,7 @@ def load_jobs(r: Redis) -> dict[str, Job]:
     jobs: dict[str, Job] = {}
     for key in r.scan_iter(match=keys.job("*"), count=1000):
         job_id = key.decode().removeprefix(keys.job(""))
-        record = store.load(job_id)
+        record = dict(store.load(job_id).fields)
         if record.get("payload"):
             jobs[job_id] = Job(MigrationJob.model_validate_json(record["payload"]), record)
     after = "0-0"
@@ -135,7 +135,7 @@ def diagnose(h: Harness, r: Redis) -> list[str]:
     queued = [j.decode() for j in r.lrange(f"rq:queue:{keys.MIGRATION_QUEUE}", 0, -1)]
     lines.append(f"rq queue ({len(queued)}): {queued[:12]}")
     for job_id in sorted(store.active_jobs()):
-        rec = store.load(job_id)
+        rec = store.load(job_id).fields
         rq_job = {k.decode(): v.decode(errors="replace")[:60] for k, v in r.hgetall(f"rq:job:{job_id}").items()
                   if k in (b"status", b"worker_name")}
         lease = r.exists(keys.lease(job_id))

@@ -137,7 +137,7 @@ def test_metrics_follow_a_drain_from_queued_to_succeeded_and_the_stream_and_webh
         assert ended[("pvebalance_migrations", (("state", "succeeded"),))] == len(jobs)
         assert ended[("pvebalance_migrations_finished_total", (("state", "succeeded"),))] == len(jobs)
         assert ended[("pvebalance_migration_duration_seconds_count", (("state", "succeeded"),))] == len(jobs)
-        durations = [float(store.load(j)["duration_s"]) for j in jobs]
+        durations = [store.load(j).duration_s for j in jobs]
         assert ended[("pvebalance_migration_duration_seconds_sum", (("state", "succeeded"),))] == pytest.approx(
             sum(durations))
         assert ended[("pvebalance_node_guests", (("node", "pve2"),))] == len(c.guests_on("pve2"))  # stopped ones

@@ -68,7 +68,7 @@ def test_a_lost_migrate_answer_is_not_matched_to_an_earlier_jobs_task(start_simu
         store.create(job)
         runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(real_redis, settings.migrator),
                                  settings)
-        return runner.run(job), store.load(job.job_id)
+        return runner.run(job), dict(store.load(job.job_id).fields)
 
     sim.faults.add({"kind": "task_error", "vmid": 100, "message": "migration aborted (job 1)"})
     first, first_record = run("plan-one")
@@ -105,7 +105,7 @@ def test_a_resumed_job_is_not_starved_by_workers_waiting_for_its_slots(start_sim
         deadline = time.monotonic() + 30
         in_flight: list[str] = []
         while not in_flight and time.monotonic() < deadline:
-            in_flight = [j for j in ids if store.load(j).get("upid")]
+            in_flight = [j for j in ids if store.load(j).upid]
             time.sleep(0.05)
         assert in_flight, "no migration started"
         name = (real_redis.hget(f"rq:job:{in_flight[0]}", "worker_name") or b"").decode()
@@ -117,5 +117,5 @@ def test_a_resumed_job_is_not_starved_by_workers_waiting_for_its_slots(start_sim
             time.sleep(0.2)
     finally:
         stop_processes(workers)
-    ended = {j: (store.state(j), store.load(j).get("message")) for j in ids}
+    ended = {j: (store.state(j), store.load(j).message) for j in ids}
     assert all(state is JobState.SUCCEEDED for state, _ in ended.values()), ended

@@ -85,7 +85,7 @@ def test_worker_killed_mid_migration_is_resumed_without_a_second_post(
                               "-c", str(config)], start_new_session=True,
                              stdout=(tmp_path / "first.log").open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: store.load(job_id).get("upid") is not None, 60, "the migration to start")
+        wait_until(lambda: store.load(job_id).upid is not None, 60, "the migration to start")
         assert sim.cluster.guests[move.vmid].config.get("lock") == "migrate", "killed in the middle"
         kill_tree(first)
     finally:
@@ -122,7 +122,7 @@ def test_failures_end_in_the_right_state_with_the_right_reason(start_simulator: 
         stop_processes(procs)
 
     def ended(vmid: int) -> tuple[JobState | None, str]:
-        record = store.load(f"migrate-{plan.plan_id}-{vmid}")
+        record = store.load(f"migrate-{plan.plan_id}-{vmid}").fields
         return JobState(record["state"]), record.get("message", "")
 
     assert ended(failing) == (JobState.FAILED, "migration aborted")

@@ -46,13 +46,13 @@ def test_sigterm_hands_both_a_running_and_a_waiting_job_over_and_another_worker_
     first = start_workers(config, 2, burst=False, log_dir=tmp_path)
     second: list[subprocess.Popen[bytes]] = []
     try:
-        wait_until(lambda: sorted(str(store.load(j).get("state")) for j in moves) == ["running", "waiting"], 60,
+        wait_until(lambda: sorted(str(store.load(j).fields.get("state")) for j in moves) == ["running", "waiting"], 60,
                    "one job migrating, the other waiting for the one cluster slot")
-        running = next(j for j in moves if store.load(j).get("state") == "running")
+        running = next(j for j in moves if store.load(j).fields.get("state") == "running")
         waiting = next(j for j in moves if j != running)
         # a job is running from just before its POST; its task's UPID is stored once the POST answers
-        wait_until(lambda: bool(store.load(running).get("upid")), 30, "the running job's task id stored")
-        upid = store.load(running)["upid"]
+        wait_until(lambda: bool(store.load(running).upid), 30, "the running job's task id stored")
+        upid = store.load(running).upid
         by_job = {_runs(real_redis, p.pid): p for p in first}
         for proc in first:  # to the main processes only, as systemd's KillMode=mixed does
             proc.send_signal(signal.SIGTERM)
@@ -60,8 +60,8 @@ def test_sigterm_hands_both_a_running_and_a_waiting_job_over_and_another_worker_
             proc.wait(SYSTEMD_STOP_TIMEOUT)
         assert sim.cluster.guests[moves[running].vmid].config.get("lock") == "migrate", \
             "the workers stopped while the migration ran on in Proxmox: they did not wait for its end"
-        assert store.load(running)["state"] == "running"
-        assert store.load(waiting).get("state") == "waiting" and not store.load(waiting).get("upid"), \
+        assert store.load(running).fields["state"] == "running"
+        assert store.load(waiting).fields.get("state") == "waiting" and not store.load(waiting).upid, \
             "handed over before its POST"
         (tmp_path / "second").mkdir()
         second = start_workers(config, 1, burst=False, log_dir=tmp_path / "second")
@@ -84,7 +84,7 @@ def test_sigterm_hands_both_a_running_and_a_waiting_job_over_and_another_worker_
     for job_id, move in moves.items():
         assert sim.cluster.stats.migrate_posts[move.vmid] == 1, "the running one followed, never POSTed twice"
         assert sim.cluster.guests[move.vmid].node == move.target
-        record = store.load(job_id)
+        record = store.load(job_id).fields
         assert "takeovers" not in record and "handed_over" not in record, "a hand-over is not a takeover"
     assert [e.state for _, e in store.events() if e.job_id == running] == [
         JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]

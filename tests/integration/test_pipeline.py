@@ -78,7 +78,7 @@ def test_failed_migration_ends_failed_with_proxmox_error_text(start_simulator: S
 
     store = JobStore(real_redis)
     assert store.state(job_id) is JobState.FAILED
-    assert store.load(job_id)["message"] == "migration problems: can't migrate VM - check log"
+    assert store.load(job_id).message == "migration problems: can't migrate VM - check log"
     last = [e for _, e in store.events() if e.job_id == job_id][-1]
     assert last.state is JobState.FAILED and last.message.startswith("migration problems")
     assert job_id in FailedJobRegistry(keys.MIGRATION_QUEUE, connection=real_redis).get_job_ids()

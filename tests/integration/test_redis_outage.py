@@ -55,7 +55,8 @@ def test_services_ride_out_redis_down_for_a_minute_mid_migration(start_simulator
             events = [e for _, e in store.events()]
             plan_jobs = {e.job_id for e in events}
             if plan_jobs and all(store.state(j) is not None and store.state(j).terminal  # type: ignore[union-attr]
-                                 for j in plan_jobs) and not store.active_jobs():
+                                 for j in plan_jobs) and not store.active_jobs() \
+                    and len(store.events()) == len(events):  # no job ended between the two reads
                 break
             assert time.monotonic() < deadline, f"jobs still active: {store.active_jobs()}"
             time.sleep(0.2)

@@ -201,7 +201,7 @@ def test_a_failover_during_a_drain_loses_doubles_and_misstates_no_job(ha: RedisH
     assert plan is not None and sorted(m.vmid for m in plan.migrations) == on_pve1
     # every job ended once, in the state the simulator's record says, and no migration twice
     stats = sim.cluster.stats
-    records = {j: store.load(j) for j in job_ids(plan)}
+    records = {j: store.load(j).fields for j in job_ids(plan)}
     ended = [e for _, e in store.events(count=10_000) if e.state.terminal]
     assert sorted(e.job_id for e in ended) == sorted(records), "each job ended exactly once"
     assert {r["state"] for r in records.values()} == {JobState.SUCCEEDED.value}

@@ -92,7 +92,7 @@ def test_a_move_into_a_node_runs_only_after_the_move_that_frees_its_room(
         assert ran[small.vmid]["start"] >= ran[118]["end"]
         assert peak <= memory_limit(pve2, policy)
     else:
-        record = store.load(f"migrate-{plan.plan_id}-{small.vmid}")
+        record = store.load(f"migrate-{plan.plan_id}-{small.vmid}").fields
         assert (record["state"], record["message"].split(":")[0]) == (
             "skipped", f"target node pve2 no longer has room for {small.entry['name']}")
         assert small.vmid not in ran and small.node == "pve1"

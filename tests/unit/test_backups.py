@@ -161,7 +161,7 @@ def test_a_deferred_job_waits_without_its_slots_and_migrates_once_the_backup_has
     seen: list[tuple[str, str, bool, int]] = []
 
     def sleep(seconds: float) -> None:
-        record = store.load(job.job_id)
+        record = store.load(job.job_id).fields
         if record["state"] != "waiting":
             return  # a wait of the migration in flight (its task's status), not the deferral's
         other = SlotRequest("another-job", "pve1", "pve2")
@@ -195,7 +195,7 @@ def test_a_job_deferred_longer_than_the_slot_wait_is_skipped_with_the_reason(
     job = job118()
     store.create(job)
     assert r.run(job) is JobState.SKIPPED
-    message = store.load(job.job_id)["message"]
+    message = store.load(job.job_id).message
     assert message.startswith("backup job backup-nightly of guest 118 starts at ")
     assert message.endswith("(still so after waiting 0 s: the next plan decides again)")
     assert sim.cluster.stats.migrate_posts[118] == 0
@@ -217,7 +217,7 @@ def test_a_deferred_job_gives_its_worker_up_when_other_jobs_wait_and_goes_on_lat
     fake_redis.rpush(f"rq:queue:{keys.MIGRATION_QUEUE}", "migrate-plan-b-200")  # another move waits for a worker
     with pytest.raises(SlotYield):  # rq puts the job at the back of the queue (jobs.GIVE_WAY)
         r.run(job)
-    assert store.load(job.job_id)["state"] == "waiting" and sim.cluster.stats.migrate_posts[118] == 0
+    assert store.load(job.job_id).fields["state"] == "waiting" and sim.cluster.stats.migrate_posts[118] == 0
     fake_redis.delete(f"rq:queue:{keys.MIGRATION_QUEUE}")
     # taken up again: still deferred for the same reason at first look, then the backup has run
     r.sleep = lambda seconds: sim.cluster.backups.clear()

@@ -74,7 +74,7 @@ def test_pre_flight_counts_the_memory_a_migration_in_flight_holds_on_the_target(
     job = make_job(store, 118, mem_bytes=vm118)
     assert runner.run(job) is outcome
     if outcome is JobState.SKIPPED:
-        message = store.load(job.job_id)["message"]
+        message = store.load(job.job_id).message
         assert message.startswith("target node pve2 no longer has room for vm118: pve2 would use")
         assert sim.cluster.stats.migrate_posts[118] == 0
     else:

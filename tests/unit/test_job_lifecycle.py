@@ -16,7 +16,7 @@ from pvebalance.services.migrator import jobs as migrator_jobs
 from pvebalance.services.migrator.preflight import Preflight
 from pvebalance.services.migrator.recovery import MAX_TAKEOVERS, Reconciler
 from pvebalance.services.migrator.runner import MigrationRunner
-from pvebalance.services.migrator.slots import SlotRequest, Slots
+from pvebalance.services.migrator.slots import SlotRequest, Slots, SlotYield
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
@@ -65,7 +65,7 @@ def test_pinned_slots_outlive_their_expiry_and_are_freed_only_when_the_job_ends(
     job = make_job(store)
     mine = SlotRequest(job.job_id, job.source, job.target)
     assert slots.try_acquire(mine)
-    assert slots.commit(mine) == 1
+    assert slots.commit(mine, job) == 1
     time.sleep(0.3)  # past the slot's expiry: a POSTed migration still holds it
     other = SlotRequest("migrate-plan-t-999", "pve3", "pve4")
     assert not slots.try_acquire(other)
@@ -79,7 +79,7 @@ def test_a_job_cancelled_while_it_held_its_slots_does_not_start(fake_redis: Redi
     req = SlotRequest(job.job_id, job.source, job.target)
     assert slots.try_acquire(req)
     assert store.cancel(job.job_id) is JobState.CANCELLED
-    assert slots.commit(req) == -1
+    assert slots.commit(req, job) == -1
     assert store.state(job.job_id) is JobState.CANCELLED
 
 
@@ -110,7 +110,7 @@ def test_a_migrate_post_that_times_out_is_found_in_the_task_list_not_sent_again(
     sim.faults.add({"kind": "delay", "method": "POST", "path": "/migrate$", "seconds": 2, "when": "after"})
     assert r.run(job) is JobState.SUCCEEDED
     assert sim.cluster.stats.migrate_posts[100] == 1
-    record = r.store.load(job.job_id)
+    record = r.store.load(job.job_id).fields
     assert ":qmigrate:100:" in record["upid"]
 
 
@@ -121,7 +121,7 @@ def test_a_task_error_ends_the_job_once_and_frees_its_slots_only_then(start_simu
     job = make_job(r.store)
     sim.faults.add({"kind": "task_error", "vmid": 118, "message": "migration aborted"})
     assert r.run(job) is JobState.FAILED
-    assert r.store.load(job.job_id)["message"] == "migration aborted"
+    assert r.store.load(job.job_id).message == "migration aborted"
     assert final_events(r.store, job.job_id) == [JobState.FAILED]
     assert fake_redis.zcard(keys.SLOTS_CLUSTER) == 0
 
@@ -152,7 +152,7 @@ def test_an_unexpected_exception_in_a_run_is_taken_over_and_the_job_finishes(
     monkeypatch.setattr(Preflight, "clear", broken_once)
     SimpleWorker([_queue(fake_redis)], connection=fake_redis).work(burst=True)
     assert store.state(job.job_id) is JobState.QUEUED, "rq failed the run; the job is not lost, not ended"
-    assert "RuntimeError: a bug in pre-flight" in store.load(job.job_id)["interrupted"]
+    assert "RuntimeError: a bug in pre-flight" in store.load(job.job_id).interrupted
     assert Reconciler(fake_redis, settings).run_once() == [job.job_id]
     SimpleWorker([_queue(fake_redis)], connection=fake_redis).work(burst=True)
     assert store.state(job.job_id) is JobState.SUCCEEDED
@@ -179,11 +179,13 @@ def test_a_job_rq_keeps_failing_is_given_up_after_the_attempt_limit_with_rqs_rea
         fake_redis.delete(keys.RECONCILER_LOCK)
         reconciler.run_once()
     assert store.state(job.job_id) is JobState.FAILED
-    assert store.load(job.job_id)["message"] == f"given up after {MAX_TAKEOVERS + 1} runs: RuntimeError: always broken"
+    assert store.load(job.job_id).message == f"given up after {MAX_TAKEOVERS + 1} runs: RuntimeError: always broken"
     assert sim.cluster.stats.migrate_posts[118] == 0
 
 
-def test_a_job_popped_by_a_dequeue_and_dropped_is_queued_again_once(fake_redis: Redis) -> None:
+def test_a_job_popped_by_a_dequeue_and_dropped_is_failed_by_rq_then_queued_again_once(fake_redis: Redis) -> None:
+    """rq's own maintenance finds a run stuck in its dequeue's intermediate list (after a minute); the
+    reconciler runs the job again once rq has given the run up, not before."""
     settings = Settings()
     store = JobStore(fake_redis)
     job = make_job(store)
@@ -191,11 +193,18 @@ def test_a_job_popped_by_a_dequeue_and_dropped_is_queued_again_once(fake_redis: 
     enqueue_migration(queue, settings, job)
     fake_redis.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")  # popped, then its worker died
     reconciler = Reconciler(fake_redis, settings, interval=0.01, lost_after=0)
-    assert reconciler.run_once() == [job.job_id]
-    fake_redis.delete(keys.RECONCILER_LOCK)
-    assert reconciler.run_once() == []
+    assert reconciler.run_once() == [], "rq still holds the run (its intermediate list)"
+    maintainer = SimpleWorker([queue], connection=fake_redis)
+    maintainer.clean_registries()  # rq notes when it first saw the job there
+    fake_redis.set(queue.intermediate_queue.get_first_seen_key(job.job_id), time.time() - 120)  # ... 2 min ago
+    maintainer.clean_registries()
+    assert job.job_id in queue.failed_job_registry
+    for acted in ([job.job_id], []):
+        fake_redis.delete(keys.RECONCILER_LOCK)
+        assert reconciler.run_once() == acted
     assert [x.decode() for x in fake_redis.lrange(queue.key, 0, -1)] == [job.job_id]
     assert fake_redis.llen(queue.intermediate_queue_key) == 0
+    assert store.load(job.job_id).takeovers == 1
 
 
 def test_a_job_created_but_not_yet_in_rq_is_left_to_the_planner_that_enqueues_it(fake_redis: Redis) -> None:
@@ -210,7 +219,7 @@ def test_a_job_created_but_not_yet_in_rq_is_left_to_the_planner_that_enqueues_it
     fake_redis.delete(keys.RECONCILER_LOCK)
     assert reconciler.run_once() == []
     assert [x.decode() for x in fake_redis.lrange(_queue(fake_redis).key, 0, -1)] == [job.job_id]
-    assert store.load(job.job_id).get("takeovers") is None
+    assert store.load(job.job_id).takeovers == 0
 
 
 def test_a_job_stored_long_ago_that_rq_never_had_is_queued_again(fake_redis: Redis) -> None:
@@ -237,7 +246,7 @@ def test_jobs_aimed_at_a_node_that_went_into_maintenance_are_skipped_and_free_th
     into_pve2, into_pve3 = make_job(store, 118, target="pve2"), make_job(store, 119, target="pve3")
     skipped = planner.skip_jobs_into_unusable_nodes(_snapshot(maintenance="pve2"))
     assert skipped == [into_pve2.job_id]
-    assert store.load(into_pve2.job_id)["message"] == "target node pve2 is in maintenance since the plan was made"
+    assert store.load(into_pve2.job_id).message == "target node pve2 is in maintenance since the plan was made"
     assert store.active_jobs() == {into_pve3.job_id}
 
 
@@ -245,11 +254,11 @@ def test_a_job_that_never_started_is_ended_at_its_deadline(fake_redis: Redis) ->
     settings = Settings(migrator={"slot_wait_timeout": 10, "task_timeout_base": 10})
     store = JobStore(fake_redis)
     job = make_job(store)
-    created = float(store.load(job.job_id)["created_at"])
+    created = store.load(job.job_id).created_at
     assert end_overdue(store, settings, now=created + 60) == []
     assert end_overdue(store, settings, now=created + 81) == [job.job_id]
     assert store.state(job.job_id) is JobState.FAILED
-    assert store.load(job.job_id)["message"].startswith("not started within 81 s")
+    assert store.load(job.job_id).message.startswith("not started within 81 s")
 
 
 def test_after_a_plan_whose_moves_failed_the_planner_waits_before_planning_again(fake_redis: Redis) -> None:
@@ -265,7 +274,7 @@ def test_after_a_plan_whose_moves_failed_the_planner_waits_before_planning_again
     first = plan.migrations[0]
     job = make_job(planner.jobs, first.vmid, first.source, first.target, plan=plan.plan_id)
     planner.jobs.transition(job, JobState.FAILED, "VM is locked (backup)")
-    failed_at = float(planner.jobs.load(job.job_id)["at_failed"])
+    failed_at = planner.jobs.load(job.job_id).at(JobState.FAILED)
     assert planner.wait_after_failures(now=failed_at + 10) == pytest.approx(50.0)
     assert planner.handle(snapshot.model_copy(update={"snapshot_id": "snap-2"})) is None
     assert planner.wait_after_failures(now=failed_at + 61) == 0.0
@@ -280,16 +289,26 @@ def test_pre_flight_refuses_a_target_with_the_engines_own_fit_rule(start_simulat
                    balancing={"node_resource_reserve": {"pve2": {"memory": maxmem_gib - 1}}})
     job = make_job(r.store)
     assert r.run(job) is JobState.SKIPPED
-    message = r.store.load(job.job_id)["message"]
+    message = r.store.load(job.job_id).message
     assert message.startswith("target node pve2 no longer has room for vm118: pve2 would use")
     assert "max_node_usage 95%" in message
     assert sim.cluster.stats.migrate_posts[118] == 0
 
 
-def test_a_job_marked_resuming_that_ended_stops_making_waiting_runners_give_way(fake_redis: Redis) -> None:
-    store = JobStore(fake_redis)
-    job = make_job(store)
-    fake_redis.sadd(keys.RESUMING, job.job_id)
-    store.transition(job, JobState.FAILED, "given up")
-    Reconciler(fake_redis, Settings()).run_once()
-    assert fake_redis.scard(keys.RESUMING) == 0
+def test_a_runner_waiting_for_a_slot_gives_way_only_while_a_live_job_in_flight_waits_in_the_queue(
+        fake_redis: Redis) -> None:
+    settings = Settings(migrator={"max_parallel_cluster": 1})
+    slots, store = Slots(fake_redis, settings.migrator), JobStore(fake_redis)
+    resumed, queued, waiter = make_job(store, 118), make_job(store, 119), make_job(store, 120)
+    enqueue_migration(_queue(fake_redis), settings, queued)
+    assert not slots.resumed_job_waits(), "a job that has not started needs no worker before the waiters"
+    # `resumed` started (its slot pinned), then its worker died; rq's run of it is queued again at the front
+    req = SlotRequest(resumed.job_id, resumed.source, resumed.target)
+    assert slots.try_acquire(req) and slots.commit(req, resumed) == 1
+    enqueue_migration(_queue(fake_redis), settings, resumed, at_front=True)
+    mine = SlotRequest(waiter.job_id, waiter.source, waiter.target)
+    with pytest.raises(SlotYield):
+        slots.wait(mine)
+    store.transition(resumed, JobState.FAILED, "given up")  # ended while still in the queue
+    assert not slots.resumed_job_waits()
+    slots.wait(mine)  # its slot is free again: taken at once

@@ -36,7 +36,7 @@ def test_every_transition_goes_to_the_job_and_the_stream(fake_redis: Redis) -> N
     assert not store.create(j), "a second create of the same job id is refused"
     store.transition(j, JobState.RUNNING, upid="UPID:pve1:00000001:00000002:00000003:qmigrate:100:root@pam:")
     store.transition(j, JobState.FAILED, "migration aborted", duration_s=1.5)
-    record = store.load(j.job_id)
+    record = store.load(j.job_id).fields
     assert record["state"] == "failed" and record["message"] == "migration aborted"
     assert record["upid"].startswith("UPID:pve1")
     assert {"at_queued", "at_running", "at_failed"} <= set(record)

@@ -38,7 +38,7 @@ def test_success_lands_the_guest_and_records_the_upid(start_simulator: SimFactor
     job = make_job(store, 118)
     assert r.run(job) is JobState.SUCCEEDED
     assert sim.cluster.guests[118].node == "pve2"
-    record = store.load(job.job_id)
+    record = store.load(job.job_id).fields
     assert ":qmigrate:118:" in record["upid"]
     assert [e.state for _, e in store.events()] == [JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]
 
@@ -50,7 +50,7 @@ def test_failed_task_ends_failed_with_proxmox_text(start_simulator: SimFactory, 
     r, store = runner(sim, fake_redis, tmp_path)
     job = make_job(store, 118)
     assert r.run(job) is JobState.FAILED
-    assert store.load(job.job_id)["message"] == "migration aborted"
+    assert store.load(job.job_id).message == "migration aborted"
     assert sim.cluster.guests[118].node == "pve1"
 
 
@@ -70,7 +70,7 @@ def test_guest_moved_by_hand_is_skipped(start_simulator: SimFactory, fake_redis:
     r, store = runner(sim, fake_redis, tmp_path)
     job = make_job(store, 118)
     assert r.run(job) is JobState.SKIPPED
-    assert "moved to pve3" in store.load(job.job_id)["message"]
+    assert "moved to pve3" in store.load(job.job_id).message
     assert sim.cluster.stats.migrate_posts[118] == 0
 
 
@@ -135,7 +135,7 @@ def test_ha_guest_is_followed_until_it_lands(start_simulator: SimFactory, fake_r
     target = next(n for n in ("pve5", "pve6") if n != guest.node)
     job = make_job(store, 123, source=guest.node, target=target)
     assert r.run(job) is JobState.SUCCEEDED
-    record = store.load(job.job_id)
+    record = store.load(job.job_id).fields
     assert ":hamigrate:" in record["upid"], "the POST only queued an HA request"
     assert sim.cluster.guests[123].node == target
     # the real move was a separate task, and the job did not end before it did
@@ -156,7 +156,7 @@ def test_no_slot_within_the_wait_limit_ends_the_job_failed(start_simulator: SimF
     r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings)
     job = make_job(store, 118)
     assert r.run(job) is JobState.FAILED
-    assert "no migration slot" in store.load(job.job_id)["message"]
+    assert "no migration slot" in store.load(job.job_id).message
     assert store.active_jobs() == set(), "the job is not left waiting forever"
     assert sim.cluster.stats.migrate_posts[118] == 0
 
@@ -191,7 +191,7 @@ def test_a_job_that_must_wait_for_a_slot_is_skipped_at_once_only_when_its_move_i
     job = make_job(store, 118)
     r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings)
     assert r.run(job) is state
-    assert store.load(job.job_id)["message"] == message
+    assert store.load(job.job_id).message == message
     assert sim.cluster.stats.migrate_posts[118] == 0
 
 
@@ -229,7 +229,7 @@ def test_an_answer_that_is_not_a_task_status_is_waited_out_until_pve_ends_the_ta
     job = make_job(store, 118)
     assert r.run(job) is JobState.SUCCEEDED
     healer.join()
-    record = store.load(job.job_id)
+    record = store.load(job.job_id).fields
     migration = next(m for m in sim.cluster.stats.migrations if m["vmid"] == 118)
     assert migration["ok"] and sim.cluster.guests[118].node == "pve2"
     assert float(record["at_succeeded"]) >= migration["end"], "the job ended while its task ran"

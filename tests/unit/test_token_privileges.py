@@ -77,7 +77,7 @@ def test_the_services_work_with_exactly_the_needed_privileges(start_simulator: S
     store.create(job)
     runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator),
                              settings)
-    assert runner.run(job) is JobState.SUCCEEDED, store.load(job.job_id).get("message")
+    assert runner.run(job) is JobState.SUCCEEDED, store.load(job.job_id).message
     assert sim.cluster.guests[118].node == "pve2"
 
 
