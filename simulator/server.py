@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import disks, storages  # noqa: F401  (register move_disk/move_volume and the storage views)
 from .api import Api, Request, WithTotal
 from .certs import make_self_signed
 from .cluster import ApiError, Cluster
