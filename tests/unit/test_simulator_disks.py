@@ -19,6 +19,7 @@ from tests.unit.test_simulator import raw_api
 GIB = 2**30
 QUIET = {"figure_lag": 0, "host_variation": 0, "latency_ms": 0, "workers": 0, "switchover_pause": 0}
 SCALE = 0.002  # a 32 GiB disk moves in ~0.07 s, a 256 GiB one in ~0.5 s
+SLOW = 256 * 1024  # KiB/s: a 256 GiB disk takes 2 s, long enough for a test to act while it moves
 
 
 def start(start_simulator: SimFactory, scenario: str = "storage-3", scale: float = SCALE) -> tuple[Simulator, Any]:
@@ -87,8 +88,8 @@ def test_the_target_is_allocated_while_the_copy_runs_and_the_source_freed_only_a
         start_simulator: SimFactory) -> None:
     _, api = start(start_simulator)
     before = used(api)
-    # 32 GiB at 256 MiB/s: 128 s at time scale 1, 0.26 s here
-    upid = api.nodes("pve1").qemu(106).move_disk.post(disk="scsi0", storage="nfs-c", delete=1, bwlimit=256 * 1024)
+    # 32 GiB at 64 MiB/s: 512 s at time scale 1, 1 s here
+    upid = api.nodes("pve1").qemu(106).move_disk.post(disk="scsi0", storage="nfs-c", delete=1, bwlimit=64 * 1024)
     while not any("allocated target volume" in t for t in log_of(api, upid)):
         time.sleep(0.005)
     copying = used(api)
@@ -239,7 +240,7 @@ def test_a_containers_volume_on_a_storage_without_rootdir_fails_in_its_task(star
 def test_a_moving_containers_lock_refuses_its_migration_and_a_second_move(start_simulator: SimFactory) -> None:
     sim, api = start(start_simulator)
     ct = api.nodes("pve1").lxc(100)
-    upid = ct.move_volume.post(volume="rootfs", storage="nfs-b", delete=1)  # 256 GiB: ~0.5 s
+    upid = ct.move_volume.post(volume="rootfs", storage="nfs-b", delete=1, bwlimit=SLOW)  # 2 s
     assert ct.config.get()["lock"] == "disk"
     assert next(e for e in api.cluster.resources.get(type="vm") if e["vmid"] == 100)["lock"] == "disk"
     with pytest.raises(ResourceException) as refused:
@@ -257,7 +258,7 @@ def test_a_moving_vm_holds_its_config_flock_so_a_migration_and_a_second_move_end
     """qemu-server sets no `lock:` for a disk move: its task holds the config's flock throughout."""
     sim, api = start(start_simulator)
     vm = api.nodes("pve1").qemu(133)  # two disks on nfs-a: 256G and 300G
-    first = vm.move_disk.post(disk="scsi0", storage="nfs-c", delete=1)  # ~0.5 s
+    first = vm.move_disk.post(disk="scsi0", storage="nfs-c", delete=1, bwlimit=SLOW)  # 2 s
     assert "lock" not in vm.config.get()
     migration = wait(api, vm.migrate.post(target="pve2", online=1))
     assert migration["exitstatus"] == "migration aborted"
@@ -290,3 +291,32 @@ def test_a_disk_error_fault_breaks_the_copy_off_and_leaves_the_source(start_simu
     assert (record["ok"], record["from"], record["to"], record["gib"]) == (False, "nfs-a", "nfs-c", 32.0)
     # the fault was used up: the next move goes through
     assert wait(api, vm.move_disk.post(disk="scsi0", storage="nfs-c", delete=1))["exitstatus"] == "OK"
+
+
+def test_the_storage_views_show_the_moved_volume_and_the_one_kept_unused(start_simulator: SimFactory) -> None:
+    _, api = start(start_simulator)
+    wait(api, api.nodes("pve1").qemu(106).move_disk.post(disk="scsi0", storage="nfs-c"))
+    node = api.nodes("pve2")  # a shared storage: every node sees the same volumes
+    assert node.storage("nfs-c").content.get(vmid=106) == [
+        {"volid": "nfs-c:106/vm-106-disk-0.raw", "vmid": 106, "size": 32 * GIB, "format": "raw", "content": "images"}]
+    assert node.storage("nfs-a").content.get(vmid=106) == [
+        {"volid": "nfs-a:vm-106-disk-0", "vmid": 106, "size": 32 * GIB, "format": "raw", "content": "images"}]
+    status = {s["storage"]: s for s in node.storage.get()}
+    shown = {e["storage"]: e for e in api.cluster.resources.get(type="storage") if e["node"] == "pve2"}
+    assert {s: (v["used"], v["total"]) for s, v in status.items()} == \
+        {s: (e["disk"], e["maxdisk"]) for s, e in shown.items()}
+    assert [(s["storage"], s["type"], s["shared"]) for s in api.storage.get()] == \
+        [("nfs-a", "nfs", 1), ("nfs-b", "nfs", 1), ("nfs-c", "nfs", 1)]  # the scenario's storage.cfg
+
+
+@pytest.mark.parametrize(("privileges", "message"), [
+    ({"VM.Audit", "Datastore.AllocateSpace"}, "Permission check failed (/vms/106, VM.Config.Disk)"),
+    ({"VM.Audit", "VM.Config.Disk"}, "Permission check failed (/storage/nfs-c, Datastore.AllocateSpace)"),
+])
+def test_a_token_without_the_privileges_pve_checks_is_refused_403(
+        start_simulator: SimFactory, privileges: set[str], message: str) -> None:
+    sim = start_simulator("storage-3", time_scale=SCALE, privileges={"root@pam!pvebalance": privileges}, **QUIET)
+    with pytest.raises(ResourceException) as refused:
+        raw_api(sim).nodes("pve1").qemu(106).move_disk.post(disk="scsi0", storage="nfs-c")
+    assert (refused.value.status_code, refused.value.content) == (403, message)
+    assert not sim.tasks.tasks
