@@ -214,10 +214,18 @@ class DiskMoves:
     def _in_task_checks(self, m: DiskMove) -> str | None:
         """What the task finds once it runs (for a VM, load_and_check_move again under the flock)."""
         g, vm = m.guest, m.guest.type == "qemu"
-        if self.cluster.guests.get(g.vmid) is not g or g.config.get(m.key) != m.line:
-            return f"disk '{m.key}' does not exist" if vm else f"volume '{m.key}' changed meanwhile"
+        line = g.config.get(m.key)
+        if self.cluster.guests.get(g.vmid) is not g or not isinstance(line, str):
+            return f"disk '{m.key}' does not exist" if vm else "Can't use an undefined value as a HASH reference"
         if vm and g.lock:
             return f"VM is locked ({g.lock})"
+        if line != m.line:  # a move that waited for the flock moves the disk from where the one before left it
+            m.line, m.source = line, line.split(",", 1)[0].partition(":")[0]
+            m.size = next((_bytes(o[5:]) for o in line.split(",")[1:] if o.startswith("size=")), 0)
+            if not m.asked:
+                m.fmt = storages.format_of(m.volid)
+            if vm and m.source == m.target and (not m.asked or m.fmt == storages.format_of(m.volid)):
+                return "you can't move to the same storage with same format"
         try:
             entry = storages.checked_entry(self.cluster, m.target, m.node)
         except ApiError as exc:
