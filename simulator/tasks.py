@@ -209,6 +209,9 @@ class TaskManager:
         """Start a migration task (cluster lock held). A VM's lock is taken here, where the API
         checked it; a CT's task takes its lock itself once it runs."""
         if any(guard(task, g, str(params["target"])) for guard in self.guards):
+            if ha:  # the LRM's migration failed: the CRM keeps the service where it is
+                g.entry["hastate"] = "started"
+                self.crm.moved(g.vmid)
             return
         m = Migration(task, g, g.node, str(params["target"]), params, ha)
         self.migrations[task.upid] = m

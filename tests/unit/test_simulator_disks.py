@@ -352,3 +352,22 @@ def test_every_move_post_is_recorded_with_what_answered_it_a_faults_too(start_si
     assert wait(api, second["upid"])["exitstatus"] == "OK"
     assert vm.config.get()["scsi0"].startswith("nfs-c:")
     assert sim.cluster.stats.migrate_requests == []  # moves are not migrations
+
+
+def test_an_ha_vms_migration_meeting_the_flock_fails_and_the_service_stays_started(
+        start_simulator: SimFactory) -> None:
+    sim, api = start(start_simulator)
+    sim.cluster.ha_resources.append({"sid": "vm:133", "state": "started"})
+    sim.cluster.guests[133].entry["hastate"] = "started"
+    vm = api.nodes("pve1").qemu(133)
+    move = vm.move_disk.post(disk="scsi0", storage="nfs-c", delete=1, bwlimit=SLOW)  # 2 s
+    request = vm.migrate.post(target="pve2", online=1)
+    assert request.split(":")[5] == "hamigrate" and wait(api, request)["exitstatus"] == "OK"
+    deadline = time.monotonic() + 5
+    while not sim.cluster.stats.ha_requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [handled] = sim.cluster.stats.ha_requests
+    assert wait(api, handled["upid"])["exitstatus"] == "migration aborted"  # the LRM's qmigrate
+    assert next(e for e in api.cluster.resources.get(type="vm") if e["vmid"] == 133)["hastate"] == "started"
+    assert wait(api, move)["exitstatus"] == "OK"
+    assert sim.cluster.guests[133].node == "pve1"
