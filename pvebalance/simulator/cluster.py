@@ -136,6 +136,7 @@ class Cluster:
                 self.nodes[e["node"]] = Node(entry=e, mem_overhead=max(mem, 0), cpu_overhead=max(cores, 0.0),
                                              index=len(self.nodes))
         self.storages = [e for e in res if e.get("type") == "storage"]
+        self.storage_cfg: list[dict[str, Any]] = list(api.get("/storage") or [])  # storage.cfg (storages.py)
         self.ha_rules: list[dict[str, Any]] = api.get("/cluster/ha/rules") or []
         self.ha_resources: list[dict[str, Any]] = api.get("/cluster/ha/resources") or []
         self.pools = {p["poolid"]: p for p in api.get("/pools") or []}

@@ -27,6 +27,11 @@ Kinds:
               {"kind": "delay", "method": "POST", "path": "/migrate$", "seconds": 2, "when": "after"}
 - task_error: the next migration task of `vmid` (null: any) ends `TASK ERROR: <message>`.
               {"kind": "task_error", "vmid": 118, "message": "migration aborted"}
+- disk_error: the next disk move (move_disk, move_volume) of `vmid` (null: any) breaks off half way
+              through its copy: PVE frees the new volume, the source and the config stay as they
+              were; a VM's task ends `TASK ERROR: storage migration failed: <message>`, a CT's
+              `TASK ERROR: <message>` (disks.py).
+              {"kind": "disk_error", "vmid": 103, "message": "mirroring error: drive-scsi0: Input/output error"}
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-FaultKind = Literal["http", "malformed", "data", "delay", "task_error"]
-KINDS = ("http", "malformed", "data", "delay", "task_error")
+FaultKind = Literal["http", "malformed", "data", "delay", "task_error", "disk_error"]
+KINDS = ("http", "malformed", "data", "delay", "task_error", "disk_error")
 ANSWERING = ("http", "malformed", "data")  # kinds that answer instead of the API
 PROXY_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>proxy error</body></html>"
 
@@ -133,6 +138,10 @@ class Faults:
 
     def task_error(self, vmid: int) -> str | None:
         fault = self._take(lambda f: f.kind == "task_error" and f.vmid in (None, vmid))
+        return fault.text if fault else None
+
+    def disk_error(self, vmid: int) -> str | None:
+        fault = self._take(lambda f: f.kind == "disk_error" and f.vmid in (None, vmid))
         return fault.text if fault else None
 
     def as_json(self) -> list[dict[str, Any]]:

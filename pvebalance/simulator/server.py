@@ -9,8 +9,8 @@ fixed number of workers per node, and waits when they are all busy.
 
 /_sim/... (outside /api2/json, no auth, see control.py) lets tests drive faults and events and read
 what the simulator saw. Faults (faults.py) stand in front of the API: a delay before or after the
-answer, an HTTP error or a malformed body instead of it; every migrate POST is recorded with what
-answered it.
+answer, an HTTP error or a malformed body instead of it; every migrate and disk move POST is
+recorded with what answered it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import disks, storages  # noqa: F401  (register move_disk/move_volume and the storage views)
 from .api import Api, Request, WithTotal
 from .certs import make_self_signed
 from .cluster import ApiError, Cluster
@@ -249,9 +250,9 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(delay.seconds)
         with self.sim.workers.serve(api_path):
             reply = self._answer(method, api_path, params)
-        migrate = MIGRATE_PATH.match(api_path) if method == "POST" else None
-        if migrate:
-            self._record_migrate_post(migrate, params, reply, arrived, delay)
+        posted = (MIGRATE_PATH.match(api_path) or DISK_MOVE_PATH.match(api_path)) if method == "POST" else None
+        if posted:
+            self._record_post(posted, params, reply, arrived, delay)
         if delay and delay.when == "after":
             time.sleep(delay.seconds)  # the request took effect; only its answer is late
         self._send(reply)
@@ -295,9 +296,9 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError) as exc:
             return Reply.error(ApiError(400, f"bad request: {exc}"))
 
-    def _record_migrate_post(self, m: re.Match[str], params: dict[str, Any], reply: Reply,
-                             arrived: float, delay: Fault | None) -> None:
-        """Every migrate POST, whatever answered it, for tests to check a run against."""
+    def _record_post(self, m: re.Match[str], params: dict[str, Any], reply: Reply,
+                     arrived: float, delay: Fault | None) -> None:
+        """Every migrate and disk move POST, whatever answered it, for tests to check a run against."""
         user = reply.user
         if user is None:
             try:
@@ -305,11 +306,18 @@ class Handler(BaseHTTPRequestHandler):
             except ApiError:
                 user = None
         fault = reply.fault or (f"delay-{delay.when}" if delay else None)
+        answer = {"user": user, "status": reply.status, "upid": reply.upid,
+                  "error": reply.reason if reply.status >= 400 else None, "fault": fault}
         with self.sim.cluster.lock:
+            if m.re is DISK_MOVE_PATH:
+                self.sim.cluster.stats.disk_move_requests.append({
+                    "vmid": int(m["vmid"]), "type": m["type"], "time": arrived, "node": m["node"],
+                    "disk": params.get("disk") or params.get("volume"), "storage": params.get("storage"),
+                    "delete": params.get("delete"), **answer})
+                return
             self.sim.cluster.stats.migrate_request(
                 vmid=int(m["vmid"]), type=m["type"], time=arrived, source=m["node"],
-                target=params.get("target"), user=user, status=reply.status, upid=reply.upid,
-                error=reply.reason if reply.status >= 400 else None, fault=fault,
+                target=params.get("target"), **answer,
             )
 
     def _send(self, reply: Reply) -> None:
@@ -326,6 +334,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 MIGRATE_PATH = re.compile(r"^/nodes/(?P<node>[^/]+)/(?P<type>qemu|lxc)/(?P<vmid>\d+)/migrate$")
+DISK_MOVE_PATH = re.compile(r"^/nodes/(?P<node>[^/]+)/(?P<type>qemu|lxc)/(?P<vmid>\d+)/(?:move_disk|move_volume)$")
 
 
 @dataclass

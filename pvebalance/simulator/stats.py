@@ -8,6 +8,11 @@ set) until it ends: an HA request (`hamigrate`) does not count, the qmigrate/vzm
 stack starts later does, and a task that fails before it gets the guest (a CT that is already
 locked) never counted as a running migration.
 
+`disk_moves` are the disk move tasks that ended (disks.py: vmid, disk, from, to, start, end, ok,
+gib, ...), `disk_move_requests` every move_disk/move_volume POST and what answered it (as
+`migrate_requests` for migrate POSTs), `max_disk_moves_per_storage` the most moves at once that
+read from or wrote to each storage.
+
 `links` (links.py) records each node's migration link: the seconds it carried any migration's data
 (`busy_s`) and the GiB it sent and received; forgetting the stats forgets those too.
 """
@@ -33,6 +38,9 @@ class Stats:
     max_per_source: Counter[str] = field(default_factory=Counter)
     max_per_target: Counter[str] = field(default_factory=Counter)
     migrations: list[dict[str, Any]] = field(default_factory=list)
+    disk_moves: list[dict[str, Any]] = field(default_factory=list)  # ended move_disk/move_volume tasks
+    disk_move_requests: list[dict[str, Any]] = field(default_factory=list)  # every move_disk/move_volume POST
+    max_disk_moves_per_storage: Counter[str] = field(default_factory=Counter)
     peak_mem_ratio: dict[str, float] = field(default_factory=dict)  # incl. memory held by live migrations
     peak_storage_ratio: dict[str, float] = field(default_factory=dict)  # "node/storage" -> used / size, peak
     requests_waited: int = 0  # requests that waited for a free worker of their node
@@ -87,6 +95,9 @@ class Stats:
             "max_per_source": dict(self.max_per_source),
             "max_per_target": dict(self.max_per_target),
             "migrations": [dict(m) for m in self.migrations],
+            "disk_moves": [dict(m) for m in self.disk_moves],
+            "disk_move_requests": [dict(r) for r in self.disk_move_requests],
+            "max_disk_moves_per_storage": dict(self.max_disk_moves_per_storage),
             "peak_mem_ratio": dict(self.peak_mem_ratio),
             "peak_storage_ratio": dict(self.peak_storage_ratio),
             "requests_waited": self.requests_waited,

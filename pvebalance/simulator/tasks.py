@@ -33,6 +33,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -145,6 +146,8 @@ class TaskManager:
         self._pids = itertools.count(os.getpid() * 16 + 1000)
         self._pstart = int(time.monotonic() * 100) & 0xFFFFFFF
         self.crm = Crm(self)  # the HA CRM's own moves (crm.py)
+        # asked before a migration task starts: True when a guard ended the task itself (disks.py)
+        self.guards: list[Callable[[Task, Guest, str], bool]] = []
 
     def new_task(self, node: str, ttype: str, tid: str, user: str) -> Task:
         pid = next(self._pids) & 0xFFFFFFFF
@@ -205,6 +208,11 @@ class TaskManager:
     def _launch(self, task: Task, g: Guest, params: dict[str, Any], ha: bool) -> None:
         """Start a migration task (cluster lock held). A VM's lock is taken here, where the API
         checked it; a CT's task takes its lock itself once it runs."""
+        if any(guard(task, g, str(params["target"])) for guard in self.guards):
+            if ha:  # the LRM's migration failed: the CRM keeps the service where it is
+                g.entry["hastate"] = "started"
+                self.crm.moved(g.vmid)
+            return
         m = Migration(task, g, g.node, str(params["target"]), params, ha)
         self.migrations[task.upid] = m
         if g.type == "qemu":
