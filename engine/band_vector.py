@@ -154,11 +154,11 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
 def _diagonal_search(at: Callable[[list[float]], BandPlan], better: Callable[[BandPlan, BandPlan], bool],
                      means: Vector, widths: Vector, free: list[int], lo: list[float]) -> BandPlan:
     """The box search on large clusters, in few plans: every dimension's lo at the same fraction of
-    its range (the diagonal: where a node must shed in one dimension it mostly must in the other),
-    then each dimension half a step either way of the best. A coordinate search from the middle
+    its range (the diagonal, inside its ends: where a node must shed in one dimension it mostly must
+    in the other), then each dimension half a step either way of the best. A coordinate search from the middle
     wandered off among boxes no plan completes (ranked by how far they fall short)."""
     best, centre = at(lo), lo
-    for step in range(_STEPS_LARGE + 1):
+    for step in range(1, _STEPS_LARGE):  # not the ends (the box's edge on the mean): no plan of theirs won
         trial = [means[i] - widths[i] + widths[i] * step / _STEPS_LARGE if i in free else lo[i] for i in range(len(lo))]
         plan = at(trial)
         if better(plan, best):
