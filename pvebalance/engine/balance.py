@@ -118,7 +118,23 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
         state = _exact_if_fewer(snapshot, policy, constraints, state, notes)
     if repaired is not None and (not exact or not state.balanced()):
         state = _searched(repaired, state, _units(repaired), notes)
+        if not exact and not rules_unmet and state.balanced() and policy.exact_seconds > 0:
+            state = _nearby(snapshot, policy, constraints, state, notes)
     return state
+
+
+def _nearby(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,
+            notes: list[str]) -> PlanState:
+    """The exact model over the plan's neighbourhood (neighbourhood.py): where the whole model is
+    too large, its plan when it has fewer migrations (and is preferred: balancing.objective)."""
+    from .neighbourhood import fewer_nearby  # highspy: loaded only when used
+
+    found = fewer_nearby(snapshot, policy, constraints, plan)
+    if found is None or not prefer(found.moves, plan.moves, policy, constraints):
+        return plan
+    notes.append(f"exact solver over the plan's neighbourhood: {len(found.moves)} migrations instead of "
+                 f"{len(plan.moves)}")
+    return found
 
 
 def _closest(snapshot: ClusterSnapshot, repaired: PlanState, constraints: Constraints, plan: PlanState,
