@@ -52,6 +52,8 @@ def plan_storage_balance(snapshot: ClusterSnapshot, settings: StorageBalancingSe
             plan.notes.append(f"group {group}: fewer than two storages to balance")
             continue
         _plan_group(plan, facts, group, settings)
+    # groups share no storage: their batches of the same number run at once
+    plan.moves.sort(key=lambda m: m.batch)
     return plan
 
 
@@ -67,11 +69,10 @@ def _plan_group(plan: StoragePlan, facts: Facts, group: list[str], settings: Sto
     if spread_before > band + _EPS and cands:
         selection, ordered = _select_and_order(group, stores, cands, band, max_usage, per)
     assert ordered is not None
-    first = max((m.batch + 1 for m in plan.moves), default=0)
     for b, batch in enumerate(ordered):
         for c, t in batch:
             plan.moves.append(DiskMove(vmid=c.vmid, guest_type=c.guest_type, node=c.node, disk=c.disk,
-                                       source=c.source, target=t, size=c.size, batch=first + b))
+                                       source=c.source, target=t, size=c.size, batch=b))
     after = final_bytes(group, stores, selection.moves)
     spread_after = spread(after, stores)
     plan.groups.append(GroupOutcome(storages=group, spread_before_pp=round(spread_before, 3),

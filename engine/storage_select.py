@@ -1,7 +1,8 @@
 """Which disks of one storage group move where: the fewest moves that bring the group's fullest and
 emptiest storage within the band, then the fewest GiB copied.
 
-An exact MILP (HiGHS, highs.py) where the group is small: x[d, t] = 1 when disk d moves to storage t;
+An exact MILP (HiGHS, highs.py) where the group is small: y[k, t] disks of class k (the same storage,
+size and targets) move to storage t;
 each storage's final percent lies in [lo, hi], hi - lo <= band (or, when no plan reaches the band, the
 narrowest spread any plan reaches); no storage that receives passes `max_usage`. Three solves, one
 per objective in turn (the narrowest spread when the band is out of reach, the fewest moves, then the
@@ -27,8 +28,8 @@ from .storage_models import GIB
 
 # Branch-and-bound nodes per solve. Every case tried (storage-3: 84 disks, 3 storages; random groups
 # of up to 6 storages and 200 disks) is settled at the root or within a few dozen nodes.
-EXACT_NODE_LIMIT = 500
-# Beyond this many x[d, t] columns the greedy plans alone.
+EXACT_NODE_LIMIT = 200
+# Beyond this many y[k, t] columns the greedy plans alone.
 EXACT_MAX_COLUMNS = 6000
 _EPS = 1e-7
 
@@ -54,16 +55,30 @@ def final_bytes(group: list[str], stores: dict[str, Store], moves: list[tuple[Ca
     return out
 
 
+def _classes(cands: list[Candidate]) -> list[list[Candidate]]:
+    """The candidates that are interchangeable for the model (same storage, size and targets), each
+    class in vmid order: the model counts how many of a class go where, so its size follows the
+    number of distinct sizes, not of disks (and ten equal disks are not ten! equal plans to search)."""
+    classes: dict[tuple[str, int, tuple[str, ...]], list[Candidate]] = {}
+    for c in sorted(cands, key=lambda c: (c.vmid, c.disk)):
+        classes.setdefault((c.source, c.size, c.targets), []).append(c)
+    return [classes[k] for k in sorted(classes)]
+
+
 def exact(group: list[str], stores: dict[str, Store], cands: list[Candidate], band: float, max_usage: float,
           *, strict: bool, node_limit: int = EXACT_NODE_LIMIT) -> Selection | None:
     """The exact plan, or None when the model is too large or the bounded search found no plan."""
-    pairs = [(i, t) for i, c in enumerate(cands) for t in c.targets]
+    classes = _classes(cands)
+    pairs = [(k, t) for k, members in enumerate(classes) for t in members[0].targets]
     if not pairs or len(pairs) > EXACT_MAX_COLUMNS:
         return None
     n = len(pairs)
+    size = [classes[k][0].size for k, _ in pairs]
     hi, lo, ex = n, n + 1, n + 2
     col_low = [0.0] * n + [-1e3, -1e3, 0.0]
-    col_high = [1.0] * n + [1e3, 1e3, 0.0]  # the excess over the band: 0 unless the band is out of reach
+    # y[k, t]: how many disks of class k move to t; then the band's top and bottom and the excess
+    # over the band (0 unless the band is out of reach)
+    col_high = [float(len(classes[k])) for k, _ in pairs] + [1e3, 1e3, 0.0]
     integer = [True] * n + [False] * 3
     rows: list[int] = []
     cols: list[int] = []
@@ -80,20 +95,20 @@ def exact(group: list[str], stores: dict[str, Store], cands: list[Candidate], ba
         low.append(lb)
         high.append(ub)
 
-    by_cand: dict[int, list[int]] = {}
+    by_class: dict[int, list[int]] = {}
     into: dict[str, list[int]] = {s: [] for s in group}
     out_of: dict[str, list[int]] = {s: [] for s in group}
-    for col, (i, t) in enumerate(pairs):
-        by_cand.setdefault(i, []).append(col)
+    for col, (k, t) in enumerate(pairs):
+        by_class.setdefault(k, []).append(col)
         into[t].append(col)
-        out_of[cands[i].source].append(col)
-    for columns in by_cand.values():
-        row([(col, 1.0) for col in columns], 0.0, 1.0)
+        out_of[classes[k][0].source].append(col)
+    for k, columns in by_class.items():
+        row([(col, 1.0) for col in columns], 0.0, float(len(classes[k])))
     for s in group:
         st = stores[s]
         base = 100.0 * (st.used - st.freed) / st.total
-        delta = [(col, 100.0 * cands[pairs[col][0]].size / st.total) for col in into[s]]
-        delta += [(col, -100.0 * cands[pairs[col][0]].size / st.total) for col in out_of[s]]
+        delta = [(col, 100.0 * size[col] / st.total) for col in into[s]]
+        delta += [(col, -100.0 * size[col] / st.total) for col in out_of[s]]
         row([*delta, (hi, -1.0)], -np.inf, -base)  # percent <= hi
         row([*delta, (lo, -1.0)], -base, np.inf)  # percent >= lo
         room = st.limit(max_usage) - st.used  # in-flight sources are not credited while the plan runs
@@ -101,8 +116,8 @@ def exact(group: list[str], stores: dict[str, Store], cands: list[Candidate], ba
             for col in into[s]:
                 col_high[col] = 0.0  # a storage above max_usage takes nothing
             continue
-        arrivals = [(col, cands[pairs[col][0]].size / GIB) for col in into[s]]
-        departures = [] if strict else [(col, -cands[pairs[col][0]].size / GIB) for col in out_of[s]]
+        arrivals = [(col, size[col] / GIB) for col in into[s]]
+        departures = [] if strict else [(col, -size[col] / GIB) for col in out_of[s]]
         if arrivals:
             row(arrivals + departures, -np.inf, room / GIB)
     row([(hi, 1.0), (lo, -1.0), (ex, -1.0)], -np.inf, band)
@@ -134,14 +149,27 @@ def exact(group: list[str], stores: dict[str, Store], cands: list[Candidate], ba
         return Selection([], "exact", proven)
     row([(col, 1.0) for col in range(n)], fewest, fewest)
     gib = np.zeros(n + 3)
-    gib[:n] = [cands[i].size / GIB for i, _ in pairs]
+    gib[:n] = [b / GIB for b in size]
     status2, x2 = run(gib)
     if x2 is not None:
         x, proven = x2, proven and status2 == "optimal"
     else:
         proven = False
-    chosen = [(cands[pairs[col][0]], pairs[col][1]) for col in range(n) if x[col] > 0.5]
+    chosen: list[tuple[Candidate, str]] = []
+    taken = dict.fromkeys(range(len(classes)), 0)
+    for col, (k, t) in enumerate(pairs):
+        many = round(float(x[col]))
+        chosen += [(c, t) for c in classes[k][taken[k]:taken[k] + many]]
+        taken[k] += many
     return Selection(chosen, "exact", proven)
+
+
+def _spread_after(final: dict[str, float], total: dict[str, float], edges: list[str], c: Candidate,
+                  t: str) -> float:
+    """The group's spread once c has moved to t; `edges` holds the three fullest and emptiest."""
+    pct = [100.0 * final[s] / total[s] for s in edges if s not in (c.source, t)]
+    pct += [100.0 * (final[c.source] - c.size) / total[c.source], 100.0 * (final[t] + c.size) / total[t]]
+    return max(pct) - min(pct)
 
 
 def greedy(group: list[str], stores: dict[str, Store], cands: list[Candidate], band: float,
@@ -149,36 +177,41 @@ def greedy(group: list[str], stores: dict[str, Store], cands: list[Candidate], b
     """One move at a time, each the one that narrows the group's spread most (the smaller disk among
     equals), until the band is met or no move narrows it; each move fits its target when it starts,
     counting the moves before it (their sources freed: storage_balance runs them one after another
-    when no batch fits)."""
+    when no batch fits). Only a move out of the fullest storage or into the emptiest can narrow the
+    spread, so only those are weighed."""
     final = final_bytes(group, stores, [])
     now = {s: float(stores[s].used) for s in group}
     limit = {s: stores[s].limit(max_usage) for s in group}
-    pending = sorted(cands, key=lambda c: (c.source, -c.size, c.vmid, c.disk))
+    total = {s: float(stores[s].total) for s in group}
+    # disks of one class move alike: each class is weighed once, by its first disk left (in vmid order)
+    classes = _classes(cands)
+    left = [0] * len(classes)
     chosen: list[tuple[Candidate, str]] = []
     current = spread(final, stores)
     while current > band + _EPS:
-        pct = {s: 100.0 * final[s] / stores[s].total for s in group}
-        top, bottom = max(group, key=lambda s: pct[s]), min(group, key=lambda s: pct[s])
-        best: tuple[float, int, int, str, Candidate, str] | None = None
-        for c in pending:
-            for t in c.targets:
-                if (c.source != top and t != bottom) or now[t] + c.size > limit[t]:
+        ranked = sorted(group, key=lambda s: (final[s] / total[s], s))
+        top, bottom = ranked[-1], ranked[0]
+        edges = ranked[:3] + ranked[-3:]  # the others' extremes, whichever two storages a move changes
+        best: tuple[tuple[float, int, int, str, str], int, str] | None = None
+        for k, members in enumerate(classes):
+            if left[k] == len(members):
+                continue
+            c = members[left[k]]
+            for t in c.targets if c.source == top else (bottom,) if bottom in c.targets else ():
+                if now[t] + c.size > limit[t]:
                     continue
-                final[c.source] -= c.size
-                final[t] += c.size
-                after = spread(final, stores)
-                final[c.source] += c.size
-                final[t] -= c.size
-                key = (after, c.size, c.vmid, c.disk, c, t)
-                if after < current - _EPS and (best is None or key[:4] < best[:4]):
-                    best = key
+                spread_after = _spread_after(final, total, edges, c, t)
+                key = (spread_after, c.size, c.vmid, c.disk, t)
+                if spread_after < current - _EPS and (best is None or key < best[0]):
+                    best = (key, k, t)
         if best is None:
             break
-        current, c, t = best[0], best[4], best[5]
+        (current, *_), k, t = best
+        c = classes[k][left[k]]
+        left[k] += 1
         final[c.source] -= c.size
         final[t] += c.size
         now[c.source] -= c.size
         now[t] += c.size
-        pending.remove(c)
         chosen.append((c, t))
     return Selection(chosen, "greedy" if chosen else "none")
