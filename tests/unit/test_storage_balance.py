@@ -95,6 +95,18 @@ def test_storage3_greedy_plan_is_safe_and_within_the_band(monkeypatch: pytest.Mo
     assert v.problems == [] and v.spreads[("nfs-a", "nfs-b", "nfs-c")] <= 10
 
 
+def test_storage3_large_model_path_keeps_the_fewest_moves_and_shrinks_their_gib(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond GIB_STAGE_MAX_COLUMNS only the fewest moves are searched exactly; `shrink` then swaps in
+    smaller disks: still 9 moves, safe, within the band and within 1.10x the fewest GiB."""
+    monkeypatch.setattr(storage_select, "GIB_STAGE_MAX_COLUMNS", 0)
+    api = storage3()
+    plan, s = plan_for(api)
+    v = verdict(api, plan, s)
+    assert v.problems == [] and v.spreads[("nfs-a", "nfs-b", "nfs-c")] <= 10
+    assert len(plan.moves) == 9 and not plan.groups[0].proven and v.gib <= 1.10 * 3480
+
+
 def test_storage3_plan_is_the_same_every_time() -> None:
     api = storage3()
     assert plan_for(api)[0] == plan_for(api)[0]
@@ -172,6 +184,19 @@ def test_a_disk_pve_would_not_move_stays_with_its_reason(name: str, guest: dict[
     assert [(d.vmid, d.kind) for d in plan.stays] == [(101, kind)]
     assert len(plan.unmet) == 1 and plan.unmet[0].over_pp == pytest.approx(50.0)
     assert "stay" in plan.unmet[0].reason
+
+
+def test_out_of_reach_band_still_narrows_as_far_as_it_can() -> None:
+    """a's template disk (500 GiB) stays: moving the 100 and the 40 GiB disk takes the spread from 80
+    to 52 pp, the narrowest any plan reaches, and the group is unmet by 42 pp."""
+    api = make_api({"a": (1000, 900), "b": (1000, 100)},
+                   [vm(101, ("scsi0", "a", 500), template=1), vm(102, ("scsi0", "a", 100)),
+                    vm(103, ("scsi0", "a", 40))])
+    plan, s = plan_for(api)
+    v = verdict(api, plan, s)
+    assert v.problems == [] and [m.vmid for m in plan.moves] == [102, 103]
+    assert v.spreads[("a", "b")] == pytest.approx(52.0)
+    assert plan.unmet[0].over_pp == pytest.approx(42.0) and "template" in plan.unmet[0].reason
 
 
 def test_ignored_guests_disks_stay() -> None:
