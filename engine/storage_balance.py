@@ -65,10 +65,9 @@ def _plan_group(plan: StoragePlan, facts: Facts, group: list[str], settings: Sto
     spread_before = spread(before, stores)
     band, max_usage, per = settings.balanciness, settings.max_usage, settings.max_parallel_per_storage
     selection = Selection([], "none")
-    ordered: list[list[tuple[Candidate, str]]] | None = []
+    ordered: list[list[tuple[Candidate, str]]] = []
     if spread_before > band + _EPS and cands:
         selection, ordered = _select_and_order(group, stores, cands, band, max_usage, per)
-    assert ordered is not None
     for b, batch in enumerate(ordered):
         for c, t in batch:
             plan.moves.append(DiskMove(vmid=c.vmid, guest_type=c.guest_type, node=c.node, disk=c.disk,
@@ -96,8 +95,8 @@ def _select_and_order(group: list[str], stores: dict[str, Store], cands: list[Ca
     options: list[tuple[Selection, list[list[tuple[Candidate, str]]]]] = []
     for strict in (False, True):
         found = exact(group, stores, cands, band, max_usage, strict=strict)
-        if found is None:
-            continue
+        if found is None:  # too large, or nothing found in the node limit: nor would the stricter model
+            break
         ordered = order_moves(stores, found.moves, max_usage, per)
         if ordered is not None:
             options.append((found, ordered))
