@@ -40,9 +40,9 @@ from .apianswers import (
 from .config import PoolRule
 from .models import ClusterSnapshot, GuestDisk, GuestState, GuestType, HaRule, NodeState, StorageState
 
-__all__ = ["DUMP_FORMAT", "DumpError", "essential_config", "guest_disks", "load_dump", "local_resources",
-           "node_problem", "operator_pools", "parse_cputype", "parse_ha_rules", "parse_size", "parse_tags",
-           "read_storages", "resolve_scenario", "snapshot_from_api", "storage_state"]
+__all__ = ["DUMP_FORMAT", "DumpError", "cdrom_drives", "essential_config", "guest_disks", "load_dump",
+           "local_resources", "node_problem", "operator_pools", "parse_cputype", "parse_ha_rules", "parse_size",
+           "parse_tags", "read_storages", "resolve_scenario", "snapshot_from_api", "storage_state"]
 
 DUMP_FORMAT = "pve-api-dump/1"
 
@@ -139,6 +139,22 @@ def guest_disks(config: Mapping[str, Any], gtype: GuestType) -> list[tuple[str, 
     return disks
 
 
+def cdrom_drives(config: Mapping[str, Any], gtype: GuestType) -> list[tuple[str, str, int]]:
+    """(key, storage, size) of each CD-ROM drive of a VM config with an image on a storage
+    (`local:iso/x.iso,media=cdrom`); an empty drive, the host's drive or a path has no storage."""
+    if gtype is not GuestType.QEMU:
+        return []
+    drives = []
+    for key, value in config.items():
+        if not _QEMU_DISK.match(key) or not isinstance(value, str) or "media=cdrom" not in value:
+            continue
+        volume = value.split(",", 1)[0]
+        if ":" not in volume or volume.startswith("/"):
+            continue
+        drives.append((key, volume.split(":", 1)[0], parse_size(value)))
+    return drives
+
+
 def local_resources(config: Mapping[str, Any]) -> list[str]:
     found = []
     for key, value in config.items():
@@ -158,10 +174,11 @@ def parse_tags(raw: Any) -> list[str]:
 
 
 def essential_config(config: Mapping[str, Any], gtype: GuestType) -> dict[str, Any]:
-    """The part of a guest config the balancer reads: disks, local devices, name, tags, lock."""
+    """The part of a guest config the balancer reads: disks, local devices, name, tags, lock, and
+    `parent` (set when it has snapshots: its disks then stay on their storage)."""
     disk = _QEMU_DISK if gtype is GuestType.QEMU else _LXC_DISK
     return {k: v for k, v in config.items()
-            if disk.match(k) or _LOCAL_RESOURCE.match(k) or k in ("name", "hostname", "tags", "lock")
+            if disk.match(k) or _LOCAL_RESOURCE.match(k) or k in ("name", "hostname", "tags", "lock", "parent")
             or (gtype is GuestType.QEMU and k in _CPU_KEYS)}
 
 
@@ -283,8 +300,11 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
         elif not isinstance(config, dict):
             raise DumpError(f"{path}: not an object ({show(config)})")
         disks = [GuestDisk.model_construct(key=key, storage=storage, size=size,
-                                           shared=shared.get((res.node, storage), False))
+                                           shared=shared.get((res.node, storage), False), media=None)
                  for key, storage, size in guest_disks(config, gtype)]
+        cdroms = [GuestDisk.model_construct(key=key, storage=storage, size=size,
+                                            shared=shared.get((res.node, storage), False), media="cdrom")
+                  for key, storage, size in cdrom_drives(config, gtype)]
         # Every field was validated above (one pass for all guests), so the model's own validation
         # is skipped: it doubled the cost of a 10,000-guest snapshot.
         guests.append(
@@ -306,8 +326,9 @@ def snapshot_from_api(api: Mapping[str, Any], cluster: str = "") -> ClusterSnaps
                 maxmem=res.maxmem or 0,
                 maxdisk=res.maxdisk or 0,
                 local_disk=sum(d.size for d in disks if not d.shared),
-                disks=disks,
+                disks=disks + cdroms,
                 local_resources=local_resources(config),
+                has_snapshots=bool(_config_text(config, "parent", path)),
                 vcpus=_vcpus(config, path) if gtype is GuestType.QEMU else None,
                 cputype=parse_cputype(_config_text(config, "cpu", path)) if gtype is GuestType.QEMU else None,
             )

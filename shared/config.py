@@ -270,6 +270,35 @@ class BalancingSettings(Section):
 _BAND_PP = TypeAdapter(Annotated[float, Field(ge=0, le=100)])
 
 
+class StorageBalancingSettings(Section):
+    """Moving guests' disks between the storages of a group until the fullest and the emptiest are
+    within `balanciness` (engine/storage_balance.py plans it)."""
+
+    enable: bool = Field(False, description="true: plan disk moves between the storages of each group")
+    balanciness: float = Field(10.0, ge=0, le=100, description="tolerated spread between a group's fullest and "
+                               "emptiest storage, percentage points")
+    max_usage: float = Field(90.0, gt=0, le=100, description="percent no storage goes above at any step, counting "
+                             "the disks that moves in flight copy onto it")
+    groups: list[list[str]] = Field(
+        default_factory=list, description="lists of storage ids balanced against each other; empty: one group of "
+        "the shared storages that hold guest disks")
+    max_parallel_per_storage: int = Field(1, ge=1, description="disk moves at once from or to one storage")
+    bwlimit: float | None = Field(None, gt=0, description="MiB/s per disk move, passed to PVE (none: PVE's own limit)")
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[list[str]]) -> list[list[str]]:
+        seen: set[str] = set()
+        for group in value:
+            if len(group) < 2:
+                raise ValueError(f"a group balances two storages or more (got {group!r})")
+            for storage in group:
+                if storage in seen:
+                    raise ValueError(f"storage {storage!r} is in more than one group (or twice in one)")
+                seen.add(storage)
+        return value
+
+
 class RedisSettings(Section):
     """One Redis (url), or a master found through Sentinel (sentinels, master_name). shared/redisconn.py
     builds every service's client from these, rq's workers included; docs/operations.md, Redis."""
@@ -455,6 +484,7 @@ class Settings(BaseSettings):
     proxmox_api: ProxmoxApiSettings = Field(default_factory=ProxmoxApiSettings)
     proxmox_cluster: ProxmoxClusterSettings = Field(default_factory=ProxmoxClusterSettings)
     balancing: BalancingSettings = Field(default_factory=BalancingSettings)
+    storage_balancing: StorageBalancingSettings = Field(default_factory=StorageBalancingSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     collector: CollectorSettings = Field(default_factory=CollectorSettings)
     planner: PlannerSettings = Field(default_factory=PlannerSettings)

@@ -77,13 +77,19 @@ class NodeState(BaseModel):
 
 
 class GuestDisk(BaseModel):
-    """One disk of a guest's config (`scsi0`, `efidisk0`, `rootfs`, `mp1`, ...); CD-ROMs are not disks."""
+    """One disk of a guest's config (`scsi0`, `efidisk0`, `rootfs`, `mp1`, ...). A CD-ROM drive with an
+    image on a storage is listed with `media: cdrom` (PVE moves no CD-ROM; a migration copies none)."""
 
     model_config = ConfigDict(extra="forbid")
     key: str
     storage: str
     size: int = Field(0, description="bytes: the config's size=")
     shared: bool = Field(False, description="on a storage shared between nodes: a migration does not copy it")
+    media: Literal["cdrom"] | None = Field(None, description="cdrom: a CD-ROM drive's image, not a disk")
+
+    @property
+    def cdrom(self) -> bool:
+        return self.media == "cdrom"
 
 
 class StorageState(BaseModel):
@@ -123,6 +129,9 @@ class GuestState(BaseModel):
     local_disk: int = Field(0, description="bytes of disks on non-shared storage (copied by a migration)")
     disks: list[GuestDisk] = Field(default_factory=list, description="every disk of its config")
     local_resources: list[str] = Field(default_factory=list)
+    # A config with snapshots names its newest (`parent`): PVE refuses to move a disk a snapshot
+    # uses and delete the source, so the disks of such a guest stay on their storage.
+    has_snapshots: bool = Field(False, description="its config has snapshots (`parent` set)")
     # Smoothed over the collector's recent snapshots (None until seen twice)
     cpu_avg: float | None = None
     mem_avg: float | None = None
@@ -141,7 +150,7 @@ class GuestState(BaseModel):
         of the same id (a snapshot without disk facts gives nothing)."""
         out: dict[str, int] = {}
         for d in self.disks:
-            if not d.shared:
+            if not d.shared and not d.cdrom:
                 out[d.storage] = out.get(d.storage, 0) + d.size
         return out
 

@@ -44,7 +44,8 @@ _FINGERPRINT_KEYS = ("node", "type", "name", "tags", "maxdisk", "maxmem", "maxcp
 # Changed whenever essential_config keeps more keys, so that configs cached without them are read again.
 # Version 3: configs cached by version 2 may have been trimmed as the wrong guest type (a VM's disks
 # dropped as if it were a container's, or the other way round).
-_CONFIG_KEYS_VERSION = 3
+# Version 4: `parent` kept (a guest with snapshots: its disks stay on their storage).
+_CONFIG_KEYS_VERSION = 4
 
 
 class CollectError(OperatorError):
