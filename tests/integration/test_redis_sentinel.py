@@ -96,15 +96,23 @@ def test_a_wrong_sentinel_config_is_one_line_and_services_wait_and_retry(
     config.write_text(yaml.safe_dump({"redis": section, "logging": {"format": "json"}}))
     expected = line.format(p1=p1, p2=p2, sentinels=", ".join(ha.sentinels))
 
-    collector = service("collector", config, tmp_path / "collector.log")
+    log = tmp_path / "collector.log"
+
+    def said() -> list[str]:
+        return [json.loads(x)["event"] for x in log.read_text().splitlines() if x.startswith("{")]
+
+    collector = service("collector", config, log)
     try:
-        time.sleep(3)  # several retries (0.5 s, 1 s, 2 s ...)
+        deadline = time.monotonic() + 60  # a loaded machine takes seconds to start a service
+        while expected not in said() and collector.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # several retries after the first (0.5 s, 1 s, 2 s ...): said once all the same
         assert collector.poll() is None, "the service waits for Redis instead of exiting"
     finally:
         stop_processes([collector])
-    said = [json.loads(x)["event"] for x in (tmp_path / "collector.log").read_text().splitlines() if x.startswith("{")]
-    assert said.count(expected) == 1, said
-    assert not any("Traceback" in x for x in said)
+    events = said()
+    assert events.count(expected) == 1, events
+    assert not any("Traceback" in x for x in events)
 
     command = subprocess.run([sys.executable, "-m", "pvebalance", "jobs", "-c", str(config)], env=env(),
                              capture_output=True, text=True, timeout=60)
