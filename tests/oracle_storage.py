@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_DISK_KEYS = {"qemu": re.compile(r"^(ide|sata|scsi|virtio)\d+$|^efidisk0$|^tpmstate0$"),
+DISK_KEYS = {"qemu": re.compile(r"^(ide|sata|scsi|virtio)\d+$|^efidisk0$|^tpmstate0$"),
               "lxc": re.compile(r"^rootfs$|^mp\d+$")}
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -26,7 +26,8 @@ class Move:
     target: str
 
 
-def _size(options: list[str]) -> int:
+def disk_size(options: list[str]) -> int:
+    """A config disk line's `size=` in bytes (0 when it names none)."""
     for option in options:
         if option.startswith("size="):
             value = option[5:]
@@ -47,14 +48,14 @@ def local_disks(api: Mapping[str, Any]) -> dict[int, dict[str, int]]:
         config = api.get(f"/nodes/{e['node']}/{e['type']}/{e['vmid']}/config") or {}
         disks: dict[str, int] = {}
         for key, value in config.items():
-            if not _DISK_KEYS[e["type"]].match(key) or not isinstance(value, str):
+            if not DISK_KEYS[e["type"]].match(key) or not isinstance(value, str):
                 continue
             volume, *options = value.split(",")
             if ":" not in volume or volume.startswith("none") or "media=cdrom" in options:
                 continue
             storage = volume.split(":", 1)[0]
             if (e["node"], storage) not in shared:
-                disks[storage] = disks.get(storage, 0) + _size(options)
+                disks[storage] = disks.get(storage, 0) + disk_size(options)
         out[int(e["vmid"])] = disks
     return out
 

@@ -12,14 +12,11 @@ it is above `max_usage`, and each group's spread at the end.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-_DISK_KEYS = {"qemu": re.compile(r"^(ide|sata|scsi|virtio)\d+$|^efidisk0$|^tpmstate0$"),
-              "lxc": re.compile(r"^rootfs$|^mp\d+$")}
-_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+from tests.oracle_storage import DISK_KEYS, disk_size
 
 
 @dataclass(frozen=True)
@@ -37,16 +34,6 @@ class Verdict:
     spreads: dict[tuple[str, ...], float] = field(default_factory=dict)  # group -> pp at the end
     percent: dict[str, float] = field(default_factory=dict)  # storage -> % at the end
     gib: float = 0.0
-
-
-def _size(options: list[str]) -> int:
-    for option in options:
-        if option.startswith("size="):
-            value = option[5:]
-            if value[-1:] in _UNITS:
-                return int(float(value[:-1]) * _UNITS[value[-1]])
-            return int(float(value))
-    return 0
 
 
 @dataclass
@@ -82,7 +69,7 @@ def _why_not(api: Mapping[str, Any], guest: Mapping[str, Any], config: Mapping[s
              target: _Storage, target_id: str) -> str | None:
     gtype, running = guest["type"], guest.get("status") == "running"
     line = config.get(disk)
-    if not isinstance(line, str) or not _DISK_KEYS[gtype].match(disk):
+    if not isinstance(line, str) or not DISK_KEYS[gtype].match(disk):
         return "no such disk"
     if "media=cdrom" in line.split(","):
         return "a CD-ROM"
@@ -140,7 +127,7 @@ def judge(api: Mapping[str, Any], moves: Iterable[Move], *, max_usage: float, pe
             why = _why_not(api, guest, config, m.disk, target, m.target)
             if why:
                 verdict.problems.append(f"{m}: moves {why}")
-            size = _size(options)
+            size = disk_size(options)
             for sid in (m.source, m.target):
                 busy[sid] = busy.get(sid, 0) + 1
                 if busy[sid] == per_storage + 1:
@@ -176,12 +163,12 @@ def movable(api: Mapping[str, Any], groups: Sequence[Sequence[str]] | None = Non
             continue
         config = api.get(f"/nodes/{e['node']}/{e['type']}/{e['vmid']}/config") or {}
         for key, line in sorted(config.items()):
-            if not isinstance(line, str) or not _DISK_KEYS[e["type"]].match(key):
+            if not isinstance(line, str) or not DISK_KEYS[e["type"]].match(key):
                 continue
             volume, *options = line.split(",")
             sid = volume.split(":", 1)[0]
             if sid not in group_of:
                 continue
             if any(_why_not(api, e, config, key, storages[t], t) is None for t in group_of[sid] if t != sid):
-                out.append((int(e["vmid"]), key, sid, _size(options)))
+                out.append((int(e["vmid"]), key, sid, disk_size(options)))
     return out
