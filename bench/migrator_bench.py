@@ -42,8 +42,8 @@ from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump
 from pvebalance.shared.config import load_settings
+from pvebalance.shared.jobs import JobState, job_ids
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState, job_ids
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.redisconn import answers, connect
 from pvebalance.simulator.links import link_rate

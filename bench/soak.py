@@ -39,7 +39,7 @@ from pvebalance.demo.embedded_redis import RedisServerProcess, free_port
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump
 from pvebalance.shared.config import PlannerSettings
-from pvebalance.shared.models import JobState, JobStatusEvent
+from pvebalance.shared.jobs import JobState, JobStatusEvent
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestStore
 from pvebalance.simulator.server import Simulator
 

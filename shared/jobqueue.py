@@ -1,4 +1,4 @@
-"""How a migration job goes onto rq's queue, and when one that never started is given up.
+"""How a job (any kind, shared/jobs.py) goes onto rq's queue, and when one that never started is given up.
 
 Used by the planner (which enqueues every job) and by the migrator's reconciler (which enqueues a
 job again when rq lost it), so both enqueue it the same way.
@@ -14,23 +14,23 @@ from rq.job import Dependency
 
 from .config import Settings
 from .jobrecord import JobRecord
+from .jobs import Job, JobState
 from .jobstore import JobStore
 from .logging import get_logger
-from .models import JobState, MigrationJob
 from .retention import Retention
 
 log = get_logger("pvebalance.jobs")
 
-MIGRATION_FUNC = "pvebalance.services.migrator.jobs.run_migration"
+JOB_FUNC = "pvebalance.services.migrator.jobs.run_job"
 
 
-def expected_seconds(settings: Settings, job: MigrationJob) -> float:
-    return settings.migrator.expected_seconds(job.mem_bytes + job.local_disk_bytes)
+def expected_seconds(settings: Settings, job: Job) -> float:
+    return settings.migrator.expected_seconds(job.copied_bytes())
 
 
-def enqueue_migration(queue: Queue, settings: Settings, job: MigrationJob, after: list[str] | None = None,
-                      at_front: bool = False) -> None:
-    """One rq job per migration job, same id; rq's outcome reaches the job store through the callbacks."""
+def enqueue_job(queue: Queue, settings: Settings, job: Job, after: list[str] | None = None,
+                at_front: bool = False) -> None:
+    """One rq job per job, same id; rq's outcome reaches the job store through the callbacks."""
     keep = Retention(settings.retention).job_seconds  # rq's record of the run goes with the job's own
     options: dict[str, Any] = {
         # A run follows its task to the end however long it takes; this only stops a hung run.
@@ -40,10 +40,10 @@ def enqueue_migration(queue: Queue, settings: Settings, job: MigrationJob, after
         "on_failure": Callback("pvebalance.services.migrator.jobs.on_failure"),
         "on_stopped": Callback("pvebalance.services.migrator.jobs.on_stopped"),
         "depends_on": Dependency(jobs=after, allow_failure=True) if after else None,
-        "description": f"migrate {job.guest_type.value} {job.vmid} {job.source} -> {job.target}",
+        "description": job.describe(),
         "at_front": at_front,
     }
-    queue.enqueue_call(MIGRATION_FUNC, args=(job.model_dump_json(),), job_id=job.job_id, **options)
+    queue.enqueue_call(JOB_FUNC, args=(job.model_dump_json(),), job_id=job.job_id, **options)
 
 
 def deadline_of(record: JobRecord, settings: Settings) -> float:

@@ -1,4 +1,4 @@
-"""A migration job's record as stored in its Redis hash, typed; and the job states, grouped once.
+"""A job's record as stored in its Redis hash, typed; and the job states, grouped once.
 
 The hash is written only by the job store (shared/jobstore.py); every reader gets a `JobRecord`
 from `JobStore.load`/`load_many`. Reading is lenient, as every stored message is (`parse_known`):
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .models import JobState, MigrationJob, parse_known
+from .jobs import DiskMoveJob, JobState, MigrationJob, parse_known_job
 
 # The states, grouped once: every reader and every Lua script of the job store use these.
 TERMINAL: frozenset[JobState] = frozenset(s for s in JobState if s.terminal)
@@ -44,9 +44,9 @@ class JobRecord:
     # --- what the job is and where it stands ---------------------------------------------------------
 
     @cached_property
-    def job(self) -> MigrationJob | None:
+    def job(self) -> MigrationJob | DiskMoveJob | None:
         """The job itself; None when absent or written in a schema this version does not read."""
-        return parse_known(MigrationJob, self.fields.get("payload") or None)
+        return parse_known_job(self.fields.get("payload") or None)
 
     @property
     def payload(self) -> str | None:

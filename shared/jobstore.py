@@ -1,4 +1,4 @@
-"""Migration jobs in Redis: the job hash, the guest claim, and the status event stream.
+"""Jobs in Redis (every kind: shared/jobs.py): the job hash, the guest claim, and the status event stream.
 
 The job store is the one writer of a job's state, and services read its hash through it (a typed
 `JobRecord`, shared/jobrecord.py; only the slots' Lua looks at a state itself, to drop ended holders).
@@ -28,12 +28,13 @@ from redis import Redis
 
 from . import keys
 from .jobrecord import LIVE, STARTABLE, TERMINAL, JobRecord, lua_list
-from .models import SCHEMA_VERSION, InFlightMigration, JobState, JobStatusEvent, MigrationJob
+from .jobs import DiskMoveJob, Job, JobState, JobStatusEvent, MigrationJob, parse_job
+from .models import SCHEMA_VERSION, DiskMove, InFlightMigration
 from .retention import Retention
 
 FINAL_STATES = lua_list(TERMINAL)  # as the Lua scripts take them
 
-# KEYS: job hash, active set, guest claim, event stream, 3 slot sets, slot wake-up list.
+# KEYS: job hash, active set, guest claim, event stream, slot wake-up list, then the job's slot sets.
 # ARGV: new state, job id, event JSON, stream maxlen, states it may come from ('' = any that is not
 #       final; NEW = only a job not stored yet: its creation), terminal states, seconds an ended job
 #       is kept unless the job says (its keep_s field), then field/value pairs for the hash.
@@ -64,10 +65,10 @@ if final then
   redis.call('SREM', KEYS[2], ARGV[2])
   if redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
   local freed = 0
-  for i = 5, 7 do freed = freed + redis.call('ZREM', KEYS[i], ARGV[2]) end
+  for i = 6, #KEYS do freed = freed + redis.call('ZREM', KEYS[i], ARGV[2]) end
   if freed > 0 then
-    redis.call('LPUSH', KEYS[8], '1')
-    redis.call('LTRIM', KEYS[8], 0, 63)
+    redis.call('LPUSH', KEYS[5], '1')
+    redis.call('LTRIM', KEYS[5], 0, 63)
   end
 else
   redis.call('SADD', KEYS[2], ARGV[2])
@@ -107,7 +108,7 @@ redis.call('HSET', KEYS[1], 'upid', ARGV[2], 'message', ARGV[3])
 return 1
 """
 
-START_MESSAGE = "starting the migration"
+START_MESSAGE = "starting"
 
 # KEYS: job hash. ARGV: the takeovers and handed_over fields as the caller read them, live states. A job
 # lost by rq is taken over once however many reconcilers saw it lost: only the one that finds the fields
@@ -144,7 +145,7 @@ class JobStore:
             return None
         return str(holder_id) if holder_id else None
 
-    def create(self, job: MigrationJob) -> bool:
+    def create(self, job: Job) -> bool:
         """Store a new queued job, in one step; False when a job with this id exists already. It carries
         how long it is kept once ended, which whoever ends it applies."""
         return self._change(job, JobState.QUEUED, "", NEW, {"payload": job.model_dump_json(),
@@ -162,10 +163,10 @@ class JobStore:
             pipe.hgetall(keys.job(job_id))
         return [JobRecord.of(job_id, raw) for job_id, raw in zip(job_ids, pipe.execute(), strict=True)]
 
-    def job(self, job_id: str) -> MigrationJob | None:
+    def job(self, job_id: str) -> MigrationJob | DiskMoveJob | None:
         """The job itself, strictly: a payload this version cannot read raises (the runner must not guess)."""
         payload = self.load(job_id).payload
-        return MigrationJob.model_validate_json(payload) if payload else None
+        return parse_job(payload) if payload else None
 
     def state(self, job_id: str) -> JobState | None:
         return self.load(job_id).state
@@ -181,7 +182,7 @@ class JobStore:
 
     def transition(
         self,
-        job: MigrationJob,
+        job: Job,
         state: JobState,
         message: str = "",
         upid: str | None = None,
@@ -200,33 +201,35 @@ class JobStore:
             values["duration_s"] = duration_s
         return self._change(job, state, message, ",".join(s.value for s in only_from), values, upid, duration_s)
 
-    def _change(self, job: MigrationJob, state: JobState, message: str, only_from: str, fields: dict[str, Any],
+    def _change(self, job: Job, state: JobState, message: str, only_from: str, fields: dict[str, Any],
                 upid: str | None = None, duration_s: float | None = None) -> bool:
         event = JobStatusEvent(
-            job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid, source=job.source, target=job.target,
-            state=state, message=message, upid=upid, duration_s=duration_s,
+            job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid, action=job.action, source=job.source,
+            target=job.target, state=state, message=message, upid=upid, duration_s=duration_s,
         )
+        if state.terminal and job.changes_config:
+            # before the end is written: whoever sees the job ended reads the guest's new config
+            self.redis.hincrby(keys.GUEST_CONFIG_GENERATION, str(job.vmid), 1)
         values: dict[str, Any] = {"message": message, f"at_{state.value}": time.time(), **fields}
         flat = [str(x) for kv in values.items() for x in kv]
         job_keys = [keys.job(job.job_id), keys.ACTIVE_JOBS, keys.guest_job(job.vmid), keys.EVENT_STREAM,
-                    *keys.slot_scopes(job.source, job.target), keys.SLOTS_WAKE]
+                    keys.SLOTS_WAKE, *job.slot_scopes()]
         args = [state.value, job.job_id, event.model_dump_json(), self.retention.events, only_from, FINAL_STATES,
                 self.retention.job_seconds, *flat]
         return bool(self._transition_script(keys=job_keys, args=args))
 
-    def start(self, job: MigrationJob, now: float | None = None) -> int:
+    def start(self, job: Job, now: float | None = None) -> int:
         """The start commit, right before the POST: the job (queued or waiting) becomes running, its slots
         pinned and its event written, in one step. 1 when it started; 0 when one of its slots has lapsed
         (nothing changed: it waits for them again); -1 when the job may no longer start (cancelled, ended)."""
         now = time.time() if now is None else now
-        event = JobStatusEvent(job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid, source=job.source,
-                               target=job.target, state=JobState.RUNNING, message=START_MESSAGE)
-        job_keys = [keys.job(job.job_id), keys.ACTIVE_JOBS, keys.EVENT_STREAM,
-                    *keys.slot_scopes(job.source, job.target)]
+        event = JobStatusEvent(job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid, action=job.action,
+                               source=job.source, target=job.target, state=JobState.RUNNING, message=START_MESSAGE)
+        job_keys = [keys.job(job.job_id), keys.ACTIVE_JOBS, keys.EVENT_STREAM, *job.slot_scopes()]
         args = [job.job_id, now, lua_list(STARTABLE), event.model_dump_json(), self.retention.events, START_MESSAGE]
         return int(self._start_script(keys=job_keys, args=args))
 
-    def record_upid(self, job: MigrationJob, upid: str) -> bool:
+    def record_upid(self, job: Job, upid: str) -> bool:
         """Store the UPID of the running job's task (no state change, no event); False if the job is not running."""
         return bool(self._upid_script(keys=[keys.job(job.job_id)], args=[JobState.RUNNING.value, upid, f"task {upid}"]))
 
@@ -271,20 +274,26 @@ class JobStore:
     def active_jobs(self) -> set[str]:
         return {_text(j) for j in self.redis.smembers(keys.ACTIVE_JOBS)}
 
-    def in_flight_migrations(self, but: str = "") -> list[InFlightMigration]:
-        """The migrations in flight now (POSTed, not ended), but job `but`: each holds its guest's memory
-        on both nodes until it ends, which the engine and the pre-flight count (pvebalance/engine/fit.py)."""
-        out = []
+    def _in_flight(self, but: str) -> list[MigrationJob | DiskMoveJob]:
+        """The jobs in flight now (POSTed, not ended), but job `but`."""
         ids = sorted(self.active_jobs() - {but})
-        # one round trip: a drain has every job of the plan active, and this runs before each POST
-        for job_id, record in zip(ids, self.load_many(ids), strict=True):
-            if not record.in_flight or record.payload is None:
-                continue
-            # strictly: a migration in flight that this version cannot read must not go uncounted
-            job = MigrationJob.model_validate_json(record.payload)
-            out.append(InFlightMigration(job_id=job_id, vmid=job.vmid, source=job.source, target=job.target,
-                                         mem_bytes=job.mem_bytes, online=job.online, local_disks=job.local_disks))
-        return out
+        # one round trip: a drain has every job of the plan active, and this runs before each POST;
+        # strictly: a job in flight that this version cannot read must not go uncounted
+        return [parse_job(r.payload) for r in self.load_many(ids) if r.in_flight and r.payload is not None]
+
+    def in_flight_migrations(self, but: str = "") -> list[InFlightMigration]:
+        """The migrations in flight now, but job `but`: each holds its guest's memory on both nodes until it
+        ends, which the engine and the pre-flight count (pvebalance/engine/fit.py)."""
+        return [InFlightMigration(job_id=j.job_id, vmid=j.vmid, source=j.source, target=j.target,
+                                  mem_bytes=j.mem_bytes, online=j.online, local_disks=j.local_disks)
+                for j in self._in_flight(but) if isinstance(j, MigrationJob)]
+
+    def in_flight_disk_moves(self, but: str = "") -> list[DiskMove]:
+        """The disk moves in flight now, but job `but`: each holds its disk's size on its target storage
+        until it ends, which the storage planner and the move's own check count."""
+        return [DiskMove(vmid=j.vmid, guest_type=j.guest_type, name=j.name, node=j.node, disk=j.disk,
+                         source=j.source, target=j.target, size=j.size)
+                for j in self._in_flight(but) if isinstance(j, DiskMoveJob)]
 
     def events(self, after: str = "0-0", count: int = 1000,
                on_skip: Callable[[str, str], None] | None = None) -> list[tuple[str, JobStatusEvent]]:

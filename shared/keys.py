@@ -17,6 +17,8 @@ EVENT_STREAM = f"{PREFIX}:events"
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids not yet in a terminal state
 
 GUEST_CONFIG_CACHE = f"{PREFIX}:guest-config"  # hash vmid -> cached config + fingerprint
+# hash vmid -> how many times a job changed its config (a disk move): part of the cache entry's fingerprint
+GUEST_CONFIG_GENERATION = f"{PREFIX}:guest-config-generation"
 GUEST_LOAD = f"{PREFIX}:guest-load"  # hash vmid -> "cpu,mem" moving averages
 NODE_RRD = f"{PREFIX}:node-rrd"  # hash node -> when its RRD and VM list were read, and what they said
 
@@ -48,6 +50,11 @@ def lease(job_id: str) -> str:
 def slot_scopes(source: str, target: str) -> list[str]:
     """The three slot sets a migration from source to target holds a place in, in this order."""
     return [SLOTS_CLUSTER, slots_source(source), slots_target(target)]
+
+
+def slots_storage(storage: str) -> str:
+    """Disk moves onto or off a storage (storage_balancing.max_parallel_per_storage)."""
+    return f"{PREFIX}:slots:storage:{storage}"
 
 
 def slots_source(node: str) -> str:

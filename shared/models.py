@@ -1,7 +1,7 @@
 """Messages exchanged between the services, each a pydantic model with a schema version.
 
-Data flows one way: collector -> ClusterSnapshot -> planner -> Plan + MigrationJob -> migrator
--> JobStatusEvent. A reader refuses a message whose schema_version it does not know instead of
+Data flows one way: collector -> ClusterSnapshot -> planner -> Plan (its actions) -> jobs (shared/jobs.py)
+-> migrator -> JobStatusEvent. A reader refuses a message whose schema_version it does not know instead of
 guessing at its meaning.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -213,10 +213,14 @@ class MigrationReason(StrEnum):
     ANTI_AFFINITY = "anti-affinity"
     PIN = "pin"
     HA_RULE = "ha-rule"
+    STORAGE = "storage"  # a disk to another storage (storage_balancing)
 
 
 class Migration(BaseModel):
+    """A plan's action of kind `migrate`: the guest to another node."""
+
     model_config = ConfigDict(extra="forbid")
+    kind: Literal["migrate"] = "migrate"
     vmid: int
     name: str
     type: GuestType
@@ -235,6 +239,45 @@ class Migration(BaseModel):
     @property
     def gib_moved(self) -> float:
         return ((self.mem_bytes if self.online else 0) + self.local_disk_bytes) / 2**30
+
+
+class DiskMove(BaseModel):
+    """A plan's action of kind `move-disk`: one disk to another storage, `POST /nodes/{node}/qemu/{vmid}/move_disk`
+    (disk, storage) for a VM, `.../lxc/{vmid}/move_volume` (volume, storage) for a container."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["move-disk"] = "move-disk"
+    vmid: int
+    guest_type: GuestType
+    name: str = ""
+    node: str = Field(description="the node the guest is on: PVE runs the move there")
+    disk: str = Field(description="the config key: scsi0, efidisk0, rootfs, mp1, ...")
+    source: str = Field(description="storage id it is on")
+    target: str = Field(description="storage id it moves to")
+    size: int = Field(description="bytes: the config's size=, what the target must hold")
+    batch: int = Field(0, ge=0, description="moves of one batch may run at once; a batch starts when the one "
+                       "before it has ended (the source's space counts as free only then)")
+
+    @property
+    def gib(self) -> float:
+        return self.size / 2**30
+
+
+class GroupOutcome(BaseModel):
+    """One storage group of storage balancing: its spread before and after the plan."""
+
+    model_config = ConfigDict(extra="forbid")
+    storages: list[str]
+    spread_before_pp: float
+    spread_after_pp: float
+    method: Literal["none", "exact", "greedy"] = Field(
+        description="none: nothing to do or nothing movable; exact: the HiGHS model's plan; greedy: one move at "
+        "a time")
+    proven: bool = Field(False, description="exact and proven: no plan has fewer moves (nor, with as many, fewer GiB)")
+
+
+# A plan's steps, one kind each; a new kind is one more model here and its module in services/migrator/actions.
+Action = Annotated[Migration | DiskMove, Field(discriminator="kind")]
 
 
 class NodeUsage(BaseModel):
@@ -259,6 +302,19 @@ class UsageSummary(BaseModel):
     dimensions: dict[str, DimensionUsage] = Field(
         default_factory=dict, description="each dimension the plan balances, in the plan's order (the first is "
         "also spread_pp and nodes)")
+
+
+class StorageBalance(BaseModel):
+    """Storage balancing's part of a plan (pvebalance/engine/storage_balance.py): each balanced storage's use
+    before and after its disk moves, each group's spread, and why disks on them stay."""
+
+    model_config = ConfigDict(extra="forbid")
+    band_pp: float = Field(description="storage_balancing.balanciness")
+    max_usage: float = Field(description="storage_balancing.max_usage, percent")
+    before: dict[str, NodeUsage] = Field(default_factory=dict, description="storage -> bytes used, of its capacity")
+    after: dict[str, NodeUsage] = Field(default_factory=dict)
+    groups: list[GroupOutcome] = Field(default_factory=list)
+    stays: list[str] = Field(default_factory=list, description="why a disk on a balanced storage stays, in words")
 
 
 class Unmet(BaseModel):
@@ -295,7 +351,7 @@ class Plan(Message):
                                     "balanciness), percentage points, in the plan's order")
     before: UsageSummary
     after: UsageSummary
-    migrations: list[Migration]
+    actions: list[Action] = Field(default_factory=list, description="what the plan does, in order")
     violations: list[str] = Field(default_factory=list)
     unmet: list[Unmet] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
@@ -309,64 +365,25 @@ class Plan(Message):
     expected_seconds: float = Field(0.0, ge=0, description="expected time from its first migration's start to its "
                                     "last one's end: the queue over the nodes' migration links "
                                     "(pvebalance/engine/timing.py)")
+    storage: StorageBalance | None = Field(None, description="storage balancing's figures, when it is on")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _actions_from_migrations(cls, data: Any) -> Any:
+        """A plan stored before actions (or written by hand) lists `migrations`: they are its actions. A plan
+        read back carries `migrations` too (the view below, serialized for JSON readers): the actions rule."""
+        if isinstance(data, dict) and "migrations" in data:
+            data = dict(data)
+            migrations = data.pop("migrations")
+            data.setdefault("actions", migrations)
+        return data
 
-def job_ids(plan: Plan) -> list[str]:
-    """Each of the plan's migrations' job id, in the plan's order."""
-    steps: dict[int, int] = {}
-    ids = []
-    for m in plan.migrations:
-        steps[m.vmid] = steps.get(m.vmid, 0) + 1
-        ids.append(MigrationJob.id_for(plan.plan_id, m.vmid, steps[m.vmid]))
-    return ids
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    WAITING = "waiting"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def migrations(self) -> list[Migration]:
+        """The migrate actions, in order: what every reader of node balance reads."""
+        return [a for a in self.actions if isinstance(a, Migration)]
 
     @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED)
-
-
-class MigrationJob(Message):
-    kind: Literal["migration-job"] = "migration-job"
-    job_id: str
-    plan_id: str
-    vmid: int
-    name: str
-    guest_type: GuestType
-    source: str
-    target: str
-    online: bool
-    with_local_disks: bool = False
-    mem_bytes: int = 0
-    local_disk_bytes: int = 0
-    local_disks: dict[str, int] = Field(default_factory=dict, description="storage -> bytes of local disks copied")
-    reason: MigrationReason = MigrationReason.BALANCE
-
-    @staticmethod
-    def id_for(plan_id: str, vmid: int, step: int = 1) -> str:
-        """Deterministic per plan, guest and step (a guest parked on a third node moves twice), so
-        re-enqueueing a plan never doubles a migration."""
-        return f"migrate-{plan_id}-{vmid}" + (f"-{step}" if step > 1 else "")
-
-
-class JobStatusEvent(Message):
-    kind: Literal["job-status"] = "job-status"
-    job_id: str
-    plan_id: str
-    vmid: int
-    source: str
-    target: str
-    state: JobState
-    at: datetime = Field(default_factory=utcnow)
-    upid: str | None = None
-    message: str = ""
-    duration_s: float | None = None
+    def disk_moves(self) -> list[DiskMove]:
+        return [a for a in self.actions if isinstance(a, DiskMove)]

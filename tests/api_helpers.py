@@ -15,8 +15,9 @@ from pvebalance.services.api.context import ApiContext
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import Settings, load_settings
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan
+from pvebalance.shared.models import ClusterSnapshot, Plan
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 
 OPS_TOKEN = "ops-token-0123456789abcdef"

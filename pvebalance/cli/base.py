@@ -27,7 +27,8 @@ from pvebalance.shared.logging import configure_logging
 if TYPE_CHECKING:
     import threading
 
-    from pvebalance.shared.models import ClusterSnapshot, JobStatusEvent
+    from pvebalance.shared.jobs import JobStatusEvent
+    from pvebalance.shared.models import ClusterSnapshot
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})

@@ -63,8 +63,8 @@ def jobs(
 def cancel(job_id: Annotated[str, typer.Argument(help="a job id, as `pvebalance jobs` shows it")],
            config: ConfigOpt = None) -> None:
     """Cancel a migration job that has not started migrating yet."""
+    from pvebalance.shared.jobs import JobState
     from pvebalance.shared.jobstore import JobStore
-    from pvebalance.shared.models import JobState
     from pvebalance.shared.redisconn import connect
 
     try:

@@ -29,6 +29,8 @@ def plan(
     balanciness: Annotated[float | None, typer.Option(help="tolerated spread, percentage points")] = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as one JSON object")] = False,
+    storage: Annotated[bool, typer.Option("--storage", help="balance the shared storages too (disk moves), as "
+                                          "storage_balancing.enable does")] = False,
 ) -> None:
     """Plan on a recorded cluster, offline: no Redis, no Proxmox."""
     balancing: dict[str, Any] = {}
@@ -38,7 +40,8 @@ def plan(
         balancing["mode"] = mode
     if balanciness is not None:
         balancing["balanciness"] = balanciness
-    from pvebalance.engine import Policy, plan_balance
+    from pvebalance.engine import Policy
+    from pvebalance.engine.cluster_plan import plan_cluster
     from pvebalance.shared.scenario import load_scenario
 
     from .render import plan_to_json, print_plan
@@ -49,7 +52,10 @@ def plan(
     snapshot = recorded.snapshot
     warn_unusable(snapshot)
     policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
-    result = plan_balance(snapshot, policy)
+    storage_settings = settings.storage_balancing
+    if storage:
+        storage_settings = storage_settings.model_copy(update={"enable": True})
+    result = plan_cluster(snapshot, policy, storage_settings)
     if as_json:
         sys.stdout.write(json.dumps(plan_to_json(result), indent=2) + "\n")
     else:

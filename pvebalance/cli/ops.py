@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pvebalance.shared.jobrecord import JobRecord
-from pvebalance.shared.models import JobState, Plan, job_ids
+from pvebalance.shared.jobs import JobState, job_ids
+from pvebalance.shared.models import Plan
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus, RequestStore
 
 from .base import ConfigOpt, UserError, app, err, settings_of
@@ -135,7 +136,7 @@ def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool)
                 records = jobs.load_many(ids)
                 progress.update(bar, total=len(records), completed=sum(r.terminal for r in records),
                                 description=f"draining {status.request.node}")
-                for m, job_id, record in zip(plan.migrations, ids, records, strict=True):
+                for m, job_id, record in zip(plan.actions, ids, records, strict=True):
                     if lines and record.terminal and job_id not in reported:
                         reported.add(job_id)
                         err.print(f"[{len(reported)}/{len(ids)}] guest {m.vmid} ({m.name}) {m.source} -> {m.target}: "
@@ -240,20 +241,19 @@ def rebalance(
         raise UserError(f"plan {status.plan_id} is gone from Redis")
     if not as_json:
         print_plan(plan, Console())
-    if not plan.migrations or dry_run:
+    if not plan.actions or dry_run:
         if as_json:
             sys.stdout.write(json.dumps({"plan": plan.model_dump(mode="json"), "jobs": {}}, indent=2) + "\n")
         if plan.outcome == "infeasible" and not dry_run:
             raise UserError(f"no safe plan: {plan.outcome_reason}")
         if not as_json:
-            err.print("nothing to do: " + plan.outcome_reason if not plan.migrations else "dry run: nothing was run",
+            err.print("nothing to do: " + plan.outcome_reason if not plan.actions else "dry run: nothing was run",
                       highlight=False, markup=False)
         return
     if not yes:
         if not sys.stdin.isatty():
             raise UserError("not asking on a non-interactive input: add --yes to run the plan")
-        if not typer.confirm(f"Run {'this' if len(plan.migrations) == 1 else 'these'} "
-                             f"{plural(len(plan.migrations), 'migration')}?"):
+        if not typer.confirm(f"Run {'this' if len(plan.actions) == 1 else 'these'} {actions_in_words(plan)}?"):
             raise typer.Exit(0)
     answered(ask(redis, OperatorRequest(action=RequestAction.APPROVE, plan_id=plan.plan_id, who=who())), as_json=False)
     outcome = follow_plan(redis, plan, timeout, as_json)
@@ -277,8 +277,8 @@ def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict
     ended: dict[str, str] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), disable=as_json) as progress:
-        bar = progress.add_task("migrating", total=len(plan.migrations))
-        while len(ended) < len(plan.migrations):
+        bar = progress.add_task("migrating", total=len(plan.actions))
+        while len(ended) < len(plan.actions):
             for job_id in job_ids(plan):
                 record = jobs.load(job_id)
                 if record.state is not None and record.terminal and job_id not in ended:
@@ -286,10 +286,17 @@ def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict
                     ended[job_id] = state if record.state is JobState.SUCCEEDED else f"{state}: {record.message}"
             progress.update(bar, completed=len(ended))
             if time.monotonic() > deadline:
-                raise UserError(f"the plan's migrations did not end within {timeout:g} s; "
+                raise UserError(f"the plan's jobs did not end within {timeout:g} s; "
                                 "they go on (`pvebalance jobs`)")
             time.sleep(0.5)
     if not as_json:
         ok = sum(1 for s in ended.values() if s == "succeeded")
-        err.print(f"{ok} of {plural(len(ended), 'migration')} succeeded", highlight=False)
+        err.print(f"{ok} of {actions_in_words(plan)} succeeded", highlight=False)
     return ended
+
+
+def actions_in_words(plan: Plan) -> str:
+    """"3 migrations", "2 disk moves", "3 migrations and 2 disk moves"."""
+    parts = [plural(n, what) for n, what in ((len(plan.migrations), "migration"), (len(plan.disk_moves), "disk move"))
+             if n]
+    return " and ".join(parts) or "0 migrations"

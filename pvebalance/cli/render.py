@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pvebalance.engine.load import DIMENSIONS
-from pvebalance.shared.models import ClusterSnapshot, GuestType, Plan, UsageSummary
+from pvebalance.shared.models import ClusterSnapshot, GuestType, Plan, StorageBalance, UsageSummary
 from pvebalance.shared.words import plural
 
 
@@ -57,6 +57,22 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "held_out": plan.held_out,
         "gib_moved": round(sum(m.gib_moved for m in plan.migrations), 2),
         "expected_seconds": plan.expected_seconds,
+        # every action in order, of every kind (migrations above are the migrate ones, as they always were)
+        "actions": [a.model_dump(mode="json") for a in plan.actions],
+        "outcome": plan.outcome,
+        "outcome_reason": plan.outcome_reason,
+        **({"storage": storage_to_json(plan.storage)} if plan.storage is not None else {}),
+    }
+
+
+def storage_to_json(storage: StorageBalance) -> dict[str, Any]:
+    return {
+        "balanciness": storage.band_pp,
+        "max_usage": storage.max_usage,
+        "before": {s: round(u.percent, 2) for s, u in sorted(storage.before.items())},
+        "after": {s: round(u.percent, 2) for s, u in sorted(storage.after.items())},
+        "groups": [g.model_dump() for g in storage.groups],
+        "stays": storage.stays,
     }
 
 
@@ -138,17 +154,55 @@ def print_plan(plan: Plan, console: Console) -> None:
                       f"{'them' if len(plan.held_out) > 1 else 'it'}", markup=False, highlight=False)
     if not plan.migrations:
         # "needed" only when nothing is to do: an infeasible plan has no migration and is no good news
-        console.print("No migrations needed." if plan.outcome == "balanced" else
+        console.print("No migrations needed." if plan.outcome == "balanced" or nodes_within_bands(plan) else
                       f"No migrations: no safe move helps ({plan.outcome}; why below).")
     else:
         console.print(migrations_table(plan))
         console.print(plan_summary(plan), markup=False, highlight=False)
         if any(m.type is GuestType.LXC for m in plan.migrations):
             console.print(RESTART_NOTE, markup=False, highlight=False)
+    if plan.storage is not None:
+        print_storage(plan, plan.storage, console)
     for note in plan.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     for unmet in plan.unmet:
         console.print(f"unmet rule {unmet.rule} for {unmet.vmids}: {unmet.reason}", markup=False, highlight=False)
+
+
+def nodes_within_bands(plan: Plan) -> bool:
+    """Every balanced dimension within its band before the plan: the nodes need no migration."""
+    if plan.bands and plan.before.dimensions:
+        return all(d in plan.before.dimensions and plan.before.dimensions[d].spread_pp <= b
+                   for d, b in plan.bands.items())
+    return plan.before.spread_pp <= plan.balanciness
+
+
+def print_storage(plan: Plan, storage: StorageBalance, console: Console) -> None:
+    """Storage balancing's part: each balanced storage before and after, then the disk moves in order."""
+    table = Table(title=f"storage use, % of each storage (balanciness {storage.band_pp:g} pp, none above "
+                  f"{storage.max_usage:g} %)", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for col in ("storage", "GiB", "before %", "after %"):
+        table.add_column(col, justify="left" if col == "storage" else "right")
+    for name, before in sorted(storage.before.items()):
+        after = storage.after[name]
+        table.add_row(escape(name), f"{before.total / 2**30:.0f}", f"{before.percent:.1f}", f"{after.percent:.1f}")
+    console.print(table)
+    moves = plan.disk_moves
+    if not moves:
+        console.print("No disk moves needed." if not any(g.spread_after_pp > storage.band_pp for g in storage.groups)
+                      else "No disk moves: none helps (why below).", markup=False, highlight=False)
+        return
+    table = Table(title=f"{plural(len(moves), 'disk move')}, in order", box=box.SIMPLE_HEAD, pad_edge=False,
+                  show_edge=False, collapse_padding=True, caption="a batch starts once the one before it has ended")
+    for col in ("#", "vmid", "name", "type", "disk", "move", "GiB", "batch"):
+        table.add_column(col, justify="right" if col in ("#", "vmid", "GiB", "batch") else "left", no_wrap=True,
+                         overflow="ellipsis")
+    for i, m in enumerate(moves, 1):
+        table.add_row(str(i), str(m.vmid), escape(m.name), m.guest_type.value, m.disk, f"{m.source} -> {m.target}",
+                      f"{m.gib:.1f}", str(m.batch))
+    console.print(table)
+    console.print(f"{plural(len(moves), 'disk move')}, {sum(m.size for m in moves) / 2**30:.1f} GiB copied between "
+                  "storages", markup=False, highlight=False)
 
 
 def snapshot_table(snapshot: ClusterSnapshot) -> Table:

@@ -131,13 +131,15 @@ def demo(
     workers: Annotated[int, typer.Option(help="migrator worker processes")] = 3,
     time_scale: Annotated[float, typer.Option(help="simulated migration time factor")] = 0.05,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 300.0,
+    storage: Annotated[bool, typer.Option("--storage", help="balance the shared storages too (disk moves), as "
+                                          "storage_balancing.enable does")] = False,
 ) -> None:
     """Balance a simulated cluster end to end: simulator, Redis, collector, planner, migrators."""
     from pvebalance.demo import run_demo
     from pvebalance.services.collector.collector import CollectError
 
     try:
-        ok = run_demo(scenario, redis_url, workers, time_scale, timeout, Console())
+        ok = run_demo(scenario, redis_url, workers, time_scale, timeout, Console(), storage=storage)
     except CollectError as exc:
         raise UserError(f"the demo could not read its simulated cluster: {exc}") from None
     raise typer.Exit(0 if ok else 1)

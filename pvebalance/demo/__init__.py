@@ -28,18 +28,23 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from redis import Redis
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from pvebalance.cli.render import usage_table
-from pvebalance.engine import Policy, initial_loads, plan_balance
+from pvebalance.engine import Policy, initial_loads
+from pvebalance.engine.cluster_plan import plan_cluster
 from pvebalance.engine.load import summarize
+from pvebalance.engine.storage_balance import plan_storage_balance
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import operator_pools
-from pvebalance.shared.config import ENV_PREFIX, PlannerSettings, load_settings
+from pvebalance.shared.config import ENV_PREFIX, PlannerSettings, StorageBalancingSettings, load_settings
+from pvebalance.shared.jobs import JobState, JobStatusEvent
 from pvebalance.shared.logging import configure_logging
-from pvebalance.shared.models import ClusterSnapshot, JobState, JobStatusEvent, Plan, UsageSummary
+from pvebalance.shared.models import ClusterSnapshot, Plan, UsageSummary
 from pvebalance.shared.policy_now import policy_now
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.redisconn import answers, connect, redact
@@ -66,8 +71,9 @@ def stop_processes(procs: list[subprocess.Popen[Any]], grace: float = 10) -> Non
 
 
 def clear_pvebalance_keys(redis: Redis) -> int:
-    doomed = [k for pattern in (f"{keys.PREFIX}:*", f"rq:*{keys.MIGRATION_QUEUE}*", "rq:job:migrate-*",
-                                "rq:results:migrate-*", "rq:executions:migrate-*")
+    doomed = [k for pattern in (f"{keys.PREFIX}:*", f"rq:*{keys.MIGRATION_QUEUE}*",
+                                *(f"rq:{what}:{kind}-*" for what in ("job", "results", "executions")
+                                  for kind in ("migrate", "move-disk")))
               for k in redis.scan_iter(match=pattern, count=1000)]
     if doomed:
         redis.delete(*doomed)
@@ -86,7 +92,8 @@ def worker_env(redis_url: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", f"{ENV_PREFIX}REDIS__URL": redis_url}
 
 
-def demo_config(dump: dict[str, Any], port: int, sim: Simulator, redis_url: str) -> dict[str, Any]:
+def demo_config(dump: dict[str, Any], port: int, sim: Simulator, redis_url: str,
+                storage: bool = False) -> dict[str, Any]:
     token_ident, token_secret = next(iter(sim.tokens.items()))
     user, token_id = token_ident.split("!")
     balancing: dict[str, Any] = {"method": "memory", "mode": "used", "balanciness": 5}
@@ -103,6 +110,7 @@ def demo_config(dump: dict[str, Any], port: int, sim: Simulator, redis_url: str)
         "planner": {"settle_seconds": PlannerSettings().settle_seconds * sim.cluster.time_scale},
         "migrator": {"poll_interval": 0.2},
         "logging": {"format": "json"},
+        "storage_balancing": {"enable": storage},
     }
 
 
@@ -118,7 +126,7 @@ class Outcome:
 
 
 def run_demo(scenario: str, redis_url: str | None, workers: int, time_scale: float, timeout: float,
-             console: Console) -> bool:
+             console: Console, storage: bool = False) -> bool:
     dump = load_scenario(scenario).doc  # a broken scenario fails here, before anything starts
     workdir = Path(tempfile.mkdtemp(prefix="pvebalance-demo-"))
     with ExitStack() as cleanup:
@@ -131,7 +139,7 @@ def run_demo(scenario: str, redis_url: str | None, workers: int, time_scale: flo
         console.print(f"  Proxmox VE simulator: https://127.0.0.1:{port}/api2/json (logs and config in {workdir})")
         redis_url = _choose_redis(redis_url, workdir, console, cleanup)
 
-        config = demo_config(dump, port, sim, redis_url)
+        config = demo_config(dump, port, sim, redis_url, storage)
         config_file = workdir / "pvebalance.yaml"
         config_file.write_text(yaml.safe_dump(config))
         # The chosen Redis wins over REDIS_URL here too (an init value outranks every variable).
@@ -181,7 +189,9 @@ def run_demo(scenario: str, redis_url: str | None, workers: int, time_scale: flo
     )
     for line in _pool_lines(after, operator_pools(dump)):
         console.print(line, highlight=False)
-    why = outcome.why or _still_to_do(after, policy)
+    if storage:
+        print_storage_outcome(before, after, settings.storage_balancing, sim, console)
+    why = outcome.why or _still_to_do(after, policy, settings.storage_balancing)
     if not why and u_after.spread_pp > policy.balanciness:
         why = f"spread {u_after.spread_pp:.1f} pp is above the target of {policy.balanciness}"
         why += _failures(outcome.failed)
@@ -216,9 +226,9 @@ def _pool_lines(snapshot: ClusterSnapshot, pools: dict[str, dict[str, Any]]) -> 
     return lines
 
 
-def _still_to_do(after: ClusterSnapshot, policy: Policy) -> str:
+def _still_to_do(after: ClusterSnapshot, policy: Policy, storage: StorageBalancingSettings) -> str:
     """Why the final state is not balanced, judged as `plan --scenario` would plan on it ('' if it is)."""
-    final = plan_balance(after, policy)
+    final = plan_cluster(after, policy, storage)
     if final.unmet:
         u = final.unmet[0]
         return f"rule {u.rule} is not met for {u.vmids}: {u.reason}"
@@ -226,7 +236,28 @@ def _still_to_do(after: ClusterSnapshot, policy: Policy) -> str:
         reasons = sorted({m.reason.value for m in final.migrations})
         return (f"a plan on the final state still has {len(final.migrations)} migrations "
                 f"({', '.join(reasons)}); spread {final.before.spread_pp:.1f} pp")
+    if final.disk_moves:
+        return f"a plan on the final state still has {len(final.disk_moves)} disk moves"
     return ""
+
+
+def print_storage_outcome(before: ClusterSnapshot, after: ClusterSnapshot, storage: StorageBalancingSettings,
+                          sim: Simulator, console: Console) -> None:
+    """Each balanced storage's use before and after, as the collector read it, and the disk moves made."""
+    first, last = plan_storage_balance(before, storage), plan_storage_balance(after, storage)
+    table = Table(title="storage used per storage, %", box=box.SIMPLE_HEAD)
+    for col in ("storage", "before %", "after %"):
+        table.add_column(col, justify="left" if col == "storage" else "right")
+    ended = {f.storage: f for f in last.storages}
+    for f in first.storages:
+        table.add_row(f.storage, f"{f.percent_before:.1f}", f"{ended[f.storage].percent_before:.1f}"
+                      if f.storage in ended else "?")
+    console.print(table)
+    moves = sim.cluster.stats.disk_moves
+    spreads = ", ".join(f"{'/'.join(g.storages)} {g.spread_before_pp:.1f} -> {a.spread_before_pp:.1f} pp"
+                        for g, a in zip(first.groups, last.groups, strict=False))
+    console.print(f"{sum(1 for m in moves if m.get('ok'))} disks moved through the simulator's API "
+                  f"({len(moves)} move tasks); storage spread {spreads} (target <= {storage.balanciness:g})")
 
 
 def _follow(redis: Redis, console: Console, timeout: float, procs: list[subprocess.Popen[Any]],
@@ -260,8 +291,9 @@ def _follow(redis: Redis, console: Console, timeout: float, procs: list[subproce
         if plan is not None and plan.plan_id not in shown_plans:
             shown_plans.add(plan.plan_id)
             outcome.last_plan = plan
-            if plan.migrations:
-                console.print(f"  plan {plan.plan_id}: {len(plan.migrations)} migrations, spread "
+            if plan.actions:
+                disks = f", {len(plan.disk_moves)} disk moves" if plan.disk_moves else ""
+                console.print(f"  plan {plan.plan_id}: {len(plan.migrations)} migrations{disks}, spread "
                               f"{plan.before.spread_pp:.1f} -> {plan.after.spread_pp:.1f} pp expected")
             else:
                 console.print(f"  plan {plan.plan_id}: spread {plan.before.spread_pp:.1f} pp, nothing to move")

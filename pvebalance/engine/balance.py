@@ -83,7 +83,7 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
         bands=bands,
         before=before,
         after=summarize(state.loads, state.targets, state.dims),
-        migrations=migrations,
+        actions=migrations,
         unmet=unmet,
         notes=notes,
     )

@@ -18,7 +18,8 @@ from pvebalance.shared.config import (
     ProxmoxClusterSettings,
     ResourceReserve,
 )
-from pvebalance.shared.models import GuestType, JobState, JobStatusEvent
+from pvebalance.shared.jobs import JobState, JobStatusEvent
+from pvebalance.shared.models import GuestType
 
 Mode = Literal["used", "assigned"]
 

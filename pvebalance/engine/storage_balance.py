@@ -41,11 +41,13 @@ _EPS = 1e-7
 
 
 def plan_storage_balance(snapshot: ClusterSnapshot, settings: StorageBalancingSettings, *,
-                         ignore: Collection[int] = (), in_flight: Sequence[DiskMove] = ()) -> StoragePlan:
+                         ignore: Collection[int] = (), in_flight: Sequence[DiskMove] = (),
+                         migrated: Collection[int] = ()) -> StoragePlan:
     """The plan for every group of `settings` (planned whether or not `settings.enable` is on: the
     caller decides whether to run it). `ignore`: vmids the operator has the balancer leave alone;
-    `in_flight`: disk moves running now (their disks stay, their copies count on their targets)."""
-    facts = read_facts(snapshot, settings, ignore, in_flight)
+    `in_flight`: disk moves running now (their disks stay, their copies count on their targets);
+    `migrated`: guests the same plan migrates to another node (their disks stay)."""
+    facts = read_facts(snapshot, settings, ignore, in_flight, migrated)
     plan = StoragePlan(stays=facts.stays, notes=facts.notes)
     for group in facts.groups:
         if len(group) < 2:
@@ -70,7 +72,7 @@ def _plan_group(plan: StoragePlan, facts: Facts, group: list[str], settings: Sto
         selection, ordered = _select_and_order(group, stores, cands, band, max_usage, per)
     for b, batch in enumerate(ordered):
         for c, t in batch:
-            plan.moves.append(DiskMove(vmid=c.vmid, guest_type=c.guest_type, node=c.node, disk=c.disk,
+            plan.moves.append(DiskMove(vmid=c.vmid, guest_type=c.guest_type, name=c.name, node=c.node, disk=c.disk,
                                        source=c.source, target=t, size=c.size, batch=b))
     after = final_bytes(group, stores, selection.moves)
     spread_after = spread(after, stores)

@@ -48,6 +48,7 @@ class Candidate:
     source: str
     size: int
     targets: tuple[str, ...]
+    name: str = ""
 
 
 @dataclass
@@ -143,7 +144,8 @@ def _disk_stay(g: GuestState, d: GuestDisk, stores: dict[str, Store], group: lis
 
 
 def read_facts(snapshot: ClusterSnapshot, settings: StorageBalancingSettings, ignore: Collection[int],
-               in_flight: Sequence[DiskMove]) -> Facts:
+               in_flight: Sequence[DiskMove], migrated: Collection[int] = ()) -> Facts:
+    """`migrated`: guests the same plan migrates (a disk move runs on the guest's node: theirs stay)."""
     facts = Facts(stores=_stores(snapshot))
     facts.groups = _groups(settings, facts.stores, snapshot, facts.notes)
     group_of = {sid: group for group in facts.groups for sid in group}
@@ -153,7 +155,7 @@ def read_facts(snapshot: ClusterSnapshot, settings: StorageBalancingSettings, ig
             facts.stores[m.target].used += m.size
         if m.source in facts.stores:
             facts.stores[m.source].freed += m.size
-    migrating = {m.vmid for m in snapshot.in_flight}
+    migrating = {m.vmid for m in snapshot.in_flight} | set(migrated)
     online = {n.name for n in snapshot.nodes if n.online}
     for g in sorted(snapshot.guests, key=lambda g: g.vmid):
         whole = _guest_stay(g, ignore, migrating)
@@ -169,7 +171,8 @@ def read_facts(snapshot: ClusterSnapshot, settings: StorageBalancingSettings, ig
                 kind, found = _disk_stay(g, d, facts.stores, group_of[d.storage], online)
                 if kind is None:
                     assert isinstance(found, tuple)
-                    facts.candidates.append(Candidate(g.vmid, g.type, g.node, d.key, d.storage, d.size, found))
+                    facts.candidates.append(Candidate(g.vmid, g.type, g.node, d.key, d.storage, d.size, found,
+                                                     g.name))
                     continue
                 assert isinstance(found, str)
                 reason = found

@@ -1,5 +1,6 @@
-"""What a storage balancing plan says (engine/storage_balance.py makes it): the disk moves in order,
-the disks that stay and why, and the groups it leaves out of band."""
+"""What a storage balancing plan says (engine/storage_balance.py makes it): the disk moves in order
+(shared/models.py DiskMove, a plan action), the disks that stay and why, and the groups it leaves out
+of band."""
 
 from __future__ import annotations
 
@@ -7,33 +8,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pvebalance.shared.models import GuestType
+from pvebalance.shared.models import DiskMove, GroupOutcome, GuestType
+
+__all__ = ["GIB", "DiskMove", "DiskStay", "GroupOutcome", "StayKind", "StorageFigures", "StoragePlan",
+           "StorageUnmet"]
 
 GIB = 2**30
 
 # Why a disk stays on its storage, one code each (the words are in DiskStay.reason).
 StayKind = Literal["cdrom", "template", "locked", "ignored", "migrating", "moving", "snapshots",
                    "running-container", "running-tpm", "no-size", "node-offline", "no-content", "not-available"]
-
-
-class DiskMove(BaseModel):
-    """One disk moved to another storage: `POST /nodes/{node}/qemu/{vmid}/move_disk` (disk, storage)
-    for a VM, `.../lxc/{vmid}/move_volume` (volume, storage) for a container."""
-
-    model_config = ConfigDict(extra="forbid")
-    vmid: int
-    guest_type: GuestType
-    node: str = Field(description="the node the guest is on: PVE runs the move there")
-    disk: str = Field(description="the config key: scsi0, efidisk0, rootfs, mp1, ...")
-    source: str = Field(description="storage id it is on")
-    target: str = Field(description="storage id it moves to")
-    size: int = Field(description="bytes: the config's size=, what the target must hold")
-    batch: int = Field(0, ge=0, description="moves of one batch may run at once; a batch starts when the one "
-                       "before it has ended (the source's space counts as free only then)")
-
-    @property
-    def gib(self) -> float:
-        return self.size / GIB
 
 
 class DiskStay(BaseModel):
@@ -63,17 +47,6 @@ class StorageFigures(BaseModel):
     @property
     def percent_after(self) -> float:
         return 100.0 * self.after / self.total
-
-
-class GroupOutcome(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    storages: list[str]
-    spread_before_pp: float
-    spread_after_pp: float
-    method: Literal["none", "exact", "greedy"] = Field(
-        description="none: nothing to do or nothing movable; exact: the HiGHS model's plan; greedy: one move at "
-        "a time")
-    proven: bool = Field(False, description="exact and proven: no plan has fewer moves (nor, with as many, fewer GiB)")
 
 
 class StorageUnmet(BaseModel):

@@ -31,8 +31,9 @@ from rq import Queue, Worker
 from pvebalance.engine import Policy
 from pvebalance.shared import keys
 from pvebalance.shared.heartbeat import alive
+from pvebalance.shared.jobs import JobState, JobStatusEvent
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import JobState, JobStatusEvent, Plan
+from pvebalance.shared.models import Plan
 from pvebalance.shared.plans import PlanState
 from pvebalance.shared.retention import Retention
 

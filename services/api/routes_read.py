@@ -11,7 +11,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field, ValidationError
 
 from pvebalance.shared import keys
-from pvebalance.shared.models import JobState, JobStatusEvent, PlanOutcome
+from pvebalance.shared.jobs import JobState, JobStatusEvent
+from pvebalance.shared.models import PlanOutcome
 from pvebalance.shared.plans import PlanState
 
 from .auth import Reader

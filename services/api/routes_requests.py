@@ -14,8 +14,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import JobState
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus
 
 from .auth import Reader, Writer

@@ -17,17 +17,9 @@ from redis import Redis
 from pvebalance.engine import Policy
 from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
+from pvebalance.shared.jobs import JobState, JobStatusEvent, job_ids, migrations_with_jobs
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import (
-    ClusterSnapshot,
-    GuestType,
-    JobState,
-    JobStatusEvent,
-    Migration,
-    MigrationReason,
-    Plan,
-    job_ids,
-)
+from pvebalance.shared.models import ClusterSnapshot, GuestType, Migration, MigrationReason, Plan
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.policy_now import policy_now
 from pvebalance.shared.retention import Retention
@@ -173,8 +165,7 @@ class ReadSide:
         """Moves of the plan still to come: the plan is live and the move's job has not failed or been skipped."""
         if plan is None or status is None or status.state not in LIVE_PLAN_STATES:
             return []
-        chosen = zip(plan.migrations, job_ids(plan), strict=True)
-        return [m for m, job_id in chosen if (status.vmids is None or m.vmid in status.vmids)
+        return [m for m, job_id in migrations_with_jobs(plan) if (status.vmids is None or m.vmid in status.vmids)
                 and self.jobs.state(job_id) not in FAILED_OR_SKIPPED]
 
     def cluster(self, snapshot: ClusterSnapshot) -> ClusterView:
@@ -219,7 +210,7 @@ class ReadSide:
 
     def plan_view(self, plan: Plan) -> PlanView:
         moves = []
-        for m, job_id in zip(plan.migrations, job_ids(plan), strict=True):  # a parked guest moves twice
+        for m, job_id in migrations_with_jobs(plan):  # a parked guest moves twice
             record = self.jobs.load(job_id)
             moves.append(MoveView(**m.model_dump(), id=guest_id(m.type, m.vmid), job_id=job_id,
                                   job_state=record.state, job_message=record.message))

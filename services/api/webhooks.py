@@ -27,8 +27,8 @@ from tenacity import Retrying as TenacityRetrying
 from pvebalance.shared import keys
 from pvebalance.shared.config import Webhook
 from pvebalance.shared.heartbeat import INSTANCE
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import JobState
 from pvebalance.shared.redisconn import Outage
 from pvebalance.shared.requests import RequestAction, RequestState
 

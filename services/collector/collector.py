@@ -74,8 +74,12 @@ def _cached(raw: Any) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def fingerprint(entry: dict[str, Any]) -> str:
-    data = json.dumps([_CONFIG_KEYS_VERSION, *(entry.get(k) for k in _FINGERPRINT_KEYS)], sort_keys=True, default=str)
+def fingerprint(entry: dict[str, Any], generation: str = "") -> str:
+    """What tells a cached config from a stale one: the guest's /cluster/resources figures a config change
+    shows in, and how many times a job changed the config where they do not (a disk moved: `generation`)."""
+    data = json.dumps([_CONFIG_KEYS_VERSION, *(entry.get(k) for k in _FINGERPRINT_KEYS), *([generation] if generation
+                                                                                          else [])],
+                      sort_keys=True, default=str)
     return hashlib.sha1(data.encode()).hexdigest()[:16]
 
 
@@ -153,7 +157,9 @@ class Collector:
         # the others with a message naming the entry and the field.
         guests = [r for r in resources if isinstance(r, dict) and r.get("type") in ("qemu", "lxc")
                   and isinstance(r.get("node"), str) and _vmid(r.get("vmid")) is not None]
-        prints = {str(_vmid(g["vmid"])): fingerprint(g) for g in guests}
+        generations = {_text(k): _text(v) for k, v in self.redis.hgetall(keys.GUEST_CONFIG_GENERATION).items()} \
+            if self.redis is not None else {}
+        prints = {str(v): fingerprint(g, generations.get(str(v), "")) for g in guests if (v := _vmid(g["vmid"]))}
         # (fingerprint, config) known for each guest: this process's memo first, then Redis for
         # guests the memo lacks or holds stale; a stale entry still serves when a read fails.
         known: dict[str, tuple[str, dict[str, Any]]] = {v: self._memo[v] for v in prints if v in self._memo}
@@ -232,6 +238,7 @@ class Collector:
         # those on offline nodes included).
         present = {str(g.vmid) for g in snapshot.guests}
         drop_departed(self.redis, keys.GUEST_CONFIG_CACHE, present)
+        drop_departed(self.redis, keys.GUEST_CONFIG_GENERATION, present)
         for vmid in self._memo.keys() - present:
             del self._memo[vmid]
         return entry_id
@@ -299,3 +306,7 @@ def run_collector(settings: Settings, stop: threading.Event) -> None:
 
 def read_limits(c: CollectorSettings) -> ReadLimits:
     return ReadLimits(total=c.config_reads, per_node=c.config_reads_per_node)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -26,8 +26,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from pvebalance.shared import keys
+from pvebalance.shared.jobs import JobStatusEvent
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobStatusEvent
 
 MAX_BLOCK = 1.0  # seconds a blocking read waits, so that a stop is seen within this
 # A snapshot is stamped when its reads begin (Collector.snapshot); a little after the settle time the

@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pvebalance.shared.jobs import MigrationJob
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import MigrationJob
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxError
 
 log = get_logger("pvebalance.migrator")

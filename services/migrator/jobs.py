@@ -13,23 +13,23 @@ from rq import Retry, get_current_job
 from rq.job import Job
 
 from pvebalance.shared.config import Settings, load_settings
+from pvebalance.shared.jobs import JobState, parse_job
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import JobState, MigrationJob
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.retention import Retention
 
 from . import handover
 from .recovery import settle
-from .runner import MigrationRunner
+from .runner import JobRunner
 from .slots import Slots, SlotYield
 
 CONFIG_ENV = "PVEBALANCE_CONFIG"
 log = get_logger("pvebalance.migrator")
 
 
-class MigrationNotDone(Exception):
-    """Raised so rq records the job as failed when the migration failed."""
+class JobNotDone(Exception):
+    """Raised so rq records the job as failed when its action failed."""
 
 
 @dataclass
@@ -49,20 +49,21 @@ def set_context(settings: Settings) -> None:
 GIVE_WAY = Retry(max=1_000_000)
 
 
-def run_migration(payload: str) -> str | Retry:
-    """rq entry point: carry out one MigrationJob (given as its JSON)."""
+def run_job(payload: str) -> str | Retry:
+    """rq entry point: carry out one job, of any kind (given as its JSON)."""
     global _context
     if _context is None:
         set_context(load_settings(os.environ.get(CONFIG_ENV)))
     assert _context is not None
-    job = MigrationJob.model_validate_json(payload)
+    job = parse_job(payload)
     rq_job = get_current_job()
-    assert rq_job is not None, "run_migration runs inside an rq worker"
+    assert rq_job is not None, "run_job runs inside an rq worker"
     redis = rq_job.connection
     settings = _context.settings
     store = JobStore(redis, Retention(settings.retention))
-    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(redis, settings.migrator, store),
-                             settings, sleep=handover.sleep, safe_point=handover.check)
+    slots = Slots(redis, settings.migrator, store, per_storage=settings.storage_balancing.max_parallel_per_storage)
+    runner = JobRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings, sleep=handover.sleep,
+                       safe_point=handover.check)
     try:
         state = runner.run(job)
     except SlotYield:
@@ -77,8 +78,12 @@ def run_migration(payload: str) -> str | Retry:
                     state=store.load(job.job_id).fields.get("state"))
         return "handed over"
     if state is JobState.FAILED:
-        raise MigrationNotDone(JobStore(redis).load(job.job_id).message or "failed")
+        raise JobNotDone(JobStore(redis).load(job.job_id).message or "failed")
     return state.value
+
+
+# Jobs queued by a version before job kinds name this function.
+run_migration = run_job
 
 
 # rq calls these (by name, so they survive serialisation) whatever way a run ends other than success.

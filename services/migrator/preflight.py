@@ -29,8 +29,9 @@ from pvebalance.shared.apianswers import DumpError, read_pool_detail
 from pvebalance.shared.apidump import read_storages
 from pvebalance.shared.apireads import ReadLimits, read_all
 from pvebalance.shared.config import Settings
+from pvebalance.shared.jobs import MigrationJob
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import GuestType, InFlightMigration, MigrationJob
+from pvebalance.shared.models import GuestType, InFlightMigration
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError
 
 from .backups import BACKUP_JOBS, backup_wait
@@ -110,7 +111,7 @@ class Preflight:
         self.client = client
         self.settings = settings
         self.policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
-        self.api = api  # MigrationRunner._api: waits out outages, within a patience
+        self.api = api  # JobRunner._api: waits out outages, within a patience
         self.sleep = sleep
         self.in_flight = in_flight  # the other migrations in flight (JobStore.in_flight_migrations)
 

@@ -36,7 +36,8 @@ from pvebalance.engine.rules import build_constraints, fixed_reason
 from pvebalance.engine.state import PlanState
 from pvebalance.shared.apianswers import DumpError, read_pool_detail
 from pvebalance.shared.apidump import parse_ha_rules, parse_tags
-from pvebalance.shared.models import ClusterSnapshot, GuestState, GuestType, MigrationJob, NodeState
+from pvebalance.shared.jobs import MigrationJob
+from pvebalance.shared.models import ClusterSnapshot, GuestState, GuestType, NodeState
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxError
 
 HA_RULES = "/cluster/ha/rules"

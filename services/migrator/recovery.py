@@ -32,11 +32,11 @@ from rq.timeouts import TimerDeathPenalty
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
-from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
+from pvebalance.shared.jobqueue import end_overdue, enqueue_job
 from pvebalance.shared.jobrecord import JobRecord
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import JobState
 from pvebalance.shared.redisconn import Outage
 from pvebalance.shared.retention import Retention
 
@@ -155,7 +155,7 @@ class Reconciler:
         if not self.store.take_over(record):
             return False  # another pass took it over meanwhile
         if rq_job is None:
-            enqueue_migration(self.queue, self.settings, job, at_front=True)
+            enqueue_job(self.queue, self.settings, job, at_front=True)
         elif job_id in self.queue.failed_job_registry:
             with contextlib.suppress(InvalidJobOperation):  # no longer there: queued again by rq's own retry
                 self.queue.failed_job_registry.requeue(job_id, at_front=True)

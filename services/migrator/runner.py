@@ -1,13 +1,14 @@
-"""Carry out one MigrationJob against the Proxmox API, exactly once, and say how it ended.
+"""Carry out one job (any kind: services/migrator/actions/) against the Proxmox API, exactly once, and
+say how it ended.
 
-Before the POST: take the slots, check the guest against the live cluster, then pin the slots and
-mark the job running in one step (a job cancelled meanwhile does not start). From the POST on, the
-job is in flight: its slots stay pinned until the job ends, and its end comes from the Proxmox
-task and from where the guest is, never from an error that interrupted the follower. An answer
-that may have come from a POST that reached Proxmox (no answer, a timeout, a garbled body, a 5xx)
-is never followed by a blind second POST: the node's task list is searched for the guest's
-migration task first. A job resumed by another worker follows the stored UPID, or searches for the
-task of a POST it may have sent.
+Before the POST: take the slots, check the action against the live cluster (its kind's check), then
+pin the slots and mark the job running in one step (a job cancelled meanwhile does not start). From the
+POST on, the job is in flight: its slots stay pinned until the job ends, and its end comes from the
+Proxmox task and from what the kind verifies (where the guest or the disk is), never from an error that
+interrupted the follower. An answer that may have come from a POST that reached Proxmox (no answer, a
+timeout, a garbled body, a 5xx) is never followed by a blind second POST: the node's task list is
+searched for the job's task first. A job resumed by another worker follows the stored UPID, or searches
+for the task of a POST it may have sent.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ import structlog
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
-from pvebalance.shared.jobqueue import expected_seconds
 from pvebalance.shared.jobrecord import JobRecord
+from pvebalance.shared.jobs import Job, JobState
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import JobState, MigrationJob
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError, upid_node
 from pvebalance.shared.redisconn import Outage, retry_redis
 
+from .actions import KINDS, ActionKind, Context
 from .lease import Lease
-from .preflight import Deferred, Failed, Preflight, Skip
+from .preflight import Deferred, Failed, Skip
 from .slots import SlotCancelled, SlotRequest, Slots, SlotTimeout, SlotYield
 
 log = get_logger("pvebalance.migrator")
@@ -44,7 +45,7 @@ CLOCK_SLACK = 2.0
 REDIS_PATIENCE = 600.0  # how long a runner holding a live migration waits for Redis to record it
 
 
-class MigrationRunner:
+class JobRunner:
     def __init__(self, client: ProxmoxClient, store: JobStore, slots: Slots, settings: Settings,
                  sleep: Callable[[float], None] = time.sleep, safe_point: Callable[[], None] = lambda: None) -> None:
         self.client = client
@@ -55,10 +56,10 @@ class MigrationRunner:
         # raise to stop the run there, as a worker that is being stopped does (handover.py)
         self.sleep = sleep
         self.safe_point = safe_point
-        self.preflight = Preflight(client, settings, self._api, sleep,
-                                   in_flight=lambda but: self._redis(lambda: store.in_flight_migrations(but)))
-        self._api_outage = Outage(log, "the Proxmox API", "the migration")
-        self._redis_outage = Outage(log, "Redis", "the migration")
+        ctx = Context(client, settings, store, self._api, self._redis, sleep)
+        self.kinds: dict[str, ActionKind] = {name: kind(ctx) for name, kind in KINDS.items()}  # type: ignore[type-arg]
+        self._api_outage = Outage(log, "the Proxmox API", "the job")
+        self._redis_outage = Outage(log, "Redis", "the job")
 
     # --- calling the API and Redis through their outages ------------------------------------------
 
@@ -91,8 +92,12 @@ class MigrationRunner:
 
     # --- the job ----------------------------------------------------------------------------------
 
-    def run(self, job: MigrationJob) -> JobState:
-        with structlog.contextvars.bound_contextvars(job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid):
+    def kind(self, job: Job) -> ActionKind:  # type: ignore[type-arg]
+        return self.kinds[job.action]
+
+    def run(self, job: Job) -> JobState:
+        with structlog.contextvars.bound_contextvars(job_id=job.job_id, plan_id=job.plan_id, vmid=job.vmid,
+                                                    action=job.action):
             holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             lease = Lease(self.store.redis, job.job_id, holder, self.settings.migrator.slot_ttl)
             if not lease.acquire():
@@ -103,25 +108,24 @@ class MigrationRunner:
             finally:
                 lease.release()
 
-    def _run(self, job: MigrationJob) -> JobState:
+    def _run(self, job: Job) -> JobState:
         record = self.store.load(job.job_id)
         if record.state is not None and record.terminal:
             log.info("job already ended", state=record.state.value)
             return record.state
         started = time.monotonic()
-        req = SlotRequest(job.job_id, job.source, job.target)
+        req = SlotRequest.of(job)
         try:
             if record.in_flight:
                 if not self.slots.adopt(req):
                     return self.store.state(job.job_id) or JobState.FAILED
                 upid = record.upid or self._resume_post(job, record.posted_at or 0.0, record.known_tasks)
-                log.info("resuming the migration task of an earlier worker", upid=upid)
+                log.info("resuming the task of an earlier worker", upid=upid)
             else:
                 upid = self._prepare_and_post(job, req, record)
-            if upid is not None:
-                self._follow(job, upid)
+            note = self._follow(job, upid) if upid is not None else None
         except SlotCancelled:
-            log.info("cancelled before the migration started")
+            log.info("cancelled before it started")
             return self.store.state(job.job_id) or JobState.CANCELLED
         except Skip as exc:
             return self._end(job, JobState.SKIPPED, str(exc), started)
@@ -129,14 +133,14 @@ class MigrationRunner:
             return self._end(job, JobState.FAILED, str(exc), started)
         except ProxmoxError as exc:  # a refusal before anything started
             return self._end(job, JobState.FAILED, exc.message, started)
-        self._redis(lambda: self.store.start_cooldown(job.vmid, self.settings.balancing.cooldown_minutes * 60))
-        return self._end(job, JobState.SUCCEEDED, f"{job.name} is on {job.target}", started)
+        message = self.kind(job).succeeded(job)
+        return self._end(job, JobState.SUCCEEDED, f"{message} ({note})" if note else message, started)
 
-    def _end(self, job: MigrationJob, state: JobState, message: str, started: float) -> JobState:
+    def _end(self, job: Job, state: JobState, message: str, started: float) -> JobState:
         duration = round(time.monotonic() - started, 3)
         upid = self._redis(lambda: self.store.load(job.job_id)).upid
         if self._redis(lambda: self.store.transition(job, state, message, upid=upid, duration_s=duration)):
-            log.info("migration ended", state=state.value, reason=message, duration_s=duration)
+            log.info("job ended", state=state.value, reason=message, duration_s=duration)
             return state
         ended = self.store.state(job.job_id) or state
         log.info("job had already ended", state=ended.value)
@@ -144,11 +148,12 @@ class MigrationRunner:
 
     # --- before: slots, pre-flight, the POST ------------------------------------------------------
 
-    def _prepare_and_post(self, job: MigrationJob, req: SlotRequest, record: JobRecord) -> str | None:
+    def _prepare_and_post(self, job: Job, req: SlotRequest, record: JobRecord) -> str | None:
+        kind = self.kind(job)
+
         def waiting() -> None:
-            self.store.transition(job, JobState.WAITING, "waiting for a migration slot",
-                                  only_from=(JobState.QUEUED,))
-            self.preflight.look_ahead(job)  # raises Gone: a move that can no longer happen does not wait
+            self.store.transition(job, JobState.WAITING, "waiting for a slot", only_from=(JobState.QUEUED,))
+            kind.look_ahead(job)  # raises Gone: a move that can no longer happen does not wait
 
         def cancelled() -> bool:
             self.safe_point()
@@ -163,9 +168,9 @@ class MigrationRunner:
             self.slots.wait(req, on_wait=waiting, cancelled=cancelled, waiting_since=waiting_since)
             try:
                 with self.slots.held(req) as commit:
-                    # It lists the guest's migration tasks before ours too: a task found later that is not
+                    # It lists the guest's tasks of this kind before ours too: a task found later that is not
                     # among them is this POST's (an earlier job's task of the same guest may be seconds old).
-                    cleared = self.preflight.clear(job, patience)
+                    cleared = kind.check(job, patience)
                     committed = commit(job)  # the start: slots pinned, job running, its event
             except Deferred as exc:  # its slots went back with the `held` block: others move meanwhile
                 waiting_since = waiting_since or time.time()
@@ -175,13 +180,13 @@ class MigrationRunner:
                 raise SlotCancelled()
             if committed == 1:
                 break
-            log.warning("migration slots expired before the POST (Redis away?): waiting for them again")
+            log.warning("slots expired before the POST (Redis away?): waiting for them again")
         known = cleared.known_tasks
-        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(known))))
+        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(known)), **cleared.keep))
         posted_at = self.store.load(job.job_id).posted_at or time.time()
         return self._post(job, cleared.params, posted_at, known)
 
-    def _defer(self, job: MigrationJob, deferred: Deferred, waiting_since: float, said: str,
+    def _defer(self, job: Job, deferred: Deferred, waiting_since: float, said: str,
                cancelled: Callable[[], bool]) -> str:
         """Wait as a job waiting for a slot does (state waiting, within `slot_wait_timeout` of its first
         wait), then let the caller look again; Skip once that time is up. Returns the reason now shown."""
@@ -194,7 +199,7 @@ class MigrationRunner:
         if reason != said:  # one event per reason, not one per look
             self._redis(lambda: self.store.transition(job, JobState.WAITING, f"deferred: {reason}",
                                                       only_from=(JobState.QUEUED, JobState.WAITING)))
-            log.info("migration deferred", reason=reason, until=round(deferred.until))
+            log.info("job deferred", reason=reason, until=round(deferred.until))
         # In steps, so that a cancelled job or a backup job moved meanwhile is seen within a step.
         poll = self.settings.migrator.poll_interval
         self.sleep(max(min(min(deferred.until, limit) - now, 30 * poll), poll))
@@ -206,8 +211,8 @@ class MigrationRunner:
             raise SlotYield()
         return reason
 
-    def _post(self, job: MigrationJob, params: dict[str, Any], since: float, known: set[str] | None) -> str | None:
-        path = f"/nodes/{job.source}/{job.guest_type.value}/{job.vmid}/migrate"
+    def _post(self, job: Job, params: dict[str, Any], since: float, known: set[str] | None) -> str | None:
+        path = self.kind(job).path(job)
         attempts = 5
         for attempt in range(1, attempts + 1):
             try:
@@ -224,14 +229,14 @@ class MigrationRunner:
                 # answer or a gateway error may hide a POST that reached Proxmox, perhaps to be carried out
                 # late: look for a while. A 500 with PVE's message is PVE's own refusal: one look is enough.
                 ambiguous = exc.ambiguous
-                log.warning("migrate request failed; looking for a task it may have started", error=exc.message,
+                log.warning("request failed; looking for a task it may have started", path=path, error=exc.message,
                             attempt=attempt, may_have_reached_proxmox=ambiguous)
                 window = 2 * self.settings.proxmox_api.timeout + 5 if ambiguous else 0.0
                 found = self._find_task(job, since, window, known)
                 if found:
                     upid = found
                 elif attempt == attempts:
-                    raise Failed(f"the migrate request failed {attempts} times and no task of it exists: "
+                    raise Failed(f"the request failed {attempts} times and no task of it exists: "
                                  f"{exc.message}") from None
                 else:
                     self.sleep(self.settings.migrator.poll_interval * attempt)
@@ -240,33 +245,34 @@ class MigrationRunner:
             return upid
         raise Failed("Proxmox kept refusing the credentials")
 
-    def _record_upid(self, job: MigrationJob, upid: str) -> None:
+    def _record_upid(self, job: Job, upid: str) -> None:
         if not self._redis(lambda: self.store.record_upid(job, upid)):  # the lease makes this unreachable
             log.error("the job is no longer running: its task's UPID was not stored", upid=upid)
-        log.info("migration started", upid=upid, source=job.source, target=job.target)
+        log.info("task started", upid=upid, source=job.source, target=job.target)
 
-    def _resume_post(self, job: MigrationJob, posted_at: float, known: set[str] | None) -> str | None:
+    def _resume_post(self, job: Job, posted_at: float, known: set[str] | None) -> str | None:
         """An earlier worker pinned the slots and may have POSTed, but no UPID was stored."""
         found = self._find_task(job, posted_at, self.settings.proxmox_api.timeout, known)
         if found:
             self._record_upid(job, found)
             return found
-        entry = self._api(lambda: self.preflight.guest_entry(job.vmid, job.guest_type, nodes=[job.target, job.source]))
-        if entry is not None and entry["node"] == job.target:
-            return None  # it landed; its task is no longer listed
-        log.info("no task of an earlier migrate request: the request never reached Proxmox, sending it")
+        kind = self.kind(job)
+        if kind.done(job):
+            return None  # it happened; its task is no longer listed
+        log.info("no task of an earlier request: the request never reached Proxmox, sending it")
         # Its slots are pinned already, and the backups were looked at right before they were: no waiting.
-        cleared = self.preflight.clear(job, self.settings.migrator.task_timeout_base, backups=False)
-        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(cleared.known_tasks))))
+        cleared = kind.check(job, self.settings.migrator.task_timeout_base, resumed=True)
+        self._redis(lambda: self.store.set_fields(job.job_id, known_tasks=",".join(sorted(cleared.known_tasks)),
+                                                  **cleared.keep))
         return self._post(job, cleared.params, time.time(), cleared.known_tasks)
 
-    def _find_task(self, job: MigrationJob, since: float, window: float, known: set[str] | None) -> str | None:
-        """The migration task of this job's POST, looked for over `window` s (a slow POST may be carried out
+    def _find_task(self, job: Job, since: float, window: float, known: set[str] | None) -> str | None:
+        """The task of this job's POST, looked for over `window` s (a slow POST may be carried out
         after its client gave up): the first of the guest's tasks that was not there before the POST, or,
         without that list, the first started since the POST."""
         deadline = time.monotonic() + window
         while True:
-            tasks = self._api(lambda: self.preflight.migration_tasks(job))
+            tasks = self._api(lambda: self.kind(job).tasks(job))
             if known is not None:
                 new = [t for t in tasks if str(t["upid"]) not in known]
             else:
@@ -279,10 +285,10 @@ class MigrationRunner:
 
     # --- after: follow the task, then check where the guest is ------------------------------------
 
-    def _expected(self, job: MigrationJob) -> float:
-        return expected_seconds(self.settings, job)
+    def _expected(self, job: Job) -> float:
+        return self.kind(job).expected_seconds(job)
 
-    def _wait_task(self, job: MigrationJob, upid: str) -> dict[str, Any]:
+    def _wait_task(self, job: Job, upid: str) -> dict[str, Any]:
         """Poll the task until it stops, through any outage; warn once if it runs longer than expected."""
         node = upid_node(upid)
         poll = self.settings.migrator.poll_interval
@@ -293,7 +299,7 @@ class MigrationRunner:
                 return status
             if not warned and time.monotonic() - started > self._expected(job):
                 warned = True
-                log.warning("migration task runs longer than expected; still following it (slots stay held)",
+                log.warning("task runs longer than expected; still following it (slots stay held)",
                             upid=upid, expected_s=round(self._expected(job)))
             self.sleep(delay)
             delay = min(delay * 1.5, poll)
@@ -307,44 +313,18 @@ class MigrationRunner:
             raise ProxmoxError(f"task status of {upid} is not a task status: {str(answer)[:80]!r}", kind=MALFORMED)
         return answer
 
-    def _follow(self, job: MigrationJob, upid: str) -> None:
+    def _follow(self, job: Job, upid: str) -> str | None:
+        """Follow the task to its end, then let the kind verify what happened (a note, or Failed)."""
         try:
             status = self._wait_task(job, upid)
         except ProxmoxError as exc:
-            # The task cannot be read (say, 'no such task' after a node restart): the guest tells.
-            log.warning("migration task unreadable; judging by where the guest is", upid=upid, error=exc.message)
+            # The task cannot be read (say, 'no such task' after a node restart): the cluster tells.
+            log.warning("task unreadable; judging by what the cluster shows", upid=upid, error=exc.message)
             status = {"exitstatus": f"unknown ({exc.message})"}
         exitstatus = str(status.get("exitstatus", ""))
         ok = exitstatus == "OK" or exitstatus.startswith("WARNINGS")
-        if ok and ":hamigrate:" in upid:
-            # The hamigrate task only queued the request; the HA manager migrates afterwards.
-            self._wait_ha_landing(job)
-        entry = self._api(lambda: self.preflight.guest_entry(job.vmid, job.guest_type,
-                                                             nodes=[job.target, job.source]))
-        where = entry["node"] if entry else None
-        if where == job.target:
-            if not ok:
-                log.warning("task did not end OK but the guest is on its target", exitstatus=exitstatus)
-            return
-        if not ok:
-            raise Failed(exitstatus or "task ended without an exit status")
-        if where is not None and where != job.source:
-            # The task moved it (it ended OK); someone or HA moved it on before this run looked (a run
-            # resumed after an outage looks late). The migration happened once: the job succeeded.
-            log.warning("task ended OK; the guest has moved on since", upid=upid, now_on=where)
-            return
-        raise Failed(f"task {upid} ended {exitstatus} but guest {job.vmid} is on {where or 'no node'}")
-
-    def _wait_ha_landing(self, job: MigrationJob) -> None:
-        deadline = time.monotonic() + self._expected(job)
-        while True:
-            entry = self._api(lambda: self.preflight.guest_entry(job.vmid, job.guest_type,
-                                                                 nodes=[job.target, job.source]))
-            if entry and entry["node"] == job.target and not entry.get("lock") and entry.get("hastate") != "migrate":
-                return
-            if time.monotonic() > deadline:
-                raise Failed(f"HA migration of {job.vmid} did not land on {job.target} in time")
-            self.sleep(self.settings.migrator.poll_interval)
+        record = self._redis(lambda: self.store.load(job.job_id))
+        return self.kind(job).verify(job, upid, ok, exitstatus, record)
 
 
 def is_task_status(answer: Any) -> TypeGuard[dict[str, Any]]:

@@ -1,7 +1,9 @@
-"""Migration slots held in Redis: at most N cluster-wide, M per source node and K per target node.
+"""Job slots held in Redis: at most N jobs cluster-wide, M migrations per source node and K per target
+node, and S disk moves per storage.
 
-Each scope is a sorted set of holders (job ids) scored by their expiry. One Lua script takes a slot
-in every scope of a migration at once or in none, so two workers can never both squeeze past a
+Each scope is a sorted set of holders (job ids) scored by their expiry; a job names its scopes
+(shared/jobs.py `slot_scopes`), and each scope's limit follows from its family (`Slots.limit`). One
+Lua script takes a slot in every scope of a job at once or in none, so two workers can never both squeeze past a
 limit. Before its POST a job renews its slots, and loses them when they expire if its worker dies;
 from the POST on they are pinned and freed only when the job ends, so a migration Proxmox is running
 always counts. Pinning them is part of the job's start, which the job store writes (JobStore.start:
@@ -23,9 +25,9 @@ from rq import Queue
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import MigratorSettings
+from pvebalance.shared.jobs import Job
 from pvebalance.shared.jobstore import FINAL_STATES, JobStore
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import MigrationJob
 from pvebalance.shared.redisconn import REDIS_AWAY, Outage
 
 log = get_logger("pvebalance.migrator.slots")
@@ -100,42 +102,60 @@ class SlotYield(Exception):
 @dataclass(frozen=True)
 class SlotRequest:
     holder: str  # the job id: a job, not a worker, holds slots
-    source: str
-    target: str
+    scopes: tuple[str, ...]  # the slot sets (shared/keys.py)
+
+    @classmethod
+    def of(cls, job: Job) -> SlotRequest:
+        return cls(job.job_id, tuple(job.slot_scopes()))
+
+    @classmethod
+    def between(cls, holder: str, source: str, target: str) -> SlotRequest:
+        """A migration's: cluster-wide, its source node's, its target node's."""
+        return cls(holder, tuple(keys.slot_scopes(source, target)))
 
 
 class Slots:
-    def __init__(self, redis: Redis, settings: MigratorSettings, store: JobStore | None = None) -> None:
+    def __init__(self, redis: Redis, settings: MigratorSettings, store: JobStore | None = None,
+                 per_storage: int = 1) -> None:
         self.redis = redis
         self.settings = settings
+        self.per_storage = per_storage  # storage_balancing.max_parallel_per_storage
         self.store = store or JobStore(redis)
         self.queue_key = Queue(keys.MIGRATION_QUEUE, connection=redis).key
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._adopt = redis.register_script(_ADOPT)
 
-    def _limits(self) -> list[int]:
+    def limit(self, scope: str) -> int:
+        """How many may hold a place in a slot set at once, by its family."""
         s = self.settings
-        return [s.max_parallel_cluster, s.max_parallel_per_source, s.max_parallel_per_target]
+        if scope == keys.SLOTS_CLUSTER:
+            return s.max_parallel_cluster
+        for family, limit in ((keys.slots_source(""), s.max_parallel_per_source),
+                              (keys.slots_target(""), s.max_parallel_per_target),
+                              (keys.slots_storage(""), self.per_storage)):
+            if scope.startswith(family):
+                return limit
+        raise ValueError(f"no limit for slot set {scope}")
 
     def try_acquire(self, req: SlotRequest) -> bool:
         now = time.time()
-        args = [req.holder, now, now + self.settings.slot_ttl, keys.job(""), FINAL_STATES, *self._limits()]
-        return bool(self._acquire(keys=keys.slot_scopes(req.source, req.target), args=args))
+        args = [req.holder, now, now + self.settings.slot_ttl, keys.job(""), FINAL_STATES,
+                *(self.limit(s) for s in req.scopes)]
+        return bool(self._acquire(keys=list(req.scopes), args=args))
 
     def renew(self, req: SlotRequest) -> int:
-        return int(self._renew(keys=keys.slot_scopes(req.source, req.target),
-                               args=[req.holder, time.time() + self.settings.slot_ttl]))
+        return int(self._renew(keys=list(req.scopes), args=[req.holder, time.time() + self.settings.slot_ttl]))
 
-    def commit(self, req: SlotRequest, job: MigrationJob) -> int:
+    def commit(self, req: SlotRequest, job: Job) -> int:
         """Start the job (JobStore.start: its slots pinned, the job running, its event): 1, 0 (a slot expired)
         or -1 (the job may not start)."""
-        assert (req.holder, req.source, req.target) == (job.job_id, job.source, job.target), "the job's own slots"
+        assert req == SlotRequest.of(job), "the job's own slots"
         return self.store.start(job)
 
     def adopt(self, req: SlotRequest) -> bool:
         """A resumed in-flight job takes its slots back, pinned; False if the job has ended meanwhile."""
-        scopes = [*keys.slot_scopes(req.source, req.target), keys.job(req.holder)]
+        scopes = [*req.scopes, keys.job(req.holder)]
         return bool(self._adopt(keys=scopes, args=[req.holder, FINAL_STATES]))
 
     def resumed_job_waits(self) -> bool:
@@ -147,7 +167,7 @@ class Slots:
     def release(self, req: SlotRequest) -> None:
         """Give back slots that were never pinned (the job stops before its POST without ending)."""
         pipe = self.redis.pipeline()
-        for scope in keys.slot_scopes(req.source, req.target):
+        for scope in req.scopes:
             pipe.zrem(scope, req.holder)
         # wake one waiting worker now instead of at the end of its back-off
         pipe.lpush(keys.SLOTS_WAKE, "1")
@@ -188,7 +208,7 @@ class Slots:
             delay = min(delay * 1.5, 2.0)
 
     @contextmanager
-    def held(self, req: SlotRequest) -> Iterator[Callable[[MigrationJob], int]]:
+    def held(self, req: SlotRequest) -> Iterator[Callable[[Job], int]]:
         """Keep slots already taken alive for the body (renewed in the background, riding out Redis
         blips); the body gets `commit` (the job's start). Slots not pinned by it are given back on every exit."""
         stop = threading.Event()
@@ -203,7 +223,7 @@ class Slots:
                 except RedisError as exc:
                     outage.failed(exc)
 
-        def commit(job: MigrationJob) -> int:
+        def commit(job: Job) -> int:
             nonlocal committed
             result = self.commit(req, job)
             committed = result == 1

@@ -253,14 +253,14 @@ class RequestHandler:
             self.refuse(request, f"plan {plan.plan_id} is {status.state.value}" +
                         (f": {status.reason}" if status.reason else "") + "; only a recommended plan can be approved")
             return
-        moves = plan.migrations
+        moves = list(plan.actions)
         if request.vmids is not None:
-            unknown = sorted(set(request.vmids) - {m.vmid for m in plan.migrations})
+            unknown = sorted(set(request.vmids) - {m.vmid for m in plan.actions})
             if unknown:
                 self.refuse(request, f"plan {plan.plan_id} has no move of {'guest' if len(unknown) == 1 else 'guests'} "
                                      f"{', '.join(map(str, unknown))}")
                 return
-            moves = [m for m in plan.migrations if m.vmid in set(request.vmids)]
+            moves = [m for m in plan.actions if m.vmid in set(request.vmids)]
         if not moves:
             self.planner.plans.set_state(plan.plan_id, PlanState.DONE, "approved with nothing to move")
             self.store.settle(request.request_id, RequestState.DONE, f"plan {plan.plan_id} has no move: nothing to do",
@@ -273,7 +273,7 @@ class RequestHandler:
             return
         self.planner.plans.set_state(plan.plan_id, PlanState.APPROVED, f"approved by {request.who}",
                                      request_id=request.request_id, vmids=request.vmids)
-        enqueued = self.planner.enqueue(plan.model_copy(update={"migrations": moves}))
+        enqueued = self.planner.enqueue(plan.model_copy(update={"actions": moves}))
         self.planner.plans.set_state(plan.plan_id, PlanState.RUNNING, f"{plural(len(enqueued), 'job')} enqueued")
         self.store.settle(request.request_id, RequestState.DONE, f"{plural(len(enqueued), 'migration')} enqueued",
                           plan_id=plan.plan_id)

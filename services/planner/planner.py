@@ -20,16 +20,18 @@ from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 
 from pvebalance.engine import Policy, plan_balance
+from pvebalance.engine.cluster_plan import plan_cluster
 from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
 from pvebalance.shared.heartbeat import INSTANCE, beat
 from pvebalance.shared.holds import round_made, round_wait
-from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
+from pvebalance.shared.jobqueue import end_overdue, enqueue_job
 from pvebalance.shared.jobrecord import STARTABLE
+from pvebalance.shared.jobs import JobState, actions_with_jobs, job_ids, jobs_of
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import ClusterSnapshot, JobState, MigrationJob, Plan, job_ids, parse_known, utcnow
+from pvebalance.shared.models import ClusterSnapshot, DiskMove, Migration, Plan, parse_known, utcnow
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.policy_now import drained_nodes, policy_now, with_in_flight
 from pvebalance.shared.redisconn import Outage, connect_waiting
@@ -122,20 +124,20 @@ class Planner:
         if (due_in := round_wait(self.redis, interval)) > 0:
             log.debug("next balancing round not due yet (planner.interval)", due_in_s=round(due_in))
             return None
-        plan = plan_balance(snapshot, policy)
+        plan = plan_cluster(snapshot, policy, self.settings.storage_balancing)
         round_made(self.redis, interval)
         mode = self.settings.balancing.mode_of_operation
         if mode != "automatic" or not self.settings.balancing.enable:
             return self.recommend(plan, snapshot=snapshot, policy=policy)
         latest = self.latest_plan()
-        if not plan.migrations and latest is not None and not latest.migrations and latest.outcome == plan.outcome:
+        if not plan.actions and latest is not None and not latest.actions and latest.outcome == plan.outcome:
             # Nothing to do, again: the stored plan says so; one per snapshot would fill Redis (2880 a day).
             return plan
         self.save(plan)
         log.info("plan made", plan_id=plan.plan_id, snapshot_id=snapshot.snapshot_id, outcome=plan.outcome,
                  spread_before=plan.before.spread_pp, spread_after=plan.after.spread_pp,
-                 migrations=len(plan.migrations))
-        if plan.migrations:
+                 migrations=len(plan.migrations), disk_moves=len(plan.disk_moves))
+        if plan.actions:
             self.enqueue(plan)
         else:
             self.plans.set_state(plan.plan_id, PlanState.DONE, plan.outcome_reason)
@@ -176,7 +178,7 @@ class Planner:
         stopped = {g.vmid for g in snapshot.guests if not g.running}
         keep = [m for m in plan.migrations
                 if not (m.vmid in stopped and m.source in nodes and m.source not in include_stopped)]
-        return plan.model_copy(update={"migrations": keep})
+        return plan.model_copy(update={"actions": keep})
 
     def run_drains(self, snapshot: ClusterSnapshot, policy: Policy | None = None) -> Plan | None:
         """Plan and enqueue the moves off drained nodes that still hold guests; drains always run, in
@@ -211,8 +213,8 @@ class Planner:
             plan = self.plans.plan(status.plan_id)
             if plan is None:
                 continue
-            pairs = zip(plan.migrations, job_ids(plan), strict=True)
-            records = [self.jobs.load(job_id) for m, job_id in pairs if status.vmids is None or m.vmid in status.vmids]
+            records = [self.jobs.load(job_id) for a, job_id in actions_with_jobs(plan)
+                       if status.vmids is None or a.vmid in status.vmids]
             if any(r.live for r in records):
                 continue
             counts = Counter(r.fields.get("state") or "not enqueued" for r in records)
@@ -221,10 +223,11 @@ class Planner:
     def failed_moves(self, plan_id: str) -> list[str]:
         plan = self.plans.plan(plan_id)
         failed = []
-        for m, job_id in zip(plan.migrations, job_ids(plan), strict=True) if plan else []:
+        for a, job_id in actions_with_jobs(plan) if plan else []:
             record = self.jobs.load(job_id)
             if record.state is JobState.FAILED:
-                failed.append(f"guest {m.vmid} ({m.name}) {m.source} -> {m.target}: {record.message}")
+                what = f"disk {a.disk} " if isinstance(a, DiskMove) else ""
+                failed.append(f"guest {a.vmid} ({a.name}) {what}{a.source} -> {a.target}: {record.message}")
         return failed
 
     def latest_plan(self) -> Plan | None:
@@ -276,42 +279,43 @@ class Planner:
         self.plans.save(plan, PlanStatus(plan_id=plan.plan_id, state=state, reason=reason, request_id=request_id))
 
     def enqueue(self, plan: Plan) -> list[str]:
-        """One job per move; a move into a node waits for the earlier moves out of that node.
+        """One job per action, in the plan's order; an action waits only for those whose end it counts on:
 
-        Those are the only moves whose order matters: they free the room (and, for anti-affinity,
-        the place) that the later move counts on. Moves out of one node, or into one node, may run
-        in parallel up to the migrator's limits.
+        - a migration into a node waits for the earlier migrations out of that node (they free the room,
+          and for anti-affinity the place, it counts on); moves out of one node, or into one node, may
+          run in parallel up to the migrator's limits;
+        - a disk move waits for the disk moves of the batch before its own (a source's space counts as
+          free only once its move has ended: engine/storage_balance.py);
+        - a guest's later action waits for its earlier one (which holds the guest's claim until it ends).
         """
         self.fence()
         leaving: dict[str, list[str]] = {}
+        batches: dict[int, list[str]] = {}  # disk-move batch -> its jobs
         earlier: dict[int, str] = {}  # vmid -> its previous job in this plan (a parked guest moves twice)
         enqueued = []
-        for m, job_id in zip(plan.migrations, job_ids(plan), strict=True):
-            job = MigrationJob(
-                job_id=job_id, plan_id=plan.plan_id, vmid=m.vmid,
-                name=m.name, guest_type=m.type, source=m.source, target=m.target, online=m.online,
-                with_local_disks=m.local_disk_bytes > 0 and self.settings.balancing.with_local_disks,
-                mem_bytes=m.mem_bytes, local_disk_bytes=m.local_disk_bytes, local_disks=m.local_disks,
-                reason=m.reason,
-            )
-            if m.vmid not in earlier:
-                holder = self.jobs.claim_guest(m.vmid, job.job_id)
+        for action, job in zip(plan.actions, jobs_of(plan, self.settings), strict=True):
+            if action.vmid not in earlier:
+                holder = self.jobs.claim_guest(action.vmid, job.job_id)
                 if holder is not None:
-                    log.warning("guest already has a job, not enqueued", vmid=m.vmid, job_id=holder)
+                    log.warning("guest already has a job, not enqueued", vmid=action.vmid, job_id=holder)
                     continue
-            # A later move of the same guest runs after its earlier one, which holds the guest's claim
-            # until it ends; no other job can claim the guest meanwhile, as no plan is made while jobs run.
+            # No other job can claim the guest meanwhile, as no plan is made while jobs run.
             if not self.jobs.create(job):
                 continue  # this plan was enqueued before: the job exists already
-            after = sorted(set(leaving.get(m.target, [])) | ({earlier[m.vmid]} if m.vmid in earlier else set()))
+            after = set(leaving.get(action.target, [])) if isinstance(action, Migration) \
+                else set(batches.get(action.batch - 1, []))
+            after |= {earlier[action.vmid]} if action.vmid in earlier else set()
             try:
-                enqueue_migration(self.queue, self.settings, job, after)
+                enqueue_job(self.queue, self.settings, job, sorted(after))
             except Exception as exc:
                 # Never leave a job that no worker will ever see: end it, which frees the guest.
                 self.jobs.transition(job, JobState.FAILED, f"could not enqueue: {exc}")
                 raise
-            leaving.setdefault(m.source, []).append(job.job_id)
-            earlier[m.vmid] = job.job_id
+            if isinstance(action, Migration):
+                leaving.setdefault(action.source, []).append(job.job_id)
+            else:
+                batches.setdefault(action.batch, []).append(job.job_id)
+            earlier[action.vmid] = job.job_id
             enqueued.append(job.job_id)
         return enqueued
 

@@ -42,7 +42,8 @@ def recommend(planner: Planner, plan: Plan, request_id: str | None = None,
         planner.plans.set_state(plan_id, PlanState.SUPERSEDED,
                                 f"superseded by plan {plan.plan_id}, made on a newer snapshot: {why}")
     planner.save(plan, PlanState.RECOMMENDED, request_id)
-    log.info("plan recommended", plan_id=plan.plan_id, outcome=plan.outcome, migrations=len(plan.migrations))
+    log.info("plan recommended", plan_id=plan.plan_id, outcome=plan.outcome, migrations=len(plan.migrations),
+             disk_moves=len(plan.disk_moves))
     return plan
 
 
@@ -53,11 +54,11 @@ def stale_reason(planner: Planner, old: Plan, new: Plan, snapshot: ClusterSnapsh
     if _moves(old) == _moves(new):
         return None
     present = {g.vmid for g in snapshot.guests}
-    gone = sorted({m.vmid for m in old.migrations} - present)
+    gone = sorted({m.vmid for m in old.actions} - present)
     if gone:
         return f"guest {gone[0]} no longer exists" if len(gone) == 1 else \
             f"guests {', '.join(map(str, gone))} no longer exist"
-    if old.migrations and not new.migrations:
+    if old.actions and not new.actions:
         return f"nothing to do now ({new.outcome_reason})"
     if new.outcome != old.outcome:
         return f"its outcome changed from {old.outcome} to {new.outcome}"
@@ -67,5 +68,6 @@ def stale_reason(planner: Planner, old: Plan, new: Plan, snapshot: ClusterSnapsh
     return None
 
 
-def _moves(plan: Plan | None) -> list[tuple[int, str, str]]:
-    return sorted((m.vmid, m.source, m.target) for m in plan.migrations) if plan else []
+def _moves(plan: Plan | None) -> list[str]:
+    return sorted(a.model_dump_json(include={"kind", "vmid", "disk", "source", "target"}) for a in plan.actions) \
+        if plan else []

@@ -15,8 +15,9 @@ from typing import Any
 from redis import Redis
 
 from pvebalance.shared import keys
+from pvebalance.shared.jobs import JobState, JobStatusEvent, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState, JobStatusEvent, MigrationJob, Plan
+from pvebalance.shared.models import Plan
 
 from .harness import DRAINED, Harness
 from .inject import API_FAULTS, PROCESS_FAULTS, Injected

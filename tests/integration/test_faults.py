@@ -18,12 +18,13 @@ from redis import Redis
 
 from pvebalance.demo import stop_processes
 from pvebalance.services.collector.collector import Collector
-from pvebalance.services.migrator.runner import MigrationRunner
+from pvebalance.services.migrator.runner import JobRunner
 from pvebalance.services.migrator.slots import Slots
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared.config import load_settings
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import GuestType, JobState, MigrationJob
+from pvebalance.shared.models import GuestType
 from pvebalance.shared.proxmox import ProxmoxClient
 from tests.faultsuite import FIGURES, RunConfig, run_one
 from tests.faultsuite.harness import children
@@ -66,7 +67,7 @@ def test_a_lost_migrate_answer_is_not_matched_to_an_earlier_jobs_task(start_simu
                            guest_type=GuestType.QEMU, source="pve1", target="pve2", online=True,
                            mem_bytes=int(guest.entry["mem"]))
         store.create(job)
-        runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(real_redis, settings.migrator),
+        runner = JobRunner(ProxmoxClient(settings.proxmox_api), store, Slots(real_redis, settings.migrator),
                                  settings)
         return runner.run(job), dict(store.load(job.job_id).fields)
 

@@ -16,8 +16,9 @@ from pvebalance.demo import stop_processes
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared.config import Settings, load_settings
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState, Plan
+from pvebalance.shared.models import Plan
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.simulator.server import Simulator
 from tests.helpers import SimFactory, kill_tree, start_workers, write_config

@@ -14,8 +14,8 @@ import pytest
 from redis import Redis
 
 from pvebalance.demo import stop_processes
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState
 from tests.helpers import SimFactory, kill_tree, start_workers
 from tests.integration.test_migrator import plan_and_enqueue, wait_until
 

@@ -17,8 +17,9 @@ from pvebalance.engine import Policy, plan_balance
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState, Plan
+from pvebalance.shared.models import Plan
 from pvebalance.shared.proxmox import ProxmoxClient
 from tests.helpers import SimFactory, api_settings, start_workers, write_config
 

@@ -13,8 +13,8 @@ import pytest
 from redis import Redis
 
 from pvebalance.demo import stop_processes
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState
 from tests.helpers import OwnRedis, SimFactory, write_config
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from redis import Redis
 from pvebalance.services.collector.collector import Collector
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared.config import load_settings
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState
 from pvebalance.shared.proxmox import ProxmoxClient
 from tests.helpers import OwnRedis, SimFactory, start_workers, write_config
 

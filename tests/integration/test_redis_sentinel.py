@@ -27,9 +27,9 @@ from pvebalance.demo import stop_processes
 from pvebalance.demo.embedded_redis import free_port
 from pvebalance.shared import keys
 from pvebalance.shared.config import RedisSettings, load_settings
+from pvebalance.shared.jobs import JobState, job_ids
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import configure_logging, get_logger
-from pvebalance.shared.models import JobState, job_ids
 from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.redisconn import REDIS_AWAY, Client, client, connect_waiting
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestStore

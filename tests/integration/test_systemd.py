@@ -19,8 +19,9 @@ import yaml
 from redis import Redis
 
 from pvebalance.shared import keys
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState, Plan
+from pvebalance.shared.models import Plan
 from tests.helpers import REPO, SimFactory, api_settings, kill_tree
 
 UNITS = REPO / "deploy" / "systemd"

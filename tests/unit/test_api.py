@@ -16,9 +16,9 @@ from pvebalance.services.api.context import ApiContext
 from pvebalance.shared import keys
 from pvebalance.shared.config import ConfigError, load_settings
 from pvebalance.shared.heartbeat import beat
+from pvebalance.shared.jobs import JobState
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import configure_logging
-from pvebalance.shared.models import JobState
 from pvebalance.shared.plans import PlanState
 from pvebalance.shared.requests import RequestAction, RequestState, RequestStore
 from tests.api_helpers import (
@@ -317,7 +317,7 @@ def test_web_page_and_its_script_are_served_and_load_nothing_from_outside(setup:
 
 def test_cancelled_job_makes_the_after_view_drop_its_move(setup: tuple[TestClient, World]) -> None:
     client, world = setup
-    from pvebalance.shared.models import MigrationJob
+    from pvebalance.shared.jobs import MigrationJob
 
     m = world.plan.migrations[1]
     job = MigrationJob(job_id=MigrationJob.id_for(world.plan.plan_id, m.vmid), plan_id=world.plan.plan_id,
@@ -399,14 +399,14 @@ def test_cluster_spread_leaves_out_drained_nodes_as_the_planner_does(setup: tupl
 
 def test_a_guest_parked_on_the_way_shows_both_moves_with_their_own_jobs_and_ends_where_the_last_puts_it(
         setup: tuple[TestClient, World]) -> None:
-    from pvebalance.shared.models import job_ids
+    from pvebalance.shared.jobs import job_ids
     from pvebalance.shared.plans import PlanStatus, PlanStore
 
     client, world = setup
     first = world.plan.migrations[0]
     park = first.target
     final = next(n for n in ("pve2", "pve3", "pve4") if n != park)
-    plan = world.plan.model_copy(update={"plan_id": "plan-parked", "migrations": [
+    plan = world.plan.model_copy(update={"plan_id": "plan-parked", "actions": [
         first, first.model_copy(update={"source": park, "target": final})]})
     PlanStore(world.redis).save(plan, PlanStatus(plan_id=plan.plan_id, state=PlanState.RUNNING))
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState, MigrationJob
 from tests.api_helpers import OPS, VIEWER, WRONG, World, fake_app, make_world, settings_with_tokens
 
 

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pvebalance.shared import keys
 from pvebalance.shared.heartbeat import beat
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState, MigrationJob
 from pvebalance.shared.plans import PlanState, PlanStore
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
 from tests.api_helpers import OPS, fake_app, make_world, settings_with_tokens

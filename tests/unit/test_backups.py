@@ -15,10 +15,11 @@ import pytest
 from redis import Redis
 
 from pvebalance.services.migrator.preflight import Deferred, Preflight
-from pvebalance.services.migrator.runner import MigrationRunner
+from pvebalance.services.migrator.runner import JobRunner
 from pvebalance.services.migrator.slots import SlotRequest, Slots
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import GuestType, JobState, MigrationJob
+from pvebalance.shared.models import GuestType
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.simulator import backups as sim_backups
 from pvebalance.simulator.server import Simulator
@@ -164,7 +165,7 @@ def test_a_deferred_job_waits_without_its_slots_and_migrates_once_the_backup_has
         record = store.load(job.job_id).fields
         if record["state"] != "waiting":
             return  # a wait of the migration in flight (its task's status), not the deferral's
-        other = SlotRequest("another-job", "pve1", "pve2")
+        other = SlotRequest.between("another-job", "pve1", "pve2")
         free = slots.try_acquire(other)  # the same source and target: only if this job holds no slot
         if free:
             slots.release(other)
@@ -172,7 +173,7 @@ def test_a_deferred_job_waits_without_its_slots_and_migrates_once_the_backup_has
         if len(seen) == 2:
             sim.cluster.backups.clear()  # the backup has run: its next run is tomorrow, far outside the guard
 
-    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings, sleep=sleep)
+    r = JobRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings, sleep=sleep)
     job = job118()
     store.create(job)
     assert r.run(job) is JobState.SUCCEEDED
@@ -191,7 +192,7 @@ def test_a_job_deferred_longer_than_the_slot_wait_is_skipped_with_the_reason(
     sim.cluster.backups.append(backup_job())
     settings = settings_for(sim, "redis://unused", tmp_path, migrator={"slot_wait_timeout": 0.2})
     store = JobStore(fake_redis)
-    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings)
+    r = JobRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings)
     job = job118()
     store.create(job)
     assert r.run(job) is JobState.SKIPPED
@@ -210,7 +211,7 @@ def test_a_deferred_job_gives_its_worker_up_when_other_jobs_wait_and_goes_on_lat
     sim.cluster.backups.append(backup_job())
     settings = settings_for(sim, "redis://unused", tmp_path)
     store = JobStore(fake_redis)
-    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings,
+    r = JobRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings,
                         sleep=lambda seconds: None)
     job = job118()
     store.create(job)

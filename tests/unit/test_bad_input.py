@@ -20,7 +20,7 @@ from pvebalance.engine import Policy, plan_balance
 from pvebalance.services.collector.collector import CollectError, Collector
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import DumpError, load_dump, snapshot_from_api
-from pvebalance.shared.models import JobState, JobStatusEvent
+from pvebalance.shared.jobs import JobState, JobStatusEvent
 from pvebalance.shared.proxmox import ProxmoxClient
 from tests.helpers import REPO, SimFactory, api_settings, write_config
 

@@ -31,8 +31,9 @@ from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import Settings
 from pvebalance.shared.heartbeat import beat
+from pvebalance.shared.jobs import MigrationJob, job_ids
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import ClusterSnapshot, MigrationJob, Plan, job_ids
+from pvebalance.shared.models import ClusterSnapshot, Plan
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
 from tests.api_helpers import OPS, fake_app, settings_with_tokens
@@ -98,7 +99,7 @@ def _plan() -> tuple[ClusterSnapshot, Plan]:
 
 def test_one_migration_is_said_in_the_singular() -> None:
     _, plan = _plan()
-    one = plan.model_copy(update={"migrations": plan.migrations[:1]})
+    one = plan.model_copy(update={"actions": plan.migrations[:1]})
     console = Console(record=True, width=100)
     print_plan(one, console)
     text = console.export_text()
@@ -108,7 +109,7 @@ def test_one_migration_is_said_in_the_singular() -> None:
 
 def test_an_infeasible_plan_is_not_said_to_need_nothing() -> None:
     _, plan = _plan()
-    stuck = plan.model_copy(update={"migrations": [], "outcome": "infeasible", "outcome_reason": "x"})
+    stuck = plan.model_copy(update={"actions": [], "outcome": "infeasible", "outcome_reason": "x"})
     console = Console(record=True, width=100)
     print_plan(stuck, console)
     text = console.export_text()

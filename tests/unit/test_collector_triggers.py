@@ -14,8 +14,9 @@ from pvebalance.services.collector.triggers import INTERVAL, MIGRATIONS_ENDED, O
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import ClusterSnapshot, GuestType, JobState, MigrationJob
+from pvebalance.shared.models import ClusterSnapshot, GuestType
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestStore
 from tests.helpers import SimFactory, api_settings

@@ -90,7 +90,7 @@ def test_verify_reports_a_step_that_fits_refuses_in_the_words_of_fits() -> None:
     biggest = max((g for g in snap.guests if g.node != "pve1" and g.running), key=lambda g: g.mem)
     onto_pve1 = Migration(vmid=biggest.vmid, name=biggest.name, type=biggest.type, source=biggest.node,
                           target="pve1", reason=MigrationReason.BALANCE, online=True)
-    plan = plan_balance(snap, policy).model_copy(update={"migrations": [onto_pve1]})
+    plan = plan_balance(snap, policy).model_copy(update={"actions": [onto_pve1]})
     why = fits(GuestFigures.of([biggest]), snapshot_figures(snap)["pve1"], policy)
     assert why is not None
     assert find_violations(snap, plan, policy, build_constraints(snap, policy)) == [f"step 1: {why}"]

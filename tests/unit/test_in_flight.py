@@ -13,22 +13,14 @@ from redis import Redis
 from pvebalance.engine import Policy
 from pvebalance.engine.placement import PlacementRequest, place
 from pvebalance.services.collector.collector import Collector
-from pvebalance.services.migrator.runner import MigrationRunner
+from pvebalance.services.migrator.runner import JobRunner
 from pvebalance.services.migrator.slots import Slots
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import (
-    ClusterSnapshot,
-    GuestState,
-    GuestType,
-    InFlightMigration,
-    JobState,
-    MigrationJob,
-    NodeState,
-    utcnow,
-)
+from pvebalance.shared.models import ClusterSnapshot, GuestState, GuestType, InFlightMigration, NodeState, utcnow
 from pvebalance.shared.policy_now import snapshot_now
 from pvebalance.shared.proxmox import ProxmoxClient
 from tests.helpers import SimFactory, api_settings, settings_for
@@ -69,7 +61,7 @@ def test_pre_flight_counts_the_memory_a_migration_in_flight_holds_on_the_target(
     settings = settings_for(sim, "redis://unused", tmp_path,
                             balancing={"node_resource_reserve": {"pve2": {"memory": (node["maxmem"] - usable) / GIB}}})
     store = JobStore(fake_redis)
-    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings)
+    runner = JobRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings)
     make_job(store, 121, mem_bytes=vm121, posted=posted)
     job = make_job(store, 118, mem_bytes=vm118)
     assert runner.run(job) is outcome

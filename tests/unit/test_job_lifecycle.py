@@ -15,14 +15,15 @@ from rq import Queue, SimpleWorker
 from pvebalance.services.migrator import jobs as migrator_jobs
 from pvebalance.services.migrator.preflight import Preflight
 from pvebalance.services.migrator.recovery import MAX_TAKEOVERS, Reconciler
-from pvebalance.services.migrator.runner import MigrationRunner
+from pvebalance.services.migrator.runner import JobRunner
 from pvebalance.services.migrator.slots import SlotRequest, Slots, SlotYield
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
-from pvebalance.shared.jobqueue import end_overdue, enqueue_migration
+from pvebalance.shared.jobqueue import end_overdue, enqueue_job
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import ClusterSnapshot, GuestType, JobState, MigrationJob, NodeState
+from pvebalance.shared.models import ClusterSnapshot, GuestType, NodeState
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.simulator.server import Simulator
 from tests.helpers import SimFactory, settings_for
@@ -36,9 +37,9 @@ def make_job(store: JobStore, vmid: int = 118, source: str = "pve1", target: str
     return job
 
 
-def runner_for(sim: Simulator, redis: Redis, tmp_path: Path, **sections: dict[str, Any]) -> MigrationRunner:
+def runner_for(sim: Simulator, redis: Redis, tmp_path: Path, **sections: dict[str, Any]) -> JobRunner:
     settings = settings_for(sim, "redis://unused", tmp_path, **sections)
-    return MigrationRunner(ProxmoxClient(settings.proxmox_api), JobStore(redis), Slots(redis, settings.migrator),
+    return JobRunner(ProxmoxClient(settings.proxmox_api), JobStore(redis), Slots(redis, settings.migrator),
                            settings)
 
 
@@ -63,11 +64,11 @@ def test_pinned_slots_outlive_their_expiry_and_are_freed_only_when_the_job_ends(
     settings = Settings(migrator={"max_parallel_cluster": 1, "slot_ttl": 0.2})
     slots, store = Slots(fake_redis, settings.migrator), JobStore(fake_redis)
     job = make_job(store)
-    mine = SlotRequest(job.job_id, job.source, job.target)
+    mine = SlotRequest.between(job.job_id, job.source, job.target)
     assert slots.try_acquire(mine)
     assert slots.commit(mine, job) == 1
     time.sleep(0.3)  # past the slot's expiry: a POSTed migration still holds it
-    other = SlotRequest("migrate-plan-t-999", "pve3", "pve4")
+    other = SlotRequest.between("migrate-plan-t-999", "pve3", "pve4")
     assert not slots.try_acquire(other)
     store.transition(job, JobState.SUCCEEDED, "landed")
     assert slots.try_acquire(other)
@@ -76,7 +77,7 @@ def test_pinned_slots_outlive_their_expiry_and_are_freed_only_when_the_job_ends(
 def test_a_job_cancelled_while_it_held_its_slots_does_not_start(fake_redis: Redis) -> None:
     slots, store = Slots(fake_redis, Settings().migrator), JobStore(fake_redis)
     job = make_job(store)
-    req = SlotRequest(job.job_id, job.source, job.target)
+    req = SlotRequest.between(job.job_id, job.source, job.target)
     assert slots.try_acquire(req)
     assert store.cancel(job.job_id) is JobState.CANCELLED
     assert slots.commit(req, job) == -1
@@ -139,7 +140,7 @@ def test_an_unexpected_exception_in_a_run_is_taken_over_and_the_job_finishes(
     migrator_jobs.set_context(settings)
     store = JobStore(fake_redis)
     job = make_job(store)
-    enqueue_migration(_queue(fake_redis), settings, job)
+    enqueue_job(_queue(fake_redis), settings, job)
     real_check = Preflight.clear
     calls = {"n": 0}
 
@@ -167,7 +168,7 @@ def test_a_job_rq_keeps_failing_is_given_up_after_the_attempt_limit_with_rqs_rea
     migrator_jobs.set_context(settings)
     store = JobStore(fake_redis)
     job = make_job(store)
-    enqueue_migration(_queue(fake_redis), settings, job)
+    enqueue_job(_queue(fake_redis), settings, job)
 
     def always_broken(self: Preflight, *args: Any) -> Any:
         raise RuntimeError("always broken")
@@ -190,7 +191,7 @@ def test_a_job_popped_by_a_dequeue_and_dropped_is_failed_by_rq_then_queued_again
     store = JobStore(fake_redis)
     job = make_job(store)
     queue = _queue(fake_redis)
-    enqueue_migration(queue, settings, job)
+    enqueue_job(queue, settings, job)
     fake_redis.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")  # popped, then its worker died
     reconciler = Reconciler(fake_redis, settings, interval=0.01, lost_after=0)
     assert reconciler.run_once() == [], "rq still holds the run (its intermediate list)"
@@ -215,7 +216,7 @@ def test_a_job_created_but_not_yet_in_rq_is_left_to_the_planner_that_enqueues_it
     job = make_job(store)
     reconciler = Reconciler(fake_redis, settings, interval=0.01)
     assert reconciler.run_once() == []
-    enqueue_migration(_queue(fake_redis), settings, job)
+    enqueue_job(_queue(fake_redis), settings, job)
     fake_redis.delete(keys.RECONCILER_LOCK)
     assert reconciler.run_once() == []
     assert [x.decode() for x in fake_redis.lrange(_queue(fake_redis).key, 0, -1)] == [job.job_id]
@@ -300,13 +301,13 @@ def test_a_runner_waiting_for_a_slot_gives_way_only_while_a_live_job_in_flight_w
     settings = Settings(migrator={"max_parallel_cluster": 1})
     slots, store = Slots(fake_redis, settings.migrator), JobStore(fake_redis)
     resumed, queued, waiter = make_job(store, 118), make_job(store, 119), make_job(store, 120)
-    enqueue_migration(_queue(fake_redis), settings, queued)
+    enqueue_job(_queue(fake_redis), settings, queued)
     assert not slots.resumed_job_waits(), "a job that has not started needs no worker before the waiters"
     # `resumed` started (its slot pinned), then its worker died; rq's run of it is queued again at the front
-    req = SlotRequest(resumed.job_id, resumed.source, resumed.target)
+    req = SlotRequest.between(resumed.job_id, resumed.source, resumed.target)
     assert slots.try_acquire(req) and slots.commit(req, resumed) == 1
-    enqueue_migration(_queue(fake_redis), settings, resumed, at_front=True)
-    mine = SlotRequest(waiter.job_id, waiter.source, waiter.target)
+    enqueue_job(_queue(fake_redis), settings, resumed, at_front=True)
+    mine = SlotRequest.between(waiter.job_id, waiter.source, waiter.target)
     with pytest.raises(SlotYield):
         slots.wait(mine)
     store.transition(resumed, JobState.FAILED, "given up")  # ended while still in the queue

@@ -18,8 +18,9 @@ from pvebalance.services.migrator.slots import SlotRequest, Slots
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobrecord import LIVE, STARTABLE, TERMINAL, JobRecord
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import GuestType, JobState, MigrationJob
+from pvebalance.shared.models import GuestType
 
 INF = float("inf")
 
@@ -45,7 +46,7 @@ def test_the_start_commit_pins_the_slots_marks_the_job_running_and_writes_its_on
     store = JobStore(fake_redis)
     slots = Slots(fake_redis, Settings().migrator, store)
     job = make_job(store)
-    req = SlotRequest(job.job_id, job.source, job.target)
+    req = SlotRequest.between(job.job_id, job.source, job.target)
     assert slots.try_acquire(req)
     before = time.time()
     assert slots.commit(req, job) == 1
@@ -84,7 +85,7 @@ def test_a_refused_start_commit_changes_nothing(fake_redis: Redis, answer: int,
     store = JobStore(fake_redis)
     slots = Slots(fake_redis, Settings().migrator, store)
     job = make_job(store)
-    req = SlotRequest(job.job_id, job.source, job.target)
+    req = SlotRequest.between(job.job_id, job.source, job.target)
     assert slots.try_acquire(req)
     meanwhile(fake_redis, store, job)
     hash_before, scores_before = store.load(job.job_id).fields, slot_scores(fake_redis, job)
@@ -100,7 +101,7 @@ def test_a_job_already_running_is_not_started_twice(fake_redis: Redis) -> None:
     store = JobStore(fake_redis)
     slots = Slots(fake_redis, Settings().migrator, store)
     job = make_job(store)
-    req = SlotRequest(job.job_id, job.source, job.target)
+    req = SlotRequest.between(job.job_id, job.source, job.target)
     assert slots.try_acquire(req) and slots.commit(req, job) == 1
     assert slots.commit(req, job) == -1
     assert events_of(store, job.job_id) == [JobState.QUEUED, JobState.RUNNING]

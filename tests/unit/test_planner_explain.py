@@ -20,7 +20,8 @@ from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import BalancingSettings, Settings
 from pvebalance.shared.holds import held_moves
-from pvebalance.shared.models import ClusterSnapshot, GuestType, JobState, JobStatusEvent, Migration, MigrationReason
+from pvebalance.shared.jobs import JobState, JobStatusEvent
+from pvebalance.shared.models import ClusterSnapshot, GuestType, Migration, MigrationReason
 from pvebalance.shared.plans import PlanState, PlanStore
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestStore
 
@@ -137,7 +138,7 @@ def test_a_move_copying_far_more_than_its_memory_is_said_and_no_other() -> None:
     snap = snapshot_from_api(load_dump("all-on-one")["api"])
     state = EngineState(snap, Policy(), build_constraints(snap, Policy()))
     big_disk, memory_only, small = sorted(g.vmid for g in snap.guests if g.node == "pve1")[:3]
-    plan = plan_balance(snap, Policy()).model_copy(update={"migrations": [
+    plan = plan_balance(snap, Policy()).model_copy(update={"actions": [
         _move(big_disk, 4.9, 60.0), _move(memory_only, 16.0, 0.0), _move(small, 1.0, 6.0)]})
     guest = next(g for g in snap.guests if g.vmid == big_disk)
     node = next(n for n in snap.nodes if n.name == "pve1")
@@ -157,7 +158,7 @@ def test_the_api_lists_recent_plans_with_their_states() -> None:
     store = PlanStore(redis)
     first = plan_balance(fresh(), Policy())
     second = first.model_copy(update={"plan_id": "plan-second", "created_at": first.created_at + timedelta(seconds=5),
-                                      "migrations": []})
+                                      "actions": []})
     store.save(first, PlanStatus(plan_id=first.plan_id, state=PlanState.REJECTED, reason="rejected by alice"))
     store.save(second, PlanStatus(plan_id=second.plan_id, state=PlanState.RECOMMENDED))
     with TestClient(app) as client:

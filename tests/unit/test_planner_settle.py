@@ -15,7 +15,8 @@ from pvebalance.engine import Policy, plan_balance
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import Settings
-from pvebalance.shared.models import ClusterSnapshot, JobState, Plan, job_ids
+from pvebalance.shared.jobs import JobState, job_ids
+from pvebalance.shared.models import ClusterSnapshot, Plan
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState
 from tests.helpers import REPO
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from pvebalance.services.migrator.preflight import Preflight, Skip
-from pvebalance.shared.models import GuestType, MigrationJob
+from pvebalance.shared.jobs import MigrationJob
+from pvebalance.shared.models import GuestType
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.simulator.server import Simulator
 from tests.helpers import SimFactory, settings_for

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from pvebalance.shared import models
+from pvebalance.shared import jobs, models
 from pvebalance.shared.apidump import DumpError, load_dump, snapshot_from_api
 from pvebalance.shared.config import ConfigError, Settings, load_settings
 from tests.helpers import REPO
@@ -195,8 +195,8 @@ def test_any_scenario_file_gives_a_snapshot_or_a_dump_error(text: str) -> None:
 
 # --- every message model -------------------------------------------------------------------------
 
-MESSAGE_MODELS = sorted((m for m in vars(models).values()
-                         if inspect.isclass(m) and issubclass(m, BaseModel) and m.__module__ == models.__name__),
+MESSAGE_MODELS = sorted((m for module in (models, jobs) for m in vars(module).values()
+                         if inspect.isclass(m) and issubclass(m, BaseModel) and m.__module__ == module.__name__),
                         key=lambda m: m.__name__)
 
 
@@ -206,13 +206,17 @@ def _valid_documents() -> dict[str, Any]:
 
     plan = plan_balance(snap, Policy())
     migration = plan.migrations[0]
-    job = models.MigrationJob(job_id="j", plan_id=plan.plan_id, vmid=migration.vmid, name=migration.name,
-                              guest_type=migration.type, source=migration.source, target=migration.target,
-                              online=migration.online)
-    event = models.JobStatusEvent(job_id="j", plan_id="p", vmid=1, source="a", target="b",
-                                  state=models.JobState.RUNNING)
-    found: list[BaseModel] = [snap, plan, job, event, snap.nodes[0], snap.guests[0], migration, plan.before,
-                              *snap.ha_rules[:1], *plan.before.nodes.values()]
+    job = jobs.MigrationJob(job_id="j", plan_id=plan.plan_id, vmid=migration.vmid, name=migration.name,
+                            guest_type=migration.type, source=migration.source, target=migration.target,
+                            online=migration.online)
+    disk = models.DiskMove(vmid=1, guest_type=models.GuestType.QEMU, node="a", disk="scsi0", source="s1",
+                           target="s2", size=2**30)
+    disk_job = jobs.DiskMoveJob(job_id="d", plan_id="p", vmid=1, name="x", guest_type=models.GuestType.QEMU,
+                                source="s1", target="s2", node="a", disk="scsi0", size=2**30)
+    event = jobs.JobStatusEvent(job_id="j", plan_id="p", vmid=1, source="a", target="b",
+                                state=jobs.JobState.RUNNING)
+    found: list[BaseModel] = [snap, plan, job, disk_job, event, snap.nodes[0], snap.guests[0], migration, disk,
+                              plan.before, *snap.ha_rules[:1], *plan.before.nodes.values()]
     return {type(m).__name__: json.loads(m.model_dump_json()) for m in found}
 
 
@@ -255,5 +259,6 @@ def test_every_message_model_reads_any_input_or_raises_validation_error(model: t
 
 def test_the_property_tests_cover_every_model() -> None:
     names = {m.__name__ for m in MESSAGE_MODELS}
-    assert {"ClusterSnapshot", "Plan", "MigrationJob", "JobStatusEvent", "NodeState", "GuestState"} <= names
-    assert {"ClusterSnapshot", "Plan", "MigrationJob", "JobStatusEvent"} <= set(VALID)
+    assert {"ClusterSnapshot", "Plan", "MigrationJob", "DiskMoveJob", "DiskMove", "JobStatusEvent", "NodeState",
+            "GuestState"} <= names
+    assert {"ClusterSnapshot", "Plan", "MigrationJob", "DiskMoveJob", "DiskMove", "JobStatusEvent"} <= set(VALID)

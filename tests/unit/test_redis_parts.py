@@ -14,8 +14,9 @@ from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import MigratorSettings, load_settings
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import GuestType, JobState, MigrationJob, utcnow
+from pvebalance.shared.models import GuestType, utcnow
 from tests.helpers import REPO
 
 
@@ -61,28 +62,28 @@ def slots(redis: Redis, **kw: int) -> Slots:
 
 def test_slots_enforce_cluster_source_and_target_limits(fake_redis: Redis) -> None:
     s = slots(fake_redis, max_parallel_cluster=2, max_parallel_per_source=1, max_parallel_per_target=1)
-    assert s.try_acquire(SlotRequest("a", "pve1", "pve2"))
-    assert not s.try_acquire(SlotRequest("b", "pve1", "pve3")), "source pve1 is busy"
-    assert not s.try_acquire(SlotRequest("c", "pve3", "pve2")), "target pve2 is busy"
-    assert s.try_acquire(SlotRequest("d", "pve3", "pve4"))
-    assert not s.try_acquire(SlotRequest("e", "pve5", "pve6")), "two cluster-wide"
+    assert s.try_acquire(SlotRequest.between("a", "pve1", "pve2"))
+    assert not s.try_acquire(SlotRequest.between("b", "pve1", "pve3")), "source pve1 is busy"
+    assert not s.try_acquire(SlotRequest.between("c", "pve3", "pve2")), "target pve2 is busy"
+    assert s.try_acquire(SlotRequest.between("d", "pve3", "pve4"))
+    assert not s.try_acquire(SlotRequest.between("e", "pve5", "pve6")), "two cluster-wide"
     # a refused request took nothing anywhere
     assert fake_redis.zcard(keys.slots_source("pve5")) == 0
-    s.release(SlotRequest("a", "pve1", "pve2"))
-    assert s.try_acquire(SlotRequest("e", "pve5", "pve6"))
+    s.release(SlotRequest.between("a", "pve1", "pve2"))
+    assert s.try_acquire(SlotRequest.between("e", "pve5", "pve6"))
 
 
 def test_slots_of_a_dead_holder_expire(fake_redis: Redis) -> None:
     s = Slots(fake_redis, MigratorSettings(slot_ttl=0.2, max_parallel_cluster=1))
-    assert s.try_acquire(SlotRequest("dead", "pve1", "pve2"))
-    assert not s.try_acquire(SlotRequest("next", "pve3", "pve4"))
+    assert s.try_acquire(SlotRequest.between("dead", "pve1", "pve2"))
+    assert not s.try_acquire(SlotRequest.between("next", "pve3", "pve4"))
     time.sleep(0.3)
-    assert s.try_acquire(SlotRequest("next", "pve3", "pve4"))
+    assert s.try_acquire(SlotRequest.between("next", "pve3", "pve4"))
 
 
 def test_slots_are_released_when_the_body_raises(fake_redis: Redis) -> None:
     s = slots(fake_redis)
-    req = SlotRequest("a", "pve1", "pve2")
+    req = SlotRequest.between("a", "pve1", "pve2")
     assert s.try_acquire(req)
     try:
         with s.held(req):
@@ -131,7 +132,7 @@ def test_cancel_only_before_the_migration_starts(fake_redis: Redis) -> None:
 
 
 def test_a_cancelled_job_is_not_run(fake_redis: Redis, start_simulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from pvebalance.services.migrator.runner import MigrationRunner
+    from pvebalance.services.migrator.runner import JobRunner
     from pvebalance.shared.proxmox import ProxmoxClient
     from tests.helpers import settings_for
 
@@ -141,7 +142,7 @@ def test_a_cancelled_job_is_not_run(fake_redis: Redis, start_simulator, tmp_path
     j = job(vmid=118)
     store.create(j)
     store.cancel(j.job_id)
-    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings)
+    runner = JobRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings)
     assert runner.run(j) is JobState.CANCELLED
     assert sim.cluster.stats.migrate_posts[118] == 0
 

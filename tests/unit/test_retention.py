@@ -18,8 +18,9 @@ from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys, snapshots
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import RetentionSettings, Settings, load_settings
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import ClusterSnapshot, GuestType, JobState, MigrationJob
+from pvebalance.shared.models import ClusterSnapshot, GuestType
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore

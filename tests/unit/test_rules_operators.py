@@ -20,8 +20,9 @@ from pvebalance.services.planner.planner import Planner
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import DumpError, load_dump, parse_cputype, snapshot_from_api
 from pvebalance.shared.config import BalancingSettings, Settings
+from pvebalance.shared.jobs import JobState, JobStatusEvent
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import ClusterSnapshot, JobState, JobStatusEvent, Plan
+from pvebalance.shared.models import ClusterSnapshot, Plan
 from pvebalance.shared.proxmox import ProxmoxClient
 from tests.helpers import REPO, SimFactory, api_settings
 

@@ -1,4 +1,4 @@
-"""MigrationRunner in this process: real proxmoxer against the simulator, fakeredis for state."""
+"""JobRunner in this process: real proxmoxer against the simulator, fakeredis for state."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from pvebalance.services.migrator.runner import MigrationRunner
+from pvebalance.services.migrator.runner import JobRunner
 from pvebalance.services.migrator.slots import Slots
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import GuestType, JobState, MigrationJob
+from pvebalance.shared.models import GuestType
 from pvebalance.shared.proxmox import ProxmoxClient
 from pvebalance.simulator.server import Simulator
 from tests.helpers import SimFactory, settings_for
 
 
-def runner(sim: Simulator, redis: Redis, tmp_path: Path) -> tuple[MigrationRunner, JobStore]:
+def runner(sim: Simulator, redis: Redis, tmp_path: Path) -> tuple[JobRunner, JobStore]:
     settings = settings_for(sim, "redis://unused", tmp_path)
     store = JobStore(redis)
-    return MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(redis, settings.migrator),
+    return JobRunner(ProxmoxClient(settings.proxmox_api), store, Slots(redis, settings.migrator),
                            settings), store
 
 
@@ -152,8 +153,8 @@ def test_no_slot_within_the_wait_limit_ends_the_job_failed(start_simulator: SimF
                             migrator={"max_parallel_cluster": 1, "slot_wait_timeout": 0.3})
     store = JobStore(fake_redis)
     slots = Slots(fake_redis, settings.migrator)
-    assert slots.try_acquire(SlotRequest("someone-else", "pve3", "pve4"))
-    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings)
+    assert slots.try_acquire(SlotRequest.between("someone-else", "pve3", "pve4"))
+    r = JobRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings)
     job = make_job(store, 118)
     assert r.run(job) is JobState.FAILED
     assert "no migration slot" in store.load(job.job_id).message
@@ -186,10 +187,10 @@ def test_a_job_that_must_wait_for_a_slot_is_skipped_at_once_only_when_its_move_i
                             migrator={"max_parallel_cluster": 1, "slot_wait_timeout": 0.3})
     store = JobStore(fake_redis)
     slots = Slots(fake_redis, settings.migrator)
-    assert slots.try_acquire(SlotRequest("someone-else", "pve3", "pve4"))
+    assert slots.try_acquire(SlotRequest.between("someone-else", "pve3", "pve4"))
     change(sim)
     job = make_job(store, 118)
-    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings)
+    r = JobRunner(ProxmoxClient(settings.proxmox_api), store, slots, settings)
     assert r.run(job) is state
     assert store.load(job.job_id).message == message
     assert sim.cluster.stats.migrate_posts[118] == 0
@@ -224,7 +225,7 @@ def test_an_answer_that_is_not_a_task_status_is_waited_out_until_pve_ends_the_ta
     settings = settings_for(sim, "redis://unused", tmp_path)
     store = JobStore(fake_redis)
     # the backoff between reads, cut short: how long it waits is not what is tested here
-    r = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings,
+    r = JobRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings,
                         sleep=lambda seconds: time.sleep(min(seconds, 0.02)))
     job = make_job(store, 118)
     assert r.run(job) is JobState.SUCCEEDED

@@ -286,6 +286,6 @@ def test_the_engine_places_a_drained_guest_around_the_memory_a_migration_in_flig
     plan = plan_balance(busy, policy)
     assert [m.target for m in plan.migrations] == ["pve3"]
     onto_pve2 = plan.migrations[0].model_copy(update={"target": "pve2"})
-    wrong = Plan.model_validate(plan.model_dump() | {"migrations": [onto_pve2.model_dump()]})
+    wrong = Plan.model_validate(plan.model_dump() | {"actions": [onto_pve2.model_dump()]})
     assert find_violations(busy, wrong, policy, build_constraints(busy, policy)) == [
         "step 1: pve2 would use 110.0%, above max_node_usage 95%"]

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from pvebalance.cli import app
 from pvebalance.cli.live import check_live
 from pvebalance.services.collector.collector import Collector
-from pvebalance.services.migrator.runner import MigrationRunner
+from pvebalance.services.migrator.runner import JobRunner
 from pvebalance.services.migrator.slots import Slots
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import GuestType, JobState, MigrationJob
+from pvebalance.shared.models import GuestType
 from pvebalance.shared.privileges import NEEDED, names
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError
 from tests.helpers import SimFactory, settings_for, write_config
@@ -75,7 +76,7 @@ def test_the_services_work_with_exactly_the_needed_privileges(start_simulator: S
     job = MigrationJob(job_id=MigrationJob.id_for("plan-p", 118), plan_id="plan-p", vmid=118, name="vm118",
                        guest_type=GuestType.QEMU, source="pve1", target="pve2", online=True)
     store.create(job)
-    runner = MigrationRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator),
+    runner = JobRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator),
                              settings)
     assert runner.run(job) is JobState.SUCCEEDED, store.load(job.job_id).message
     assert sim.cluster.guests[118].node == "pve2"

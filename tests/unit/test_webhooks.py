@@ -14,8 +14,8 @@ import pytest
 from pvebalance.services.api.context import ApiContext
 from pvebalance.services.api.webhooks import Notifier, Sender
 from pvebalance.shared.config import Webhook
+from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import JobState, MigrationJob
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
 from tests.api_helpers import all_on_one, make_world, settings_with_tokens
@@ -165,8 +165,8 @@ def test_a_balanced_plan_is_not_news_but_an_infeasible_one_is(running: Callable[
 
         plan = plan_balance(snapshot, Policy(max_migrations=1, exact_seconds=0))
         plans = PlanStore(redis)
-        balanced = plan.model_copy(update={"plan_id": "plan-balanced", "migrations": [], "outcome": "balanced"})
-        infeasible = plan.model_copy(update={"plan_id": "plan-infeasible", "migrations": [], "outcome": "infeasible",
+        balanced = plan.model_copy(update={"plan_id": "plan-balanced", "actions": [], "outcome": "balanced"})
+        infeasible = plan.model_copy(update={"plan_id": "plan-infeasible", "actions": [], "outcome": "infeasible",
                                              "outcome_reason": "no safe move helps"})
         for p in (balanced, infeasible):
             plans.save(p, PlanStatus(plan_id=p.plan_id, state=PlanState.DONE))

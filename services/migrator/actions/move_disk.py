@@ -1,0 +1,183 @@
+"""`move-disk`: one disk of a guest to another storage, on the node the guest is on: a VM's through
+`POST /nodes/{node}/qemu/{vmid}/move_disk` (task `qmmove`; a running VM's disk moves online), a
+container's through `.../lxc/{vmid}/move_volume` (task `move_volume`; PVE refuses a running
+container's volume, so the plan never moves one and the check skips one that runs now). Always with
+`delete=1`: PVE frees the source volume only after the copy succeeded, so a failure anywhere leaves the
+disk where it was.
+
+The check reads the guest's config on its node (still there, not locked, no snapshots, the disk still
+on its source storage) and the node's storages (the target active, holding the content, and with room:
+its use plus this disk plus the disk moves in flight onto it at most `storage_balancing.max_usage` %).
+After the task the config must name the target storage for the disk and the source volume must be gone
+from the source storage's content.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pvebalance.shared.jobrecord import JobRecord
+from pvebalance.shared.jobs import DiskMoveJob
+from pvebalance.shared.logging import get_logger
+from pvebalance.shared.models import GuestType
+from pvebalance.shared.proxmox import MALFORMED, ProxmoxError
+
+from ..preflight import Failed, Gone, Skip
+from .base import ActionKind, Cleared
+
+log = get_logger("pvebalance.migrator")
+
+MOVE_TASKS = ("qmmove", "move_volume")
+
+
+def volume_of(line: Any) -> str | None:
+    """The volume id a config's disk line names (`nfs1:100/vm-100-disk-0.qcow2,size=32G` -> its first part)."""
+    if not isinstance(line, str) or ":" not in line.split(",", 1)[0]:
+        return None
+    return line.split(",", 1)[0]
+
+
+def storage_of(volume: str) -> str:
+    return volume.split(":", 1)[0]
+
+
+def _missing(exc: ProxmoxError) -> bool:
+    return exc.status == 500 and "does not exist" in exc.message
+
+
+class MoveDisk(ActionKind[DiskMoveJob]):
+    def _guest_path(self, job: DiskMoveJob) -> str:
+        return f"/nodes/{job.node}/{job.guest_type.value}/{job.vmid}"
+
+    def _config(self, job: DiskMoveJob) -> dict[str, Any]:
+        path = f"{self._guest_path(job)}/config"
+        try:
+            config = self.client.get(path)
+        except ProxmoxError as exc:
+            if _missing(exc):
+                raise Gone(f"guest {job.vmid} is no longer on {job.node}") from None
+            raise
+        if not isinstance(config, dict):
+            raise ProxmoxError(f"{path}: the answer is not an object", kind=MALFORMED)
+        return config
+
+    def _source_volume(self, job: DiskMoveJob, config: dict[str, Any]) -> str:
+        volume = volume_of(config.get(job.disk))
+        if volume is None:
+            raise Gone(f"guest {job.vmid} has no disk {job.disk} any more")
+        where = storage_of(volume)
+        if where == job.target:
+            raise Gone(f"disk {job.disk} of {job.vmid} is already on {job.target}")
+        if where != job.source:
+            raise Gone(f"disk {job.disk} of {job.vmid} was moved to {where} since the plan was made")
+        return volume
+
+    def look_ahead(self, job: DiskMoveJob) -> None:
+        try:
+            self._source_volume(job, self.ctx.api(lambda: self._config(job), 0.0))
+        except Gone:
+            raise
+        except (Skip, Failed, ProxmoxError) as exc:
+            log.debug("look-ahead check: checked again once a slot is free", reason=str(exc))
+
+    def check(self, job: DiskMoveJob, patience: float, resumed: bool = False) -> Cleared:
+        deadline = time.monotonic() + self.settings.migrator.task_timeout_base
+        while True:
+            checked: tuple[Cleared, str | None] = self.ctx.api(lambda: self._checked(job), patience)
+            cleared, lock = checked
+            if not lock:
+                return cleared
+            if time.monotonic() > deadline:
+                raise Failed(f"guest {job.vmid} stayed locked ({lock})")
+            log.info("guest is locked by another task, waiting", lock=lock)
+            self.ctx.sleep(self.settings.migrator.poll_interval)
+
+    def _checked(self, job: DiskMoveJob) -> tuple[Cleared, str | None]:
+        config = self._config(job)
+        volume = self._source_volume(job, config)
+        if config.get("parent"):
+            raise Skip(f"guest {job.vmid} has snapshots: PVE moves no disk a snapshot uses with delete=1")
+        if job.guest_type is GuestType.LXC:
+            status = self.client.get(f"{self._guest_path(job)}/status/current")
+            if isinstance(status, dict) and status.get("status") == "running":
+                raise Skip(f"container {job.vmid} runs: PVE moves no volume of a running container")
+        self._target_room(job)
+        params: dict[str, Any] = {"storage": job.target, "delete": 1}
+        params["disk" if job.guest_type is GuestType.QEMU else "volume"] = job.disk
+        if job.bwlimit_mib:
+            params["bwlimit"] = int(job.bwlimit_mib * 1024)  # PVE takes KiB/s
+        known = {str(t["upid"]) for t in self.tasks(job)}
+        lock = config.get("lock")
+        return Cleared(params, known, keep={"source_volume": volume}), str(lock) if lock else None
+
+    def _target_room(self, job: DiskMoveJob) -> None:
+        path = f"/nodes/{job.node}/storage"
+        answer = self.client.get(path)
+        if not isinstance(answer, list):
+            raise ProxmoxError(f"{path}: the answer is not a list", kind=MALFORMED)
+        entry = next((s for s in answer if isinstance(s, dict) and s.get("storage") == job.target), None)
+        if entry is None:
+            raise Gone(f"storage {job.target} is not on {job.node} any more")
+        content = str(entry.get("content", "")).split(",")
+        wanted = "images" if job.guest_type is GuestType.QEMU else "rootdir"
+        if not entry.get("active", 1) or wanted not in content:
+            raise Skip(f"storage {job.target} is not active on {job.node} or holds no {wanted}")
+        try:
+            total, used = int(entry["total"]), int(entry["used"])
+        except (KeyError, TypeError, ValueError):
+            raise ProxmoxError(f"{path}: storage {job.target} has no usable figures", kind=MALFORMED) from None
+        # moves in flight onto it count in full (a copy allocates its volume when it starts: counted twice
+        # at worst, which errs on the safe side)
+        arriving = sum(m.size for m in self.ctx.redis(lambda: self.ctx.store.in_flight_disk_moves(job.job_id))
+                       if m.target == job.target)
+        limit = self.settings.storage_balancing.max_usage
+        if total <= 0 or 100.0 * (used + arriving + job.size) / total > limit:
+            raise Skip(f"storage {job.target} no longer has room for {job.disk} of {job.vmid} "
+                       f"(it would be above max_usage {limit:g} %)")
+
+    def path(self, job: DiskMoveJob) -> str:
+        return f"{self._guest_path(job)}/{'move_disk' if job.guest_type is GuestType.QEMU else 'move_volume'}"
+
+    def tasks(self, job: DiskMoveJob) -> list[dict[str, Any]]:
+        answer = self.client.get(f"/nodes/{job.node}/tasks", vmid=job.vmid, source="all", limit=50)
+        if not isinstance(answer, list):
+            raise ProxmoxError(f"task list of {job.node}: the answer is not a list", kind=MALFORMED)
+        ours = [t for t in answer if isinstance(t, dict) and t.get("type") in MOVE_TASKS
+                and str(t.get("id")) == str(job.vmid) and t.get("upid")]
+        return sorted(ours, key=lambda t: float(t.get("starttime", 0)))
+
+    def _on(self, job: DiskMoveJob) -> str | None:
+        volume = volume_of(self.ctx.api(lambda: self._config(job)).get(job.disk))
+        return storage_of(volume) if volume else None
+
+    def done(self, job: DiskMoveJob) -> bool:
+        return self._on(job) == job.target
+
+    def verify(self, job: DiskMoveJob, upid: str, ok: bool, exitstatus: str, record: JobRecord) -> str | None:
+        try:
+            where = self._on(job)
+        except Gone:
+            raise Failed(f"guest {job.vmid} is no longer on {job.node}; its disk {job.disk} was not seen "
+                         f"on {job.target}") from None
+        if where != job.target:
+            if not ok:
+                raise Failed(exitstatus or "task ended without an exit status")
+            raise Failed(f"task {upid} ended {exitstatus} but disk {job.disk} of {job.vmid} is on {where}")
+        if not ok:
+            log.warning("task did not end OK but the disk is on its target", exitstatus=exitstatus)
+        source = record.fields.get("source_volume")
+        if source and self._still_there(job, source):
+            log.warning("the source volume was not freed", volume=source)
+            return f"the source volume {source} is still on {job.source}: PVE did not free it"
+        return None
+
+    def _still_there(self, job: DiskMoveJob, volume: str) -> bool:
+        path = f"/nodes/{job.node}/storage/{job.source}/content"
+        answer = self.ctx.api(lambda: self.client.get(path, vmid=job.vmid))
+        if not isinstance(answer, list):
+            raise Failed(f"{path}: the answer is not a list; the source volume {volume} was not checked")
+        return any(isinstance(v, dict) and v.get("volid") == volume for v in answer)
+
+    def succeeded(self, job: DiskMoveJob) -> str:
+        return f"disk {job.disk} of {job.name or job.vmid} is on {job.target}"
