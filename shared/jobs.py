@@ -5,15 +5,15 @@ Each kind of job carries one kind of plan action (shared/models.py `Action`) wit
 needs to carry it out: `MigrationJob` a `migrate`, `DiskMoveJob` a `move-disk`. They share `Job`'s
 fields and say, each for itself, which slot scopes they hold (shared/keys.py) and what moves from
 where to where (the event's `source` and `target`: nodes for a migration, storages for a disk move).
-A new kind is one more class here and one line in `JOB_KINDS`, and its module in
-services/migrator/actions/.
+A new kind is one more class here and its name in `AnyJob`, its action in shared/models.py, and its
+module in services/migrator/actions/ (docs/how-it-works.md, "Adding a kind of action").
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -154,8 +154,9 @@ class DiskMoveJob(Job):
         return f"move {self.guest_type.value} {self.vmid} {self.disk} {self.source} -> {self.target}"
 
 
+# Every kind of job, registered by its place in this union; JOB_KINDS follows from it.
 AnyJob = Annotated[MigrationJob | DiskMoveJob, Field(discriminator="kind")]
-JOB_KINDS: dict[str, type[Job]] = {k.action: k for k in (MigrationJob, DiskMoveJob)}
+JOB_KINDS: dict[str, type[Job]] = {k.action: k for k in get_args(get_args(AnyJob)[0])}
 _JOBS: TypeAdapter[MigrationJob | DiskMoveJob] = TypeAdapter(AnyJob)
 
 

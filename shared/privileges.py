@@ -16,9 +16,14 @@ Backup.pm; qemu-server and pve-container API2; pve-ha-manager API2/HA; read 2026
 - VM.Migrate on /vms/VMID: POST /nodes/NODE/{qemu,lxc}/VMID/migrate and its pre-check (GET).
   An HA-managed guest's migrate becomes PVE's `hamigrate` task with no other check.
 
+With storage balancing on (`storage_balancing.enable`), the migrators also move disks:
+- VM.Config.Disk on /vms/VMID: POST /nodes/NODE/qemu/VMID/move_disk and .../lxc/VMID/move_volume;
+- Datastore.AllocateSpace on /storage/ID: the target storage of a disk move (qemu-server and
+  pve-container check it there before the copy allocates its volume);
+  and they read the node's storages and a storage's content (Datastore.Audit, above).
+
 Not needed: Sys.Console (only POST /cluster/ha/resources/SID/migrate, which pvebalance does not
-call), Datastore.AllocateSpace and VM.Config.Disk (only a migrate with `targetstorage`, or a disk
-move, neither of which pvebalance sends), anything that changes a guest's config.
+call), anything else that changes a guest's config.
 """
 
 from __future__ import annotations
@@ -43,12 +48,24 @@ NEEDED: tuple[Needed, ...] = (
 )
 
 
-def missing(effective: dict[str, dict[str, object]]) -> list[Needed]:
+STORAGE_BALANCING: tuple[Needed, ...] = (
+    Needed("VM.Config.Disk", "/vms", "the migrators move guests' disks (storage_balancing.enable)"),
+    Needed("Datastore.AllocateSpace", "/storage", "a disk move allocates its copy on the target storage "
+           "(storage_balancing.enable)"),
+)
+
+
+def needed(storage_balancing: bool = False) -> tuple[Needed, ...]:
+    """What the services need, with storage balancing on or off."""
+    return NEEDED + (STORAGE_BALANCING if storage_balancing else ())
+
+
+def missing(effective: dict[str, dict[str, object]], storage_balancing: bool = False) -> list[Needed]:
     """The needed privileges that `/access/permissions` (path -> {privilege: propagate}) does not show
     on their path: PVE lists its top paths with what propagates onto them."""
-    return [n for n in NEEDED if n.privilege not in (effective.get(n.path) or {})]
+    return [n for n in needed(storage_balancing) if n.privilege not in (effective.get(n.path) or {})]
 
 
-def names() -> list[str]:
-    """Each needed privilege once, in NEEDED's order: the role's privileges."""
-    return list(dict.fromkeys(n.privilege for n in NEEDED))
+def names(storage_balancing: bool = False) -> list[str]:
+    """Each needed privilege once, in order: the role's privileges."""
+    return list(dict.fromkeys(n.privilege for n in needed(storage_balancing)))

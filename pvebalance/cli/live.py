@@ -7,7 +7,7 @@ One line per finding; the caller exits 2 when any is a problem. Nothing is chang
 from __future__ import annotations
 
 from pvebalance.shared.config import Settings
-from pvebalance.shared.privileges import NEEDED, missing
+from pvebalance.shared.privileges import missing, names
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError
 from pvebalance.shared.redisconn import RedisUnavailable, connect
 
@@ -31,11 +31,12 @@ def check_live(settings: Settings) -> tuple[list[str], list[str]]:
             problems.append(f"proxmox_api: /access/permissions answered {type(effective).__name__}, not PVE's "
                             "path -> privileges map")
         else:
-            lacking = missing(effective)
+            storage = settings.storage_balancing.enable
+            lacking = missing(effective, storage)
             for need in lacking:
                 problems.append(f"proxmox_api: {who} lacks {need.privilege} on {need.path}: {need.what_for}")
             if not lacking:
-                granted = sorted({n.privilege for n in NEEDED})
+                granted = sorted(names(storage))
                 ok.append(f"proxmox_api: privileges {', '.join(granted)}: every one the services need")
     try:
         connect(settings.redis.url).ping()

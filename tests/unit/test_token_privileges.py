@@ -18,7 +18,7 @@ from pvebalance.services.migrator.slots import Slots
 from pvebalance.shared.jobs import JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import GuestType
-from pvebalance.shared.privileges import NEEDED, names
+from pvebalance.shared.privileges import NEEDED, names, needed
 from pvebalance.shared.proxmox import ProxmoxClient, ProxmoxError
 from tests.helpers import SimFactory, settings_for, write_config
 
@@ -127,3 +127,37 @@ def test_the_simulator_refuses_a_privilege_pve_does_not_have() -> None:
     assert out.returncode == 2
     assert out.stderr.startswith("error: --privileges: unknown privilege(s) VM.Teleport (PVE's: ")
     assert out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("storage_privileges, ends", [(True, JobState.SUCCEEDED), (False, JobState.FAILED)],
+                         ids=["with VM.Config.Disk and Datastore.AllocateSpace", "without them"])
+def test_a_disk_move_needs_exactly_the_storage_balancing_privileges(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path, storage_privileges: bool,
+        ends: JobState) -> None:
+    from pvebalance.shared.jobs import DiskMoveJob
+
+    sim = start_simulator("storage-3", privileges={TOKEN: set(names(storage_balancing=storage_privileges))})
+    settings = settings_for(sim, "redis://unused", tmp_path, storage_balancing={"enable": True})
+    store = JobStore(fake_redis)
+    job = DiskMoveJob(job_id="move-disk-plan-p-108-scsi0", plan_id="plan-p", vmid=108, name="vm108",
+                      guest_type=GuestType.QEMU, source="nfs-a", target="nfs-b", node="pve3", disk="scsi0",
+                      size=400 * 2**30)
+    store.create(job)
+    runner = JobRunner(ProxmoxClient(settings.proxmox_api), store, Slots(fake_redis, settings.migrator), settings)
+    assert runner.run(job) is ends, store.load(job.job_id).message
+    if not storage_privileges:
+        assert "Permission check failed (/vms/108, VM.Config.Disk)" in store.load(job.job_id).message
+    assert sim.cluster.guests[108].config["scsi0"].startswith("nfs-b:" if storage_privileges else "nfs-a:")
+
+
+@pytest.mark.parametrize("privilege", ["VM.Config.Disk", "Datastore.AllocateSpace"])
+def test_live_check_with_storage_balancing_on_names_each_missing_storage_privilege(
+        start_simulator: SimFactory, tmp_path: Path, privilege: str) -> None:
+    sim = start_simulator(privileges={TOKEN: set(names(storage_balancing=True)) - {privilege}})
+    settings = settings_for(sim, "redis://127.0.0.1:1/0", tmp_path, storage_balancing={"enable": True})
+    _, problems = check_live(settings)
+    lacking = next(n for n in needed(storage_balancing=True) if n.privilege == privilege)
+    assert problems[:-1] == [f"proxmox_api: {TOKEN} lacks {privilege} on {lacking.path}: {lacking.what_for}"]
+    _, off = check_live(settings.model_copy(update={"storage_balancing": settings.storage_balancing.model_copy(
+        update={"enable": False})}))
+    assert len(off) == 1 and off[0].startswith("redis: "), "with storage balancing off they are not needed"

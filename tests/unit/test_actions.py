@@ -1,0 +1,97 @@
+"""A plan's actions (issue 21): kinds in one discriminated list, `migrations` as the migrate-only view, a
+plan stored before actions still read, one job per action, and the planner's order between them."""
+
+from __future__ import annotations
+
+import json
+
+from redis import Redis
+from rq.job import Job
+
+from pvebalance.engine import Policy
+from pvebalance.engine.cluster_plan import plan_cluster
+from pvebalance.services.migrator.actions import KINDS
+from pvebalance.services.planner.planner import Planner
+from pvebalance.shared.config import Settings, StorageBalancingSettings
+from pvebalance.shared.jobs import JOB_KINDS, DiskMoveJob, MigrationJob, job_ids, parse_job
+from pvebalance.shared.models import DiskMove, GuestType, Migration, MigrationReason, Plan, UsageSummary
+from pvebalance.shared.scenario import load_scenario
+
+EMPTY = UsageSummary(spread_pp=0, nodes={})
+
+
+def migration(vmid: int, source: str = "pve1", target: str = "pve2") -> Migration:
+    return Migration(vmid=vmid, name=f"vm{vmid}", type=GuestType.QEMU, source=source, target=target,
+                     reason=MigrationReason.BALANCE, online=True)
+
+
+def disk_move(vmid: int, disk: str = "scsi0", batch: int = 0) -> DiskMove:
+    return DiskMove(vmid=vmid, guest_type=GuestType.QEMU, node="pve1", disk=disk, source="nfs-a", target="nfs-b",
+                    size=2**30, batch=batch)
+
+
+def plan_of(*actions: Migration | DiskMove) -> Plan:
+    return Plan(plan_id="plan-a", method="memory", mode="used", balanciness=5, before=EMPTY, after=EMPTY,
+                actions=list(actions))
+
+
+def test_a_plan_stored_before_actions_reads_its_migrations_as_its_actions() -> None:
+    doc = json.loads(plan_of(migration(100), migration(101)).model_dump_json())
+    doc.pop("actions")
+    old = Plan.model_validate_json(json.dumps(doc))  # as a version before actions stored it: `migrations` only
+    assert [(a.kind, a.vmid) for a in old.actions] == [("migrate", 100), ("migrate", 101)]
+    assert old.migrations == old.actions
+
+
+def test_a_plan_keeps_its_actions_in_order_and_migrations_lists_only_the_migrate_ones() -> None:
+    plan = plan_of(migration(100), disk_move(101), migration(102), disk_move(101, "scsi1", batch=1))
+    read = Plan.model_validate_json(plan.model_dump_json())
+    assert [(a.kind, a.vmid) for a in read.actions] == [("migrate", 100), ("move-disk", 101), ("migrate", 102),
+                                                        ("move-disk", 101)]
+    assert [m.vmid for m in read.migrations] == [100, 102]
+    assert [d.disk for d in read.disk_moves] == ["scsi0", "scsi1"]
+    assert json.loads(read.model_dump_json())["migrations"] == [m.model_dump(mode="json") for m in read.migrations]
+
+
+def test_each_action_gets_its_own_job_of_its_kind() -> None:
+    plan = plan_of(migration(100), disk_move(100), disk_move(100, "scsi1"), migration(100, "pve2", "pve3"))
+    assert job_ids(plan) == ["migrate-plan-a-100", "move-disk-plan-a-100-scsi0", "move-disk-plan-a-100-scsi1",
+                             "migrate-plan-a-100-2"]
+    job = DiskMoveJob.of("plan-a", disk_move(100), 1, Settings(storage_balancing={"bwlimit": 100}))
+    assert isinstance(parse_job(job.model_dump_json()), DiskMoveJob) and job.bwlimit_mib == 100
+    assert isinstance(parse_job(MigrationJob.of("plan-a", migration(1), 1, Settings()).model_dump_json()), MigrationJob)
+
+
+def test_every_job_kind_has_its_migrator_module() -> None:
+    assert set(JOB_KINDS) == set(KINDS) == {"migrate", "move-disk"}
+
+
+def test_the_planner_queues_disk_moves_batch_after_batch_and_a_guests_actions_one_after_another(
+        fake_redis: Redis) -> None:
+    plan = plan_of(migration(100), disk_move(100, batch=0), disk_move(101, batch=0), disk_move(102, batch=1))
+    enqueued = Planner(fake_redis, Settings()).enqueue(plan)
+    assert enqueued == job_ids(plan)
+    deps = {job_id: set(Job.fetch(job_id, connection=fake_redis).dependency_ids) for job_id in enqueued}
+    assert deps == {
+        "migrate-plan-a-100": set(),
+        "move-disk-plan-a-100-scsi0": {"migrate-plan-a-100"},  # the guest's earlier action
+        "move-disk-plan-a-101-scsi0": set(),  # batch 0 runs at once, as far as the slots allow
+        "move-disk-plan-a-102-scsi0": {"move-disk-plan-a-100-scsi0", "move-disk-plan-a-101-scsi0"},
+    }
+
+
+def test_storage_and_node_balance_come_in_one_plan_whose_disk_moves_leave_the_migrated_guests_alone() -> None:
+    """On storage-3 with a node made to need migrations: every migrated guest's disks stay (a disk move runs on
+    the guest's node), the disk moves come after the migrations, and the plan says both."""
+    scenario = load_scenario("storage-3")
+    snapshot = scenario.snapshot
+    policy = Policy(balanciness=1.0)  # storage-3's nodes are 3.3 pp apart: a 1 pp band needs migrations
+    storage = StorageBalancingSettings(enable=True)
+    plan = plan_cluster(snapshot, policy, storage)
+    kinds = [a.kind for a in plan.actions]
+    assert plan.migrations and plan.disk_moves
+    assert kinds == sorted(kinds, key=lambda k: k != "migrate"), "migrations first, then the disk moves"
+    assert not {m.vmid for m in plan.migrations} & {d.vmid for d in plan.disk_moves}
+    assert plan.storage is not None and plan.storage.groups[0].spread_after_pp <= 10
+    assert any("being migrated" in stay for stay in plan.storage.stays)
+    assert plan_cluster(snapshot, policy, StorageBalancingSettings()).disk_moves == [], "off by default"
