@@ -73,6 +73,11 @@ class Job(Message):
         """What it copies: its expected time follows (MigratorSettings.expected_seconds)."""
         raise NotImplementedError
 
+    @property
+    def needs_node(self) -> str:
+        """The node it cannot start without (offline or in maintenance: it is skipped before it starts)."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         """In a few words, for rq's job list and logs."""
         raise NotImplementedError
@@ -112,6 +117,10 @@ class MigrationJob(Job):
     def copied_bytes(self) -> int:
         return self.mem_bytes + self.local_disk_bytes
 
+    @property
+    def needs_node(self) -> str:
+        return self.target
+
     def describe(self) -> str:
         return f"migrate {self.guest_type.value} {self.vmid} {self.source} -> {self.target}"
 
@@ -149,6 +158,10 @@ class DiskMoveJob(Job):
 
     def copied_bytes(self) -> int:
         return self.size
+
+    @property
+    def needs_node(self) -> str:
+        return self.node  # PVE moves the disk on the node the guest is on
 
     def describe(self) -> str:
         return f"move {self.guest_type.value} {self.vmid} {self.disk} {self.source} -> {self.target}"

@@ -258,16 +258,18 @@ class Planner:
         return max(0.0, max(failed_at) + self.settings.planner.retry_after_failure - now)
 
     def skip_jobs_into_unusable_nodes(self, snapshot: ClusterSnapshot) -> list[str]:
-        """Jobs not yet migrating whose target went offline or into maintenance after the plan was made
-        are skipped now, so the planner is free at once to plan the drain of that node."""
+        """Jobs not yet started whose node (a migration's target, a disk move's guest's node) went offline
+        or into maintenance after the plan was made are skipped now, so the planner is free at once to plan
+        the drain of that node."""
         unusable = {n.name: ("offline" if not n.online else "in maintenance")
                     for n in snapshot.nodes if not n.online or n.maintenance}
         skipped = []
         for job_id in sorted(self.jobs.active_jobs()):
             job = self.jobs.job(job_id)
-            if job is None or job.target not in unusable or self.jobs.load(job_id).in_flight:
+            if job is None or job.needs_node not in unusable or self.jobs.load(job_id).in_flight:
                 continue
-            reason = f"target node {job.target} is {unusable[job.target]} since the plan was made"
+            what = "target node" if job.needs_node == job.target else "node"
+            reason = f"{what} {job.needs_node} is {unusable[job.needs_node]} since the plan was made"
             if self.jobs.transition(job, JobState.SKIPPED, reason, only_from=STARTABLE):
                 log.info("job skipped", job_id=job_id, reason=reason)
                 skipped.append(job_id)

@@ -95,3 +95,17 @@ def test_storage_and_node_balance_come_in_one_plan_whose_disk_moves_leave_the_mi
     assert plan.storage is not None and plan.storage.groups[0].spread_after_pp <= 10
     assert any("being migrated" in stay for stay in plan.storage.stays)
     assert plan_cluster(snapshot, policy, StorageBalancingSettings()).disk_moves == [], "off by default"
+
+
+def test_a_disk_move_whose_guests_node_went_into_maintenance_is_skipped_before_it_starts(fake_redis: Redis) -> None:
+    from pvebalance.shared.jobs import JobState
+    from pvebalance.shared.models import ClusterSnapshot, NodeState
+
+    planner = Planner(fake_redis, Settings())
+    plan = plan_of(disk_move(100), DiskMove(vmid=101, guest_type=GuestType.QEMU, node="pve2", disk="scsi0",
+                                            source="nfs-a", target="nfs-b", size=2**30))
+    on_pve1, on_pve2 = planner.enqueue(plan)
+    nodes = [NodeState(name=n, maxmem=64 * 2**30, maintenance=n == "pve1") for n in ("pve1", "pve2")]
+    assert planner.skip_jobs_into_unusable_nodes(ClusterSnapshot(nodes=nodes, guests=[])) == [on_pve1]
+    assert planner.jobs.load(on_pve1).message == "node pve1 is in maintenance since the plan was made"
+    assert planner.jobs.state(on_pve2) is JobState.QUEUED
