@@ -8,6 +8,7 @@ guessing at its meaning.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -235,6 +236,8 @@ class Migration(BaseModel):
     spread_before_pp: float = 0.0
     spread_after_pp: float = 0.0
     batch: int = Field(0, description="moves in the same batch may run in parallel")
+    after: list[int] = Field(default_factory=list, description="the plan's actions (their indexes) it waits for: "
+                             "the earlier migrations out of its target, its guest's earlier action")
 
     @property
     def gib_moved(self) -> float:
@@ -257,6 +260,8 @@ class DiskMove(BaseModel):
     size: int = Field(description="bytes: the config's size=, what the target must hold")
     batch: int = Field(0, ge=0, description="moves of one batch may run at once; a batch starts when the one "
                        "before it has ended (the source's space counts as free only then)")
+    after: list[int] = Field(default_factory=list, description="the plan's actions (their indexes) it waits for: "
+                             "the disk moves of the batch before its own, its guest's earlier action")
 
     @property
     def gib(self) -> float:
@@ -375,7 +380,8 @@ class Plan(Message):
         if isinstance(data, dict) and "migrations" in data:
             data = dict(data)
             migrations = data.pop("migrations")
-            data.setdefault("actions", migrations)
+            if "actions" not in data and isinstance(migrations, list):
+                data["actions"] = legacy_order(migrations)
         return data
 
     @computed_field  # type: ignore[prop-decorator]
@@ -387,3 +393,33 @@ class Plan(Message):
     @property
     def disk_moves(self) -> list[DiskMove]:
         return [a for a in self.actions if isinstance(a, DiskMove)]
+
+    def only(self, keep: Callable[[Migration | DiskMove], bool]) -> Plan:
+        """The plan with only the actions `keep` accepts, each still waiting for those it waited for that stay
+        (an approval of some guests' moves, a drain that leaves stopped guests)."""
+        kept = [i for i, a in enumerate(self.actions) if keep(a)]
+        new = {old: n for n, old in enumerate(kept)}
+        actions = [self.actions[i].model_copy(update={"after": [new[j] for j in self.actions[i].after if j in new]})
+                   for i in kept]
+        return self.model_copy(update={"actions": actions})
+
+
+def legacy_order(migrations: list[Any]) -> list[Any]:
+    """A plan stored before actions lists `migrations` (no `kind`, no `after`): each is a migrate action
+    waiting, as the planner of that version made it wait, for the earlier migrations out of its target and
+    its guest's earlier one."""
+    leaving: dict[str, list[int]] = {}
+    last_of: dict[Any, int] = {}
+    out = []
+    for i, m in enumerate(migrations):
+        fields = m if isinstance(m, dict) else m.model_dump() if isinstance(m, Migration) else None
+        if fields is None or "after" in (m if isinstance(m, dict) else m.model_fields_set):
+            out.append(m)
+            continue
+        vmid, source, target = fields.get("vmid"), str(fields.get("source")), str(fields.get("target"))
+        after = sorted(set(leaving.get(target, [])) | ({last_of[vmid]} if vmid in last_of else set()))
+        out.append({"kind": "migrate", **m, "after": after} if isinstance(m, dict)
+                   else m.model_copy(update={"after": after}))
+        leaving.setdefault(source, []).append(i)
+        last_of[vmid] = i
+    return out

@@ -74,7 +74,8 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
 
     timetable = schedule(state.moves, snapshot, policy, constraints)  # batches and queue order (schedule.py)
     notes += timetable.notes
-    migrations = _to_migrations(timetable.moves, snapshot, policy, state.targets, timetable.batches)
+    migrations = _to_migrations(timetable.moves, snapshot, policy, state.targets, timetable.batches,
+                                timetable.after or [[] for _ in timetable.moves])
     plan = Plan(
         snapshot_id=snapshot.snapshot_id,
         method=",".join(state.dims),
@@ -340,12 +341,12 @@ def _units(state: PlanState) -> list[frozenset[int]]:
 
 
 def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy, targets: list[str],
-                   batches: list[int]) -> list[Migration]:
-    """Replay the moves (in queue order) to record each one's effect; `batches` from schedule.py."""
+                   batches: list[int], after: list[list[int]]) -> list[Migration]:
+    """Replay the moves (in queue order) to record each one's effect; `batches` and `after` from schedule.py."""
     loads = initial_loads(snapshot, policy)
     count = len(policy.dimensions)
     result = []
-    for move, batch in zip(moves, batches, strict=True):
+    for move, batch, waits in zip(moves, batches, after, strict=True):
         before = spreads(loads, targets, count)[0]
         loads[move.source].add(move.load, -1.0)
         loads[move.target].add(move.load)
@@ -357,7 +358,7 @@ def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy,
                 online=g.type is GuestType.QEMU and g.running and policy.live,
                 mem_bytes=g.mem, local_disk_bytes=g.local_disk, local_disks=g.local_storage_bytes(),
                 spread_before_pp=round(before, 3), spread_after_pp=round(spreads(loads, targets, count)[0], 3),
-                batch=batch,
+                batch=batch, after=waits,
             )
         )
     return result

@@ -34,6 +34,20 @@ def plan_cluster(snapshot: ClusterSnapshot, policy: Policy, storage: StorageBala
     return with_disk_moves(plan, disks, storage)
 
 
+def _ordered(moves: list[DiskMove], offset: int) -> list[DiskMove]:
+    """Each disk move waiting for the disk moves of the batch before its own (and its guest's earlier disk
+    move), as the plan's action indexes (`offset`: the actions before the first disk move)."""
+    of_batch: dict[int, list[int]] = {}
+    last_of: dict[int, int] = {}
+    out = []
+    for i, m in enumerate(moves, offset):
+        own = {last_of[m.vmid]} if m.vmid in last_of else set()
+        out.append(m.model_copy(update={"after": sorted(set(of_batch.get(m.batch - 1, [])) | own)}))
+        of_batch.setdefault(m.batch, []).append(i)
+        last_of[m.vmid] = i
+    return out
+
+
 def with_disk_moves(plan: Plan, disks: StoragePlan, storage: StorageBalancingSettings) -> Plan:
     """`plan` with the storage plan's moves as its last actions and its figures as `plan.storage`."""
     def usage(used: dict[str, int]) -> dict[str, NodeUsage]:
@@ -62,6 +76,7 @@ def with_disk_moves(plan: Plan, disks: StoragePlan, storage: StorageBalancingSet
             outcome = "partial" if unmet else "planned"
         elif (outcome == "planned" and unmet) or (outcome == "infeasible" and disks.moves):
             outcome = "partial"  # a part is left undone: the unmet or the outcome's reason says which
-    return plan.model_copy(update={"actions": [*plan.actions, *disks.moves], "storage": summary,
+    return plan.model_copy(update={"actions": [*plan.actions, *_ordered(disks.moves, len(plan.actions))],
+                                   "storage": summary,
                                    "unmet": [*plan.unmet, *unmet], "notes": [*plan.notes, *disks.notes],
                                    "outcome": outcome, "outcome_reason": reason})

@@ -48,6 +48,7 @@ class Timetable:
     splits: list[GroupSplit]
     notes: list[str]
     expected_seconds: float = 0.0  # the queue over the migration links (timing.py): the plan's time to finish
+    after: list[list[int]] | None = None  # for each move in queue order, the earlier ones it waits for
 
     @property
     def makespan(self) -> float:
@@ -66,7 +67,8 @@ def schedule(moves: Sequence[Move], snapshot: ClusterSnapshot, policy: Policy, c
     notes = [_split_note(s, groups[s.group], policy) for s in splits]
     queued = [moves[i] for i in order]
     return Timetable(queued, [level[i] for i in order], [starts[i] for i in order],
-                     [ends[i] for i in order], splits, notes, expected_time(queued, policy))
+                     [ends[i] for i in order], splits, notes, expected_time(queued, policy),
+                     _departures_before(queued))
 
 
 def plan_seconds(moves: Sequence[Move], policy: Policy, constraints: Constraints) -> float:
@@ -76,8 +78,8 @@ def plan_seconds(moves: Sequence[Move], policy: Policy, constraints: Constraints
 
 
 def expected_time(queued: Sequence[Move], policy: Policy) -> float:
-    """The moves in queue order, each waiting as the planner makes its job wait (Planner.enqueue: for the
-    moves out of its target queued before it, and its guest's earlier move), over the migration links."""
+    """The moves in queue order, each waiting as its job waits (the plan's `after`: for the moves out of its
+    target queued before it, and its guest's earlier move), over the migration links."""
     copies = [Copy(m.source, m.target, copied_bytes(m, policy)) for m in queued]
     return makespan(copies, _departures_before(queued), policy.migrator)
 

@@ -261,6 +261,7 @@ class RequestHandler:
                                      f"{', '.join(map(str, unknown))}")
                 return
             moves = [m for m in plan.actions if m.vmid in set(request.vmids)]
+        chosen = {id(m) for m in moves}
         if not moves:
             self.planner.plans.set_state(plan.plan_id, PlanState.DONE, "approved with nothing to move")
             self.store.settle(request.request_id, RequestState.DONE, f"plan {plan.plan_id} has no move: nothing to do",
@@ -273,7 +274,7 @@ class RequestHandler:
             return
         self.planner.plans.set_state(plan.plan_id, PlanState.APPROVED, f"approved by {request.who}",
                                      request_id=request.request_id, vmids=request.vmids)
-        enqueued = self.planner.enqueue(plan.model_copy(update={"actions": moves}))
+        enqueued = self.planner.enqueue(plan.only(lambda a: id(a) in chosen))
         self.planner.plans.set_state(plan.plan_id, PlanState.RUNNING, f"{plural(len(enqueued), 'job')} enqueued")
         self.store.settle(request.request_id, RequestState.DONE, f"{plural(len(enqueued), 'migration')} enqueued",
                           plan_id=plan.plan_id)

@@ -31,7 +31,7 @@ from pvebalance.shared.jobs import JobState, actions_with_jobs, job_ids, jobs_of
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import ClusterSnapshot, DiskMove, Migration, Plan, parse_known, utcnow
+from pvebalance.shared.models import ClusterSnapshot, DiskMove, Plan, parse_known, utcnow
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.policy_now import drained_nodes, policy_now, with_in_flight
 from pvebalance.shared.redisconn import Outage, connect_waiting
@@ -178,7 +178,8 @@ class Planner:
         stopped = {g.vmid for g in snapshot.guests if not g.running}
         keep = [m for m in plan.migrations
                 if not (m.vmid in stopped and m.source in nodes and m.source not in include_stopped)]
-        return plan.model_copy(update={"actions": keep})
+        kept = {id(m) for m in keep}
+        return plan.only(lambda a: id(a) in kept)
 
     def run_drains(self, snapshot: ClusterSnapshot, policy: Policy | None = None) -> Plan | None:
         """Plan and enqueue the moves off drained nodes that still hold guests; drains always run, in
@@ -281,7 +282,8 @@ class Planner:
         self.plans.save(plan, PlanStatus(plan_id=plan.plan_id, state=state, reason=reason, request_id=request_id))
 
     def enqueue(self, plan: Plan) -> list[str]:
-        """One job per action, in the plan's order; an action waits only for those whose end it counts on:
+        """One job per action, in the plan's order, each waiting (rq dependencies) for the actions the plan
+        says it waits for (`after`: the engine's schedule, engine/schedule.py and cluster_plan.py):
 
         - a migration into a node waits for the earlier migrations out of that node (they free the room,
           and for anti-affinity the place, it counts on); moves out of one node, or into one node, may
@@ -291,11 +293,10 @@ class Planner:
         - a guest's later action waits for its earlier one (which holds the guest's claim until it ends).
         """
         self.fence()
-        leaving: dict[str, list[str]] = {}
-        batches: dict[int, list[str]] = {}  # disk-move batch -> its jobs
         earlier: dict[int, str] = {}  # vmid -> its previous job in this plan (a parked guest moves twice)
-        enqueued = []
-        for action, job in zip(plan.actions, jobs_of(plan, self.settings), strict=True):
+        enqueued: list[str] = []
+        queued: dict[int, str] = {}  # action index -> its job, enqueued now
+        for index, (action, job) in enumerate(zip(plan.actions, jobs_of(plan, self.settings), strict=True)):
             if action.vmid not in earlier:
                 holder = self.jobs.claim_guest(action.vmid, job.job_id)
                 if holder is not None:
@@ -304,19 +305,14 @@ class Planner:
             # No other job can claim the guest meanwhile, as no plan is made while jobs run.
             if not self.jobs.create(job):
                 continue  # this plan was enqueued before: the job exists already
-            after = set(leaving.get(action.target, [])) if isinstance(action, Migration) \
-                else set(batches.get(action.batch - 1, []))
-            after |= {earlier[action.vmid]} if action.vmid in earlier else set()
+            after = {queued[i] for i in action.after if i in queued}
             try:
                 enqueue_job(self.queue, self.settings, job, sorted(after))
             except Exception as exc:
                 # Never leave a job that no worker will ever see: end it, which frees the guest.
                 self.jobs.transition(job, JobState.FAILED, f"could not enqueue: {exc}")
                 raise
-            if isinstance(action, Migration):
-                leaving.setdefault(action.source, []).append(job.job_id)
-            else:
-                batches.setdefault(action.batch, []).append(job.job_id)
+            queued[index] = job.job_id
             earlier[action.vmid] = job.job_id
             enqueued.append(job.job_id)
         return enqueued

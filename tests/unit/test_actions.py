@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from redis import Redis
 from rq.job import Job
 
@@ -25,9 +26,9 @@ def migration(vmid: int, source: str = "pve1", target: str = "pve2") -> Migratio
                      reason=MigrationReason.BALANCE, online=True)
 
 
-def disk_move(vmid: int, disk: str = "scsi0", batch: int = 0) -> DiskMove:
+def disk_move(vmid: int, disk: str = "scsi0", batch: int = 0, after: tuple[int, ...] = ()) -> DiskMove:
     return DiskMove(vmid=vmid, guest_type=GuestType.QEMU, node="pve1", disk=disk, source="nfs-a", target="nfs-b",
-                    size=2**30, batch=batch)
+                    size=2**30, batch=batch, after=list(after))
 
 
 def plan_of(*actions: Migration | DiskMove) -> Plan:
@@ -35,11 +36,16 @@ def plan_of(*actions: Migration | DiskMove) -> Plan:
                 actions=list(actions))
 
 
-def test_a_plan_stored_before_actions_reads_its_migrations_as_its_actions() -> None:
-    doc = json.loads(plan_of(migration(100), migration(101)).model_dump_json())
+def test_a_plan_stored_before_actions_reads_its_migrations_as_its_actions_waiting_as_that_version_waited() -> None:
+    doc = json.loads(plan_of(migration(100, "pve1", "pve2"), migration(101, "pve2", "pve1"),
+                             migration(100, "pve2", "pve3")).model_dump_json())
     doc.pop("actions")
-    old = Plan.model_validate_json(json.dumps(doc))  # as a version before actions stored it: `migrations` only
-    assert [(a.kind, a.vmid) for a in old.actions] == [("migrate", 100), ("migrate", 101)]
+    for m in doc["migrations"]:  # as a version before actions stored it: `migrations` only, no `after`
+        del m["after"], m["kind"]
+    old = Plan.model_validate_json(json.dumps(doc))
+    assert [(a.kind, a.vmid) for a in old.actions] == [("migrate", 100), ("migrate", 101), ("migrate", 100)]
+    # 101 into pve1 after 100 left it; 100's second move after its first
+    assert [a.after for a in old.actions] == [[], [0], [0]]
     assert old.migrations == old.actions
 
 
@@ -68,7 +74,8 @@ def test_every_job_kind_has_its_migrator_module() -> None:
 
 def test_the_planner_queues_disk_moves_batch_after_batch_and_a_guests_actions_one_after_another(
         fake_redis: Redis) -> None:
-    plan = plan_of(migration(100), disk_move(100, batch=0), disk_move(101, batch=0), disk_move(102, batch=1))
+    plan = plan_of(migration(100), disk_move(100, batch=0, after=(0,)), disk_move(101, batch=0),
+                   disk_move(102, batch=1, after=(1, 2)))
     enqueued = Planner(fake_redis, Settings()).enqueue(plan)
     assert enqueued == job_ids(plan)
     deps = {job_id: set(Job.fetch(job_id, connection=fake_redis).dependency_ids) for job_id in enqueued}
@@ -93,6 +100,9 @@ def test_storage_and_node_balance_come_in_one_plan_whose_disk_moves_leave_the_mi
     assert kinds == sorted(kinds, key=lambda k: k != "migrate"), "migrations first, then the disk moves"
     assert not {m.vmid for m in plan.migrations} & {d.vmid for d in plan.disk_moves}
     assert plan.storage is not None and plan.storage.groups[0].spread_after_pp <= 10
+    index = {id(a): i for i, a in enumerate(plan.actions)}
+    for d in plan.disk_moves:  # each disk move waits for the whole batch before its own, and nothing else
+        assert d.after == [index[id(e)] for e in plan.disk_moves if e.batch == d.batch - 1]
     assert any("being migrated" in stay for stay in plan.storage.stays)
     assert plan_cluster(snapshot, policy, StorageBalancingSettings()).disk_moves == [], "off by default"
 
@@ -109,3 +119,16 @@ def test_a_disk_move_whose_guests_node_went_into_maintenance_is_skipped_before_i
     assert planner.skip_jobs_into_unusable_nodes(ClusterSnapshot(nodes=nodes, guests=[])) == [on_pve1]
     assert planner.jobs.load(on_pve1).message == "node pve1 is in maintenance since the plan was made"
     assert planner.jobs.state(on_pve2) is JobState.QUEUED
+
+
+@pytest.mark.parametrize("name", ["all-on-one", "maintenance", "groups", "operator-rules", "ha-rules"])
+def test_the_plans_waits_are_those_the_planner_derived_before_they_travelled_with_the_plan(name: str) -> None:
+    """Each migration waits for the earlier migrations (in queue order) out of its target and its guest's
+    earlier move: the rule Planner.enqueue applied itself before the schedule's `after` came with the plan."""
+    from pvebalance.shared.models import legacy_order
+
+    scenario = load_scenario(name)
+    plan = plan_cluster(scenario.snapshot, Policy.from_settings(scenario.settings(None).balancing))
+    assert len(plan.migrations) > 1
+    derived = legacy_order([m.model_dump(exclude={"after"}) for m in plan.migrations])
+    assert [m.after for m in plan.migrations] == [d["after"] for d in derived]

@@ -324,8 +324,10 @@ def test_a_token_without_the_privileges_pve_checks_is_refused_403(
 
 def test_a_second_move_that_gets_the_flock_in_time_moves_the_disk_from_where_the_first_left_it(
         start_simulator: SimFactory) -> None:
-    sim, api = start(start_simulator)
-    sim.cluster.guests[106].config["scsi1"] = "nfs-a:vm-106-disk-1,size=4G"  # 5 s at time scale 1: within 10 s
+    # a 4 GiB move takes ~4.4 s at time scale 1, the flock wait 10 s: at 0.2, 0.9 s within 2 s, a margin that
+    # a loaded machine keeps (at the module's 0.002 it was 9 ms within 20 ms, and a busy CI missed it)
+    sim, api = start(start_simulator, scale=0.2)
+    sim.cluster.guests[106].config["scsi1"] = "nfs-a:vm-106-disk-1,size=4G"
     vm = api.nodes("pve1").qemu(106)
     before = used(api)
     first = vm.move_disk.post(disk="scsi1", storage="nfs-c", delete=1)
