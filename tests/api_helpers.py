@@ -10,15 +10,17 @@ from fastapi import FastAPI
 from redis import Redis
 
 from pvebalance.engine import Policy, plan_balance
+from pvebalance.engine.cluster_plan import plan_cluster
 from pvebalance.services.api.app import create_app
 from pvebalance.services.api.context import ApiContext
 from pvebalance.shared import keys
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
-from pvebalance.shared.config import Settings, load_settings
-from pvebalance.shared.jobs import JobState, MigrationJob
+from pvebalance.shared.config import Settings, StorageBalancingSettings, load_settings
+from pvebalance.shared.jobs import DiskMoveJob, JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import ClusterSnapshot, Plan
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
+from pvebalance.shared.scenario import load_scenario
 
 OPS_TOKEN = "ops-token-0123456789abcdef"
 VIEWER_TOKEN = "viewer-token-0123456789ab"
@@ -68,6 +70,25 @@ def make_world(redis: Redis, state: PlanState = PlanState.RECOMMENDED) -> World:
     store.create(job)
     store.transition(job, JobState.RUNNING, "migrating", upid="UPID:pve1:0001:")
     store.transition(job, JobState.SUCCEEDED, f"{m.name} is on {m.target}", duration_s=3.5)
+    return world
+
+
+def make_storage_world(redis: Redis, state: PlanState = PlanState.RECOMMENDED) -> World:
+    """storage-3 (three NFS storages at 90 / 51 / 24 %) with storage balancing on: a plan of one migration
+    (a band of 1 pp) and then nine disk moves; the first disk move's job succeeded (`job_id`)."""
+    snapshot = load_scenario("storage-3").snapshot
+    plan = plan_cluster(snapshot, Policy(balanciness=1, max_migrations=3, exact_seconds=0),
+                        StorageBalancingSettings(enable=True))
+    assert [a.kind for a in plan.actions] == ["migrate"] + ["move-disk"] * 9, "the world this helper promises"
+    d = plan.disk_moves[0]
+    job = DiskMoveJob.of(plan.plan_id, d, 1, load_settings(None))
+    world = World(redis, snapshot, plan, job.job_id)
+    world.save_snapshot()
+    PlanStore(redis).save(plan, PlanStatus(plan_id=plan.plan_id, state=state))
+    store = JobStore(redis)
+    store.create(job)
+    store.transition(job, JobState.RUNNING, "moving", upid="UPID:pve3:0001:")
+    store.transition(job, JobState.SUCCEEDED, f"{d.disk} of {d.vmid} is on {d.target}", duration_s=42.0)
     return world
 
 

@@ -60,9 +60,9 @@ class Facts:
     notes: list[str] = field(default_factory=list)
 
 
-def _stores(snapshot: ClusterSnapshot) -> dict[str, Store]:
-    """The shared storages with a capacity; a storage's figures are the same from every node, so the
-    largest reading is kept (a node that reads it inactive reports 0)."""
+def shared_stores(snapshot: ClusterSnapshot) -> dict[str, Store]:
+    """The shared storages, each once; a storage's figures are the same from every node, so the largest
+    reading is kept (a node that reads it inactive reports 0). The API shows storages as this counts them."""
     out: dict[str, Store] = {}
     for s in sorted(snapshot.storages, key=lambda s: (s.storage, s.node)):
         if not s.shared:
@@ -146,7 +146,7 @@ def _disk_stay(g: GuestState, d: GuestDisk, stores: dict[str, Store], group: lis
 def read_facts(snapshot: ClusterSnapshot, settings: StorageBalancingSettings, ignore: Collection[int],
                in_flight: Sequence[DiskMove], migrated: Collection[int] = ()) -> Facts:
     """`migrated`: guests the same plan migrates (a disk move runs on the guest's node: theirs stay)."""
-    facts = Facts(stores=_stores(snapshot))
+    facts = Facts(stores=shared_stores(snapshot))
     facts.groups = _groups(settings, facts.stores, snapshot, facts.notes)
     group_of = {sid: group for group in facts.groups for sid in group}
     moving = {(m.vmid, m.disk) for m in in_flight}

@@ -3,7 +3,8 @@
 Worker-side metrics go through Redis, and not through prometheus-client's multiprocess mode: the
 migrator already writes every job state change, with the run's duration, to the job's hash and the
 `pvebalance:events` stream in the same compare-and-set that settles the job (shared/jobstore.py).
-The API folds that stream into the migration counters and the duration histogram. So a count can
+The API folds that stream into each kind's job counters and duration histogram (metrics_jobs.py:
+migrations, disk moves). So a count can
 never disagree with the jobs in Redis (a work-horse killed between a state change and a metrics
 write cannot lose an observation: there is no second write), nothing is lost when rq forks a
 work-horse per job and it exits, and workers on other hosts or in other containers need no shared
@@ -11,19 +12,19 @@ directory (multiprocess mode needs one on one host, and its files of dead proces
 Gauges (usage, slots, queue length, requests) are read from their own keys at each scrape.
 
 Labels follow prometheus-pve-exporter's: `node`, and `id="qemu/100"` for a guest, so that PromQL can
-join with `pve_guest_info`. Usage is a ratio (0..1) of what a node offers guests, as the engine
-counts it (its size less `balancing.node_resource_reserve`).
+join with `pve_guest_info`; a shared storage is `storage` (its id, once for the cluster). Usage is a
+ratio (0..1) of what a node offers guests, as the engine counts it (its size less
+`balancing.node_resource_reserve`); a storage's use is in bytes, used and size.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from redis.exceptions import RedisError
 from rq import Queue, Worker
@@ -31,60 +32,19 @@ from rq import Queue, Worker
 from pvebalance.engine import Policy
 from pvebalance.shared import keys
 from pvebalance.shared.heartbeat import alive
-from pvebalance.shared.jobs import JobState, JobStatusEvent
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import Plan
 from pvebalance.shared.plans import PlanState
-from pvebalance.shared.retention import Retention
 
 from .context import ApiContext
 from .health import planner_count
+from .metrics_jobs import JobEventFold, job_families
 from .usage import RESOURCES, spreads_now, usage_percent
 from .views import LIVE_PLAN_STATES, guest_id
 
 log = get_logger("pvebalance.api.metrics")
 
-DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
 SERVICES = ("collector", "planner", "api")
-
-
-class JobEventFold:
-    """The job event stream folded into each job's latest state, the jobs ended by final state and the
-    run durations; read incrementally (from the start of the retained stream on the first scrape)."""
-
-    def __init__(self) -> None:
-        self.cursor = "0-0"
-        self.keep = Retention().events  # update() reads the settings'
-        self.latest: OrderedDict[str, JobState] = OrderedDict()
-        self.finished: Counter[str] = Counter()
-        self.buckets: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
-        self.lock = threading.Lock()
-
-    def add(self, entry_id: str, event: JobStatusEvent) -> None:
-        self.cursor = entry_id
-        self.latest[event.job_id] = event.state
-        self.latest.move_to_end(event.job_id)
-        if event.state.terminal:
-            self.finished[event.state.value] += 1
-            if event.duration_s is not None:
-                counts = self.buckets.setdefault(event.state.value, [0] * len(DURATION_BUCKETS))
-                for i, bound in enumerate(DURATION_BUCKETS):
-                    if event.duration_s <= bound:
-                        counts[i] += 1
-                self.sums[event.state.value] = self.sums.get(event.state.value, 0.0) + event.duration_s
-        while len(self.latest) > self.keep:  # jobs long gone from the stream
-            self.latest.popitem(last=False)
-
-    def update(self, context: ApiContext) -> None:
-        self.keep = context.settings.retention.events
-        with self.lock:
-            while True:
-                batch = context.read.jobs.events(self.cursor, count=1000)
-                for entry_id, event in batch:
-                    self.add(entry_id, event)
-                if len(batch) < 1000:
-                    return
 
 
 class PlanFold:
@@ -145,7 +105,7 @@ class PvebalanceCollector(Collector):
         context, settings = self.context, self.context.settings
         yield from self._cluster()
         yield from self._plan()
-        yield from self._migrations()
+        yield from job_families(context, self.jobs)
 
         slots = _gauge("pvebalance_migration_slots_in_use", "migration slots held, by scope", ["scope", "node"])
         now = time.time()
@@ -159,12 +119,18 @@ class PvebalanceCollector(Collector):
                         "source and target)", ["scope"])
         m = settings.migrator
         for scope, limit in (("cluster", m.max_parallel_cluster), ("source", m.max_parallel_per_source),
-                             ("target", m.max_parallel_per_target)):
+                             ("target", m.max_parallel_per_target),
+                             ("storage", settings.storage_balancing.max_parallel_per_storage)):
             limits.add_metric([scope], limit)
         yield limits
+        storage_slots = _gauge("pvebalance_disk_move_slots_in_use", "disk moves onto or off the storage now (each "
+                               "also holds a cluster slot)", ["storage"])
+        for sid in sorted(s.storage for s in context.read.storages(snapshot)) if snapshot else []:
+            storage_slots.add_metric([sid], context.redis.zcount(keys.slots_storage(sid), now, "+inf"))
+        yield storage_slots
 
         queue = Queue(keys.MIGRATION_QUEUE, connection=context.redis)
-        length = _gauge("pvebalance_queue_length", "migration jobs waiting in rq's queue for a worker")
+        length = _gauge("pvebalance_queue_length", "jobs (migrations, disk moves) waiting in rq's queue for a worker")
         length.add_metric([], queue.count)
         yield length
         workers = _gauge("pvebalance_workers", "migrator workers registered with rq")
@@ -242,6 +208,14 @@ class PvebalanceCollector(Collector):
             drained.add_metric([each.name], 1 if each.name in held else 0)
         yield guests
         yield drained
+        used = _gauge("pvebalance_storage_used_bytes", "bytes used on the shared storage, as the latest snapshot "
+                      "has it", ["storage"])
+        size = _gauge("pvebalance_storage_size_bytes", "the shared storage's capacity, bytes", ["storage"])
+        for store in context.read.storages(snapshot):
+            used.add_metric([store.storage], store.used)
+            size.add_metric([store.storage], store.total)
+        yield used
+        yield size
 
     def _plan(self) -> Iterator[Metric]:
         context = self.context
@@ -264,47 +238,15 @@ class PvebalanceCollector(Collector):
         yield created
         moves = _gauge("pvebalance_plan_move", "1 per guest the current plan moves (a live plan only)",
                        ["id", "node", "target", "reason"])
+        disks = _gauge("pvebalance_plan_disk_move_bytes", "bytes of each disk the current plan moves to another "
+                       "storage (a live plan only)", ["id", "node", "disk", "storage", "target"])
         if status is not None and status.state in LIVE_PLAN_STATES:
             for m in plan.migrations:
                 moves.add_metric([guest_id(m.type, m.vmid), m.source, m.target, m.reason.value], 1)
+            for d in plan.disk_moves:
+                disks.add_metric([guest_id(d.guest_type, d.vmid), d.node, d.disk, d.source, d.target], d.size)
         yield moves
-
-    def _migrations(self) -> Iterator[Metric]:
-        context = self.context
-        self.jobs.update(context)
-        with self.jobs.lock:
-            by_state = Counter(s.value for s in self.jobs.latest.values())
-            finished = dict(self.jobs.finished)
-            buckets = {k: list(v) for k, v in self.jobs.buckets.items()}
-            sums = dict(self.jobs.sums)
-        current = _gauge("pvebalance_migrations", "migration jobs by their current state (jobs in the retained "
-                         "event stream)", ["state"])
-        for s in JobState:
-            current.add_metric([s.value], by_state.get(s.value, 0))
-        yield current
-        ended = CounterMetricFamily("pvebalance_migrations_finished", "migration jobs ended, by final state",
-                                    labels=["state"])
-        for s in JobState:
-            if s.terminal:
-                ended.add_metric([s.value], finished.get(s.value, 0))
-        yield ended
-        histogram = HistogramMetricFamily("pvebalance_migration_duration_seconds",
-                                          "a migration job's run, slot wait to end, by final state", labels=["state"])
-        for state, counts in sorted(buckets.items()):
-            pairs: list[tuple[str, Any]] = [(_bound(b), c) for b, c in zip(DURATION_BUCKETS, counts, strict=True)]
-            histogram.add_metric([state], pairs, sums.get(state, 0.0))
-        yield histogram
-        active = _gauge("pvebalance_migration_active", "1 per guest with a migration job not yet ended",
-                        ["id", "node", "target", "state"])
-        for job_id in sorted(context.read.jobs.active_jobs()):
-            view = context.read.job_view(job_id)
-            if view is not None and view.state is not None:
-                active.add_metric([view.id, view.source, view.target, view.state.value], 1)
-        yield active
-
-
-def _bound(value: float) -> str:
-    return "+Inf" if value == float("inf") else repr(value)
+        yield disks
 
 
 def build_registry(context: ApiContext) -> CollectorRegistry:

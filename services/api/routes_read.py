@@ -35,7 +35,8 @@ def ctx(request: Request) -> ApiContext:
 
 @router.get("/cluster", response_model=ClusterView, responses={**NEEDS_TOKEN, 503: {"description": "no snapshot yet"}})
 def cluster(request: Request, _: Reader) -> ClusterView:
-    """Nodes with their usage per resource now and after the current plan, guests, and the snapshot's age."""
+    """Nodes with their usage per resource now and after the current plan, guests, shared storages' use, and the
+    snapshot's age."""
     read = ctx(request).read
     snapshot = read.snapshot()
     if snapshot is None:
@@ -53,6 +54,7 @@ class PlanSummary(BaseModel):
     outcome: PlanOutcome
     outcome_reason: str
     migrations: int
+    disk_moves: int = Field(0, description="its move-disk actions (storage balancing)")
     spread_before_pp: float
     spread_after_pp: float
 
@@ -63,14 +65,15 @@ def plans(request: Request, _: Reader,
     """Recent plans, newest first, each with its state and outcome (the whole plan: /plans/{plan_id})."""
     return [PlanSummary(plan_id=p.plan_id, created_at=p.created_at, state=s.state if s else None,
                         reason=s.reason if s else "", outcome=p.outcome, outcome_reason=p.outcome_reason,
-                        migrations=len(p.migrations), spread_before_pp=p.before.spread_pp,
+                        migrations=len(p.migrations), disk_moves=len(p.disk_moves), spread_before_pp=p.before.spread_pp,
                         spread_after_pp=p.after.spread_pp)
             for p, s in ctx(request).read.plans.recent(limit)]
 
 
 @router.get("/plans/latest", response_model=PlanView, responses={**NEEDS_TOKEN, **NOT_FOUND})
 def latest_plan(request: Request, _: Reader) -> PlanView:
-    """The newest plan: its moves with reasons and each move's job state, before/after per node, its state."""
+    """The newest plan: its actions (migrations, disk moves) with reasons and each one's job state, before/after
+    per node (and per storage, with storage balancing on), its state."""
     read = ctx(request).read
     plan = read.plans.latest()
     if plan is None:
@@ -101,7 +104,7 @@ def jobs(request: Request, _: Reader,
          plan_id: Annotated[str | None, Query(description="only the jobs of this plan")] = None,
          vmid: Annotated[int | None, Query(ge=0, description="only the jobs of this guest")] = None,
          limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[JobView]:
-    """Migration jobs, newest first: active ones and those in the retained event stream."""
+    """Jobs (migrations, disk moves), newest first: active ones and those in the retained event stream."""
     read = ctx(request).read
     found: list[JobView] = []
     for job_id in read.listed_jobs(plan_id):

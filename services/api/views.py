@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 from redis import Redis
 
 from pvebalance.engine import Policy
+from pvebalance.engine.storage_facts import shared_stores
 from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
-from pvebalance.shared.jobs import JobState, JobStatusEvent, job_ids, migrations_with_jobs
+from pvebalance.shared.jobs import (
+    DiskMoveJob,
+    JobState,
+    JobStatusEvent,
+    actions_with_jobs,
+    job_ids,
+    migrations_with_jobs,
+)
 from pvebalance.shared.jobstore import JobStore
-from pvebalance.shared.models import ClusterSnapshot, GuestType, Migration, MigrationReason, Plan
+from pvebalance.shared.models import ClusterSnapshot, DiskMove, GuestType, Migration, MigrationReason, Plan
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.policy_now import policy_now
 from pvebalance.shared.retention import Retention
@@ -68,6 +76,18 @@ class GuestView(BaseModel):
     hastate: str | None = None
 
 
+class StorageView(BaseModel):
+    """A shared storage, once (the snapshot has one entry per node; the largest reading is kept, as storage
+    balancing counts it: pvebalance/engine/storage_facts.py)."""
+
+    storage: str
+    used: int = Field(description="bytes used, as the latest snapshot has it")
+    total: int = Field(description="bytes of capacity (0: none reported)")
+    percent: float | None = Field(description="used of total, percent (None: no capacity reported)")
+    content: list[str] = Field(description="what it holds: images, rootdir, iso, backup, ...")
+    nodes: list[str] = Field(description="the nodes it is available on now")
+
+
 class ClusterView(BaseModel):
     snapshot_id: str
     taken_at: datetime
@@ -91,36 +111,59 @@ class ClusterView(BaseModel):
     mode_from: str = Field("config", description="planner: as the running planner reports it; config: no planner seen")
     nodes: list[NodeView]
     guests: list[GuestView]
+    storages: list[StorageView] = Field(default_factory=list, description="each shared storage's use, by id")
 
 
 class MoveView(Migration):
+    """A migration of the plan with its job."""
+
     id: str
     job_id: str
     job_state: JobState | None = Field(None, description="None: not enqueued (plan not approved, or not yet)")
     job_message: str = ""
 
 
+class DiskMoveView(DiskMove):
+    """A disk move of the plan with its job: `source` and `target` are storage ids, `node` the guest's node."""
+
+    id: str = Field(description="qemu/VMID or lxc/VMID, as prometheus-pve-exporter labels guests")
+    size_gib: float = Field(description="its size, GiB (what the move copies)")
+    job_id: str
+    job_state: JobState | None = Field(None, description="None: not enqueued (plan not approved, or not yet)")
+    job_message: str = ""
+
+
+ActionView = Annotated[MoveView | DiskMoveView, Field(discriminator="kind")]
+
+
 class PlanView(BaseModel):
-    plan: Plan
+    plan: Plan = Field(description="the plan as stored: its actions, migrations, before/after per node and, with "
+                       "storage balancing on, `storage` (each balanced storage's use before and after, the groups' "
+                       "spreads, why disks stay)")
     status: PlanStatus | None = Field(None, description="its state: recommended, approved, running, done, ...")
-    moves: list[MoveView]
+    moves: list[MoveView] = Field(description="its migrations with their jobs, in order")
+    actions: list[ActionView] = Field(default_factory=list, description="every action with its job, in the plan's "
+                                      "order (kind: migrate, move-disk)")
 
 
 class JobView(BaseModel):
     job_id: str
     plan_id: str
+    action: str = Field("migrate", description="migrate (source and target are nodes) or move-disk (storages)")
     id: str
     vmid: int
     name: str
     type: GuestType
     source: str
     target: str
+    disk: str | None = Field(None, description="a disk move's disk (scsi0, rootfs, ...)")
+    node: str | None = Field(None, description="the node a disk move runs on (the guest's)")
     reason: MigrationReason
     state: JobState | None
     message: str = ""
     upid: str | None = None
     duration_s: float | None = None
-    started_at: datetime | None = Field(None, description="when it started migrating (its running event)")
+    started_at: datetime | None = Field(None, description="when it started (its running event)")
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -168,6 +211,12 @@ class ReadSide:
         return [m for m, job_id in migrations_with_jobs(plan) if (status.vmids is None or m.vmid in status.vmids)
                 and self.jobs.state(job_id) not in FAILED_OR_SKIPPED]
 
+    def storages(self, snapshot: ClusterSnapshot) -> list[StorageView]:
+        return [StorageView(storage=s.id, used=s.used, total=s.total,
+                            percent=round(100.0 * s.used / s.total, 2) if s.total > 0 else None,
+                            content=sorted(s.content), nodes=sorted(s.nodes))
+                for s in sorted(shared_stores(snapshot).values(), key=lambda s: s.id)]
+
     def cluster(self, snapshot: ClusterSnapshot) -> ClusterView:
         plan = self.plans.latest()
         status = self.plans.status(plan.plan_id) if plan else None
@@ -197,7 +246,7 @@ class ReadSide:
                            resources=list(RESOURCES), bands={d: policy.band(d) for d in policy.dimensions},
                            spreads=spreads, plan_id=plan.plan_id if plan else None,
                            paused=self._json(keys.PAUSED), kept=self.retention.kept(), nodes=nodes, guests=guests,
-                           **self.operation())
+                           storages=self.storages(snapshot), **self.operation())
 
     def operation(self) -> dict[str, Any]:
         """The mode of operation the running planner publishes (services/planner), else this config's."""
@@ -209,20 +258,27 @@ class ReadSide:
         return {"mode_of_operation": bal.mode_of_operation, "balancing_enabled": bal.enable, "mode_from": "config"}
 
     def plan_view(self, plan: Plan) -> PlanView:
-        moves = []
-        for m, job_id in migrations_with_jobs(plan):  # a parked guest moves twice
+        actions: list[MoveView | DiskMoveView] = []
+        for a, job_id in actions_with_jobs(plan):  # a parked guest moves twice, each with its own job
             record = self.jobs.load(job_id)
-            moves.append(MoveView(**m.model_dump(), id=guest_id(m.type, m.vmid), job_id=job_id,
-                                  job_state=record.state, job_message=record.message))
-        return PlanView(plan=plan, status=self.plans.status(plan.plan_id), moves=moves)
+            job = {"job_id": job_id, "job_state": record.state, "job_message": record.message}
+            if isinstance(a, Migration):
+                actions.append(MoveView(**a.model_dump(), id=guest_id(a.type, a.vmid), **job))
+            else:
+                actions.append(DiskMoveView(**a.model_dump(), id=guest_id(a.guest_type, a.vmid),
+                                            size_gib=round(a.gib, 2), **job))
+        moves = [a for a in actions if isinstance(a, MoveView)]
+        return PlanView(plan=plan, status=self.plans.status(plan.plan_id), moves=moves, actions=actions)
 
     def job_view(self, job_id: str) -> JobView | None:
         record = self.jobs.load(job_id)
         job = record.job
         if job is None:
             return None
-        return JobView(job_id=job.job_id, plan_id=job.plan_id, id=guest_id(job.guest_type, job.vmid), vmid=job.vmid,
-                       name=job.name, type=job.guest_type, source=job.source, target=job.target, reason=job.reason,
+        disk = (job.disk, job.node) if isinstance(job, DiskMoveJob) else (None, None)
+        return JobView(job_id=job.job_id, plan_id=job.plan_id, action=job.action, id=guest_id(job.guest_type, job.vmid),
+                       vmid=job.vmid, name=job.name, type=job.guest_type, source=job.source, target=job.target,
+                       disk=disk[0], node=disk[1], reason=job.reason,
                        state=record.state, message=record.message, upid=record.upid, duration_s=record.duration_s,
                        started_at=_when(record.at(JobState.RUNNING)), created_at=_when(record.created_at),
                        updated_at=_when(record.updated_at))

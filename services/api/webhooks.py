@@ -139,7 +139,7 @@ class Notifier:
         cursor = redis.hget(keys.NOTIFIER_CURSOR, "events")
         after = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
         for entry_id, event in read.jobs.events(after, count=1000):
-            if event.state == JobState.FAILED:
+            if event.state == JobState.FAILED:  # a job of any kind: its `action` says which (migrate, move-disk)
                 self._notify("migration_failed", event.model_dump(mode="json"))
             after = entry_id
         redis.hset(keys.NOTIFIER_CURSOR, "events", after)
@@ -148,10 +148,11 @@ class Notifier:
         for raw_id, score in redis.zrangebyscore(keys.PLAN_INDEX, f"({since}", "+inf", withscores=True):
             plan = read.plans.plan(raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id))
             # A plan with nothing to do is made on every snapshot of a balanced cluster: not news.
-            if plan is not None and (plan.migrations or plan.outcome in ("partial", "infeasible")):
+            if plan is not None and (plan.actions or plan.outcome in ("partial", "infeasible")):
                 self._notify("plan_made", {"plan_id": plan.plan_id, "outcome": plan.outcome,
                                            "outcome_reason": plan.outcome_reason,
                                            "migrations": len(plan.migrations),
+                                           "disk_moves": len(plan.disk_moves),
                                            "spread_before_pp": plan.before.spread_pp,
                                            "spread_after_pp": plan.after.spread_pp})
             since = max(since, float(score))

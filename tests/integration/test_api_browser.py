@@ -2,7 +2,9 @@
 against `pvebalance api` serving a simulated cluster with the services running: the page asks for a
 token (and says when one is refused), shows the nodes and the mode, asks before it drains a node,
 and shows the jobs finishing, the node empty, the plan's notes and the request history; in manual
-mode it rejects a plan with a reason and draws each node's usage over the last hours.
+mode it rejects a plan with a reason and draws each node's usage over the last hours; on storage-3 with
+storage balancing on it shows each shared storage's use and the plan's disk moves, and once approved the
+jobs succeed and the storages show within the band.
 Screenshots are kept in build/artefacts/ (api-page.png, api-confirm.png: docs/ shows copies)."""
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pvebalance.shared.jobstore import JobStore
 from tests.api_helpers import OPS_TOKEN
 from tests.api_live import LiveCluster, start_live, wait_for
 from tests.helpers import REPO, SimFactory
+from tests.unit.test_simulator import raw_api
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +186,78 @@ def test_page_rejects_a_recommended_plan_with_a_reason_and_draws_each_nodes_usag
     expect(rejected).to_contain_text(plan_id)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTEFACTS / "api-rejected.png"), full_page=True)
+
+
+@pytest.fixture
+def storage(start_simulator: SimFactory, real_redis: Redis, redis_url: str, tmp_path: Path) -> Iterator[LiveCluster]:
+    # storage-3: three NFS storages at 90 / 51 / 24 %, nodes already balanced (the plan only moves disks)
+    sim = start_simulator("storage-3", time_scale=0.002, figure_lag=0, host_variation=0)
+    cluster = start_live(sim, real_redis, redis_url, tmp_path, workers=2, storage_balancing={"enable": True})
+    yield cluster
+    cluster.close()
+
+
+def storage_percent(live: LiveCluster) -> dict[str, float]:
+    """Each NFS storage's use as the simulator's own API reports it (the test's reading, not the API's)."""
+    entries = raw_api(live.sim).cluster.resources.get(type="storage")
+    return {e["storage"]: 100.0 * int(e["disk"]) / int(e["maxdisk"]) for e in entries if e["storage"].startswith("nfs")}
+
+
+def test_page_shows_each_storages_use_the_plans_disk_moves_and_after_approval_the_storages_within_the_band(
+        page: Page, storage: LiveCluster) -> None:
+    live = storage
+    before = storage_percent(live)
+    page.goto(live.url + "/")
+    page.fill("#token-input", OPS_TOKEN)
+    page.click("#token-form button")
+
+    # each shared storage once, with its use now; the local (per node) storage is not among them
+    cards = page.locator(".storage")
+    expect(cards).to_have_count(3)
+    for sid, percent in before.items():
+        expect(page.locator(f'.storage[data-storage="{sid}"] .percent')).to_have_text(f"{percent:.1f}%")
+    expect(page.locator('.storage[data-storage="local-lvm"]')).to_have_count(0)
+
+    # the recommended plan: its disk moves in order, with names and storages as the API gives them
+    expect(page.locator("#approve")).to_be_visible(timeout=30_000)
+    plan_id = page.locator("#plan-line").inner_text().split(" · ")[0]
+    view = live.get(f"/api/v1/plans/{plan_id}").json()
+    moves = [a for a in view["actions"] if a["kind"] == "move-disk"]
+    assert moves and view["plan"]["storage"] is not None
+    expect(page.locator('#moves tbody tr[data-kind="move-disk"]')).to_have_count(len(moves))
+    for a in moves:
+        row = page.locator(f'#moves tbody tr[data-job="{a["job_id"]}"]')
+        expect(row.locator("td.what")).to_have_text(f"disk {a['disk']}")
+        expect(row).to_contain_text(f"{a['name']} ({a['id']})")
+        expect(row).to_contain_text(a["source"])
+        expect(row).to_contain_text(a["target"])
+        expect(row).to_contain_text(f"batch {a['batch']}")
+    expect(page.locator("#plan-line")).to_contain_text(f"{len(moves)} disk moves")
+    figures = view["plan"]["storage"]
+    for sid, used in figures["before"].items():
+        expect(page.locator(f'.storage[data-storage="{sid}"] .plan-figures')).to_have_text(
+            f"{plan_id}: {used['percent']:.1f}% → {figures['after'][sid]['percent']:.1f}%")
+    [group] = figures["groups"]
+    expect(page.locator("#storage-line")).to_contain_text(
+        f"nfs-a/nfs-b/nfs-c spread {group['spread_before_pp']:.1f} → {group['spread_after_pp']:.1f} pp")
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / "api-storage-plan.png"), full_page=True)
+
+    # approved: the dialog names the disk moves; the jobs end succeeded and the storages end within the band
+    page.click("#approve")
+    expect(page.locator("#confirm-text")).to_contain_text(f"{len(moves)} disks move to other storages")
+    first = moves[0]
+    expect(page.locator("#confirm-text")).to_contain_text(
+        f"{first['vmid']} {first['disk']} {first['source']} → {first['target']}")
+    page.click("#confirm-yes")
+    expect(page.locator("#message")).to_contain_text(f"approve {plan_id}: done", timeout=30_000)
+    for a in moves:
+        job = page.locator(f'#jobs tbody tr[data-job="{a["job_id"]}"]')
+        expect(job.locator("td.state-succeeded")).to_be_visible(timeout=180_000)
+        expect(job).to_contain_text(f"{a['vmid']} {a['disk']}")
+    after = storage_percent(live)
+    assert max(after.values()) - min(after.values()) <= 10, after
+    for sid, percent in after.items():  # the page follows the collector's next snapshots
+        expect(page.locator(f'.storage[data-storage="{sid}"] .percent')).to_have_text(f"{percent:.1f}%",
+                                                                                        timeout=30_000)
+    page.screenshot(path=str(ARTEFACTS / "api-storage.png"), full_page=True)

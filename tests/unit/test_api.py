@@ -309,9 +309,10 @@ def test_openapi_document_and_docs_page_are_served_without_a_cdn(setup: tuple[Te
 def test_web_page_and_its_script_are_served_and_load_nothing_from_outside(setup: tuple[TestClient, World]) -> None:
     client, _ = setup
     page = client.get("/").text
-    script = client.get("/static/app.js").text
-    assert 'src="/static/app.js"' in page and client.get("/static/app.css").status_code == 200
-    for text in (page, script):
+    scripts = [client.get(f"/static/{name}").text for name in ("storage.js", "app.js")]
+    assert 'src="/static/storage.js"' in page and 'src="/static/app.js"' in page
+    assert client.get("/static/app.css").status_code == 200 and all(scripts)
+    for text in (page, *scripts):
         assert "http://" not in text and "https://" not in text
 
 

@@ -11,12 +11,13 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pvebalance.shared import keys
+from pvebalance.shared.config import load_settings
 from pvebalance.shared.heartbeat import beat
-from pvebalance.shared.jobs import JobState, MigrationJob
+from pvebalance.shared.jobs import DiskMoveJob, JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.plans import PlanState, PlanStore
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
-from tests.api_helpers import OPS, fake_app, make_world, settings_with_tokens
+from tests.api_helpers import OPS, fake_app, make_storage_world, make_world, settings_with_tokens
 from tests.helpers import REPO
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -156,3 +157,59 @@ def test_alert_rules_file_is_valid_prometheus_rules_yaml(tmp_path: Path) -> None
             assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}
             assert rule["labels"]["severity"] in ("warning", "critical")
             assert rule["annotations"]["summary"]
+
+
+def test_storage_use_and_disk_moves_are_exported_by_storage_and_guest_apart_from_migrations() -> None:
+    app, redis = fake_app(settings_with_tokens())
+    world = make_storage_world(redis, PlanState.RUNNING)
+    waiting = world.plan.disk_moves[1]
+    job = DiskMoveJob.of(world.plan.plan_id, waiting, 1, load_settings(None))
+    JobStore(redis).create(job)
+    for scope in job.slot_scopes():
+        redis.zadd(scope, {job.job_id: float("inf")})
+    with TestClient(app) as client:
+        samples = scrape(client)
+    shared = {s.storage: s for s in world.snapshot.storages if s.shared}
+    assert {dict(labels)["storage"] for name, labels in samples if name == "pvebalance_storage_used_bytes"} == set(
+        shared) == {"nfs-a", "nfs-b", "nfs-c"}
+    for sid, s in shared.items():
+        assert value(samples, "pvebalance_storage_used_bytes", storage=sid) == s.disk
+        assert value(samples, "pvebalance_storage_size_bytes", storage=sid) == s.maxdisk
+    # the succeeded disk move and the queued one count as disk moves, not as migrations
+    assert value(samples, "pvebalance_disk_moves", state="succeeded") == 1
+    assert value(samples, "pvebalance_disk_moves", state="queued") == 1
+    assert value(samples, "pvebalance_migrations", state="succeeded") == value(
+        samples, "pvebalance_migrations", state="queued") == 0
+    assert value(samples, "pvebalance_disk_moves_finished_total", state="succeeded") == 1
+    assert value(samples, "pvebalance_migrations_finished_total", state="succeeded") == 0
+    assert value(samples, "pvebalance_disk_move_duration_seconds_count", state="succeeded") == 1
+    assert value(samples, "pvebalance_disk_move_duration_seconds_sum", state="succeeded") == 42.0
+    assert ("pvebalance_migration_duration_seconds_count", (("state", "succeeded"),)) not in samples
+    assert value(samples, "pvebalance_disk_move_active", id=f"qemu/{waiting.vmid}", node=waiting.node,
+                 disk=waiting.disk, storage=waiting.source, target=waiting.target, state="queued") == 1
+    assert not [k for k in samples if k[0] == "pvebalance_migration_active"]
+    for d in world.plan.disk_moves:
+        assert value(samples, "pvebalance_plan_disk_move_bytes", id=f"{d.guest_type.value}/{d.vmid}", node=d.node,
+                     disk=d.disk,
+                     storage=d.source, target=d.target) == d.size
+    assert {d.guest_type.value for d in world.plan.disk_moves} == {"qemu", "lxc"}  # a container's id is lxc/VMID
+    [m] = world.plan.migrations
+    assert value(samples, "pvebalance_plan_move", id=f"qemu/{m.vmid}", node=m.source, target=m.target,
+                 reason=m.reason.value) == 1
+    assert value(samples, "pvebalance_disk_move_slots_in_use", storage=waiting.source) == 1
+    assert value(samples, "pvebalance_disk_move_slots_in_use", storage=waiting.target) == 1
+    idle = ({"nfs-a", "nfs-b", "nfs-c"} - {waiting.source, waiting.target}).pop()
+    assert value(samples, "pvebalance_disk_move_slots_in_use", storage=idle) == 0
+    assert value(samples, "pvebalance_migration_slots_in_use", scope="cluster", node="") == 1  # every job holds one
+    assert value(samples, "pvebalance_migration_slots_limit", scope="storage") == 1
+
+
+def test_disk_moves_of_a_plan_no_longer_live_are_not_exported_as_planned() -> None:
+    app, redis = fake_app(settings_with_tokens())
+    world = make_storage_world(redis, PlanState.REJECTED)
+    with TestClient(app) as client:
+        samples = scrape(client)
+    assert not [k for k in samples if k[0] in ("pvebalance_plan_disk_move_bytes", "pvebalance_plan_move")]
+    assert value(samples, "pvebalance_disk_moves_finished_total", state="succeeded") == 1
+    assert value(samples, "pvebalance_storage_used_bytes", storage="nfs-a") == next(
+        s.disk for s in world.snapshot.storages if s.storage == "nfs-a")

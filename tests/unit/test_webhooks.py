@@ -13,12 +13,12 @@ import pytest
 
 from pvebalance.services.api.context import ApiContext
 from pvebalance.services.api.webhooks import Notifier, Sender
-from pvebalance.shared.config import Webhook
-from pvebalance.shared.jobs import JobState, MigrationJob
+from pvebalance.shared.config import Webhook, load_settings
+from pvebalance.shared.jobs import DiskMoveJob, JobState, MigrationJob
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
-from tests.api_helpers import all_on_one, make_world, settings_with_tokens
+from tests.api_helpers import all_on_one, make_storage_world, make_world, settings_with_tokens
 from tests.receiver import Receiver
 
 
@@ -175,6 +175,28 @@ def test_a_balanced_plan_is_not_news_but_an_infeasible_one_is(running: Callable[
         time.sleep(0.1)
     assert [(r["data"]["plan_id"], r["data"]["outcome_reason"]) for r in receiver.received] == [
         ("plan-infeasible", "no safe move helps")]
+
+
+def test_a_plan_of_disk_moves_only_is_news_and_a_failed_disk_move_says_its_kind(
+        running: Callable[..., Any]) -> None:
+    with Receiver() as receiver:
+        notifier, redis = running(receiver.url)
+        world = make_storage_world(redis, PlanState.RUNNING)
+        plans = PlanStore(redis)
+        disks_only = world.plan.model_copy(update={"plan_id": "plan-disks", "actions": world.plan.disk_moves})
+        plans.save(disks_only, PlanStatus(plan_id="plan-disks", state=PlanState.RECOMMENDED))
+        job = DiskMoveJob.of("plan-disks", world.plan.disk_moves[1], 1, load_settings(None))
+        JobStore(redis).create(job)
+        JobStore(redis).transition(job, JobState.FAILED, "storage migration failed", duration_s=9.0)
+        notifier.step()
+        wait_until(lambda: len(receiver.received) >= 3)
+        time.sleep(0.1)
+    made = {r["data"]["plan_id"]: r["data"] for r in receiver.received if r["event"] == "plan_made"}
+    assert (made["plan-disks"]["migrations"], made["plan-disks"]["disk_moves"]) == (0, 9)
+    assert (made[world.plan.plan_id]["migrations"], made[world.plan.plan_id]["disk_moves"]) == (1, 9)
+    [failed] = [r["data"] for r in receiver.received if r["event"] == "migration_failed"]
+    assert (failed["job_id"], failed["action"], failed["source"], failed["target"]) == (
+        job.job_id, "move-disk", job.source, job.target)
 
 
 @pytest.mark.parametrize(("hook", "message"), [

@@ -1,4 +1,5 @@
-// pvebalance's page: plain script, no build step, nothing fetched from outside this API.
+// pvebalance's page: plain script, no build step, nothing fetched from outside this API (storage.js,
+// loaded first, draws the shared storages).
 // The token is asked for when the API answers 401 and kept in sessionStorage for this tab.
 // Live jobs come from the SSE stream, read with fetch() so the token goes in a header, never a URL.
 // Every action that changes something is confirmed first in the <dialog id="confirm">.
@@ -202,6 +203,7 @@ async function refreshCluster() {
     const paused = c.paused ? ` · PAUSED${c.paused.reason ? ` (${c.paused.reason})` : ""}` : "";
     $("#cluster-line").textContent = `${c.cluster || "cluster"} · ${c.method}/${c.mode} · spread ${spreads} · snapshot ${Math.round(c.age_s)} s old${paused}`;
     $("#nodes").replaceChildren(...c.nodes.map(nodeCard));
+    renderStorages();
     $("#kept").textContent = c.kept ? `· ${c.kept}` : "";  // the retention settings, as the API says them
   } catch (e) {
     $("#cluster-line").textContent = e.message;
@@ -218,29 +220,39 @@ async function refreshPlan() {
   try { view = await api("/api/v1/plans/latest"); } catch (e) { $("#plan-line").textContent = e.message; return; }
   plan = view;
   const p = view.plan, state = view.status ? view.status.state : "unknown";
+  const actions = view.actions || view.moves;  // every action with its job: migrations and disk moves
+  const disks = actions.filter((a) => a.kind === "move-disk");
   // GiB as Migration.gib_moved counts them: memory copied live, local disks; the time over the nodes' links
   const gib = p.migrations.reduce((sum, m) => sum + ((m.online ? m.mem_bytes : 0) + m.local_disk_bytes) / 2 ** 30, 0);
+  const diskGib = disks.reduce((sum, d) => sum + d.size_gib, 0);
   // each dimension the plan balances, before and after (a plan of one: its spread_pp)
   const dims = Object.keys(p.after.dimensions || {});
   const spread = dims.length > 1
     ? dims.map((d) => `${d} ${p.before.dimensions[d].spread_pp.toFixed(1)} → ${p.after.dimensions[d].spread_pp.toFixed(1)}`).join(", ")
     : `${p.before.spread_pp.toFixed(1)} → ${p.after.spread_pp.toFixed(1)}`;
   // how long it has run: from its first move's start (the jobs' running events) to now
-  const starts = view.moves.map((m) => (jobs.get(m.job_id) || {}).started).filter(Boolean).map((t) => Date.parse(t));
+  const starts = actions.map((m) => (jobs.get(m.job_id) || {}).started).filter(Boolean).map((t) => Date.parse(t));
   const running = ["running", "approved"].includes(state) && starts.length ? ` · running ${span((Date.now() - Math.min(...starts)) / 1000)}` : "";
   const expected = p.migrations.length ? ` · ${gib.toFixed(1)} GiB · expected ${span(p.expected_seconds)}` : "";
-  $("#plan-line").textContent = `${p.plan_id} · ${state}${view.status && view.status.reason ? ` (${view.status.reason})` : ""} · ${p.outcome} · spread ${spread} pp · ${plural(p.migrations.length, "move")}${expected}${running}`;
-  $("#approve").hidden = state !== "recommended" || p.migrations.length === 0;
-  $("#reject").hidden = state !== "recommended" || p.migrations.length === 0;
+  const diskMoves = disks.length ? ` · ${plural(disks.length, "disk move")} · ${diskGib.toFixed(1)} GiB` : "";
+  $("#plan-line").textContent = `${p.plan_id} · ${state}${view.status && view.status.reason ? ` (${view.status.reason})` : ""} · ${p.outcome} · spread ${spread} pp${p.migrations.length || !disks.length ? ` · ${plural(p.migrations.length, "move")}` : ""}${expected}${diskMoves}${running}`;
+  $("#approve").hidden = state !== "recommended" || actions.length === 0;
+  $("#reject").hidden = state !== "recommended" || actions.length === 0;
   $("#plan-outcome").textContent = p.outcome_reason;
   $("#plan-outcome").hidden = !p.outcome_reason;
   list("#plan-unmet", [...(p.unmet || []).map((u) => `${u.rule}: ${u.reason}${u.vmids.length ? ` (${u.vmids.join(", ")})` : ""}`), ...(p.violations || [])]);
   list("#plan-notes", p.notes || []);
-  $("#moves tbody").replaceChildren(...view.moves.map((m) => {
+  $("#moves tbody").replaceChildren(...actions.map((m) => {
     const s = (jobs.get(m.job_id) || {}).state || m.job_state || "not enqueued";
-    return el("tr", { "data-vmid": m.vmid }, el("td", {}, `${m.name} (${m.id})`), el("td", {}, m.source), el("td", {}, m.target),
-      el("td", {}, m.reason), el("td", {}, m.detail), el("td", { class: `state-${s}` }, s));
+    const disk = m.kind === "move-disk";
+    // a disk move: its disk from one storage to another, on the guest's node, in its batch
+    const what = disk ? `disk ${m.disk}` : "migrate";
+    const why = disk ? `${m.size_gib.toFixed(1)} GiB on ${m.node}, batch ${m.batch}` : m.detail;
+    return el("tr", { "data-vmid": m.vmid, "data-kind": m.kind, "data-job": m.job_id },
+      el("td", {}, `${m.name || m.vmid} (${m.id})`), el("td", { class: "what" }, what), el("td", {}, m.source), el("td", {}, m.target),
+      el("td", {}, disk ? "storage" : m.reason), el("td", { title: m.job_message || "" }, why), el("td", { class: `state-${s}` }, s));
   }));
+  renderStorages();
 }
 
 function jobTime(e) {
@@ -249,15 +261,16 @@ function jobTime(e) {
 }
 
 function cancelJob(e) {
+  const what = e.action !== "move-disk" ? `Guest ${e.vmid}` : e.disk ? `Disk ${e.disk} of guest ${e.vmid}` : `A disk of guest ${e.vmid}`;
   return confirmed(`/api/v1/jobs/${encodeURIComponent(e.job_id)}/cancel`, `cancel ${e.job_id}`, `Cancel job ${e.job_id}?`,
-    `Guest ${e.vmid} stays on ${e.source}: its move to ${e.target} is dropped before it starts. The rest of its plan goes on.`,
+    `${what} stays on ${e.source}: its move to ${e.target} is dropped before it starts. The rest of its plan goes on.`,
     "Cancel the job").then(() => loadJobs());
 }
 
 function renderJobs() {
   const rows = [...jobs.values()].sort((a, b) => (a.at < b.at ? 1 : -1)).slice(0, 100);
-  $("#jobs tbody").replaceChildren(...rows.map((e) => el("tr", { "data-job": e.job_id, "data-vmid": e.vmid },
-    el("td", {}, e.job_id), el("td", {}, String(e.vmid)), el("td", {}, e.source), el("td", {}, e.target),
+  $("#jobs tbody").replaceChildren(...rows.map((e) => el("tr", { "data-job": e.job_id, "data-vmid": e.vmid, "data-kind": e.action || "migrate" },
+    el("td", {}, e.job_id), el("td", {}, e.disk ? `${e.vmid} ${e.disk}` : String(e.vmid)), el("td", {}, e.source), el("td", {}, e.target),
     el("td", { class: `state-${e.state}` }, e.state), el("td", { class: "elapsed" }, jobTime(e)), el("td", {}, e.message || ""),
     el("td", {}, time(e.at)),
     el("td", {}, ["queued", "waiting"].includes(e.state) ? el("button", { type: "button", class: "cancel", onclick: () => cancelJob(e) }, "Cancel") : ""))));
@@ -267,9 +280,10 @@ async function loadJobs() {
   const list = await api("/api/v1/jobs?limit=100").catch(() => []);
   for (const j of list) {
     const known = jobs.get(j.job_id);
+    if (known && j.disk) known.disk = j.disk;  // a job first seen in the stream: its event names no disk
     if (!known || known.at <= (j.updated_at || j.created_at)) {
-      jobs.set(j.job_id, { job_id: j.job_id, vmid: j.vmid, source: j.source, target: j.target, state: j.state, message: j.message,
-        at: j.updated_at || j.created_at, started: j.started_at, duration_s: j.duration_s });
+      jobs.set(j.job_id, { job_id: j.job_id, vmid: j.vmid, action: j.action, disk: j.disk, source: j.source, target: j.target,
+        state: j.state, message: j.message, at: j.updated_at || j.created_at, started: j.started_at, duration_s: j.duration_s });
     }
   }
   renderJobs();
@@ -298,7 +312,8 @@ async function refreshPlans() {
   $("#plans tbody").replaceChildren(...rows.map((p) => el("tr", { "data-plan": p.plan_id },
     el("td", {}, p.plan_id), el("td", {}, new Date(p.created_at).toLocaleString()),
     el("td", {}, (p.state || "gone") + (p.reason ? ` (${p.reason})` : "")), el("td", { title: p.outcome_reason }, p.outcome),
-    el("td", {}, String(p.migrations)), el("td", {}, `${p.spread_before_pp.toFixed(1)} → ${p.spread_after_pp.toFixed(1)}`))));
+    el("td", {}, String(p.migrations) + (p.disk_moves ? ` + ${plural(p.disk_moves, "disk move")}` : "")),
+    el("td", {}, `${p.spread_before_pp.toFixed(1)} → ${p.spread_after_pp.toFixed(1)}`))));
 }
 
 async function refreshHistory() {
@@ -306,6 +321,9 @@ async function refreshHistory() {
   const doc = await api("/api/v1/usage/history").catch(() => null);
   if (doc && doc.nodes) history = doc.nodes;
 }
+
+let jobsTimer = null;
+function loadJobsSoon() { clearTimeout(jobsTimer); jobsTimer = setTimeout(loadJobs, 500); }
 
 let refreshTimer = null;
 function refreshSoon() {
@@ -342,6 +360,8 @@ async function stream() {
           const event = JSON.parse(data);
           const known = jobs.get(event.job_id) || {};
           event.started = event.state === "running" ? event.at : known.started;
+          event.disk = known.disk;  // the event names no disk: the job list's record does
+          if (event.action === "move-disk" && !event.disk) loadJobsSoon();
           jobs.set(event.job_id, event);
           renderJobs();
           refreshSoon();
@@ -359,16 +379,19 @@ $("#resume").onclick = () => confirmed("/api/v1/resume", "resume", "Resume balan
   `Migrations start again, as the mode says (${cluster ? cluster.mode_of_operation : "unknown"}).`, "Resume");
 $("#approve").onclick = () => {
   if (!plan) return;
-  const p = plan.plan;
+  const p = plan.plan, disks = p.actions.filter((a) => a.kind === "move-disk");
+  const moves = p.migrations.length ? `Its ${plural(p.migrations.length, "move")} start now: `
+    + `${p.migrations.map((m) => `${m.name} ${m.source} → ${m.target}`).join(", ")}; expected ${span(p.expected_seconds)}. ` : "";
+  const diskMoves = disks.length ? `${plural(disks.length, "disk")} move${disks.length === 1 ? "s" : ""} to other storages, batch by batch: `
+    + `${disks.map((d) => `${d.vmid} ${d.disk} ${d.source} → ${d.target}`).join(", ")}.` : "";
   return confirmed(`/api/v1/plans/${p.plan_id}/approve`, `approve ${p.plan_id}`, `Approve ${p.plan_id}?`,
-    `Its ${plural(p.migrations.length, "move")} start now: ${p.migrations.map((m) => `${m.name} ${m.source} → ${m.target}`).join(", ")}; `
-    + `expected ${span(p.expected_seconds)}.`, "Approve and run");
+    `${moves}${diskMoves}`.trim(), "Approve and run");
 };
 $("#reject").onclick = () => {
   if (!plan) return;
   const p = plan.plan;
   return confirmed(`/api/v1/plans/${p.plan_id}/reject`, `reject ${p.plan_id}`, `Reject ${p.plan_id}?`,
-    `None of its ${plural(p.migrations.length, "move")} run, and the planner does not plan them again for a while (planner.reject_hold).`, "Reject", {}, "reason");
+    `None of its ${plural(p.actions.length, "move")} run, and the planner does not plan them again for a while (planner.reject_hold).`, "Reject", {}, "reason");
 };
 
 (async () => {
