@@ -23,10 +23,10 @@ from pvebalance.shared.jobrecord import JobRecord
 from pvebalance.shared.jobs import JobState, job_ids
 from pvebalance.shared.models import Plan
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus, RequestStore
+from pvebalance.shared.words import actions_in_words
 
 from .base import ConfigOpt, UserError, app, err, settings_of
 from .render import print_plan
-from .tables import plural
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -253,7 +253,8 @@ def rebalance(
     if not yes:
         if not sys.stdin.isatty():
             raise UserError("not asking on a non-interactive input: add --yes to run the plan")
-        if not typer.confirm(f"Run {'this' if len(plan.actions) == 1 else 'these'} {actions_in_words(plan)}?"):
+        said = actions_in_words(len(plan.migrations), len(plan.disk_moves))
+        if not typer.confirm(f"Run {'this' if len(plan.actions) == 1 else 'these'} {said}?"):
             raise typer.Exit(0)
     answered(ask(redis, OperatorRequest(action=RequestAction.APPROVE, plan_id=plan.plan_id, who=who())), as_json=False)
     outcome = follow_plan(redis, plan, timeout, as_json)
@@ -291,12 +292,6 @@ def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict
             time.sleep(0.5)
     if not as_json:
         ok = sum(1 for s in ended.values() if s == "succeeded")
-        err.print(f"{ok} of {actions_in_words(plan)} succeeded", highlight=False)
+        err.print(f"{ok} of {actions_in_words(len(plan.migrations), len(plan.disk_moves))} succeeded", highlight=False)
     return ended
 
-
-def actions_in_words(plan: Plan) -> str:
-    """"3 migrations", "2 disk moves", "3 migrations and 2 disk moves"."""
-    parts = [plural(n, what) for n, what in ((len(plan.migrations), "migration"), (len(plan.disk_moves), "disk move"))
-             if n]
-    return " and ".join(parts) or "0 migrations"

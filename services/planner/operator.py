@@ -19,13 +19,14 @@ from redis.exceptions import ResponseError
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.shared import keys
 from pvebalance.shared.holds import hold_rejected
+from pvebalance.shared.jobs import actions_with_jobs
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, Plan
 from pvebalance.shared.plans import PlanState
 from pvebalance.shared.policy_now import drained_nodes, snapshot_now
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStore
 from pvebalance.shared.streams import ensure_group, group_exists
-from pvebalance.shared.words import plural
+from pvebalance.shared.words import actions_in_words, plural
 
 if TYPE_CHECKING:
     from .planner import Planner
@@ -274,10 +275,12 @@ class RequestHandler:
             return
         self.planner.plans.set_state(plan.plan_id, PlanState.APPROVED, f"approved by {request.who}",
                                      request_id=request.request_id, vmids=request.vmids)
-        enqueued = self.planner.enqueue(plan.only(lambda a: id(a) in chosen))
+        approved = plan.only(lambda a: id(a) in chosen)
+        enqueued = set(self.planner.enqueue(approved))
         self.planner.plans.set_state(plan.plan_id, PlanState.RUNNING, f"{plural(len(enqueued), 'job')} enqueued")
-        self.store.settle(request.request_id, RequestState.DONE, f"{plural(len(enqueued), 'migration')} enqueued",
-                          plan_id=plan.plan_id)
+        kinds = [a.kind for a, job_id in actions_with_jobs(approved) if job_id in enqueued]
+        said = actions_in_words(kinds.count("migrate"), kinds.count("move-disk"))
+        self.store.settle(request.request_id, RequestState.DONE, f"{said} enqueued", plan_id=plan.plan_id)
 
     def reject(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
         status = self.planner.plans.status(request.plan_id or "")
