@@ -141,8 +141,8 @@ def test_grafana_dashboard_and_alert_rules_use_only_metrics_the_api_exports() ->
     exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
     rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
     alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
-    assert set(alerts) >= {"PvebalanceMigrationFailed", "PvebalanceSnapshotTooOld", "PvebalancePlannerDown",
-                           "PvebalanceClusterUnbalanced"}
+    assert set(alerts) >= {"PvebalanceMigrationFailed", "PvebalanceDiskMoveFailed", "PvebalanceSnapshotTooOld",
+                           "PvebalancePlannerDown", "PvebalanceClusterUnbalanced"}
     used = set().union(*(used_metrics(e) for e in [*exprs, *alerts.values()]))
     assert used, "the dashboard and rules use pvebalance metrics"
     assert used <= exported, f"used but not exported: {sorted(used - exported)}"
