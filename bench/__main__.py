@@ -30,7 +30,8 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str]]
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("which", nargs="?", default="engine",
-                        choices=["engine", "collector", "proxlb", "migrator", "e2e", "redis", "soak", "all"])
+                        choices=["engine", "storage", "collector", "proxlb", "migrator", "e2e", "redis", "soak",
+                                 "all"])
     parser.add_argument("--scenarios", nargs="*", default=ALL)
     parser.add_argument("--exact-limit", type=float, default=60.0, help="seconds for each placement MILP")
     parser.add_argument("--ordered", choices=["auto", "all", "none"], default="auto",
@@ -53,6 +54,8 @@ def main() -> None:
                        lambda: _module("dimensions_bench").run(
                            _module("dimensions_bench").BUNDLED if args.scenarios == ALL else args.scenarios,
                            args.exact_limit), lambda: _module("dimensions_bench").COLUMNS),
+        "storage": ("storage balancing (balanciness 10 pp, max_usage 90 %) against the exact minimum (MILP)",
+                    lambda: _module("storage_bench").run(), lambda: _module("storage_bench").COLUMNS),
         "collector": ("collector: API requests and time per snapshot",
                       lambda: _module("collector_bench").run(), lambda: _module("collector_bench").COLUMNS),
         "proxlb": ("ProxLB 2.3.0 (dry run) beside pvebalance",

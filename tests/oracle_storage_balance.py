@@ -59,6 +59,11 @@ def _storages(api: Mapping[str, Any]) -> dict[str, _Storage]:
     return out
 
 
+def capacities(api: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """Each shared storage's (capacity, bytes used), as `judge` reads them."""
+    return {sid: (s.total, s.used) for sid, s in _storages(api).items()}
+
+
 def default_group(api: Mapping[str, Any]) -> list[str]:
     """The shared storages holding guest disks (images or rootdir), with a capacity."""
     return sorted(sid for sid, s in _storages(api).items()
@@ -154,6 +159,13 @@ def judge(api: Mapping[str, Any], moves: Iterable[Move], *, max_usage: float, pe
 def movable(api: Mapping[str, Any], groups: Sequence[Sequence[str]] | None = None) -> list[tuple[int, str, str, int]]:
     """(vmid, disk, storage, bytes) of every disk on a group's storage that may move to another
     storage of its group: for brute-force searches over small clusters."""
+    return [(vmid, disk, sid, size) for vmid, disk, sid, size, _ in movable_targets(api, groups)]
+
+
+def movable_targets(api: Mapping[str, Any], groups: Sequence[Sequence[str]] | None = None,
+                    ) -> list[tuple[int, str, str, int, tuple[str, ...]]]:
+    """(vmid, disk, storage, bytes, targets) of every disk on a group's storage that may move, with
+    the storages of its group it may move to (by the same rules `judge` holds a move to)."""
     storages = _storages(api)
     groups = [list(g) for g in groups] if groups else [default_group(api)]
     group_of = {sid: g for g in groups for sid in g}
@@ -169,6 +181,8 @@ def movable(api: Mapping[str, Any], groups: Sequence[Sequence[str]] | None = Non
             sid = volume.split(":", 1)[0]
             if sid not in group_of:
                 continue
-            if any(_why_not(api, e, config, key, storages[t], t) is None for t in group_of[sid] if t != sid):
-                out.append((int(e["vmid"]), key, sid, disk_size(options)))
+            targets = tuple(t for t in group_of[sid]
+                            if t != sid and t in storages and _why_not(api, e, config, key, storages[t], t) is None)
+            if targets:
+                out.append((int(e["vmid"]), key, sid, disk_size(options), targets))
     return out
