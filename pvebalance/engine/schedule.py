@@ -149,7 +149,7 @@ def _shares_links(moves: Sequence[Move], batch: list[int], group_of: dict[int, s
     return not any(moves[i].source in arriving for i in batch)
 
 
-SHARED_ORDER_MAX = 200  # moves in a batch whose order is chosen over the links (a play is O(moves^2))
+SHARED_ORDER_MAX = 200  # moves in a batch whose order is chosen over the links (each play of it takes longer)
 
 
 def _departures_before(moves: Sequence[Move]) -> list[list[int]]:
