@@ -1,19 +1,34 @@
 """Draining a node of 40 guests with 1, 2 and 4 parallel slots, against the lower bound.
 
 The simulator serves all-on-one with pve1 in maintenance; real rq worker processes (slots + 2 of
-them) carry the 40 moves out. Every migration leaves pve1, so every byte goes out of pve1's
-migration link (10 Gbit/s: 1 GiB a second), shared by the migrations running at once
-(pvebalance/simulator/links.py): two at once each copy at half speed, and only PVE's fixed part of each
-migration (2 s: the tunnel, the target's QEMU, the config move) overlaps with the other's copy.
+them, as a deployment runs more workers than slots) carry the 40 moves out. Every migration leaves
+pve1, so every byte goes out of pve1's migration link (10 Gbit/s: 1 GiB a second), shared by the
+migrations running at once (pvebalance/simulator/links.py): two at once each copy at half speed, and
+only PVE's fixed part of each migration (2 s: the tunnel, the target's QEMU, the config move) overlaps
+with the other's copy.
 
 Makespan: from the first migration task's start to the last one's end, as the simulator timed them
 (planning and start-up left out). Lower bound: no order of these migrations on that many slots ends
 sooner than the largest of
 - the sum of their durations alone on the links (PVE's part and the copy), divided by the slots;
 - the longest of those;
-- the busiest link's data at its full rate, plus one migration's fixed part (its copy cannot start
-  before that, nor can the last migration's switch-over happen before its copy has ended).
+- the busiest link's data at its full rate, plus one migration's fixed part: no copy starts before the
+  first migration's part before its copy (1.7 s for a live VM), and the last task ends only after its
+  copy and its switch-over (0.3 s for a live VM; every guest here is a running VM).
 With one slot the first counts; with two or more, pve1's link.
+
+With two slots the link bound is not one any order reaches: it assumes pve1's link never idles after
+the first fixed part, and half of these guests copy for less than a fixed part and the migrator's gap
+(G = 2 s + g) last. For the link never to idle, each slot's G between two copies must lie within one
+copy of the other slot, alone on the link; so a guest copying for less than G, unless it is the first
+on its slot or beside the other slot's last, must copy wholly beside a longer copy, both at half rate,
+and two such never copy at once. Then the link carries 38 G alone plus twice those short copies:
+at g = 0.25 s (the model's gap) 85.5 + 42.6 s (20 short guests, the 4 longest left out) against its
+117.1 s, so it must idle; how long is not proven here. The plan's expected time is the best order the
+schedule found over the same model. `out of queue order` counts the migrations that started before
+one queued ahead of them: the migrator's waiting workers take a free slot in no set order, and an
+order chosen for a shared link depends on its sequence. The rows with as many workers as slots show
+the same drain with the jobs started in queue order (a worker takes the next job only once it is free).
 
 Each drain runs twice: with the simulator's API latency (10 ms a request, 3 pveproxy workers per node,
 as in the demo and the tests) and without any. The durations are the simulator's own (time scale 1);
@@ -50,17 +65,19 @@ from pvebalance.simulator.links import link_rate
 from pvebalance.simulator.server import Simulator
 from pvebalance.simulator.tasks import BASE_SECONDS, migration_bytes
 
-COLUMNS = [("latency_ms", "API latency ms"), ("slots", "slots"),
+COLUMNS = [("latency_ms", "API latency ms"), ("slots", "slots"), ("workers", "workers"),
            ("guests", "guests"), ("succeeded", "jobs succeeded"), ("max_posts", "POSTs per guest"),
            ("seconds", "drain s"), ("max_concurrent", "max at once"), ("makespan", "makespan s"),
            ("alone", "durations alone / slots s"), ("link_bound", "busiest link s"),
-           ("lower_bound", "lower bound s"), ("over_bound_pct", "+% over bound"), ("expected", "plan expected s")]
+           ("lower_bound", "lower bound s"), ("over_bound_pct", "+% over bound"), ("expected", "plan expected s"),
+           ("out_of_order", "out of queue order")]
 TIME_SCALE = 1.0  # the simulator's own durations (4.9 s on average here); lower is quicker and harsher
 LATENCIES = (10.0, 0.0)  # the simulator's default (pveproxy's 3 workers per node), then none (unlimited)
+IN_QUEUE_ORDER = (2,)  # slot counts also drained with as many workers as slots (the jobs start in queue order)
 
 
 def drain(slots: int, redis_url: str, workdir: Path, time_scale: float = TIME_SCALE,
-          latency_ms: float = LATENCIES[0]) -> dict[str, Any]:
+          latency_ms: float = LATENCIES[0], workers: int | None = None) -> dict[str, Any]:
     # without latency, no pveproxy worker limit either: an instant API
     api: dict[str, Any] = {"latency_ms": latency_ms} if latency_ms else {"latency_ms": 0.0, "jitter": 0.0, "workers": 0}
     sim = Simulator(load_dump("all-on-one"), time_scale=time_scale, **api)
@@ -82,10 +99,11 @@ def drain(slots: int, redis_url: str, workdir: Path, time_scale: float = TIME_SC
     settings = load_settings(config)
     redis = connect(redis_url)
     clear_pvebalance_keys(redis)
-    workers = [subprocess.Popen([sys.executable, "-m", "pvebalance", "migrator", "-c", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(slots + 2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "pvebalance", "migrator", "-c", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(workers or slots + 2)]
     try:
-        workers_up(redis, len(workers))  # the clock starts with the first task, not the workers' start-up
+        workers_up(redis, len(procs))  # the clock starts with the first task, not the workers' start-up
         started = time.monotonic()
         plan = Planner(redis, settings).handle(Collector(ProxmoxClient(settings.proxmox_api)).snapshot())
         assert plan is not None
@@ -96,7 +114,7 @@ def drain(slots: int, redis_url: str, workdir: Path, time_scale: float = TIME_SC
         seconds = time.monotonic() - started
         succeeded = sum(1 for i in ids if store.state(i) is JobState.SUCCEEDED)
     finally:
-        stop_processes(workers)  # terminate, then kill: a worker whose Redis is gone waits for it for ever
+        stop_processes(procs)  # terminate, then kill: a worker whose Redis is gone waits for it for ever
         sim.stop()
     done = [m for m in sim.cluster.stats.migrations if m["ok"]]
     posts = sim.cluster.stats.migrate_posts
@@ -104,12 +122,23 @@ def drain(slots: int, redis_url: str, workdir: Path, time_scale: float = TIME_SC
     makespan = max(m["end"] for m in done) - min(m["start"] for m in done)
     link = link_bound(sim)
     bound = max(lower_bound(alone, slots), link)
-    return {"latency_ms": latency_ms, "slots": slots, "guests": len(done), "succeeded": f"{succeeded}/{len(ids)}",
+    return {"latency_ms": latency_ms, "slots": slots, "workers": len(procs), "guests": len(done),
+            "succeeded": f"{succeeded}/{len(ids)}",
             "max_posts": max(posts.values(), default=0), "seconds": round(seconds, 1),
             "max_concurrent": sim.cluster.stats.max_concurrent, "makespan": round(makespan, 2),
             "alone": round(sum(alone) / slots, 2), "link_bound": round(link, 2),
             "lower_bound": round(bound, 2), "over_bound_pct": round(100 * (makespan - bound) / bound, 1),
-            "expected": plan.expected_seconds}
+            "expected": plan.expected_seconds, "out_of_order": out_of_order([m.vmid for m in plan.migrations], done)}
+
+
+def out_of_order(queue: list[int], done: list[dict[str, Any]]) -> int:
+    """How many migrations started before one queued ahead of them (the queue: the plan's vmids in order)."""
+    start = {m["vmid"]: m["start"] for m in done}
+    latest, count = float("-inf"), 0
+    for vmid in (v for v in queue if v in start):
+        count += start[vmid] < latest
+        latest = max(latest, start[vmid])
+    return count
 
 
 def lone_seconds(sim: Simulator, record: dict[str, Any]) -> float:
@@ -155,7 +184,9 @@ def run(slot_counts: tuple[int, ...] = (1, 2, 4), time_scale: float | None = Non
             own, _ = local_redis(Path(tmp))  # redis-server when on PATH, as the services run against
             url = own.url
         try:
-            return [drain(slots, url, Path(tmp), time_scale, latency) for slots in slot_counts for latency in latencies]
+            rows = [drain(slots, url, Path(tmp), time_scale, latency) for slots in slot_counts for latency in latencies]
+            return rows + [drain(slots, url, Path(tmp), time_scale, latency, workers=slots)
+                           for slots in IN_QUEUE_ORDER if slots in slot_counts for latency in latencies]
         finally:
             if own:
                 own.stop()

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 
 from pvebalance.shared.models import ClusterSnapshot, GroupSplit, GuestType
 
+from .order import shortest_order
 from .policy import Policy
 from .rules import Constraints
 from .state import Move
-from .timing import Copy, makespan, shortest_order
+from .timing import Copy, makespan
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def _queue(moves: Sequence[Move], policy: Policy, constraints: Constraints
 
 
 def _shares_links(moves: Sequence[Move], batch: list[int], group_of: dict[int, str], policy: Policy) -> bool:
-    """Whether the batch's queue order is worth choosing over the links (timing.shortest_order): the limits
+    """Whether the batch's queue order is worth choosing over the links (order.shortest_order): the limits
     let two moves out of (or into) one node run at once, so they share its link, and the queue's order is
     the order they start in (no per-target limit holds a worker back while a later move could start), and
     no move of the batch waits for another (an arrival before a departure from its node) or belongs to a
@@ -150,7 +151,7 @@ def _shares_links(moves: Sequence[Move], batch: list[int], group_of: dict[int, s
     return not any(moves[i].source in arriving for i in batch)
 
 
-SHARED_ORDER_MAX = 200  # moves in a batch whose order is chosen over the links (a play is O(moves^2))
+SHARED_ORDER_MAX = 200  # moves in a batch whose order is chosen over the links (each play of it takes longer)
 
 
 def _departures_before(moves: Sequence[Move]) -> list[list[int]]:

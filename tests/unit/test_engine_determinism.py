@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -18,9 +19,9 @@ from dataclasses import replace
 import pytest
 
 from pvebalance.cli.render import plan_to_json
-from pvebalance.engine import Policy, plan_balance
+from pvebalance.engine import Policy, order, plan_balance
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
-from pvebalance.shared.config import BalancingSettings, ProxmoxClusterSettings
+from pvebalance.shared.config import BalancingSettings, MigratorSettings, ProxmoxClusterSettings
 from pvebalance.shared.models import ClusterSnapshot
 from tests.helpers import REPO, SCENARIOS
 
@@ -84,3 +85,17 @@ def test_the_exact_solver_within_its_work_limit_says_nothing_of_time() -> None:
     snapshot, policy = scenario("groups")
     plan = plan_balance(snapshot, policy)
     assert not any("safety limit" in note for note in plan.notes)
+
+
+def test_a_drain_queued_over_a_shared_link_is_byte_identical_under_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two migrations per source share its link, so the drain's queue order is searched (engine/order.py):
+    bounded by work, a loaded machine queues it as a quiet one does (each plan's search run afresh)."""
+    snapshot, policy = scenario("all-on-one")
+    limits = MigratorSettings(max_parallel_cluster=2, max_parallel_per_source=2, max_parallel_per_target=2)
+    policy = replace(policy, maintenance_nodes=frozenset({"pve1"}), migrator=limits)
+    monkeypatch.setattr(order, "_cache", OrderedDict())
+    quiet = plan_document(snapshot, policy)
+    monkeypatch.setattr(order, "_cache", OrderedDict())
+    with cpu_bound_work():
+        loaded = plan_document(snapshot, policy)
+    assert loaded == quiet

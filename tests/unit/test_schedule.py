@@ -213,13 +213,14 @@ def makespan(seconds: list[float], slots: int) -> float:
     return max(free)
 
 
-@pytest.mark.parametrize(("slots", "within"), [(1, 1.0), (2, 1.13), (4, 1.01)])
+@pytest.mark.parametrize(("slots", "within"), [(1, 1.0), (2, 1.08), (4, 1.0)])
 def test_a_drain_is_queued_for_the_shortest_time_over_the_source_link(slots: int, within: float) -> None:
     """Every move leaves pve1, so every byte crosses pve1's link: no order ends before that link has carried
     them all after one migration's fixed part, nor before the moves' lone durations fill the slots. One
-    slot: any order is that sum. Several: the queue is ordered over the links (timing.shortest_order);
+    slot: any order is that sum. Several: the queue is ordered over the links (order.shortest_order);
     with two, some fixed parts fall outside the other slot's copy (half the guests copy for less time than a
-    fixed part, 2.7 s, lasts), so 13 % is allowed: longest first was 40 % over (166 s), the order found 12 %."""
+    fixed part, 2.7 s, lasts), so 8 % is allowed: longest first is 39 % over (165 s), the order found 7 %
+    (12 % before the search built orders as the slots free)."""
     limits = MigratorSettings(max_parallel_cluster=slots, max_parallel_per_source=slots, max_parallel_per_target=slots)
     snap, policy = scenario("all-on-one", maintenance_nodes=frozenset({"pve1"}), migrator=limits)
     plan = plan_balance(snap, policy)
