@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,7 +52,8 @@ def plan(
     settings = recorded.settings(config_file(config, warn=False), **balancing)
     snapshot = recorded.snapshot
     warn_unusable(snapshot)
-    policy = Policy.from_settings(settings.balancing, settings.proxmox_cluster)
+    # the config's migrator limits and links too: the plan's queue order and expected time follow them
+    policy = replace(Policy.from_settings(settings.balancing, settings.proxmox_cluster), migrator=settings.migrator)
     storage_settings = settings.storage_balancing
     if storage:
         storage_settings = storage_settings.model_copy(update={"enable": True})

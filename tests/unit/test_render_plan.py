@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from rich.console import Console
 
@@ -134,3 +136,24 @@ def test_the_engine_names_the_nodes_the_spread_leaves_out(cluster: dict[str, lis
     assert plan.held_out == held_out
     assert plan_to_json(plan)["held_out"] == held_out
     assert not [m for m in plan.migrations if m.target in held_out]
+
+
+def test_plan_offline_times_the_plan_at_the_configs_migrator_limits_and_links(tmp_path: Path) -> None:
+    """`pvebalance plan -c FILE` plans with the config's migrator limits: a plan expected at the default
+    one migration per source takes less with four over links four times as fast."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pvebalance.cli import app
+
+    def expected(*config: str) -> float:
+        result = CliRunner().invoke(app, ["plan", "--scenario", "all-on-one", "--json", *config])
+        assert result.exit_code == 0, result.output
+        return float(json.loads(result.stdout)["expected_seconds"])
+
+    fast = tmp_path / "fast.yaml"
+    fast.write_text("migrator:\n  max_parallel_cluster: 4\n  max_parallel_per_source: 4\n  max_parallel_per_target: 4\n"
+                    "  link_gbit: 40\n")
+    default = expected()
+    assert 0 < expected("-c", str(fast)) < default / 2
