@@ -30,8 +30,8 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str]]
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("which", nargs="?", default="engine",
-                        choices=["engine", "storage", "collector", "proxlb", "migrator", "e2e", "redis", "soak",
-                                 "all"])
+                        choices=["engine", "heldout", "storage", "collector", "proxlb", "migrator", "e2e", "redis",
+                                 "soak", "all"])
     parser.add_argument("--scenarios", nargs="*", default=ALL)
     parser.add_argument("--exact-limit", type=float, default=60.0, help="seconds for each placement MILP")
     parser.add_argument("--ordered", choices=["auto", "all", "none"], default="auto",
@@ -56,6 +56,10 @@ def main() -> None:
                            args.exact_limit), lambda: _module("dimensions_bench").COLUMNS),
         "storage": ("storage balancing (balanciness 10 pp, max_usage 90 %) against the exact minimum (MILP)",
                     lambda: _module("storage_bench").run(), lambda: _module("storage_bench").COLUMNS),
+        # part of `bench engine`: memory and CPU at once on clusters drawn by tests/heldout.py
+        "heldout": ("pvebalance engine, memory and CPU at once on held-out clusters (5 pp each), against an "
+                    "independent minimum", lambda: _module("heldout_bench").run(),
+                    lambda: _module("heldout_bench").COLUMNS),
         "collector": ("collector: API requests and time per snapshot",
                       lambda: _module("collector_bench").run(), lambda: _module("collector_bench").COLUMNS),
         "proxlb": ("ProxLB 2.3.0 (dry run) beside pvebalance",
@@ -73,7 +77,7 @@ def main() -> None:
                  lambda: _module("soak").run(), lambda: _module("soak").BENCH_COLUMNS),
     }
     for name, (title, run, columns) in benches.items():
-        if args.which in (name, "all") or (args.which, name) == ("engine", "dimensions"):
+        if args.which in (name, "all") or (args.which == "engine" and name in ("dimensions", "heldout")):
             rows = run()
             console.print(table(title, rows, columns()))
             for row in rows:  # a plan of fewer migrations than the engine's: the engine should find it

@@ -255,13 +255,18 @@ def _reasons(state: PlanState, c: Constraints) -> dict[int, tuple[MigrationReaso
 
 
 def order_placement(snapshot: ClusterSnapshot, policy: Policy, c: Constraints,
-                    placement: dict[int, str]) -> PlanState | None:
+                    placement: dict[int, str], *, parkings: int = 0) -> PlanState | None:
     """A safe order for reaching a placement: each move taken only when its target has room and the
-    rules hold at that step, largest first; None when the moves are stuck in a cycle."""
+    rules hold at that step, largest first; None when the moves are stuck in a cycle.
+
+    With `parkings` > 0, a cycle is broken by parking one of its guests on a third node (one more
+    migration, up to `parkings` of them): two guests kept apart that trade nodes can do it no other
+    way, nor can two full nodes that trade guests."""
     state = PlanState(snapshot, policy, c)
     breaking = _reasons(state, c)
     pending = {v: n for v, n in placement.items() if state.where[v] != n}
     reasons = {v: breaking.get(v, (MigrationReason.BALANCE, "")) for v in pending}
+    parked = 0
     while pending:
         for vmid in sorted(pending, key=lambda v: (-state.guests[v].mem, v)):
             target = pending[vmid]
@@ -276,5 +281,27 @@ def order_placement(snapshot: ClusterSnapshot, policy: Policy, c: Constraints,
                     del pending[v]
                 break
         else:
-            return None
+            if parked == parkings or not _park_one(state, c, pending, reasons):
+                return None
+            parked += 1
     return state
+
+
+def _park_one(state: PlanState, c: Constraints, pending: dict[int, str],
+              reasons: dict[int, tuple[MigrationReason, str]]) -> bool:
+    """Park the smallest stuck guest (its unit) whose node another stuck move waits for, on the
+    emptiest third node where the rules allow it and it fits; whether one was parked. It stays
+    pending: it goes on to its place when the order comes back to it."""
+    waited = set(pending.values())
+    for vmid in sorted(pending, key=lambda v: (state.guests[v].mem, v)):
+        here, target = state.where[vmid], pending[vmid]
+        if here not in waited:
+            continue  # its leaving unblocks nothing
+        unit = frozenset(v for v in c.unit(vmid) if pending.get(v) == target)
+        spots = [n for n in state.targets if n not in (here, target) and state.allows(unit, n) and state.fits(unit, n)]
+        if spots:
+            spot = min(spots, key=lambda n: (state.loads[n].percent, n))
+            waiting = ",".join(str(v) for v, n in sorted(pending.items()) if n == here)
+            state.move(unit, spot, reasons[vmid][0], f"parked on {spot} to make room on {here} for {waiting}")
+            return True
+    return False
