@@ -181,6 +181,7 @@ class DiskMoves:
                     fail_after, error_text = m.size / 2, fault
                 elif m.allocated < m.size:
                     fail_after, error_text = float(m.allocated), self._no_space(m)
+                c.stats.disk_move_started()
                 self._note_parallel()
         if error is not None:
             with c.lock:
@@ -269,6 +270,8 @@ class DiskMoves:
         if error is not None and vm and not error.startswith("can't lock file"):
             error = f"storage migration failed: {error}"
         task.finish(error or "OK")
+        if m.new_volid is not None:  # its copy had started
+            c.stats.disk_move_ended()
         self.running.pop(task.upid, None)
         self.io.cancel(task.upid)
         c.stats.disk_moves.append({
