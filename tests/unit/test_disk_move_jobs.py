@@ -161,3 +161,16 @@ def test_the_next_snapshot_after_a_disk_move_shows_the_disk_on_its_new_storage(
     assert runner.run(disk_job(store, VM)) is JobState.SUCCEEDED
     reads = sim.cluster.stats.requests[config]
     assert storage_of_disk() == "nfs-b" and sim.cluster.stats.requests[config] == reads + 1
+
+
+def test_a_garbled_content_answer_after_the_move_is_waited_out_and_the_job_succeeds(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    """The fault suite's finding: the source volume is looked for once the task ended OK; an answer that is
+    not a list (here `{"data": null}`, twice) must be read again, not end the job failed while its disk
+    is on its target (the planner would plan the move again, and the move could be doubled)."""
+    sim, api, runner, store = setup(start_simulator, fake_redis, tmp_path)
+    sim.faults.add({"kind": "data", "method": "GET", "path": "/storage/nfs-a/content$", "data": None, "count": 2})
+    job = disk_job(store, VM)
+    assert runner.run(job) is JobState.SUCCEEDED, store.load(job.job_id).message
+    assert volume(api, VM).startswith("nfs-b:")
+    assert sim.faults.as_json() == []  # both garbled answers were read

@@ -167,17 +167,29 @@ class MoveDisk(ActionKind[DiskMoveJob]):
         if not ok:
             log.warning("task did not end OK but the disk is on its target", exitstatus=exitstatus)
         source = record.fields.get("source_volume")
-        if source and self._still_there(job, source):
-            log.warning("the source volume was not freed", volume=source)
-            return f"the source volume {source} is still on {job.source}: PVE did not free it"
-        return None
+        return self._source_note(job, source) if source else None
 
-    def _still_there(self, job: DiskMoveJob, volume: str) -> bool:
+    def _source_note(self, job: DiskMoveJob, volume: str) -> str | None:
+        """What to say of the source volume once the disk is on its target: nothing when it is gone. A
+        garbled answer is read again (within the patience before a POST); never a reason to fail a job
+        whose disk has moved."""
         path = f"/nodes/{job.node}/storage/{job.source}/content"
-        answer = self.ctx.api(lambda: self.client.get(path, vmid=job.vmid))
-        if not isinstance(answer, list):
-            raise Failed(f"{path}: the answer is not a list; the source volume {volume} was not checked")
-        return any(isinstance(v, dict) and v.get("volid") == volume for v in answer)
+
+        def content() -> list[Any]:
+            answer = self.client.get(path, vmid=job.vmid)
+            if not isinstance(answer, list):
+                raise ProxmoxError(f"{path}: the answer is not a list", kind=MALFORMED)
+            return answer
+
+        try:
+            answer = self.ctx.api(content, self.settings.migrator.task_timeout_base)
+        except ProxmoxError as exc:
+            log.warning("the source volume could not be looked for", volume=volume, error=exc.message)
+            return f"the source volume {volume} on {job.source} was not looked for: {exc.message}"
+        if any(isinstance(v, dict) and v.get("volid") == volume for v in answer):
+            log.warning("the source volume was not freed", volume=volume)
+            return f"the source volume {volume} is still on {job.source}: PVE did not free it"
+        return None
 
     def succeeded(self, job: DiskMoveJob) -> str:
         return f"disk {job.disk} of {job.name or job.vmid} is on {job.target}"
