@@ -97,3 +97,15 @@ def test_a_guest_destroyed_by_hand_frees_its_volumes(start_simulator: SimFactory
     assert (answer["deleted"], answer["freed_bytes"]) == (1, 556 * GIB)
     assert diff(before, used(api)) == on_every_node({"nfs-a": -556 * GIB})
     assert api.nodes("pve1").storage("nfs-a").content.get(vmid=133) == []
+
+
+def test_a_disk_error_added_while_a_copy_runs_breaks_that_copy_off(start_simulator: SimFactory) -> None:
+    sim, api = start(start_simulator)
+    vm = api.nodes("pve1").qemu(133)
+    config, before = vm.config.get(), used(api)
+    upid = vm.move_disk.post(disk="scsi0", storage="nfs-c", delete=1, bwlimit=128 * 1024)  # 4 s
+    copying(api, upid)
+    control(sim, "faults", {"kind": "disk_error", "vmid": 133, "message": "mirroring error: EIO"})
+    assert wait(api, upid)["exitstatus"] == "storage migration failed: mirroring error: EIO"
+    assert (vm.config.get(), used(api)) == (config, before)
+    assert sim.faults.as_json() == []  # used up by that copy
