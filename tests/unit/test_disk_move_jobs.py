@@ -174,3 +174,19 @@ def test_a_garbled_content_answer_after_the_move_is_waited_out_and_the_job_succe
     assert runner.run(job) is JobState.SUCCEEDED, store.load(job.job_id).message
     assert volume(api, VM).startswith("nfs-b:")
     assert sim.faults.as_json() == []  # both garbled answers were read
+
+
+def test_a_move_checked_while_another_onto_its_target_holds_the_slot_counts_that_one(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    """The fault suite's finding (max_parallel_per_storage 2): two moves onto one storage checked at once,
+    each before the other's POST, must not both pass when the storage has room for one (it went to 92 %)."""
+    sim, _, runner, store = setup(start_simulator, fake_redis, tmp_path,
+                                  storage_balancing={"max_parallel_per_storage": 2})
+    for entry in sim.cluster.storages:  # nfs-c: 8,000 GiB at 83.75 %; one 400 GiB disk more is 88.75 %
+        if entry["storage"] == "nfs-c":
+            entry["disk"] = 6700 * GIB
+    first, second = disk_job(store, VM, "nfs-c", "plan-1"), disk_job(store, CT, "nfs-c", "plan-2")
+    assert runner.slots.try_acquire(SlotRequest.of(first)), "the first is being checked: it holds its slots"
+    assert runner.run(second) is JobState.SKIPPED
+    assert "nfs-c no longer has room" in store.load(second.job_id).message
+    assert sim.cluster.stats.disk_move_requests == []
