@@ -306,9 +306,16 @@ class JobRunner:
 
     def _task_status(self, node: str, upid: str) -> dict[str, Any]:
         """The task's status; any other answer (`{"data": null}`, a list, a string, an object without a
-        `status`, a stop without an exit status) is a garbled answer, waited out by `_api` as a 5xx is:
-        the task runs on whatever a read says, so only PVE's own end of it may end the job and free its slots."""
-        answer = self.client.get(f"/nodes/{node}/tasks/{upid}/status")
+        `status`, a stop without an exit status, a 5xx whatever its words) is a garbled answer, waited out by
+        `_api`: the task runs on whatever a read says, so only PVE's own end of it may end the job and free
+        its slots. A 4xx (PVE's 'no such task', a 400, after a node restart) ends the following."""
+        try:
+            answer = self.client.get(f"/nodes/{node}/tasks/{upid}/status")
+        except ProxmoxError as exc:
+            if exc.status is not None and exc.status >= 500 and not exc.transient:
+                # words PVE refuses a request with ("can't migrate", "does not exist") say nothing of a task
+                raise ProxmoxError(exc.message, status=exc.status, host=exc.host, kind=MALFORMED) from None
+            raise
         if not is_task_status(answer):
             raise ProxmoxError(f"task status of {upid} is not a task status: {str(answer)[:80]!r}", kind=MALFORMED)
         return answer

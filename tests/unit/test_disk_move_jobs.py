@@ -190,3 +190,19 @@ def test_a_move_checked_while_another_onto_its_target_holds_the_slot_counts_that
     assert runner.run(second) is JobState.SKIPPED
     assert "nfs-c no longer has room" in store.load(second.job_id).message
     assert sim.cluster.stats.disk_move_requests == []
+
+
+def test_a_server_error_on_the_task_status_read_is_waited_out_while_the_copy_runs(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    """The fault suite's finding: a 500 carrying words PVE refuses a request with ("can't migrate VM"), on
+    the read of a running task's status, ended the follow; the job was judged at once by the config (the
+    disk still on its source) and ended failed, its slots freed, while the copy ran on and succeeded. Only
+    a 4xx (PVE's 'no such task') says the task cannot be followed; a 5xx on a read is waited out."""
+    sim, api, runner, store = setup(start_simulator, fake_redis, tmp_path)
+    sim.faults.add({"kind": "http", "method": "GET", "path": "/tasks/[^/]+/status$", "status": 500,
+                    "message": "can't migrate VM - simulated refusal", "count": 3})
+    job = disk_job(store, VM)
+    assert runner.run(job) is JobState.SUCCEEDED, store.load(job.job_id).message
+    assert volume(api, VM).startswith("nfs-b:")
+    [move] = sim.cluster.stats.disk_moves
+    assert float(store.load(job.job_id).fields["at_succeeded"]) >= move["end"]
