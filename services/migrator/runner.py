@@ -331,7 +331,19 @@ class JobRunner:
         exitstatus = str(status.get("exitstatus", ""))
         ok = exitstatus == "OK" or exitstatus.startswith("WARNINGS")
         record = self._redis(lambda: self.store.load(job.job_id))
-        return self.kind(job).verify(job, upid, ok, exitstatus, record)
+        deadline = time.monotonic() + self.settings.migrator.task_timeout_base
+        while True:
+            try:
+                return self.kind(job).verify(job, upid, ok, exitstatus, record)
+            except ProxmoxError as exc:
+                # The task has ended: a 5xx on the reads that judge it, whatever its words ("can't migrate VM"
+                # is no refusal of a read), says nothing of what it did. Read again for a while, rather than
+                # end the job failed while its action happened.
+                if exc.status is None or exc.status < 500 or time.monotonic() > deadline:
+                    raise
+                log.warning("the cluster could not be read to judge the ended task; reading again",
+                            upid=upid, error=exc.message)
+                self.sleep(self.settings.migrator.poll_interval)
 
 
 def is_task_status(answer: Any) -> TypeGuard[dict[str, Any]]:

@@ -5,6 +5,8 @@ the simulator's own API (the config line and the storage's content), never throu
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +208,22 @@ def test_a_server_error_on_the_task_status_read_is_waited_out_while_the_copy_run
     assert volume(api, VM).startswith("nfs-b:")
     [move] = sim.cluster.stats.disk_moves
     assert float(store.load(job.job_id).fields["at_succeeded"]) >= move["end"]
+
+
+def test_a_server_error_on_the_reads_that_judge_an_ended_task_is_waited_out(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    """After the task ended OK, the config read that says where the disk is meets a 500 with words PVE
+    refuses requests with: the job reads again rather than end failed with its disk on its target."""
+    sim, api, runner, store = setup(start_simulator, fake_redis, tmp_path)
+    job = disk_job(store, VM).model_copy(update={"bwlimit_mib": 200.0})  # 400 GiB: 2048 s x 0.002 = 4 s
+    ended: list[JobState] = []
+    thread = threading.Thread(target=lambda: ended.append(runner.run(job)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not sim.cluster.stats.disk_move_requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sim.faults.add({"kind": "http", "method": "GET", "path": "/qemu/108/config$", "status": 500,
+                    "message": "can't migrate VM - simulated refusal", "count": 3})
+    thread.join(30)
+    assert ended == [JobState.SUCCEEDED], store.load(job.job_id).message
+    assert volume(api, VM).startswith("nfs-b:") and sim.faults.as_json() == []
