@@ -39,6 +39,7 @@ class RunConfig:
     fault_phase_max: float = 270.0  # faults stop when the drain settled, the deck is used up, or after this
     settle_timeout: float = 200.0  # after the faults are healed, the cluster must settle within this
     storage: bool = False  # a disk-move run: storage-3, storage balancing on, faults aimed at disk moves
+    slot_ttl: float = 90.0  # migrator.slot_ttl: also how long a killed runner's lease keeps its job from others
 
 
 @dataclass
@@ -58,6 +59,7 @@ class RunResult:
     log_errors: Counter[str] = field(default_factory=Counter)
     disk_moves_ok: int = 0
     disk_posts: int = 0
+    faults_in_copies: int = 0  # faults injected while the simulator copied a disk
     storage_end: str = ""  # a disk-move run: where the storages ended, and why if not balanced
 
     @property
@@ -68,8 +70,9 @@ class RunResult:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
         states = ", ".join(f"{k} {v}" for k, v in sorted(self.states.items()))
         figures = ", ".join(f"{f.replace('_', ' ')} {self.figures[f]}" for f in FIGURES)
-        disks = (f"ok disk moves {self.disk_moves_ok}, task-starting move POSTs {self.disk_posts}; "
-                 f"{self.storage_end}; ") if self.storage_end else ""
+        disks = (f"ok disk moves {self.disk_moves_ok}, task-starting move POSTs {self.disk_posts}, "
+                 f"{self.faults_in_copies} faults while a disk was copied; {self.storage_end}; ") \
+            if self.storage_end else ""
         return (f"seed {self.seed}: faults {sum(self.faults.values())} ({faults}); jobs {self.jobs} ({states}); "
                 f"ok migrations {self.migrations_ok}, task-starting POSTs {self.task_posts}; {disks}{figures}; "
                 f"{self.unused_faults} faults unused; {self.duration:.0f} s")
@@ -90,7 +93,7 @@ class Run:
     def __init__(self, cfg: RunConfig, workdir: Path, say: Callable[[str], None] = print) -> None:
         self.cfg, self.workdir, self._say = cfg, workdir, say
         self.rng = random.Random(cfg.seed)
-        self.h = Harness(workdir, cfg.time_scale, cfg.limits, cfg.workers, storage=cfg.storage)
+        self.h = Harness(workdir, cfg.time_scale, cfg.limits, cfg.workers, slot_ttl=cfg.slot_ttl, storage=cfg.storage)
         self.start = Inventory.of(self.h) if cfg.storage else None  # the storages before anything moved
         self.storage_end = ""
         self.found = Findings()
@@ -149,6 +152,8 @@ class Run:
             unused_faults=unused, log_errors=self.log_errors,
             disk_moves_ok=sum(1 for m in stats["disk_moves"] if m["ok"]),
             disk_posts=sum(1 for r in stats["disk_move_requests"] if r.get("upid")), storage_end=self.storage_end,
+            faults_in_copies=sum(1 for f in inj.injected
+                                 if any(m["start"] <= f.at <= m["end"] for m in stats["disk_moves"])),
         )
         self.say(result.summary())
         report = {"summary": result.summary(), "problems": result.problems, "log": self.lines,
