@@ -14,9 +14,10 @@ Endpoints (bodies are JSON, or form fields):
 - POST   /_sim/guests/VMID/unlock         remove the config lock
 - POST   /_sim/guests/VMID/move           {"target": "pve3"}: moved by hand, outside the balancer
 - POST   /_sim/guests/VMID/delete         destroyed by hand (as `--purge`): gone from
-                                          /cluster/resources, its config and the HA resources; a
-                                          migration task of it ends in error. Answers
-                                          {"vmid": 118, "deleted": 1, "aborted_tasks": ["UPID:..."]}
+                                          /cluster/resources, its config and the HA resources, its
+                                          volumes freed; a migration task of it ends in error (a disk
+                                          move's when its copy ends). Answers {"vmid": 118, "deleted": 1,
+                                          "aborted_tasks": ["UPID:..."], "freed_bytes": 34359738368}
 - POST   /_sim/guests                     created by hand (`qm create` + `qm start`): {"vmid": 9001,
                                           "node": "pve2", "type": "qemu"|"lxc", "memory_mib": 2048,
                                           "cores": 2, "running": true}; no local disk; 400 when the
@@ -25,6 +26,10 @@ Endpoints (bodies are JSON, or form fields):
                                           within 0..maxmem, cpu within 0..1 of its cores)
 - POST   /_sim/nodes/NODE/status          {"online": false}: the node goes offline (or back online)
 - POST   /_sim/nodes/NODE/maintenance     {"enable": true}: HA maintenance mode on/off
+- POST   /_sim/storages/STORAGE/usage {"add_gib": 1800}: data that is no guest's volume (backups, ISO
+                                          images) written to the storage, or with a negative number
+                                          removed from it; its use as every node sees it (a local
+                                          storage: add "node"). Answers the storage's entries
 - POST   /_sim/options                    merge into datacenter.cfg, e.g. {"crs": {"ha": "static"}}
 
 The guest and node endpoints answer the guest's /cluster/resources entry or the node's.
@@ -34,7 +39,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import storages
 from .cluster import ApiError, Cluster, Guest
+from .disks import moves_of
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -71,6 +78,8 @@ def control(sim: Simulator, method: str, path: str, body: dict[str, Any]) -> Any
             return guest_action(sim, int(parts[1]), parts[2], body)
         if parts == ["guests"] and method == "POST":
             return create_guest(sim, body)
+        if len(parts) == 3 and parts[0] == "storages" and parts[2] == "usage" and method == "POST":
+            return storage_usage(c, parts[1], body)
         if parts == ["options"] and method == "POST":  # datacenter.cfg, e.g. {"crs": {...}}
             c.options.update(body)
             return c.options
@@ -104,8 +113,9 @@ def guest_action(sim: Simulator, vmid: int, action: str, body: dict[str, Any]) -
         set_usage(c, g, body)
     elif action == "delete":
         aborted = sim.tasks.abort_guest(vmid)
+        freed = storages.free_guest_volumes(c, g, moves_of(sim.tasks).kept)
         c.delete_guest(vmid)
-        return {"vmid": vmid, "deleted": 1, "aborted_tasks": aborted}
+        return {"vmid": vmid, "deleted": 1, "aborted_tasks": aborted, "freed_bytes": freed}
     else:
         raise ApiError(404, f"no control endpoint POST /_sim/guests/{vmid}/{action}")
     return c.guest_entry(g)
@@ -152,6 +162,21 @@ def create_guest(sim: Simulator, body: dict[str, Any]) -> Any:
     c.guests[vmid] = Guest(entry=entry, config=config)
     c.note_mem()
     return c.guest_entry(c.guests[vmid])
+
+
+def storage_usage(c: Cluster, storage: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Data outside the guests' volumes written to or removed from a storage (its use never below 0)."""
+    entries = [s for s in c.storages if s["storage"] == storage]
+    if not entries:
+        raise ApiError(404, f"no such storage '{storage}'")
+    node = str(body.get("node") or entries[0]["node"])
+    if not any(s["node"] == node for s in entries):
+        raise ApiError(400, f"storage '{storage}' is not on node '{node}'")
+    gib = _number(body, "add_gib", -1e9, 1e9)
+    if gib is None:
+        raise ApiError(400, "add_gib: required")
+    storages.add_usage(c, storage, node, int(gib * 2**30))
+    return [dict(s) for s in c.storages if s["storage"] == storage]
 
 
 def set_usage(c: Cluster, g: Guest, body: dict[str, Any]) -> None:

@@ -31,9 +31,10 @@ The simulator's model: the target volume is allocated (the storage's usage grows
 starts; the copy takes `MOVE_BASE_SECONDS` plus the size over the storages' throughput (each
 storage `STORAGE_GBIT`, shared fairly by the moves using it, links.py), all times time_scale. A
 target that cannot hold the disk fills up and the copy fails `No space left on device` there; a
-`disk_error` fault (faults.py) fails the copy half way. A failed copy frees the target volume and
-leaves the source and the config as they were. Simplifications: a migration meeting a VM's held
-flock fails at once (PVE waits 10 s first); a second move of the VM does wait, up to 10 s x time_scale.
+`disk_error` fault (faults.py) fails the copy half way, or, added while the copy runs, at its end.
+A failed copy frees the target volume and leaves the source and the config as they were.
+Simplifications: a migration meeting a VM's held flock fails at once (PVE waits 10 s first); a second
+move of the VM does wait, up to 10 s x time_scale.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ class DiskMoves:
                     fail_after, error_text = m.size / 2, fault
                 elif m.allocated < m.size:
                     fail_after, error_text = float(m.allocated), self._no_space(m)
+                c.stats.disk_move_started()
                 self._note_parallel()
         if error is not None:
             with c.lock:
@@ -192,7 +194,10 @@ class DiskMoves:
         self.io.start(task.upid, source, target, nbytes, m.cap)
         self.io.wait(task.upid)
         with c.lock:
-            if fail_after is not None:
+            late = self.tasks.faults.disk_error(g.vmid) if fail_after is None else None
+            if late is not None:  # a disk_error fault added while this copy ran breaks it off
+                self._end(m, late)
+            elif fail_after is not None:
                 self._end(m, error_text)
             elif c.guests.get(g.vmid) is not g:  # destroyed by hand meanwhile
                 self._end(m, f"Configuration file 'nodes/{m.node}/{'qemu-server' if vm else 'lxc'}/{g.vmid}.conf' "
@@ -269,6 +274,8 @@ class DiskMoves:
         if error is not None and vm and not error.startswith("can't lock file"):
             error = f"storage migration failed: {error}"
         task.finish(error or "OK")
+        if m.new_volid is not None:  # its copy had started
+            c.stats.disk_move_ended()
         self.running.pop(task.upid, None)
         self.io.cancel(task.upid)
         c.stats.disk_moves.append({

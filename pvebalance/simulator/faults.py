@@ -28,9 +28,10 @@ Kinds:
 - task_error: the next migration task of `vmid` (null: any) ends `TASK ERROR: <message>`.
               {"kind": "task_error", "vmid": 118, "message": "migration aborted"}
 - disk_error: the next disk move (move_disk, move_volume) of `vmid` (null: any) breaks off half way
-              through its copy: PVE frees the new volume, the source and the config stay as they
-              were; a VM's task ends `TASK ERROR: storage migration failed: <message>`, a CT's
-              `TASK ERROR: <message>` (disks.py).
+              through its copy (a copy that runs when the fault is added: at its end): PVE frees the
+              new volume, the source and the config stay as they were; a VM's task ends
+              `TASK ERROR: storage migration failed: <message>`, a CT's `TASK ERROR: <message>`
+              (disks.py).
               {"kind": "disk_error", "vmid": 103, "message": "mirroring error: drive-scsi0: Input/output error"}
 """
 

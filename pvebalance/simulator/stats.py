@@ -11,7 +11,12 @@ locked) never counted as a running migration.
 `disk_moves` are the disk move tasks that ended (disks.py: vmid, disk, from, to, start, end, ok,
 gib, ...), `disk_move_requests` every move_disk/move_volume POST and what answered it (as
 `migrate_requests` for migrate POSTs), `max_disk_moves_per_storage` the most moves at once that
-read from or wrote to each storage.
+read from or wrote to each storage, `max_disk_moves` the most copying at once in the cluster and
+`max_moves_at_once` the most migrations and disk copies at once (a balancer's cluster-wide limit counts
+both). A disk move counts from the moment its target volume is allocated until its task ends.
+
+`peak_storage_ratio` is each storage's highest use (per node that sees it, `node/storage`), noted whenever
+a volume grows it: a copy's target volume, a migration's local disks, data written by hand (control.py).
 
 `links` (links.py) records each node's migration link: the seconds it carried any migration's data
 (`busy_s`) and the GiB it sent and received; forgetting the stats forgets those too.
@@ -41,6 +46,9 @@ class Stats:
     disk_moves: list[dict[str, Any]] = field(default_factory=list)  # ended move_disk/move_volume tasks
     disk_move_requests: list[dict[str, Any]] = field(default_factory=list)  # every move_disk/move_volume POST
     max_disk_moves_per_storage: Counter[str] = field(default_factory=Counter)
+    disks_moving: int = 0  # disk moves copying now
+    max_disk_moves: int = 0
+    max_moves_at_once: int = 0  # migrations holding their guest plus disk moves copying
     peak_mem_ratio: dict[str, float] = field(default_factory=dict)  # incl. memory held by live migrations
     peak_storage_ratio: dict[str, float] = field(default_factory=dict)  # "node/storage" -> used / size, peak
     requests_waited: int = 0  # requests that waited for a free worker of their node
@@ -49,9 +57,11 @@ class Stats:
     def reset(self, mem_ratios: dict[str, float]) -> None:
         """Forget the past, in place (callers may hold this object). Running migrations stay
         running: they end later and must still find themselves in `running`."""
-        running, links = list(self.running), self.links
+        running, links, moving = list(self.running), self.links, self.disks_moving
         self.__init__()  # type: ignore[misc]
         self.links = links
+        for _ in range(moving):
+            self.disk_move_started()
         if links is not None:
             links.reset()
         for vmid, source, target in running:
@@ -65,6 +75,20 @@ class Stats:
         dst = sum(1 for _, _, t in self.running if t == target)
         self.max_per_source[source] = max(self.max_per_source[source], src)
         self.max_per_target[target] = max(self.max_per_target[target], dst)
+        self._note_at_once()
+
+    def disk_move_started(self) -> None:
+        """A disk move's copy starts (its target volume is allocated)."""
+        self.disks_moving += 1
+        self.max_disk_moves = max(self.max_disk_moves, self.disks_moving)
+        self._note_at_once()
+
+    def disk_move_ended(self) -> None:
+        """A disk move whose copy had started ended."""
+        self.disks_moving = max(self.disks_moving - 1, 0)
+
+    def _note_at_once(self) -> None:
+        self.max_moves_at_once = max(self.max_moves_at_once, len(self.running) + self.disks_moving)
 
     def ended(self, record: dict[str, Any], counted: bool) -> None:
         """A migration task ended; `counted` if it was in `running` (it held the guest)."""
@@ -98,6 +122,9 @@ class Stats:
             "disk_moves": [dict(m) for m in self.disk_moves],
             "disk_move_requests": [dict(r) for r in self.disk_move_requests],
             "max_disk_moves_per_storage": dict(self.max_disk_moves_per_storage),
+            "disks_moving": self.disks_moving,
+            "max_disk_moves": self.max_disk_moves,
+            "max_moves_at_once": self.max_moves_at_once,
             "peak_mem_ratio": dict(self.peak_mem_ratio),
             "peak_storage_ratio": dict(self.peak_storage_ratio),
             "requests_waited": self.requests_waited,

@@ -52,6 +52,18 @@ def add_usage(c: Cluster, storage: str, node: str, nbytes: int) -> None:
             c.stats.note_storage(f"{s['node']}/{storage}", int(s["disk"]) / int(s["maxdisk"]))
 
 
+def free_guest_volumes(c: Cluster, g: Guest, kept: dict[str, int]) -> int:
+    """A guest destroyed with `--purge`: every volume its config names (unused ones too) is freed on its
+    storage (cluster lock held). `kept`: sizes of unused volumes, which have no size=. Bytes freed."""
+    sizes = {volid: size for _, _, volid, size in c.volumes(g)}
+    freed = 0
+    for _, volid in config_volumes(g):
+        size = sizes[volid] if volid in sizes else kept.pop(volid, 0)
+        add_usage(c, volid.partition(":")[0], g.node, -size)
+        freed += size
+    return freed
+
+
 def free_bytes(c: Cluster, storage: str, node: str) -> int:
     entry = c.storage_entry(node, storage) or {}
     return max(int(entry.get("maxdisk", 0)) - int(entry.get("disk", 0)), 0)

@@ -306,9 +306,16 @@ class JobRunner:
 
     def _task_status(self, node: str, upid: str) -> dict[str, Any]:
         """The task's status; any other answer (`{"data": null}`, a list, a string, an object without a
-        `status`, a stop without an exit status) is a garbled answer, waited out by `_api` as a 5xx is:
-        the task runs on whatever a read says, so only PVE's own end of it may end the job and free its slots."""
-        answer = self.client.get(f"/nodes/{node}/tasks/{upid}/status")
+        `status`, a stop without an exit status, a 5xx whatever its words) is a garbled answer, waited out by
+        `_api`: the task runs on whatever a read says, so only PVE's own end of it may end the job and free
+        its slots. A 4xx (PVE's 'no such task', a 400, after a node restart) ends the following."""
+        try:
+            answer = self.client.get(f"/nodes/{node}/tasks/{upid}/status")
+        except ProxmoxError as exc:
+            if exc.status is not None and exc.status >= 500 and not exc.transient:
+                # words PVE refuses a request with ("can't migrate", "does not exist") say nothing of a task
+                raise ProxmoxError(exc.message, status=exc.status, host=exc.host, kind=MALFORMED) from None
+            raise
         if not is_task_status(answer):
             raise ProxmoxError(f"task status of {upid} is not a task status: {str(answer)[:80]!r}", kind=MALFORMED)
         return answer
@@ -324,7 +331,19 @@ class JobRunner:
         exitstatus = str(status.get("exitstatus", ""))
         ok = exitstatus == "OK" or exitstatus.startswith("WARNINGS")
         record = self._redis(lambda: self.store.load(job.job_id))
-        return self.kind(job).verify(job, upid, ok, exitstatus, record)
+        deadline = time.monotonic() + self.settings.migrator.task_timeout_base
+        while True:
+            try:
+                return self.kind(job).verify(job, upid, ok, exitstatus, record)
+            except ProxmoxError as exc:
+                # The task has ended: a 5xx on the reads that judge it, whatever its words ("can't migrate VM"
+                # is no refusal of a read), says nothing of what it did. Read again for a while, rather than
+                # end the job failed while its action happened.
+                if exc.status is None or exc.status < 500 or time.monotonic() > deadline:
+                    raise
+                log.warning("the cluster could not be read to judge the ended task; reading again",
+                            upid=upid, error=exc.message)
+                self.sleep(self.settings.migrator.poll_interval)
 
 
 def is_task_status(answer: Any) -> TypeGuard[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""`python -m tests.faultsuite --seeds N`: the fault suite over N seeds in a row (./dev.sh soak)."""
+"""`python -m tests.faultsuite --seeds N`: the fault suite over N seeds in a row (./dev.sh soak);
+`--storage`: disk-move runs (storage-3, storage balancing on) instead of migration runs."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", type=int, default=30, help="faults per run (default 30)")
     p.add_argument("--outage", choices=("random", "always", "never"), default="random",
                    help="the 60 s Redis outage: in half the seeds (by seed), every run, or none")
-    p.add_argument("--time-scale", type=float, default=0.15)
+    p.add_argument("--outage-seconds", type=float, default=60.0, help="how long the Redis outage lasts")
+    p.add_argument("--time-scale", type=float, default=None,
+                   help="the simulator's (default 0.15; with --storage 0.02: a 400 GiB disk moves in ~7 s)")
+    p.add_argument("--storage", action="store_true",
+                   help="disk-move runs: storage balancing of storage-3, then again after a storage is filled")
     p.add_argument("--workdir", type=Path, default=None, help="keep each run's files under this folder")
     p.add_argument("--keep", action="store_true", help="keep the files of runs that passed too")
     args = p.parse_args(argv)
@@ -31,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[RunResult] = []
     for seed in seeds:
         outage = {"always": True, "never": False}.get(args.outage, random.Random(f"outage-{seed}").random() < 0.5)
-        cfg = RunConfig(seed=seed, faults=args.faults, outage=outage, time_scale=args.time_scale,
-                        fault_phase_max=420.0, settle_timeout=240.0)
+        time_scale = args.time_scale or (0.02 if args.storage else 0.15)
+        cfg = RunConfig(seed=seed, faults=args.faults, outage=outage, outage_seconds=args.outage_seconds,
+                        time_scale=time_scale, fault_phase_max=420.0, settle_timeout=240.0, storage=args.storage)
         if args.workdir:
             workdir = args.workdir / f"seed-{seed}"
         else:

@@ -1,7 +1,7 @@
 """The cluster under test: a redis-server of the run's own (append-only file, fsync always), the
-simulator in this process, and the services as real processes started with their CLI
-(`python -m pvebalance collector|planner|migrator -c CONFIG`), each replaced when killed, as
-systemd would."""
+simulator in this process (all-on-one; storage-3 with storage balancing on for a disk-move run), and
+the services as real processes started with their CLI (`python -m pvebalance collector|planner|migrator
+-c CONFIG`), each replaced when killed, as systemd would."""
 
 from __future__ import annotations
 
@@ -27,8 +27,10 @@ from pvebalance.shared.apidump import load_dump
 from pvebalance.simulator.server import Simulator
 from tests.helpers import REPO, OwnRedis, write_config
 
-NODES = ("pve1", "pve2", "pve3", "pve4")
-DRAINED = "pve1"
+NODES = ("pve1", "pve2", "pve3", "pve4")  # all-on-one's
+DRAINED = "pve1"  # the node a migration run drains
+SCENARIOS = {False: "all-on-one", True: "storage-3"}  # by whether the run balances storages
+STORAGE_GROUP = ("nfs-a", "nfs-b", "nfs-c")  # storage-3's shared storages, balanced against each other
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Limits:
     cluster: int = 2
     per_source: int = 2
     per_target: int = 1
+    per_storage: int = 2  # storage_balancing.max_parallel_per_storage (a disk-move run)
 
 
 def children(pid: int) -> list[int]:
@@ -119,7 +122,7 @@ class Harness:
     """Redis, the simulator and the services of one run."""
 
     def __init__(self, workdir: Path, time_scale: float, limits: Limits, workers: int = 4,
-                 api_timeout: float = 2.0, slot_ttl: float = 90.0) -> None:
+                 api_timeout: float = 2.0, slot_ttl: float = 90.0, storage: bool = False) -> None:
         self.workdir = workdir
         self.logdir = workdir / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,8 @@ class Harness:
         # Secrets of this run only, so finding one anywhere is a leak, not a coincidence.
         self.token_secret = str(uuid.uuid4())
         self.password = "pw-" + secrets.token_hex(12)
-        self.sim = Simulator(load_dump(REPO / "pvebalance" / "scenarios" / "all-on-one.json"),
+        self.storage = storage
+        self.sim = Simulator(load_dump(REPO / "pvebalance" / "scenarios" / f"{SCENARIOS[storage]}.json"),
                              users={"root@pam": self.password}, tokens={"root@pam!pvebalance": self.token_secret},
                              time_scale=time_scale)
         self.limits = limits
@@ -138,6 +142,10 @@ class Harness:
         self.services: list[Service] = []
         self.orphans: set[int] = set()  # work-horses whose worker was killed alone
         self.max_node_usage = 95.0
+        self.nodes = tuple(sorted(self.sim.cluster.nodes))
+        self.drained = None if storage else DRAINED  # a disk-move run fills a storage instead
+        self.max_usage = 90.0  # storage_balancing's
+        self.balanciness = 10.0
 
     # --- set-up and tear-down ---------------------------------------------------------------------
 
@@ -156,6 +164,8 @@ class Harness:
                          "slot_ttl": self.slot_ttl, "poll_interval": 0.1,
                          "slot_wait_timeout": 300, "task_timeout_base": 60},
             "logging": {"format": "json", "level": "INFO"},
+            **({"storage_balancing": {"enable": True, "max_usage": self.max_usage, "balanciness": self.balanciness,
+                                      "max_parallel_per_storage": self.limits.per_storage}} if self.storage else {}),
         }
 
     def start(self) -> None:

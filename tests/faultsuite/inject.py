@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pvebalance.simulator import faults as sim_faults
+from pvebalance.simulator.cluster import Guest
 from pvebalance.simulator.server import Simulator
 
-from .harness import DRAINED, NODES, Harness, alive, ours
+from .harness import Harness, alive, ours
 
 KINDS = (
     "worker_kill", "horse_kill", "planner_kill", "collector_kill", "redis_restart", "redis_outage",
@@ -85,6 +86,12 @@ class Injected:
 
 
 class Injector:
+    """A migration run's faults; a disk-move run's (inject_disks.py) aim at disk moves instead."""
+
+    kinds: tuple[str, ...] = KINDS
+    extra: dict[str, int] = EXTRA
+    post_path = "/migrate$"  # the task-starting POST that API faults stand in front of
+
     def __init__(self, h: Harness, rng: random.Random, t0: float, say: Callable[[str], None],
                  outage_seconds: float = 60.0) -> None:
         self.h, self.sim, self.rng, self.t0, self.say = h, h.sim, rng, t0, say
@@ -107,9 +114,9 @@ class Injector:
         """The faults of the rebalance and of the drain: every kind once (as far as the simulator
         offers it), then weighted extras, shuffled and dealt out about evenly; the 60 s Redis
         outage, at most once, early in the drain, when most of its jobs are queued or in flight."""
-        kinds = [k for k in KINDS if k != "redis_outage" and self.offered(k)]
-        extra = [k for k in EXTRA if self.offered(k)]
-        cards = kinds + self.rng.choices(extra, [EXTRA[k] for k in extra], k=max(n - len(kinds), 0))
+        kinds = [k for k in self.kinds if k != "redis_outage" and self.offered(k)]
+        extra = [k for k in self.extra if self.offered(k)]
+        cards = kinds + self.rng.choices(extra, [self.extra[k] for k in extra], k=max(n - len(kinds), 0))
         self.rng.shuffle(cards)
         split = round(len(cards) * 0.45)
         first, second = cards[:split], cards[split:]
@@ -168,7 +175,7 @@ class Injector:
         choice = self.rng.choice(["all", "migrate", "migrate", "resources", "tasks", "cluster", "ticket"])
         return {
             "all": (None, None),
-            "migrate": (self.rng.choice([None, "GET", "POST"]), "/migrate$"),
+            "migrate": (self.rng.choice([None, "GET", "POST"]), self.post_path),
             "resources": ("GET", "^/cluster/resources$"),
             "tasks": ("GET", "/tasks"),
             "cluster": ("GET", "^/cluster/(status|options|ha/)"),
@@ -207,7 +214,7 @@ class Injector:
         variant = self.rng.choice(["html", "html", "truncate", "json"])
         seconds = self.rng.uniform(2, 6)
         if variant == "truncate":  # the POST is carried out, its answer breaks off half way
-            spec: dict[str, Any] = {"kind": "malformed", "method": "POST", "path": "/migrate$", "truncate": True,
+            spec: dict[str, Any] = {"kind": "malformed", "method": "POST", "path": self.post_path, "truncate": True,
                                     "count": self.rng.randint(1, 2)}
             return self._api_fault(n, "malformed", spec, None)
         method, path = self._target()
@@ -229,7 +236,7 @@ class Injector:
         seconds = round(self.h.api_timeout + self.rng.uniform(0.5, 2.5), 2)
         if self.features.delay_after and self.rng.random() < 0.5:
             # the migration starts, but its answer comes after the client gave up
-            spec: dict[str, Any] = {"kind": "delay", "method": "POST", "path": "/migrate$", "seconds": seconds,
+            spec: dict[str, Any] = {"kind": "delay", "method": "POST", "path": self.post_path, "seconds": seconds,
                                     "when": "after", "count": 1}
         else:
             method, path = self._target()
@@ -256,12 +263,16 @@ class Injector:
 
     # --- the cluster ------------------------------------------------------------------------------
 
-    def _guests(self, prefer_drained: float) -> list[int]:
-        """Unlocked guests, mostly on the node the planner moves guests off (the next jobs' guests)."""
+    def _guests(self, prefer: float) -> list[int]:
+        """Unlocked guests, mostly those the next jobs move (cluster lock held)."""
         guests = [g for g in self.sim.cluster.guests.values() if not g.lock]
-        on_drained = [g for g in guests if g.node == DRAINED]
-        pool = on_drained if on_drained and self.rng.random() < prefer_drained else guests
+        next_ones = self.next_moved(guests)
+        pool = next_ones if next_ones and self.rng.random() < prefer else guests
         return sorted(g.vmid for g in pool)
+
+    def next_moved(self, guests: list[Guest]) -> list[Guest]:
+        """Of these guests, those the planner moves next: the ones on the node it moves guests off."""
+        return [g for g in guests if g.node == self.h.drained]
 
     def _guest_lock(self, n: int) -> Injected | None:
         c = self.sim.cluster
@@ -294,8 +305,8 @@ class Injector:
                 return None
             vmid = self.rng.choice(candidates)
             source = c.guests[vmid].node
-            targets = [x for x in NODES if x != source and c.nodes[x].online
-                       and not (self.draining and x == DRAINED)]
+            targets = [x for x in self.h.nodes if x != source and c.nodes[x].online
+                       and not (self.draining and x == self.h.drained)]
             if not targets:
                 return None
             target = self.rng.choice(targets)
@@ -308,7 +319,7 @@ class Injector:
             return None
         c = self.sim.cluster
         with c.lock:
-            pool = sorted(v for v, g in c.guests.items() if g.node == DRAINED) or sorted(c.guests)
+            pool = sorted(g.vmid for g in self.next_moved(list(c.guests.values()))) or sorted(c.guests)
             vmid = self.rng.choice(pool)
             state = c.guests[vmid].lock or "idle"
             answer = self.sim.control("POST", f"/_sim/guests/{vmid}/delete", {})
@@ -319,7 +330,7 @@ class Injector:
     def _node_offline(self, n: int) -> Injected | None:
         if self.offline:
             return None
-        node = self.rng.choices(NODES, [1, 3, 3, 3])[0]
+        node = self.rng.choices(self.h.nodes, [1 if x == self.h.drained else 3 for x in self.h.nodes])[0]
         self.sim.control("POST", f"/_sim/nodes/{node}/status", {"online": False})
         self.offline.add(node)
         back = self.rng.uniform(3, 12)

@@ -1,5 +1,6 @@
-"""One run of the fault suite: a rebalance of all-on-one, then a drain of pve1, with faults at random
-moments from a seeded random.Random; then, everything healed, the cluster must settle and the
+"""One run of the fault suite: a rebalance of all-on-one, then a drain of pve1 (or, a disk-move run,
+`storage`: storage balancing of storage-3, then again after a storage was filled by hand), with faults at
+random moments from a seeded random.Random; then, everything healed, the cluster must settle and the
 promise must hold."""
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .harness import DRAINED, Harness, Limits
+from .harness import Harness, Limits
 from .inject import Injector
+from .inject_disks import DiskInjector
 from .verify import Findings, check_cluster, check_jobs, check_secrets, diagnose, load_jobs, settle_state
+from .verify_disks import Inventory, check_disk_jobs, check_disks, check_storages
 
 # The figures that must all be zero.
 FIGURES = ("lost", "ended_twice", "ended_early", "doubled", "limits_exceeded", "overloads", "misplaced",
-           "services_exited", "secrets", "unexplained", "unsettled")
+           "services_exited", "secrets", "unexplained", "unsettled", "unbalanced")
 
 
 @dataclass
@@ -35,6 +38,8 @@ class RunConfig:
     rebalance_timeout: float = 150.0  # the drain starts when the rebalance settled, or after this
     fault_phase_max: float = 270.0  # faults stop when the drain settled, the deck is used up, or after this
     settle_timeout: float = 200.0  # after the faults are healed, the cluster must settle within this
+    storage: bool = False  # a disk-move run: storage-3, storage balancing on, faults aimed at disk moves
+    slot_ttl: float = 90.0  # migrator.slot_ttl: also how long a killed runner's lease keeps its job from others
 
 
 @dataclass
@@ -52,6 +57,10 @@ class RunResult:
     features: str
     unused_faults: int = 0
     log_errors: Counter[str] = field(default_factory=Counter)
+    disk_moves_ok: int = 0
+    disk_posts: int = 0
+    faults_in_copies: int = 0  # faults injected while the simulator copied a disk
+    storage_end: str = ""  # a disk-move run: where the storages ended, and why if not balanced
 
     @property
     def ok(self) -> bool:
@@ -61,8 +70,11 @@ class RunResult:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
         states = ", ".join(f"{k} {v}" for k, v in sorted(self.states.items()))
         figures = ", ".join(f"{f.replace('_', ' ')} {self.figures[f]}" for f in FIGURES)
+        disks = (f"ok disk moves {self.disk_moves_ok}, task-starting move POSTs {self.disk_posts}, "
+                 f"{self.faults_in_copies} faults while a disk was copied; {self.storage_end}; ") \
+            if self.storage_end else ""
         return (f"seed {self.seed}: faults {sum(self.faults.values())} ({faults}); jobs {self.jobs} ({states}); "
-                f"ok migrations {self.migrations_ok}, task-starting POSTs {self.task_posts}; {figures}; "
+                f"ok migrations {self.migrations_ok}, task-starting POSTs {self.task_posts}; {disks}{figures}; "
                 f"{self.unused_faults} faults unused; {self.duration:.0f} s")
 
 
@@ -72,7 +84,8 @@ def total_line(results: list[RunResult]) -> str:
     figure_text = ", ".join(f"{f.replace('_', ' ')} {figures[f]}" for f in FIGURES)
     return (f"total: {len(results)} runs, seeds {[r.seed for r in results]}, faults {sum(faults.values())} "
             f"({', '.join(f'{k} {v}' for k, v in sorted(faults.items()))}); jobs {sum(r.jobs for r in results)}, "
-            f"ok migrations {sum(r.migrations_ok for r in results)}; {figure_text}; "
+            f"ok migrations {sum(r.migrations_ok for r in results)}, ok disk moves "
+            f"{sum(r.disk_moves_ok for r in results)}; {figure_text}; "
             f"{sum(r.duration for r in results):.0f} s; {'PASS' if all(r.ok for r in results) else 'FAIL'}")
 
 
@@ -80,7 +93,9 @@ class Run:
     def __init__(self, cfg: RunConfig, workdir: Path, say: Callable[[str], None] = print) -> None:
         self.cfg, self.workdir, self._say = cfg, workdir, say
         self.rng = random.Random(cfg.seed)
-        self.h = Harness(workdir, cfg.time_scale, cfg.limits, cfg.workers)
+        self.h = Harness(workdir, cfg.time_scale, cfg.limits, cfg.workers, slot_ttl=cfg.slot_ttl, storage=cfg.storage)
+        self.start = Inventory.of(self.h) if cfg.storage else None  # the storages before anything moved
+        self.storage_end = ""
         self.found = Findings()
         self.exited: list[str] = []
         self.t0 = time.time()
@@ -100,15 +115,16 @@ class Run:
 
     def execute(self) -> RunResult:
         cfg, h = self.cfg, self.h
-        self.say(f"fault suite run: seed {cfg.seed}, {cfg.faults} faults, gap {cfg.gap} s, redis outage "
+        what = "disk moves on storage-3" if cfg.storage else "migrations on all-on-one"
+        self.say(f"fault suite run ({what}): seed {cfg.seed}, {cfg.faults} faults, gap {cfg.gap} s, redis outage "
                  f"{f'{cfg.outage_seconds:.0f} s' if cfg.outage else 'no'}, time_scale {cfg.time_scale}, "
                  f"{cfg.workers} workers, limits {asdict(cfg.limits)}, workdir {self.workdir}")
         started = time.time()
-        inj = Injector(h, self.rng, self.t0, self.say, cfg.outage_seconds)
+        inj = (DiskInjector if cfg.storage else Injector)(h, self.rng, self.t0, self.say, cfg.outage_seconds)
         self.say(f"simulator features used: {inj.features.describe()}")
         rebalance, drain = inj.deck(cfg.faults, cfg.outage)
         self.say(f"faults for the rebalance: {' '.join(rebalance)}")
-        self.say(f"faults for the drain: {' '.join(drain)}")
+        self.say(f"faults for the {'fill' if cfg.storage else 'drain'}: {' '.join(drain)}")
         unused = 0
         try:
             h.start()
@@ -134,10 +150,15 @@ class Run:
             task_posts=sum(1 for r in stats.get("migrate_requests", []) if r.get("upid")),
             duration=time.time() - started, workdir=self.workdir, features=inj.features.describe(),
             unused_faults=unused, log_errors=self.log_errors,
+            disk_moves_ok=sum(1 for m in stats["disk_moves"] if m["ok"]),
+            disk_posts=sum(1 for r in stats["disk_move_requests"] if r.get("upid")), storage_end=self.storage_end,
+            faults_in_copies=sum(1 for f in inj.injected
+                                 if any(m["start"] <= f.at <= m["end"] for m in stats["disk_moves"])),
         )
         self.say(result.summary())
         report = {"summary": result.summary(), "problems": result.problems, "log": self.lines,
-                  "faults": [asdict(f) for f in inj.injected], "skipped": inj.skipped}
+                  "faults": [asdict(f) for f in inj.injected], "skipped": inj.skipped,
+                  "fills": [asdict(f) for f in getattr(inj, "fills", [])]}
         (self.workdir / "report.json").write_text(json.dumps(report, indent=1, default=str))
         return result
 
@@ -159,15 +180,19 @@ class Run:
                 steady = since is not None and now - since >= 2.0
                 if phase == "rebalance" and (steady or now - self.t0 > cfg.rebalance_timeout):
                     why = "the rebalance settled" if steady else "rebalance timeout"
-                    h.sim.control("POST", f"/_sim/nodes/{DRAINED}/maintenance", {"enable": True})
-                    inj.draining = True
+                    if isinstance(inj, DiskInjector):
+                        self.say(f"{self.rel()} fill: {inj.fill().detail} ({why})")
+                    else:
+                        h.sim.control("POST", f"/_sim/nodes/{h.drained}/maintenance", {"enable": True})
+                        inj.draining = True
+                        self.say(f"{self.rel()} drain: {h.drained} into HA maintenance ({why})")
                     phase, since = "drain", None
                     # what the rebalance did not use carries over
                     cards += [(len(rebalance) + i, kind) for i, kind in enumerate(drain)]
                     next_at = time.time() + self.rng.uniform(*cfg.gap)
-                    self.say(f"{self.rel()} drain: {DRAINED} into HA maintenance ({why})")
                 elif phase == "drain" and steady:
-                    self.say(f"{self.rel()} the drain settled; {len(cards)} faults left unused")
+                    self.say(f"{self.rel()} the {'fill' if cfg.storage else 'drain'} settled; {len(cards)} faults "
+                             "left unused")
                     return len(cards)
             if now - self.t0 > cfg.fault_phase_max:
                 self.say(f"{self.rel()} fault phase ends at its cap ({cfg.fault_phase_max:.0f} s), {phase}")
@@ -189,9 +214,9 @@ class Run:
             ok, _, _ = settle_state(self.h.redis())
         except Exception:  # Redis away
             return False
-        if ok and extra:
+        if ok and extra and self.h.drained:
             with self.h.sim.cluster.lock:
-                return not any(g.node == DRAINED for g in self.h.sim.cluster.guests.values())
+                return not any(g.node == self.h.drained for g in self.h.sim.cluster.guests.values())
         return ok
 
     def _watch_services(self, inj: Injector) -> None:
@@ -241,8 +266,12 @@ class Run:
         jobs = load_jobs(r)
         self._jobs_figures = (len(jobs), Counter(j.state.value if j.state else "none" for j in jobs.values()))
         now = time.time()
-        check_jobs(jobs, stats, inj.injected, now, self.found)
+        check_jobs(jobs, stats, inj.injected, now, self.found, h.drained)
         check_cluster(h, stats, self.found)
+        if isinstance(inj, DiskInjector) and self.start is not None:
+            check_disk_jobs(jobs, stats, inj.injected, inj.fills, now, self.found)
+            check_disks(h, self.start, stats, inj.injected, inj.fills, self.found)
+            self.storage_end = check_storages(h, self.start, stats, r, self.found)
         state = {"jobs": {j.id: {"record": {k: v for k, v in j.record.items() if k != "payload"},
                                  "events": [e.model_dump(mode="json") for e in j.events]} for j in jobs.values()},
                  "stats": stats}

@@ -1,6 +1,6 @@
 """After a run: is the cluster settled, and did the promise hold? Checked against the simulator's own
 record (every migrate POST, every migration task, peak concurrency and memory) and Redis (the job
-store and its event stream)."""
+store and its event stream). A disk-move run's own checks are in verify_disks.py."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from typing import Any
 from redis import Redis
 
 from pvebalance.shared import keys
-from pvebalance.shared.jobs import JobState, JobStatusEvent, MigrationJob
+from pvebalance.shared.jobs import DiskMoveJob, JobState, JobStatusEvent, MigrationJob, actions_with_jobs, parse_job
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.models import Plan
 
-from .harness import DRAINED, Harness
+from .harness import Harness
 from .inject import API_FAULTS, PROCESS_FAULTS, Injected
 
 SLACK = 2.0  # seconds around a job's window (clocks are one machine's, but writes are not instant)
@@ -29,7 +29,7 @@ EARLY_SLACK = 0.5
 
 @dataclass
 class Job:
-    job: MigrationJob
+    job: MigrationJob | DiskMoveJob
     record: dict[str, str]
     events: list[JobStatusEvent] = field(default_factory=list)
 
@@ -59,9 +59,15 @@ class Job:
     def window(self, now: float) -> tuple[float, float]:
         return self.created - SLACK, (self.ended or now) + SLACK
 
+    @property
+    def subject(self) -> tuple[str, int, str]:
+        """What it moves: (kind, guest, disk or ""). One job at a time per subject (the guest's claim)."""
+        return self.job.action, self.job.vmid, self.job.disk if isinstance(self.job, DiskMoveJob) else ""
+
     def describe(self) -> str:
         keep = {k: v for k, v in self.record.items() if k != "payload"}
-        return (f"{self.id} vmid {self.job.vmid} {self.job.source}->{self.job.target} {keep} "
+        disk = f" {self.job.disk}" if isinstance(self.job, DiskMoveJob) else ""
+        return (f"{self.id} vmid {self.job.vmid}{disk} {self.job.source}->{self.job.target} {keep} "
                 f"events {[(e.state.value, e.message[:80]) for e in self.events]}")
 
 
@@ -72,7 +78,7 @@ def load_jobs(r: Redis) -> dict[str, Job]:
         job_id = key.decode().removeprefix(keys.job(""))
         record = dict(store.load(job_id).fields)
         if record.get("payload"):
-            jobs[job_id] = Job(MigrationJob.model_validate_json(record["payload"]), record)
+            jobs[job_id] = Job(parse_job(record["payload"]), record)
     after = "0-0"
     while True:
         batch = store.events(after=after, count=1000)
@@ -103,11 +109,11 @@ def settle_state(r: Redis) -> tuple[bool, str, list[str]]:
     last_end = max((j.ended or 0 for j in jobs.values()), default=0.0)
     if plan.created_at.timestamp() <= last_end:
         return False, "no plan since the last job ended", []
-    enqueued = [m for m in plan.migrations if MigrationJob.id_for(plan.plan_id, m.vmid) in jobs]
+    enqueued = [a for a, job_id in actions_with_jobs(plan) if job_id in jobs]
     if enqueued:
         return False, f"plan {plan.plan_id} has {len(enqueued)} enqueued moves", []
-    blocked = [f"{m.vmid} {m.source}->{m.target} ({m.reason.value})" for m in plan.migrations]
-    return True, f"{len(jobs)} jobs final, latest plan {len(plan.migrations)} moves (blocked)", blocked
+    blocked = [f"{a.kind} {a.vmid} {a.source}->{a.target}" for a in plan.actions]
+    return True, f"{len(jobs)} jobs final, latest plan {len(plan.actions)} moves (blocked)", blocked
 
 
 @dataclass
@@ -150,9 +156,10 @@ def diagnose(h: Harness, r: Redis) -> list[str]:
 class Explainer:
     """Does a failed or skipped job's reason name something that really happened to its guest?"""
 
-    def __init__(self, faults: list[Injected]) -> None:
+    def __init__(self, faults: list[Injected], drained: str | None = None) -> None:
         self.faults = faults
         self.by_tag = {f.tag: f for f in faults}
+        self.drained = drained
 
     def happened(self, kinds: tuple[str, ...], start: float, end: float, vmid: int | None = None,
              node: str | None = None) -> bool:
@@ -161,12 +168,20 @@ class Explainer:
 
     def why_not(self, job: Job, now: float) -> str | None:
         """None when the reason is explained, else what is missing."""
-        msg, vmid, target = job.message, job.job.vmid, job.job.target
-        start, end = job.window(now)
+        msg = job.message
         tags = [t for t in re.findall(r"#\d+", msg) if t in self.by_tag]
         if tags:
             return None  # the reason carries the text of an injected fault
-        checks: list[tuple[str, bool]] = [
+        start, end = job.window(now)
+        for pattern, happened in self.checks(job, start, end):
+            if re.search(pattern, msg):
+                return None if happened else f"reason matches /{pattern}/ but no such fault hit it"
+        return "no injected fault explains this reason"
+
+    def checks(self, job: Job, start: float, end: float) -> list[tuple[str, bool]]:
+        """(a pattern of the job's reason, whether a fault that causes it hit the job), first match counts."""
+        vmid, target = job.job.vmid, job.job.target
+        return [
             (r"guest \d+ no longer exists", self.happened(("guest_delete",), 0, end, vmid)),
             (r"is already on (\S+)", self.happened(("guest_move",), 0, end, vmid)),
             (r"was moved to \S+ since the plan", self.happened(("guest_move",), 0, end, vmid)),
@@ -180,28 +195,24 @@ class Explainer:
              self.happened(("guest_delete", "guest_move"), start, end, vmid)),
             (r"kept refusing the credentials", self.happened(("http_401",), start, end)),
             (r"given up after \d+ attempts", self.happened(PROCESS_FAULTS, start, end)),
-            (r"the migrate request failed \d+ times|timed out|not PVE's JSON|No route to host",
+            (r"the (migrate )?request failed \d+ times|timed out|not PVE's JSON|No route to host",
              self.happened((*API_FAULTS, "node_offline"), start, end)),
         ]
-        for pattern, happened in checks:
-            if re.search(pattern, msg):
-                return None if happened else f"reason matches /{pattern}/ but no such fault hit it"
-        return "no injected fault explains this reason"
 
     def _offline(self, node: str, start: float, end: float) -> bool:
         # a snapshot or a pre-flight may see a node offline a few seconds after it came back
-        return node == DRAINED or self.happened(("node_offline",), start - 5, end, node=node)
+        return node == self.drained or self.happened(("node_offline",), start - 5, end, node=node)
 
 
 def exclusive_windows(jobs: dict[str, Job], now: float) -> dict[str, tuple[float, float]]:
     """Each job's time span for attributing POSTs and tasks to it: its own window with SLACK, but
     never reaching into the next job of the same guest (a guest has one job at a time: the next is
     created only after this one ended and freed the guest's claim)."""
-    by_vmid: dict[int, list[Job]] = defaultdict(list)
+    by_subject: dict[tuple[str, int, str], list[Job]] = defaultdict(list)
     for job in jobs.values():
-        by_vmid[job.job.vmid].append(job)
+        by_subject[job.subject].append(job)
     out: dict[str, tuple[float, float]] = {}
-    for same in by_vmid.values():
+    for same in by_subject.values():
         same.sort(key=lambda j: j.created)
         for i, job in enumerate(same):
             start, end = job.window(now)
@@ -213,25 +224,32 @@ def exclusive_windows(jobs: dict[str, Job], now: float) -> dict[str, tuple[float
     return out
 
 
+def check_ending(job: Job, found: Findings) -> None:
+    """It ended, once, and its hash and its event stream agree."""
+    finals = [e for e in job.events if e.state.terminal]
+    if job.ended is None:
+        found.add("lost", f"job never ended: {job.describe()}")
+    elif not finals:
+        found.add("lost", f"job ended without a final event: {job.describe()}")
+    if len(finals) > 1:
+        found.add("ended_twice", f"{len(finals)} final events: {job.describe()}")
+    elif finals and job.state is not finals[0].state:
+        found.add("ended_twice", f"hash says {job.state}, event says {finals[0].state}: {job.describe()}")
+
+
 def check_jobs(jobs: dict[str, Job], stats: dict[str, Any], faults: list[Injected], now: float,
-               found: Findings) -> None:
+               found: Findings, drained: str | None = None) -> None:
     migrations = stats["migrations"]
     by_upid = {m["upid"]: m for m in migrations if m.get("upid")}
     requests = stats.get("migrate_requests", [])
-    explain = Explainer(faults)
+    explain = Explainer(faults, drained)
     windows = exclusive_windows(jobs, now)
     for job in sorted(jobs.values(), key=lambda j: j.created):
+        if not isinstance(job.job, MigrationJob):
+            continue  # a disk move: verify_disks.py
         vmid, target = job.job.vmid, job.job.target
         start, end = windows[job.id]
-        finals = [e for e in job.events if e.state.terminal]
-        if job.ended is None:
-            found.add("lost", f"job never ended: {job.describe()}")
-        elif not finals:
-            found.add("lost", f"job ended without a final event: {job.describe()}")
-        if len(finals) > 1:
-            found.add("ended_twice", f"{len(finals)} final events: {job.describe()}")
-        elif finals and job.state is not finals[0].state:
-            found.add("ended_twice", f"hash says {job.state}, event says {finals[0].state}: {job.describe()}")
+        check_ending(job, found)
         mine = [m for m in migrations if m["vmid"] == vmid and start <= m["start"] <= end]
         ok_mine = [m for m in mine if m["ok"]]
         posts = [r for r in requests if r["vmid"] == vmid and start <= r["time"] <= end and r.get("upid")]
@@ -266,12 +284,13 @@ def check_jobs(jobs: dict[str, Job], stats: dict[str, Any], faults: list[Injecte
     for m in migrations:
         if not m["ok"]:
             continue
-        owners = [j for j in jobs.values()
-                  if j.job.vmid == m["vmid"] and windows[j.id][0] <= m["start"] <= windows[j.id][1]]
+        owners = [j for j in jobs.values() if isinstance(j.job, MigrationJob)
+                  and j.job.vmid == m["vmid"] and windows[j.id][0] <= m["start"] <= windows[j.id][1]]
         if not owners:
             found.add("lost", f"migration {m['upid']} of {m['vmid']} to {m['target']} belongs to no job")
-    succeeded = Counter(j.job.vmid for j in jobs.values() if j.state is JobState.SUCCEEDED)
-    still_open = {j.job.vmid for j in jobs.values() if j.ended is None}  # counted as lost already
+    migration_jobs = [j for j in jobs.values() if isinstance(j.job, MigrationJob)]
+    succeeded = Counter(j.job.vmid for j in migration_jobs if j.state is JobState.SUCCEEDED)
+    still_open = {j.job.vmid for j in migration_jobs if j.ended is None}  # counted as lost already
     for vmid, n in Counter(m["vmid"] for m in migrations if m["ok"]).items():
         if n > succeeded[vmid] and vmid not in still_open:
             found.add("doubled", f"guest {vmid}: {n} ok migrations for {succeeded[vmid]} succeeded jobs")
@@ -297,7 +316,7 @@ def check_cluster(h: Harness, stats: dict[str, Any], found: Findings) -> None:
             found.add("overloads", f"node {node} reached {ratio:.1%} memory (limit {ceiling:.0%})")
     for vmid, (node, _) in sorted(placement.items()):
         online, hastate = nodes[node]
-        if not online or hastate == "maintenance":
+        if not online or hastate == "maintenance":  # (every node is back online once healed)
             found.add("misplaced", f"guest {vmid} is on {node} ({'offline' if not online else 'maintenance'})")
     if running:
         found.add("misplaced", f"migration tasks still running at the end: {running}")

@@ -5,6 +5,8 @@ the simulator's own API (the config line and the storage's content), never throu
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,67 @@ def test_the_next_snapshot_after_a_disk_move_shows_the_disk_on_its_new_storage(
     assert runner.run(disk_job(store, VM)) is JobState.SUCCEEDED
     reads = sim.cluster.stats.requests[config]
     assert storage_of_disk() == "nfs-b" and sim.cluster.stats.requests[config] == reads + 1
+
+
+def test_a_garbled_content_answer_after_the_move_is_waited_out_and_the_job_succeeds(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    """The fault suite's finding: the source volume is looked for once the task ended OK; an answer that is
+    not a list (here `{"data": null}`, twice) must be read again, not end the job failed while its disk
+    is on its target (the planner would plan the move again, and the move could be doubled)."""
+    sim, api, runner, store = setup(start_simulator, fake_redis, tmp_path)
+    sim.faults.add({"kind": "data", "method": "GET", "path": "/storage/nfs-a/content$", "data": None, "count": 2})
+    job = disk_job(store, VM)
+    assert runner.run(job) is JobState.SUCCEEDED, store.load(job.job_id).message
+    assert volume(api, VM).startswith("nfs-b:")
+    assert sim.faults.as_json() == []  # both garbled answers were read
+
+
+def test_a_move_checked_while_another_onto_its_target_holds_the_slot_counts_that_one(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    """The fault suite's finding (max_parallel_per_storage 2): two moves onto one storage checked at once,
+    each before the other's POST, must not both pass when the storage has room for one (it went to 92 %)."""
+    sim, _, runner, store = setup(start_simulator, fake_redis, tmp_path,
+                                  storage_balancing={"max_parallel_per_storage": 2})
+    for entry in sim.cluster.storages:  # nfs-c: 8,000 GiB at 83.75 %; one 400 GiB disk more is 88.75 %
+        if entry["storage"] == "nfs-c":
+            entry["disk"] = 6700 * GIB
+    first, second = disk_job(store, VM, "nfs-c", "plan-1"), disk_job(store, CT, "nfs-c", "plan-2")
+    assert runner.slots.try_acquire(SlotRequest.of(first)), "the first is being checked: it holds its slots"
+    assert runner.run(second) is JobState.SKIPPED
+    assert "nfs-c no longer has room" in store.load(second.job_id).message
+    assert sim.cluster.stats.disk_move_requests == []
+
+
+def test_a_server_error_on_the_task_status_read_is_waited_out_while_the_copy_runs(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    """The fault suite's finding: a 500 carrying words PVE refuses a request with ("can't migrate VM"), on
+    the read of a running task's status, ended the follow; the job was judged at once by the config (the
+    disk still on its source) and ended failed, its slots freed, while the copy ran on and succeeded. Only
+    a 4xx (PVE's 'no such task') says the task cannot be followed; a 5xx on a read is waited out."""
+    sim, api, runner, store = setup(start_simulator, fake_redis, tmp_path)
+    sim.faults.add({"kind": "http", "method": "GET", "path": "/tasks/[^/]+/status$", "status": 500,
+                    "message": "can't migrate VM - simulated refusal", "count": 3})
+    job = disk_job(store, VM)
+    assert runner.run(job) is JobState.SUCCEEDED, store.load(job.job_id).message
+    assert volume(api, VM).startswith("nfs-b:")
+    [move] = sim.cluster.stats.disk_moves
+    assert float(store.load(job.job_id).fields["at_succeeded"]) >= move["end"]
+
+
+def test_a_server_error_on_the_reads_that_judge_an_ended_task_is_waited_out(
+        start_simulator: SimFactory, fake_redis: Redis, tmp_path: Path) -> None:
+    """After the task ended OK, the config read that says where the disk is meets a 500 with words PVE
+    refuses requests with: the job reads again rather than end failed with its disk on its target."""
+    sim, api, runner, store = setup(start_simulator, fake_redis, tmp_path)
+    job = disk_job(store, VM).model_copy(update={"bwlimit_mib": 200.0})  # 400 GiB: 2048 s x 0.002 = 4 s
+    ended: list[JobState] = []
+    thread = threading.Thread(target=lambda: ended.append(runner.run(job)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not sim.cluster.stats.disk_move_requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sim.faults.add({"kind": "http", "method": "GET", "path": "/qemu/108/config$", "status": 500,
+                    "message": "can't migrate VM - simulated refusal", "count": 3})
+    thread.join(30)
+    assert ended == [JobState.SUCCEEDED], store.load(job.job_id).message
+    assert volume(api, VM).startswith("nfs-b:") and sim.faults.as_json() == []

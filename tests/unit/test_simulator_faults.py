@@ -164,7 +164,8 @@ def test_guest_deleted_by_hand_is_gone_and_its_migration_task_ends_in_error(star
     client = ProxmoxClient(api_settings(sim))
     upid = client.post("/nodes/pve1/qemu/118/migrate", target="pve2", online=True)
     answer = control(sim, "POST", "guests/118/delete")
-    assert answer == {"vmid": 118, "deleted": 1, "aborted_tasks": [upid]}
+    # destroyed with --purge: its disk (ceph-vm, 32G) is freed too
+    assert answer == {"vmid": 118, "deleted": 1, "aborted_tasks": [upid], "freed_bytes": 32 * 2**30}
     assert 118 not in [r["vmid"] for r in client.get("/cluster/resources", type="vm")]
     with pytest.raises(ProxmoxError, match="does not exist"):
         client.get("/nodes/pve1/qemu/118/config")

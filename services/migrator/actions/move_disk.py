@@ -7,7 +7,8 @@ disk where it was.
 
 The check reads the guest's config on its node (still there, not locked, no snapshots, the disk still
 on its source storage) and the node's storages (the target active, holding the content, and with room:
-its use plus this disk plus the disk moves in flight onto it at most `storage_balancing.max_usage` %).
+its use plus this disk plus the other disk moves onto it, in flight or holding its slot, at most
+`storage_balancing.max_usage` %).
 After the task the config must name the target storage for the disk and the source volume must be gone
 from the source storage's content.
 """
@@ -17,8 +18,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pvebalance.shared import keys
 from pvebalance.shared.jobrecord import JobRecord
-from pvebalance.shared.jobs import DiskMoveJob
+from pvebalance.shared.jobs import DiskMoveJob, parse_known_job
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import GuestType
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxError
@@ -127,14 +129,26 @@ class MoveDisk(ActionKind[DiskMoveJob]):
             total, used = int(entry["total"]), int(entry["used"])
         except (KeyError, TypeError, ValueError):
             raise ProxmoxError(f"{path}: storage {job.target} has no usable figures", kind=MALFORMED) from None
-        # moves in flight onto it count in full (a copy allocates its volume when it starts: counted twice
-        # at worst, which errs on the safe side)
-        arriving = sum(m.size for m in self.ctx.redis(lambda: self.ctx.store.in_flight_disk_moves(job.job_id))
-                       if m.target == job.target)
+        arriving = self.ctx.redis(lambda: self._arriving(job))
         limit = self.settings.storage_balancing.max_usage
         if total <= 0 or 100.0 * (used + arriving + job.size) / total > limit:
             raise Skip(f"storage {job.target} no longer has room for {job.disk} of {job.vmid} "
                        f"(it would be above max_usage {limit:g} %)")
+
+    def _arriving(self, job: DiskMoveJob) -> int:
+        """Bytes on their way onto the job's target: the other moves in flight there, and those that hold a
+        place in its slot set without having POSTed yet (checked, or being checked, now: two moves checked at
+        once must each count the other, or both pass where there is room for one). Each counts in full (a
+        copy allocates its volume when it starts: counted twice at worst, which errs on the safe side)."""
+        store = self.ctx.store
+        moves = {(m.vmid, m.disk): m.size for m in store.in_flight_disk_moves(job.job_id) if m.target == job.target}
+        holders = {h.decode() if isinstance(h, bytes) else str(h)
+                   for h in store.redis.zrangebyscore(keys.slots_storage(job.target), time.time(), "+inf")}
+        for record in store.load_many(sorted(holders - {job.job_id})):
+            other = parse_known_job(record.payload)
+            if record.live and isinstance(other, DiskMoveJob) and other.target == job.target:
+                moves[other.vmid, other.disk] = other.size
+        return sum(moves.values())
 
     def path(self, job: DiskMoveJob) -> str:
         return f"{self._guest_path(job)}/{'move_disk' if job.guest_type is GuestType.QEMU else 'move_volume'}"
@@ -167,17 +181,29 @@ class MoveDisk(ActionKind[DiskMoveJob]):
         if not ok:
             log.warning("task did not end OK but the disk is on its target", exitstatus=exitstatus)
         source = record.fields.get("source_volume")
-        if source and self._still_there(job, source):
-            log.warning("the source volume was not freed", volume=source)
-            return f"the source volume {source} is still on {job.source}: PVE did not free it"
-        return None
+        return self._source_note(job, source) if source else None
 
-    def _still_there(self, job: DiskMoveJob, volume: str) -> bool:
+    def _source_note(self, job: DiskMoveJob, volume: str) -> str | None:
+        """What to say of the source volume once the disk is on its target: nothing when it is gone. A
+        garbled answer is read again (within the patience before a POST); never a reason to fail a job
+        whose disk has moved."""
         path = f"/nodes/{job.node}/storage/{job.source}/content"
-        answer = self.ctx.api(lambda: self.client.get(path, vmid=job.vmid))
-        if not isinstance(answer, list):
-            raise Failed(f"{path}: the answer is not a list; the source volume {volume} was not checked")
-        return any(isinstance(v, dict) and v.get("volid") == volume for v in answer)
+
+        def content() -> list[Any]:
+            answer = self.client.get(path, vmid=job.vmid)
+            if not isinstance(answer, list):
+                raise ProxmoxError(f"{path}: the answer is not a list", kind=MALFORMED)
+            return answer
+
+        try:
+            answer = self.ctx.api(content, self.settings.migrator.task_timeout_base)
+        except ProxmoxError as exc:
+            log.warning("the source volume could not be looked for", volume=volume, error=exc.message)
+            return f"the source volume {volume} on {job.source} was not looked for: {exc.message}"
+        if any(isinstance(v, dict) and v.get("volid") == volume for v in answer):
+            log.warning("the source volume was not freed", volume=volume)
+            return f"the source volume {volume} is still on {job.source}: PVE did not free it"
+        return None
 
     def succeeded(self, job: DiskMoveJob) -> str:
         return f"disk {job.disk} of {job.name or job.vmid} is on {job.target}"
