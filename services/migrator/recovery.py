@@ -34,9 +34,10 @@ from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobqueue import end_overdue, enqueue_job
 from pvebalance.shared.jobrecord import JobRecord
-from pvebalance.shared.jobs import JobState
+from pvebalance.shared.jobs import JobState, job_ids
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.logging import get_logger
+from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.redisconn import Outage
 from pvebalance.shared.retention import Retention
 
@@ -155,7 +156,10 @@ class Reconciler:
         if not self.store.take_over(record):
             return False  # another pass took it over meanwhile
         if rq_job is None:
-            enqueue_job(self.queue, self.settings, job, at_front=True)
+            # queued as the planner queued it: after the jobs of its plan it waits for that have not ended
+            # (none for a job in flight: its task runs, and is followed at once)
+            after = [] if record.in_flight else self._waits(job_id, job.plan_id)
+            enqueue_job(self.queue, self.settings, job, after, at_front=True)
         elif job_id in self.queue.failed_job_registry:
             with contextlib.suppress(InvalidJobOperation):  # no longer there: queued again by rq's own retry
                 self.queue.failed_job_registry.requeue(job_id, at_front=True)
@@ -164,6 +168,18 @@ class Reconciler:
         log.warning("job lost by rq: queued again to be resumed", job_id=job_id, in_flight=record.in_flight,
                     upid=record.upid, handed_over=record.handed_over, reason=reason[-300:])
         return True
+
+
+    def _waits(self, job_id: str, plan_id: str) -> list[str]:
+        """The jobs the plan says `job_id` waits for (its action's `after`) that are live and known to rq."""
+        plan = PlanStore(self.redis).plan(plan_id)
+        if plan is None:
+            return []
+        ids = job_ids(plan)
+        if job_id not in ids:
+            return []
+        before = [ids[i] for i in plan.actions[ids.index(job_id)].after]
+        return [r.job_id for r in self.store.load_many(before) if r.live and Job.exists(r.job_id, self.redis)]
 
 
 def _rq_reason(rq_job: Job | None) -> str:

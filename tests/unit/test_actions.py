@@ -132,3 +132,26 @@ def test_the_plans_waits_are_those_the_planner_derived_before_they_travelled_wit
     assert len(plan.migrations) > 1
     derived = legacy_order([m.model_dump(exclude={"after"}) for m in plan.migrations])
     assert [m.after for m in plan.migrations] == [d["after"] for d in derived]
+
+
+def test_a_job_rq_never_had_is_queued_again_behind_the_live_jobs_its_plan_says_it_waits_for(
+        fake_redis: Redis) -> None:
+    """The reconciler queues a lost job as the planner queued it: a disk move of batch 1 after the batch-0
+    move still waiting, not ahead of it."""
+    import time
+
+    from rq import Queue
+
+    from pvebalance.services.migrator.recovery import Reconciler
+    from pvebalance.shared import keys
+    from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
+
+    plan = plan_of(disk_move(100), disk_move(101, batch=1, after=(0,)))
+    planner = Planner(fake_redis, Settings())
+    PlanStore(fake_redis).save(plan, PlanStatus(plan_id=plan.plan_id, state=PlanState.RUNNING))
+    first, second = planner.enqueue(plan)
+    Job.fetch(second, connection=fake_redis).delete()  # rq lost it (its record gone), the job store has it live
+    fake_redis.lrem(Queue(keys.MIGRATION_QUEUE, connection=fake_redis).key, 0, second)
+    planner.jobs.set_fields(second, created_at=time.time() - 60)
+    assert Reconciler(fake_redis, Settings(), interval=0.01).run_once() == [second]
+    assert set(Job.fetch(second, connection=fake_redis).dependency_ids) == {first}
