@@ -3,11 +3,12 @@ node, and S disk moves per storage.
 
 Each scope is a sorted set of holders (job ids) scored by their expiry; a job names its scopes
 (shared/jobs.py `slot_scopes`), and each scope's limit follows from its family (`Slots.limit`). One
-Lua script takes a slot in every scope of a job at once or in none, so two workers can never both squeeze past a
-limit. Before its POST a job renews its slots, and loses them when they expire if its worker dies;
-from the POST on they are pinned and freed only when the job ends, so a migration Proxmox is running
-always counts. Pinning them is part of the job's start, which the job store writes (JobStore.start:
-the slots pinned, the job running and its event, in one step); this module never writes a job's state.
+Lua script takes a slot in every scope of a job at once or in none, so two workers can never both
+squeeze past a limit, and it serves the jobs waiting for slots in queue order (below). Before its
+POST a job renews its slots, and loses them when they expire if its worker dies; from the POST on
+they are pinned and freed only when the job ends, so a migration Proxmox is running always counts.
+Pinning them is part of the job's start, which the job store writes (JobStore.start: the slots
+pinned, the job running and its event, in one step); this module never writes a job's state.
 """
 
 from __future__ import annotations
