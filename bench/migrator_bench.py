@@ -26,9 +26,11 @@ and two such never copy at once. Then the link carries 38 G alone plus twice tho
 at g = 0.25 s (the model's gap) 85.5 + 42.6 s (20 short guests, the 4 longest left out) against its
 117.1 s, so it must idle; how long is not proven here. The plan's expected time is the best order the
 schedule found over the same model. `out of queue order` counts the migrations that started before
-one queued ahead of them: the migrator's waiting workers take a free slot in no set order, and an
-order chosen for a shared link depends on its sequence. The rows with as many workers as slots show
-the same drain with the jobs started in queue order (a worker takes the next job only once it is free).
+one queued ahead of them: the migrator grants a freed slot to the first waiting job in queue order
+(services/migrator/slots.py), as the plan's expected time assumes, but a job's pre-flight and POST
+after its grant take their own time, so two granted close together may start the other way round.
+The rows with as many workers as slots show the same drain where no job waits for a slot (a worker
+takes the next job only once it is free).
 
 Each drain runs twice: with the simulator's API latency (10 ms a request, 3 pveproxy workers per node,
 as in the demo and the tests) and without any. The durations are the simulator's own (time scale 1);
@@ -73,7 +75,7 @@ COLUMNS = [("latency_ms", "API latency ms"), ("slots", "slots"), ("workers", "wo
            ("out_of_order", "out of queue order")]
 TIME_SCALE = 1.0  # the simulator's own durations (4.9 s on average here); lower is quicker and harsher
 LATENCIES = (10.0, 0.0)  # the simulator's default (pveproxy's 3 workers per node), then none (unlimited)
-IN_QUEUE_ORDER = (2,)  # slot counts also drained with as many workers as slots (the jobs start in queue order)
+IN_QUEUE_ORDER = (2,)  # slot counts also drained with as many workers as slots (no job waits for a slot)
 
 
 def drain(slots: int, redis_url: str, workdir: Path, time_scale: float = TIME_SCALE,

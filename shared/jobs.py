@@ -53,6 +53,10 @@ class Job(Message):
     source: str
     target: str
     reason: MigrationReason = MigrationReason.BALANCE
+    # Its place in the migrator's queue: when its plan was made (epoch seconds), then its action's index in
+    # the plan (`job_ids` order). Jobs waiting for slots take them in this order (services/migrator/slots.py),
+    # as the plan's expected time assumes (engine/timing.py); a job stored without one goes first.
+    place: tuple[float, int] = (0.0, 0)
 
     @classmethod
     def id_of(cls, plan_id: str, action: Any, step: int) -> str:
@@ -214,8 +218,10 @@ def migrations_with_jobs(plan: Plan) -> list[tuple[Migration, str]]:
 
 
 def jobs_of(plan: Plan, settings: Settings) -> list[Job]:
-    """The job of each of the plan's actions, in the plan's order."""
-    return [JOB_KINDS[a.kind].of(plan.plan_id, a, step, settings) for a, step in _steps(plan)]
+    """The job of each of the plan's actions, in the plan's order, each with its place in the queue."""
+    made = plan.created_at.timestamp()
+    return [JOB_KINDS[a.kind].of(plan.plan_id, a, step, settings).model_copy(update={"place": (made, index)})
+            for index, (a, step) in enumerate(_steps(plan))]
 
 
 class JobStatusEvent(Message):

@@ -26,6 +26,9 @@ MIGRATION_QUEUE = "pvebalance-migrations"
 
 SLOTS_CLUSTER = f"{PREFIX}:slots:cluster"
 SLOTS_WAKE = f"{PREFIX}:slots:wake"  # a list pushed on every release; waiters block on it
+# Hash job id -> the job's place in the queue, its slot sets and limits, and when it stops counting: the jobs
+# waiting for slots, which take them in queue order (services/migrator/slots.py)
+SLOTS_WAITING = f"{PREFIX}:slots:waiting"
 
 
 def plan(plan_id: str) -> str:
@@ -45,6 +48,11 @@ def guest_job(vmid: int) -> str:
 def lease(job_id: str) -> str:
     """Held by the one runner working on a job; expires when its worker dies."""
     return f"{PREFIX}:lease:{job_id}"
+
+
+def slot_waiter(job_id: str) -> str:
+    """A list a job waiting for slots blocks on (besides SLOTS_WAKE): pushed when its turn may have come."""
+    return f"{PREFIX}:slots:waiter:{job_id}"
 
 
 def slot_scopes(source: str, target: str) -> list[str]:
