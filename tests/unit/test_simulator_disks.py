@@ -52,6 +52,15 @@ def diff(before: dict[tuple[str, str], int], after: dict[tuple[str, str], int]) 
     return {k: after[k] - before[k] for k in before if after[k] != before[k]}
 
 
+def copying(api: ProxmoxAPI, upid: str, timeout: float = 5) -> None:
+    """Wait until a VM's move task copies: it takes the config's flock once it runs (PVE's forked worker
+    too), so a request meant to meet the flock must come after that, not merely after the POST's answer."""
+    deadline = time.monotonic() + timeout
+    while not any("copying volume" in t for t in log_of(api, upid)):
+        assert time.monotonic() < deadline, f"task {upid} never started copying"
+        time.sleep(0.01)
+
+
 def log_of(api: ProxmoxAPI, upid: str) -> list[str]:
     return [line["t"] for line in api.nodes(upid.split(":")[1]).tasks(upid).log.get(limit=500)]
 
@@ -259,6 +268,7 @@ def test_a_moving_vm_holds_its_config_flock_so_a_migration_and_a_second_move_end
     sim, api = start(start_simulator)
     vm = api.nodes("pve1").qemu(133)  # two disks on nfs-a: 256G and 300G
     first = vm.move_disk.post(disk="scsi0", storage="nfs-c", delete=1, bwlimit=SLOW)  # 2 s
+    copying(api, first)  # the migration comes while it copies
     assert "lock" not in vm.config.get()
     migration = wait(api, vm.migrate.post(target="pve2", online=1))
     assert migration["exitstatus"] == "migration aborted"
@@ -331,6 +341,7 @@ def test_a_second_move_that_gets_the_flock_in_time_moves_the_disk_from_where_the
     vm = api.nodes("pve1").qemu(106)
     before = used(api)
     first = vm.move_disk.post(disk="scsi1", storage="nfs-c", delete=1)
+    copying(api, first)
     second = vm.move_disk.post(disk="scsi1", storage="nfs-b", delete=1)
     assert [wait(api, upid)["exitstatus"] for upid in (first, second)] == ["OK", "OK"]
     assert vm.config.get()["scsi1"] == "nfs-b:106/vm-106-disk-0.raw,size=4G"
@@ -363,6 +374,7 @@ def test_an_ha_vms_migration_meeting_the_flock_fails_and_the_service_stays_start
     sim.cluster.guests[133].entry["hastate"] = "started"
     vm = api.nodes("pve1").qemu(133)
     move = vm.move_disk.post(disk="scsi0", storage="nfs-c", delete=1, bwlimit=SLOW)  # 2 s
+    copying(api, move)
     request = vm.migrate.post(target="pve2", online=1)
     assert request.split(":")[5] == "hamigrate" and wait(api, request)["exitstatus"] == "OK"
     deadline = time.monotonic() + 5
