@@ -86,7 +86,7 @@ def _entries(answer: Any, what: str) -> list[dict[str, Any]]:
     return answer
 
 
-def _missing(exc: ProxmoxError) -> bool:
+def config_missing(exc: ProxmoxError) -> bool:
     """PVE's answer for a guest whose config is not on that node."""
     return exc.status == 500 and "does not exist" in exc.message
 
@@ -121,7 +121,7 @@ class Preflight:
         try:
             return as_entry(self.client.get(path), node, guest_type, path)
         except ProxmoxError as exc:
-            if _missing(exc):
+            if config_missing(exc):
                 return None
             raise
 
@@ -226,7 +226,7 @@ class Preflight:
         try:
             detail = read_pool_detail(self.client.get(path), path)
         except ProxmoxError as exc:
-            if _missing(exc):
+            if config_missing(exc):
                 return frozenset()  # the pool is gone: the job backs nobody up by it
             raise
         except DumpError as exc:
@@ -235,7 +235,7 @@ class Preflight:
 
     def _guest(self, job: MigrationJob, answer: Any, path: str) -> dict[str, Any]:
         """The guest's entry on its source (read from `path`); Gone saying where it went when it is not there."""
-        if not (isinstance(answer, ProxmoxError) and _missing(answer)):
+        if not (isinstance(answer, ProxmoxError) and config_missing(answer)):
             return as_entry(_value(answer), job.source, job.guest_type, path)
         where = self.guest_entry(job.vmid, job.guest_type, nodes=[job.target])
         if where is None:

@@ -24,6 +24,7 @@ import structlog
 
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
+from pvebalance.shared.jobqueue import expected_seconds
 from pvebalance.shared.jobrecord import JobRecord
 from pvebalance.shared.jobs import Job, JobState
 from pvebalance.shared.jobstore import JobStore
@@ -286,7 +287,7 @@ class JobRunner:
     # --- after: follow the task, then check where the guest is ------------------------------------
 
     def _expected(self, job: Job) -> float:
-        return self.kind(job).expected_seconds(job)
+        return expected_seconds(self.settings, job)
 
     def _wait_task(self, job: Job, upid: str) -> dict[str, Any]:
         """Poll the task until it stops, through any outage; warn once if it runs longer than expected."""

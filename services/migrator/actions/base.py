@@ -83,6 +83,3 @@ class ActionKind(ABC, Generic[J]):
 
     @abstractmethod
     def succeeded(self, job: J) -> str: ...
-
-    def expected_seconds(self, job: J) -> float:
-        return self.settings.migrator.expected_seconds(job.copied_bytes())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pvebalance.shared.jobqueue import expected_seconds
 from pvebalance.shared.jobrecord import JobRecord
 from pvebalance.shared.jobs import MigrationJob
 from pvebalance.shared.logging import get_logger
@@ -67,7 +68,7 @@ class Migrate(ActionKind[MigrationJob]):
         raise Failed(f"task {upid} ended {exitstatus} but guest {job.vmid} is on {where or 'no node'}")
 
     def _wait_ha_landing(self, job: MigrationJob) -> None:
-        deadline = time.monotonic() + self.expected_seconds(job)
+        deadline = time.monotonic() + expected_seconds(self.settings, job)
         while True:
             entry = self.ctx.api(lambda: self.preflight.guest_entry(job.vmid, job.guest_type,
                                                                     nodes=[job.target, job.source]))

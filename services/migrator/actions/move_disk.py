@@ -25,7 +25,7 @@ from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import GuestType
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxError
 
-from ..preflight import Failed, Gone, Skip
+from ..preflight import Failed, Gone, Skip, config_missing
 from .base import ActionKind, Cleared
 
 log = get_logger("pvebalance.migrator")
@@ -44,10 +44,6 @@ def storage_of(volume: str) -> str:
     return volume.split(":", 1)[0]
 
 
-def _missing(exc: ProxmoxError) -> bool:
-    return exc.status == 500 and "does not exist" in exc.message
-
-
 class MoveDisk(ActionKind[DiskMoveJob]):
     def _guest_path(self, job: DiskMoveJob) -> str:
         return f"/nodes/{job.node}/{job.guest_type.value}/{job.vmid}"
@@ -57,7 +53,7 @@ class MoveDisk(ActionKind[DiskMoveJob]):
         try:
             config = self.client.get(path)
         except ProxmoxError as exc:
-            if _missing(exc):
+            if config_missing(exc):
                 raise Gone(f"guest {job.vmid} is no longer on {job.node}") from None
             raise
         if not isinstance(config, dict):
