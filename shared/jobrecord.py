@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .jobs import DiskMoveJob, JobState, MigrationJob, parse_known_job
+from .jobs import Job, JobState, parse_known_job
 
 # The states, grouped once: every reader and every Lua script of the job store use these.
 TERMINAL: frozenset[JobState] = frozenset(s for s in JobState if s.terminal)
@@ -44,7 +44,7 @@ class JobRecord:
     # --- what the job is and where it stands ---------------------------------------------------------
 
     @cached_property
-    def job(self) -> MigrationJob | DiskMoveJob | None:
+    def job(self) -> Job | None:
         """The job itself; None when absent or written in a schema this version does not read."""
         return parse_known_job(self.fields.get("payload") or None)
 

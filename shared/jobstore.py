@@ -163,7 +163,7 @@ class JobStore:
             pipe.hgetall(keys.job(job_id))
         return [JobRecord.of(job_id, raw) for job_id, raw in zip(job_ids, pipe.execute(), strict=True)]
 
-    def job(self, job_id: str) -> MigrationJob | DiskMoveJob | None:
+    def job(self, job_id: str) -> Job | None:
         """The job itself, strictly: a payload this version cannot read raises (the runner must not guess)."""
         payload = self.load(job_id).payload
         return parse_job(payload) if payload else None
@@ -274,7 +274,7 @@ class JobStore:
     def active_jobs(self) -> set[str]:
         return {_text(j) for j in self.redis.smembers(keys.ACTIVE_JOBS)}
 
-    def _in_flight(self, but: str) -> list[MigrationJob | DiskMoveJob]:
+    def _in_flight(self, but: str) -> list[Job]:
         """The jobs in flight now (POSTed, not ended), but job `but`."""
         ids = sorted(self.active_jobs() - {but})
         # one round trip: a drain has every job of the plan active, and this runs before each POST;

@@ -7,47 +7,26 @@ guessing at its meaning.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-SCHEMA_VERSION: Literal[1] = 1
+from pvebalance.actions import ActionBase, action_union
 
+# The kinds of action (pvebalance/actions/, one module each) and the messages' base are defined apart and
+# named here too, where every reader of plans and snapshots has always found them.
+from pvebalance.actions.migrate import Migration as Migration
+from pvebalance.actions.move_disk import DiskMove as DiskMove
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    schema_version: Literal[1] = SCHEMA_VERSION
-
-
-M = TypeVar("M", bound=Message)
-
-
-def parse_known(model: type[M], raw: bytes | str | None) -> M | None:
-    """A stored message, or None when there is none or a version whose schema this one does not know
-    wrote it (a reader refuses what it does not know)."""
-    if raw is None:
-        return None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError:
-        return None
-
-
-class GuestType(StrEnum):
-    QEMU = "qemu"
-    LXC = "lxc"
+from .message import SCHEMA_VERSION as SCHEMA_VERSION
+from .message import GuestType as GuestType
+from .message import Message as Message
+from .message import MigrationReason as MigrationReason
+from .message import new_id as new_id
+from .message import parse_known as parse_known
+from .message import utcnow as utcnow
 
 
 class NodeState(BaseModel):
@@ -207,67 +186,6 @@ class ClusterSnapshot(Message):
         return ((now or utcnow()) - self.taken_at).total_seconds()
 
 
-class MigrationReason(StrEnum):
-    BALANCE = "balance"
-    MAINTENANCE = "maintenance"
-    AFFINITY = "affinity"
-    ANTI_AFFINITY = "anti-affinity"
-    PIN = "pin"
-    HA_RULE = "ha-rule"
-    STORAGE = "storage"  # a disk to another storage (storage_balancing)
-
-
-class Migration(BaseModel):
-    """A plan's action of kind `migrate`: the guest to another node."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["migrate"] = "migrate"
-    vmid: int
-    name: str
-    type: GuestType
-    source: str
-    target: str
-    reason: MigrationReason
-    detail: str = Field("", description="the rule or figure behind the move, in words")
-    online: bool = Field(description="live migration (running VM); containers restart instead")
-    mem_bytes: int = 0
-    local_disk_bytes: int = 0
-    local_disks: dict[str, int] = Field(default_factory=dict, description="storage -> bytes of local disks copied")
-    spread_before_pp: float = 0.0
-    spread_after_pp: float = 0.0
-    batch: int = Field(0, description="moves in the same batch may run in parallel")
-    after: list[int] = Field(default_factory=list, description="the plan's actions (their indexes) it waits for: "
-                             "the earlier migrations out of its target, its guest's earlier action")
-
-    @property
-    def gib_moved(self) -> float:
-        return ((self.mem_bytes if self.online else 0) + self.local_disk_bytes) / 2**30
-
-
-class DiskMove(BaseModel):
-    """A plan's action of kind `move-disk`: one disk to another storage, `POST /nodes/{node}/qemu/{vmid}/move_disk`
-    (disk, storage) for a VM, `.../lxc/{vmid}/move_volume` (volume, storage) for a container."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["move-disk"] = "move-disk"
-    vmid: int
-    guest_type: GuestType
-    name: str = ""
-    node: str = Field(description="the node the guest is on: PVE runs the move there")
-    disk: str = Field(description="the config key: scsi0, efidisk0, rootfs, mp1, ...")
-    source: str = Field(description="storage id it is on")
-    target: str = Field(description="storage id it moves to")
-    size: int = Field(description="bytes: the config's size=, what the target must hold")
-    batch: int = Field(0, ge=0, description="moves of one batch may run at once; a batch starts when the one "
-                       "before it has ended (the source's space counts as free only then)")
-    after: list[int] = Field(default_factory=list, description="the plan's actions (their indexes) it waits for: "
-                             "the disk moves of the batch before its own, its guest's earlier action")
-
-    @property
-    def gib(self) -> float:
-        return self.size / 2**30
-
-
 class GroupOutcome(BaseModel):
     """One storage group of storage balancing: its spread before and after the plan."""
 
@@ -281,8 +199,12 @@ class GroupOutcome(BaseModel):
     proven: bool = Field(False, description="exact and proven: no plan has fewer moves (nor, with as many, fewer GiB)")
 
 
-# A plan's steps, one kind each; a new kind is one more model here and its module in services/migrator/actions.
-Action = Annotated[Migration | DiskMove, Field(discriminator="kind")]
+# A plan's steps, one kind each: every kind registered in pvebalance/actions/__init__.py, told apart by `kind`
+# (type checkers see their common base: narrow with isinstance).
+if TYPE_CHECKING:
+    Action: TypeAlias = ActionBase
+else:
+    Action = action_union()
 
 
 class NodeUsage(BaseModel):
@@ -394,7 +316,7 @@ class Plan(Message):
     def disk_moves(self) -> list[DiskMove]:
         return [a for a in self.actions if isinstance(a, DiskMove)]
 
-    def only(self, keep: Callable[[Migration | DiskMove], bool]) -> Plan:
+    def only(self, keep: Callable[[Action], bool]) -> Plan:
         """The plan with only the actions `keep` accepts, each still waiting for those it waited for that stay
         (an approval of some guests' moves, a drain that leaves stopped guests)."""
         kept = [i for i, a in enumerate(self.actions) if keep(a)]

@@ -37,7 +37,13 @@ from requests.utils import requote_uri
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .config import ProxmoxApiSettings
-from .errors import OperatorError
+
+# The client's errors live apart (light to import); they are the client's, so they are named here too.
+from .proxmox_errors import AUTH as AUTH
+from .proxmox_errors import MALFORMED as MALFORMED
+from .proxmox_errors import NO_ANSWER as NO_ANSWER
+from .proxmox_errors import TLS as TLS
+from .proxmox_errors import ProxmoxError as ProxmoxError
 
 T = TypeVar("T")
 
@@ -49,53 +55,6 @@ UPID_RE = re.compile(
 
 
 MAX_CONNECTIONS = 64  # kept alive per host: as many as collector.config_reads allows at once
-
-NO_ANSWER, MALFORMED, AUTH, TLS, REFUSED = "no-answer", "malformed", "auth", "tls", "refused"
-# Statuses of a proxy or gateway between us and the node that runs the request: it may have run.
-GATEWAY_STATUSES = (502, 503, 504, 595, 596)
-
-
-class ProxmoxError(OperatorError):
-    """An API call that failed; `status` is the HTTP status (None when no host answered)."""
-
-    def __init__(self, message: str, status: int | None = None, host: str | None = None,
-                 kind: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.host = host
-        self.kind = kind or (AUTH if status == 401 else REFUSED if status is not None else NO_ANSWER)
-
-    @property
-    def auth(self) -> bool:
-        return self.kind == AUTH
-
-    @property
-    def ambiguous(self) -> bool:
-        """The request may have been carried out although it failed: no answer, a garbled one, a gateway."""
-        return self.kind in (NO_ANSWER, MALFORMED) or self.status in GATEWAY_STATUSES
-
-    @property
-    def transient(self) -> bool:
-        """Worth retrying: no answer, a garbled answer, a gateway or offline-node status, or a 500 that is
-        not a refusal."""
-        if self.kind in (NO_ANSWER, MALFORMED):
-            return True
-        if self.kind in (AUTH, TLS):
-            return False
-        if self.status in GATEWAY_STATUSES:
-            return True
-        if self.status != 500:
-            return False
-        text = self.message.lower()
-        return not any(p in text for p in _PERMANENT_500)
-
-
-# 500 answers that no retry will change: PVE refused the request itself.
-_PERMANENT_500 = (
-    "does not exist", "no such", "can't migrate", "cannot migrate", "not allowed",
-    "not implemented", "target is local node", "permission",
-)
 
 
 def retry_transient(fn: Callable[[], T], attempts: int = 5, initial: float = 0.5, max_wait: float = 15.0,

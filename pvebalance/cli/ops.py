@@ -139,7 +139,7 @@ def follow_request(redis: Redis, request_id: str, timeout: float, as_json: bool)
                 for m, job_id, record in zip(plan.actions, ids, records, strict=True):
                     if lines and record.terminal and job_id not in reported:
                         reported.add(job_id)
-                        err.print(f"[{len(reported)}/{len(ids)}] guest {m.vmid} ({m.name}) {m.source} -> {m.target}: "
+                        err.print(f"[{len(reported)}/{len(ids)}] {m.describe()}: "
                                   f"{ended_text(record)}", highlight=False, markup=False)
             if status.state.final:
                 break
@@ -253,7 +253,7 @@ def rebalance(
     if not yes:
         if not sys.stdin.isatty():
             raise UserError("not asking on a non-interactive input: add --yes to run the plan")
-        said = actions_in_words(len(plan.migrations), len(plan.disk_moves))
+        said = actions_in_words(plan.actions)
         if not typer.confirm(f"Run {'this' if len(plan.actions) == 1 else 'these'} {said}?"):
             raise typer.Exit(0)
     answered(ask(redis, OperatorRequest(action=RequestAction.APPROVE, plan_id=plan.plan_id, who=who())), as_json=False)
@@ -292,6 +292,6 @@ def follow_plan(redis: Redis, plan: Plan, timeout: float, as_json: bool) -> dict
             time.sleep(0.5)
     if not as_json:
         ok = sum(1 for s in ended.values() if s == "succeeded")
-        err.print(f"{ok} of {actions_in_words(len(plan.migrations), len(plan.disk_moves))} succeeded", highlight=False)
+        err.print(f"{ok} of {actions_in_words(plan.actions)} succeeded", highlight=False)
     return ended
 

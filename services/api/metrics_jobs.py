@@ -2,9 +2,9 @@
 current state, jobs ended by final state, the run's duration (a histogram), and the jobs not yet
 ended, each labelled with its guest (`id="qemu/100"`).
 
-Migrations keep their names (`pvebalance_migrations`, ...); disk moves have their own
-(`pvebalance_disk_moves`, ...), so a dashboard or alert on migrations counts migrations only. A new
-kind of job is one more line in JOB_METRICS (its events are not counted until it has one).
+Each kind of job (pvebalance/actions/) has its own families, named from its `metric_stem`: migrations
+`pvebalance_migrations`, ..., disk moves `pvebalance_disk_moves`, ..., so a dashboard or alert on
+migrations counts migrations only; a job not yet ended carries its kind's `metric_labels`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from pvebalance.actions import KINDS, Kind
 from pvebalance.shared.jobs import JobState, JobStatusEvent
 from pvebalance.shared.retention import Retention
 
 from .context import ApiContext
-from .views import JobView
 
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
 
@@ -37,20 +37,14 @@ class JobMetrics:
     what: str  # "migration job", in the help texts
     active_labels: tuple[str, ...]
 
-    def active_values(self, view: JobView, state: JobState) -> list[str]:
-        if view.action == "move-disk":  # the guest's node, its disk, from storage, to storage
-            return [view.id, view.node or "", view.disk or "", view.source, view.target, state.value]
-        return [view.id, view.source, view.target, state.value]
+    @classmethod
+    def of(cls, kind: Kind) -> JobMetrics:
+        stem = kind.job.metric_stem
+        return cls(f"pvebalance_{stem}s", f"pvebalance_{stem}s_finished", f"pvebalance_{stem}_duration_seconds",
+                   f"pvebalance_{stem}_active", f"{kind.action.noun} job", ("id", *kind.job.metric_labels, "state"))
 
 
-JOB_METRICS: dict[str, JobMetrics] = {
-    "migrate": JobMetrics("pvebalance_migrations", "pvebalance_migrations_finished",
-                          "pvebalance_migration_duration_seconds", "pvebalance_migration_active", "migration job",
-                          ("id", "node", "target", "state")),
-    "move-disk": JobMetrics("pvebalance_disk_moves", "pvebalance_disk_moves_finished",
-                            "pvebalance_disk_move_duration_seconds", "pvebalance_disk_move_active", "disk move job",
-                            ("id", "node", "disk", "storage", "target", "state")),
-}
+JOB_METRICS: dict[str, JobMetrics] = {kind.name: JobMetrics.of(kind) for kind in KINDS}
 
 
 class JobEventFold:
@@ -104,8 +98,8 @@ def job_families(context: ApiContext, fold: JobEventFold) -> Iterator[Metric]:
         finished = dict(fold.finished)
         buckets = {k: list(v) for k, v in fold.buckets.items()}
         sums = dict(fold.sums)
-    views = [v for v in (context.read.job_view(j) for j in sorted(context.read.jobs.active_jobs()))
-             if v is not None and v.state is not None]
+    records = context.read.jobs.load_many(sorted(context.read.jobs.active_jobs()))
+    active_jobs = [(r.job, r.state) for r in records if r.job is not None and r.state is not None]
     for action, names in JOB_METRICS.items():
         current = GaugeMetricFamily(names.jobs, f"{names.what}s by their current state (jobs in the retained "
                                     "event stream)", labels=["state"])
@@ -126,7 +120,7 @@ def job_families(context: ApiContext, fold: JobEventFold) -> Iterator[Metric]:
         yield histogram
         active = GaugeMetricFamily(names.active, f"1 per guest with a {names.what} not yet ended",
                                    labels=list(names.active_labels))
-        for view in views:
-            if view.action == action and view.state is not None:
-                active.add_metric(names.active_values(view, view.state), 1)
+        for job, state in active_jobs:
+            if job.action == action:
+                active.add_metric([f"{job.guest_type.value}/{job.vmid}", *job.metric_values(), state.value], 1)
         yield active

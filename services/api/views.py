@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, Union, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model, model_validator
 from redis import Redis
 
+from pvebalance.actions import KINDS
 from pvebalance.engine import Policy
 from pvebalance.engine.storage_facts import shared_stores
 from pvebalance.shared import keys, snapshots
@@ -114,26 +115,42 @@ class ClusterView(BaseModel):
     storages: list[StorageView] = Field(default_factory=list, description="each shared storage's use, by id")
 
 
-class MoveView(Migration):
-    """A migration of the plan with its job."""
-
-    id: str
-    job_id: str
-    job_state: JobState | None = Field(None, description="None: not enqueued (plan not approved, or not yet)")
-    job_message: str = ""
-
-
-class DiskMoveView(DiskMove):
-    """A disk move of the plan with its job: `source` and `target` are storage ids, `node` the guest's node."""
+class WithJob(BaseModel):
+    """What every action's view adds to the action: its guest's id and its job."""
 
     id: str = Field(description="qemu/VMID or lxc/VMID, as prometheus-pve-exporter labels guests")
-    size_gib: float = Field(description="its size, GiB (what the move copies)")
     job_id: str
     job_state: JobState | None = Field(None, description="None: not enqueued (plan not approved, or not yet)")
     job_message: str = ""
 
 
-ActionView = Annotated[MoveView | DiskMoveView, Field(discriminator="kind")]
+class MoveView(Migration, WithJob):
+    """A migration of the plan with its job."""
+
+
+class DiskMoveView(DiskMove, WithJob):
+    """A disk move of the plan with its job: `source` and `target` are storage ids, `node` the guest's node."""
+
+    size_gib: float = Field(description="its size, GiB (what the move copies)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_gib(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "size_gib" not in data and "size" in data:
+            data = {**data, "size_gib": round(data["size"] / 2**30, 2)}
+        return data
+
+
+# Each registered kind's view (pvebalance/actions/): the action with its job; a kind without a view of its
+# own here is shown as its action with WithJob's fields.
+_VIEWS: dict[str, type[WithJob]] = {"migrate": MoveView, "move-disk": DiskMoveView}
+for _kind in KINDS:
+    if _kind.name not in _VIEWS:
+        _VIEWS[_kind.name] = create_model(f"{_kind.action.__name__}View", __base__=cast(Any, (_kind.action, WithJob)))
+if TYPE_CHECKING:
+    ActionView: TypeAlias = WithJob
+else:
+    ActionView = Annotated[Union[tuple(_VIEWS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
 class PlanView(BaseModel):
@@ -258,15 +275,11 @@ class ReadSide:
         return {"mode_of_operation": bal.mode_of_operation, "balancing_enabled": bal.enable, "mode_from": "config"}
 
     def plan_view(self, plan: Plan) -> PlanView:
-        actions: list[MoveView | DiskMoveView] = []
+        actions: list[WithJob] = []
         for a, job_id in actions_with_jobs(plan):  # a parked guest moves twice, each with its own job
             record = self.jobs.load(job_id)
-            job = {"job_id": job_id, "job_state": record.state, "job_message": record.message}
-            if isinstance(a, Migration):
-                actions.append(MoveView(**a.model_dump(), id=guest_id(a.type, a.vmid), **job))
-            else:
-                actions.append(DiskMoveView(**a.model_dump(), id=guest_id(a.guest_type, a.vmid),
-                                            size_gib=round(a.gib, 2), **job))
+            actions.append(_VIEWS[a.kind](**a.model_dump(), id=a.guest(), job_id=job_id, job_state=record.state,
+                                          job_message=record.message))
         moves = [a for a in actions if isinstance(a, MoveView)]
         return PlanView(plan=plan, status=self.plans.status(plan.plan_id), moves=moves, actions=actions)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+from pvebalance.actions.base import Deferred, Failed, Gone, Skip, config_missing
 from pvebalance.engine import Policy, fits, guest_figures, node_figures
 from pvebalance.engine.fit import NodeFigures, holding_in_flight, storage_figures
 from pvebalance.shared.apianswers import DumpError, read_pool_detail
@@ -41,26 +42,6 @@ log = get_logger("pvebalance.migrator")
 
 OFFLINE_NODE = 595  # a call proxied to a node that does not answer
 MIGRATION_TASKS = ("qmigrate", "vzmigrate", "hamigrate")
-
-
-class Skip(Exception):
-    """The migration is no longer wanted or allowed; the job ends as skipped with this reason."""
-
-
-class Gone(Skip):
-    """Skipped for good: the guest or the target is gone, or the guest is no longer where the plan saw it."""
-
-
-class Deferred(Exception):
-    """The move must wait (a backup of the guest is about to start or runs); checked again after `until`."""
-
-    def __init__(self, reason: str, until: float) -> None:
-        super().__init__(reason)
-        self.until = until
-
-
-class Failed(Exception):
-    """The migration did not happen or did not land; the job ends as failed with this reason."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +65,6 @@ def _entries(answer: Any, what: str) -> list[dict[str, Any]]:
     if not isinstance(answer, list) or not all(isinstance(e, dict) for e in answer):
         raise ProxmoxError(f"{what}: the answer is not a list of objects", kind=MALFORMED)
     return answer
-
-
-def config_missing(exc: ProxmoxError) -> bool:
-    """PVE's answer for a guest whose config is not on that node."""
-    return exc.status == 500 and "does not exist" in exc.message
 
 
 def as_entry(current: Any, node: str, guest_type: GuestType, what: str) -> dict[str, Any]:

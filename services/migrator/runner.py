@@ -1,4 +1,4 @@
-"""Carry out one job (any kind: services/migrator/actions/) against the Proxmox API, exactly once, and
+"""Carry out one job (any kind: pvebalance/actions/) against the Proxmox API, exactly once, and
 say how it ended.
 
 Before the POST: take the slots, check the action against the live cluster (its kind's check), then
@@ -22,6 +22,7 @@ from typing import Any, TypeGuard, TypeVar
 
 import structlog
 
+from pvebalance.actions import KINDS, Context, Deferred, Executor, Failed, Skip
 from pvebalance.shared import keys
 from pvebalance.shared.config import Settings
 from pvebalance.shared.jobqueue import expected_seconds
@@ -32,9 +33,7 @@ from pvebalance.shared.logging import get_logger
 from pvebalance.shared.proxmox import MALFORMED, ProxmoxClient, ProxmoxError, upid_node
 from pvebalance.shared.redisconn import Outage, retry_redis
 
-from .actions import KINDS, ActionKind, Context
 from .lease import Lease
-from .preflight import Deferred, Failed, Skip
 from .slots import SlotCancelled, SlotRequest, Slots, SlotTimeout, SlotYield
 
 log = get_logger("pvebalance.migrator")
@@ -58,7 +57,7 @@ class JobRunner:
         self.sleep = sleep
         self.safe_point = safe_point
         ctx = Context(client, settings, store, self._api, self._redis, sleep)
-        self.kinds: dict[str, ActionKind] = {name: kind(ctx) for name, kind in KINDS.items()}  # type: ignore[type-arg]
+        self.kinds: dict[str, Executor[Any]] = {kind.name: kind.executor(ctx) for kind in KINDS}
         self._api_outage = Outage(log, "the Proxmox API", "the job")
         self._redis_outage = Outage(log, "Redis", "the job")
 
@@ -93,7 +92,7 @@ class JobRunner:
 
     # --- the job ----------------------------------------------------------------------------------
 
-    def kind(self, job: Job) -> ActionKind:  # type: ignore[type-arg]
+    def kind(self, job: Job) -> Executor[Any]:
         return self.kinds[job.action]
 
     def run(self, job: Job) -> JobState:

@@ -278,8 +278,7 @@ class RequestHandler:
         approved = plan.only(lambda a: id(a) in chosen)
         enqueued = set(self.planner.enqueue(approved))
         self.planner.plans.set_state(plan.plan_id, PlanState.RUNNING, f"{plural(len(enqueued), 'job')} enqueued")
-        kinds = [a.kind for a, job_id in actions_with_jobs(approved) if job_id in enqueued]
-        said = actions_in_words(kinds.count("migrate"), kinds.count("move-disk"))
+        said = actions_in_words(a for a, job_id in actions_with_jobs(approved) if job_id in enqueued)
         self.store.settle(request.request_id, RequestState.DONE, f"{said} enqueued", plan_id=plan.plan_id)
 
     def reject(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:

@@ -31,7 +31,7 @@ from pvebalance.shared.jobs import JobState, actions_with_jobs, job_ids, jobs_of
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import ClusterSnapshot, DiskMove, Plan, parse_known, utcnow
+from pvebalance.shared.models import ClusterSnapshot, Plan, parse_known, utcnow
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.policy_now import drained_nodes, policy_now, with_in_flight
 from pvebalance.shared.redisconn import Outage, connect_waiting
@@ -227,8 +227,7 @@ class Planner:
         for a, job_id in actions_with_jobs(plan) if plan else []:
             record = self.jobs.load(job_id)
             if record.state is JobState.FAILED:
-                what = f"disk {a.disk} " if isinstance(a, DiskMove) else ""
-                failed.append(f"guest {a.vmid} ({a.name}) {what}{a.source} -> {a.target}: {record.message}")
+                failed.append(f"{a.describe()}: {record.message}")
         return failed
 
     def latest_plan(self) -> Plan | None:

@@ -9,12 +9,12 @@ import pytest
 from redis import Redis
 from rq.job import Job
 
+from pvebalance.actions import KINDS
 from pvebalance.engine import Policy
 from pvebalance.engine.cluster_plan import plan_cluster
-from pvebalance.services.migrator.actions import KINDS
 from pvebalance.services.planner.planner import Planner
 from pvebalance.shared.config import Settings, StorageBalancingSettings
-from pvebalance.shared.jobs import JOB_KINDS, DiskMoveJob, MigrationJob, job_ids, parse_job
+from pvebalance.shared.jobs import DiskMoveJob, MigrationJob, job_ids, parse_job
 from pvebalance.shared.models import DiskMove, GuestType, Migration, MigrationReason, Plan, UsageSummary
 from pvebalance.shared.scenario import load_scenario
 
@@ -68,8 +68,11 @@ def test_each_action_gets_its_own_job_of_its_kind() -> None:
     assert isinstance(parse_job(MigrationJob.of("plan-a", migration(1), 1, Settings()).model_dump_json()), MigrationJob)
 
 
-def test_every_job_kind_has_its_migrator_module() -> None:
-    assert set(JOB_KINDS) == set(KINDS) == {"migrate", "move-disk"}
+def test_each_registered_kind_is_its_action_its_job_and_its_executor_from_one_module() -> None:
+    assert [k.name for k in KINDS] == ["migrate", "move-disk"]
+    for kind in KINDS:
+        assert kind.job.action == kind.name
+        assert {kind.action.__module__, kind.job.__module__, kind.executor.__module__} == {kind.action.__module__}
 
 
 def test_the_planner_queues_disk_moves_batch_after_batch_and_a_guests_actions_one_after_another(

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from pvebalance.services.migrator.preflight import Deferred, Preflight
+from pvebalance.actions import Deferred
+from pvebalance.services.migrator.preflight import Preflight
 from pvebalance.services.migrator.runner import JobRunner
 from pvebalance.services.migrator.slots import SlotRequest, Slots
 from pvebalance.shared.jobs import JobState, MigrationJob

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from pvebalance.services.migrator.preflight import Preflight, Skip
+from pvebalance.actions import Skip
+from pvebalance.services.migrator.preflight import Preflight
 from pvebalance.shared.jobs import MigrationJob
 from pvebalance.shared.models import GuestType
 from pvebalance.shared.proxmox import ProxmoxClient

@@ -16,17 +16,20 @@ from the source storage's content.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from pvebalance.shared import keys
-from pvebalance.shared.jobrecord import JobRecord
-from pvebalance.shared.jobs import DiskMoveJob, parse_known_job
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.models import GuestType
-from pvebalance.shared.proxmox import MALFORMED, ProxmoxError
+from pvebalance.shared.message import GuestType, MigrationReason
+from pvebalance.shared.proxmox_errors import MALFORMED, ProxmoxError
 
-from ..preflight import Failed, Gone, Skip, config_missing
-from .base import ActionKind, Cleared
+from .base import ActionBase, Cleared, Executor, Failed, Gone, Job, Kind, Skip, config_missing
+
+if TYPE_CHECKING:
+    from pvebalance.shared.config import Settings
+    from pvebalance.shared.jobrecord import JobRecord
 
 log = get_logger("pvebalance.migrator")
 
@@ -44,7 +47,86 @@ def storage_of(volume: str) -> str:
     return volume.split(":", 1)[0]
 
 
-class MoveDisk(ActionKind[DiskMoveJob]):
+class DiskMove(ActionBase):
+    """A plan's action of kind `move-disk`: one disk to another storage, `POST /nodes/{node}/qemu/{vmid}/move_disk`
+    (disk, storage) for a VM, `.../lxc/{vmid}/move_volume` (volume, storage) for a container."""
+
+    kind: Literal["move-disk"] = "move-disk"
+    vmid: int
+    guest_type: GuestType
+    name: str = ""
+    node: str = Field(description="the node the guest is on: PVE runs the move there")
+    disk: str = Field(description="the config key: scsi0, efidisk0, rootfs, mp1, ...")
+    source: str = Field(description="storage id it is on")
+    target: str = Field(description="storage id it moves to")
+    size: int = Field(description="bytes: the config's size=, what the target must hold")
+    batch: int = Field(0, ge=0, description="moves of one batch may run at once; a batch starts when the one "
+                       "before it has ended (the source's space counts as free only then)")
+    after: list[int] = Field(default_factory=list, description="the plan's actions (their indexes) it waits for: "
+                             "the disk moves of the batch before its own, its guest's earlier action")
+
+    noun: ClassVar[str] = "disk move"
+
+    def guest(self) -> str:
+        return f"{self.guest_type.value}/{self.vmid}"
+
+    def describe(self) -> str:
+        return f"guest {self.vmid} ({self.name}) disk {self.disk} {self.source} -> {self.target}"
+
+    @property
+    def gib(self) -> float:
+        return self.size / 2**30
+
+
+class DiskMoveJob(Job):
+    """One disk of a guest to another storage (`source` and `target` are storage ids), on `node`."""
+
+    action: ClassVar[str] = "move-disk"
+    changes_config: ClassVar[bool] = True
+    kind: Literal["disk-move-job"] = "disk-move-job"
+    reason: MigrationReason = MigrationReason.STORAGE
+    node: str
+    disk: str
+    size: int = Field(0, description="bytes the target must hold")
+    bwlimit_mib: float | None = Field(None, description="MiB/s passed to PVE (storage_balancing.bwlimit)")
+
+    @staticmethod
+    def id_for(plan_id: str, vmid: int, disk: str) -> str:
+        return f"move-disk-{plan_id}-{vmid}-{disk}"
+
+    @classmethod
+    def id_of(cls, plan_id: str, action: DiskMove, step: int) -> str:
+        return cls.id_for(plan_id, action.vmid, action.disk)
+
+    @classmethod
+    def of(cls, plan_id: str, action: DiskMove, step: int, settings: Settings) -> DiskMoveJob:
+        d = action
+        return cls(job_id=cls.id_for(plan_id, d.vmid, d.disk), plan_id=plan_id, vmid=d.vmid, name=d.name,
+                   guest_type=d.guest_type, source=d.source, target=d.target, node=d.node, disk=d.disk,
+                   size=d.size, bwlimit_mib=settings.storage_balancing.bwlimit)
+
+    def slot_scopes(self) -> list[str]:
+        # the cluster-wide limit counts every job; each storage takes part in at most so many moves
+        return [keys.SLOTS_CLUSTER, keys.slots_storage(self.source), keys.slots_storage(self.target)]
+
+    def copied_bytes(self) -> int:
+        return self.size
+
+    @property
+    def needs_node(self) -> str:
+        return self.node  # PVE moves the disk on the node the guest is on
+
+    def describe(self) -> str:
+        return f"move {self.guest_type.value} {self.vmid} {self.disk} {self.source} -> {self.target}"
+
+    metric_stem: ClassVar[str] = "disk_move"
+    metric_labels: ClassVar[tuple[str, ...]] = ("node", "disk", "storage", "target")
+
+    def metric_values(self) -> list[str]:
+        return [self.node, self.disk, self.source, self.target]
+
+
+class MoveDisk(Executor[DiskMoveJob]):
     def _guest_path(self, job: DiskMoveJob) -> str:
         return f"/nodes/{job.node}/{job.guest_type.value}/{job.vmid}"
 
@@ -141,7 +223,7 @@ class MoveDisk(ActionKind[DiskMoveJob]):
         holders = {h.decode() if isinstance(h, bytes) else str(h)
                    for h in store.redis.zrangebyscore(keys.slots_storage(job.target), time.time(), "+inf")}
         for record in store.load_many(sorted(holders - {job.job_id})):
-            other = parse_known_job(record.payload)
+            other = record.job
             if record.live and isinstance(other, DiskMoveJob) and other.target == job.target:
                 moves[other.vmid, other.disk] = other.size
         return sum(moves.values())
@@ -203,3 +285,6 @@ class MoveDisk(ActionKind[DiskMoveJob]):
 
     def succeeded(self, job: DiskMoveJob) -> str:
         return f"disk {job.disk} of {job.name or job.vmid} is on {job.target}"
+
+
+KIND = Kind(action=DiskMove, job=DiskMoveJob, executor=MoveDisk)
