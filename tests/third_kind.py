@@ -120,7 +120,9 @@ def main(certdir: str) -> None:
     """Run after the registration line: a plan of one migration and one relocation, through the plan's JSON,
     the planner's queue, the runner against the simulator (real proxmoxer over HTTPS), the API and /metrics."""
     from fastapi.testclient import TestClient
+    from rich.console import Console
 
+    from pvebalance.cli.render import print_plan
     from pvebalance.services.migrator.runner import JobRunner
     from pvebalance.services.migrator.slots import Slots
     from pvebalance.services.planner.planner import Planner
@@ -158,7 +160,11 @@ def main(certdir: str) -> None:
         with TestClient(app) as client:
             view = client.get("/api/v1/plans/latest", headers=OPS).json()
             metrics = client.get("/metrics", headers=OPS).text
+        console = Console(record=True, width=200)
+        print_plan(plan, console)
+        table = [" ".join(line.split()) for line in console.export_text().splitlines() if "relocat" in line]
         print(json.dumps({
+            "table": table,
             "kinds": [type(a).__name__ for a in plan.actions],
             "queued": queued,
             "jobs": [type(store.job(j.job_id)).__name__ for j in jobs],

@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pvebalance.engine.load import DIMENSIONS
-from pvebalance.shared.models import ClusterSnapshot, GuestType, Plan, StorageBalance, UsageSummary
-from pvebalance.shared.words import plural
+from pvebalance.shared.models import ClusterSnapshot, DiskMove, GuestType, Migration, Plan, StorageBalance, UsageSummary
+from pvebalance.shared.words import actions_in_words, plural
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -163,10 +163,25 @@ def print_plan(plan: Plan, console: Console) -> None:
             console.print(RESTART_NOTE, markup=False, highlight=False)
     if plan.storage is not None:
         print_storage(plan, plan.storage, console)
+    print_other_actions(plan, console)
     for note in plan.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     for unmet in plan.unmet:
         console.print(f"unmet rule {unmet.rule} for {unmet.vmids}: {unmet.reason}", markup=False, highlight=False)
+
+
+def print_other_actions(plan: Plan, console: Console) -> None:
+    """Actions of the kinds without a table of their own above (pvebalance/actions/), each in its own words."""
+    others = [(i, a) for i, a in enumerate(plan.actions, 1) if not isinstance(a, Migration | DiskMove)]
+    if not others:
+        return
+    table = Table(title=f"{actions_in_words(a for _, a in others)}, in the plan's order", box=box.SIMPLE_HEAD,
+                  pad_edge=False, show_edge=False, collapse_padding=True)
+    for col in ("#", "kind", "action", "batch"):
+        table.add_column(col, justify="right" if col in ("#", "batch") else "left", no_wrap=True, overflow="ellipsis")
+    for i, a in others:
+        table.add_row(str(i), a.kind, escape(a.describe()), str(a.batch))
+    console.print(table)
 
 
 def nodes_within_bands(plan: Plan) -> bool:

@@ -26,6 +26,7 @@ def test_a_third_kind_registered_by_one_line_runs_through_plan_queue_runner_api_
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {
+        "table": ["1 relocation, in the plan's order", "2 relocate guest 101 (vm101) pve1 -> pve3, stopped 0"],
         "kinds": ["Migration", "Relocation"],
         "queued": ["migrate-plan-third-100", "relocate-plan-third-101"],
         "jobs": ["MigrationJob", "RelocationJob"],
