@@ -15,6 +15,7 @@ import copy
 import inspect
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from pvebalance.shared import jobs, models
+from pvebalance.actions import KINDS
+from pvebalance.shared import jobs, message, models
 from pvebalance.shared.apidump import DumpError, load_dump, snapshot_from_api
 from pvebalance.shared.config import ConfigError, Settings, load_settings
 from tests.helpers import REPO
@@ -195,7 +197,9 @@ def test_any_scenario_file_gives_a_snapshot_or_a_dump_error(text: str) -> None:
 
 # --- every message model -------------------------------------------------------------------------
 
-MESSAGE_MODELS = sorted((m for module in (models, jobs) for m in vars(module).values()
+# The messages' own modules and each registered kind's (its action and its job: pvebalance/actions/)
+MESSAGE_MODULES = (models, jobs, message, *(sys.modules[k.action.__module__] for k in KINDS))
+MESSAGE_MODELS = sorted((m for module in MESSAGE_MODULES for m in vars(module).values()
                          if inspect.isclass(m) and issubclass(m, BaseModel) and m.__module__ == module.__name__),
                         key=lambda m: m.__name__)
 
