@@ -12,9 +12,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -51,6 +52,37 @@ def _heartbeats(context: ApiContext, stop: threading.Event) -> None:
         stop.wait(5)
 
 
+PROBES = ("/healthz", "/readyz", "/metrics")
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters an endpoint and its dependencies declare."""
+    names = {str(f.alias) for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def known_query_only(request: Request) -> None:
+    """A query parameter no endpoint declares is a typo (`?plan=` for `?plan_id=`): one clear 422 naming it and
+    what the endpoint takes, rather than an answer that silently ignores it."""
+    if request.url.path in PROBES:
+        return  # probes and scrapers may add what they like (a cache-buster); they are answered all the same
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        # shaped as every other 422 of the API (FastAPI's validation errors), one per unknown parameter
+        takes = f"takes {', '.join(sorted(known))}" if known else "takes no query parameter"
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name),
+                                       "input": request.query_params[name],
+                                       "msg": f"unknown query parameter: {request.url.path} {takes}"}
+                                      for name in unknown])
+
+
 def create_app(settings: Settings, context: ApiContext | None = None, background: bool = True) -> FastAPI:
     """The app; `background` starts the heartbeat and the webhook notifier with it (off in unit tests)."""
     ctx = context or ApiContext.connect(settings)
@@ -75,7 +107,7 @@ def create_app(settings: Settings, context: ApiContext | None = None, background
         title="pvebalance", version=__version__, lifespan=lifespan,
         description="Balancer for Proxmox VE clusters: the cluster, plans, migration jobs, operator requests.",
         openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None,
-        static_url="/api/v1/docs-static",
+        static_url="/api/v1/docs-static", dependencies=[Depends(known_query_only)],
     )
     app.state.ctx = ctx
     for router in ROUTERS:
@@ -92,7 +124,7 @@ def create_app(settings: Settings, context: ApiContext | None = None, background
         # query string is left out (nothing secret goes there, but nothing needs logging there either).
         started = time.monotonic()
         response = await call_next(request)
-        if request.url.path not in ("/healthz", "/readyz", "/metrics"):
+        if request.url.path not in PROBES:
             log.info("request", method=request.method, path=request.url.path, status=response.status_code,
                      who=getattr(request.state, "who", None), ms=round(1000 * (time.monotonic() - started), 1))
         if response.status_code < 500:

@@ -199,6 +199,26 @@ def test_job_filters_refuse_bad_values(setup: tuple[TestClient, World], query: s
     assert client.get(f"/api/v1/jobs{query}", headers=OPS).status_code == status
 
 
+@pytest.mark.parametrize(("path", "unknown", "said"), [
+    ("/api/v1/jobs?plan=P", ["plan"], "unknown query parameter: /api/v1/jobs takes limit, plan_id, state, vmid"),
+    ("/api/v1/plans?limit=3&newest=1", ["newest"], "unknown query parameter: /api/v1/plans takes limit"),
+    ("/api/v1/cluster?verbose=1&x=2", ["verbose", "x"], "unknown query parameter: /api/v1/cluster takes no query "
+     "parameter"),
+])
+def test_a_query_parameter_the_endpoint_does_not_take_is_a_422_naming_it_and_what_it_takes(
+        setup: tuple[TestClient, World], path: str, unknown: list[str], said: str) -> None:
+    client, _ = setup
+    answer = client.get(path, headers=OPS)
+    assert answer.status_code == 422
+    assert [(e["loc"], e["msg"]) for e in answer.json()["detail"]] == [(["query", name], said) for name in unknown]
+
+
+@pytest.mark.parametrize("path", ["/healthz?ts=1", "/readyz?ts=1", "/metrics?ts=1"])
+def test_probes_answer_whatever_the_query(setup: tuple[TestClient, World], path: str) -> None:
+    client, _ = setup
+    assert client.get(path, headers=OPS).status_code != 422
+
+
 def test_cluster_shows_usage_now_and_after_the_plan_as_the_engine_counts_it(setup: tuple[TestClient, World]) -> None:
     client, world = setup
     view = client.get("/api/v1/cluster", headers=OPS).json()
