@@ -88,6 +88,7 @@ REQUESTS_GROUP = "planner"
 
 DRAINED = f"{PREFIX}:drained"  # hash node -> JSON of the drain that holds it empty (until undrained)
 PAUSED = f"{PREFIX}:paused"  # JSON of the pause (who, why, until), expiring with it
+PLANS_ENQUEUING = f"{PREFIX}:plans:enqueuing"  # set of plan ids whose jobs are being enqueued (planner.enqueue)
 PLAN_STATUS = f"{PREFIX}:plan-status"  # hash plan id -> JSON of its state (recommended, running, ...)
 
 HEARTBEAT_TTL = 30

@@ -7,7 +7,7 @@ guessing at its meaning.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -315,6 +315,12 @@ class Plan(Message):
     @property
     def disk_moves(self) -> list[DiskMove]:
         return [a for a in self.actions if isinstance(a, DiskMove)]
+
+    def of_guests(self, vmids: Collection[int] | None) -> Plan:
+        """The plan with only these guests' actions (None: all of them), as an approval of some guests' moves
+        chooses them."""
+        chosen = None if vmids is None else set(vmids)
+        return self if chosen is None else self.only(lambda a: a.vmid in chosen)
 
     def only(self, keep: Callable[[Action], bool]) -> Plan:
         """The plan with only the actions `keep` accepts, each still waiting for those it waited for that stay

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.shared import keys
@@ -68,8 +68,14 @@ class RequestHandler:
     def poll(self) -> int:
         """Handle every request waiting in the stream; how many there were."""
         try:
-            entries = self.redis.xreadgroup(keys.REQUESTS_GROUP, self.planner.consumer, {keys.REQUEST_STREAM: ">"},
-                                            count=50)
+            # Requests read before but never acknowledged first (an outage cut their handling short, or the
+            # planner that read them stopped): one planner leads, so it takes them all over.
+            claimed = self.redis.xautoclaim(keys.REQUEST_STREAM, keys.REQUESTS_GROUP, self.planner.consumer,
+                                            min_idle_time=0, start_id="0-0", count=50)
+            taken = [(entry_id, fields) for entry_id, fields in claimed[1] if fields]
+            entries = ([[keys.REQUEST_STREAM, taken]] if taken else
+                       self.redis.xreadgroup(keys.REQUESTS_GROUP, self.planner.consumer, {keys.REQUEST_STREAM: ">"},
+                                             count=50))
         except ResponseError:
             if group_exists(self.redis, keys.REQUEST_STREAM, keys.REQUESTS_GROUP):
                 raise
@@ -98,6 +104,8 @@ class RequestHandler:
             return  # read before (the stream is at-least-once): it was handled
         try:
             self.handlers[request.action](request, snapshot)
+        except RedisError:
+            raise  # Redis away: unacknowledged, the request is handled again once Redis is back (poll)
         except Exception as exc:  # a bug: the request must still end, and say so
             bound.exception("operator request failed")
             self.store.settle(request.request_id, RequestState.FAILED, f"internal error: {exc}")
@@ -250,20 +258,22 @@ class RequestHandler:
         if self.planner.settings.balancing.mode_of_operation == "dry-run":
             self.refuse(request, "balancing.mode_of_operation is dry-run: plans are never run")
             return
+        if status.request_id == request.request_id and status.state in (PlanState.APPROVED, PlanState.RUNNING):
+            # This request again: an outage cut its handling short once the plan was approved, and the stream
+            # hands it back; the plan runs (the planner finishes enqueueing it), so the request ends as it would have.
+            self._run_approved(request, plan.of_guests(status.vmids))
+            return
         if status.state != PlanState.RECOMMENDED:
             self.refuse(request, f"plan {plan.plan_id} is {status.state.value}" +
                         (f": {status.reason}" if status.reason else "") + "; only a recommended plan can be approved")
             return
-        moves = list(plan.actions)
         if request.vmids is not None:
             unknown = sorted(set(request.vmids) - {m.vmid for m in plan.actions})
             if unknown:
                 self.refuse(request, f"plan {plan.plan_id} has no move of {'guest' if len(unknown) == 1 else 'guests'} "
                                      f"{', '.join(map(str, unknown))}")
                 return
-            moves = [m for m in plan.actions if m.vmid in set(request.vmids)]
-        chosen = {id(m) for m in moves}
-        if not moves:
+        if not plan.of_guests(request.vmids).actions:
             self.planner.plans.set_state(plan.plan_id, PlanState.DONE, "approved with nothing to move")
             self.store.settle(request.request_id, RequestState.DONE, f"plan {plan.plan_id} has no move: nothing to do",
                               plan_id=plan.plan_id)
@@ -275,11 +285,18 @@ class RequestHandler:
             return
         self.planner.plans.set_state(plan.plan_id, PlanState.APPROVED, f"approved by {request.who}",
                                      request_id=request.request_id, vmids=request.vmids)
-        approved = plan.only(lambda a: id(a) in chosen)
-        enqueued = set(self.planner.enqueue(approved))
-        self.planner.plans.set_state(plan.plan_id, PlanState.RUNNING, f"{plural(len(enqueued), 'job')} enqueued")
-        said = actions_in_words(a for a, job_id in actions_with_jobs(approved) if job_id in enqueued)
-        self.store.settle(request.request_id, RequestState.DONE, f"{said} enqueued", plan_id=plan.plan_id)
+        self._run_approved(request, plan.of_guests(request.vmids))
+
+    def _run_approved(self, request: OperatorRequest, approved: Plan) -> None:
+        """Enqueue an approved plan's chosen actions (those an earlier, cut-short handling made stay as they are)
+        and say how many run."""
+        self.planner.enqueue(approved)
+        pairs = actions_with_jobs(approved)
+        made = [a for (a, _), record in zip(pairs, self.planner.jobs.load_many([j for _, j in pairs]), strict=True)
+                if record]
+        self.planner.plans.set_state(approved.plan_id, PlanState.RUNNING, f"{plural(len(made), 'job')} enqueued")
+        self.store.settle(request.request_id, RequestState.DONE, f"{actions_in_words(made)} enqueued",
+                          plan_id=approved.plan_id)
 
     def reject(self, request: OperatorRequest, snapshot: ClusterSnapshot | None) -> None:
         status = self.planner.plans.status(request.plan_id or "")

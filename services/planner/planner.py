@@ -18,6 +18,7 @@ from dataclasses import replace
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 from rq import Queue
+from rq.job import Job as RqJob
 
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.cluster_plan import plan_cluster
@@ -290,23 +291,45 @@ class Planner:
         - a disk move waits for the disk moves of the batch before its own (a source's space counts as
           free only once its move has ended: engine/storage_balance.py);
         - a guest's later action waits for its earlier one (which holds the guest's claim until it ends).
+
+        A plan whose enqueueing an outage cut short is finished by `finish_enqueueing` (it stays in
+        keys.PLANS_ENQUEUING until this returns): the jobs it made already keep their place, and those
+        after them wait for them as they would have.
         """
         self.fence()
+        self.redis.sadd(keys.PLANS_ENQUEUING, plan.plan_id)
         earlier: dict[int, str] = {}  # vmid -> its previous job in this plan (a parked guest moves twice)
+        refused: set[int] = set()  # guests another job holds: none of their actions here is enqueued
         enqueued: list[str] = []
-        queued: dict[int, str] = {}  # action index -> its job, enqueued now
-        for index, (action, job) in enumerate(zip(plan.actions, jobs_of(plan, self.settings), strict=True)):
+        queued: dict[int, str] = {}  # action index -> its live job (what later actions wait for)
+        jobs = jobs_of(plan, self.settings)
+        made = self.jobs.load_many([job.job_id for job in jobs])  # jobs an earlier, cut-short enqueue made
+        for index, (action, job, record) in enumerate(zip(plan.actions, jobs, made, strict=True)):
+            after = sorted({queued[i] for i in action.after if i in queued})
+            if record:
+                earlier[action.vmid] = job.job_id
+                if record.live:
+                    queued[index] = job.job_id
+                    if record.state in STARTABLE and not RqJob.exists(job.job_id, self.redis):
+                        # made, but the outage took its place on rq's queue: queue it now, as it would have been
+                        enqueue_job(self.queue, self.settings, job, [a for a in after
+                                                                     if RqJob.exists(a, self.redis)])
+                continue
+            if action.vmid in refused:
+                continue
             if action.vmid not in earlier:
                 holder = self.jobs.claim_guest(action.vmid, job.job_id)
                 if holder is not None:
                     log.warning("guest already has a job, not enqueued", vmid=action.vmid, job_id=holder)
+                    refused.add(action.vmid)
                     continue
             # No other job can claim the guest meanwhile, as no plan is made while jobs run.
             if not self.jobs.create(job):
-                continue  # this plan was enqueued before: the job exists already
-            after = {queued[i] for i in action.after if i in queued}
+                continue  # made meanwhile by another planner's enqueue of this plan
             try:
-                enqueue_job(self.queue, self.settings, job, sorted(after))
+                enqueue_job(self.queue, self.settings, job, after)
+            except RedisError:
+                raise  # Redis is away: the job stays queued, and finish_enqueueing queues it once Redis is back
             except Exception as exc:
                 # Never leave a job that no worker will ever see: end it, which frees the guest.
                 self.jobs.transition(job, JobState.FAILED, f"could not enqueue: {exc}")
@@ -314,7 +337,20 @@ class Planner:
             queued[index] = job.job_id
             earlier[action.vmid] = job.job_id
             enqueued.append(job.job_id)
+        self.redis.srem(keys.PLANS_ENQUEUING, plan.plan_id)
         return enqueued
+
+    def finish_enqueueing(self) -> None:
+        """Enqueue the rest of each plan whose enqueueing an outage cut short (Redis away mid-way), as far as
+        it is still running: the actions its state says were chosen (an approval of some guests' moves)."""
+        for raw in sorted(self.redis.smembers(keys.PLANS_ENQUEUING)):
+            plan_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            plan, status = self.plans.plan(plan_id), self.plans.status(plan_id)
+            if plan is None or status is None or status.state not in (PlanState.APPROVED, PlanState.RUNNING):
+                self.redis.srem(keys.PLANS_ENQUEUING, plan_id)
+                continue
+            log.warning("finishing the enqueueing of a plan an outage cut short", plan_id=plan_id)
+            self.enqueue(plan.of_guests(status.vmids))
 
     def run(self, stop: threading.Event) -> None:
         outage = Outage(log, "Redis", "the planner")
@@ -352,6 +388,7 @@ class Planner:
             "at": time.time()}), ex=keys.HEARTBEAT_TTL)
 
     def _step(self) -> None:
+        self.finish_enqueueing()
         self.operator.poll()
         try:
             snapshot = self.next_snapshot()
