@@ -11,6 +11,7 @@ for plans: a search a clock cuts short depends on the machine's load.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import highspy
@@ -38,9 +39,13 @@ class Solved:
 
 def solve(cost: np.ndarray, rows: list[int], cols: list[int], vals: list[float], row_low: list[float],
           row_high: list[float], col_low: list[float], col_high: list[float], integer: list[bool], *,
-          node_limit: int | None, time_limit: float | None) -> Solved:
+          node_limit: int | None, time_limit: float | None, options: Mapping[str, float | bool] | None = None,
+          initial: Mapping[int, float] | None = None) -> Solved:
     """Minimise cost @ x subject to row_low <= A x <= row_high (A given as coordinates, rows by
-    cols), col_low <= x <= col_high, x integral where `integer` says so."""
+    cols), col_low <= x <= col_high, x integral where `integer` says so. `options`: HiGHS options
+    beside the defaults (`_QUIET`); `initial`: column -> value, a solution to begin from (HiGHS
+    completes the other columns, and ignores it if it is not feasible), so that the search prunes
+    against it from the first node."""
     n_col, n_row = len(col_low), len(row_low)
     r = np.asarray(rows, dtype=np.int32)
     c = np.asarray(cols, dtype=np.int32)
@@ -63,13 +68,16 @@ def solve(cost: np.ndarray, rows: list[int], cols: list[int], vals: list[float],
     # the bare solver: highspy's Highs subclass routes HiGHS's log through Python callbacks, which
     # print its banner on stdout when it is made, before any option can silence it
     solver = _core._Highs()
-    for name, value in _QUIET.items():
+    for name, value in {**_QUIET, **(options or {})}.items():
         solver.setOptionValue(name, value)
     if node_limit is not None:
         solver.setOptionValue("mip_max_nodes", int(node_limit))
     if time_limit is not None:
         solver.setOptionValue("time_limit", float(time_limit))
     solver.passModel(lp)
+    if initial:  # HiGHS completes the columns not given (an LP with these fixed)
+        index = np.array(sorted(initial), dtype=np.int32)
+        solver.setSolution(len(index), index, np.array([initial[i] for i in index.tolist()], dtype=float))
     solver.run()
     info = solver.getInfo()
     status = solver.getModelStatus()
