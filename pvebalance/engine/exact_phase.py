@@ -29,7 +29,10 @@ def exact_nodes(state: PlanState) -> int:
 
     if len(state.dims) == 1:
         return EXACT_NODE_LIMIT
-    return max(EXACT_NODE_LIMIT, min(NODES_AT_MOST, NODE_WORK // max(exact_work(state), 1)))
+    work = exact_work(state)
+    if work > LARGE:
+        return LARGE_NODES
+    return max(EXACT_NODE_LIMIT, min(NODES_AT_MOST, NODE_WORK // max(work, 1)))
 
 
 # Nodes x model size for several dimensions. Held-out clusters (tests/heldout.py, memory and CPU, work
@@ -37,6 +40,11 @@ def exact_nodes(state: PlanState) -> int:
 # nodes, seed 16 at 880: ~500), a node there costing 1-5 ms on this 2-core machine.
 NODE_WORK = 500_000
 NODES_AT_MOST = 2_000
+# Beyond balance.EXACT_MAX_WORK (a model built only where nothing else balances several dimensions:
+# balance.EXACT_MAX_WORK_UNBALANCED) a node costs 10-30 ms: this many, past a root that often
+# settles it (held-out seed 13, 1,224: proven at the root).
+LARGE = 1000
+LARGE_NODES = 50
 
 
 def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, greedy: PlanState,
