@@ -21,6 +21,8 @@ from highspy import _core
 # HiGHS's sub-MIP heuristics (RINS, RENS) and symmetry detection cost most of the root node's time
 # on the placement models (mid-300 balancing CPU: 4-6 s of the root's 7) and found nothing the
 # engine's own plans had not: off, the root takes a fraction of that and the proofs are the same.
+# The count-only model of several dimensions turns RINS and RENS back on (exact.COUNT_ONLY): there
+# they find the placements the heuristics miss.
 _QUIET = {"output_flag": False, "threads": 1, "mip_heuristic_run_rins": False, "mip_heuristic_run_rens": False,
           "mip_detect_symmetry": False}
 
