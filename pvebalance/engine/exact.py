@@ -18,20 +18,12 @@ import numpy as np
 
 from pvebalance.shared.models import ClusterSnapshot, MigrationReason
 
+from .exact_phase import EXACT_NODE_LIMIT
 from .fit import memory_limit, storage_limit
 from .highs import Solved, solve
 from .policy import Policy
 from .rules import Constraints, build_constraints
 from .state import PlanState
-
-# The solver's work is bounded by branch-and-bound nodes, not by wall-clock time, so that the same
-# snapshot and policy give the same plan on any machine and under any load. With the cap that
-# plan_balance passes (fewer migrations than the greedy plan), every bundled cluster is settled at
-# the root node (found and proven, or proven impossible). Harder cases measured on this machine
-# (mid-300 at balanciness 1-2, or balancing cpu) mostly find their best plan at the root too and
-# spend 5-15 ms per further node; 100 nodes keep that under about 1.5 s on top of the root.
-EXACT_NODE_LIMIT = 100
-
 
 # The search for several dimensions at once (`count_only`). With the data copied as a tie-break the
 # objective is not integral, so HiGHS cannot round its bound up and closes the gap only by branching:

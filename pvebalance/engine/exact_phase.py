@@ -13,6 +13,15 @@ from .rules import Constraints
 from .schedule import prefer
 from .state import PlanState
 
+# The exact model's work (exact.minimum_migrations) with one dimension: branch-and-bound nodes, not
+# wall-clock time, so that the same snapshot and policy give the same plan on any machine and under
+# any load. With the cap that
+# plan_balance passes (fewer migrations than the greedy plan), every bundled cluster is settled at
+# the root node (found and proven, or proven impossible). Harder cases measured on this machine
+# (mid-300 at balanciness 1-2, or balancing cpu) mostly find their best plan at the root too and
+# spend 5-15 ms per further node; 100 nodes keep that under about 1.5 s on top of the root.
+EXACT_NODE_LIMIT = 100
+
 
 def exact_work(state: PlanState) -> int:
     """The exact model's size: the guests it may move (exact._candidates) x target nodes x dimensions."""
@@ -23,10 +32,8 @@ def exact_work(state: PlanState) -> int:
 
 def exact_nodes(state: PlanState) -> int:
     """HiGHS's branch-and-bound nodes for the exact model of this state: with one dimension
-    exact.EXACT_NODE_LIMIT; with several, a budget of work (nodes x the model's size) so that a small
+    EXACT_NODE_LIMIT; with several, a budget of work (nodes x the model's size) so that a small
     model, whose nodes are cheap, searches further."""
-    from .exact import EXACT_NODE_LIMIT
-
     if len(state.dims) == 1:
         return EXACT_NODE_LIMIT
     work = exact_work(state)
@@ -48,18 +55,20 @@ LARGE_NODES = 50
 
 
 def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, greedy: PlanState,
-                   notes: list[str]) -> PlanState:
+                   notes: list[str], thorough: bool = True) -> PlanState:
     """The exact model's plan when it has fewer migrations than the heuristics' (or balances where
     theirs does not). A placement whose order needs parking moves (exact.order_placement) is kept
-    while the model looks once more for one with fewer migrations than it has in all."""
+    while the model looks once more for one with fewer migrations than it has in all. Several
+    dimensions: the count-only search (exact.COUNT_ONLY) over `exact_nodes`; not `thorough`, the
+    search of one dimension (EXACT_NODE_LIMIT nodes, its objective and options)."""
     from .exact import minimum_migrations, order_placement  # highspy: loaded only when used
 
     balanced = greedy.balanced()
     # an unbalanced plan is no yardstick: any count that balances (unless min_gain stopped it on purpose:
     # the model does not know min_gain, so it may only offer fewer moves)
     cap = len(greedy.moves) if balanced or policy.min_gain > 0 else None
-    nodes = exact_nodes(greedy)
-    several = len(greedy.dims) > 1
+    several = thorough and len(greedy.dims) > 1
+    nodes = exact_nodes(greedy) if several else EXACT_NODE_LIMIT
     instead = f"{len(greedy.moves)}" + ("" if balanced else " that left a dimension above its band")
     found: PlanState | None = None
     stuck: list[dict[int, str]] = []
