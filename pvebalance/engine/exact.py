@@ -174,8 +174,7 @@ class PlacementModel:
         return cost
 
     def solve(self, cost: np.ndarray, *, node_limit: int | None, time_limit: float | None,
-              options: dict[str, float | bool] | None = None,
-              start: dict[int, float] | None = None) -> tuple[Solved, dict[int, int]]:
+              options: dict[str, float | bool] | None = None) -> tuple[Solved, dict[int, int]]:
         """Solve without the forbidden columns (as if they had never been made); also the map from
         the model's columns to the solver's."""
         kept = [col for col in range(self.width) if col not in self.forbidden]
@@ -184,7 +183,7 @@ class PlacementModel:
         res = solve(cost[kept], [r for r, _, _ in entries], [c for _, c, _ in entries], [v for _, _, v in entries],
                     self.lb, self.ub, [self.col_low[col] for col in kept], [self.col_high[col] for col in kept],
                     [self.integer[col] for col in kept], node_limit=node_limit, time_limit=time_limit,
-                    options=options, initial={new[c]: v for c, v in (start or {}).items() if c in new})
+                    options=options)
         return res, new
 
 
@@ -218,8 +217,7 @@ def placement_model(snapshot: ClusterSnapshot, policy: Policy) -> PlacementModel
 
 def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit: int | None = EXACT_NODE_LIMIT,
                        time_limit: float | None = 60.0, fewer_than: int | None = None,
-                       exclude: Sequence[dict[int, str]] = (), count_only: bool = False,
-                       start: dict[int, str] | None = None) -> ExactResult:
+                       exclude: Sequence[dict[int, str]] = (), count_only: bool = False) -> ExactResult:
     """The placement with the fewest migrations, searched over at most `node_limit` nodes (None: no
     limit). `time_limit` (None: none) is for yardsticks such as the bench: a search it cuts short
     depends on the machine's load, so plans pass None.
@@ -227,8 +225,7 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
     With `fewer_than`, only placements with fewer migrations count (infeasible when there is none),
     which lets the solver stop as soon as its bound shows that a plan in hand cannot be beaten.
     `count_only`: the objective counts migrations alone, no tie-break by the data copied, and HiGHS's
-    own heuristics (RINS, RENS) run: see COUNT_ONLY. `start`: a placement (vmid -> node) to begin
-    the search from, such as the heuristics' plan (ignored if it breaks a row of the model)."""
+    own heuristics (RINS, RENS) run: see COUNT_ONLY."""
     started = time.monotonic()
     model = placement_model(snapshot, policy)
     state = model.state
@@ -243,8 +240,7 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
         cols = [col for g, n in sorted(placed.items()) if state.where[g] != n and (col := model.var(g, n)) is not None]
         if cols:
             model.row([(col, 1.0) for col in cols], -np.inf, len(cols) - 1.0)
-    given = None if start is None else {col: float(start.get(g) == n) for (g, n), col in model.index.items()}
-    res, column = model.solve(cost, node_limit=node_limit, time_limit=time_limit, options=options, start=given)
+    res, column = model.solve(cost, node_limit=node_limit, time_limit=time_limit, options=options)
     seconds = time.monotonic() - started
     stopped_by = why_stopped(res)
     # the objective is migrations plus tie-breaks below 1/2 in total: take those off before rounding up

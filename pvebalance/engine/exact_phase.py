@@ -72,13 +72,13 @@ def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Const
     instead = f"{len(greedy.moves)}" + ("" if balanced else " that left a dimension above its band")
     found: PlanState | None = None
     stuck: list[dict[int, str]] = []
-    for _ in range(EXACT_RETRIES):
-        # several dimensions: the search starts from the plan in hand, which prunes as a cap would
-        # (seed 16 of the held-out clusters: proven at 17 within 568 nodes, 18 unproven with the cap)
-        start = dict(greedy.where) if several and balanced and found is None and not stuck else None
+    for attempt in range(EXACT_RETRIES):
+        # several dimensions: the first search is given no cap; what it finds counts only if fewer.
+        # A cap row, or a start from the heuristics' plan, steered HiGHS elsewhere (held-out seed 58:
+        # 15 unproven in 3.4 s with the cap, 8 s from the start; 14 proven at the root in 1 s without)
         result = minimum_migrations(snapshot, policy, node_limit=nodes, time_limit=None,
-                                    fewer_than=None if start else cap, exclude=stuck, count_only=several,
-                                    start=start)
+                                    fewer_than=None if several and attempt == 0 else cap, exclude=stuck,
+                                    count_only=several)
         if result.migrations is None or (cap is not None and result.migrations >= cap):
             break
         ordered = order_placement(snapshot, policy, constraints, result.placement, parkings=EXACT_PARKINGS)

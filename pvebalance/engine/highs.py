@@ -41,13 +41,11 @@ class Solved:
 
 def solve(cost: np.ndarray, rows: list[int], cols: list[int], vals: list[float], row_low: list[float],
           row_high: list[float], col_low: list[float], col_high: list[float], integer: list[bool], *,
-          node_limit: int | None, time_limit: float | None, options: Mapping[str, float | bool] | None = None,
-          initial: Mapping[int, float] | None = None) -> Solved:
+          node_limit: int | None, time_limit: float | None,
+          options: Mapping[str, float | bool] | None = None) -> Solved:
     """Minimise cost @ x subject to row_low <= A x <= row_high (A given as coordinates, rows by
     cols), col_low <= x <= col_high, x integral where `integer` says so. `options`: HiGHS options
-    beside the defaults (`_QUIET`); `initial`: column -> value, a solution to begin from (HiGHS
-    completes the other columns, and ignores it if it is not feasible), so that the search prunes
-    against it from the first node."""
+    beside the defaults (`_QUIET`)."""
     n_col, n_row = len(col_low), len(row_low)
     r = np.asarray(rows, dtype=np.int32)
     c = np.asarray(cols, dtype=np.int32)
@@ -77,9 +75,6 @@ def solve(cost: np.ndarray, rows: list[int], cols: list[int], vals: list[float],
     if time_limit is not None:
         solver.setOptionValue("time_limit", float(time_limit))
     solver.passModel(lp)
-    if initial:  # HiGHS completes the columns not given (an LP with these fixed)
-        index = np.array(sorted(initial), dtype=np.int32)
-        solver.setSolution(len(index), index, np.array([initial[i] for i in index.tolist()], dtype=float))
     solver.run()
     info = solver.getInfo()
     status = solver.getModelStatus()
