@@ -11,6 +11,7 @@ for plans: a search a clock cuts short depends on the machine's load.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import highspy
@@ -20,6 +21,8 @@ from highspy import _core
 # HiGHS's sub-MIP heuristics (RINS, RENS) and symmetry detection cost most of the root node's time
 # on the placement models (mid-300 balancing CPU: 4-6 s of the root's 7) and found nothing the
 # engine's own plans had not: off, the root takes a fraction of that and the proofs are the same.
+# The count-only model of several dimensions turns RINS and RENS back on (exact.COUNT_ONLY): there
+# they find the placements the heuristics miss.
 _QUIET = {"output_flag": False, "threads": 1, "mip_heuristic_run_rins": False, "mip_heuristic_run_rens": False,
           "mip_detect_symmetry": False}
 
@@ -38,9 +41,11 @@ class Solved:
 
 def solve(cost: np.ndarray, rows: list[int], cols: list[int], vals: list[float], row_low: list[float],
           row_high: list[float], col_low: list[float], col_high: list[float], integer: list[bool], *,
-          node_limit: int | None, time_limit: float | None) -> Solved:
+          node_limit: int | None, time_limit: float | None,
+          options: Mapping[str, float | bool] | None = None) -> Solved:
     """Minimise cost @ x subject to row_low <= A x <= row_high (A given as coordinates, rows by
-    cols), col_low <= x <= col_high, x integral where `integer` says so."""
+    cols), col_low <= x <= col_high, x integral where `integer` says so. `options`: HiGHS options
+    beside the defaults (`_QUIET`)."""
     n_col, n_row = len(col_low), len(row_low)
     r = np.asarray(rows, dtype=np.int32)
     c = np.asarray(cols, dtype=np.int32)
@@ -63,7 +68,7 @@ def solve(cost: np.ndarray, rows: list[int], cols: list[int], vals: list[float],
     # the bare solver: highspy's Highs subclass routes HiGHS's log through Python callbacks, which
     # print its banner on stdout when it is made, before any option can silence it
     solver = _core._Highs()
-    for name, value in _QUIET.items():
+    for name, value in {**_QUIET, **(options or {})}.items():
         solver.setOptionValue(name, value)
     if node_limit is not None:
         solver.setOptionValue("mip_max_nodes", int(node_limit))

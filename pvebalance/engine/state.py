@@ -81,11 +81,12 @@ class PlanState:
         return "spread " + ", ".join(f"{d} {b:.1f} -> {a:.1f}" for d, b, a in zip(self.dims, before, after,
                                                                                    strict=True)) + " pp"
 
-    def relax(self, dimensions: Iterable[str]) -> None:
-        """Stop holding these dimensions to a band (a threshold no node passes): an infinite band,
-        in the policy too, so that every state made from it (the exact model's) agrees."""
+    def relax(self, dimensions: Iterable[str], to: float = math.inf) -> None:
+        """Stop holding these dimensions to their band (a threshold no node passes): an infinite band,
+        or the wider band `to`, in the policy too, so that every state made from it (the exact
+        model's) agrees."""
         free = set(dimensions)
-        self.policy = replace(self.policy, bands={**self.policy.bands, **dict.fromkeys(free, math.inf)})
+        self.policy = replace(self.policy, bands={**self.policy.bands, **dict.fromkeys(free, to)})
         self.bands = tuple(self.policy.band(d) for d in self.dims)
 
     def guest_load(self, vmid: int) -> Vector:
