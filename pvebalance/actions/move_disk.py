@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, computed_field, model_validator
 
 from pvebalance.shared import keys
 from pvebalance.shared.logging import get_logger
@@ -66,6 +66,22 @@ class DiskMove(ActionBase):
                              "the disk moves of the batch before its own, its guest's earlier action")
 
     noun: ClassVar[str] = "disk move"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def target_storage(self) -> str:
+        """`target` under the name a reader of a plan's JSON looks for (the storage the disk moves to)."""
+        return self.target
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_storage_is_target(cls, data: Any) -> Any:
+        """A move read back carries `target_storage` (the name above): it is `target`, not a field of its own."""
+        if isinstance(data, dict) and "target_storage" in data:
+            data = dict(data)
+            named = data.pop("target_storage")
+            data.setdefault("target", named)
+        return data
 
     def guest(self) -> str:
         return f"{self.guest_type.value}/{self.vmid}"

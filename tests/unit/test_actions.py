@@ -158,3 +158,12 @@ def test_a_job_rq_never_had_is_queued_again_behind_the_live_jobs_its_plan_says_i
     planner.jobs.set_fields(second, created_at=time.time() - 60)
     assert Reconciler(fake_redis, Settings(), interval=0.01).run_once() == [second]
     assert set(Job.fetch(second, connection=fake_redis).dependency_ids) == {first}
+
+
+def test_a_disk_move_names_its_target_storage_in_json_and_reads_back_the_same() -> None:
+    plan = plan_of(disk_move(100))
+    shown = json.loads(plan.model_dump_json())["actions"][0]
+    assert (shown["target"], shown["target_storage"]) == ("nfs-b", "nfs-b")
+    assert Plan.model_validate_json(plan.model_dump_json()) == plan
+    del shown["target"]  # a move written with the name a reader looks for
+    assert DiskMove.model_validate(shown).target == "nfs-b"
