@@ -48,6 +48,11 @@ class GuestType(StrEnum):
     LXC = "lxc"
 
 
+def guest_id(guest_type: GuestType | str, vmid: int) -> str:
+    """prometheus-pve-exporter's `id` label for a guest, the API's and /metrics' name for it: qemu/100, lxc/101."""
+    return f"{GuestType(guest_type).value}/{vmid}"
+
+
 class MigrationReason(StrEnum):
     BALANCE = "balance"
     MAINTENANCE = "maintenance"

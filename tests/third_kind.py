@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pvebalance.actions.base import ActionBase, Cleared, Executor, Failed, Gone, Job, Kind, Skip
 from pvebalance.shared import keys
-from pvebalance.shared.message import GuestType
+from pvebalance.shared.message import GuestType, guest_id
 from pvebalance.shared.proxmox_errors import MALFORMED, ProxmoxError
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class Relocation(ActionBase):
     noun: ClassVar[str] = "relocation"
 
     def guest(self) -> str:
-        return f"{self.type.value}/{self.vmid}"
+        return guest_id(self.type, self.vmid)
 
     def describe(self) -> str:
         return f"guest {self.vmid} ({self.name}) {self.source} -> {self.target}, stopped"

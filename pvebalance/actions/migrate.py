@@ -16,7 +16,7 @@ from pydantic import Field
 
 from pvebalance.shared import keys
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.message import GuestType, MigrationReason
+from pvebalance.shared.message import GuestType, MigrationReason, guest_id
 
 from .base import ActionBase, Cleared, Context, Executor, Failed, Job, Kind
 
@@ -49,7 +49,7 @@ class Migration(ActionBase):
     noun: ClassVar[str] = "migration"
 
     def guest(self) -> str:
-        return f"{self.type.value}/{self.vmid}"
+        return guest_id(self.type, self.vmid)
 
     def describe(self) -> str:
         return f"guest {self.vmid} ({self.name}) {self.source} -> {self.target}"

@@ -22,7 +22,7 @@ from pydantic import Field, computed_field, model_validator
 
 from pvebalance.shared import keys
 from pvebalance.shared.logging import get_logger
-from pvebalance.shared.message import GuestType, MigrationReason
+from pvebalance.shared.message import GuestType, MigrationReason, guest_id
 from pvebalance.shared.proxmox_errors import MALFORMED, ProxmoxError
 
 from .base import ActionBase, Cleared, Executor, Failed, Gone, Job, Kind, Skip, config_missing
@@ -84,7 +84,7 @@ class DiskMove(ActionBase):
         return data
 
     def guest(self) -> str:
-        return f"{self.guest_type.value}/{self.vmid}"
+        return guest_id(self.guest_type, self.vmid)
 
     def describe(self) -> str:
         return f"guest {self.vmid} ({self.name}) disk {self.disk} {self.source} -> {self.target}"

@@ -33,6 +33,7 @@ from pvebalance.engine import Policy
 from pvebalance.shared import keys
 from pvebalance.shared.heartbeat import alive
 from pvebalance.shared.logging import get_logger
+from pvebalance.shared.message import guest_id
 from pvebalance.shared.models import Plan
 from pvebalance.shared.plans import PlanState
 
@@ -40,7 +41,7 @@ from .context import ApiContext
 from .health import planner_count
 from .metrics_jobs import JobEventFold, job_families
 from .usage import RESOURCES, spreads_now, usage_percent
-from .views import LIVE_PLAN_STATES, guest_id
+from .views import LIVE_PLAN_STATES
 
 log = get_logger("pvebalance.api.metrics")
 

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from pvebalance.actions import KINDS, Kind
 from pvebalance.shared.jobs import JobState, JobStatusEvent
+from pvebalance.shared.message import guest_id
 from pvebalance.shared.retention import Retention
 
 from .context import ApiContext
@@ -122,5 +123,5 @@ def job_families(context: ApiContext, fold: JobEventFold) -> Iterator[Metric]:
                                    labels=list(names.active_labels))
         for job, state in active_jobs:
             if job.action == action:
-                active.add_metric([f"{job.guest_type.value}/{job.vmid}", *job.metric_values(), state.value], 1)
+                active.add_metric([guest_id(job.guest_type, job.vmid), *job.metric_values(), state.value], 1)
         yield active

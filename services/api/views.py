@@ -28,6 +28,7 @@ from pvebalance.shared.jobs import (
     migrations_with_jobs,
 )
 from pvebalance.shared.jobstore import JobStore
+from pvebalance.shared.message import guest_id
 from pvebalance.shared.models import ClusterSnapshot, DiskMove, GuestType, Migration, MigrationReason, Plan
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.policy_now import policy_now
@@ -38,11 +39,6 @@ from .usage import RESOURCES, spreads_now, usage_percent
 # Plans in these states still have moves to come; others leave "after" equal to "now".
 LIVE_PLAN_STATES = (PlanState.RECOMMENDED, PlanState.APPROVED, PlanState.RUNNING)
 FAILED_OR_SKIPPED = (JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED)
-
-
-def guest_id(guest_type: GuestType | str, vmid: int) -> str:
-    """prometheus-pve-exporter's `id` label for a guest: qemu/100, lxc/101."""
-    return f"{GuestType(guest_type).value}/{vmid}"
 
 
 class NodeView(BaseModel):
