@@ -254,11 +254,17 @@ class Injector:
     def _task_error(self, n: int) -> Injected:
         with self.sim.cluster.lock:
             migrating = sorted(g.vmid for g in self.sim.cluster.guests.values() if g.lock == "migrate")
-        vmid = self.rng.choice(migrating) if migrating and self.rng.random() < 0.6 else None
-        message = f"migration aborted (simulated task error #{n})"
-        self.sim.faults.add({"kind": "task_error", "vmid": vmid, "message": message})
-        what = f"guest {vmid} (migrating now)" if vmid else "the next migration task to end"
-        return Injected(n, "task_error", time.time(), f"{what}: {message!r}", time.time() + 60, vmid=vmid,
+        return self._failing_task(n, "task_error", migrating, f"migration aborted (simulated task error #{n})",
+                                  "migrating now", "the next migration task to end")
+
+    def _failing_task(self, n: int, kind: str, busy: list[int], message: str, busy_words: str,
+                      next_words: str) -> Injected:
+        """A task that ends in error with `message`: mostly one of the `busy` guests' running now, else the
+        next of its kind to end."""
+        vmid = self.rng.choice(busy) if busy and self.rng.random() < 0.6 else None
+        self.sim.faults.add({"kind": kind, "vmid": vmid, "message": message})
+        what = f"guest {vmid} ({busy_words})" if vmid else next_words
+        return Injected(n, kind, time.time(), f"{what}: {message!r}", time.time() + 60, vmid=vmid,
                         spec={"message": message})
 
     # --- the cluster ------------------------------------------------------------------------------

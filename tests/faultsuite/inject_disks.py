@@ -39,6 +39,11 @@ def group_use(sim: Simulator) -> dict[str, tuple[int, int]]:
                 if s["storage"] in STORAGE_GROUP and s["node"] == sorted(c.nodes)[0]}
 
 
+def fullest_of(use: dict[str, tuple[int, int]]) -> str:
+    """The storage of `group_use` with the highest share used."""
+    return max(use, key=lambda s: use[s][0] / use[s][1])
+
+
 class DiskInjector(Injector):
     kinds = DISK_KINDS
     extra = DISK_EXTRA
@@ -75,12 +80,9 @@ class DiskInjector(Injector):
     def _disk_error(self, n: int) -> Injected:
         with self.sim.cluster.lock:
             moving = sorted({m.guest.vmid for m in moves_of(self.sim.tasks).running.values()})
-        vmid = self.rng.choice(moving) if moving and self.rng.random() < 0.6 else None
-        message = f"mirroring error: Input/output error (simulated disk error #{n})"
-        self.sim.faults.add({"kind": "disk_error", "vmid": vmid, "message": message})
-        what = f"guest {vmid} (its disk moving now)" if vmid else "the next disk move"
-        return Injected(n, "disk_error", time.time(), f"{what}: {message!r}", time.time() + 60, vmid=vmid,
-                        spec={"message": message})
+        return self._failing_task(n, "disk_error", moving,
+                                  f"mirroring error: Input/output error (simulated disk error #{n})",
+                                  "its disk moving now", "the next disk move")
 
     def _guests(self, prefer: float) -> list[int]:
         with self.sim.cluster.lock:
@@ -89,7 +91,7 @@ class DiskInjector(Injector):
 
     def next_moved(self, guests: list[Guest]) -> list[Guest]:
         use = group_use(self.sim)
-        fullest = max(use, key=lambda s: use[s][0] / use[s][1])
+        fullest = fullest_of(use)
         c = self.sim.cluster
         return [g for g in guests if any(storage == fullest and size >= BIG_DISK
                                          for _, storage, _, size in c.volumes(g))]
@@ -97,7 +99,7 @@ class DiskInjector(Injector):
     def fill(self) -> Injected:
         """Data that is no guest's written to a storage other than the fullest, up to FILL_TO of it."""
         use = group_use(self.sim)
-        fullest = max(use, key=lambda s: use[s][0] / use[s][1])
+        fullest = fullest_of(use)
         storage = self.rng.choice(sorted(s for s in use if s != fullest))
         used, total = use[storage]
         gib = max(int((FILL_TO * total - used) / GIB), 0)

@@ -237,6 +237,21 @@ def check_ending(job: Job, found: Findings) -> None:
         found.add("ended_twice", f"hash says {job.state}, event says {finals[0].state}: {job.describe()}")
 
 
+def check_once(job: Job, posts: list[dict[str, Any]], ok_tasks: list[dict[str, Any]], task: dict[str, Any] | None,
+               found: Findings, post: str, done: str, excused: bool = False) -> None:
+    """What every kind of job owes: its POSTs started one task at most and one task of it ended ok at most
+    (else `doubled`), and it did not end before its task (`ended_early`: its slots were freed while the task
+    ran, so the limits no longer counted it) unless `excused`. `post` and `done` name its POST and an ok
+    task in the findings ("migrate" / "migrations")."""
+    if len(posts) > 1:
+        found.add("doubled", f"{len(posts)} {post} POSTs started tasks {[r['upid'] for r in posts]}: {job.describe()}")
+    if len(ok_tasks) > 1:
+        found.add("doubled", f"{len(ok_tasks)} ok {done} {[m['upid'] for m in ok_tasks]}: {job.describe()}")
+    if task is not None and job.ended is not None and job.ended < task["end"] - EARLY_SLACK and not excused:
+        found.add("ended_early", f"{job.state.value if job.state else '?'} {job.ended - task['end']:.1f} s "
+                                 f"before its task {task['upid']} ended: {job.describe()}")
+
+
 def check_jobs(jobs: dict[str, Job], stats: dict[str, Any], faults: list[Injected], now: float,
                found: Findings, drained: str | None = None) -> None:
     migrations = stats["migrations"]
@@ -253,18 +268,10 @@ def check_jobs(jobs: dict[str, Job], stats: dict[str, Any], faults: list[Injecte
         mine = [m for m in migrations if m["vmid"] == vmid and start <= m["start"] <= end]
         ok_mine = [m for m in mine if m["ok"]]
         posts = [r for r in requests if r["vmid"] == vmid and start <= r["time"] <= end and r.get("upid")]
-        if len(posts) > 1:
-            found.add("doubled", f"{len(posts)} migrate POSTs started tasks "
-                                 f"{[r['upid'] for r in posts]}: {job.describe()}")
-        if len(ok_mine) > 1:
-            found.add("doubled", f"{len(ok_mine)} ok migrations {[m['upid'] for m in ok_mine]}: {job.describe()}")
         upid = job.record.get("upid")
         task = by_upid.get(upid) if upid else None
-        if task is not None and job.ended is not None and job.ended < task["end"] - EARLY_SLACK \
-                and "may still run" not in job.message:
-            # its slots were freed while its migration ran: the limits no longer counted it
-            found.add("ended_early", f"{job.state.value if job.state else '?'} {job.ended - task['end']:.1f} s "
-                                     f"before its task {upid} ended: {job.describe()}")
+        check_once(job, posts, ok_mine, task, found, "migrate", "migrations",
+                   excused="may still run" in job.message)
         if job.state is JobState.SUCCEEDED:
             landed = [m for m in ok_mine if m["target"] == target]
             if not landed:

@@ -35,7 +35,7 @@ from pvebalance.simulator.disks import moves_of
 from .harness import STORAGE_GROUP, Harness
 from .inject import Injected
 from .inject_disks import group_use
-from .verify import EARLY_SLACK, Explainer, Findings, Job, check_ending, exclusive_windows
+from .verify import Explainer, Findings, Job, check_ending, check_once, exclusive_windows
 
 EPSILON = 1e-9  # ratios are exact quotients of byte counts: only rounding is forgiven
 
@@ -109,16 +109,9 @@ def check_disk_jobs(jobs: dict[str, Job], stats: dict[str, Any], faults: list[In
         check_ending(job, found)
         ok_mine = [m for m in moves if m["ok"] and subject_of(m) == job.subject and within(job, m["start"])]
         posts = [r for r in requests if subject_of(r) == job.subject and within(job, r["time"])]
-        if len(posts) > 1:
-            found.add("doubled", f"{len(posts)} move POSTs started tasks {[r['upid'] for r in posts]}: "
-                                 f"{job.describe()}")
-        if len(ok_mine) > 1:
-            found.add("doubled", f"{len(ok_mine)} ok disk moves {[m['upid'] for m in ok_mine]}: {job.describe()}")
         upid = job.record.get("upid")
         task = by_upid.get(upid) if upid else None
-        if task is not None and job.ended is not None and job.ended < task["end"] - EARLY_SLACK:
-            found.add("ended_early", f"{job.state.value if job.state else '?'} {job.ended - task['end']:.1f} s "
-                                     f"before its task {upid} ended: {job.describe()}")
+        check_once(job, posts, ok_mine, task, found, "move", "disk moves")
         landed = [m for m in ok_mine if m["to"] == target]
         if job.state is JobState.SUCCEEDED:
             if not landed:
