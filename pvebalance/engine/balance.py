@@ -117,17 +117,21 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
         state = _balance(state, notes)
     exact = (not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy)
              and exact_work(state) <= EXACT_MAX_WORK)
+    proven = False  # the exact model proved that no plan has fewer migrations
     if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations and not state.balanced():
         notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
     elif exact:
-        state = exact_if_fewer(snapshot, policy, constraints, state, notes, thorough)
+        state, proven = exact_if_fewer(snapshot, policy, constraints, state, notes, thorough)
     if repaired is not None and (not exact or not state.balanced()):
         state = _searched(repaired, state, _units(repaired), notes)
         if not exact and not rules_unmet and state.balanced() and policy.exact_seconds > 0:
             state = _nearby(snapshot, policy, constraints, state, notes)
         elif not exact and not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy) \
                 and exact_work(state) <= EXACT_MAX_WORK_UNBALANCED:
-            state = exact_if_fewer(snapshot, policy, constraints, state, notes, thorough)
+            state, proven = exact_if_fewer(snapshot, policy, constraints, state, notes, thorough)
+    if repaired is not None and thorough and not rules_unmet and not proven and state.balanced() \
+            and policy.exact_seconds > 0 and exact_work(state) <= SUBSETS_MAX_WORK:
+        state = _by_subsets(snapshot, policy, constraints, state, notes)
     return state
 
 
@@ -141,6 +145,20 @@ def _nearby(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
     if found is None or not prefer(found.moves, plan.moves, policy, constraints):
         return plan
     notes.append(f"exact solver over the plan's neighbourhood: {len(found.moves)} migrations instead of "
+                 f"{len(plan.moves)}")
+    return found
+
+
+def _by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,
+                notes: list[str]) -> PlanState:
+    """The exact model over a few nodes at a time, the rest of the plan held (node_subsets.py): its
+    plan when it has fewer migrations (and is preferred: balancing.objective)."""
+    from .node_subsets import fewer_by_subsets  # highspy: loaded only when used
+
+    found = fewer_by_subsets(snapshot, policy, constraints, plan)
+    if found is None:
+        return plan
+    notes.append(f"exact solver over a few nodes at a time: {len(found.moves)} migrations instead of "
                  f"{len(plan.moves)}")
     return found
 
@@ -219,6 +237,9 @@ EXACT_MAX_WORK = 1000
 # dimension far apart is worth a longer search (held-out seed 13, tests/heldout.py, 1,224: CPU
 # left 116 pp apart where the model proves 26 migrations balance both at its root node).
 EXACT_MAX_WORK_UNBALANCED = 2500
+# The size of the whole model (as EXACT_MAX_WORK) up to which a balanced plan of several dimensions
+# is then searched a few nodes at a time (node_subsets.py).
+SUBSETS_MAX_WORK = 2500
 
 
 def _balance(state: PlanState, notes: list[str]) -> PlanState:

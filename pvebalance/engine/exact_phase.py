@@ -55,10 +55,12 @@ LARGE_NODES = 50
 
 
 def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, greedy: PlanState,
-                   notes: list[str], thorough: bool = True) -> PlanState:
+                   notes: list[str], thorough: bool = True) -> tuple[PlanState, bool]:
     """The exact model's plan when it has fewer migrations than the heuristics' (or balances where
-    theirs does not). A placement whose order needs parking moves (exact.order_placement) is kept
-    while the model looks once more for one with fewer migrations than it has in all. Several
+    theirs does not), and whether the model proved that no plan has fewer (no search after it could
+    find one: balance._by_subsets is skipped). A placement whose order needs parking moves
+    (exact.order_placement) is kept while the model looks once more for one with fewer migrations
+    than it has in all. Several
     dimensions: the count-only search (exact.COUNT_ONLY) over `exact_nodes`; not `thorough`, the
     search of one dimension (EXACT_NODE_LIMIT nodes, its objective and options)."""
     from .exact import minimum_migrations, order_placement  # highspy: loaded only when used
@@ -72,6 +74,7 @@ def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Const
     instead = f"{len(greedy.moves)}" + ("" if balanced else " that left a dimension above its band")
     found: PlanState | None = None
     stuck: list[dict[int, str]] = []
+    proven = False
     for attempt in range(EXACT_RETRIES):
         # several dimensions: the first search is given no cap; what it finds counts only if fewer.
         # A cap row, or a start from the heuristics' plan, steered HiGHS elsewhere (held-out seed 58:
@@ -80,6 +83,9 @@ def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Const
                                     fewer_than=None if several and attempt == 0 else cap, exclude=stuck,
                                     count_only=several)
         if result.migrations is None or (cap is not None and result.migrations >= cap):
+            # none with fewer than the plan in hand, proven so before any placement was set aside
+            proven = not stuck and (result.status == "infeasible" or result.status == "optimal") and (
+                found is not None or balanced)
             break
         ordered = order_placement(snapshot, policy, constraints, result.placement, parkings=EXACT_PARKINGS)
         parked = ordered is not None and len(ordered.moves) > result.migrations
@@ -87,11 +93,12 @@ def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Const
             if balanced and not parked and not prefer(ordered.moves, greedy.moves, policy, constraints):
                 notes.append(f"exact solver: {len(ordered.moves)} migrations instead of {instead}, "  # objective: time
                              "expected to finish later: kept the greedy plan")
-                return greedy
+                return greedy, False
             best = found or (greedy if balanced else None)
             if best is None or prefer(ordered.moves, best.moves, policy, constraints):
                 found = ordered
             if not parked:
+                proven = result.status == "optimal" and found is ordered
                 break
         # no safe order (a cycle of moves), or one through parking moves: another placement may need none
         stuck.append(result.placement)
@@ -99,11 +106,11 @@ def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Const
             cap = len(found.moves)
     if found is not None:
         notes.append(f"exact solver: {len(found.moves)} migrations instead of {instead}")
-        return found
+        return found, proven
     if stuck:
         notes.append(f"the exact solver found {plural(len(stuck), 'placement')} with fewer migrations, but no safe "
                      "order for any")
-    return greedy
+    return greedy, proven
 
 
 EXACT_RETRIES = 3  # placements tried when the best has no safe order (or one only through parking moves)
