@@ -40,7 +40,13 @@ def main() -> None:
     parser.add_argument("--ordered-limit", type=float, default=300.0, help="seconds for each ordered MILP")
     parser.add_argument("--time-scale", type=float, default=None,
                         help="migrator: the simulator's migration durations times this (default 1: as simulated)")
+    parser.add_argument("--seeds", default="0-29",
+                        help="heldout: the seeds, FIRST-LAST (0-29 chose the engine's constants; 30-59 never did)")
     args = parser.parse_args()
+    first, _, last = args.seeds.partition("-")
+    if not (first.isdigit() and (last or first).isdigit()):
+        parser.error(f"--seeds {args.seeds!r}: FIRST-LAST, two whole numbers (0-29)")
+    seeds = list(range(int(first), int(last or first) + 1))
     console = Console(width=220)
     RESULTS.mkdir(exist_ok=True)
     meta = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
@@ -58,7 +64,7 @@ def main() -> None:
                     lambda: _module("storage_bench").run(), lambda: _module("storage_bench").COLUMNS),
         # part of `bench engine`: memory and CPU at once on clusters drawn by tests/heldout.py
         "heldout": ("pvebalance engine, memory and CPU at once on held-out clusters (5 pp each), against an "
-                    "independent minimum", lambda: _module("heldout_bench").run(),
+                    "independent minimum", lambda: _module("heldout_bench").run(seeds),
                     lambda: _module("heldout_bench").COLUMNS),
         "collector": ("collector: API requests and time per snapshot",
                       lambda: _module("collector_bench").run(), lambda: _module("collector_bench").COLUMNS),

@@ -129,8 +129,8 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
         elif not exact and not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy) \
                 and exact_work(state) <= EXACT_MAX_WORK_UNBALANCED:
             state, proven = exact_if_fewer(snapshot, policy, constraints, state, notes, thorough)
-    if repaired is not None and thorough and not rules_unmet and not proven and state.balanced() \
-            and policy.exact_seconds > 0 and exact_work(state) <= SUBSETS_MAX_WORK:
+    if repaired is not None and thorough and not rules_unmet and not proven and policy.exact_seconds > 0 \
+            and exact_work(state) <= SUBSETS_MAX_WORK:
         state = _by_subsets(snapshot, policy, constraints, state, notes)
     return state
 
@@ -151,15 +151,19 @@ def _nearby(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
 
 def _by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,
                 notes: list[str]) -> PlanState:
-    """The exact model over a few nodes at a time, the rest of the plan held (node_subsets.py): its
-    plan when it has fewer migrations (and is preferred: balancing.objective)."""
-    from .node_subsets import fewer_by_subsets  # highspy: loaded only when used
+    """The exact model over a few nodes at a time, the rest of the plan held (node_subsets.py): a
+    plan with fewer migrations (and preferred: balancing.objective), or a balanced one where `plan`
+    leaves a dimension above its band."""
+    from .node_subsets import balanced_by_subsets, fewer_by_subsets  # highspy: loaded only when used
 
-    found = fewer_by_subsets(snapshot, policy, constraints, plan)
+    if plan.balanced():
+        found = fewer_by_subsets(snapshot, policy, constraints, plan)
+    else:
+        found = balanced_by_subsets(snapshot, policy, constraints, plan)
     if found is None:
         return plan
     notes.append(f"exact solver over a few nodes at a time: {len(found.moves)} migrations instead of "
-                 f"{len(plan.moves)}")
+                 f"{len(plan.moves)}" + ("" if plan.balanced() else " that left a dimension above its band"))
     return found
 
 

@@ -21,6 +21,7 @@ already balanced, so every step keeps a plan in hand.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from itertools import combinations
 
@@ -46,7 +47,7 @@ OPTIONS: dict[str, float | bool] = {"mip_allow_restart": False}
 
 
 def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
-                 plan: PlanState) -> PlanState | None:
+                     plan: PlanState) -> PlanState | None:
     """A balanced plan with fewer migrations than `plan`, found as the module says; None if none.
 
     The search steps from placement to placement, each with fewer guests away from where they
@@ -73,6 +74,49 @@ def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Con
                 best = ordered
             current = ordered if ordered is not None and ordered.balanced() else _placed(start, placement)
     return best
+
+
+def balanced_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
+                        plan: PlanState) -> PlanState | None:
+    """A balanced plan from one that leaves some dimension above its band; None if none is reached.
+
+    The same neighbourhoods, each model with the bands made elastic (a slack per dimension on its
+    band, weighed so that a band's width of excess outweighs moving every guest it frees): each
+    step takes the placement that leaves the least excess, while a pass lowers it, up to `SOLVES`
+    solves. A placement within every band is ordered through PlanState and then searched for fewer
+    migrations (`fewer_by_subsets`)."""
+    start = PlanState(snapshot, policy, constraints)
+    movable = set(_candidates(start))
+    current = plan
+    solves = 0
+    lowered = True
+    while lowered and solves < SOLVES and not current.balanced():
+        lowered = False
+        for freed, nodes in _neighbourhoods(start, current, movable):
+            if solves == SOLVES or current.balanced():
+                break
+            solves += 1
+            placement = _one_solve(constraints, start.where, current, freed, nodes, elastic=True)
+            if placement is None:
+                continue
+            placed = _placed(start, placement)
+            if _excess(placed) < _excess(current) - _LOWER:
+                current, lowered = placed, True
+    if not current.balanced():
+        return None
+    ordered = order_placement(snapshot, policy, constraints,
+                              {v: n for v, n in current.where.items() if n != start.where[v]}, parkings=EXACT_PARKINGS)
+    if ordered is None or not ordered.balanced():
+        return None
+    return fewer_by_subsets(snapshot, policy, constraints, ordered) or ordered
+
+
+_LOWER = 1e-6  # excess, in bands, that a step must take off to count
+
+
+def _excess(state: PlanState) -> float:
+    """How far the dimensions' spreads are above their bands, in bands, summed."""
+    return sum(max(s - b, 0.0) / b for s, b in zip(state.spreads(), state.bands, strict=True) if math.isfinite(b))
 
 
 def _better(ordered: PlanState, than: PlanState, policy: Policy, constraints: Constraints) -> bool:
@@ -102,12 +146,13 @@ def _neighbourhoods(start: PlanState, plan: PlanState, movable: set[int]) -> lis
 
 
 def _one_solve(constraints: Constraints, home: dict[int, str], plan: PlanState, freed: set[int],
-               nodes: frozenset[str]) -> dict[int, str] | None:
+               nodes: frozenset[str], *, elastic: bool = False) -> dict[int, str] | None:
     """A placement with fewer guests away from `home` than `plan`'s, only the `freed` guests moved,
-    each to one of `nodes`, back home or where the plan has it; None if the model finds
-    none within its branch-and-bound nodes."""
+    each to one of `nodes`, back home or where the plan has it; None if the model finds none within
+    its branch-and-bound nodes. `elastic`: the bands may be exceeded at a cost (balanced_by_subsets),
+    and any number of guests may be away."""
     away = sum(1 for v in freed if plan.where[v] != home[v])
-    if not away:
+    if not away and not elastic:
         return None  # none of its guests moves: no fewer to find
     model = PlacementModel(plan, sorted(freed))  # the guests it does not free stay where the plan has them
     for v in sorted(freed):
@@ -115,17 +160,36 @@ def _one_solve(constraints: Constraints, home: dict[int, str], plan: PlanState, 
             if n not in nodes and n != home[v] and n != plan.where[v]:
                 model.forbid(v, n)
     model.balance_rows(plan.policy)
+    slack = _elastic(model, len(freed)) if elastic else None
     for family in constraints.families:
         family.exact(constraints, model)
     cost = _costs(model, home)
-    model.row([(col, 1.0) for col in range(len(cost)) if cost[col] > 0 and col not in model.forbidden],
-              -np.inf, away - 1.0)
+    if slack is not None:
+        cost[slack[0]:slack[0] + len(slack[1])] = slack[1]
+    else:
+        model.row([(col, 1.0) for col in range(len(cost)) if cost[col] > 0 and col not in model.forbidden],
+                  -np.inf, away - 1.0)
     res, column = model.solve(cost, node_limit=NODE_LIMIT, time_limit=None, options=OPTIONS)
     if res.x is None:
         return None
     placement = dict(plan.where)
     placement.update({v: n for (v, n), col in model.index.items() if col in column and res.x[column[col]] > 0.5})
     return placement
+
+
+def _elastic(model: PlacementModel, freed: int) -> tuple[int, np.ndarray]:
+    """A slack column on each dimension's band row (balance_rows adds them last): hi - lo may pass
+    the band by it. Its first column and each one's cost per point: `freed` + 1 migrations for a
+    band's width, so that any step towards the band outweighs the migrations it takes."""
+    bands = model.state.bands
+    first_row = len(model.lb) - len(bands)
+    first = model.add_columns(len(bands), 0.0, 1e3, integer=False)
+    for i in range(len(bands)):
+        model.rows.append(first_row + i)
+        model.cols.append(first + i)
+        model.vals.append(-1.0)
+    per_point = np.array([(freed + 1.0) / b if math.isfinite(b) else 0.0 for b in bands])
+    return first, per_point
 
 
 def _closed(state: PlanState, vmids: set[int], movable: set[int]) -> set[int]:
