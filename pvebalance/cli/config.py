@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
-from pvebalance.shared.config import ENV_PREFIX, ConfigError, Settings, load_settings
+from pvebalance.shared.config import ENV_PREFIX, BalancingSettings, ConfigError, Settings, load_settings
 
 from .base import app, config_file
 from .proxlb_import import ProxlbConfigError, ProxlbImport, read_proxlb, to_yaml, validate
@@ -81,6 +81,18 @@ def overriding_variables() -> list[str]:
         n.startswith(ENV_PREFIX) and n[len(ENV_PREFIX):].split("__")[0].upper() in sections))
 
 
+def _balanced(bal: BalancingSettings) -> str:
+    """The dimensions balanced, each with its band, as the engine reads them (engine/policy.py):
+    "memory,cpu (used), balanciness memory 5 pp, cpu 10 pp"; one band for all is said once."""
+    from pvebalance.engine.policy import Policy  # the one reading of method, weights and bands
+
+    policy = Policy.from_settings(bal)
+    bands = {dim: policy.band(dim) for dim in policy.dimensions}
+    said = (f"{next(iter(bands.values())):g} pp" if len(set(bands.values())) == 1
+            else ", ".join(f"{dim} {band:g} pp" for dim, band in bands.items()))
+    return f"{','.join(policy.dimensions)} ({bal.mode}), balanciness {said}"
+
+
 def summary(settings: Settings) -> list[str]:
     """A few lines an operator can check at a glance; never a secret (nor the Redis password)."""
     api, bal, cluster = settings.proxmox_api, settings.balancing, settings.proxmox_cluster
@@ -91,8 +103,8 @@ def summary(settings: Settings) -> list[str]:
     lines = [
         f"proxmox_api: {', '.join(api.hosts)} as {api.user} ({auth}), "
         f"TLS {'verified' if api.ssl_verification else 'NOT verified'}",
-        f"balancing: {'on' if bal.enable else 'off (plans only)'}, {bal.method} ({bal.mode}), "
-        f"balanciness {bal.balanciness:g} pp, types {', '.join(bal.balance_types) or 'none'}",
+        f"balancing: {'on' if bal.enable else 'off (plans only)'}, {_balanced(bal)}, "
+        f"types {', '.join(bal.balance_types) or 'none'}",
     ]
     if cluster.maintenance_nodes or cluster.ignore_nodes:
         lines.append(f"maintenance nodes: {', '.join(cluster.maintenance_nodes) or 'none'}; "

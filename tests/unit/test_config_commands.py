@@ -183,3 +183,21 @@ def test_config_check_names_the_variables_that_override_the_file(tmp_path: Path,
     assert result.exit_code == 0
     assert "balanciness 7 pp" in result.stdout and "s3cr3tpw" not in result.stdout
     assert result.stdout.splitlines()[-1] == "  overridden by PVEBALANCE_BALANCING__BALANCINESS, REDIS_URL"
+
+
+@pytest.mark.parametrize(("balancing", "said"), [
+    ("method: [memory, cpu]\n  balanciness: {memory: 5, cpu: 10}",
+     "balancing: on, memory,cpu (used), balanciness memory 5 pp, cpu 10 pp"),
+    ("method: [memory, cpu]\n  balanciness: {cpu: 10}",  # a dimension the mapping leaves out: 5
+     "balancing: on, memory,cpu (used), balanciness memory 5 pp, cpu 10 pp"),
+    ("method: memory,cpu\n  balanciness: 7", "balancing: on, memory,cpu (used), balanciness 7 pp"),
+    ("method: weighted\n  weights: {memory: 1, cpu: 2}",
+     "balancing: on, memory,cpu (used), balanciness memory 5 pp, cpu 2.5 pp"),
+])
+def test_config_check_says_each_balanced_dimension_and_its_band(tmp_path: Path, balancing: str, said: str) -> None:
+    """A band per dimension (issue 19's mapping) is summed up as the engine reads it, not a traceback."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"balancing:\n  {balancing}\n")
+    result = CliRunner().invoke(app, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"  {said}, types vm, ct" in result.stdout.splitlines()
