@@ -58,6 +58,17 @@ def _candidates(state: PlanState) -> list[int]:
     return out
 
 
+def whole_units(state: PlanState, vmids: set[int], movable: set[int]) -> set[int]:
+    """The guests with their whole together-groups (the model ties a group to one node); a group
+    with a guest outside `movable` is left out whole."""
+    out: set[int] = set()
+    for v in sorted(vmids):
+        unit = state.c.unit(v)
+        if unit <= movable:
+            out |= unit
+    return out
+
+
 class PlacementModel:
     """The MILP being built: column (g, n) is x[g, n], 1 when guest g ends on node n; then each
     balanced dimension's hi and lo (the band's top and bottom, percent).

@@ -18,7 +18,7 @@ import numpy as np
 
 from pvebalance.shared.models import ClusterSnapshot
 
-from .exact import PlacementModel, _candidates, order_placement
+from .exact import PlacementModel, _candidates, order_placement, whole_units
 from .policy import Policy
 from .rules import Constraints
 from .state import PlanState
@@ -53,7 +53,7 @@ def _one_solve(snapshot: ClusterSnapshot, policy: Policy, constraints: Constrain
     moved = {m.guest.vmid for m in plan.moves}
     count = len(plan.moves)
     for shortlist in range(SHORTLIST, FEWEST - 1, -1):  # as many as the model's size allows
-        chosen = _closed(state, (moved | _largest(state, movable, shortlist)) & movable)
+        chosen = whole_units(state, (moved | _largest(state, movable, shortlist)) & movable, movable)
         if len(chosen) * len(state.targets) * len(state.dims) <= MAX_WORK:
             break
     else:
@@ -85,14 +85,3 @@ def _largest(state: PlanState, movable: set[int], shortlist: int) -> set[int]:
             out.update(sorted(here, key=lambda v: (-state.guest_load(v)[i], v))[:shortlist])
     return out
 
-
-def _closed(state: PlanState, vmids: set[int]) -> set[int]:
-    """The guests with their whole together-groups; a group with a guest the model may not move is
-    left out whole."""
-    movable = set(_candidates(state))
-    out: set[int] = set()
-    for v in sorted(vmids):
-        unit = state.c.unit(v)
-        if unit <= movable:
-            out |= unit
-    return out

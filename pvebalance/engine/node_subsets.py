@@ -30,7 +30,7 @@ import numpy as np
 from pvebalance.shared.models import ClusterSnapshot, MigrationReason
 
 from .band import clone
-from .exact import PlacementModel, _candidates, order_placement
+from .exact import PlacementModel, _candidates, order_placement, whole_units
 from .exact_phase import EXACT_PARKINGS
 from .policy import Policy
 from .rules import Constraints
@@ -140,7 +140,7 @@ def _neighbourhoods(start: PlanState, plan: PlanState, movable: set[int]) -> lis
     ranked = sorted(start.targets, key=lambda n: (-touched[n], n))
     out = []
     for nodes in combinations(ranked, min(SPAN, len(ranked))):
-        freed = _closed(plan, {v for v in movable if plan.where[v] in nodes or home[v] in nodes}, movable)
+        freed = whole_units(plan, {v for v in movable if plan.where[v] in nodes or home[v] in nodes}, movable)
         out.append((freed, frozenset(nodes)))
     return out
 
@@ -190,17 +190,6 @@ def _elastic(model: PlacementModel, freed: int) -> tuple[int, np.ndarray]:
         model.vals.append(-1.0)
     per_point = np.array([(freed + 1.0) / b if math.isfinite(b) else 0.0 for b in bands])
     return first, per_point
-
-
-def _closed(state: PlanState, vmids: set[int], movable: set[int]) -> set[int]:
-    """The guests with their whole together-groups; a group with a guest the model may not move is
-    left out whole."""
-    out: set[int] = set()
-    for v in sorted(vmids):
-        unit = state.c.unit(v)
-        if unit <= movable:
-            out |= unit
-    return out
 
 
 def _costs(model: PlacementModel, home: dict[int, str]) -> np.ndarray:
