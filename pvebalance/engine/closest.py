@@ -17,7 +17,7 @@ from pvebalance.shared.models import MigrationReason
 
 from .band import clone
 from .load import Vector
-from .state import BAND_TOLERANCE, PlanState
+from .state import BAND_TOLERANCE, PlanState, band_width
 
 SQUEEZE_STEPS = 40  # moves `squeeze` may add: bounded by work, not time
 # units x target nodes above which `squeeze` is not tried: each step scores every pair in Python
@@ -30,7 +30,7 @@ def score(state: PlanState, bands: Vector, began: Vector) -> tuple[int, int, flo
     """Dimensions wider than they began (and above their bands), dimensions above their bands (as a
     negative count within), the sum of the squared excess in bands: lower is closer."""
     spreads = state.spreads()
-    over = [max(s - b, 0.0) / b for s, b in zip(spreads, bands, strict=True)]
+    over = [max(s - b, 0.0) / band_width(b) for s, b in zip(spreads, bands, strict=True)]
     wider = sum(s > max(b, g) + BAND_TOLERANCE for s, b, g in zip(spreads, bands, began, strict=True))
     return wider, -sum(x <= BAND_TOLERANCE for x in over), sum(x * x for x in over)
 
@@ -74,7 +74,7 @@ def _excess(percents: dict[str, list[float]], bands: Vector) -> float:
     total = 0.0
     for i, band in enumerate(bands):
         column = [p[i] for p in percents.values()]
-        x = max(max(column) - min(column) - band, 0.0) / band
+        x = max(max(column) - min(column) - band, 0.0) / band_width(band)
         total += x * x
     return total
 

@@ -61,6 +61,13 @@ class _Cluster:
         self.mem_start = np.array([float(base.loads[n].figures.used_mem) for n in self.nodes])
         self.mem_limit = np.array([memory_limit(base.loads[n].figures, base.policy) for n in self.nodes])
 
+    def in_bands(self, spread: np.ndarray) -> np.ndarray:
+        """Spreads in bands; a band of 0 (`balanciness: 0`) makes any spread infinitely far above it,
+        silently: numpy's warning would reach the operator's terminal."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out: np.ndarray = spread / self.bands
+        return out
+
     def memory(self, place: np.ndarray) -> np.ndarray:
         used = self.mem_start.copy()
         for k in np.nonzero(place != self.home)[0]:
@@ -90,7 +97,7 @@ class _Cluster:
         new_t = p[None, :, :] + self.pct  # unit x node x dimension
         high = np.maximum(np.maximum(ex_max[src], new_s[:, None, :]), new_t)
         low = np.minimum(np.minimum(ex_min[src], new_s[:, None, :]), new_t)
-        spread = (high - low) / self.bands
+        spread = self.in_bands(high - low)
         over = np.maximum(spread - 1.0, 0.0).sum(axis=2)
         smooth = spread.sum(axis=2)
         full = self.memory(place)[None, :] + self.mem[:, None] > self.mem_limit[None, :]
@@ -124,7 +131,7 @@ class _Cluster:
                 new_t = p[t] - self.pct[j, t][None, :, :] + self.pct[i, t][:, None, :]
                 high = np.maximum(np.maximum(ex_max[s, t], new_s), new_t)
                 low = np.minimum(np.minimum(ex_min[s, t], new_s), new_t)
-                spread = (high - low) / self.bands
+                spread = self.in_bands(high - low)
                 over = np.maximum(spread - 1.0, 0.0).sum(axis=2)
                 smooth = spread.sum(axis=2)
                 # each: a move more if it leaves its home, one less if it goes back there
@@ -350,7 +357,7 @@ def _first(over: np.ndarray, smooth: np.ndarray, added: np.ndarray | None = None
 
 def _totals(cluster: _Cluster, place: np.ndarray) -> tuple[float, float]:
     p = cluster.percents(place)
-    spread = (p.max(axis=0) - p.min(axis=0)) / cluster.bands
+    spread = cluster.in_bands(p.max(axis=0) - p.min(axis=0))
     return float(np.maximum(spread - 1.0, 0.0).sum()), float(spread.sum())
 
 

@@ -24,6 +24,12 @@ from .rules import Constraints
 BAND_TOLERANCE = 1e-6  # pp
 
 
+def band_width(band: float) -> float:
+    """A band as the unit that excess above it is measured in: at least 1 pp, since `balanciness: 0`
+    is a band too (a spread of exactly 0) and would divide by zero."""
+    return max(band, 1.0)
+
+
 @dataclass
 class Move:
     guest: GuestState

@@ -239,3 +239,18 @@ def test_the_api_and_metrics_show_every_balanced_dimension() -> None:
             view["spreads"][dim], abs=1e-3)
     assert samples[("pvebalance_band_pp", (("dimension", "cpu"),))] == 8.0
     assert samples[("pvebalance_config", (("setting", "balanciness_pp"),))] == 5.0
+
+
+@pytest.mark.parametrize(("name", "band"), [("homelab", 0), ("tight", 0), ("tight", 0.5)])
+def test_a_band_of_zero_or_under_a_point_is_planned_for_and_each_dimension_left_above_it_is_named(
+        name: str, band: float, recwarn: pytest.WarningsRecorder) -> None:
+    """`balanciness: 0` is a valid band (the settings allow 0-100): with several dimensions the plan is
+    made, no division by the band's zero width (closest.py and node_subsets.py had raised
+    ZeroDivisionError, improve.py warned on the terminal), and every dimension it leaves above its
+    band is in `unmet`."""
+    snap, _ = scenario(name)
+    plan = plan_balance(snap, policy_for(name, method=BOTH, balanciness=band))
+    assert plan.violations == []
+    above = {d for d in BOTH if plan.after.dimensions[d].spread_pp > band + 1e-6}
+    assert {u.rule for u in plan.unmet if u.rule.startswith("balance ")} == {f"balance {d}" for d in above}
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
