@@ -11,7 +11,7 @@ order for the moves, or says there is none.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +87,7 @@ class PlacementModel:
         self.hi = [self.add_columns(1, -1e3, 1e3, integer=False) for _ in state.dims]
         self.lo = [self.add_columns(1, -1e3, 1e3, integer=False) for _ in state.dims]
         self.forbidden: set[int] = set()
+        self.band_rows: list[int] = []  # each dimension's hi - lo <= band row (balance_rows)
         self.rows: list[int] = []
         self.cols: list[int] = []
         self.vals: list[float] = []
@@ -149,6 +150,7 @@ class PlacementModel:
             self.row([(self.index[(g, n)], mem[g] / 2**30) for g in ordered], -np.inf,
                      (memory_limit(node.figures, policy) - mem_base) / 2**30)
             self.storage_rows(n, ordered, policy)
+        self.band_rows = list(range(len(self.lb), len(self.lb) + len(state.bands)))
         for hi, lo, band in zip(self.hi, self.lo, state.bands, strict=True):
             self.row([(hi, 1.0), (lo, -1.0)], -np.inf, band)
 
@@ -171,11 +173,13 @@ class PlacementModel:
             figures = storages[storage]
             self.row(entries, -np.inf, (storage_limit(figures, n, policy) - figures.used) / 2**30)
 
-    def costs(self) -> np.ndarray:
+    def costs(self, home: Mapping[int, str] | None = None) -> np.ndarray:
         """Each migration costs 1, plus its share of all the data that could move: the shares of any
         plan add up to less than 1/2, so they only break ties between plans with as many migrations,
-        and they are large enough for HiGHS's gap tolerance (1e-4 of the objective) to tell apart."""
-        guests, where = self.state.guests, self.state.where
+        and they are large enough for HiGHS's gap tolerance (1e-4 of the objective) to tell apart.
+        A migration is a guest away from `home` (default: where the model's state has it; a model
+        built on a plan's end counts from where the guests started: node_subsets.py)."""
+        guests, where = self.state.guests, self.state.where if home is None else home
         data = {g: (guests[g].mem if guests[g].running else 0) + guests[g].local_disk for g in self.candidates}
         weight = 0.5 / (sum(data.values()) + 1.0)
         cost = np.zeros(self.width)

@@ -60,9 +60,9 @@ def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Const
     theirs does not), and whether the model proved that no plan has fewer (no search after it could
     find one: balance._by_subsets is skipped). A placement whose order needs parking moves
     (exact.order_placement) is kept while the model looks once more for one with fewer migrations
-    than it has in all. Several
-    dimensions: the count-only search (exact.COUNT_ONLY) over `exact_nodes`; not `thorough`, the
-    search of one dimension (EXACT_NODE_LIMIT nodes, its objective and options)."""
+    than it has in all. Several dimensions: the count-only search (exact.COUNT_ONLY) over
+    `exact_nodes`; not `thorough`, the search of one dimension (EXACT_NODE_LIMIT nodes, its
+    objective and options)."""
     from .exact import minimum_migrations, order_placement  # highspy: loaded only when used
 
     balanced = greedy.balanced()

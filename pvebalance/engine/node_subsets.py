@@ -87,8 +87,8 @@ def balanced_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: 
     The same neighbourhoods, each model with the bands made elastic (a slack per dimension on its
     band, weighed so that a band's width of excess outweighs moving every guest it frees): each
     step takes the placement that leaves the least excess, while a pass lowers it, up to
-    `ELASTIC_SOLVES` solves. A placement within every band is ordered through PlanState and then searched for fewer
-    migrations (`fewer_by_subsets`)."""
+    `ELASTIC_SOLVES` solves. A placement within every band is ordered through PlanState and then
+    searched for fewer migrations (`fewer_by_subsets`)."""
     start = PlanState(snapshot, policy, constraints)
     movable = set(_candidates(start))
     current = plan
@@ -120,8 +120,7 @@ _LOWER = 1e-6  # excess, in band widths, that a step must take off to count
 
 def _excess(state: PlanState) -> float:
     """How far the dimensions' spreads are above their bands, in band widths, summed."""
-    return sum(max(s - b, 0.0) / band_width(b) for s, b in zip(state.spreads(), state.bands, strict=True)
-               if math.isfinite(b))
+    return sum(x / band_width(b) for x, b in zip(state.excess(), state.bands, strict=True))
 
 
 def _better(ordered: PlanState, than: PlanState, policy: Policy, constraints: Constraints) -> bool:
@@ -168,7 +167,7 @@ def _one_solve(constraints: Constraints, home: dict[int, str], plan: PlanState, 
     slack = _elastic(model, len(freed)) if elastic else None
     for family in constraints.families:
         family.exact(constraints, model)
-    cost = _costs(model, home)
+    cost = model.costs(home)
     if slack is not None:
         cost[slack[0]:slack[0] + len(slack[1])] = slack[1]
     else:
@@ -183,28 +182,15 @@ def _one_solve(constraints: Constraints, home: dict[int, str], plan: PlanState, 
 
 
 def _elastic(model: PlacementModel, freed: int) -> tuple[int, np.ndarray]:
-    """A slack column on each dimension's band row (balance_rows adds them last): hi - lo may pass
-    the band by it. Its first column and each one's cost per point: `freed` + 1 migrations for a
-    band's width, so that any step towards the band outweighs the migrations it takes."""
+    """A slack column on each dimension's band row: hi - lo may pass the band by it. Its first
+    column and each one's cost per point: `freed` + 1 migrations for a band's width, so that any
+    step towards the band outweighs the migrations it takes."""
     bands = model.state.bands
-    first_row = len(model.lb) - len(bands)
     first = model.add_columns(len(bands), 0.0, 1e3, integer=False)
-    for i in range(len(bands)):
-        model.rows.append(first_row + i)
+    for i, row in enumerate(model.band_rows):
+        model.rows.append(row)
         model.cols.append(first + i)
         model.vals.append(-1.0)
     per_point = np.array([(freed + 1.0) / band_width(b) if math.isfinite(b) else 0.0 for b in bands])
     return first, per_point
 
-
-def _costs(model: PlacementModel, home: dict[int, str]) -> np.ndarray:
-    """Each guest away from where it started costs 1, plus its share of the data the freed guests
-    could copy (the shares add up to less than 1/2: a tie-break, as exact.PlacementModel.costs)."""
-    guests = model.state.guests
-    data = {g: (guests[g].mem if guests[g].running else 0) + guests[g].local_disk for g in model.candidates}
-    weight = 0.5 / (sum(data.values()) + 1.0)
-    cost = np.zeros(model.width)
-    for (v, n), col in model.index.items():
-        if n != home[v]:
-            cost[col] = 1.0 + weight * data[v]
-    return cost
