@@ -44,8 +44,8 @@ def main() -> None:
                         help="heldout: the seeds, FIRST-LAST (0-29 chose the engine's constants; 30-59 never did)")
     args = parser.parse_args()
     first, _, last = args.seeds.partition("-")
-    if not (first.isdigit() and (last or first).isdigit()):
-        parser.error(f"--seeds {args.seeds!r}: FIRST-LAST, two whole numbers (0-29)")
+    if not (first.isdigit() and (last or first).isdigit()) or int(last or first) < int(first):
+        parser.error(f"--seeds {args.seeds!r}: FIRST-LAST, two whole numbers, FIRST not above LAST (0-29)")
     seeds = list(range(int(first), int(last or first) + 1))
     console = Console(width=220)
     RESULTS.mkdir(exist_ok=True)
