@@ -198,8 +198,13 @@ def test_token_task_shows_user_and_tokenid_apart_as_pve_does(start_simulator: Si
 def test_ha_migration_counts_once_and_both_its_tasks_are_listed_on_the_source(start_simulator: SimFactory) -> None:
     sim = start_simulator("groups", time_scale=0.05)
     client = ProxmoxClient(api_settings(sim))
-    request = client.post("/nodes/pve1/qemu/123/migrate", target="pve5", online=True)
-    again = client.post("/nodes/pve1/qemu/123/migrate", target="pve6", online=True)  # queued behind it
+    # Both requests go in under the cluster lock, as two API calls would reach it: the first's
+    # `ha-manager migrate` cannot run (and lock the VM) before the second is queued behind it. Over
+    # HTTP that ordering was a race a slow machine lost (the second POST found the VM locked).
+    with sim.cluster.lock:
+        vm = sim.cluster.guests[123]
+        request = sim.tasks.start_migration(vm, {"target": "pve5", "online": True}, "root@pam")
+        again = sim.tasks.start_migration(vm, {"target": "pve6", "online": True}, "root@pam")
     assert ":hamigrate:123:" in request and ":hamigrate:123:" in again
     deadline = time.monotonic() + 5
     while sim.cluster.guests[123].node != "pve5" or sim.cluster.stats.running:
