@@ -59,6 +59,12 @@ def cluster(seed: int, nodes: int, guests: int) -> tuple[ClusterSnapshot, dict[s
 
 
 @cache
+def planned(seed: int, nodes: int, guests: int) -> Plan:
+    snap, _ = cluster(seed, nodes, guests)
+    return plan_balance(snap, both())
+
+
+@cache
 def minimum(seed: int, nodes: int, guests: int) -> Minimum:
     _, api = cluster(seed, nodes, guests)
     return minimum_migrations(api, band=BAND, node_limit=NODE_LIMIT)
@@ -86,18 +92,15 @@ def busy_process() -> Iterator[None]:
 
 
 @pytest.mark.parametrize(("seed", "nodes", "guests"), SEEDS)
-def test_memory_and_cpu_end_within_5_pp_at_most_1_05x_the_independent_minimum_the_same_plan_twice(
+def test_memory_and_cpu_end_within_5_pp_at_most_1_05x_the_independent_minimum(
         seed: int, nodes: int, guests: int) -> None:
     snap, api = cluster(seed, nodes, guests)
     found = minimum(seed, nodes, guests)
     assert found.status == ("infeasible" if seed in INFEASIBLE else "optimal"), found  # proven, within the bound
-    policy = both()
-    plan = plan_balance(snap, policy)
+    plan = planned(seed, nodes, guests)
     spreads = spreads_after(api, [Move(m.vmid, m.source, m.target) for m in plan.migrations])
-    replay_checking_rules(snap, policy, plan)  # every rule, at every step
+    replay_checking_rules(snap, both(), plan)  # every rule, at every step
     assert plan.violations == []
-    with busy_process():
-        assert document(plan_balance(snap, both())) == document(plan)
     if found.migrations is None:  # no plan brings both within 5 pp: the plan names each it leaves above
         over = {d for d, s in spreads.items() if s > BAND + 1e-6}
         assert over and {u.rule for u in plan.unmet} >= {f"balance {d}" for d in over}, (spreads, plan.unmet)
@@ -109,14 +112,29 @@ def test_memory_and_cpu_end_within_5_pp_at_most_1_05x_the_independent_minimum_th
     assert len(plan.migrations) <= 1.05 * found.migrations, (len(plan.migrations), found.migrations)
 
 
+# The same plan beside a busy process, on a seed for each way the engine reaches its plan: the whole
+# exact model through a parking move (25), the local search alone (73), the local search then the
+# neighbourhood and the search a few nodes at a time (17), no plan balancing both, then single moves
+# (22), the exact model's first search without a cap (58). Every seed's plan is bounded by the same
+# work limits; a seed of each path keeps this file's share of the suite's two cores (CI) in bounds.
+SAME_UNDER_LOAD = [s for s in SEEDS if s[0] in (25, 73, 17, 22, 58)]
+
+
+@pytest.mark.parametrize(("seed", "nodes", "guests"), SAME_UNDER_LOAD)
+def test_a_held_out_plan_made_beside_a_busy_process_is_byte_identical(seed: int, nodes: int, guests: int) -> None:
+    snap, _ = cluster(seed, nodes, guests)
+    with busy_process():
+        assert document(plan_balance(snap, both())) == document(planned(seed, nodes, guests))
+
+
 @pytest.mark.parametrize(("seed", "nodes", "guests"), [s for s in SEEDS if s[0] in INFEASIBLE])
 def test_where_no_plan_balances_both_one_is_kept_within_its_band_and_the_other_ends_closer_than_it_began(
         seed: int, nodes: int, guests: int) -> None:
     """No placement brings both within 5 pp (the checker proves it): the plan keeps one dimension
     within its band and brings the other closer than it was, never further apart."""
-    snap, api = cluster(seed, nodes, guests)
+    _, api = cluster(seed, nodes, guests)
     assert minimum(seed, nodes, guests).status == "infeasible"
-    plan = plan_balance(snap, both())
+    plan = planned(seed, nodes, guests)
     spreads = spreads_after(api, [Move(m.vmid, m.source, m.target) for m in plan.migrations])
     before = spreads_after(api, [])
     within = [d for d, s in spreads.items() if s <= BAND + 1e-6]
@@ -131,10 +149,9 @@ def test_two_guests_kept_apart_that_trade_nodes_go_through_a_third(seed: int, no
     """Every placement within both bands has two guests kept apart trade nodes, which neither can do
     first: one is parked on a third node, then goes on to its place, and the plan is at the minimum
     that counts that parking move."""
-    snap, _ = cluster(seed, nodes, guests)
     found = minimum(seed, nodes, guests)
     assert found.parked == 1
-    plan = plan_balance(snap, both())
+    plan = planned(seed, nodes, guests)
     parked = [m for m in plan.migrations if "parked on" in m.detail]
     assert len(parked) == 1
     assert [m.vmid for m in plan.migrations].count(parked[0].vmid) == 2
