@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -31,6 +29,7 @@ from pvebalance.shared.models import ClusterSnapshot, Plan
 from tests.heldout import held_out_cluster
 from tests.oracle_balance import Move, spreads_after
 from tests.oracle_minimum import Minimum, minimum_migrations
+from tests.unit.test_engine_determinism import one_core_shared
 from tests.unit.test_rules import replay_checking_rules
 
 BAND = 5.0
@@ -82,13 +81,9 @@ def document(plan: Plan) -> str:
 
 @contextmanager
 def busy_process() -> Iterator[None]:
-    """A process spinning beside the plan: a plan bounded by work, not by a clock, does not change."""
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
+    """A process spinning on the plan's core: a plan bounded by work, not by a clock, does not change."""
+    with one_core_shared(1):
         yield
-    finally:
-        spinner.kill()
-        spinner.wait()
 
 
 @pytest.mark.parametrize(("seed", "nodes", "guests"), SEEDS)

@@ -40,10 +40,29 @@ def plan_document(snapshot: ClusterSnapshot, policy: Policy) -> str:
 
 
 @contextmanager
+def one_core_shared(spinners: int) -> Iterator[None]:
+    """This thread and `spinners` busy processes on one core: the plan gets a share of that core, the
+    other cores stay free for the tests running beside it under xdist (busy processes over every core
+    held the whole suite up)."""
+    mine = os.sched_getaffinity(0)
+    core = {max(mine)}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(spinners)]
+    try:
+        for proc in busy:
+            os.sched_setaffinity(proc.pid, core)
+        os.sched_setaffinity(0, core)
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
 def cpu_bound_work() -> Iterator[None]:
-    """Four busy processes per core, and a thread competing for this interpreter's GIL: enough that
-    the exact solver, bounded by time as it once was, found another plan for `groups`."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4 * (os.cpu_count() or 2))]
+    """Four busy processes on the plan's core, and a thread competing for this interpreter's GIL:
+    enough that the exact solver, bounded by time as it once was, found another plan for `groups`."""
     stop = threading.Event()
 
     def spin() -> None:
@@ -51,16 +70,14 @@ def cpu_bound_work() -> Iterator[None]:
         while not stop.is_set():
             count += 1
 
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        for proc in spinners:
-            proc.kill()
-            proc.wait()
+    with one_core_shared(4):
+        thread = threading.Thread(target=spin, daemon=True)  # made after the pinning: on that core too
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
