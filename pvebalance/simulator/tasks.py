@@ -33,6 +33,7 @@ import itertools
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -146,6 +147,9 @@ class TaskManager:
         self._pids = itertools.count(os.getpid() * 16 + 1000)
         self._pstart = int(time.monotonic() * 100) & 0xFFFFFFF
         self.crm = Crm(self)  # the HA CRM's own moves (crm.py)
+        # `hamigrate` requests waiting for their `ha-manager migrate`, taken in the order they came
+        # (PVE queues CRM commands in order): a request made second never overtakes the first
+        self.ha_queue: deque[tuple[Task, Guest, dict[str, Any]]] = deque()
         # asked before a migration task starts: True when a guard ended the task itself (disks.py)
         self.guards: list[Callable[[Task, Guest, str], bool]] = []
 
@@ -191,7 +195,8 @@ class TaskManager:
             task = self.new_task(g.node, "hamigrate", str(g.vmid), user)
             kind = "VM" if g.type == "qemu" else "CT"
             task.say(f"Requesting HA migration for {kind} {g.vmid} to node {target}")
-            threading.Thread(target=self._ha_request, args=(task, g, dict(params)), daemon=True).start()
+            self.ha_queue.append((task, g, dict(params)))
+            threading.Thread(target=self._ha_request, daemon=True).start()
             return task.upid
         task = self.new_task(g.node, "qmigrate" if g.type == "qemu" else "vzmigrate", str(g.vmid), user)
         params = dict(params)
@@ -224,10 +229,12 @@ class TaskManager:
         m.holding = True
         self.cluster.stats.started(m.guest.vmid, m.source, m.target)
 
-    def _ha_request(self, request: Task, g: Guest, params: dict[str, Any]) -> None:
+    def _ha_request(self) -> None:
+        """The oldest waiting `hamigrate` request runs `ha-manager migrate` (one thread per request)."""
         time.sleep(min(0.5, 0.5 * self.time_scale))
         c = self.cluster
         with c.lock:
+            request, g, params = self.ha_queue.popleft()
             target = str(params["target"])
             sid = ha.sid_of(g)
             dependent, blocking = ha.motion_info(c, g, self.migrating_to())
