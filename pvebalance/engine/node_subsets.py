@@ -12,10 +12,11 @@ kept when that order ends balanced with fewer migrations; the next neighbourhood
 
 The neighbourhoods are tried in turn (the nodes the plan's moves touch most first), again from the
 start after a pass that found something, then (from `WIDER_FROM` nodes) `SPAN` + 1 nodes at a time
-the same way, up to `SOLVES` solves (and `WIDER_SOLVES` more for the wider ones) of at most `NODE_LIMIT` HiGHS
-branch-and-bound nodes each: bounded by work, never by the clock. A whole-cluster model of several
-dimensions finds its first placement only after many nodes of a costly root (held-out clusters,
-tests/heldout.py: a seed of 7 nodes and 56 guests found 24 migrations in 7 s where 15 balance both);
+the same way, up to `SOLVES` solves (`WIDER_SOLVES` more with the wider ones) of at most
+`NODE_LIMIT` HiGHS branch-and-bound nodes each: bounded by work, never by the clock. A
+whole-cluster model of several dimensions finds its first placement only after many nodes of a
+costly root (held-out clusters, tests/heldout.py: a seed of 7 nodes and 56 guests found 24
+migrations in 7 s where 15 balance both);
 a neighbourhood's model is a few hundred columns, settled in a few nodes, and the plan it improves is
 already balanced, so every step keeps a plan in hand.
 """
@@ -70,9 +71,9 @@ def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Con
     best: PlanState | None = None
     current = plan
     solves = 0
-    wider = len(start.targets) >= WIDER_FROM
-    budget = SOLVES + (WIDER_SOLVES if wider else 0)
-    for span in (SPAN, SPAN + 1) if wider else (SPAN,):
+    spans = (SPAN, SPAN + 1) if len(start.targets) >= WIDER_FROM else (SPAN,)
+    budget = SOLVES + WIDER_SOLVES * (len(spans) - 1)
+    for span in spans:
         found = True
         while found and solves < budget:
             found = False
