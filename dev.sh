@@ -25,6 +25,10 @@ setup() {
     fi
     touch "$stamp"
   fi
+  # The package's bytecode, as `pip install` (not an editable one) writes it: where
+  # PYTHONDONTWRITEBYTECODE is set (CI images, containers) every command would otherwise compile the
+  # tree again, 0.13 s of each `pvebalance plan`. Only what changed is compiled (0.2 s when nothing did).
+  "$VENV/bin/python" -m compileall -q pvebalance shared services >/dev/null
 }
 
 # mypy cannot follow the package-dir mapping of the editable install, so it checks a tree of

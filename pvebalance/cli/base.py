@@ -22,7 +22,6 @@ from rich.console import Console
 
 from pvebalance.shared.config import Settings, load_settings
 from pvebalance.shared.errors import OperatorError
-from pvebalance.shared.logging import configure_logging
 
 if TYPE_CHECKING:
     import threading
@@ -86,6 +85,8 @@ def settings_of(config: Path | None, **overrides: Any) -> Settings:
 
 def service_settings(config: Path | None, **overrides: Any) -> Settings:
     """The settings a service runs on, with its logging configured from them."""
+    from pvebalance.shared.logging import configure_logging  # structlog: not for the offline commands
+
     settings = settings_of(config, **overrides)
     configure_logging(settings.logging.level, settings.logging.format)
     return settings

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from pvebalance.shared.logging import configure_logging
 from pvebalance.simulator.links import DEFAULT_GBIT
 from pvebalance.simulator.realism import Realism
 
@@ -95,6 +94,7 @@ def simulator(
     import threading
 
     from pvebalance.shared.apidump import load_dump
+    from pvebalance.shared.logging import configure_logging
     from pvebalance.simulator.server import Simulator
 
     configure_logging("INFO", "console")

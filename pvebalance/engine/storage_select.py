@@ -17,13 +17,13 @@ then looks for a safe order (most plans have one: a storage rarely both sends an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-
-from .highs import solve
 from .storage_facts import Candidate, Store
 from .storage_models import GIB
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Branch-and-bound nodes per solve. storage-3 (84 disks, 3 storages) is settled at the root; synthetic
 # groups of 4-6 storages and 1,000-1,500 disks of 6 sizes prove the fewest moves at the root and the
@@ -72,6 +72,10 @@ def _classes(cands: list[Candidate]) -> list[list[Candidate]]:
 def exact(group: list[str], stores: dict[str, Store], cands: list[Candidate], band: float, max_usage: float,
           *, strict: bool, node_limit: int = EXACT_NODE_LIMIT) -> Selection | None:
     """The exact plan, or None when the model is too large or the bounded search found no plan."""
+    import numpy as np  # with highspy: loaded only when a storage group is planned
+
+    from .highs import solve
+
     classes = _classes(cands)
     pairs = [(k, t) for k, members in enumerate(classes) for t in members[0].targets]
     if not pairs or len(pairs) > EXACT_MAX_COLUMNS:
