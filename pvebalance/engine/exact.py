@@ -19,19 +19,22 @@ import numpy as np
 from pvebalance.shared.models import ClusterSnapshot, MigrationReason
 
 from .exact_phase import EXACT_NODE_LIMIT
+from .exact_ties import lighter
 from .fit import memory_limit, storage_limit
 from .highs import Solved, solve
 from .policy import Policy
 from .rules import Constraints, build_constraints
 from .state import PlanState
 
-# The search for several dimensions at once (`count_only`). With the data copied as a tie-break the
+# The search of a plan (`count_only`, exact_phase.py). With the data copied as a tie-break the
 # objective is not integral, so HiGHS cannot round its bound up and closes the gap only by branching:
 # on held-out clusters (tests/heldout.py, memory and CPU) 100 nodes left seed 6 at 26 migrations
 # where 18 is the minimum, proven at about 3,000. Counting migrations alone, with a gap below one
 # migration (mip_abs_gap) and RINS/RENS on to find placements early, the same seed is proven at 18
 # within 83 nodes, seed 12 at 12 within 250 (1,000 before: 15, unproven). With one dimension the
-# band plan and the root node settle every bundled cluster: that model keeps its tie-break.
+# tie-break cost the root node most of its time for the same count (groups cpu 0.64 s against 0.07 s,
+# groups memory 0.45 s, unproven at 100 nodes, against 0.05 s, proven): the ties are broken after the
+# solve instead (exact_ties.py).
 COUNT_ONLY: dict[str, float | bool] = {"mip_abs_gap": 0.999, "mip_heuristic_run_rins": True,
                                        "mip_heuristic_run_rens": True}
 
@@ -239,15 +242,16 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
     `exclude`: placements not to find again (each: not all of its moves at once).
     With `fewer_than`, only placements with fewer migrations count (infeasible when there is none),
     which lets the solver stop as soon as its bound shows that a plan in hand cannot be beaten.
-    `count_only`: the objective counts migrations alone, no tie-break by the data copied, and HiGHS's
-    own heuristics (RINS, RENS) run: see COUNT_ONLY."""
+    `count_only`: the objective counts migrations alone and HiGHS's own heuristics (RINS, RENS) run
+    (see COUNT_ONLY); the ties are then broken towards less data copied (exact_ties.py). Without it
+    the data copied is the objective's own tie-break (the bench's yardstick)."""
     started = time.monotonic()
     model = placement_model(snapshot, policy)
     state = model.state
-    cost = model.costs()
+    cost = data = model.costs()
     options: dict[str, float | bool] = {}
     if count_only:
-        cost = np.where(cost > 0, 1.0, 0.0)
+        cost = np.where(data > 0, 1.0, 0.0)
         options = COUNT_ONLY
     if fewer_than is not None:
         model.row([(col, 1.0) for col in range(len(cost)) if cost[col] > 0], -np.inf, fewer_than - 1.0)
@@ -256,13 +260,18 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
         if cols:
             model.row([(col, 1.0) for col in cols], -np.inf, len(cols) - 1.0)
     res, column = model.solve(cost, node_limit=node_limit, time_limit=time_limit, options=options)
-    seconds = time.monotonic() - started
     stopped_by = why_stopped(res)
     # the objective is migrations plus tie-breaks below 1/2 in total: take those off before rounding up
     bound = lower_bound(res, 0.0 if count_only else 0.5)
     if res.x is None:
-        return ExactResult(unsolved(res), None, bound, {}, seconds, stopped_by)
-    placement = {g: n for (g, n), col in model.index.items() if col in column and res.x[column[col]] > 0.5}
+        return ExactResult(unsolved(res), None, bound, {}, time.monotonic() - started, stopped_by)
+    x = np.zeros(model.width)
+    for col, i in column.items():
+        x[col] = res.x[i]
+    if count_only:  # the ties the objective no longer breaks: towards less data copied (exact_ties.py)
+        x = lighter(model, x, np.where(data > 0, data - 1.0, 0.0))
+    seconds = time.monotonic() - started
+    placement = {g: n for (g, n), col in model.index.items() if x[col] > 0.5 and col not in model.forbidden}
     moved = sum(1 for g, n in placement.items() if state.where[g] != n)
     proven = res.status == "optimal" or (bound is not None and bound >= moved)
     return ExactResult("optimal" if proven else stopped_by or "stopped", moved, bound, placement, seconds, stopped_by)

@@ -60,9 +60,9 @@ def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Const
     theirs does not), and whether the model proved that no plan has fewer (no search after it could
     find one: balance._by_subsets is skipped). A placement whose order needs parking moves
     (exact.order_placement) is kept while the model looks once more for one with fewer migrations
-    than it has in all. Several dimensions: the count-only search (exact.COUNT_ONLY) over
-    `exact_nodes`; not `thorough`, the search of one dimension (EXACT_NODE_LIMIT nodes, its
-    objective and options)."""
+    than it has in all. The search counts migrations alone (exact.COUNT_ONLY, ties broken after it
+    towards less data: exact_ties.py), over `exact_nodes` with several dimensions; with one, or not
+    `thorough`, over EXACT_NODE_LIMIT nodes."""
     from .exact import minimum_migrations, order_placement  # highspy: loaded only when used
 
     balanced = greedy.balanced()
@@ -81,7 +81,7 @@ def exact_if_fewer(snapshot: ClusterSnapshot, policy: Policy, constraints: Const
         # 15 unproven in 3.4 s with the cap, 8 s from the start; 14 proven at the root in 1 s without)
         result = minimum_migrations(snapshot, policy, node_limit=nodes, time_limit=None,
                                     fewer_than=None if several and attempt == 0 else cap, exclude=stuck,
-                                    count_only=several)
+                                    count_only=True)
         if result.migrations is None or (cap is not None and result.migrations >= cap):
             # none with fewer than the plan in hand, proven so before any placement was set aside
             proven = not stuck and (result.status == "infeasible" or result.status == "optimal") and (
