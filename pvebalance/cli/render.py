@@ -14,6 +14,8 @@ from pvebalance.engine.load import DIMENSIONS
 from pvebalance.shared.models import ClusterSnapshot, DiskMove, GuestType, Migration, Plan, StorageBalance, UsageSummary
 from pvebalance.shared.words import actions_in_words, plural
 
+from .tables import Lines
+
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
     def usage(summary: UsageSummary) -> dict[str, Any]:
@@ -110,22 +112,18 @@ def usage_table(title: str, before: UsageSummary, after: UsageSummary, unit: str
     return table
 
 
-def migrations_table(plan: Plan) -> Table:
-    # Borderless columns and one space between them: nine columns fit an 80-column terminal.
+def migrations_table(plan: Plan) -> Lines:
+    # Two spaces between columns: nine columns fit an 80-column terminal (the name cut short first:
+    # the vmid says which guest it is).
     first = f" ({plan.method.split(',')[0]})" if "," in plan.method else ""  # several: the spread is the first's
-    table = Table(title=f"{plural(len(plan.migrations), 'migration')}, in order", box=box.SIMPLE_HEAD, pad_edge=False,
-                  show_edge=False, collapse_padding=True,
+    table = Lines(f"{plural(len(plan.migrations), 'migration')}, in order",
+                  ("#", "vmid", "name", "type", "move", "reason", "GiB", "batch", "spread"),
+                  right=("#", "vmid", "GiB", "batch", "spread"), shrink="name",
                   caption=f"GiB: memory copied live + local disks copied; spread: pp after the move{first}")
-    for col in ("#", "vmid", "name", "type", "move", "reason", "GiB", "batch", "spread"):
-        # the name is cut short first on a narrow terminal: the vmid says which guest it is
-        table.add_column(col, justify="right" if col in ("#", "vmid", "GiB", "batch", "spread") else "left",
-                         no_wrap=True, overflow="ellipsis", min_width=8 if col == "name" else None)
     for i, m in enumerate(plan.migrations, 1):
         kind = "ct, restart" if m.type is GuestType.LXC else "vm"
-        table.add_row(
-            str(i), str(m.vmid), escape(m.name), kind, f"{m.source} -> {m.target}", m.reason.value,
-            f"{m.gib_moved:.1f}", str(m.batch), f"{m.spread_after_pp:.1f}",
-        )
+        table.add_row(str(i), str(m.vmid), m.name, kind, f"{m.source} -> {m.target}", m.reason.value,
+                      f"{m.gib_moved:.1f}", str(m.batch), f"{m.spread_after_pp:.1f}")
     return table
 
 
