@@ -11,8 +11,6 @@ import logging
 import sys
 from typing import Any, Literal
 
-import structlog
-
 _SECRET_KEYS = ("password", "token_secret", "secret", "ticket", "csrf")
 
 
@@ -28,6 +26,8 @@ def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     stream: Any = None,
 ) -> None:
+    import structlog  # here, not above: a module that only names its logger loads none (`get_logger`)
+
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
@@ -71,4 +71,22 @@ def configure_logging(
 
 
 def get_logger(name: str) -> Any:
-    return structlog.stdlib.get_logger(name)
+    """structlog's logger `name`, loaded on its first use: the modules that name one when imported
+    (the actions, which `pvebalance plan` loads for the plan's models) need no structlog until they
+    log (45 ms of that command's start-up)."""
+    return _Lazy(name)
+
+
+class _Lazy:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._proxy: Any = None
+
+    def __getattr__(self, attr: str) -> Any:  # only for what the instance lacks: the logger's own
+        if self._proxy is None:
+            import structlog
+
+            # structlog's own lazy proxy: it binds on each call, so a later configure (or a test's
+            # capture_logs) is honoured as before
+            self._proxy = structlog.stdlib.get_logger(self._name)
+        return getattr(self._proxy, attr)
