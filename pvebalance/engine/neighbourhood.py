@@ -30,10 +30,10 @@ NODE_LIMIT = 10  # HiGHS branch-and-bound nodes per solve
 MAX_WORK = 1000  # candidates x nodes x dimensions, as balance.EXACT_MAX_WORK: the model's size
 # No restart of the search after presolving again at the root: on these small models (operator-rules
 # memory,cpu: 317 columns, 95 rows) the restart took half of each solve (0.40 -> 0.20 s) and changed no
-# bundled scenario's plan (every one compared, memory, cpu and memory,cpu). A solve ends at the first
-# placement with fewer migrations (the next round starts from it): the nodes after it cost 15-25 % of
-# operator-rules' two solves and found the same (held-out seeds 17 and 23 end as before).
-OPTIONS: dict[str, float | bool] = {"mip_allow_restart": False, "mip_max_improving_sols": 1}
+# bundled scenario's plan (every one compared, memory, cpu and memory,cpu). Ending a solve at its first
+# placement with fewer migrations saved a quarter of its time but handed the search a few nodes at a
+# time (node_subsets.py) a plan it took three times as long over (operator-rules memory,cpu): not so.
+OPTIONS: dict[str, float | bool] = {"mip_allow_restart": False}
 
 
 def fewer_nearby(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
