@@ -66,6 +66,8 @@ def test_a_live_stack_brings_storage_3_within_10_pp_with_every_disk_move_succeed
             time.sleep(0.05)
     finally:
         stopping.set()
+        for t in threads:  # ended before the next test: a planner still planning logged into a closed stream
+            t.join(10)
         for w in workers:
             kill_tree(w)
     outcomes = {e.job_id: e for _, e in store.events() if e.state.terminal}
