@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np  # several dimensions only (band.py loads this module for them), as improve.py
+
 from .band import _EDGE, BandPlan, _Disks
 from .load import Vector
 from .search import Sizer
@@ -48,6 +50,14 @@ _SCAN_LARGE, _SOURCES_LARGE = 48, 8  # on clusters of more than _LARGE units
 _TINY = 1e-9
 _PASSES = 4  # shed-then-fill passes per box
 _SHORTLIST = 16  # units a node above the box chooses among, per dimension
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """A node's units as box_plan lists them (by falling size): their sizes negated, for bisect, and
+    their loads as one array (unit x dimension), for `_filler`'s window."""
+    sizes: list[float]
+    loads: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: a unit is one object, looked up in lists
@@ -116,7 +126,9 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
             total += 1
     for listed in by_node.values():
         listed.sort(key=lambda u: (-u.size, u.key))
-    neg = {n: [-u.size for u in listed] for n, listed in by_node.items()}
+    neg = {n: _Sizes([-u.size for u in listed],
+                     np.array([u.load for u in listed], dtype=float).reshape(len(listed), count))
+           for n, listed in by_node.items()}
     # a node sheds among its largest units in each dimension (a node above in one dimension only
     # needs what is large in that one): _SHORTLIST per dimension, by falling load there
     shortlist = {n: _shortlist(listed, count) for n, listed in by_node.items()}
@@ -184,7 +196,7 @@ def _by_load(i: int, u: _Unit) -> tuple[float, int]:
 
 
 def _plan_for(state: PlanState, by_node: dict[str, list[_Unit]], shortlist: dict[str, list[list[_Unit]]],
-              neg: dict[str, list[float]], sizer: Sizer, box: _Box) -> BandPlan:
+              neg: dict[str, _Sizes], sizer: Sizer, box: _Box) -> BandPlan:
     """The moves for one box; where some node cannot be brought into it, the moves found so far,
     with how far the nodes are left outside (`residual`, in bands): the caller finishes such a plan
     with the greedy one (balance._balance)."""
@@ -335,7 +347,7 @@ def _ranked(box: _Box, n: str, candidates: Iterable[_Unit],
 
 
 def _filler(state: PlanState, disks: _Disks, box: _Box, by_node: dict[str, list[_Unit]],
-            neg: dict[str, list[float]], taken: set[int], sizer: Sizer, target: str) -> tuple[_Unit, str] | None:
+            neg: dict[str, _Sizes], taken: set[int], sizer: Sizer, target: str) -> tuple[_Unit, str] | None:
     """A unit from a node with load to spare in every dimension (it stays in the box without it),
     chosen as `_choose` does; the nodes with the most to spare are asked first."""
     spare = sorted((-min(((box.now[s][i] - box.low[s][i]) * box.scale[s][i] for i in range(box.count)
@@ -346,11 +358,12 @@ def _filler(state: PlanState, disks: _Disks, box: _Box, by_node: dict[str, list[
             break
         units = by_node[source]
         room = sizer.size(tuple(max(box.high[target][i] - box.now[target][i], 0.0) for i in range(box.count)))
-        start = bisect_left(neg[source], -room - _TINY)
+        start = bisect_left(neg[source].sizes, -room - _TINY)
         near = units[start:start + 2 * box.scan]
         spare_at = [now - lo for now, lo in zip(box.now[source], box.low[source], strict=True)]
-        candidates = [u for u in near if u.key not in taken
-                      and all(x <= room for x, room in zip(u.load, spare_at, strict=True))]
+        # each unit's load no more than the node can spare in every dimension: at once for the window
+        spared = np.all(neg[source].loads[start:start + 2 * box.scan] <= spare_at, axis=1).tolist()
+        candidates = [u for u, ok in zip(near, spared, strict=True) if ok and u.key not in taken]
         for key, u in _ranked(box, target, candidates):
             if best is not None and key >= best[0]:
                 break
