@@ -41,8 +41,13 @@ COMMANDS = {
 def register(command: str | None = None) -> Any:
     """The app with `command`'s module imported (every module when `command` is None or unknown; none
     for the root's --version)."""
-    module = COMMANDS.get(command or "")
-    for name in [module] if module else [] if command == "--version" else sorted(set(COMMANDS.values())):
+    if command in COMMANDS:
+        names = [COMMANDS[command]]
+    elif command == "--version":  # the root's own option: no command is needed
+        names = []
+    else:
+        names = sorted(set(COMMANDS.values()))
+    for name in names:
         import_module(f"{__name__}.{name}")
     from .base import app
 

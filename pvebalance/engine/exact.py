@@ -271,7 +271,7 @@ def minimum_migrations(snapshot: ClusterSnapshot, policy: Policy, *, node_limit:
     if count_only:  # the ties the objective no longer breaks: towards less data copied (exact_ties.py)
         x = lighter(model, x, np.where(data > 0, data - 1.0, 0.0))
     seconds = time.monotonic() - started
-    placement = {g: n for (g, n), col in model.index.items() if x[col] > 0.5 and col not in model.forbidden}
+    placement = {g: n for (g, n), col in model.index.items() if x[col] > 0.5}  # a forbidden column stays 0
     moved = sum(1 for g, n in placement.items() if state.where[g] != n)
     proven = res.status == "optimal" or (bound is not None and bound >= moved)
     return ExactResult("optimal" if proven else stopped_by or "stopped", moved, bound, placement, seconds, stopped_by)

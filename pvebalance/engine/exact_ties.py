@@ -43,6 +43,10 @@ def lighter(model: PlacementModel, x: np.ndarray, data: np.ndarray) -> np.ndarra
     nodes_of: dict[int, list[str]] = {}
     for g, n in column:
         nodes_of.setdefault(g, []).append(n)
+    at_home: dict[str, set[int]] = {}  # node -> the guests that end on it and started there
+    for g, n in on.items():
+        if n == home[g]:
+            at_home.setdefault(n, set()).add(g)
 
     def trade(changes: list[tuple[int, float]]) -> bool:
         delta: dict[int, float] = {}
@@ -65,12 +69,13 @@ def lighter(model: PlacementModel, x: np.ndarray, data: np.ndarray) -> np.ndarra
             if (u, source) not in column:
                 continue  # it cannot go back (its node is drained)
             heavy = data[column[(u, target)]]
-            lighter_ones = sorted((data[column[(v, n)]], v, n) for v, at in on.items() if at == source == home[v]
+            lighter_ones = sorted((data[column[(v, n)]], v, n) for v in at_home.get(source, ())
                                   for n in nodes_of[v] if n != source and data[column[(v, n)]] < heavy)
             for _, v, n in lighter_ones:
                 if trade([(column[(u, target)], -1.0), (column[(u, source)], 1.0),
                           (column[(v, source)], -1.0), (column[(v, n)], 1.0)]):
                     on[u], on[v] = source, n
+                    at_home[source] = (at_home[source] - {v}) | {u}
                     traded = True
                     break
         if not traded:

@@ -32,7 +32,7 @@ def imported_after(*args: str) -> set[str]:
             "print(' '.join(m for m in sys.modules if m.startswith(('pvebalance.cli.', 'redis', 'rq', 'structlog', "
             "'proxmoxer', 'fastapi'))), file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
-    return set(out.stderr.split()[-200:]) if out.stderr else set()
+    return set(out.stderr.splitlines()[-1].split()) if out.stderr else set()  # the last line: the modules
 
 
 @pytest.mark.parametrize(("args", "module"), [
