@@ -68,6 +68,9 @@ def _fresh(name: str) -> Callable[[], Any]:
     return lambda: dict(_DEFAULTS[name])
 
 
+_NO_RESERVE = ResourceReserve()  # one, read only: `reserved` is asked for every move a search tries
+
+
 @dataclass(frozen=True)
 class Policy:
     # "memory", "cpu", "disk", several joined by commas ("memory,cpu"), or "weighted" (the dimensions
@@ -134,7 +137,7 @@ class Policy:
         return self.thresholds.get(dimension, self.threshold)
 
     def reserved(self, node: str) -> ResourceReserve:
-        return self.reserve.get(node) or self.reserve.get("defaults") or ResourceReserve()
+        return self.reserve.get(node) or self.reserve.get("defaults") or _NO_RESERVE
 
     def recent_moves(self, vmid: int) -> tuple[PastMove, ...]:
         """The guest's migrations within HISTORY_WINDOW of `now`, oldest first."""

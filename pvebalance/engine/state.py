@@ -59,6 +59,8 @@ class PlanState:
         self.moved: set[int] = set()
         self.inflow: Counter[str] = Counter()
         self._guest_loads = {v: guest_load(g, policy) for v, g in self.guests.items()}  # never change
+        # what a unit brings to a node none of it is on: asked of many targets by the searches
+        self._arriving: dict[frozenset[int], fit.GuestFigures] = {}
 
     # --- questions -----------------------------------------------------------------------------
 
@@ -114,7 +116,14 @@ class PlanState:
 
     def fits(self, vmids: Iterable[int], target: str) -> bool:
         """Room on the target, at this step, for the guests that would arrive (see `fit.fits`)."""
-        arriving = fit.GuestFigures.of(self.guests[v] for v in vmids if self.where[v] != target)
+        vmids = frozenset(vmids)
+        if any(self.where[v] == target for v in vmids):
+            arriving = fit.GuestFigures.of(self.guests[v] for v in vmids if self.where[v] != target)
+        else:
+            known = self._arriving.get(vmids)
+            if known is None:
+                known = self._arriving[vmids] = fit.GuestFigures.of(self.guests[v] for v in vmids)
+            arriving = known
         return fit.fits(arriving, self.loads[target].figures, self.policy) is None
 
     def allows(self, vmids: frozenset[int], target: str) -> bool:
