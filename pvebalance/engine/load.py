@@ -43,6 +43,7 @@ class Dimension:
     capacity: Callable[[NodeState, ResourceReserve], float]  # the node's size less the host's reserve
     measured: Callable[[NodeState], float]  # what the node itself reports in use, host overhead included
     meaning: dict[str, str]  # mode -> what a node's percentage says (the plan table's title)
+    offered: str = ""  # what a node offers in it, in words: why a cluster may have none (PlanState.absent)
 
 
 def _avg(value: float, average: float | None, smoothed: bool) -> float:
@@ -57,6 +58,7 @@ DIMENSIONS: dict[str, Dimension] = {
         measured=lambda n: float(n.mem),
         meaning={"used": "% of each node's memory in use",
                  "assigned": "% of each node's memory given to guests; over 100 % = overcommitted"},
+        offered="no node reports its memory",
     ),
     "cpu": Dimension(  # a guest's cpu is a fraction of its own vCPUs, a node's of all its cores: both to cores
         used=lambda g, smoothed: _avg(g.cpu, g.cpu_avg, smoothed) * g.maxcpu,
@@ -65,6 +67,7 @@ DIMENSIONS: dict[str, Dimension] = {
         measured=lambda n: n.cpu * n.maxcpu,
         meaning={"used": "% of each node's cores in use; over 100 % = overcommitted",
                  "assigned": "vCPUs given to guests per node core, in %; over 100 % = overcommitted"},
+        offered="no node reports its cores",
     ),
     "disk": Dimension(  # local disks take the same room whether the guest runs or not
         used=lambda g, smoothed: float(g.local_disk),
@@ -73,6 +76,7 @@ DIMENSIONS: dict[str, Dimension] = {
         measured=lambda n: float(n.local_disk),
         meaning={"used": "% of each node's local guest storage in use",
                  "assigned": "% of each node's local guest storage in use"},
+        offered="no node has a local storage for guest disks: they are all on shared storage",
     ),
 }
 

@@ -137,6 +137,32 @@ def test_a_large_cluster_whose_disk_one_full_node_holds_apart_gets_a_plan_that_n
     replay_checking_rules(snap, policy, plan)
 
 
+NO_LOCAL_DISKS = "disk not balanced: no node has a local storage for guest disks: they are all on shared storage"
+
+
+@pytest.mark.parametrize(("method", "others"), [(["cpu", "disk"], ["cpu"]), (["memory", "cpu", "disk"], BOTH)])
+def test_local_disk_on_a_cluster_of_shared_storage_is_left_out_and_the_others_planned(
+        method: list[str], others: list[str]) -> None:
+    """operator-rules records no local storage on any node: with disk among the dimensions, every node
+    had been left out as having no capacity, so the plan moved nothing and called its pins unmet."""
+    snap, _ = scenario("operator-rules")
+    plan = plan_balance(snap, policy_for("operator-rules", method=method, balanciness=5))
+    alone = plan_balance(snap, policy_for("operator-rules", method=others, balanciness=5))
+    assert NO_LOCAL_DISKS in plan.notes and plan.unmet == []
+    assert [(m.vmid, m.source, m.target) for m in plan.migrations] == \
+        [(m.vmid, m.source, m.target) for m in alone.migrations]
+    assert list(plan.after.dimensions) == others and plan.held_out == {}
+
+
+def test_local_disk_alone_on_a_cluster_of_shared_storage_plans_the_rules_moves_only() -> None:
+    snap, _ = scenario("operator-rules")
+    policy = policy_for("operator-rules", method=["disk"])
+    plan = plan_balance(snap, policy)
+    assert plan.notes[0] == NO_LOCAL_DISKS and plan.unmet == []
+    assert plan.migrations and {m.reason for m in plan.migrations} == {"pin"}  # its three pinned guests
+    replay_checking_rules(snap, policy, plan)
+
+
 def test_a_dimension_below_its_threshold_is_left_as_it_is_and_the_notes_say_so() -> None:
     snap, _ = scenario("homelab")  # no node's CPU above 62 %
     plan = plan_balance(snap, policy_for("homelab", method=BOTH, threshold={"cpu": 70}))
