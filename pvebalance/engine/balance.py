@@ -13,7 +13,6 @@ above, and why; with one, the notes say it).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from pvebalance.shared.models import (
     ClusterSnapshot,
@@ -27,9 +26,10 @@ from pvebalance.shared.models import (
 from .band import apply_in_order, band_plan, clone
 from .closest import let_go, score, squeeze
 from .exact_phase import exact_if_fewer, exact_work
-from .explain import costly_moves, held_back
-from .load import DIMENSIONS, Vector, initial_loads, node_capacity, spreads, summarize
+from .explain import costly_moves, held_back, room_held
+from .load import Vector, initial_loads, spreads, summarize
 from .outcome import outcome_of
+from .planned_dimensions import making_room, offered
 from .policy import Policy
 from .repair import repair
 from .rules import Constraints, build_constraints, fixed_reason
@@ -45,9 +45,18 @@ def is_movable(guest: GuestState, policy: Policy) -> bool:
 
 
 def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
+    plan, room_held = _plan_balance(snapshot, policy)
+    if not room_held or "memory" in policy.dimensions or policy.method == "weighted":
+        return plan
+    return making_room(snapshot, policy, plan, _plan_balance)
+
+
+def _plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> tuple[Plan, bool]:
+    """The plan, and whether a dimension stays above its band because its emptiest node is full of
+    memory (explain.room_held)."""
     constraints = build_constraints(snapshot, policy)
     notes: list[str] = []
-    policy, none_offered = _offered(snapshot, policy, constraints, notes)
+    policy, none_offered = offered(snapshot, policy, constraints, notes)
     state = PlanState(snapshot, policy, constraints)
     bands = dict(zip(state.dims, state.bands, strict=True))  # as asked, before any is relaxed
     before = summarize(state.loads, state.targets, state.dims)
@@ -102,30 +111,7 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     if not below_threshold and any("stays above" in n for n in notes):
         plan.notes += held_back(state)
     plan.notes += costly_moves(state, plan)
-    return plan
-
-
-def _offered(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
-             notes: list[str]) -> tuple[Policy, bool]:
-    """The policy without the balanced dimensions no node offers anything in (local disk where every
-    guest disk is on shared storage), and whether none was left. Such a dimension has no percentages
-    to balance, and a node offering nothing in a dimension is no target: kept, it would leave the
-    plan no target at all, not even for a pin. The notes say which. With none left, nothing is
-    balanced and the rules' moves are judged by memory, the default."""
-    staying = [n for n in snapshot.nodes if n.online and n.usable and n.name not in policy.ignore_nodes
-               and n.name not in constraints.draining]
-    if not staying:
-        return policy, False
-    offered = [d for i, d in enumerate(policy.dimensions)
-               if any(node_capacity(n, policy)[i] > 0 for n in staying)]
-    if len(offered) == len(policy.dimensions):
-        return policy, False
-    for dim in policy.dimensions:
-        if dim not in offered:
-            notes.append(f"{dim} not balanced: {DIMENSIONS[dim].offered}")
-    if policy.method == "weighted" and offered:  # the blend without them, each weight as it was
-        return replace(policy, weights={d: w if d in offered else 0.0 for d, w in policy.weights.items()}), False
-    return replace(policy, method=",".join(offered or ["memory"])), not offered
+    return plan, not below_threshold and not state.balanced() and room_held(state)
 
 
 REPAIR_ONLY = "a drain's plan: only the moves the rules ask for (the drained nodes, pins, affinity); no balancing"

@@ -15,6 +15,7 @@ import time
 
 from pvebalance.shared.models import MigrationReason, Plan
 
+from . import fit
 from .rules.fixed import cooldown_end
 from .state import PlanState
 
@@ -27,10 +28,43 @@ COSTLY_FACTOR = 4.0
 
 def held_back(state: PlanState, shown: int = SHOWN) -> list[str]:
     """One note per guest that would help the dimension furthest above its band, and what holds it."""
+    found = _helpers(state)
+    if found is None:
+        return []
+    i, fullest, emptiest, helpers = found
+    dim = state.dims[i]
+    notes = []
+    for vmid in helpers[:shown]:
+        guest = state.guests[vmid]
+        notes.append(f"guest {vmid} ({guest.name}) would narrow the {dim} gap moving {fullest} -> {emptiest}: "
+                     f"{_what_holds(state, vmid, emptiest, i)}")
+    if len(helpers) > shown:
+        notes.append(f"{len(helpers) - shown} more guests on {fullest} would help; the first {shown} are named")
+    return notes
+
+
+def room_held(state: PlanState) -> bool:
+    """Whether the emptiest node of the dimension furthest above its band lacks the memory for every
+    guest of the fullest that would narrow the gap (and is not yet moved): a node full of memory
+    that takes nothing until memory leaves it."""
+    found = _helpers(state)
+    if found is None:
+        return False
+    _, _, emptiest, helpers = found
+    free = [v for v in helpers if v not in state.moved and v not in state.c.fixed]
+    node = state.loads[emptiest].figures
+    return bool(free) and all(
+        fit.memory_refusal(fit.GuestFigures.of(state.guests[u] for u in state.c.unit(v)), node, state.policy)
+        is not None for v in free)
+
+
+def _helpers(state: PlanState) -> tuple[int, str, str, list[int]] | None:
+    """The dimension furthest above its band, its fullest and emptiest target, and the guests of the
+    fullest whose move to the emptiest would narrow the gap between them, best first."""
     over = [(s - b, i) for i, (s, b) in enumerate(zip(state.spreads(), state.bands, strict=True))
             if math.isfinite(b) and s > b]
     if not over or len(state.targets) < 2:
-        return []
+        return None
     _, i = max(over)
     pct = {n: state.loads[n].percent_in(i) for n in state.targets}
     fullest = max(state.targets, key=lambda n: (pct[n], n))
@@ -45,15 +79,7 @@ def held_back(state: PlanState, shown: int = SHOWN) -> list[str]:
         after = abs((pct[fullest] - 100 * load / full_cap) - (pct[emptiest] + 100 * load / empty_cap))
         if after < gap:
             helpers.append((after, vmid))
-    dim = state.dims[i]
-    notes = []
-    for _, vmid in sorted(helpers)[:shown]:
-        guest = state.guests[vmid]
-        notes.append(f"guest {vmid} ({guest.name}) would narrow the {dim} gap moving {fullest} -> {emptiest}: "
-                     f"{_what_holds(state, vmid, emptiest, i)}")
-    if len(helpers) > shown:
-        notes.append(f"{len(helpers) - shown} more guests on {fullest} would help; the first {shown} are named")
-    return notes
+    return i, fullest, emptiest, [vmid for _, vmid in sorted(helpers)]
 
 
 def _what_holds(state: PlanState, vmid: int, target: str, i: int) -> str:

@@ -139,11 +139,8 @@ def storage_refusal(guest: GuestFigures, node: NodeFigures, policy: Policy) -> s
     return None
 
 
-def fits(guest: GuestFigures, node: NodeFigures, policy: Policy) -> str | None:
-    """None when the guest may arrive on the node now, else why not (one line, for logs and plans).
-
-    A node already above its memory limit takes nothing, not even a stopped guest (which would have
-    to start somewhere)."""
+def memory_refusal(guest: GuestFigures, node: NodeFigures, policy: Policy) -> str | None:
+    """Why the node's memory cannot take the guest now (`fits`' first question), else None."""
     limit = memory_limit(node, policy)
     used = node.used_mem + (guest.mem if guest.running else 0)
     if used > limit:
@@ -152,6 +149,16 @@ def fits(guest: GuestFigures, node: NodeFigures, policy: Policy) -> str | None:
         of = f" of the {usable / GIB:.1f} GiB left after the host's {reserve:g} GiB" if reserve else ""
         share = f"{100 * used / usable:.1f}%" if usable else f"{used / GIB:.1f} GiB"
         return f"{node.name} would use {share}{of}, above max_node_usage {policy.max_node_usage:g}%"
+    return None
+
+
+def fits(guest: GuestFigures, node: NodeFigures, policy: Policy) -> str | None:
+    """None when the guest may arrive on the node now, else why not (one line, for logs and plans).
+
+    A node already above its memory limit takes nothing, not even a stopped guest (which would have
+    to start somewhere)."""
+    if (why := memory_refusal(guest, node, policy)) is not None:
+        return why
     if guest.running and policy.cpu_overcommit is not None:
         vcpus = node.guests_vcpus + guest.maxcpu
         if vcpus > node.maxcpu * policy.cpu_overcommit:

@@ -1,0 +1,90 @@
+"""Which dimensions a plan balances besides those asked for: a dimension no node offers anything in
+is left out (`offered`), and memory is balanced too where a node full of it holds another
+dimension apart (`making_room`). balance.plan_balance asks both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from pvebalance.shared.models import ClusterSnapshot, Plan
+
+from .load import DIMENSIONS, node_capacity
+from .policy import Policy
+from .rules import Constraints, build_constraints
+from .state import PlanState, band_width
+
+Planner = Callable[[ClusterSnapshot, Policy], tuple[Plan, bool]]  # a plan, and whether room held it (balance.py)
+
+
+def offered(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
+            notes: list[str]) -> tuple[Policy, bool]:
+    """The policy without the balanced dimensions no node offers anything in (local disk where every
+    guest disk is on shared storage), and whether none was left. Such a dimension has no percentages
+    to balance, and a node offering nothing in a dimension is no target: kept, it would leave the
+    plan no target at all, not even for a pin. The notes say which. With none left, nothing is
+    balanced and the rules' moves are judged by memory, the default."""
+    staying = [n for n in snapshot.nodes if n.online and n.usable and n.name not in policy.ignore_nodes
+               and n.name not in constraints.draining]
+    if not staying:
+        return policy, False
+    present = [d for i, d in enumerate(policy.dimensions)
+               if any(node_capacity(n, policy)[i] > 0 for n in staying)]
+    if len(present) == len(policy.dimensions):
+        return policy, False
+    for dim in policy.dimensions:
+        if dim not in present:
+            notes.append(f"{dim} not balanced: {DIMENSIONS[dim].offered}")
+    if policy.method == "weighted" and present:  # the blend without them, each weight as it was
+        return replace(policy, weights={d: w if d in present else 0.0 for d, w in policy.weights.items()}), False
+    return replace(policy, method=",".join(present or ["memory"])), not present
+
+
+# Memory's band when it is balanced only to make room (making_room): the spread it began with, then
+# half of it, then its own band, until the dimensions asked for are within theirs. The first keeps
+# memory no wider than it was with the fewest moves; it was enough for mid-300 with disk and xl-10k
+# with cpu,disk, half of it for large-5k and xl-10k with disk.
+ROOM_BANDS = (1.0, 0.5)
+
+
+def making_room(snapshot: ClusterSnapshot, policy: Policy, plan: Plan, planned: Planner) -> Plan:
+    """A plan that leaves a dimension above its band because its emptiest node is full of memory
+    (explain.room_held: it takes nothing until memory leaves it) made again with memory balanced too,
+    held to ROOM_BANDS of its spread and then its own band; the closest to the bands asked for wins
+    (the plan as it was, where none is closer), with a note that says so."""
+    memory = replace(policy, method="memory")
+    began = PlanState(snapshot, memory, build_constraints(snapshot, memory)).spread()
+    best, band_used = plan, 0.0
+    own = policy.band("memory")
+    for band in sorted({max(began * f, own) for f in ROOM_BANDS} | {own}, reverse=True):
+        roomy, room_held = planned(snapshot, replace(
+            policy, method=f"{policy.method},memory", bands={**policy.bands, "memory": band}))
+        if _closer(roomy, best, plan.bands):
+            best, band_used = roomy, band
+        if not _above(best, plan.bands) or not room_held:
+            break
+    if best is not plan:
+        above = _above(plan, plan.bands)
+        best.notes.append(f"memory held to {band_used:.1f} pp as well, to make room: {' and '.join(above)} "
+                          f"stayed above {'its band' if len(above) == 1 else 'their bands'} without it, "
+                          "its emptiest node full of memory")
+    return best
+
+
+def _above(plan: Plan, bands: dict[str, float]) -> list[str]:
+    """The dimensions of `bands` the plan leaves above their band (as shown: to 0.1 pp)."""
+    return [d for d, b in bands.items() if round(plan.after.dimensions[d].spread_pp, 1) > b
+            and not any(n.startswith(f"no node above the {d} threshold") for n in plan.notes)]
+
+
+def _closer(plan: Plan, than: Plan, bands: dict[str, float]) -> bool:
+    """Fewer of `bands`' dimensions above their band, or as many and less excess (the sum of squares,
+    in bands), and no rule unmet that `than` meets."""
+    def excess(p: Plan) -> tuple[int, float]:
+        over = [max(round(p.after.dimensions[d].spread_pp, 1) - b, 0.0) / band_width(b) for d, b in bands.items()]
+        return len(_above(p, bands)), round(sum(x * x for x in over), 6)
+
+    met = {(u.rule, tuple(u.vmids)) for u in than.unmet}
+    broken = [u for u in plan.unmet if not u.rule.startswith("balance ") and (u.rule, tuple(u.vmids)) not in met]
+    return not broken and excess(plan) < excess(than)
