@@ -7,7 +7,8 @@ anti-affinity; see rules/registry.py), then the balance phase runs, all on one P
 move is checked against every family's rules and the room on its target at the step it runs. A rule
 that cannot be met is reported in `unmet`, with the guests and the reason; with several dimensions,
 so is each dimension whose spread the plan cannot bring within its band (rule "balance DIM", how far
-above, and why; with one, the notes say it).
+above, and why; with one, the notes say it). A dimension no node offers is left out, and memory is
+balanced too where a node full of it holds another apart (planned_dimensions.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def is_movable(guest: GuestState, policy: Policy) -> bool:
 
 
 def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
+    """The plan for the dimensions asked; where a node full of memory holds one of them apart and
+    memory is not among them, the closest of the plans made again with memory balanced too
+    (planned_dimensions.making_room)."""
     plan, room_held = _plan_balance(snapshot, policy)
     if not room_held or "memory" in policy.dimensions or policy.method == "weighted":
         return plan
