@@ -15,7 +15,8 @@ from .policy import Policy
 from .rules import Constraints, build_constraints
 from .state import PlanState, band_width
 
-Planner = Callable[[ClusterSnapshot, Policy], tuple[Plan, bool]]  # a plan, and whether room held it (balance.py)
+# balance._plan_balance: a plan (room_first: cut short where room holds it), and whether room held it
+Planner = Callable[[ClusterSnapshot, Policy, bool], tuple[Plan, bool]]
 
 
 def offered(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
@@ -52,24 +53,33 @@ def making_room(snapshot: ClusterSnapshot, policy: Policy, plan: Plan, planned: 
     """A plan that leaves a dimension above its band because its emptiest node is full of memory
     (explain.room_held: it takes nothing until memory leaves it) made again with memory balanced too,
     held to ROOM_BANDS of its spread and then its own band; the closest to the bands asked for wins
-    (the plan as it was, where none is closer), with a note that says so."""
+    (the plan as it was, where none is closer), with a note that says so. `plan` was made with
+    room_first, as is each attempt but the last: the one kept is made in full if it was cut short."""
     memory = replace(policy, method="memory")
     began = PlanState(snapshot, memory, build_constraints(snapshot, memory)).spread()
-    best, band_used = plan, 0.0
     own = policy.band("memory")
-    for band in sorted({max(began * f, own) for f in ROOM_BANDS} | {own}, reverse=True):
-        roomy, room_held = planned(snapshot, replace(
-            policy, method=f"{policy.method},memory", bands={**policy.bands, "memory": band}))
-        if _closer(roomy, best, plan.bands):
-            best, band_used = roomy, band
-        if not _above(best, plan.bands) or not room_held:
+    bands = sorted({max(began * f, own) for f in ROOM_BANDS} | {own}, reverse=True)
+    # (plan, its policy, whether it was cut short: room_first and held, with several dimensions)
+    tried = [(plan, policy, len(policy.dimensions) > 1)]
+    best = 0
+    for k, band in enumerate(bands):
+        last = k == len(bands) - 1
+        roomier = replace(policy, method=f"{policy.method},memory", bands={**policy.bands, "memory": band})
+        roomy, room_held = planned(snapshot, roomier, not last)
+        tried.append((roomy, roomier, room_held and not last))
+        if _closer(roomy, tried[best][0], plan.bands):
+            best = len(tried) - 1
+        if not _above(tried[best][0], plan.bands) or not room_held:
             break
-    if best is not plan:
+    kept, kept_policy, cut_short = tried[best]
+    if cut_short:
+        kept = planned(snapshot, kept_policy, False)[0]
+    if best:
         above = _above(plan, plan.bands)
-        best.notes.append(f"memory held to {band_used:.1f} pp as well, to make room: {' and '.join(above)} "
-                          f"stayed above {'its band' if len(above) == 1 else 'their bands'} without it, "
-                          "its emptiest node full of memory")
-    return best
+        kept.notes.append(f"memory held to {kept_policy.band('memory'):.1f} pp as well, to make room: "
+                          f"{' and '.join(above)} stayed above {'its band' if len(above) == 1 else 'their bands'} "
+                          "without it, its emptiest node full of memory")
+    return kept
 
 
 def _above(plan: Plan, bands: dict[str, float]) -> list[str]:
