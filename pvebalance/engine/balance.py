@@ -30,7 +30,7 @@ from .exact_phase import exact_if_fewer, exact_work
 from .explain import costly_moves, held_back, room_held
 from .load import Vector, initial_loads, spreads, summarize
 from .outcome import outcome_of
-from .planned_dimensions import making_room, offered
+from .planned_dimensions import Planned, making_room, offered
 from .policy import Policy
 from .repair import repair
 from .rules import Constraints, build_constraints, fixed_reason
@@ -50,26 +50,29 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     memory is not among them, the closest of the plans made again with memory balanced too
     (planned_dimensions.making_room)."""
     if "memory" in policy.dimensions or policy.method == "weighted":
-        return _plan_balance(snapshot, policy)[0]
-    plan, held = _plan_balance(snapshot, policy, room_first=True)
-    if not held:
-        return plan
-    return making_room(snapshot, policy, plan, _plan_balance)
+        return _plan_balance(snapshot, policy).plan
+    planned = _plan_balance(snapshot, policy, room_first=True)
+    if not planned.room_held:
+        return planned.plan
+    return making_room(snapshot, policy, planned.plan, planned.cut_short, _plan_balance)
 
 
-def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = False) -> tuple[Plan, bool]:
+def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = False) -> Planned:
     """The plan, and whether a dimension stays above its band because its emptiest node is full of
     memory (explain.room_held). `room_first`: such a plan of several dimensions is handed back
     before the plans that let a dimension go (_closest: 3 of xl-10k cpu,disk's 6.5 s), as it will be
     made again with memory; planned_dimensions.making_room makes it in full if it is kept."""
     constraints = build_constraints(snapshot, policy)
     notes: list[str] = []
-    policy, none_offered = offered(snapshot, policy, constraints, notes)
     state = PlanState(snapshot, policy, constraints)
+    policy, none_offered = offered(state, notes)
+    if policy is not state.policy:  # a dimension no node offers: planned without it
+        state = PlanState(snapshot, policy, constraints)
     bands = dict(zip(state.dims, state.bands, strict=True))  # as asked, before any is relaxed
     before = summarize(state.loads, state.targets, state.dims)
     began = state.spreads()  # before any repair: no dimension given up may end further apart
     unmet: list[Unmet] = []
+    cut_short = False
 
     for family in constraints.families:  # in the registry's order: the most urgent rules first
         repair(state, family.fixes(state), unmet)
@@ -86,8 +89,10 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
     if not below_threshold:
         repaired = clone(state) if len(state.dims) > 1 else state
         state = _planned(snapshot, state, constraints, bool(unmet), notes)
-        if not state.balanced() and len(state.dims) > 1 and not (room_first and room_held(state)):
-            state = _closest(snapshot, repaired, constraints, state, began, notes)
+        if not state.balanced() and len(state.dims) > 1:
+            cut_short = room_first and room_held(state)
+            if not cut_short:
+                state = _closest(snapshot, repaired, constraints, state, began, notes)
         policy = state.policy
     if state.balanced():  # the exact model or the local search brought it within: no longer so
         notes[:] = [n for n in notes if not (n.startswith("spread ") and "stays above" in n)]
@@ -119,7 +124,7 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
     if not below_threshold and any("stays above" in n for n in notes):
         plan.notes += held_back(state)
     plan.notes += costly_moves(state, plan)
-    return plan, not below_threshold and not state.balanced() and room_held(state)
+    return Planned(plan, cut_short or (not below_threshold and not state.balanced() and room_held(state)), cut_short)
 
 
 REPAIR_ONLY = "a drain's plan: only the moves the rules ask for (the drained nodes, pins, affinity); no balancing"

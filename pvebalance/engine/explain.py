@@ -54,8 +54,7 @@ def room_held(state: PlanState) -> bool:
     free = [v for v in helpers if v not in state.moved and v not in state.c.fixed]
     node = state.loads[emptiest].figures
     return bool(free) and all(
-        fit.memory_refusal(fit.GuestFigures.of(state.guests[u] for u in state.c.unit(v)), node, state.policy)
-        is not None for v in free)
+        fit.memory_refusal(state.arriving(state.c.unit(v), emptiest), node, state.policy) is not None for v in free)
 
 
 def _helpers(state: PlanState) -> tuple[int, str, str, list[int]] | None:

@@ -43,7 +43,7 @@ class Dimension:
     capacity: Callable[[NodeState, ResourceReserve], float]  # the node's size less the host's reserve
     measured: Callable[[NodeState], float]  # what the node itself reports in use, host overhead included
     meaning: dict[str, str]  # mode -> what a node's percentage says (the plan table's title)
-    offered: str = ""  # what a node offers in it, in words: why a cluster may have none (PlanState.absent)
+    offered: str  # why a cluster may offer none of it, in words (planned_dimensions.offered's note)
 
 
 def _avg(value: float, average: float | None, smoothed: bool) -> float:

@@ -7,34 +7,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import NamedTuple
 
 from pvebalance.shared.models import ClusterSnapshot, Plan
 
-from .load import DIMENSIONS, node_capacity
+from .load import DIMENSIONS
 from .policy import Policy
-from .rules import Constraints, build_constraints
+from .rules import build_constraints
 from .state import PlanState, band_width
 
-# balance._plan_balance: a plan (room_first: cut short where room holds it), and whether room held it
-Planner = Callable[[ClusterSnapshot, Policy, bool], tuple[Plan, bool]]
+
+class Planned(NamedTuple):
+    """What balance._plan_balance hands back."""
+
+    plan: Plan
+    room_held: bool  # a dimension stays above its band because its emptiest node is full of memory
+    cut_short: bool  # so held, handed back before the plans that let a dimension go (room_first)
 
 
-def offered(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
-            notes: list[str]) -> tuple[Policy, bool]:
-    """The policy without the balanced dimensions no node offers anything in (local disk where every
-    guest disk is on shared storage), and whether none was left. Such a dimension has no percentages
-    to balance, and a node offering nothing in a dimension is no target: kept, it would leave the
-    plan no target at all, not even for a pin. The notes say which. With none left, nothing is
-    balanced and the rules' moves are judged by memory, the default."""
-    staying = [n for n in snapshot.nodes if n.online and n.usable and n.name not in policy.ignore_nodes
-               and n.name not in constraints.draining]
-    if not staying:
+Planner = Callable[[ClusterSnapshot, Policy, bool], Planned]  # balance._plan_balance(snapshot, policy, room_first)
+
+
+def offered(state: PlanState, notes: list[str]) -> tuple[Policy, bool]:
+    """The state's policy without the balanced dimensions no node offers anything in (local disk
+    where every guest disk is on shared storage), and whether none was left. Such a dimension has no
+    percentages to balance, and a node offering nothing in a dimension is no target: kept, it would
+    leave the plan no target at all, not even for a pin. The notes say which. With none left,
+    nothing is balanced and the rules' moves are judged by memory, the default."""
+    policy = state.policy
+    staying = [n for n in state.online if n not in state.draining]
+    present = [d for i, d in enumerate(state.dims) if any(state.loads[n].capacity[i] > 0 for n in staying)]
+    if not staying or len(present) == len(state.dims):
         return policy, False
-    present = [d for i, d in enumerate(policy.dimensions)
-               if any(node_capacity(n, policy)[i] > 0 for n in staying)]
-    if len(present) == len(policy.dimensions):
-        return policy, False
-    for dim in policy.dimensions:
+    for dim in state.dims:
         if dim not in present:
             notes.append(f"{dim} not balanced: {DIMENSIONS[dim].offered}")
     if policy.method == "weighted" and present:  # the blend without them, each weight as it was
@@ -49,31 +54,30 @@ def offered(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
 ROOM_BANDS = (1.0, 0.5)
 
 
-def making_room(snapshot: ClusterSnapshot, policy: Policy, plan: Plan, planned: Planner) -> Plan:
+def making_room(snapshot: ClusterSnapshot, policy: Policy, plan: Plan, cut_short: bool, planned: Planner) -> Plan:
     """A plan that leaves a dimension above its band because its emptiest node is full of memory
     (explain.room_held: it takes nothing until memory leaves it) made again with memory balanced too,
     held to ROOM_BANDS of its spread and then its own band; the closest to the bands asked for wins
     (the plan as it was, where none is closer), with a note that says so. `plan` was made with
-    room_first, as is each attempt but the last: the one kept is made in full if it was cut short."""
+    room_first (`cut_short`: Planned's), as is each attempt but the last: the one kept is made in
+    full if it was cut short."""
     memory = replace(policy, method="memory")
     began = PlanState(snapshot, memory, build_constraints(snapshot, memory)).spread()
     own = policy.band("memory")
     bands = sorted({max(began * f, own) for f in ROOM_BANDS} | {own}, reverse=True)
-    # (plan, its policy, whether it was cut short: room_first and held, with several dimensions)
-    tried = [(plan, policy, len(policy.dimensions) > 1)]
+    tried = [(Planned(plan, True, cut_short), policy)]
     best = 0
     for k, band in enumerate(bands):
         last = k == len(bands) - 1
         roomier = replace(policy, method=f"{policy.method},memory", bands={**policy.bands, "memory": band})
-        roomy, room_held = planned(snapshot, roomier, not last)
-        tried.append((roomy, roomier, room_held and not last))
-        if _closer(roomy, tried[best][0], plan.bands):
+        tried.append((planned(snapshot, roomier, not last), roomier))
+        if _closer(tried[-1][0].plan, tried[best][0].plan, plan.bands):
             best = len(tried) - 1
-        if not _above(tried[best][0], plan.bands) or not room_held:
+        if not _above(tried[best][0].plan, plan.bands) or not tried[-1][0].room_held:
             break
-    kept, kept_policy, cut_short = tried[best]
-    if cut_short:
-        kept = planned(snapshot, kept_policy, False)[0]
+    (kept, _, kept_cut_short), kept_policy = tried[best]
+    if kept_cut_short:
+        kept = planned(snapshot, kept_policy, False).plan
     if best:
         above = _above(plan, plan.bands)
         kept.notes.append(f"memory held to {kept_policy.band('memory'):.1f} pp as well, to make room: "

@@ -116,15 +116,17 @@ class PlanState:
 
     def fits(self, vmids: Iterable[int], target: str) -> bool:
         """Room on the target, at this step, for the guests that would arrive (see `fit.fits`)."""
+        return fit.fits(self.arriving(vmids, target), self.loads[target].figures, self.policy) is None
+
+    def arriving(self, vmids: Iterable[int], target: str) -> fit.GuestFigures:
+        """What these guests bring to the target: those not on it already, as one."""
         vmids = frozenset(vmids)
         if any(self.where[v] == target for v in vmids):
-            arriving = fit.GuestFigures.of(self.guests[v] for v in vmids if self.where[v] != target)
-        else:
-            known = self._arriving.get(vmids)
-            if known is None:
-                known = self._arriving[vmids] = fit.GuestFigures.of(self.guests[v] for v in vmids)
-            arriving = known
-        return fit.fits(arriving, self.loads[target].figures, self.policy) is None
+            return fit.GuestFigures.of(self.guests[v] for v in vmids if self.where[v] != target)
+        known = self._arriving.get(vmids)
+        if known is None:
+            known = self._arriving[vmids] = fit.GuestFigures.of(self.guests[v] for v in vmids)
+        return known
 
     def allows(self, vmids: frozenset[int], target: str) -> bool:
         """Every rule holds with these guests on the target (room is `fits`'s to say)."""
@@ -156,8 +158,7 @@ class PlanState:
         for family in self.c.families:
             if (why := family.refusal(self, vmids, target)) is not None:
                 return why
-        arriving = fit.GuestFigures.of(self.guests[v] for v in vmids if self.where[v] != target)
-        return fit.fits(arriving, self.loads[target].figures, self.policy)
+        return fit.fits(self.arriving(vmids, target), self.loads[target].figures, self.policy)
 
     def best_target(self, vmids: frozenset[int], exclude: str | None = None) -> str | None:
         """The allowed node with room that ends least loaded after taking the guests (`ending`)."""
