@@ -139,11 +139,22 @@ def storage_refusal(guest: GuestFigures, node: NodeFigures, policy: Policy) -> s
     return None
 
 
+def memory_room(node: NodeFigures, policy: Policy) -> float:
+    """Bytes in use the node can still take (below 0: it is above its limit already, and takes
+    nothing, not even a stopped guest): a guest fits its memory when what it brings is no more.
+    A search that tries many guests on one node reads it once (search._nearest_valid)."""
+    return memory_limit(node, policy) - node.used_mem
+
+
+def brings_memory(guest: GuestFigures) -> int:
+    """Bytes in use the guest brings: none while stopped."""
+    return guest.mem if guest.running else 0
+
+
 def memory_refusal(guest: GuestFigures, node: NodeFigures, policy: Policy) -> str | None:
     """Why the node's memory cannot take the guest now (`fits`' first question), else None."""
-    limit = memory_limit(node, policy)
-    used = node.used_mem + (guest.mem if guest.running else 0)
-    if used > limit:
+    if brings_memory(guest) > memory_room(node, policy):
+        used = node.used_mem + brings_memory(guest)
         usable = usable_memory(node, policy)
         reserve = policy.reserved(node.name).memory
         of = f" of the {usable / GIB:.1f} GiB left after the host's {reserve:g} GiB" if reserve else ""
