@@ -88,7 +88,7 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
     below_threshold = len(quiet) == len(state.dims)
     if not below_threshold:
         repaired = clone(state) if len(state.dims) > 1 else state
-        state = _planned(snapshot, state, constraints, bool(unmet), notes, room_first=room_first)
+        state = _planned(snapshot, state, constraints, bool(unmet), notes)
         if not state.balanced() and len(state.dims) > 1:
             cut_short = room_first and room_held(state)
             if not cut_short:
@@ -131,7 +131,7 @@ REPAIR_ONLY = "a drain's plan: only the moves the rules ask for (the drained nod
 
 
 def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constraints, rules_unmet: bool,
-             notes: list[str], thorough: bool = True, room_first: bool = False) -> PlanState:
+             notes: list[str], thorough: bool = True) -> PlanState:
     """The balance phase on the state after the repairs: the heuristics, then the exact model where it
     is small enough, then the local search where it is not (or found nothing that balances).
     `thorough`: the exact search of several dimensions as exact_phase.exact_if_fewer says (else as
@@ -139,7 +139,7 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
     policy = state.policy
     repaired = clone(state) if _searches(state) else None  # the local search's start (improve.py)
     if not state.balanced():
-        state = _balance(state, notes, room_first)
+        state = _balance(state, notes)
     exact = (not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy)
              and exact_work(state) <= EXACT_MAX_WORK)
     proven = False  # the exact model proved that no plan has fewer migrations
@@ -271,7 +271,7 @@ EXACT_MAX_WORK_UNBALANCED = 2500
 SUBSETS_MAX_WORK = 2500
 
 
-def _balance(state: PlanState, notes: list[str], room_first: bool = False) -> PlanState:
+def _balance(state: PlanState, notes: list[str]) -> PlanState:
     """The balance phase: the band plan (band.py, built for few moves) and the greedy one
     (search.py, variance step by step), the one with fewer migrations (then the greedy one). On
     clusters too large for the exact model the greedy plan is only the fallback, to keep planning
@@ -289,8 +289,6 @@ def _balance(state: PlanState, notes: list[str], room_first: bool = False) -> Pl
         banded = clone(state)
         ordered = apply_in_order(banded, band.moves)
         if not banded.balanced() and len(state.dims) > 1:  # a box no node could all be brought into:
-            if large and room_first and room_held(banded):
-                return banded  # made again with memory (planned_dimensions.making_room), in full if kept
             balance_moves(banded, units_by_node(banded, _units(banded)), finished, large)  # the greedy finishes it
         elif not ordered:
             banded = None
