@@ -11,7 +11,7 @@ unit's smallest vmid, is unique.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +41,10 @@ class Figures:
     """Every unit's load (a row each), size and key, as arrays: the units of a node are rows
     `offset` on of its NodeUnits, in its order."""
 
-    def __init__(self, units: list[Unit], count: int) -> None:
+    def __init__(self, units: list[Unit], count: int, nodes: list[str]) -> None:
         self.units = units
+        at = {n: i for i, n in enumerate(nodes)}
+        self.node_of = np.array([at[u.node] for u in units], dtype=np.intp)  # by its place in `nodes`
         self.loads = np.array([u.load for u in units], dtype=float).reshape(len(units), count)
         self.sizes = np.array([u.size for u in units], dtype=float)
         self.keys = np.array([u.key for u in units], dtype=float)
@@ -79,6 +81,11 @@ class Box:
         self.scale = {n: [100.0 / (caps[n][i] * widths[i]) if widths[i] < 1e8 else 0.0 for i in range(self.count)]
                       for n in self.nodes}
         self.bounds = {n: (np.array(self.high[n]), np.array(self.low[n]), np.array(self.scale[n])) for n in self.nodes}
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        # the same as arrays, a node a row: for figures over every node at once
+        self.now_rows, self.high_rows, self.scale_rows = (
+            np.array([figure[n] for n in self.nodes], dtype=float).reshape(len(self.nodes), self.count)
+            for figure in (self.now, self.high, self.scale))
         self._spare = {n: self._spare_of(n) for n in self.nodes}
         self.most_spare = sorted((-s, n) for n, s in self._spare.items())  # kept in order by `shift`
 
@@ -98,17 +105,10 @@ class Box:
         short = np.where(loads < low, (low - loads) * scale, 0.0)
         return np.where(loads > high, (loads - high) * scale, 0.0).sum(axis=1), short.sum(axis=1), short.max(axis=1)
 
-    def fits_under(self, n: str, load: Vector) -> bool:
-        return all(now + x <= hi for x, now, hi in zip(load, self.now[n], self.high[n], strict=True))
-
-    def room(self, n: str) -> float:
-        """The least room under the box's top over the dimensions, in bands (bounded ones only)."""
-        return min(((self.high[n][i] - self.now[n][i]) * self.scale[n][i] for i in range(self.count)
-                    if self.scale[n][i] > 0), default=0.0)
-
     def shift(self, n: str, load: Vector, sign: float) -> None:
         for i in range(self.count):
             self.now[n][i] += sign * load[i]
+        self.now_rows[self.index[n]] = self.now[n]
         del self.most_spare[bisect_left(self.most_spare, (-self._spare[n], n))]
         self._spare[n] = self._spare_of(n)
         insort(self.most_spare, (-self._spare[n], n))
@@ -118,6 +118,16 @@ class Box:
         what node n can give and stay in the box."""
         return min(((self.now[n][i] - self.low[n][i]) * self.scale[n][i] for i in range(self.count)
                     if self.scale[n][i] > 0), default=0.0)
+
+    def roomiest(self, load: Vector, source: str) -> list[str]:
+        """The nodes but `source` whose load stays under the box's top with `load` added, the most
+        room first (the least room under the top over the bounded dimensions, in bands; then by name)."""
+        under = np.all(self.now_rows + np.asarray(load) <= self.high_rows, axis=1)
+        bounded = self.scale_rows > 0
+        room = np.where(bounded, (self.high_rows - self.now_rows) * self.scale_rows, np.inf).min(axis=1)
+        room[~bounded.any(axis=1)] = 0.0
+        found = sorted((-room[i], n) for i, n in enumerate(self.nodes) if under[i] and n != source)
+        return [n for _, n in found]
 
     def lacking(self, n: str) -> float:
         return self.outside(n, self.now[n])[1]
@@ -142,7 +152,7 @@ def to_shed(box: Box, n: str, listed: NodeUnits, free: np.ndarray) -> Unit | Non
     rows = np.unique(np.concatenate([order[mine[order]][:SHORTLIST] for order in listed.by_load]))
     if not len(rows):
         return None
-    a, b, _ = box.outside_each(n, np.asarray(box.now[n]) - listed.loads[rows])
+    a, b, _ = box.outside_each(n, box.now_rows[box.index[n]] - listed.loads[rows])
     lowers = np.flatnonzero(a < above - TINY)  # it lowers some excess
     if not len(lowers):
         return None
@@ -156,30 +166,29 @@ def to_shed(box: Box, n: str, listed: NodeUnits, free: np.ndarray) -> Unit | Non
     return listed.units[int(rows[np.lexsort(columns[::-1])[0]])]
 
 
-def window(pool: list[Unit], keys: list[tuple[float, int]], box: Box, n: str, sizer: Sizer) -> Iterator[Unit]:
-    """The pool's units that could fill node n's lack, nearest first: those no larger than its room
-    allows, from about the size of its lack both ways (a unit under the box's top in every dimension
-    is no larger than the room's size; one filling every lack no smaller than the lack's). `keys`:
-    the pool's (-size, key), in its order."""
+def window(keys: list[tuple[float, int]], rows: list[int], box: Box, n: str, sizer: Sizer) -> list[int]:
+    """The pool's units that could fill node n's lack (their rows), nearest first: those no larger
+    than its room allows, from about the size of its lack both ways (a unit under the box's top in
+    every dimension is no larger than the room's size; one filling every lack no smaller than the
+    lack's). `keys`: the pool's (-size, key), falling in size; `rows`: its units' rows, in that order."""
     room, lack = box.room_size(n, sizer), box.lack_size(n, sizer)
-    start = bisect_left(keys, (-room - TINY,))  # the pool falls in size: from `start` on, size <= room
+    start = bisect_left(keys, (-room - TINY,))  # from `start` on, size <= room
     split = max(bisect_left(keys, (-lack,), lo=start), start)  # before `split`: at least the lack's size
-    for i in range(split - 1, max(start - 1, split - 1 - box.scan), -1):
-        yield pool[i]
-    for i in range(split, min(len(pool), split + box.scan)):
-        yield pool[i]
+    return rows[max(start, split - box.scan):split][::-1] + rows[split:split + box.scan]
 
 
-def choose(state: PlanState, disks: _Disks, box: Box, figures: Figures, n: str, candidates: list[Unit],
+def choose(state: PlanState, disks: _Disks, box: Box, figures: Figures, n: str, rows: list[int],
            over_top: bool = False) -> Unit | None:
-    """Among the candidates under the box's top on node n: the smallest that fills every lack, else
-    the one that leaves the least lack, its largest dimension's counted twice (the larger on ties):
-    a unit that fills the lack of one dimension while another's stays deep takes the room a later
-    unit needs to fill that one (large-5k, memory and CPU: 293 migrations counting the sum only, 275
-    so); the first the rules and the storages allow.
+    """Among the candidates (rows) not on node n and under the box's top there: the smallest that
+    fills every lack, else the one that leaves the least lack, its largest dimension's counted twice
+    (the larger on ties): a unit that fills the lack of one dimension while another's stays deep
+    takes the room a later unit needs to fill that one (large-5k, memory and CPU: 293 migrations
+    counting the sum only, 275 so); the first the rules and the storages allow.
     `over_top`: any candidate, by the lack it covers less the excess it opens (when above 0)."""
-    rows = np.fromiter((u.row for u in candidates), dtype=np.intp, count=len(candidates))
-    return _first_allowed(state, disks, n, (candidates[i] for i in _ranked(box, n, *figures.of(rows), over_top)))
+    found = np.array(rows, dtype=np.intp)
+    found = found[figures.node_of[found] != box.index[n]]
+    order = _ranked(box, n, *figures.of(found), over_top)
+    return _first_allowed(state, disks, n, (figures.units[r] for r in found[order].tolist()))
 
 
 def filler(state: PlanState, disks: _Disks, box: Box, figures: Figures, nodes: dict[str, NodeUnits],
@@ -224,7 +233,7 @@ def _ranked(box: Box, n: str, loads: np.ndarray, size: np.ndarray, key: np.ndarr
     if not len(size):
         return []
     lack = box.lacking(n)
-    opened, left, most = box.outside_each(n, np.asarray(box.now[n]) + loads)
+    opened, left, most = box.outside_each(n, box.now_rows[box.index[n]] + loads)
     if over_top:
         keep = np.flatnonzero(~((left >= lack - TINY) | (lack - left - opened <= TINY)))
         columns = [opened - (lack - left), -size, key]

@@ -67,7 +67,7 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
         rows += [Unit(load, -neg, vmids, sum(state.guests[v].mem + state.guests[v].local_disk for v in vmids), key, n,
                       index, offset + index)
                  for index, (neg, key, load, vmids) in enumerate(sorted(listed, key=lambda x: x[:2]))]
-    figures = Figures(rows, count)
+    figures = Figures(rows, count, nodes)
     by_node = {n: NodeUnits(rows[offsets[n]:offsets[n] + len(listed)], figures, offsets[n])
                for n, listed in found.items()}
     total = len(rows)
@@ -133,7 +133,7 @@ def _plan_for(state: PlanState, figures: Figures, nodes: dict[str, NodeUnits], s
     plan = BandPlan(box.low[box.nodes[0]][0])
     disks = _Disks(state)
     free = np.ones(len(figures.units), dtype=bool)  # each unit's, by its row: not taken yet
-    pool: list[Unit] = []  # shed, not yet placed: by falling size, then key ...
+    pool: list[int] = []  # the rows of the units shed, not yet placed: by falling size, then key ...
     keys: list[tuple[float, int]] = []  # ... which these are
     for _ in range(_PASSES):  # a node may be above in one dimension and below in another: shed, fill, again
         for n in sorted(box.nodes):
@@ -144,18 +144,16 @@ def _plan_for(state: PlanState, figures: Figures, nodes: dict[str, NodeUnits], s
                 box.shift(n, u.load, -1.0)
                 free[u.row] = False
                 at = bisect_left(keys, (-u.size, u.key))
-                pool.insert(at, u)
+                pool.insert(at, u.row)
                 keys.insert(at, (-u.size, u.key))
         for n in sorted(box.nodes, key=lambda x: (box.lacking(x), x)):
             while box.lacking(n) > TINY:
-                near = [u for u in window(pool, keys, box, n, sizer) if u.node != n]
-                pick = choose(state, disks, box, figures, n, near)
+                pick = choose(state, disks, box, figures, n, window(keys, pool, box, n, sizer))
                 from_pool = pick is not None
                 if pick is None:
                     pick = filler(state, disks, box, figures, nodes, free, sizer, n)
                 if pick is None:  # nothing fits under the box's top: the unit that helps most, if any
-                    pick = choose(state, disks, box, figures, n, [u for u in pool[:4 * box.scan] if u.node != n],
-                                  over_top=True)
+                    pick = choose(state, disks, box, figures, n, pool[:4 * box.scan], over_top=True)
                     from_pool = True
                     if pick is None:
                         break
@@ -172,10 +170,9 @@ def _plan_for(state: PlanState, figures: Figures, nodes: dict[str, NodeUnits], s
         if all(box.outside(n, box.now[n]) == (0.0, 0.0) for n in box.nodes):
             break
     complete = all(box.outside(n, box.now[n]) == (0.0, 0.0) for n in box.nodes)
-    for u in pool:  # what no lacking node needed: where the box has most room (else it stays)
-        room = sorted((-box.room(t), t) for t in box.nodes if t != u.node and box.fits_under(t, u.load))
-        target = next((t for _, t in room if state.allows(u.vmids, t) and disks.room_for(u.vmids, t)), None) \
-            if complete else None
+    for u in (figures.units[r] for r in pool):  # what no lacking node needed: where the box has most room
+        target = next((t for t in box.roomiest(u.load, u.node) if state.allows(u.vmids, t)
+                       and disks.room_for(u.vmids, t)), None) if complete else None
         target = target or u.node
         box.shift(target, u.load, 1.0)
         if target != u.node:
