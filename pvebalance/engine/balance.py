@@ -52,9 +52,9 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     if "memory" in policy.dimensions or policy.method == "weighted":
         return _plan_balance(snapshot, policy).plan
     planned = _plan_balance(snapshot, policy, room_first=True)
-    if not planned.room_held:
+    if planned.room_held is None:
         return planned.plan
-    return making_room(snapshot, policy, planned.plan, planned.cut_short, _plan_balance)
+    return making_room(snapshot, policy, planned, _plan_balance)
 
 
 def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = False) -> Planned:
@@ -88,9 +88,9 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
     below_threshold = len(quiet) == len(state.dims)
     if not below_threshold:
         repaired = clone(state) if len(state.dims) > 1 else state
-        state = _planned(snapshot, state, constraints, bool(unmet), notes)
+        state = _planned(snapshot, state, constraints, bool(unmet), notes, room_first=room_first)
         if not state.balanced() and len(state.dims) > 1:
-            cut_short = room_first and room_held(state)
+            cut_short = room_first and room_held(state) is not None
             if not cut_short:
                 state = _closest(snapshot, repaired, constraints, state, began, notes)
         policy = state.policy
@@ -124,14 +124,15 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
     if not below_threshold and any("stays above" in n for n in notes):
         plan.notes += held_back(state)
     plan.notes += costly_moves(state, plan)
-    return Planned(plan, cut_short or (not below_threshold and not state.balanced() and room_held(state)), cut_short)
+    held = room_held(state) if not below_threshold and not state.balanced() else None
+    return Planned(plan, held, cut_short)
 
 
 REPAIR_ONLY = "a drain's plan: only the moves the rules ask for (the drained nodes, pins, affinity); no balancing"
 
 
 def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constraints, rules_unmet: bool,
-             notes: list[str], thorough: bool = True) -> PlanState:
+             notes: list[str], thorough: bool = True, room_first: bool = False) -> PlanState:
     """The balance phase on the state after the repairs: the heuristics, then the exact model where it
     is small enough, then the local search where it is not (or found nothing that balances).
     `thorough`: the exact search of several dimensions as exact_phase.exact_if_fewer says (else as
@@ -139,7 +140,7 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
     policy = state.policy
     repaired = clone(state) if _searches(state) else None  # the local search's start (improve.py)
     if not state.balanced():
-        state = _balance(state, notes)
+        state = _balance(state, notes, room_first)
     exact = (not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy)
              and exact_work(state) <= EXACT_MAX_WORK)
     proven = False  # the exact model proved that no plan has fewer migrations
@@ -271,7 +272,7 @@ EXACT_MAX_WORK_UNBALANCED = 2500
 SUBSETS_MAX_WORK = 2500
 
 
-def _balance(state: PlanState, notes: list[str]) -> PlanState:
+def _balance(state: PlanState, notes: list[str], room_first: bool = False) -> PlanState:
     """The balance phase: the band plan (band.py, built for few moves) and the greedy one
     (search.py, variance step by step), the one with fewer migrations (then the greedy one). On
     clusters too large for the exact model the greedy plan is only the fallback, to keep planning
@@ -289,7 +290,10 @@ def _balance(state: PlanState, notes: list[str]) -> PlanState:
         banded = clone(state)
         ordered = apply_in_order(banded, band.moves)
         if not banded.balanced() and len(state.dims) > 1:  # a box no node could all be brought into:
-            balance_moves(banded, units_by_node(banded, _units(banded)), finished, large)  # the greedy finishes it
+            # the greedy finishes it; with room_first, only until a node full of memory holds a
+            # dimension apart (xl-10k cpu,disk: from its 7th step of 160): made again with memory
+            until = _held if room_first and large else None
+            balance_moves(banded, units_by_node(banded, _units(banded)), finished, large, until=until)
         elif not ordered:
             banded = None
         if banded is not None and not banded.balanced() and not (large and len(state.dims) > 1):
@@ -303,6 +307,10 @@ def _balance(state: PlanState, notes: list[str]) -> PlanState:
         state, greedy_notes = banded, []
     notes.extend(greedy_notes)
     return state
+
+
+def _held(state: PlanState) -> bool:
+    return room_held(state) is not None
 
 
 def _searches(state: PlanState) -> bool:

@@ -43,18 +43,19 @@ def held_back(state: PlanState, shown: int = SHOWN) -> list[str]:
     return notes
 
 
-def room_held(state: PlanState) -> bool:
-    """Whether the emptiest node of the dimension furthest above its band lacks the memory for every
+def room_held(state: PlanState) -> str | None:
+    """The dimension furthest above its band, where its emptiest node lacks the memory for every
     guest of the fullest that would narrow the gap (and is not yet moved): a node full of memory
-    that takes nothing until memory leaves it."""
+    that takes nothing until memory leaves it. None where it does not."""
     found = _helpers(state)
     if found is None:
-        return False
-    _, _, emptiest, helpers = found
+        return None
+    i, _, emptiest, helpers = found
     free = [v for v in helpers if v not in state.moved and v not in state.c.fixed]
     node = state.loads[emptiest].figures
-    return bool(free) and all(
+    held = bool(free) and all(
         fit.memory_refusal(state.arriving(state.c.unit(v), emptiest), node, state.policy) is not None for v in free)
+    return state.dims[i] if held else None
 
 
 def _helpers(state: PlanState) -> tuple[int, str, str, list[int]] | None:

@@ -21,8 +21,8 @@ class Planned(NamedTuple):
     """What balance._plan_balance hands back."""
 
     plan: Plan
-    room_held: bool  # a dimension stays above its band because its emptiest node is full of memory
-    cut_short: bool  # so held, handed back before the plans that let a dimension go (room_first)
+    room_held: str | None  # the dimension that stays above its band because its emptiest node is full of memory
+    cut_short: bool  # so held, handed back before the plans that let a dimension go or its greedy's end (room_first)
 
 
 Planner = Callable[[ClusterSnapshot, Policy, bool], Planned]  # balance._plan_balance(snapshot, policy, room_first)
@@ -54,18 +54,19 @@ def offered(state: PlanState, notes: list[str]) -> tuple[Policy, bool]:
 ROOM_BANDS = (1.0, 0.5)
 
 
-def making_room(snapshot: ClusterSnapshot, policy: Policy, plan: Plan, cut_short: bool, planned: Planner) -> Plan:
+def making_room(snapshot: ClusterSnapshot, policy: Policy, first: Planned, planned: Planner) -> Plan:
     """A plan that leaves a dimension above its band because its emptiest node is full of memory
     (explain.room_held: it takes nothing until memory leaves it) made again with memory balanced too,
     held to ROOM_BANDS of its spread and then its own band; the closest to the bands asked for wins
-    (the plan as it was, where none is closer), with a note that says so. `plan` was made with
-    room_first (`cut_short`: Planned's), as is each attempt but the last: the one kept is made in
-    full if it was cut short."""
+    (the plan as it was, where none is closer), with a note that says so. `first` was made with
+    room_first, as is each attempt but the last: the one kept is made in full if it was cut short,
+    and where none is within, `first` is judged as made in full."""
+    plan, cut_short = first.plan, first.cut_short
     memory = replace(policy, method="memory")
     began = PlanState(snapshot, memory, build_constraints(snapshot, memory)).spread()
     own = policy.band("memory")
     bands = sorted({max(began * f, own) for f in ROOM_BANDS} | {own}, reverse=True)
-    tried = [(Planned(plan, True, cut_short), policy)]
+    tried = [(first, policy)]
     best = 0
     for k, band in enumerate(bands):
         last = k == len(bands) - 1
@@ -73,16 +74,21 @@ def making_room(snapshot: ClusterSnapshot, policy: Policy, plan: Plan, cut_short
         tried.append((planned(snapshot, roomier, not last), roomier))
         if _closer(tried[-1][0].plan, tried[best][0].plan, plan.bands):
             best = len(tried) - 1
-        if not _above(tried[best][0].plan, plan.bands) or not tried[-1][0].room_held:
+        if not _above(tried[best][0].plan, plan.bands) or tried[-1][0].room_held is None:
             break
+    if cut_short and _above(tried[best][0].plan, plan.bands):
+        # none within: the plan without memory, cut short, is judged as made in full
+        tried[0] = (planned(snapshot, policy, False), policy)
+        best = 0
+        for k in range(1, len(tried)):
+            if _closer(tried[k][0].plan, tried[best][0].plan, plan.bands):
+                best = k
     (kept, _, kept_cut_short), kept_policy = tried[best]
     if kept_cut_short:
         kept = planned(snapshot, kept_policy, False).plan
     if best:
-        above = _above(plan, plan.bands)
         kept.notes.append(f"memory held to {kept_policy.band('memory'):.1f} pp as well, to make room: "
-                          f"{' and '.join(above)} stayed above {'its band' if len(above) == 1 else 'their bands'} "
-                          "without it, its emptiest node full of memory")
+                          f"{first.room_held} stayed above its band without it, its emptiest node full of memory")
     return kept
 
 

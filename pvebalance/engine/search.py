@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, insort
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pvebalance.shared.models import MigrationReason
@@ -119,12 +119,14 @@ def units_by_node(state: PlanState, units: list[frozenset[int]]) -> dict[str, No
     return by_node
 
 
-def balance_moves(state: PlanState, by_node: dict[str, NodeUnits], notes: list[str], large: bool = False) -> None:
+def balance_moves(state: PlanState, by_node: dict[str, NodeUnits], notes: list[str], large: bool = False,
+                  until: Callable[[PlanState], bool] | None = None) -> None:
     """Move by move until every dimension is within its band or no move helps. `large`: a cluster
     past the exact model's size, where scans of every pair of nodes are bounded by work
     (_EVERY_PAIRS_LARGE pairs looked into by this run); past it, the extremes of each dimension
     are tried instead (xl-10k with cpu,disk: 180 such scans, 48-70 s, had polished the variance of
-    the nodes in the middle while one full node held the disk spread where it was)."""
+    the nodes in the middle while one full node held the disk spread where it was). `until`: a
+    state the run stops at, after a move (a plan its caller will make again otherwise)."""
     policy = state.policy
     sizer = Sizer(state)
     weights = objective_weights(state)
@@ -153,6 +155,8 @@ def balance_moves(state: PlanState, by_node: dict[str, NodeUnits], notes: list[s
         together = f" (with its affinity group of {len(unit)})" if len(unit) > 1 else ""
         for move in state.moves[len(state.moves) - count:]:
             move.detail = f"{state.spread_text(before)}{together}"
+        if until is not None and until(state):
+            return
 
 
 class _Work:
