@@ -28,7 +28,7 @@ from .band import apply_in_order, band_plan, clone
 from .closest import let_go, score, squeeze
 from .exact_phase import exact_if_fewer, exact_work
 from .explain import costly_moves, held_back, room_held
-from .load import Vector, initial_loads, spreads, summarize
+from .load import Vector, initial_loads, spread_in, summarize
 from .outcome import outcome_of
 from .planned_dimensions import Planned, making_room, offered
 from .policy import Policy
@@ -59,9 +59,10 @@ def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
 
 def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = False) -> Planned:
     """The plan, and whether a dimension stays above its band because its emptiest node is full of
-    memory (explain.room_held). `room_first`: such a plan of several dimensions is handed back
-    before the plans that let a dimension go (_closest: 3 of xl-10k cpu,disk's 6.5 s), as it will be
-    made again with memory; planned_dimensions.making_room makes it in full if it is kept."""
+    memory (explain.room_held). `room_first`: such a plan is handed back as soon as that is known
+    (its greedy finish stopped there, no plans that let a dimension go (_closest), no actions), as
+    it will be made again with memory: planned_dimensions.making_room judges it by its spreads and
+    unmet rules, and makes it in full if it is kept."""
     constraints = build_constraints(snapshot, policy)
     notes: list[str] = []
     state = PlanState(snapshot, policy, constraints)
@@ -89,9 +90,9 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
     if not below_threshold:
         repaired = clone(state) if len(state.dims) > 1 else state
         state = _planned(snapshot, state, constraints, bool(unmet), notes, room_first=room_first)
-        if not state.balanced() and len(state.dims) > 1:
+        if not state.balanced():
             cut_short = room_first and room_held(state) is not None
-            if not cut_short:
+            if not cut_short and len(state.dims) > 1:
                 state = _closest(snapshot, repaired, constraints, state, began, notes)
         policy = state.policy
     if state.balanced():  # the exact model or the local search brought it within: no longer so
@@ -99,10 +100,6 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
     if not below_threshold and len(state.dims) > 1:  # one dimension: its notes say so, as they always have
         unmet += _out_of_band(state, notes, bands)
 
-    timetable = schedule(state.moves, snapshot, policy, constraints)  # batches and queue order (schedule.py)
-    notes += timetable.notes
-    migrations = _to_migrations(timetable.moves, snapshot, policy, state.targets, timetable.batches,
-                                timetable.after or [[] for _ in timetable.moves])
     plan = Plan(
         snapshot_id=snapshot.snapshot_id,
         method=",".join(state.dims),
@@ -111,17 +108,22 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
         bands=bands,
         before=before,
         after=summarize(state.loads, state.targets, state.dims),
-        actions=migrations,
         unmet=unmet,
         notes=notes,
     )
+    if cut_short:  # what making_room judges it by, without its actions: made again in full if it is kept
+        return Planned(plan, room_held(state), cut_short)
+    timetable = schedule(state.moves, snapshot, policy, constraints)  # batches and queue order (schedule.py)
+    plan.notes += timetable.notes
+    plan.actions.extend(_to_migrations(timetable.moves, snapshot, policy, state.targets, timetable.batches,
+                                       timetable.after or [[] for _ in timetable.moves]))
     plan.splits = timetable.splits
     plan.expected_seconds = round(timetable.expected_seconds, 1)
     plan.violations = find_violations(snapshot, plan, policy, constraints)
     plan.outcome, plan.outcome_reason = outcome_of(plan, below_threshold=below_threshold, quiet=quiet)
     plan.held_out = held_out_nodes(snapshot, state)
     # After the outcome, whose reason quotes the notes. Only where no safe move helps (not at the cap).
-    if not below_threshold and any("stays above" in n for n in notes):
+    if not below_threshold and any("stays above" in n for n in plan.notes):
         plan.notes += held_back(state)
     plan.notes += costly_moves(state, plan)
     held = room_held(state) if not below_threshold and not state.balanced() else None
@@ -373,12 +375,13 @@ def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy,
                    batches: list[int], after: list[list[int]]) -> list[Migration]:
     """Replay the moves (in queue order) to record each one's effect; `batches` and `after` from schedule.py."""
     loads = initial_loads(snapshot, policy)
-    count = len(policy.dimensions)
     result = []
+    spread = spread_in(loads, targets, 0)  # the first dimension's, as a migration reports it
     for move, batch, waits in zip(moves, batches, after, strict=True):
-        before = spreads(loads, targets, count)[0]
+        before = spread
         loads[move.source].add(move.load, -1.0)
         loads[move.target].add(move.load)
+        spread = spread_in(loads, targets, 0)
         g = move.guest
         result.append(
             Migration(
@@ -386,7 +389,7 @@ def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy,
                 reason=move.reason, detail=move.detail,
                 online=g.type is GuestType.QEMU and g.running and policy.live,
                 mem_bytes=g.mem, local_disk_bytes=g.local_disk, local_disks=g.local_storage_bytes(),
-                spread_before_pp=round(before, 3), spread_after_pp=round(spreads(loads, targets, count)[0], 3),
+                spread_before_pp=round(before, 3), spread_after_pp=round(spread, 3),
                 batch=batch, after=waits,
             )
         )
