@@ -102,8 +102,12 @@ class Box:
     def outside_each(self, n: str, loads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`outside` for each row of loads on node n at once, and each row's deepest dimension below."""
         high, low, scale = self.bounds[n]
-        short = np.where(loads < low, (low - loads) * scale, 0.0)
-        return np.where(loads > high, (loads - high) * scale, 0.0).sum(axis=1), short.sum(axis=1), short.max(axis=1)
+        above, short = loads - high, low - loads  # a dimension's at most one of them above 0
+        np.maximum(above, 0.0, out=above)
+        np.maximum(short, 0.0, out=short)
+        above *= scale
+        short *= scale
+        return above.sum(axis=1), short.sum(axis=1), short.max(axis=1)
 
     def shift(self, n: str, load: Vector, sign: float) -> None:
         for i in range(self.count):
