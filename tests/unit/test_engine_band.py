@@ -52,3 +52,17 @@ def test_the_shed_fill_bound_never_passes_the_exact_minimum(name: str) -> None:
 def test_the_shed_fill_bound_never_passes_the_plan(name: str) -> None:
     snap, policy = scenario(name)
     assert 0 < shed_fill_lower_bound(snap, policy) <= len(plan_balance(snap, policy).migrations)
+
+
+def test_the_greedy_stops_at_the_first_move_after_which_its_caller_would_make_the_plan_again() -> None:
+    """`until` (a room-first plan's greedy finish: balance._balance) ends the run right after the
+    move that meets it, the moves before kept; without it the same run goes on."""
+    snap, policy = scenario("homelab")
+    state = PlanState(snap, policy, build_constraints(snap, policy))
+    units = _units(state)
+    whole = clone(state)
+    balance_moves(whole, units_by_node(whole, units), [])
+    assert len(whole.moves) > 2
+    stopped = clone(state)
+    balance_moves(stopped, units_by_node(stopped, units), [], until=lambda s: len(s.moves) >= 2)
+    assert [(m.guest.vmid, m.target) for m in stopped.moves] == [(m.guest.vmid, m.target) for m in whole.moves[:2]]
