@@ -153,7 +153,10 @@ def to_shed(box: Box, n: str, listed: NodeUnits, free: np.ndarray) -> Unit | Non
     SHORTLIST units not taken in each dimension's order by falling load."""
     above, below = box.outside(n, box.now[n])
     mine = free[listed.offset:listed.offset + len(listed.units)]
-    rows = np.unique(np.concatenate([order[mine[order]][:SHORTLIST] for order in listed.by_load]))
+    if len(mine) <= SHORTLIST:  # every unit not taken is in each dimension's shortlist
+        rows = np.flatnonzero(mine)
+    else:  # a unit in two shortlists counts twice: the same key, so the same choice
+        rows = np.concatenate([order[mine[order]][:SHORTLIST] for order in listed.by_load])
     if not len(rows):
         return None
     a, b, _ = box.outside_each(n, box.now_rows[box.index[n]] - listed.loads[rows])
@@ -162,12 +165,13 @@ def to_shed(box: Box, n: str, listed: NodeUnits, free: np.ndarray) -> Unit | Non
         return None
     rows, a, b = rows[lowers], a[lowers], b[lowers]
     gain = (above - a) - (b - below)
-    helps = gain > TINY
     size, key = listed.figures.sizes[listed.offset + rows], listed.figures.keys[listed.offset + rows]
-    # (0, -gain, -size, key) where it gains, else (1, a, b, -size, key)
-    columns = [~helps, np.where(helps, -gain, a), np.where(helps, -size, b), np.where(helps, key, -size),
-               np.where(helps, 0.0, key)]
-    return listed.units[int(rows[np.lexsort(columns[::-1])[0]])]
+    helps = np.flatnonzero(gain > TINY)
+    if len(helps):  # by (-gain, -size, key)
+        best = helps[np.lexsort((key[helps], -size[helps], -gain[helps]))[0]]
+    else:  # by (a, b, -size, key)
+        best = np.lexsort((key, -size, b, a))[0]
+    return listed.units[int(rows[best])]
 
 
 def window(keys: list[tuple[float, int]], rows: list[int], box: Box, n: str, sizer: Sizer) -> list[int]:
