@@ -6,7 +6,8 @@ band.py does this for one dimension, where a guest's load is one number and "the
 that fills the lack" is found by bisection. With several, a guest is a vector (memory and CPU, say)
 and a node may be above the box in one dimension and inside or below it in another, so each choice
 is scored in bands: a node's distance outside the box, per dimension, in widths of that dimension's
-band on that node (`_Box.outside`), added up over the dimensions.
+band on that node (`band_box.Box.outside`), added up over the dimensions. The choices
+themselves (which unit to shed, which to fill with) are band_box.py's.
 
 For a box (lo_i for each dimension, hi_i = lo_i + band_i):
 
