@@ -74,6 +74,7 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
     began = state.spreads()  # before any repair: no dimension given up may end further apart
     unmet: list[Unmet] = []
     cut_short = False
+    held: str | None = None  # the dimension room holds apart in the plan handed back
 
     for family in constraints.families:  # in the registry's order: the most urgent rules first
         repair(state, family.fixes(state), unmet)
@@ -91,7 +92,8 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
         repaired = clone(state) if len(state.dims) > 1 else state
         state = _planned(snapshot, state, constraints, bool(unmet), notes, room_first=room_first)
         if not state.balanced():
-            cut_short = room_first and room_held(state) is not None
+            held = room_held(state)
+            cut_short = room_first and held is not None
             if not cut_short and len(state.dims) > 1:
                 state = _closest(snapshot, repaired, constraints, state, began, notes)
         policy = state.policy
@@ -112,7 +114,7 @@ def _plan_balance(snapshot: ClusterSnapshot, policy: Policy, room_first: bool = 
         notes=notes,
     )
     if cut_short:  # what making_room judges it by, without its actions: made again in full if it is kept
-        return Planned(plan, room_held(state), cut_short)
+        return Planned(plan, held, cut_short)
     timetable = schedule(state.moves, snapshot, policy, constraints)  # batches and queue order (schedule.py)
     plan.notes += timetable.notes
     plan.actions.extend(_to_migrations(timetable.moves, snapshot, policy, state.targets, timetable.batches,

@@ -33,7 +33,6 @@ class Unit:
     data: int
     key: int  # the smallest vmid: the stable tie-break
     node: str  # where it is
-    index: int  # its place in its node's NodeUnits
     row: int  # its row in Figures
 
 
@@ -80,12 +79,12 @@ class Box:
         # load units -> bands on that node (an unbounded dimension counts for nothing)
         self.scale = {n: [100.0 / (caps[n][i] * widths[i]) if widths[i] < 1e8 else 0.0 for i in range(self.count)]
                       for n in self.nodes}
-        self.bounds = {n: (np.array(self.high[n]), np.array(self.low[n]), np.array(self.scale[n])) for n in self.nodes}
         self.index = {n: i for i, n in enumerate(self.nodes)}
-        # the same as arrays, a node a row: for figures over every node at once
-        self.now_rows, self.high_rows, self.scale_rows = (
+        # the same as arrays, a node a row: for figures over every node at once, and a node's own
+        self.now_rows, self.high_rows, self.low_rows, self.scale_rows = (
             np.array([figure[n] for n in self.nodes], dtype=float).reshape(len(self.nodes), self.count)
-            for figure in (self.now, self.high, self.scale))
+            for figure in (self.now, self.high, self.low, self.scale))
+        self.bounds = {n: (self.high_rows[i], self.low_rows[i], self.scale_rows[i]) for n, i in self.index.items()}
         self._spare = {n: self._spare_of(n) for n in self.nodes}
         self.most_spare = sorted((-s, n) for n, s in self._spare.items())  # kept in order by `shift`
 

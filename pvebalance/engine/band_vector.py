@@ -66,7 +66,7 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
     for n, listed in found.items():
         offsets[n] = offset = len(rows)
         rows += [Unit(load, -neg, vmids, sum(state.guests[v].mem + state.guests[v].local_disk for v in vmids), key, n,
-                      index, offset + index)
+                      offset + index)
                  for index, (neg, key, load, vmids) in enumerate(sorted(listed, key=lambda x: x[:2]))]
     figures = Figures(rows, count, nodes)
     by_node = {n: NodeUnits(rows[offsets[n]:offsets[n] + len(listed)], figures, offsets[n])

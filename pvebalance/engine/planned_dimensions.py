@@ -67,22 +67,17 @@ def making_room(snapshot: ClusterSnapshot, policy: Policy, first: Planned, plann
     own = policy.band("memory")
     bands = sorted({max(began * f, own) for f in ROOM_BANDS} | {own}, reverse=True)
     tried = [(first, policy)]
-    best = 0
     for k, band in enumerate(bands):
         last = k == len(bands) - 1
         roomier = replace(policy, method=f"{policy.method},memory", bands={**policy.bands, "memory": band})
         tried.append((planned(snapshot, roomier, not last), roomier))
-        if _closer(tried[-1][0].plan, tried[best][0].plan, plan.bands):
-            best = len(tried) - 1
+        best = _closest([p.plan for p, _ in tried], plan.bands)
         if not _above(tried[best][0].plan, plan.bands) or tried[-1][0].room_held is None:
             break
     if cut_short and _above(tried[best][0].plan, plan.bands):
         # none within: the plan without memory, cut short, is judged as made in full
         tried[0] = (planned(snapshot, policy, False), policy)
-        best = 0
-        for k in range(1, len(tried)):
-            if _closer(tried[k][0].plan, tried[best][0].plan, plan.bands):
-                best = k
+        best = _closest([p.plan for p, _ in tried], plan.bands)
     (kept, _, kept_cut_short), kept_policy = tried[best]
     if kept_cut_short:
         kept = planned(snapshot, kept_policy, False).plan
@@ -96,6 +91,15 @@ def _above(plan: Plan, bands: dict[str, float]) -> list[str]:
     """The dimensions of `bands` the plan leaves above their band (as shown: to 0.1 pp)."""
     return [d for d, b in bands.items() if round(plan.after.dimensions[d].spread_pp, 1) > b
             and not any(n.startswith(f"no node above the {d} threshold") for n in plan.notes)]
+
+
+def _closest(plans: list[Plan], bands: dict[str, float]) -> int:
+    """Which of the plans is closest to `bands` (`_closer` than each before it; the first on ties)."""
+    best = 0
+    for k in range(1, len(plans)):
+        if _closer(plans[k], plans[best], bands):
+            best = k
+    return best
 
 
 def _closer(plan: Plan, than: Plan, bands: dict[str, float]) -> bool:
