@@ -11,6 +11,7 @@ nodes going offline), printing each with its time; heals everything, waits until
 settles and checks the simulator's record and Redis against the promise (verify.py).
 
     tests/integration/test_faults.py       one run with a fixed seed (CI)
+    tests/integration/test_faults_disk.py  the disk-move run, likewise
     ./dev.sh soak --seeds N                N seeds in a row (python -m tests.faultsuite)
 """
 
