@@ -87,6 +87,13 @@ class Box:
         self.bounds = {n: (self.high_rows[i], self.low_rows[i], self.scale_rows[i]) for n, i in self.index.items()}
         self._spare = {n: self._spare_of(n) for n in self.nodes}
         self.most_spare = sorted((-s, n) for n, s in self._spare.items())  # kept in order by `shift`
+        self.shifts = 0  # every shift so far, and each node's own: did any node but one change?
+        self.own_shifts = dict.fromkeys(self.nodes, 0)
+        # what a target's last `filler` and `choose_in_pool` looked at and found nothing in, with the shifts
+        # of the other nodes then: where each source's window ended, the pool's units; dropped when
+        # the target loses load (its room grows)
+        self.unfilled: dict[str, tuple[int, dict[str, int]]] = {}
+        self.unpooled: dict[str, tuple[int, set[int]]] = {}
 
     def outside(self, n: str, load: list[float] | Vector) -> tuple[float, float]:
         """How far a load on node n lies above the box and below it, in bands (summed over dimensions)."""
@@ -109,6 +116,11 @@ class Box:
         return above.sum(axis=1), short.sum(axis=1), short.max(axis=1)
 
     def shift(self, n: str, load: Vector, sign: float) -> None:
+        self.shifts += 1
+        self.own_shifts[n] += 1
+        if sign < 0:
+            self.unfilled.pop(n, None)
+            self.unpooled.pop(n, None)
         for i in range(self.count):
             self.now[n][i] += sign * load[i]
         self.now_rows[self.index[n]] = self.now[n]
@@ -184,6 +196,20 @@ def window(keys: list[tuple[float, int]], rows: list[int], box: Box, n: str, siz
     return rows[max(start, split - box.scan):split][::-1] + rows[split:split + box.scan]
 
 
+def choose_in_pool(state: PlanState, disks: _Disks, box: Box, figures: Figures, n: str, rows: list[int]) -> Unit | None:
+    """`choose` among the pool's units `rows` (its `window` for node n), less those n's last look
+    found nothing in where only n has changed since, by taking load (`filler` says why such a unit
+    still would not do; the pool has only lost units since: a unit is shed by a shift of its node)."""
+    others = box.shifts - box.own_shifts[n]
+    last = box.unpooled.get(n)
+    looked = last[1] if last is not None and last[0] == others else set()
+    fresh = [r for r in rows if r not in looked]
+    pick = choose(state, disks, box, figures, n, fresh) if fresh else None
+    if pick is None:
+        box.unpooled[n] = (others, looked | set(rows))
+    return pick
+
+
 def choose(state: PlanState, disks: _Disks, box: Box, figures: Figures, n: str, rows: list[int],
            over_top: bool = False) -> Unit | None:
     """Among the candidates (rows) not on node n and under the box's top there: the smallest that
@@ -202,11 +228,23 @@ def filler(state: PlanState, disks: _Disks, box: Box, figures: Figures, nodes: d
            free: np.ndarray, sizer: Sizer, target: str) -> Unit | None:
     """A unit from a node with load to spare in every dimension (it stays in the box without it),
     chosen as `choose` does, among the box's `sources` nodes with the most to spare. `free`: each
-    unit's (by its row) not taken yet."""
+    unit's (by its row) not taken yet.
+
+    Where the target's last filler found nothing and only the target has changed since, by taking
+    load (`Box.unfilled`), only the units that have come into a source's window are looked at: the
+    sources, their spare and their free units are as they were, and with more load on the target
+    each unit looked at then is no less over the box's top, covers no more of its lack, and is no
+    more allowed by the rules and storages (loads are never negative); its smaller room moves the
+    windows on to smaller units. So the unit found is the one a full look finds. Most fillers on
+    xl-10k find nothing, called again after each unit over the top fills the same target."""
+    others = box.shifts - box.own_shifts[target]
+    last = box.unfilled.get(target)
+    looked = last[1] if last is not None and last[0] == others else {}
     room = box.room_size(target, sizer)
     windows: list[np.ndarray] = []
     spares: list[list[float]] = []
     counts: list[int] = []
+    stops: dict[str, int] = {}
     for minus, source in box.most_spare:
         if len(windows) == box.sources or minus >= 0:
             break
@@ -214,17 +252,23 @@ def filler(state: PlanState, disks: _Disks, box: Box, figures: Figures, nodes: d
             continue
         listed = nodes[source]
         start = bisect_left(listed.neg_sizes, -room - TINY)
-        stop = min(start + 2 * box.scan, len(listed.units))
+        stops[source] = stop = min(start + 2 * box.scan, len(listed.units))
+        start = max(start, looked.get(source, start))  # up to there: looked at, and nothing found
         windows.append(np.arange(listed.offset + start, listed.offset + stop))
         spares.append([now - lo for now, lo in zip(box.now[source], box.low[source], strict=True)])
         counts.append(stop - start)
     if not windows:
         return None
-    rows = np.concatenate(windows)
-    spare_at = np.repeat(np.array(spares), counts, axis=0)
-    rows = rows[free[rows] & np.all(figures.loads[rows] <= spare_at, axis=1)]  # no more than its node can spare
-    order = _ranked(box, target, *figures.of(rows))
-    return _first_allowed(state, disks, target, (figures.units[r] for r in rows[order].tolist()))
+    pick = None
+    if sum(counts):
+        rows = np.concatenate(windows)
+        spare_at = np.repeat(np.array(spares), counts, axis=0)
+        rows = rows[free[rows] & np.all(figures.loads[rows] <= spare_at, axis=1)]  # no more than its node can spare
+        order = _ranked(box, target, *figures.of(rows))
+        pick = _first_allowed(state, disks, target, (figures.units[r] for r in rows[order].tolist()))
+    if pick is None:
+        box.unfilled[target] = (others, stops)
+    return pick
 
 
 def _first_allowed(state: PlanState, disks: _Disks, n: str, ordered: Iterable[Unit]) -> Unit | None:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 import numpy as np  # several dimensions only (band.py loads this module for them), as improve.py
 
 from .band import _EDGE, BandPlan, _Disks
-from .band_box import TINY, Box, Figures, NodeUnits, Unit, choose, filler, to_shed, window
+from .band_box import TINY, Box, Figures, NodeUnits, Unit, choose, choose_in_pool, filler, to_shed, window
 from .load import Vector
 from .search import Sizer
 from .state import PlanState
@@ -149,7 +149,7 @@ def _plan_for(state: PlanState, figures: Figures, nodes: dict[str, NodeUnits], s
                 keys.insert(at, (-u.size, u.key))
         for n in sorted(box.nodes, key=lambda x: (box.lacking(x), x)):
             while box.lacking(n) > TINY:
-                pick = choose(state, disks, box, figures, n, window(keys, pool, box, n, sizer))
+                pick = choose_in_pool(state, disks, box, figures, n, window(keys, pool, box, n, sizer))
                 from_pool = pick is not None
                 if pick is None:
                     pick = filler(state, disks, box, figures, nodes, free, sizer, n)

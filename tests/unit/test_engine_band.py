@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pytest
 
 from bench.engine_bench import shed_fill_lower_bound
-from pvebalance.engine import plan_balance
+from pvebalance.engine import band_box, plan_balance
 from pvebalance.engine.balance import _units
 from pvebalance.engine.band import apply_in_order, band_plan, clone
 from pvebalance.engine.exact import minimum_migrations
 from pvebalance.engine.rules import build_constraints
 from pvebalance.engine.search import balance_moves, units_by_node
 from pvebalance.engine.state import PlanState
+from tests.unit.test_dimensions import policy_for
 from tests.unit.test_engine_determinism import scenario
 
 
@@ -66,3 +70,46 @@ def test_the_greedy_stops_at_the_first_move_after_which_its_caller_would_make_th
     stopped = clone(state)
     balance_moves(stopped, units_by_node(stopped, units), [], until=lambda s: len(s.moves) >= 2)
     assert [(m.guest.vmid, m.target) for m in stopped.moves] == [(m.guest.vmid, m.target) for m in whole.moves[:2]]
+
+
+class _Forgetful(dict[Any, Any]):
+    """A memo that keeps nothing: every look made in full."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+def test_a_box_fill_that_found_nothing_looks_again_only_at_what_is_new_to_it_and_chooses_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """band_box remembers a look for a node below the box that found nothing (`filler`,
+    `choose_in_pool`) while only that node has changed, by taking load: the next look passes over the
+    units seen then. xl-10k with memory and disk (where looks of both kinds find units new to them):
+    the box plan is the one made with every look in full, move for move, with fewer units ranked."""
+    snap, _ = scenario("xl-10k")
+    policy = policy_for("xl-10k", method=["memory", "disk"])
+    ranked: list[int] = []
+    full_ranking = band_box._ranked
+
+    def counting(box: band_box.Box, n: str, loads: np.ndarray, *rest: Any, **options: Any) -> list[int]:
+        ranked.append(len(loads))
+        return full_ranking(box, n, loads, *rest, **options)
+
+    def box_moves() -> list[tuple[list[int], str]]:
+        state = PlanState(snap, policy, build_constraints(snap, policy))
+        plan = band_plan(state, _units(state))
+        assert plan is not None
+        return [(sorted(vmids), target) for vmids, target in plan.moves]
+
+    monkeypatch.setattr(band_box, "_ranked", counting)
+    remembered = box_moves()
+    with_memo = sum(ranked)
+    ranked.clear()
+    made = band_box.Box.__init__
+
+    def forgetful(box: band_box.Box, *args: Any) -> None:
+        made(box, *args)
+        box.unfilled, box.unpooled = _Forgetful(), _Forgetful()
+
+    monkeypatch.setattr(band_box.Box, "__init__", forgetful)
+    assert box_moves() == remembered
+    assert with_memo < sum(ranked)
