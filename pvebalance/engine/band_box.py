@@ -13,6 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from .search import Sizer
 from .state import PlanState
 
 TINY = 1e-9
+_Looked = TypeVar("_Looked")
 SHORTLIST = 16  # units a node above the box chooses among, per dimension
 
 
@@ -89,9 +91,8 @@ class Box:
         self.most_spare = sorted((-s, n) for n, s in self._spare.items())  # kept in order by `shift`
         self.shifts = 0  # every shift so far, and each node's own: did any node but one change?
         self.own_shifts = dict.fromkeys(self.nodes, 0)
-        # what a target's last `filler` and `choose_in_pool` looked at and found nothing in, with the shifts
-        # of the other nodes then: where each source's window ended, the pool's units; dropped when
-        # the target loses load (its room grows)
+        # what a target's last `filler` and `choose_in_pool` looked at and found nothing in (`remember`):
+        # where each source's window ended, the pool's units
         self.unfilled: dict[str, tuple[int, dict[str, int]]] = {}
         self.unpooled: dict[str, tuple[int, set[int]]] = {}
 
@@ -114,6 +115,16 @@ class Box:
         above *= scale
         short *= scale
         return above.sum(axis=1), short.sum(axis=1), short.max(axis=1)
+
+    def remember(self, looks: dict[str, tuple[int, _Looked]], n: str, looked: _Looked) -> None:
+        """Keep what a look for node n found nothing in, while no other node shifts and n takes no
+        load away (`shift` drops it then: its room grows)."""
+        looks[n] = (self.shifts - self.own_shifts[n], looked)
+
+    def recall(self, looks: dict[str, tuple[int, _Looked]], n: str) -> _Looked | None:
+        """What `remember` kept for node n, if it still holds."""
+        last = looks.get(n)
+        return last[1] if last is not None and last[0] == self.shifts - self.own_shifts[n] else None
 
     def shift(self, n: str, load: Vector, sign: float) -> None:
         self.shifts += 1
@@ -200,13 +211,11 @@ def choose_in_pool(state: PlanState, disks: _Disks, box: Box, figures: Figures, 
     """`choose` among the pool's units `rows` (its `window` for node n), less those n's last look
     found nothing in where only n has changed since, by taking load (`filler` says why such a unit
     still would not do; the pool has only lost units since: a unit is shed by a shift of its node)."""
-    others = box.shifts - box.own_shifts[n]
-    last = box.unpooled.get(n)
-    looked = last[1] if last is not None and last[0] == others else set()
+    looked = box.recall(box.unpooled, n) or set()
     fresh = [r for r in rows if r not in looked]
     pick = choose(state, disks, box, figures, n, fresh) if fresh else None
     if pick is None:
-        box.unpooled[n] = (others, looked | set(rows))
+        box.remember(box.unpooled, n, looked | set(rows))
     return pick
 
 
@@ -237,9 +246,7 @@ def filler(state: PlanState, disks: _Disks, box: Box, figures: Figures, nodes: d
     more allowed by the rules and storages (loads are never negative); its smaller room moves the
     windows on to smaller units. So the unit found is the one a full look finds. Most fillers on
     xl-10k find nothing, called again after each unit over the top fills the same target."""
-    others = box.shifts - box.own_shifts[target]
-    last = box.unfilled.get(target)
-    looked = last[1] if last is not None and last[0] == others else {}
+    looked = box.recall(box.unfilled, target) or {}
     room = box.room_size(target, sizer)
     windows: list[np.ndarray] = []
     spares: list[list[float]] = []
@@ -267,7 +274,7 @@ def filler(state: PlanState, disks: _Disks, box: Box, figures: Figures, nodes: d
         order = _ranked(box, target, *figures.of(rows))
         pick = _first_allowed(state, disks, target, (figures.units[r] for r in rows[order].tolist()))
     if pick is None:
-        box.unfilled[target] = (others, stops)
+        box.remember(box.unfilled, target, stops)
     return pick
 
 
