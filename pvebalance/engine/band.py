@@ -63,14 +63,18 @@ class _Disks:
         self.state = state
         self.sent: dict[str, fit.GuestFigures] = {}
         self.figures: dict[frozenset[int], fit.GuestFigures] = {}  # a unit's: asked of many targets
+        self.nodes: dict[str, fit.NodeFigures] = {}  # each target's with what was sent there: asked of many units
 
     def room_for(self, vmids: frozenset[int], target: str) -> bool:
         arriving = self._figures(vmids)
         if not arriving.disks:
             return True
-        node = self.state.loads[target].figures
-        if target in self.sent:
-            node = node.arrive(self.sent[target])
+        node = self.nodes.get(target)
+        if node is None:
+            node = self.state.loads[target].figures
+            if target in self.sent:
+                node = node.arrive(self.sent[target])
+            self.nodes[target] = node
         return fit.storage_refusal(arriving, node, self.state.policy) is None
 
     def add(self, vmids: frozenset[int], target: str) -> None:
@@ -81,6 +85,7 @@ class _Disks:
             for storage, size in arriving.disks:
                 merged[storage] = merged.get(storage, 0) + size
             self.sent[target] = fit.GuestFigures(0, 0, False, tuple(sorted(merged.items())))
+            self.nodes.pop(target, None)
 
     def _figures(self, vmids: frozenset[int]) -> fit.GuestFigures:
         known = self.figures.get(vmids)

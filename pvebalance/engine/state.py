@@ -46,8 +46,9 @@ class PlanState:
         self.c = constraints
         self.dims = policy.dimensions
         self.bands: Vector = tuple(policy.band(d) for d in self.dims)
-        self.loads: dict[str, NodeLoad] = initial_loads(snapshot, policy)
         self.guests = {g.vmid: g for g in snapshot.guests}
+        self._guest_loads = {v: guest_load(g, policy) for v, g in self.guests.items()}  # never change
+        self.loads: dict[str, NodeLoad] = initial_loads(snapshot, policy, self._guest_loads)
         self.where = {g.vmid: g.node for g in snapshot.guests}
         # An unusable node (impossible figures) is as good as offline: no target, and its guests stay.
         online = {n.name for n in snapshot.nodes if n.online and n.usable and n.name not in policy.ignore_nodes}
@@ -58,7 +59,6 @@ class PlanState:
         self.moves: list[Move] = []
         self.moved: set[int] = set()
         self.inflow: Counter[str] = Counter()
-        self._guest_loads = {v: guest_load(g, policy) for v, g in self.guests.items()}  # never change
         # what a unit brings to a node none of it is on: asked of many targets by the searches
         self._arriving: dict[frozenset[int], fit.GuestFigures] = {}
 
