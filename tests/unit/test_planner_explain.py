@@ -9,6 +9,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from redis import Redis
 
 from pvebalance.engine import Policy, plan_balance
@@ -146,6 +147,17 @@ def test_a_move_copying_far_more_than_its_memory_is_said_and_no_other() -> None:
     assert costly_moves(state, plan) == [
         f"guest {big_disk} (vm{big_disk}) copies 64.9 GiB, 13x its 4.9 GiB of memory (its local disks), to shift "
         f"{shift:.1f} pp of memory: costly for its gain"]
+
+
+@pytest.mark.parametrize("method", ["disk", "memory,disk", "cpu,disk"])
+def test_where_local_disk_is_balanced_a_move_copying_its_disks_is_not_said_to_be_costly(method: str) -> None:
+    snap = snapshot_from_api(load_dump("local-storage")["api"])
+    policy = Policy(method=method)
+    state = EngineState(snap, policy, build_constraints(snap, policy))
+    big_disk = min(g.vmid for g in snap.guests if g.local_disk > 0)
+    plan = plan_balance(snap, policy).model_copy(update={"actions": [_move(big_disk, 4.9, 60.0)]})
+    assert state.dims == tuple(method.split(","))
+    assert costly_moves(state, plan) == []
 
 
 def test_the_api_lists_recent_plans_with_their_states() -> None:
