@@ -11,7 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from pvebalance.engine.load import DIMENSIONS
-from pvebalance.shared.models import ClusterSnapshot, DiskMove, GuestType, Migration, Plan, StorageBalance, UsageSummary
+from pvebalance.shared.models import (
+    ClusterSnapshot,
+    DiskMove,
+    GuestType,
+    Migration,
+    Plan,
+    StorageBalance,
+    Unmet,
+    UsageSummary,
+)
 from pvebalance.shared.words import actions_in_words, plural
 
 from .tables import Lines
@@ -165,7 +174,13 @@ def print_plan(plan: Plan, console: Console) -> None:
     for note in plan.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     for unmet in plan.unmet:
-        console.print(f"unmet rule {unmet.rule} for {unmet.vmids}: {unmet.reason}", markup=False, highlight=False)
+        console.print(unmet_line(unmet), markup=False, highlight=False)
+
+
+def unmet_line(unmet: Unmet) -> str:
+    """A rule the plan leaves unmet, with the guests it names, if any (a dimension's band names none)."""
+    guests = f" for {', '.join(str(v) for v in unmet.vmids)}" if unmet.vmids else ""
+    return f"unmet rule {unmet.rule}{guests}: {unmet.reason}"
 
 
 def print_other_actions(plan: Plan, console: Console) -> None:

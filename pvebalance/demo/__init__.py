@@ -32,7 +32,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pvebalance.cli.render import usage_table
+from pvebalance.cli.render import unmet_line, usage_table
 from pvebalance.engine import Policy, initial_loads
 from pvebalance.engine.cluster_plan import plan_cluster
 from pvebalance.engine.load import summarize
@@ -230,8 +230,7 @@ def _still_to_do(after: ClusterSnapshot, policy: Policy, storage: StorageBalanci
     """Why the final state is not balanced, judged as `plan --scenario` would plan on it ('' if it is)."""
     final = plan_cluster(after, policy, storage)
     if final.unmet:
-        u = final.unmet[0]
-        return f"rule {u.rule} is not met for {u.vmids}: {u.reason}"
+        return unmet_line(final.unmet[0])
     if final.migrations:
         reasons = sorted({m.reason.value for m in final.migrations})
         return (f"a plan on the final state still has {len(final.migrations)} migrations "

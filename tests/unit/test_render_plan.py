@@ -11,7 +11,7 @@ from pvebalance.cli.render import USAGE_MEANING, plan_to_json, print_plan
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.load import DIMENSIONS
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
-from pvebalance.shared.models import GuestType, Migration, MigrationReason, NodeUsage, Plan, UsageSummary
+from pvebalance.shared.models import GuestType, Migration, MigrationReason, NodeUsage, Plan, Unmet, UsageSummary
 
 GIB = 2**30
 
@@ -77,6 +77,17 @@ def test_plan_table_marks_containers_counts_gib_moved_and_holds_out_maintenance_
     # GiB: 4 GiB memory + 10 GiB local disk copied live = 14.0; a stopped VM copies nothing; a
     # container restarts, so only its 8 GiB local disk is copied, not its memory.
     assert render(sample_plan()) == CPU_USED_WITH_MAINTENANCE.splitlines()
+
+
+@pytest.mark.parametrize(("unmet", "line"), [
+    (Unmet(rule="balance disk", vmids=[], reason="spread 41.0 pp, 36.0 pp above its band of 5 pp"),
+     "unmet rule balance disk: spread 41.0 pp, 36.0 pp above its band of 5 pp"),
+    (Unmet(rule="anti-affinity web", vmids=[101, 102], reason="only one node may hold them"),
+     "unmet rule anti-affinity web for 101, 102: only one node may hold them"),
+])
+def test_an_unmet_rule_names_its_guests_and_a_dimensions_band_names_none(unmet: Unmet, line: str) -> None:
+    plan = sample_plan().model_copy(update={"unmet": [unmet]})
+    assert render(plan)[-1] == line
 
 
 def test_plan_table_without_containers_or_held_out_nodes_has_neither_note() -> None:
