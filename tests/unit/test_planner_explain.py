@@ -149,6 +149,21 @@ def test_a_move_copying_far_more_than_its_memory_is_said_and_no_other() -> None:
         f"{shift:.1f} pp of memory: costly for its gain"]
 
 
+@pytest.mark.parametrize(("vmid", "said"), [(121, False), (101, True)])  # 2.9 and 1.4 pp of pve1's memory
+def test_a_costly_copy_is_said_only_of_a_move_shifting_less_than_a_band(vmid: int, said: bool) -> None:
+    snap = snapshot_from_api(load_dump("all-on-one")["api"])
+    policy = Policy(balanciness=2.0)
+    state = EngineState(snap, policy, build_constraints(snap, policy))
+    plan = plan_balance(snap, policy).model_copy(update={"actions": [_move(vmid, 4.9, 60.0)]})
+    guest = next(g for g in snap.guests if g.vmid == vmid)
+    node = next(n for n in snap.nodes if n.name == "pve1")
+    shift = 100 * guest.mem / node.maxmem  # the oracle: its memory in pp of its source node's
+    assert (shift >= 2.0) is not said
+    assert costly_moves(state, plan) == ([
+        f"guest {vmid} (vm{vmid}) copies 64.9 GiB, 13x its 4.9 GiB of memory (its local disks), to shift "
+        f"{shift:.1f} pp of memory: costly for its gain"] if said else [])
+
+
 @pytest.mark.parametrize("method", ["disk", "memory,disk", "cpu,disk"])
 def test_where_local_disk_is_balanced_a_move_copying_its_disks_is_not_said_to_be_costly(method: str) -> None:
     snap = snapshot_from_api(load_dump("local-storage")["api"])
