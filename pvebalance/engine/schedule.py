@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pvebalance.shared.models import ClusterSnapshot, GroupSplit, GuestType
+from pvebalance.shared.words import plural
 
 from .order import shortest_order
 from .policy import Policy
@@ -355,7 +356,7 @@ def _split_note(split: GroupSplit, members: list[int], policy: Policy) -> str:
              f"{m.max_parallel_per_target} per target"
     where = f"in batch {split.batch}" if split.batch is not None else \
         "in several batches (one frees the room another needs)"
-    return (f"{split.group}: {len(members)} move(s) {where}, largest first; split for at most "
+    return (f"{split.group}: {plural(len(members), 'move')} {where}, largest first; split for at most "
             f"{_duration(split.split_s)} at the migrator's limits ({limits}) and expected durations")
 
 

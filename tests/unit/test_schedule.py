@@ -182,7 +182,7 @@ def test_a_group_whose_move_would_come_a_batch_earlier_waits_for_the_others() ->
     # both start when c has ended; the group is split from a's end (the shorter) to b's
     expect = expected_seconds(moves[2], policy) - expected_seconds(moves[0], policy)
     assert expect == 240 and split.split_s == 240
-    assert t.notes == ["tag:plb_affinity_web: 2 move(s) in batch 1, largest first; split for at most "
+    assert t.notes == ["tag:plb_affinity_web: 2 moves in batch 1, largest first; split for at most "
                        "4 min 0 s at the migrator's limits (2 at once, 2 per source, 2 per target) "
                        "and expected durations"]
 
