@@ -74,8 +74,10 @@ DIMENSIONS: dict[str, Dimension] = {
         assigned=lambda g: float(g.local_disk),
         capacity=lambda n, reserve: max(float(n.local_maxdisk) - reserve.disk * GIB, 0.0),
         measured=lambda n: float(n.local_disk),
-        meaning={"used": "% of each node's local guest storage in use",
-                 "assigned": "% of each node's local guest storage in use"},
+        # a guest's disks count at their full size (or what the storage reports, if more): thin
+        # volumes can promise a storage more than it holds
+        meaning=dict.fromkeys(("used", "assigned"),
+                              "% of each node's local storage in guest disks; over 100 % = thin-provisioned"),
         offered="no node has a local storage for guest disks: they are all on shared storage",
     ),
 }

@@ -109,7 +109,7 @@ def test_the_summary_says_when_a_scheduled_plan_is_expected_to_finish() -> None:
     ("cpu", "used", "cpu usage (used): % of each node's cores in use; over 100 % = overcommitted"),
     ("cpu", "assigned", "cpu usage (assigned): vCPUs given to guests per node core, in %; over 100 % = overcommitted"),
     ("memory", "used", "memory usage (used): % of each node's memory in use"),
-    ("disk", "used", "disk usage (used): % of each node's local guest storage in use"),
+    ("disk", "used", "disk usage (used): % of each node's local storage in guest disks; over 100 % = thin-provisioned"),
 ])
 def test_the_header_says_what_the_percentages_mean(method: str, mode: str, header: str) -> None:
     assert render(sample_plan(method=method, mode=mode))[0] == header
