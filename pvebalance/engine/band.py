@@ -61,31 +61,21 @@ class _Disks:
 
     def __init__(self, state: PlanState) -> None:
         self.state = state
-        self.sent: dict[str, fit.GuestFigures] = {}
         self.figures: dict[frozenset[int], fit.GuestFigures] = {}  # a unit's: asked of many targets
-        self.nodes: dict[str, fit.NodeFigures] = {}  # each target's with what was sent there: asked of many units
+        self.nodes: dict[str, fit.NodeFigures] = {}  # each target's with the disks sent there: asked of many units
 
     def room_for(self, vmids: frozenset[int], target: str) -> bool:
         arriving = self._figures(vmids)
-        if not arriving.disks:
-            return True
-        node = self.nodes.get(target)
-        if node is None:
-            node = self.state.loads[target].figures
-            if target in self.sent:
-                node = node.arrive(self.sent[target])
-            self.nodes[target] = node
-        return fit.storage_refusal(arriving, node, self.state.policy) is None
+        return not arriving.disks or fit.storage_refusal(arriving, self._node(target), self.state.policy) is None
 
     def add(self, vmids: frozenset[int], target: str) -> None:
         arriving = self._figures(vmids)
-        if arriving.disks:
-            before = self.sent.get(target)
-            merged = dict(before.disks) if before else {}
-            for storage, size in arriving.disks:
-                merged[storage] = merged.get(storage, 0) + size
-            self.sent[target] = fit.GuestFigures(0, 0, False, tuple(sorted(merged.items())))
-            self.nodes.pop(target, None)
+        if arriving.disks:  # its disks only: the memory is apply_in_order's to check, step by step
+            self.nodes[target] = self._node(target).arrive(fit.GuestFigures(0, 0, False, arriving.disks))
+
+    def _node(self, target: str) -> fit.NodeFigures:
+        node = self.nodes.get(target)
+        return node if node is not None else self.state.loads[target].figures
 
     def _figures(self, vmids: frozenset[int]) -> fit.GuestFigures:
         known = self.figures.get(vmids)
