@@ -10,15 +10,19 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
+from pvebalance.shared.words import plural
 from pvebalance.simulator.links import DEFAULT_GBIT
 from pvebalance.simulator.realism import Realism
 
 from .base import ConfigOpt, UserError, app, config_file, err, warn_unusable
+
+if TYPE_CHECKING:
+    from pvebalance.shared.models import ClusterSnapshot
 
 
 @app.command()
@@ -56,11 +60,22 @@ def plan(
     storage_settings = settings.storage_balancing
     if storage:
         storage_settings = storage_settings.model_copy(update={"enable": True})
-    result = plan_cluster(snapshot, policy, storage_settings)
+    # a plan of a large cluster takes seconds: say what is being planned meanwhile (on a terminal only,
+    # erased when done; nothing is written where stderr is a file or a pipe)
+    with err.status(planning_line(snapshot, policy.dimensions)):
+        result = plan_cluster(snapshot, policy, storage_settings)
     if as_json:
         sys.stdout.write(json.dumps(plan_to_json(result), indent=2) + "\n")
     else:
         print_plan(result, Console())
+
+
+def planning_line(snapshot: ClusterSnapshot, dimensions: tuple[str, ...]) -> str:
+    """What `plan` says while it plans: 'planning 10,000 guests on 20 nodes by memory, cpu'."""
+    guests = len(snapshot.guests)
+    return (f"planning {guests:,} guest{'' if guests == 1 else 's'} on {plural(len(snapshot.nodes), 'node')} "
+            f"by {', '.join(dimensions)}")
+
 
 
 @app.command()

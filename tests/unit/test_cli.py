@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,42 @@ def test_plan_table_is_readable() -> None:
     out = run("plan", "--scenario", "all-on-one")
     assert out.returncode == 0
     assert "spread (pp)" in out.stdout and "migrations, in order" in out.stdout
+
+
+def on_a_terminal(*args: str) -> tuple[int, bytes]:
+    """`pvebalance ARGS` with a terminal for its stdout and stderr, as an operator's shell gives it:
+    its exit code and all it wrote there."""
+    leader, follower = pty.openpty()
+    with subprocess.Popen([sys.executable, "-m", "pvebalance", *args], stdin=subprocess.DEVNULL, stdout=follower,
+                          stderr=follower) as proc:
+        os.close(follower)
+        written = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal is closed once the command has exited
+                break
+            if not chunk:
+                break
+            written += chunk
+        code = proc.wait(timeout=120)
+    os.close(leader)
+    return code, written
+
+
+def test_plan_says_what_it_plans_on_a_terminal_and_erases_it_after() -> None:
+    code, written = on_a_terminal("plan", "--scenario", "homelab", "--method", "memory,cpu")
+    assert code == 0, written
+    said = written.index(b"planning 24 guests on 3 nodes by memory, cpu")
+    erased = written.index(b"\x1b[2K", said)  # the line cleared before the plan is printed
+    assert written.index(b"migrations, in order") > erased
+
+
+def test_plan_writes_nothing_to_stderr_where_it_is_not_a_terminal() -> None:
+    out = run("plan", "--scenario", "homelab", "--json")
+    assert out.returncode == 0
+    assert out.stderr == ""
+    json.loads(out.stdout)
 
 
 def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
