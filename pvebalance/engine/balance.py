@@ -148,21 +148,31 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
     exact = (not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy)
              and exact_work(state) <= EXACT_MAX_WORK)
     proven = False  # the exact model proved that no plan has fewer migrations
+    before_exact: tuple[PlanState, int] | None = None  # a plan it improved on, unproven: _by_subsets
     if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations and not state.balanced():
         notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
     elif exact:
-        state, proven = exact_if_fewer(snapshot, policy, constraints, state, notes, thorough)
+        state, proven, before_exact = _exact(snapshot, policy, constraints, state, notes, thorough)
     if repaired is not None and (not exact or not state.balanced()):
         state = _searched(repaired, state, _units(repaired), notes)
         if not exact and not rules_unmet and state.balanced() and policy.exact_seconds > 0:
             state = _nearby(snapshot, policy, constraints, state, notes)
         elif not exact and not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy) \
                 and exact_work(state) <= EXACT_MAX_WORK_UNBALANCED:
-            state, proven = exact_if_fewer(snapshot, policy, constraints, state, notes, thorough)
+            state, proven, before_exact = _exact(snapshot, policy, constraints, state, notes, thorough)
     if repaired is not None and thorough and not rules_unmet and not proven and policy.exact_seconds > 0 \
             and exact_work(state) <= SUBSETS_MAX_WORK:
-        state = _by_subsets(snapshot, policy, constraints, state, notes)
+        state = _by_subsets(snapshot, policy, constraints, state, notes, before_exact)
     return state
+
+
+def _exact(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState, notes: list[str],
+           thorough: bool) -> tuple[PlanState, bool, tuple[PlanState, int] | None]:
+    """exact_phase.exact_if_fewer, and `plan` with the count of notes so far where the model's plan
+    replaced it without being proven the fewest."""
+    said = len(notes)
+    found, proven = exact_if_fewer(snapshot, policy, constraints, plan, notes, thorough)
+    return found, proven, (plan, said) if found is not plan and not proven else None
 
 
 def _nearby(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,
@@ -180,21 +190,11 @@ def _nearby(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
 
 
 def _by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,
-                notes: list[str]) -> PlanState:
-    """The exact model over a few nodes at a time, the rest of the plan held (node_subsets.py): a
-    plan with fewer migrations (and preferred: balancing.objective), or a balanced one where `plan`
-    leaves a dimension above its band."""
-    from .node_subsets import balanced_by_subsets, fewer_by_subsets  # highspy: loaded only when used
+                notes: list[str], before_exact: tuple[PlanState, int] | None) -> PlanState:
+    """The exact model over a few nodes at a time, the rest of the plan held (node_subsets.by_subsets)."""
+    from .node_subsets import by_subsets  # highspy: loaded only when used
 
-    if plan.balanced():
-        found = fewer_by_subsets(snapshot, policy, constraints, plan)
-    else:
-        found = balanced_by_subsets(snapshot, policy, constraints, plan)
-    if found is None:
-        return plan
-    notes.append(f"exact solver over a few nodes at a time: {len(found.moves)} migrations instead of "
-                 f"{len(plan.moves)}" + ("" if plan.balanced() else " that left a dimension above its band"))
-    return found
+    return by_subsets(snapshot, policy, constraints, plan, notes, before_exact)
 
 
 def _closest(snapshot: ClusterSnapshot, repaired: PlanState, constraints: Constraints, plan: PlanState,

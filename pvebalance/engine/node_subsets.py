@@ -20,6 +20,9 @@ costly root (held-out clusters, tests/heldout.py: a seed of 7 nodes and 56 guest
 migrations in 7 s where 15 balance both);
 a neighbourhood's model is a few hundred columns, settled in a few nodes, and the plan it improves is
 already balanced, so every step keeps a plan in hand.
+
+The search is a local one: it ends where its start leads. Where the whole model improved on the
+heuristics' plan without proving its own the fewest, the search starts from both (`by_subsets`).
 """
 
 from __future__ import annotations
@@ -59,26 +62,67 @@ NODE_LIMIT = 10  # HiGHS branch-and-bound nodes per solve ...
 # of the 27 held-out seeds of 7-8 nodes worse (session 15). 30 in the 4-node passes as well took seed
 # 14 from its minimum, 15, to 17.
 WIDER_CLUSTER_NODE_LIMIT = 30
+# Solves for the second start (by_subsets: the plan the whole model improved on, unproven). Held-out
+# seeds 0-119 (session 17): 16 took it, 3 ended one migration fewer (29, 92 and 106, each within 40
+# solves), none with more; it adds up to ~7 s on 8 nodes and 144-160 guests (49, 85), where a solve is slow.
+SECOND_START_SOLVES = 40
 # No restart of the search after presolving again at the root: on small models the restart took
 # half of each solve and changed no bundled scenario's plan (every one compared, memory, cpu and
 # memory,cpu). RINS and RENS stay off (highs._QUIET): a neighbourhood's model is settled by branching.
 OPTIONS: dict[str, float | bool] = {"mip_allow_restart": False}
 
 
+def by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,
+               notes: list[str], before_exact: tuple[PlanState, int] | None = None) -> PlanState:
+    """The plan this search makes of `plan`: one with fewer migrations (and preferred:
+    balancing.objective), or a balanced one where `plan` leaves a dimension above its band; `plan`
+    itself where it finds neither. A note says what it found.
+
+    `before_exact`: the plan the whole model improved on without proving its own the fewest, and
+    how many notes there were then. The search ends where its start leads, so it starts from that
+    plan too (with SECOND_START_SOLVES), and the better end is kept."""
+    found = _from_one_start(snapshot, policy, constraints, plan, notes)
+    if before_exact is None:
+        return found
+    start, said = before_exact
+    told: list[str] = []
+    other = _from_one_start(snapshot, policy, constraints, start, told, SECOND_START_SOLVES)
+    if not other.balanced() or (found.balanced() and not _better(other, found, policy, constraints)):
+        return found
+    notes[said:] = told  # the notes since `start` told of the whole model's plan, not kept
+    return other
+
+
+def _from_one_start(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,
+                    notes: list[str], solves_at_most: int | None = None) -> PlanState:
+    """`by_subsets` from one start, with at most `solves_at_most` solves for fewer migrations (default:
+    the module's budget)."""
+    if plan.balanced():
+        found = fewer_by_subsets(snapshot, policy, constraints, plan, solves_at_most)
+    else:
+        found = balanced_by_subsets(snapshot, policy, constraints, plan, solves_at_most)
+    if found is None:
+        return plan
+    notes.append(f"exact solver over a few nodes at a time: {len(found.moves)} migrations instead of "
+                 f"{len(plan.moves)}" + ("" if plan.balanced() else " that left a dimension above its band"))
+    return found
+
+
 def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
-                     plan: PlanState) -> PlanState | None:
+                     plan: PlanState, solves_at_most: int | None = None) -> PlanState | None:
     """A balanced plan with fewer migrations than `plan`, found as the module says; None if none.
 
     The search steps from placement to placement, each with fewer guests away from where they
     started; a placement whose order needs parking moves is a step all the same (the next may need
-    none), and the plan kept is the best ordered one."""
+    none), and the plan kept is the best ordered one. `solves_at_most`: the budget of solves, in
+    place of the module's."""
     start = PlanState(snapshot, policy, constraints)
     movable = set(_candidates(start))
     best: PlanState | None = None
     current = plan
     solves = 0
     spans = (SPAN, SPAN + 1) if len(start.targets) >= WIDER_FROM else (SPAN,)
-    budget = SOLVES + WIDER_SOLVES * (len(spans) - 1)
+    budget = SOLVES + WIDER_SOLVES * (len(spans) - 1) if solves_at_most is None else solves_at_most
     for span in spans:
         limit = WIDER_CLUSTER_NODE_LIMIT if len(spans) > 1 and span == SPAN else NODE_LIMIT
         found = True
@@ -100,14 +144,14 @@ def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Con
 
 
 def balanced_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
-                        plan: PlanState) -> PlanState | None:
+                        plan: PlanState, solves_at_most: int | None = None) -> PlanState | None:
     """A balanced plan from one that leaves some dimension above its band; None if none is reached.
 
     The same neighbourhoods, each model with the bands made elastic (a slack per dimension on its
     band, weighed so that a band's width of excess outweighs moving every guest it frees): each
     step takes the placement that leaves the least excess, while a pass lowers it, up to
     `ELASTIC_SOLVES` solves. A placement within every band is ordered through PlanState and then
-    searched for fewer migrations (`fewer_by_subsets`)."""
+    searched for fewer migrations (`fewer_by_subsets`, with `solves_at_most`)."""
     start = PlanState(snapshot, policy, constraints)
     movable = set(_candidates(start))
     current = plan
@@ -131,7 +175,7 @@ def balanced_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: 
                               {v: n for v, n in current.where.items() if n != start.where[v]}, parkings=EXACT_PARKINGS)
     if ordered is None or not ordered.balanced():
         return None
-    return fewer_by_subsets(snapshot, policy, constraints, ordered) or ordered
+    return fewer_by_subsets(snapshot, policy, constraints, ordered, solves_at_most) or ordered
 
 
 _LOWER = 1e-6  # excess, in band widths, that a step must take off to count
