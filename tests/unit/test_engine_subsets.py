@@ -44,8 +44,9 @@ def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_bala
 
 def test_from_seven_nodes_it_goes_on_four_nodes_at_a_time_and_finds_fewer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Held-out seed 14 (7 nodes, 56 guests): 3 nodes at a time end at 17 migrations (18 from the
-    whole model's plan alone, before the second start); the 4-node passes after them reach 15, the minimum the independent checker proves
-    (tests/unit/test_dimensions_heldout.py), balanced and safe at every step."""
+    whole model's plan alone, before the second start); the 4-node passes after them reach 15, the
+    minimum the independent checker proves (tests/unit/test_dimensions_heldout.py), balanced and
+    safe at every step."""
     api = held_out_cluster(14)["api"]
     snap = snapshot_from_api(api, cluster="held-out-14")
     planned = plan_balance(snap, both())
