@@ -12,6 +12,7 @@ from pvebalance.engine import Policy, node_subsets, plan_balance
 from pvebalance.engine import balance as balance_module
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import BalancingSettings
+from pvebalance.shared.models import ClusterSnapshot, Plan
 from tests.heldout import held_out_cluster
 from tests.helpers import REPO
 from tests.oracle_balance import Move, spreads_after
@@ -22,6 +23,15 @@ BAND = 5.0
 
 def both() -> Policy:
     return Policy.from_settings(BalancingSettings(method=["memory", "cpu"], balanciness=BAND))
+
+
+def assert_balanced_and_safe(api: dict[str, Any], snap: ClusterSnapshot, planned: Plan) -> None:
+    """Both spreads within the band by the independent checker, and every rule and the room on each
+    target held at every step (test_rules' replay), nothing left unmet."""
+    spreads = spreads_after(api, [Move(m.vmid, m.source, m.target) for m in planned.migrations])
+    assert max(spreads.values()) <= BAND + 1e-6, spreads
+    replay_checking_rules(snap, both(), planned)
+    assert planned.violations == [] and planned.unmet == []
 
 
 def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_balanced_and_safe(
@@ -36,10 +46,7 @@ def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_bala
     without = plan_balance(snap, both())
     assert len(planned.migrations) < len(without.migrations)
     assert any(n.startswith("exact solver over a few nodes at a time") for n in planned.notes)
-    spreads = spreads_after(api, [Move(m.vmid, m.source, m.target) for m in planned.migrations])
-    assert max(spreads.values()) <= BAND + 1e-6, spreads
-    replay_checking_rules(snap, both(), planned)  # every rule and the room on each target, at every step
-    assert planned.violations == [] and planned.unmet == []
+    assert_balanced_and_safe(api, snap, planned)
 
 
 def test_from_seven_nodes_it_goes_on_four_nodes_at_a_time_and_finds_fewer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,10 +60,7 @@ def test_from_seven_nodes_it_goes_on_four_nodes_at_a_time_and_finds_fewer(monkey
     monkeypatch.setattr(node_subsets, "WIDER_FROM", 99)
     narrow = plan_balance(snap, both())
     assert (len(planned.migrations), len(narrow.migrations)) == (15, 17)
-    spreads = spreads_after(api, [Move(m.vmid, m.source, m.target) for m in planned.migrations])
-    assert max(spreads.values()) <= BAND + 1e-6, spreads
-    replay_checking_rules(snap, both(), planned)
-    assert planned.violations == [] and planned.unmet == []
+    assert_balanced_and_safe(api, snap, planned)
 
 
 def test_from_seven_nodes_the_three_node_passes_branch_further_and_find_fewer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,10 +74,7 @@ def test_from_seven_nodes_the_three_node_passes_branch_further_and_find_fewer(mo
     monkeypatch.setattr(node_subsets, "WIDER_CLUSTER_NODE_LIMIT", node_subsets.NODE_LIMIT)
     shallow = plan_balance(snap, both())
     assert (len(planned.migrations), len(shallow.migrations)) == (23, 25)
-    spreads = spreads_after(api, [Move(m.vmid, m.source, m.target) for m in planned.migrations])
-    assert max(spreads.values()) <= BAND + 1e-6, spreads
-    replay_checking_rules(snap, both(), planned)
-    assert planned.violations == [] and planned.unmet == []
+    assert_balanced_and_safe(api, snap, planned)
 
 
 def test_where_the_whole_model_improves_without_proof_the_search_starts_from_the_heuristics_plan_too(
@@ -92,10 +93,7 @@ def test_where_the_whole_model_improves_without_proof_the_search_starts_from_the
     assert "exact solver: 20 migrations instead of 24" in one_start.notes
     assert "exact solver over a few nodes at a time: 19 migrations instead of 24" in planned.notes
     assert not any(n.startswith("exact solver:") for n in planned.notes), planned.notes
-    spreads = spreads_after(api, [Move(m.vmid, m.source, m.target) for m in planned.migrations])
-    assert max(spreads.values()) <= BAND + 1e-6, spreads
-    replay_checking_rules(snap, both(), planned)
-    assert planned.violations == [] and planned.unmet == []
+    assert_balanced_and_safe(api, snap, planned)
 
 
 @pytest.mark.parametrize("name", ["homelab", "all-on-one", "maintenance"])
@@ -121,10 +119,7 @@ def test_where_nothing_before_it_balances_both_the_elastic_search_does(monkeypat
     planned = plan_balance(snap, both())
     assert any(n.startswith("exact solver over a few nodes at a time") and n.endswith("above its band")
                for n in planned.notes), planned.notes
-    spreads = spreads_after(api, [Move(m.vmid, m.source, m.target) for m in planned.migrations])
-    assert max(spreads.values()) <= BAND + 1e-6, spreads
-    replay_checking_rules(snap, both(), planned)
-    assert planned.violations == [] and planned.unmet == []
+    assert_balanced_and_safe(api, snap, planned)
     monkeypatch.setattr(balance_module, "SUBSETS_MAX_WORK", 0)
     without = plan_balance(snap, both())
     assert [u.rule for u in without.unmet if u.rule.startswith("balance ")], without.unmet
