@@ -8,9 +8,11 @@ from collections.abc import Iterable
 from pvebalance.actions import KINDS, ActionBase
 
 
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """'1 migration', '0 migrations', '2 guests'; `many` for an irregular plural."""
-    return f"{count} {word if count == 1 else many or word + 's'}"
+def plural(count: int, word: str, many: str | None = None, *, grouped: bool = False) -> str:
+    """'1 migration', '0 migrations', '2 guests'; `many` for an irregular plural; `grouped`: the
+    count's thousands apart ('10,000 guests')."""
+    shown = f"{count:,}" if grouped else str(count)
+    return f"{shown} {word if count == 1 else many or word + 's'}"
 
 
 def actions_in_words(actions: Iterable[ActionBase]) -> str:

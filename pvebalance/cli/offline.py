@@ -72,9 +72,8 @@ def plan(
 
 def planning_line(snapshot: ClusterSnapshot, dimensions: tuple[str, ...]) -> str:
     """What `plan` says while it plans: 'planning 10,000 guests on 20 nodes by memory, cpu'."""
-    guests = len(snapshot.guests)
-    return (f"planning {guests:,} guest{'' if guests == 1 else 's'} on {plural(len(snapshot.nodes), 'node')} "
-            f"by {', '.join(dimensions)}")
+    return (f"planning {plural(len(snapshot.guests), 'guest', grouped=True)} on "
+            f"{plural(len(snapshot.nodes), 'node', grouped=True)} by {', '.join(dimensions)}")
 
 
 
