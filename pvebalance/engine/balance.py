@@ -28,6 +28,7 @@ from .band import apply_in_order, band_plan, clone
 from .closest import let_go, score, squeeze
 from .exact_phase import exact_if_fewer, exact_work
 from .explain import costly_moves, held_back, room_held
+from .heap import alive_before_frozen
 from .load import Vector, initial_loads, spread_in, summarize
 from .outcome import outcome_of
 from .planned_dimensions import Planned, making_room, offered
@@ -45,6 +46,7 @@ def is_movable(guest: GuestState, policy: Policy) -> bool:
     return fixed_reason(guest, policy) is None and guest.running
 
 
+@alive_before_frozen
 def plan_balance(snapshot: ClusterSnapshot, policy: Policy) -> Plan:
     """The plan for the dimensions asked; where a node full of memory holds one of them apart and
     memory is not among them, the closest of the plans made again with memory balanced too
