@@ -27,7 +27,7 @@ from pvebalance.shared.models import (
 from .band import apply_in_order, band_plan, clone
 from .closest import let_go, score, squeeze
 from .exact_phase import exact_if_fewer, exact_work
-from .explain import costly_moves, held_back, room_held
+from .explain import costly_moves, held_back, held_out_nodes, room_held
 from .heap import alive_before_frozen
 from .load import Vector, initial_loads, spread_in, summarize
 from .outcome import outcome_of
@@ -147,7 +147,9 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
     repaired = clone(state) if _searches(state) else None  # the local search's start (improve.py)
     if not state.balanced():
         state = _balance(state, notes, room_first)
-    exact = (not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy)
+    # where the heuristics found no move at all the model is still asked while a dimension is above its
+    # band: a trade of two guests kept apart (through a parking move) may be the only way in
+    exact = (not rules_unmet and (bool(state.moves) or not state.balanced()) and _exact_applies(snapshot, policy)
              and exact_work(state) <= EXACT_MAX_WORK)
     proven = False  # the exact model proved that no plan has fewer migrations
     before_exact: tuple[PlanState, int] | None = None  # a plan it improved on, unproven: _by_subsets
@@ -248,16 +250,6 @@ def _out_of_band(state: PlanState, notes: list[str], bands: dict[str, float]) ->
     return [Unmet(rule=f"balance {d}", vmids=[],
                   reason=f"spread {s:.1f} pp, {excess:.1f} pp above its band of {b:g} pp: {why}")
             for excess, d, s, b in over]
-
-
-def held_out_nodes(snapshot: ClusterSnapshot, state: PlanState) -> dict[str, str]:
-    """The nodes with a usage figure that the spread leaves out and nothing moves onto, and why."""
-    online = {n.name: n.online for n in snapshot.nodes}
-    return {
-        name: "offline" if not online.get(name, False) else "maintenance" if name in state.draining
-        else "ignored" if name in state.policy.ignore_nodes else "no capacity"
-        for name in sorted(state.loads) if name not in state.targets
-    }
 
 
 EXACT_MAX_GUESTS = 500

@@ -6,6 +6,7 @@ leaves a dimension above its band, `held_back` names the guests on the fullest n
 the emptiest would narrow the gap, best first, each with what holds it: a cooldown (until when),
 no return, a rule, a lock, room on the target, or nothing (the move would not lower the spread as a
 whole). Read on the plan's final state, so it speaks of the cluster as the plan leaves it.
+`held_out_nodes` says which nodes the spread leaves out, and why (offline, maintenance, ...).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 
-from pvebalance.shared.models import MigrationReason, Plan
+from pvebalance.shared.models import ClusterSnapshot, MigrationReason, Plan
 
 from . import fit
 from .rules.fixed import cooldown_end
@@ -130,3 +131,13 @@ def costly_moves(state: PlanState, plan: Plan) -> list[str]:
 def clock(epoch: float) -> str:
     """A moment in UTC, as plans say it (the same on every machine that reads the plan)."""
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
+
+def held_out_nodes(snapshot: ClusterSnapshot, state: PlanState) -> dict[str, str]:
+    """The nodes with a usage figure that the spread leaves out and nothing moves onto, and why."""
+    online = {n.name: n.online for n in snapshot.nodes}
+    return {
+        name: "offline" if not online.get(name, False) else "maintenance" if name in state.draining
+        else "ignored" if name in state.policy.ignore_nodes else "no capacity"
+        for name in sorted(state.loads) if name not in state.targets
+    }

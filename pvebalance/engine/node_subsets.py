@@ -223,7 +223,7 @@ def _one_solve(constraints: Constraints, home: dict[int, str], plan: PlanState, 
     away = sum(1 for v in freed if plan.where[v] != home[v])
     if not away and not elastic:
         return None  # none of its guests moves: no fewer to find
-    model = PlacementModel(plan, sorted(freed))  # the guests it does not free stay where the plan has them
+    model = PlacementModel(plan, sorted(freed), home)  # the guests it does not free stay where the plan has them
     for v in sorted(freed):
         for n in model.nodes:
             if n not in nodes and n != home[v] and n != plan.where[v]:
@@ -232,7 +232,7 @@ def _one_solve(constraints: Constraints, home: dict[int, str], plan: PlanState, 
     slack = _elastic(model, len(freed)) if elastic else None
     for family in constraints.families:
         family.exact(constraints, model)
-    cost = model.costs(home)
+    cost = model.costs()
     if slack is not None:
         cost[slack[0]:slack[0] + len(slack[1])] = slack[1]
     else:

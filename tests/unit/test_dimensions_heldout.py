@@ -43,10 +43,13 @@ BAND = 5.0
 # is met by that search's 4-node passes (18 after the 3-node ones, 15 the minimum; the checker needs
 # about 20 s to prove it). Unseen seed 106 (from 90-119, session 17) is met by that search started from
 # the heuristics' plan too (20 from the whole model's unproven one, 19 the minimum: about 13 s to prove).
+# Unseen seed 165 (from 150-179, session 18): every placement of 16 the exact model found had two
+# guests kept apart trade nodes, 17 with the parking move, until the model counted that move
+# (exact.PlacementModel.trade_parks).
 SEEDS = [(44, 3, 20), (20, 3, 24), (25, 4, 32), (9, 4, 32), (6, 5, 40), (42, 4, 40), (12, 5, 50),
          (62, 5, 50), (40, 5, 50), (4, 6, 54), (22, 4, 56), (14, 7, 56), (11, 5, 60), (53, 5, 65), (29, 7, 84),
          (75, 7, 84), (58, 5, 85), (16, 5, 95), (73, 8, 96), (28, 6, 102), (18, 6, 108), (17, 6, 108),
-         (13, 6, 120), (106, 6, 84),
+         (13, 6, 120), (106, 6, 84), (165, 4, 64),
          (34, 4, 400)]
 INFEASIBLE = {20, 18, 22, 42}
 PARKING = [(44, 3, 20), (25, 4, 32)]
@@ -153,6 +156,16 @@ def test_two_guests_kept_apart_that_trade_nodes_go_through_a_third(seed: int, no
     assert len(parked) == 1
     assert [m.vmid for m in plan.migrations].count(parked[0].vmid) == 2
     assert len(plan.migrations) == found.migrations and plan.unmet == []
+
+
+def test_a_trade_that_costs_a_parking_move_is_passed_over_for_a_placement_as_short_without_one() -> None:
+    """Seed 165: the fewest migrations, 16, need no parking move; the exact model's first placements
+    of 16 each had two guests kept apart trade nodes, 17 moves in all once ordered."""
+    found = minimum(165, 4, 64)
+    assert (found.migrations, found.parked) == (16, 0)
+    plan = planned(165, 4, 64)
+    assert [m.vmid for m in plan.migrations if "parked on" in m.detail] == []
+    assert len(plan.migrations) == 16 and plan.unmet == []
 
 
 @pytest.mark.parametrize(("seed", "nodes", "guests"), [s for s in SEEDS if s[0] not in INFEASIBLE])

@@ -5,6 +5,7 @@ when there is none."""
 from __future__ import annotations
 
 from pvebalance.engine import Policy, plan_balance
+from pvebalance.engine.exact import minimum_migrations
 from pvebalance.engine.rules import build_constraints
 from pvebalance.engine.verify import find_violations
 from pvebalance.shared.models import ClusterSnapshot, GuestState, GuestType, NodeState
@@ -84,3 +85,30 @@ def test_a_guest_parks_only_where_it_breaks_no_rule_it_did_not_break_before() ->
     assert steps == [(200, "pveB", "pveD", 0), (100, "pveA", "pveB", 1), (200, "pveD", "pveA", 2)]
     assert plan.unmet == []
     assert plan.violations == []
+
+
+def trade_cluster() -> ClusterSnapshot:
+    """Three nodes of 100 GiB at 70, 50 and 60 GiB in use. vm100 (20 GiB, on pveA) and vm200 (10 GiB, on
+    pveB) are kept apart; the rest never moves. Only their trade brings every node to 60 GiB: vm100 to
+    pveB, vm200 to pveA, one of them by way of pveC."""
+    guests = [
+        guest(100, "pveA", 20, ["plb_anti_affinity_x"]),
+        guest(101, "pveA", 50, ["plb_ignore"]),
+        guest(200, "pveB", 10, ["plb_anti_affinity_x"]),
+        guest(201, "pveB", 40, ["plb_ignore"]),
+        guest(300, "pveC", 60, ["plb_ignore"]),
+    ]
+    used = {"pveA": 70, "pveB": 50, "pveC": 60}
+    nodes = [NodeState(name=n, maxmem=100 * GIB, mem=gib * GIB, maxcpu=8) for n, gib in used.items()]
+    return ClusterSnapshot(nodes=nodes, guests=guests)
+
+
+def test_the_exact_model_counts_the_parking_move_of_two_guests_kept_apart_that_trade_nodes() -> None:
+    snap = trade_cluster()
+    found = minimum_migrations(snap, Policy(), time_limit=None, count_only=True)
+    assert {v: n for v, n in found.placement.items() if v in (100, 200)} == {100: "pveB", 200: "pveA"}
+    assert (found.status, found.migrations) == ("optimal", 3)  # the trade's two and the parking move
+    plan = plan_balance(snap, Policy())
+    assert len(plan.migrations) == 3
+    assert [m.vmid for m in plan.migrations if "parked on pveC" in m.detail] in ([100], [200])
+    assert plan.after.spread_pp == 0.0 and plan.unmet == [] and plan.violations == []

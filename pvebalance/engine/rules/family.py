@@ -89,6 +89,10 @@ class ExactModel(Protocol):
     def stays_on(self, vmid: int) -> str | None:
         """Where a guest the model does not move stays (None for one it may move)."""
 
+    def trade_parks(self, first: int, second: int) -> None:
+        """One more migration counted where the two end each on the node the other began on: kept
+        apart, neither can go first without joining the other, so one is parked on a third node."""
+
 
 class Family(ABC):
     """One family of rules. Stateless: what it reads from a snapshot lives in the rule book."""

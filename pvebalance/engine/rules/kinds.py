@@ -212,6 +212,10 @@ class ApartRule(_GroupRule):
                 entries = [(col, 1.0) for v in sorted(group.vmids) if (col := model.var(v, node)) is not None]
                 if entries:
                     model.row(entries, -float("inf"), max(1.0 - staying, 0.0))
+            members = sorted(group.vmids)
+            for i, first in enumerate(members):  # two of them trading nodes cost a parking move
+                for second in members[i + 1:]:
+                    model.trade_parks(first, second)
 
     def check(self, book: Constraints, where: Mapping[int, str], guests: Mapping[int, GuestState]) -> Iterator[Breach]:
         for group in book.apart[self.name]:
