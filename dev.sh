@@ -5,6 +5,7 @@
 #   ./dev.sh bench [ARGS]  set up .venv, then run the benchmarks
 #   ./dev.sh soak --seeds N  the fault-injection suite, N seeds in a row
 #   ./dev.sh soak --long [--minutes 30]  weeks of churn, time-compressed: Redis and the services stay flat
+#   ./dev.sh needs         install what the tests need beyond Python (redis-server, Chromium; apt as root)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -78,5 +79,6 @@ case "$cmd" in
          if [ "${1:-}" = "--long" ]; then exec "$VENV/bin/python" -m bench.soak "$@"; fi  # bench/soak.py
          exec "$VENV/bin/python" -m tests.faultsuite "$@" ;;  # the fault suite: soak --seeds N
   setup) setup ;;
-  *) echo "usage: $0 demo|test|bench|soak|lint|setup [ARGS]" >&2; exit 2 ;;
+  needs) test_needs ;;  # only what the tests need beyond Python (.ci/run: before anything else uses apt)
+  *) echo "usage: $0 demo|test|bench|soak|lint|setup|needs [ARGS]" >&2; exit 2 ;;
 esac
