@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,3 +128,15 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait(10)
+
+
+def stop_threads(stop: threading.Event, threads: list[threading.Thread], timeout: float = 120) -> None:
+    """Stop in-process services (a collector's, a planner's thread) and wait until each has ended: a
+    thread left running logs into the next test's closed capture ("I/O operation on closed file"). A
+    planner amid a plan finishes it first, which on two busy cores took longer than 10 s."""
+    stop.set()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(deadline - time.monotonic(), 0))
+    alive = [t.name for t in threads if t.is_alive()]
+    assert not alive, f"service threads still running {timeout:.0f} s after their stop: {alive}"
