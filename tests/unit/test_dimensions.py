@@ -28,6 +28,8 @@ from tests.oracle_balance import Move, spreads_after
 from tests.unit.test_engine_determinism import cpu_bound_work
 from tests.unit.test_rules import replay_checking_rules
 
+pytestmark = pytest.mark.long  # minutes in all: run first (tests/conftest.py)
+
 BOTH = ["memory", "cpu"]
 
 

@@ -31,6 +31,8 @@ from tests.oracle_minimum import Minimum, minimum_migrations
 from tests.unit.test_engine_determinism import one_core_shared
 from tests.unit.test_rules import replay_checking_rules
 
+pytestmark = pytest.mark.long  # minutes in all: run first (tests/conftest.py)
+
 BAND = 5.0
 # (seed, nodes, guests): 3 to 8 nodes, 20 to 400 guests. Seeds 20, 18 and 22 cannot be balanced
 # (proven); on seeds 44 and 25 two guests kept apart must trade nodes, one of them through a third

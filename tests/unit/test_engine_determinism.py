@@ -25,6 +25,8 @@ from pvebalance.shared.config import BalancingSettings, MigratorSettings, Proxmo
 from pvebalance.shared.models import ClusterSnapshot
 from tests.helpers import REPO, SCENARIOS
 
+pytestmark = pytest.mark.long  # minutes in all: run first (tests/conftest.py)
+
 
 def scenario(name: str) -> tuple[ClusterSnapshot, Policy]:
     """As `pvebalance plan --scenario NAME` reads it: the pools recorded with the cluster, default settings."""

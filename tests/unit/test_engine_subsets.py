@@ -18,6 +18,8 @@ from tests.helpers import REPO
 from tests.oracle_balance import Move, spreads_after
 from tests.unit.test_rules import replay_checking_rules
 
+pytestmark = pytest.mark.long  # minutes in all: run first (tests/conftest.py)
+
 BAND = 5.0
 
 
