@@ -39,6 +39,20 @@ def dimension_names() -> tuple[str, ...]:
 _BAND = TypeAdapter(float)
 
 
+def _pairs(value: Any) -> Any:
+    """'memory=5,cpu=10' (an environment variable, `plan --balanciness`) as {memory: '5', cpu: '10'};
+    anything else as it is."""
+    if not isinstance(value, str) or "=" not in value:
+        return value
+    out: dict[str, str] = {}
+    for part in value.split(","):
+        dim, sep, number = (s.strip() for s in part.partition("="))
+        if not sep or not dim:
+            raise ValueError(f"{part.strip()!r} is not dimension=percent (as in memory=5,cpu=10)")
+        out[dim] = number
+    return out
+
+
 def _per_dimension(value: dict[Any, Any], key: str, *, zero: bool) -> dict[str, float]:
     """A mapping dimension -> percent (0-100; above 0 unless `zero`), or ValueError naming what is wrong."""
     names = dimension_names()
@@ -140,6 +154,7 @@ class BalancingSettings(Section):
     @field_validator("balanciness", mode="before")
     @classmethod
     def _balanciness(cls, value: Any) -> Any:
+        value = _pairs(value)
         if isinstance(value, dict):
             return _per_dimension(value, "balanciness", zero=True)
         try:  # one number: pydantic's own words for it
@@ -151,6 +166,7 @@ class BalancingSettings(Section):
     @field_validator("threshold", mode="before")
     @classmethod
     def _threshold(cls, value: Any) -> Any:
+        value = _pairs(value)
         return _per_dimension(value, "threshold", zero=False) if isinstance(value, dict) else value
 
     @field_validator("weights", mode="before")

@@ -30,7 +30,8 @@ def plan(
     scenario: Annotated[str, typer.Option(help="recorded cluster (pve-api-dump/1 file or bundled name)")],
     method: Annotated[str | None, typer.Option(help="memory | cpu | disk, or several at once: memory,cpu")] = None,
     mode: Annotated[str | None, typer.Option(help="used | assigned")] = None,
-    balanciness: Annotated[float | None, typer.Option(help="tolerated spread, percentage points")] = None,
+    balanciness: Annotated[str | None, typer.Option(
+        help="tolerated spread, percentage points: one for all, or each its own: memory=5,cpu=10")] = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as one JSON object")] = False,
     storage: Annotated[bool, typer.Option("--storage", help="balance the shared storages too (disk moves), as "

@@ -21,7 +21,7 @@ from pvebalance.cli.render import plan_to_json, print_plan
 from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.load import DIMENSIONS
 from pvebalance.shared.apidump import load_dump, operator_pools, snapshot_from_api
-from pvebalance.shared.config import BalancingSettings
+from pvebalance.shared.config import BalancingSettings, load_settings
 from pvebalance.shared.models import ClusterSnapshot, Plan
 from tests.helpers import REPO, SCENARIOS
 from tests.oracle_balance import Move, spreads_after
@@ -229,6 +229,12 @@ WRONG = [
     ("balanciness: {ram: 5}", "balancing.balanciness: unknown dimension 'ram' (one of memory, cpu, disk)"),
     ("balanciness: -1", "balancing.balanciness: Input should be greater than or equal to 0 (got -1)"),
     ("threshold: {cpu: 0}", "balancing.threshold: threshold of cpu must be a percentage above 0, up to 100 (got 0)"),
+    # the one-line form of an environment variable or `plan --balanciness`
+    ("balanciness: memory=5,cpu=x",
+     "balancing.balanciness: balanciness of cpu must be a percentage from 0 up to 100 (got 'x')"),
+    ("balanciness: memory=5,cpu", "balancing.balanciness: 'cpu' is not dimension=percent (as in memory=5,cpu=10)"),
+    ("balanciness: memory=5,ram=3", "balancing.balanciness: unknown dimension 'ram' (one of memory, cpu, disk)"),
+    ("threshold: cpu=0", "balancing.threshold: threshold of cpu must be a percentage above 0, up to 100 (got '0')"),
 ]
 
 
@@ -259,6 +265,22 @@ def test_the_cli_balances_the_dimensions_it_is_given() -> None:
     shown = json.loads(out.stdout)
     assert shown["method"] == "memory,cpu" and shown["bands"] == {"memory": 5.0, "cpu": 5.0}
     assert all(shown["after"]["dimensions"][d]["spread_pp"] <= 5 for d in BOTH)
+
+
+@pytest.mark.parametrize(("given", "bands"), [
+    (["--balanciness", "memory=5,cpu=10"], {"memory": 5.0, "cpu": 10.0}),
+    (["--balanciness", "cpu = 8"], {"memory": 5.0, "cpu": 8.0}),  # a dimension left out: 5
+    (["--balanciness", "4"], {"memory": 4.0, "cpu": 4.0}),
+])
+def test_the_cli_takes_a_band_for_each_dimension_in_one_option(given: list[str], bands: dict[str, float]) -> None:
+    result = CliRunner().invoke(app, ["plan", "--scenario", "homelab", "--method", "memory,cpu", *given, "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["bands"] == bands
+
+
+def test_a_band_for_each_dimension_is_read_from_one_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PVEBALANCE_BALANCING__BALANCINESS", "memory=3,cpu=12")
+    assert load_settings(None).balancing.balanciness == {"memory": 3.0, "cpu": 12.0}
 
 
 def test_every_dimension_of_the_table_is_known_to_the_settings_and_the_plan_table() -> None:
