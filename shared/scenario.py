@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .apidump import DumpError, load_dump, operator_pools, snapshot_from_api
-from .config import BalancingSettings, Settings, load_settings
+from .config import BalancingSettings, ConfigError, Settings, load_settings
 from .models import ClusterSnapshot
 
 
@@ -42,7 +42,21 @@ class Scenario:
         settings = load_settings(config)
         fields = {"pools": self.pools} if not settings.balancing.pools and self.pools else {}
         fields.update(balancing)
-        return load_settings(config, balancing={**settings.balancing.model_dump(), **fields}) if fields else settings
+        if not fields:
+            return settings
+        try:
+            return load_settings(config, balancing={**settings.balancing.model_dump(), **fields})
+        except ConfigError as exc:  # the settings alone were valid: a command's option is wrong, named as typed
+            problems = [_as_option(p, balancing) for p in exc.problems]
+            raise ConfigError("invalid " + "; ".join(problems), problems) from None
+
+
+def _as_option(problem: str, given: dict[str, Any]) -> str:
+    """'balancing.method: unknown dimension ...' as '--method: unknown dimension ...' where the
+    command's option set it."""
+    key, sep, what = problem.partition(": ")
+    name = key.removeprefix("balancing.").split(".")[0]
+    return f"--{name.replace('_', '-')}: {what}" if sep and key.startswith("balancing.") and name in given else problem
 
 
 def load_scenario(source: str | Path) -> Scenario:

@@ -278,6 +278,21 @@ def test_the_cli_takes_a_band_for_each_dimension_in_one_option(given: list[str],
     assert json.loads(result.stdout)["bands"] == bands
 
 
+@pytest.mark.parametrize(("given", "line"), [
+    (["--method", "memory,cpux"],
+     "error: invalid --method: unknown dimension 'cpux' (one of memory, cpu, disk, a list of them, or weighted)"),
+    (["--balanciness", "memory=5,cpu"],
+     "error: invalid --balanciness: 'cpu' is not dimension=percent (as in memory=5,cpu=10)"),
+    (["--mode", "usedx"], "error: invalid --mode: Input should be 'used' or 'assigned' (got 'usedx')"),
+])
+def test_a_wrong_plan_option_is_one_line_that_names_the_option(given: list[str], line: str) -> None:
+    """The settings alone are valid (no config file: the defaults): the option typed is what is wrong."""
+    out = subprocess.run([sys.executable, "-m", "pvebalance", "plan", "--scenario", "homelab", *given],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [line]
+
+
 def test_a_band_for_each_dimension_is_read_from_one_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PVEBALANCE_BALANCING__BALANCINESS", "memory=3,cpu=12")
     assert load_settings(None).balancing.balanciness == {"memory": 3.0, "cpu": 12.0}
