@@ -7,10 +7,12 @@ dimension names; shared/config.py re-exports every name here, and callers import
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+from pydantic_settings import NoDecode
 
 from .config_sections import Section
 
@@ -40,8 +42,13 @@ _BAND = TypeAdapter(float)
 
 
 def _pairs(value: Any) -> Any:
-    """'memory=5,cpu=10' (an environment variable, `plan --balanciness`) as {memory: '5', cpu: '10'};
-    anything else as it is."""
+    """'memory=5,cpu=10' (an environment variable, `plan --balanciness`) as {memory: '5', cpu: '10'},
+    a JSON mapping as that mapping; anything else as it is."""
+    if isinstance(value, str) and value.strip().startswith("{"):  # an environment variable in JSON
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"{value.strip()!r} is not a JSON mapping") from None
     if not isinstance(value, str) or "=" not in value:
         return value
     out: dict[str, str] = {}
@@ -102,7 +109,9 @@ class BalancingSettings(Section):
     cooldown_minutes: float = Field(60.0, ge=0, description="a guest moved recently is left alone this long")
     ignore_guests: list[int | str] = Field(default_factory=list,
                                            description="vmids or names (shell wildcards: veeam-*) never moved")
-    threshold: dict[str, float] = Field(
+    # NoDecode: PVEBALANCE_BALANCING__THRESHOLD reaches _threshold as typed (cpu=70, or JSON), where
+    # pydantic-settings would refuse anything but JSON for a mapping before any validator runs
+    threshold: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description="dimension -> percent: balance it only once a node passes this")
     cpu_overcommit: float | None = Field(None, gt=0, description="max assigned vCPUs per node core")
     exact_seconds: float = Field(

@@ -293,9 +293,13 @@ def test_a_wrong_plan_option_is_one_line_that_names_the_option(given: list[str],
     assert out.stderr.splitlines() == [line]
 
 
-def test_a_band_for_each_dimension_is_read_from_one_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bands_and_thresholds_for_each_dimension_are_read_from_one_environment_variable_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PVEBALANCE_BALANCING__BALANCINESS", "memory=3,cpu=12")
     assert load_settings(None).balancing.balanciness == {"memory": 3.0, "cpu": 12.0}
+    for typed in ("cpu=70", '{"cpu": 70}'):  # a threshold as one line, or as JSON
+        monkeypatch.setenv("PVEBALANCE_BALANCING__THRESHOLD", typed)
+        assert load_settings(None).balancing.threshold == {"cpu": 70.0}
 
 
 def test_every_dimension_of_the_table_is_known_to_the_settings_and_the_plan_table() -> None:
