@@ -23,7 +23,7 @@ from pvebalance.shared import keys
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.logging import configure_logging
 from tests.api_helpers import OPS, token_settings
-from tests.helpers import kill_tree, start_workers, stop_threads, write_config
+from tests.helpers import start_workers, stop_services, write_config
 
 
 @dataclass
@@ -51,11 +51,7 @@ class LiveCluster:
                       if g.node == node and (g.running or not running_only))
 
     def close(self) -> None:
-        try:
-            stop_threads(self.stop, self.threads)
-        finally:
-            for p in self.procs:
-                kill_tree(p)
+        stop_services(self.stop, self.threads, self.procs)
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 90, every: float = 0.2) -> None:

@@ -130,13 +130,19 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(10)
 
 
-def stop_threads(stop: threading.Event, threads: list[threading.Thread], timeout: float = 120) -> None:
-    """Stop in-process services (a collector's, a planner's thread) and wait until each has ended: a
-    thread left running logs into the next test's closed capture ("I/O operation on closed file"). A
-    planner amid a plan finishes it first, which on two busy cores took longer than 10 s."""
-    stop.set()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(deadline - time.monotonic(), 0))
-    alive = [t.name for t in threads if t.is_alive()]
-    assert not alive, f"service threads still running {timeout:.0f} s after their stop: {alive}"
+def stop_services(stop: threading.Event, threads: list[threading.Thread], procs: list[subprocess.Popen[bytes]],
+                  timeout: float = 120) -> None:
+    """Stop in-process services (a collector's, a planner's thread) and wait until each has ended, then
+    kill the worker processes (`kill_tree`) whatever happened. A thread left running logs into the next
+    test's closed capture ("I/O operation on closed file"); a planner amid a plan finishes it first,
+    which on two busy cores took longer than 10 s. One still running after `timeout` fails the test."""
+    try:
+        stop.set()
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(deadline - time.monotonic(), 0))
+        alive = [t.name for t in threads if t.is_alive()]
+        assert not alive, f"service threads still running {timeout:.0f} s after their stop: {alive}"
+    finally:
+        for p in procs:
+            kill_tree(p)

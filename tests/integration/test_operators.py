@@ -27,7 +27,7 @@ from pvebalance.shared.config import load_settings
 from pvebalance.shared.models import ClusterSnapshot
 from pvebalance.shared.plans import PlanStore
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestStore
-from tests.helpers import SimFactory, kill_tree, start_workers, stop_threads, write_config
+from tests.helpers import SimFactory, start_workers, stop_services, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -82,11 +82,7 @@ def cluster(start_simulator: SimFactory, real_redis: Redis, redis_url: str,
 
     yield start
     for c, threads, procs in started:
-        try:
-            stop_threads(c.stop, threads)
-        finally:
-            for p in procs:
-                kill_tree(p)
+        stop_services(c.stop, threads, procs)
 
 
 # --- bad input: one line, exit 2, nothing enqueued ---------------------------------------------------

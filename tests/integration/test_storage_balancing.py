@@ -18,7 +18,7 @@ from pvebalance.shared import keys
 from pvebalance.shared.config import load_settings
 from pvebalance.shared.jobs import JobState
 from pvebalance.shared.jobstore import JobStore
-from tests.helpers import SimFactory, kill_tree, start_workers, stop_threads, write_config
+from tests.helpers import SimFactory, start_workers, stop_services, write_config
 from tests.unit.test_simulator import raw_api
 
 pytestmark = pytest.mark.integration
@@ -65,11 +65,7 @@ def test_a_live_stack_brings_storage_3_within_10_pp_with_every_disk_move_succeed
             assert time.monotonic() < deadline, f"not balanced in time: {used}, jobs ended {len(ended)}"
             time.sleep(0.05)
     finally:
-        try:
-            stop_threads(stopping, threads)
-        finally:
-            for w in workers:
-                kill_tree(w)
+        stop_services(stopping, threads, workers)
     outcomes = {e.job_id: e for _, e in store.events() if e.state.terminal}
     assert outcomes and all(e.state is JobState.SUCCEEDED for e in outcomes.values()), \
         [(e.job_id, e.state.value, e.message) for e in outcomes.values() if e.state is not JobState.SUCCEEDED]
