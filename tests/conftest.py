@@ -32,8 +32,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     tests (most of their time is waiting on the simulator's tasks, a worker's death, a minute of Redis
     outage), then the rest. `./dev.sh test` hands each file to one test worker in this order (--dist
     loadfile --no-loadscope-reorder): xdist's own order, the files with the most tests first, left the
-    few long ones running alone at the end (11 min; 9 min with the integration tests first, the
-    held-out file then the last 5 min alone)."""
+    few long ones running alone at the end (measured: docs/development.md)."""
     def rank(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("long") else 1 if item.get_closest_marker("integration") else 2
     items.sort(key=rank)

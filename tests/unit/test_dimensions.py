@@ -235,6 +235,7 @@ WRONG = [
     ("balanciness: memory=5,cpu", "balancing.balanciness: 'cpu' is not dimension=percent (as in memory=5,cpu=10)"),
     ("balanciness: memory=5,ram=3", "balancing.balanciness: unknown dimension 'ram' (one of memory, cpu, disk)"),
     ("threshold: cpu=0", "balancing.threshold: threshold of cpu must be a percentage above 0, up to 100 (got '0')"),
+    ("""threshold: '{"cpu": 70'""", """balancing.threshold: '{"cpu": 70' is not a JSON mapping"""),  # as JSON, cut
 ]
 
 
