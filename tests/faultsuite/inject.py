@@ -128,6 +128,10 @@ class Injector:
         return {"malformed": self.features.malformed, "task_answer": self.features.data,
                 "guest_delete": self.features.delete}.get(kind, True)
 
+    def work_in_flight(self) -> bool:
+        """Whether the work the faults aim at is under way now; a migration run does not wait for it."""
+        return True
+
     def rel(self, t: float | None = None) -> str:
         return f"t+{(t if t is not None else time.time()) - self.t0:6.1f}s"
 

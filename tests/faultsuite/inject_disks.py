@@ -54,6 +54,11 @@ class DiskInjector(Injector):
         super().__init__(h, rng, t0, say, outage_seconds)
         self.fills: list[Injected] = []  # not faults: the second phase's cause, which explains some skips
 
+    def work_in_flight(self) -> bool:
+        """A disk being copied: a fault then meets a move in flight, not only the gaps between moves."""
+        with self.sim.cluster.lock:
+            return bool(moves_of(self.sim.tasks).running)
+
     def _target(self) -> tuple[str | None, str | None]:
         choice = self.rng.choice(["all", "move", "move", "config", "storage", "resources", "tasks", "ticket"])
         return {
