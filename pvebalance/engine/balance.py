@@ -26,7 +26,7 @@ from pvebalance.shared.models import (
 
 from .band import apply_in_order, band_plan, clone
 from .closest import let_go, score, squeeze
-from .exact_phase import exact_if_fewer, exact_work
+from .exact_phase import exact_if_fewer, exact_work, few_nodes_model, whole_then_subsets
 from .explain import costly_moves, held_back, held_out_nodes, room_held
 from .heap import alive_before_frozen
 from .load import Vector, initial_loads, spread_in, summarize
@@ -153,6 +153,7 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
              and exact_work(state) <= EXACT_MAX_WORK)
     proven = False  # the exact model proved that no plan has fewer migrations
     before_exact: tuple[PlanState, int] | None = None  # a plan it improved on, unproven: _by_subsets
+    modelled = exact  # the whole model was searched
     if policy.max_migrations is not None and len(state.moves) >= policy.max_migrations and not state.balanced():
         notes.append(f"stopped at the cap of {policy.max_migrations} migrations per plan")
     elif exact:
@@ -163,10 +164,14 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
             state = _nearby(snapshot, policy, constraints, state, notes)
         elif not exact and not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy) \
                 and exact_work(state) <= EXACT_MAX_WORK_UNBALANCED:
+            modelled = True
             state, proven, before_exact = _exact(snapshot, policy, constraints, state, notes, thorough)
     if repaired is not None and thorough and not rules_unmet and not proven and policy.exact_seconds > 0 \
             and exact_work(state) <= SUBSETS_MAX_WORK:
         state = _by_subsets(snapshot, policy, constraints, state, notes, before_exact)
+        if not modelled and state.moves and state.balanced() and _exact_applies(snapshot, policy) \
+                and few_nodes_model(state):
+            state = whole_then_subsets(snapshot, policy, constraints, state, notes)
     return state
 
 

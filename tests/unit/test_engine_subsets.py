@@ -4,11 +4,12 @@ safe at every step; where the exact model proved its plan the fewest, it is not 
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-from pvebalance.engine import Policy, node_subsets, plan_balance
+from pvebalance.engine import Policy, exact_phase, node_subsets, plan_balance
 from pvebalance.engine import balance as balance_module
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.config import BalancingSettings
@@ -52,29 +53,34 @@ def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_bala
 
 
 # Each part of the search that takes a held-out seed to the minimum the independent checker proves,
-# where the search without it stops above: (seed, the knob that turns the part off, its value then,
-# migrations with the part, without it). Seeds 14 and 106 are proven in test_dimensions_heldout.py;
-# 65 in 151 s at 120,000 nodes, past this suite's bound, so by the bench (docs/benchmarks.md).
+# where the search without it stops above: (seed, the module and knob that turn the part off, its value
+# then, migrations with the part, without it). Seeds 14, 106 and 223 are proven in
+# test_dimensions_heldout.py; 65 in 151 s at 120,000 nodes, past this suite's bound, so by the bench
+# (docs/benchmarks.md).
 PARTS = [
     # 7 nodes, 56 guests: 3 nodes at a time end at 17 (18 from the whole model's plan alone); the
     # 4-node passes after them reach 15
-    pytest.param(14, "WIDER_FROM", 99, 15, 17, id="from-7-nodes-4-nodes-at-a-time"),
+    pytest.param(14, node_subsets, "WIDER_FROM", 99, 15, 17, id="from-7-nodes-4-nodes-at-a-time"),
     # 8 nodes, 72 guests: with 10 HiGHS nodes a solve in the 3-node passes 25; with 30, 23
-    pytest.param(65, "WIDER_CLUSTER_NODE_LIMIT", node_subsets.NODE_LIMIT, 23, 25,
+    pytest.param(65, node_subsets, "WIDER_CLUSTER_NODE_LIMIT", node_subsets.NODE_LIMIT, 23, 25,
                  id="from-7-nodes-3-node-solves-branch-further"),
     # 6 nodes, 84 guests: the whole model takes the heuristics' 24 to 20 unproven and the search ends
     # there; started from the heuristics' plan as well, at 19
-    pytest.param(106, "SECOND_START_SOLVES", 0, 19, 20, id="second-start-from-the-heuristics-plan"),
+    pytest.param(106, node_subsets, "SECOND_START_SOLVES", 0, 19, 20, id="second-start-from-the-heuristics-plan"),
+    # 8 nodes, 144 guests (2,048, past the whole model's first gate): the search ends at 25; the whole
+    # model after it finds 24, and the search from there 22
+    pytest.param(223, exact_phase, "FEW_NODES", 0, 22, 25, id="few-nodes-the-whole-model-after-the-search"),
 ]
 
 
-@pytest.mark.parametrize(("seed", "knob", "off", "found", "without"), PARTS)
+@pytest.mark.parametrize(("seed", "module", "knob", "off", "found", "without"), PARTS)
 def test_each_part_of_the_search_takes_a_held_out_seed_to_its_minimum_balanced_and_safe(
-        seed: int, knob: str, off: int, found: int, without: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        seed: int, module: ModuleType, knob: str, off: int, found: int, without: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     api = held_out_cluster(seed)["api"]
     snap = snapshot_from_api(api, cluster=f"held-out-{seed}")
     planned = plan_balance(snap, both())
-    monkeypatch.setattr(node_subsets, knob, off)
+    monkeypatch.setattr(module, knob, off)
     assert (len(planned.migrations), len(plan_balance(snap, both()).migrations)) == (found, without)
     assert_balanced_and_safe(api, snap, planned)
 
