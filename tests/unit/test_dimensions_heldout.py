@@ -49,12 +49,12 @@ BAND = 5.0
 # guests kept apart trade nodes, 17 with the parking move, until the model counted that move
 # (exact.PlacementModel.trade_parks). Unseen seed 223 (from 210-239, session 19: 8 nodes, 144 guests,
 # 2,048 of model size): 25 after the search a few nodes at a time, 22 the minimum, reached by the whole
-# model searched after it on clusters of few nodes (exact_phase.few_nodes_model); so is 215's 26 (27
-# before), a plan of 2 s.
+# model searched after it on clusters of 7-8 nodes (exact_phase.few_nodes_model); so is 94's 24 (7
+# nodes, 126 guests: 25 before), a plan of 4 s.
 SEEDS = [(44, 3, 20), (20, 3, 24), (25, 4, 32), (9, 4, 32), (6, 5, 40), (42, 4, 40), (12, 5, 50),
          (62, 5, 50), (40, 5, 50), (4, 6, 54), (22, 4, 56), (14, 7, 56), (11, 5, 60), (53, 5, 65), (29, 7, 84),
          (75, 7, 84), (58, 5, 85), (16, 5, 95), (73, 8, 96), (28, 6, 102), (18, 6, 108), (17, 6, 108),
-         (13, 6, 120), (106, 6, 84), (165, 4, 64), (223, 8, 144), (215, 6, 108),
+         (13, 6, 120), (106, 6, 84), (165, 4, 64), (223, 8, 144), (94, 7, 126),
          (34, 4, 400)]
 INFEASIBLE = {20, 18, 22, 42}
 PARKING = [(44, 3, 20), (25, 4, 32)]
@@ -121,9 +121,9 @@ def test_memory_and_cpu_end_within_5_pp_at_most_1_05x_the_independent_minimum(
 # exact model through a parking move (25), the local search alone (73), the local search then the
 # neighbourhood and the search a few nodes at a time (17), no plan balancing both, then single moves
 # (22), the exact model's first search without a cap (58), the whole model after the search a few nodes
-# at a time (215). Every seed's plan is bounded by the same work limits; a seed of each path keeps this
+# at a time (94). Every seed's plan is bounded by the same work limits; a seed of each path keeps this
 # file's share of the suite's two cores (CI) in bounds.
-SAME_UNDER_LOAD = [s for s in SEEDS if s[0] in (25, 73, 17, 22, 58, 215)]
+SAME_UNDER_LOAD = [s for s in SEEDS if s[0] in (25, 73, 17, 22, 58, 94)]
 
 
 @pytest.mark.parametrize(("seed", "nodes", "guests"), SAME_UNDER_LOAD)
