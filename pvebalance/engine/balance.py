@@ -139,10 +139,10 @@ REPAIR_ONLY = "a drain's plan: only the moves the rules ask for (the drained nod
 
 def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constraints, rules_unmet: bool,
              notes: list[str], thorough: bool = True, room_first: bool = False) -> PlanState:
-    """The balance phase on the state after the repairs: the heuristics, then the exact model where it
-    is small enough, then the local search where it is not (or found nothing that balances).
-    `thorough`: the exact search of several dimensions as exact_phase.exact_if_fewer says (else as
-    for one dimension)."""
+    """The balance phase on the state after the repairs: the heuristics, the exact model where it is
+    small enough, the local search where it is not (or found nothing that balances), then the search
+    a few nodes at a time (and after it, exact_phase.few_nodes_model, the whole model). `thorough`:
+    the exact search of several dimensions as exact_phase.exact_if_fewer says (else as for one)."""
     policy = state.policy
     repaired = clone(state) if _searches(state) else None  # the local search's start (improve.py)
     if not state.balanced():
