@@ -90,7 +90,9 @@ def main() -> None:
                 if row.get("ordered_moves") and row["ordered_migrations"] < row["migrations"]:
                     console.print(f"{row['scenario']}: a plan of {row['ordered_migrations']} migrations "
                                   f"(vmid, source, target): {row['ordered_moves']}")
-            (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+            # held-out seeds other than the default get their own file: two ranges run at once keep both
+            stem = f"{name}-{seeds[0]}-{seeds[-1]}" if name == "heldout" and args.seeds != "0-29" else name
+            (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     console.print(f"JSON written to {RESULTS}/")
 
 
