@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=None,
                         help="migrator: the simulator's migration durations times this (default 1: as simulated)")
     parser.add_argument("--seeds", default="0-29",
-                        help="heldout: the seeds, FIRST-LAST (0-29 chose the engine's constants; 30-59 never did)")
+                        help="heldout: the seeds, FIRST-LAST (0-29 chose the engine's constants; 30-59 never did); "
+                             "other than 0-29, written to results/heldout-FIRST-LAST.json")
     args = parser.parse_args()
     first, _, last = args.seeds.partition("-")
     if not (first.isdigit() and (last or first).isdigit()) or int(last or first) < int(first):
