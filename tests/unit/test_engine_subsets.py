@@ -106,6 +106,26 @@ def test_not_run_where_the_exact_model_proved_its_plan_the_fewest(name: str, mon
     assert plan.unmet == []
 
 
+@pytest.mark.parametrize("name", ["groups", "operator-rules"])
+def test_the_whole_model_is_not_searched_after_it_on_clusters_of_5_or_6_nodes(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """groups (6 nodes) and operator-rules (5) have models past the whole model's first gate: the
+    search a few nodes at a time runs, but not the whole model after it (exact_phase.few_nodes_model,
+    7-8 nodes only), whose root would cost them up to 2 s for the same plan (docs/benchmarks.md)."""
+    def never(*_: Any) -> None:
+        raise AssertionError("the whole model was searched after the search a few nodes at a time")
+
+    monkeypatch.setattr(balance_module, "whole_then_subsets", never)
+    doc = load_dump(REPO / "pvebalance" / "scenarios" / f"{name}.json")
+    snap = snapshot_from_api(doc["api"], cluster=name)
+    assert len(snap.nodes) in (5, 6)
+    plan = plan_balance(snap, both())
+    assert plan.unmet == [] and plan.migrations
+    monkeypatch.setattr(node_subsets, "WIDER_FROM", 5)  # from 5 nodes on, it would be
+    with pytest.raises(AssertionError, match="the whole model was searched"):
+        plan_balance(snap, both())
+
+
 def test_where_nothing_before_it_balances_both_the_elastic_search_does(monkeypatch: pytest.MonkeyPatch) -> None:
     """Held-out seed 13 with the whole model's second gate shut (balance.EXACT_MAX_WORK_UNBALANCED:
     the exact model is then not built where the heuristics leave a dimension above its band): the
