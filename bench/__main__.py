@@ -92,7 +92,8 @@ def main() -> None:
                     console.print(f"{row['scenario']}: a plan of {row['ordered_migrations']} migrations "
                                   f"(vmid, source, target): {row['ordered_moves']}")
             # held-out seeds other than the default get their own file: two ranges run at once keep both
-            stem = f"{name}-{seeds[0]}-{seeds[-1]}" if name == "heldout" and args.seeds != "0-29" else name
+            other = args.seeds != parser.get_default("seeds")
+            stem = f"{name}-{seeds[0]}-{seeds[-1]}" if name == "heldout" and other else name
             (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     console.print(f"JSON written to {RESULTS}/")
 
