@@ -34,9 +34,10 @@ from .outcome import outcome_of
 from .planned_dimensions import Planned, making_room, offered
 from .policy import Policy
 from .repair import repair
+from .room_probe import room_probe
 from .rules import Constraints, build_constraints, fixed_reason
 from .schedule import prefer, schedule
-from .search import balance_moves, units_by_node
+from .search import balance_moves, movable_units, units_by_node
 from .state import BAND_TOLERANCE, Move, PlanState
 from .verify import find_violations
 
@@ -159,7 +160,7 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
     elif exact:
         state, proven, before_exact = _exact(snapshot, policy, constraints, state, notes, thorough)
     if repaired is not None and (not exact or not state.balanced()):
-        state = _searched(repaired, state, _units(repaired), notes)
+        state = _searched(repaired, state, movable_units(repaired), notes)
         if not exact and not rules_unmet and state.balanced() and policy.exact_seconds > 0:
             state = _nearby(snapshot, policy, constraints, state, notes)
         elif not exact and not rules_unmet and bool(state.moves) and _exact_applies(snapshot, policy) \
@@ -224,7 +225,7 @@ def _closest(snapshot: ClusterSnapshot, repaired: PlanState, constraints: Constr
         notes.append(f"{freed} cannot be brought within its band with the others: planned for the others")
     best.policy = plan.policy  # the plan reads as asked: every dimension held to its band
     best.bands = plan.bands
-    if not best.balanced() and squeeze(best, plan.bands, _units(repaired)):
+    if not best.balanced() and squeeze(best, plan.bands, movable_units(repaired)):
         notes.append("then single moves that bring the dimensions above their bands closer, keeping the others")
     return best
 
@@ -282,9 +283,14 @@ def _balance(state: PlanState, notes: list[str], room_first: bool = False) -> Pl
     time down: the band plan needed fewer moves on every bundled cluster of that size. There, with
     several dimensions, the box plan finished by the greedy is the plan even where it leaves a
     dimension above its band: the greedy from scratch is no closer (xl-10k with cpu,disk: cpu 27.5
-    and disk 34.0 pp against 5.3 and 22.8) at twice the moves and time."""
-    units = _units(state)
+    and disk 34.0 pp against 5.3 and 22.8) at twice the moves and time. A room-first plan without
+    memory on such a cluster asks room_probe.py first: where room holds, the box search is skipped."""
+    units = movable_units(state)
     large = len(state.guests) > EXACT_MAX_GUESTS
+    if room_first and large and "memory" not in state.dims and len(state.dims) > 1 and state.policy.min_gain <= 0:
+        probed = room_probe(state, units, notes)  # a plan room holds, handed back without the box search
+        if probed is not None:
+            return probed
     banded: PlanState | None = None
     finished: list[str] = []  # the greedy finish's notes: why a dimension stays above its band
     # min_gain asks every balance move to lower the variance by itself: only the greedy plan's do
@@ -296,7 +302,7 @@ def _balance(state: PlanState, notes: list[str], room_first: bool = False) -> Pl
             # the greedy finishes it; with room_first, only until a node full of memory holds a
             # dimension apart (xl-10k cpu,disk: from its 7th step of 160): made again with memory
             until = _held if room_first and large else None
-            balance_moves(banded, units_by_node(banded, _units(banded)), finished, large, until=until)
+            balance_moves(banded, units_by_node(banded, movable_units(banded)), finished, large, until=until)
         elif not ordered:
             banded = None
         if banded is not None and not banded.balanced() and not (large and len(state.dims) > 1):
@@ -352,24 +358,6 @@ def _exact_applies(snapshot: ClusterSnapshot, policy: Policy) -> bool:
     return (policy.exact_seconds > 0 and len(snapshot.guests) <= EXACT_MAX_GUESTS
             and policy.max_migrations is None and policy.max_migrations_per_target is None
             and policy.cpu_overcommit is None and policy.threshold is None and not policy.thresholds)
-
-
-def _units(state: PlanState) -> list[frozenset[int]]:
-    """What the balance phase may move: whole together-groups, or single guests; running only."""
-    seen: set[int] = set()
-    units = []
-    for vmid in sorted(state.guests):
-        if vmid in seen:
-            continue
-        unit = state.c.unit(vmid)
-        seen |= unit
-        nodes = {state.where[v] for v in unit}
-        if len(nodes) != 1 or not state.movable(unit) or nodes.pop() not in state.targets:
-            continue
-        if not all(state.guests[v].running for v in unit):
-            continue  # stopped guests move only when their node is drained
-        units.append(unit)
-    return units
 
 
 def _to_migrations(moves: list[Move], snapshot: ClusterSnapshot, policy: Policy, targets: list[str],

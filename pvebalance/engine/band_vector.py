@@ -50,8 +50,9 @@ _SCAN_LARGE, _SOURCES_LARGE = 48, 8  # on clusters of more than _LARGE units
 _PASSES = 4  # shed-then-fill passes per box
 
 
-def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | None:
-    """The fewest-moves plan over the boxes tried (None when no box works)."""
+def box_plan(state: PlanState, units: Iterable[frozenset[int]], first_only: bool = False) -> BandPlan | None:
+    """The fewest-moves plan over the boxes tried (None when no box works). `first_only`: the plan
+    for the first box the search tries, each band centred on its dimension's mean (room_probe.py)."""
     nodes = state.targets
     count = len(state.dims)
     sizer = Sizer(state)
@@ -90,6 +91,8 @@ def box_plan(state: PlanState, units: Iterable[frozenset[int]]) -> BandPlan | No
             return partial, p.residual if partial else 0.0, len(p.moves), p.data
         return key(plan) < key(best)
 
+    if first_only:
+        return at(lo)
     if total > _LARGE:
         return _diagonal_search(at, better, means, widths, free, lo)
     best = at(lo)

@@ -108,6 +108,24 @@ def objective_weights(state: PlanState) -> Vector:
     return tuple((first / max(b, 1e-9)) ** 2 if math.isfinite(b) else 0.0 for b in state.bands)
 
 
+def movable_units(state: PlanState) -> list[frozenset[int]]:
+    """What the balance phase may move: whole together-groups, or single guests; running only."""
+    seen: set[int] = set()
+    units = []
+    for vmid in sorted(state.guests):
+        if vmid in seen:
+            continue
+        unit = state.c.unit(vmid)
+        seen |= unit
+        nodes = {state.where[v] for v in unit}
+        if len(nodes) != 1 or not state.movable(unit) or nodes.pop() not in state.targets:
+            continue
+        if not all(state.guests[v].running for v in unit):
+            continue  # stopped guests move only when their node is drained
+        units.append(unit)
+    return units
+
+
 def units_by_node(state: PlanState, units: list[frozenset[int]]) -> dict[str, NodeUnits]:
     by_node: dict[str, NodeUnits] = defaultdict(NodeUnits)
     sizer = Sizer(state)

@@ -9,11 +9,10 @@ import pytest
 
 from bench.engine_bench import shed_fill_lower_bound
 from pvebalance.engine import band_box, plan_balance
-from pvebalance.engine.balance import _units
 from pvebalance.engine.band import apply_in_order, band_plan, clone
 from pvebalance.engine.exact import minimum_migrations
 from pvebalance.engine.rules import build_constraints
-from pvebalance.engine.search import balance_moves, units_by_node
+from pvebalance.engine.search import balance_moves, movable_units, units_by_node
 from pvebalance.engine.state import PlanState
 from tests.unit.test_dimensions import policy_for
 from tests.unit.test_engine_determinism import scenario
@@ -23,7 +22,7 @@ from tests.unit.test_engine_determinism import scenario
 def test_the_band_plan_reaches_the_balance_in_a_safe_order(name: str) -> None:
     snap, policy = scenario(name)
     state = PlanState(snap, policy, build_constraints(snap, policy))
-    band = band_plan(state, _units(state))
+    band = band_plan(state, movable_units(state))
     assert band is not None
     done = clone(state)
     assert apply_in_order(done, band.moves)
@@ -34,7 +33,7 @@ def test_the_band_plan_reaches_the_balance_in_a_safe_order(name: str) -> None:
 def test_on_a_large_cluster_the_plan_is_the_band_plan_with_fewer_moves_than_the_greedy_one() -> None:
     snap, policy = scenario("large-5k")
     state = PlanState(snap, policy, build_constraints(snap, policy))
-    units = _units(state)
+    units = movable_units(state)
     band = band_plan(state, units)
     assert band is not None
     greedy = clone(state)
@@ -63,7 +62,7 @@ def test_the_greedy_stops_at_the_first_move_after_which_its_caller_would_make_th
     move that meets it, the moves before kept; without it the same run goes on."""
     snap, policy = scenario("homelab")
     state = PlanState(snap, policy, build_constraints(snap, policy))
-    units = _units(state)
+    units = movable_units(state)
     whole = clone(state)
     balance_moves(whole, units_by_node(whole, units), [])
     assert len(whole.moves) > 2
@@ -96,7 +95,7 @@ def test_a_box_fill_that_found_nothing_looks_again_only_at_what_is_new_to_it_and
 
     def box_moves() -> list[tuple[list[int], str]]:
         state = PlanState(snap, policy, build_constraints(snap, policy))
-        plan = band_plan(state, _units(state))
+        plan = band_plan(state, movable_units(state))
         assert plan is not None
         return [(sorted(vmids), target) for vmids, target in plan.moves]
 
