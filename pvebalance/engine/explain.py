@@ -74,8 +74,10 @@ def _helpers(state: PlanState) -> tuple[int, str, str, list[int]] | None:
     full_cap, empty_cap = state.loads[fullest].capacity[i], state.loads[emptiest].capacity[i]
     helpers = []
     for vmid, node in state.where.items():
+        if node != fullest:
+            continue
         load = state.guest_load(vmid)[i]
-        if node != fullest or load <= 0:
+        if load <= 0:
             continue
         after = abs((pct[fullest] - 100 * load / full_cap) - (pct[emptiest] + 100 * load / empty_cap))
         if after < gap:
