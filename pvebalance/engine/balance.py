@@ -291,6 +291,7 @@ def _balance(state: PlanState, notes: list[str], room_first: bool = False) -> Pl
         probed = room_probe(state, units, notes)  # a plan room holds, handed back without the box search
         if probed is not None:
             return probed
+    until = _held if room_first and large else None  # a plan room holds is made again with memory
     banded: PlanState | None = None
     finished: list[str] = []  # the greedy finish's notes: why a dimension stays above its band
     # min_gain asks every balance move to lower the variance by itself: only the greedy plan's do
@@ -301,7 +302,6 @@ def _balance(state: PlanState, notes: list[str], room_first: bool = False) -> Pl
         if not banded.balanced() and len(state.dims) > 1:  # a box no node could all be brought into:
             # the greedy finishes it; with room_first, only until a node full of memory holds a
             # dimension apart (xl-10k cpu,disk: from its 7th step of 160): made again with memory
-            until = _held if room_first and large else None
             balance_moves(banded, units_by_node(banded, movable_units(banded)), finished, large, until=until)
         elif not ordered:
             banded = None
@@ -310,8 +310,8 @@ def _balance(state: PlanState, notes: list[str], room_first: bool = False) -> Pl
     if banded is not None and large:
         notes.extend(finished)
         return banded
-    greedy_notes: list[str] = []
-    balance_moves(state, units_by_node(state, units), greedy_notes, large)
+    greedy_notes: list[str] = []  # with room_first, it too stops where room holds (xl-10k disk: its 22nd of 121)
+    balance_moves(state, units_by_node(state, units), greedy_notes, large, until=until)
     if banded is not None and prefer(banded.moves, state.moves, state.policy, state.c):  # balancing.objective
         state, greedy_notes = banded, []
     notes.extend(greedy_notes)
