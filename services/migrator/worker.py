@@ -12,10 +12,13 @@ import os
 import socket
 import threading
 import uuid
+from types import FrameType
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
+from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job
 
@@ -46,6 +49,28 @@ MAINTENANCE_INTERVAL = 30
 
 
 class MigrationWorker(Worker):
+    """rq's worker, with the hand-over at a stop (handover.py) and a stop that holds while Redis is away."""
+
+    stopping = False  # a stop was requested (SIGTERM, SIGINT): no job is taken after it
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """rq's warm stop, which asks Redis whether a job is running: where Redis is away, the stop
+        still holds. Without a work-horse the worker leaves at once, as rq leaves an idle one; with one,
+        it waits for it (the horse hands its job over: handover.py) and takes no job after it. Before,
+        Redis' error went up through rq's dequeue loop, which retried Redis for as long as it was away
+        and then went on working: the stop was lost (a test's worker retried for 9 minutes)."""
+        self.stopping = True
+        try:
+            super().request_stop(signum, frame)  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+        except REDIS_AWAY:
+            if not self.horse_pid:
+                raise StopRequested() from None
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        if self.stopping:  # a stop rq could not record (Redis away) while a work-horse ran: it has ended
+            raise StopRequested()
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
     def _set_ip_address(self, connection: Redis) -> None:
         try:
             super()._set_ip_address(connection)
@@ -65,7 +90,14 @@ class MigrationWorker(Worker):
         if not horse or not job_id:
             log.info("stop requested: no migration job running; the worker exits")
             return
-        record = JobStore(self.connection).load(job_id)
+        try:
+            record = JobStore(self.connection).load(job_id)
+        except REDIS_AWAY:  # what the job waits for is in Redis: hand it over all the same
+            log.warning("stop requested while Redis is away: handing the running job over to another worker "
+                        "at its next safe point", job_id=job_id)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(horse, HANDOVER_SIGNAL)
+            return
         job, state, upid = record.job, record.fields.get("state", "?"), record.upid
         if record.terminal:
             log.info("stop requested: its last job has ended; the worker exits", job_id=job_id, state=state)
@@ -131,8 +163,15 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
                 worker.work(burst=burst, logging_level=settings.logging.level, with_scheduler=False)
                 return
             except REDIS_AWAY as exc:
+                if worker.stopping:  # rq's own goodbye (its registration) needs Redis: leave without it
+                    log.info("stop requested while Redis is away: the worker exits without waiting for it")
+                    return
                 outage.failed(exc)
-                retry_redis(redis.ping, outage, stop=stop)
+                try:
+                    retry_redis(redis.ping, outage, stop=stop)
+                except StopRequested:  # a stop while waiting (rq's signal handlers stay installed)
+                    log.info("stop requested while Redis is away: the worker exits without waiting for it")
+                    return
                 name = None  # the old registration may linger until it expires; register afresh
     finally:
         stop.set()

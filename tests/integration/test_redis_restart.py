@@ -73,3 +73,42 @@ def test_a_queued_job_survives_a_redis_restart_and_workers_reconnect(start_simul
             if w.poll() is None:
                 w.terminate()
         server.stop()
+        for w in workers:  # none left behind: a stop must hold while Redis is away (the test below)
+            try:
+                w.wait(15)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+
+
+@pytest.mark.parametrize("first", ["redis stops", "the stop"])
+def test_a_worker_told_to_stop_while_redis_is_away_exits_at_once(start_simulator: SimFactory, tmp_path: Path,
+                                                                 first: str) -> None:
+    """SIGTERM to an idle worker whose Redis is away, or goes away as the worker says goodbye (the race
+    that left a test's worker retrying Redis for 9 minutes): it exits, rc 0, without waiting for Redis."""
+    server = OwnRedis(tmp_path)
+    server.start()
+    sim = start_simulator("homelab", time_scale=0.02)
+    config = write_config(tmp_path / "pvebalance.yaml", sim, server.url)
+    [worker] = start_workers(config, 1, burst=False, log_dir=tmp_path)
+    log = tmp_path / "worker-0.log"
+    try:
+        deadline = time.monotonic() + 30
+        while "Listening on" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "Listening on" in log.read_text(), log.read_text()
+        if first == "redis stops":
+            server.stop()
+            time.sleep(1.0)  # its dequeue has failed: rq retries Redis
+            worker.terminate()
+        else:
+            worker.terminate()
+            server.stop()
+        assert worker.wait(15) == 0, log.read_text()
+        said = log.read_text()
+        assert "stop requested" in said and "the worker exits" in said, said
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        server.stop()
