@@ -14,7 +14,7 @@ The neighbourhoods are tried in turn (the nodes the plan's moves touch most firs
 start after a pass that found something, then (from `WIDER_FROM` nodes) `SPAN` + 1 nodes at a time
 the same way, up to `SOLVES` solves (`WIDER_SOLVES` more with the wider ones) of at most
 `NODE_LIMIT` HiGHS branch-and-bound nodes each (`WIDER_CLUSTER_NODE_LIMIT` in the 3-node passes from
-`WIDER_FROM` nodes): bounded by work, never by the clock. A
+`BRANCH_FURTHER_FROM` nodes): bounded by work, never by the clock. A
 whole-cluster model of several dimensions finds its first placement only after many nodes of a
 costly root (held-out clusters, tests/heldout.py: a seed of 7 nodes and 56 guests found 24
 migrations in 7 s where 15 balance both);
@@ -45,23 +45,27 @@ from .state import PlanState, band_width
 
 SPAN = 3  # nodes per neighbourhood
 SOLVES = 120  # solves in all, over every pass
-# From 7 nodes, 3 of them are too few of the cluster: the search ended 1-3 migrations above the
-# minimum on held-out clusters of 7-8 nodes (seed 14: 18 where 15 balance both, unseen 61: 21 where
+# From 6 nodes, 3 of them are too few of the cluster: the search ended 1-3 migrations above the
+# minimum on held-out clusters of 6-8 nodes (seed 14: 18 where 15 balance both, unseen 61: 21 where
 # 19). After the 3-node passes it goes on 4 nodes at a time with this many solves more: 14 and 61 at
-# their minimum, 8 one fewer, none worse. Smaller clusters (every bundled one the search runs on) are
-# searched as before.
-WIDER_FROM = 7
+# their minimum, 8 one fewer, none worse. From 6 nodes since session 21: of the 68 held-out seeds of 6
+# nodes in 0-329, 137, 215, 255 and 301 one fewer each, each the checker's proven minimum, none more;
+# plans where the search runs about a third longer (session 16 had measured 0-149 alone: 137 the one
+# gain, and kept 7). Smaller clusters (operator-rules, 5 nodes) are searched as before.
+WIDER_FROM = 6
 WIDER_SOLVES = 80
 # ... and with elastic bands, before the search for fewer: unseen held-out seed 45 is within both
 # bands after 24; a band no placement reaches (groups memory,cpu at balanciness 0) took all 120 of
 # 0.6 s each here, every one lowering the excess a little (74 s; 40: about 30 s in all).
 ELASTIC_SOLVES = 40
 NODE_LIMIT = 10  # HiGHS branch-and-bound nodes per solve ...
-# ... but this many in the 3-node passes on clusters of WIDER_FROM nodes or more: 3 nodes of 7-8 settle
-# later. Unseen held-out seed 65 (8 nodes) 25 -> 23, its minimum; 31, 39 and 85 one or two fewer; none
-# of the 27 held-out seeds of 7-8 nodes worse (session 15). 30 in the 4-node passes as well took seed
-# 14 from its minimum, 15, to 17.
+# ... but this many in the 3-node passes on clusters of BRANCH_FURTHER_FROM nodes or more: 3 nodes of
+# 7-8 settle later. Unseen held-out seed 65 (8 nodes) 25 -> 23, its minimum; 31, 39 and 85 one or two
+# fewer; none of the 27 held-out seeds of 7-8 nodes worse (session 15). 30 in the 4-node passes as well
+# took seed 14 from its minimum, 15, to 17. On 6 nodes the 3-node passes keep NODE_LIMIT: with it the
+# 4-node passes reach the four seeds' minima above all the same, and groups' plans cost less.
 WIDER_CLUSTER_NODE_LIMIT = 30
+BRANCH_FURTHER_FROM = 7
 # Solves for the second start (by_subsets: the plan the whole model improved on, unproven). Held-out
 # seeds 0-119 (session 17): 16 took it, 3 ended one migration fewer (29, 92 and 106, each within 40
 # solves), none with more; it adds up to ~7 s on 8 nodes and 144-160 guests (49, 85), where a solve is slow.
@@ -124,7 +128,7 @@ def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Con
     spans = (SPAN, SPAN + 1) if len(start.targets) >= WIDER_FROM else (SPAN,)
     budget = SOLVES + WIDER_SOLVES * (len(spans) - 1) if solves_at_most is None else solves_at_most
     for span in spans:
-        limit = WIDER_CLUSTER_NODE_LIMIT if len(spans) > 1 and span == SPAN else NODE_LIMIT
+        limit = WIDER_CLUSTER_NODE_LIMIT if len(start.targets) >= BRANCH_FURTHER_FROM and span == SPAN else NODE_LIMIT
         found = True
         while found and solves < budget:
             found = False

@@ -54,13 +54,16 @@ def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_bala
 
 # Each part of the search that takes a held-out seed to the minimum the independent checker proves,
 # where the search without it stops above: (seed, the module and knob that turn the part off, its value
-# then, migrations with the part, without it). Seeds 14, 106 and 223 are proven in
+# then, migrations with the part, without it). Seeds 14, 137, 106 and 223 are proven in
 # test_dimensions_heldout.py; 65 in 151 s at 120,000 nodes, past this suite's bound, so by the bench
 # (docs/benchmarks.md).
 PARTS = [
     # 7 nodes, 56 guests: 3 nodes at a time end at 17 (18 from the whole model's plan alone); the
     # 4-node passes after them reach 15
-    pytest.param(14, node_subsets, "WIDER_FROM", 99, 15, 17, id="from-7-nodes-4-nodes-at-a-time"),
+    pytest.param(14, node_subsets, "WIDER_FROM", 99, 15, 17, id="4-nodes-at-a-time-on-7-nodes"),
+    # 6 nodes, 102 guests: the 3-node passes find nothing below 20; the 4-node passes (from 6 nodes
+    # since session 21) reach 19
+    pytest.param(137, node_subsets, "WIDER_FROM", 99, 19, 20, id="4-nodes-at-a-time-on-6-nodes"),
     # 8 nodes, 72 guests: with 10 HiGHS nodes a solve in the 3-node passes 25; with 30, 23
     pytest.param(65, node_subsets, "WIDER_CLUSTER_NODE_LIMIT", node_subsets.NODE_LIMIT, 23, 25,
                  id="from-7-nodes-3-node-solves-branch-further"),
@@ -121,7 +124,7 @@ def test_the_whole_model_is_not_searched_after_it_on_clusters_of_5_or_6_nodes(
     assert len(snap.nodes) in (5, 6)
     plan = plan_balance(snap, both())
     assert plan.unmet == [] and plan.migrations
-    monkeypatch.setattr(node_subsets, "WIDER_FROM", 5)  # from 5 nodes on, it would be
+    monkeypatch.setattr(exact_phase, "FEW_NODES_FROM", 5)  # from 5 nodes on, it would be
     with pytest.raises(AssertionError, match="the whole model was searched"):
         plan_balance(snap, both())
 
