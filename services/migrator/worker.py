@@ -46,6 +46,7 @@ JOB_MONITORING_INTERVAL = 5
 # the dequeue's intermediate list (a worker that died between its dequeue and its run), which the
 # reconciler then runs again (recovery.py).
 MAINTENANCE_INTERVAL = 30
+STOPPED_WHILE_AWAY = "stop requested while Redis is away: the worker exits without waiting for it"
 
 
 class MigrationWorker(Worker):
@@ -164,13 +165,13 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
                 return
             except REDIS_AWAY as exc:
                 if worker.stopping:  # rq's own goodbye (its registration) needs Redis: leave without it
-                    log.info("stop requested while Redis is away: the worker exits without waiting for it")
+                    log.info(STOPPED_WHILE_AWAY)
                     return
-                outage.failed(exc)
                 try:
+                    outage.failed(exc)
                     retry_redis(redis.ping, outage, stop=stop)
                 except StopRequested:  # a stop while waiting (rq's signal handlers stay installed)
-                    log.info("stop requested while Redis is away: the worker exits without waiting for it")
+                    log.info(STOPPED_WHILE_AWAY)
                     return
                 name = None  # the old registration may linger until it expires; register afresh
     finally:
