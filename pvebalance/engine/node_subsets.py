@@ -12,8 +12,8 @@ kept when that order ends balanced with fewer migrations; the next neighbourhood
 
 The neighbourhoods are tried in turn (the nodes the plan's moves touch most first), again from the
 start after a pass that found something, then (from `WIDER_FROM` nodes) `SPAN` + 1 nodes at a time
-the same way, up to `SOLVES` solves (`WIDER_SOLVES` more with the wider ones; from `WIDEST_FROM`
-nodes, `SPAN` + 2 at a time after them, with `WIDEST_SOLVES` of their own) of at most
+the same way, up to `SOLVES` solves (`WIDER_SOLVES` more with the wider ones; on 7-8 nodes, 5 and
+then 6 at a time after them, with solves of their own: `FURTHER`) of at most
 `NODE_LIMIT` HiGHS branch-and-bound nodes each (`WIDER_CLUSTER_NODE_LIMIT` in the 3-node passes from
 `BRANCH_FURTHER_FROM` nodes): bounded by work, never by the clock. A
 whole-cluster model of several dimensions finds its first placement only after many nodes of a
@@ -55,14 +55,16 @@ SOLVES = 120  # solves in all, over every pass
 # gain, and kept 7). Smaller clusters (operator-rules, 5 nodes) are searched as before.
 WIDER_FROM = 6
 WIDER_SOLVES = 80
-# From 7 nodes, after the 4-node passes, 5 nodes at a time, with WIDEST_SOLVES solves of their own
-# (the passes before end where they ended without them). Of the 104 held-out seeds of 7-8 nodes in
-# 0-329, 15 ended one or two migrations fewer, none more; 227, 232 and 325 reached their proven minima
-# and 275 came within 1.05x of its own (session 22). Each of those 15 gains came within the first 42
-# solves of these passes; their plans take about 1.56 times as long on 7-8 nodes. In place of the
-# 3-node passes (4 and 5 nodes at a time), they left 325 one above its minimum.
-WIDEST_FROM = 7
-WIDEST_SOLVES = 50
+# After the 4-node passes, wider ones, each with solves of its own (the passes before end where they
+# ended without them): (nodes at a time, from clusters of this many nodes, solves). 5 nodes at a time
+# from 7 nodes: of the 104 held-out seeds of 7-8 nodes in 0-329, 15 ended one or two migrations fewer,
+# none more; 227, 232 and 325 reached their proven minima and 275 came within 1.05x of its own; each
+# gain came within the first 42 solves; plans 1.56x as long there. In place of the 3-node passes (4
+# and 5 nodes at a time) they left 325 one above its minimum. From 6 nodes, they took 122 to its
+# minimum (and 99, 226 one fewer) but groups' memory,cpu plan from 0.6 to 2.6 s, past the issue's
+# 1.5 s. Then 6 nodes at a time: 216, 182, 253 and 96 reached their minima; every gain came within
+# the first 36 solves, all but 96's second step (30 -> 29) within 24 (session 22).
+FURTHER: tuple[tuple[int, int, int], ...] = ((SPAN + 2, 7, 50), (SPAN + 3, 7, 25))
 # ... and with elastic bands, before the search for fewer: unseen held-out seed 45 is within both
 # bands after 24; a band no placement reaches (groups memory,cpu at balanciness 0) took all 120 of
 # 0.6 s each here, every one lowering the excess a little (74 s; 40: about 30 s in all).
@@ -135,15 +137,14 @@ def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Con
     current = plan
     solves = 0
     n = len(start.targets)
-    spans = [SPAN]
+    spans: list[tuple[int, int | None]] = [(SPAN, None)]  # nodes at a time, solves of its own
     if n >= WIDER_FROM:
-        spans.append(SPAN + 1)
-        if n >= WIDEST_FROM:  # after the 4-node passes only
-            spans.append(SPAN + 2)
+        spans.append((SPAN + 1, None))
+        spans += [(span, own) for span, least, own in FURTHER if n >= least]  # after the 4-node passes only
     budget = SOLVES + (WIDER_SOLVES if n >= WIDER_FROM else 0) if solves_at_most is None else solves_at_most
-    for span in spans:
-        if span == SPAN + 2 and solves_at_most is None:
-            budget = solves + WIDEST_SOLVES  # solves of their own: the passes before end as they did without them
+    for span, own in spans:
+        if own is not None and solves_at_most is None:
+            budget = solves + own
         limit = WIDER_CLUSTER_NODE_LIMIT if n >= BRANCH_FURTHER_FROM and span == SPAN else NODE_LIMIT
         found = True
         while found and solves < budget:
