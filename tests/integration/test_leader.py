@@ -148,7 +148,10 @@ def test_one_leader_per_service_and_the_followers_take_over_within_the_lock_expi
     # each plan was made by exactly one planner process, the leader of its time
     made_by = [planned_by(log) for log in logs.values()]
     assert not (made_by[0] & made_by[1])
-    assert made_by[0] | made_by[1] == {p.plan_id for p in plans(real_redis)}
+    # a leader SIGKILLed after storing a plan and before logging it leaves that one plan unlogged:
+    # at most one, stored before the takeover
+    unlogged = {p.plan_id for p in plans(real_redis)} - (made_by[0] | made_by[1])
+    assert len(unlogged) <= 1 and unlogged <= {p.plan_id for p in plans(real_redis)[:made]}, unlogged
     newer = {p.plan_id for p in plans(real_redis)[made:]}
     assert newer and newer <= planned_by(logs[followers["planner"].pid])
     print(f"{len(plans(real_redis))} plans for {len(snapshot_times(real_redis))} snapshots")
