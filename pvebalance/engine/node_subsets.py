@@ -12,7 +12,7 @@ kept when that order ends balanced with fewer migrations; the next neighbourhood
 
 The neighbourhoods are tried in turn (the nodes the plan's moves touch most first), again from the
 start after a pass that found something, then (from `WIDER_FROM` nodes) `SPAN` + 1 nodes at a time
-the same way, up to `SOLVES` solves (`WIDER_SOLVES` more with the wider ones; on 7-8 nodes, 5 and
+the same way, up to `SOLVES` solves (`WIDER_SOLVES` more with the wider ones; from 7 nodes, 5 and
 then 6 at a time after them, with solves of their own: `FURTHER`) of at most
 `NODE_LIMIT` HiGHS branch-and-bound nodes each (`WIDER_CLUSTER_NODE_LIMIT` in the 3-node passes from
 `BRANCH_FURTHER_FROM` nodes): bounded by work, never by the clock. A
