@@ -15,7 +15,7 @@ start after a pass that found something, then (from `WIDER_FROM` nodes) `SPAN` +
 the same way, up to `SOLVES` solves (`WIDER_SOLVES` more with the wider ones; from 7 nodes, 5 and
 then 6 at a time after them, with solves of their own: `FURTHER`) of at most
 `NODE_LIMIT` HiGHS branch-and-bound nodes each (`WIDER_CLUSTER_NODE_LIMIT` in the 3-node passes from
-`BRANCH_FURTHER_FROM` nodes): bounded by work, never by the clock. A
+`BRANCH_FURTHER_FROM` nodes, FURTHER's own in its passes): bounded by work, never by the clock. A
 whole-cluster model of several dimensions finds its first placement only after many nodes of a
 costly root (held-out clusters, tests/heldout.py: a seed of 7 nodes and 56 guests found 24
 migrations in 7 s where 15 balance both);
@@ -55,16 +55,6 @@ SOLVES = 120  # solves in all, over every pass
 # gain, and kept 7). Smaller clusters (operator-rules, 5 nodes) are searched as before.
 WIDER_FROM = 6
 WIDER_SOLVES = 80
-# After the 4-node passes, wider ones, each with solves of its own (the passes before end where they
-# ended without them): (nodes at a time, from clusters of this many nodes, solves). 5 nodes at a time
-# from 7 nodes: of the 104 held-out seeds of 7-8 nodes in 0-329, 15 ended one or two migrations fewer,
-# none more; 227, 232 and 325 reached their proven minima and 275 came within 1.05x of its own; each
-# gain came within the first 42 solves; plans 1.56x as long there. In place of the 3-node passes (4
-# and 5 nodes at a time) they left 325 one above its minimum. From 6 nodes, they took 122 to its
-# minimum (and 99, 226 one fewer) but groups' memory,cpu plan from 0.6 to 2.6 s, past the issue's
-# 1.5 s. Then 6 nodes at a time: 216, 182, 253 and 96 reached their minima; every gain came within
-# the first 36 solves, all but 96's second step (30 -> 29) within 24 (session 22).
-FURTHER: tuple[tuple[int, int, int], ...] = ((SPAN + 2, 7, 50), (SPAN + 3, 7, 25))
 # ... and with elastic bands, before the search for fewer: unseen held-out seed 45 is within both
 # bands after 24; a band no placement reaches (groups memory,cpu at balanciness 0) took all 120 of
 # 0.6 s each here, every one lowering the excess a little (74 s; 40: about 30 s in all).
@@ -77,6 +67,19 @@ NODE_LIMIT = 10  # HiGHS branch-and-bound nodes per solve ...
 # 4-node passes reach the four seeds' minima above all the same, and groups' plans cost less.
 WIDER_CLUSTER_NODE_LIMIT = 30
 BRANCH_FURTHER_FROM = 7
+# After the 4-node passes, wider ones, each with solves of its own (the passes before end where they
+# ended without them): (nodes at a time, from clusters of this many nodes, solves, HiGHS nodes per
+# solve). 5 nodes at a time from 7 nodes: of the 104 held-out seeds of 7-8 nodes in 0-329, 15 ended
+# one or two migrations fewer, none more; 227, 232 and 325 reached their proven minima and 275 came
+# within 1.05x of its own; each gain came within the first 42 solves; plans 1.56x as long there. In
+# place of the 3-node passes (4 and 5 nodes at a time) they left 325 one above its minimum. From 6
+# nodes, they took 122 to its minimum (and 99, 226 one fewer) but groups' memory,cpu plan from 0.6 to
+# 2.6 s, past the issue's 1.5 s. Then 6 nodes at a time: 216, 182, 253 and 96 reached their minima;
+# every gain came within the first 36 solves, all but 96's second step (30 -> 29) within 24 (session
+# 22). A model of 6 nodes of 7-8 is most of the cluster: within NODE_LIMIT's 10 HiGHS nodes it mostly
+# neither finds a placement nor proves there is none (held-out seed 289's 15: each of its 7 ended so,
+# about a second each); within 200, most are proven empty and one finds 289's 14 (session 23).
+FURTHER: tuple[tuple[int, int, int, int], ...] = ((SPAN + 2, 7, 50, NODE_LIMIT), (SPAN + 3, 7, 25, 200))
 # Solves for the second start (by_subsets: the plan the whole model improved on, unproven). Held-out
 # seeds 0-119 (session 17): 16 took it, 3 ended one migration fewer (29, 92 and 106, each within 40
 # solves), none with more; it adds up to ~7 s on 8 nodes and 144-160 guests (49, 85), where a solve is slow.
@@ -137,15 +140,16 @@ def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Con
     current = plan
     solves = 0
     n = len(start.targets)
-    spans: list[tuple[int, int | None]] = [(SPAN, None)]  # nodes at a time, solves of its own
+    # nodes at a time, solves of its own, HiGHS nodes per solve
+    spans: list[tuple[int, int | None, int]] = [
+        (SPAN, None, WIDER_CLUSTER_NODE_LIMIT if n >= BRANCH_FURTHER_FROM else NODE_LIMIT)]
     if n >= WIDER_FROM:
-        spans.append((SPAN + 1, None))
-        spans += [(span, own) for span, least, own in FURTHER if n >= least]  # after the 4-node passes only
+        spans.append((SPAN + 1, None, NODE_LIMIT))
+        spans += [(span, own, limit) for span, least, own, limit in FURTHER if n >= least]  # after the 4-node ones
     budget = SOLVES + (WIDER_SOLVES if n >= WIDER_FROM else 0) if solves_at_most is None else solves_at_most
-    for span, own in spans:
+    for span, own, limit in spans:
         if own is not None and solves_at_most is None:
             budget = solves + own
-        limit = WIDER_CLUSTER_NODE_LIMIT if n >= BRANCH_FURTHER_FROM and span == SPAN else NODE_LIMIT
         found = True
         while found and solves < budget:
             found = False

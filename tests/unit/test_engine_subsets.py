@@ -54,7 +54,7 @@ def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_bala
 
 # Each part of the search that takes a held-out seed to the minimum the independent checker proves,
 # where the search without it stops above: (seed, the module and knob that turn the part off, its value
-# then, migrations with the part, without it). Seeds 14, 137, 106, 120, 325 and 182 are proven in
+# then, migrations with the part, without it). Seeds 14, 137, 106, 120, 325, 182 and 289 are proven in
 # test_dimensions_heldout.py. The 3-node solves' 30 HiGHS nodes from 7 nodes (WIDER_CLUSTER_NODE_LIMIT)
 # had their seed here, 65 (8 nodes: 25 without them, 23 its minimum, proven by the bench in 151 s at
 # 120,000 nodes); since session 22 the 5- and 6-node passes reach 23 without them, so no seed shows
@@ -70,6 +70,11 @@ PARTS = [
     pytest.param(325, node_subsets, "FURTHER", (), 15, 17, id="5-nodes-at-a-time-on-7-nodes"),
     # 8 nodes, 88 guests: the 5-node passes end at 20; 6 nodes at a time after them, 19
     pytest.param(182, node_subsets, "FURTHER", node_subsets.FURTHER[:1], 19, 20, id="6-nodes-at-a-time-on-8-nodes"),
+    # 7 nodes, 105 guests: every 6-node model of the 15-migration plan ends at 10 HiGHS nodes with
+    # neither a placement nor a proof; with the 6-node passes' own node limit, one finds 14
+    pytest.param(289, node_subsets, "FURTHER",
+                 tuple((span, least, own, node_subsets.NODE_LIMIT) for span, least, own, _ in node_subsets.FURTHER),
+                 14, 15, id="6-node-solves-searched-past-10-highs-nodes"),
     # 6 nodes, 84 guests: the whole model takes the heuristics' 24 to 20 unproven and the search ends
     # there; started from the heuristics' plan as well, at 19
     pytest.param(106, node_subsets, "SECOND_START_SOLVES", 0, 19, 20, id="second-start-from-the-heuristics-plan"),
