@@ -78,7 +78,9 @@ BRANCH_FURTHER_FROM = 7
 # every gain came within the first 36 solves, all but 96's second step (30 -> 29) within 24 (session
 # 22). A model of 6 nodes of 7-8 is most of the cluster: within NODE_LIMIT's 10 HiGHS nodes it mostly
 # neither finds a placement nor proves there is none (held-out seed 289's 15: each of its 7 ended so,
-# about a second each); within 200, most are proven empty and one finds 289's 14 (session 23).
+# about a second each); within 200, 4 are proven empty and one finds 289's 14 (session 23). Of the 104
+# seeds, 96, 166 and 289 reached their minima and 236 one fewer, none more, plans 1.15x as long; 200
+# in the 5-node passes too took 182 from its minimum, 19, to 20.
 FURTHER: tuple[tuple[int, int, int, int], ...] = ((SPAN + 2, 7, 50, NODE_LIMIT), (SPAN + 3, 7, 25, 200))
 # Solves for the second start (by_subsets: the plan the whole model improved on, unproven). Held-out
 # seeds 0-119 (session 17): 16 took it, 3 ended one migration fewer (29, 92 and 106, each within 40
