@@ -19,8 +19,9 @@ from pvebalance.shared.models import GuestType
 from pvebalance.simulator import storages
 from pvebalance.simulator.server import Simulator
 from tests.faultsuite.harness import Harness, Limits
+from tests.faultsuite.inject import Injected
 from tests.faultsuite.verify import Findings, Job
-from tests.faultsuite.verify_disks import Inventory, check_disk_jobs, check_disks, check_storages
+from tests.faultsuite.verify_disks import DiskExplainer, Inventory, check_disk_jobs, check_disks, check_storages
 from tests.helpers import SimFactory
 from tests.unit.test_simulator import raw_api
 from tests.unit.test_simulator_disks import GIB, QUIET, wait
@@ -136,3 +137,23 @@ def test_storages_left_apart_without_a_reason_from_the_planner_are_unbalanced(st
     found = Findings()
     check_storages(h, Inventory.of(h), stats_with(), fake_redis, found)  # no plan at all
     assert found.figures == Counter({"unbalanced": 1}), found.problems
+
+
+def node_offline(node: str, at: float) -> Injected:
+    return Injected(9, "node_offline", at, f"node {node} offline", at + 6.0, node=node)
+
+
+@pytest.mark.parametrize(("faults", "message", "explained"), [
+    # the planner skips a disk move not yet started whose guest's node went offline (seed 11's run)
+    ([node_offline("pve1", 0.0)], "node pve1 is offline since the plan was made", True),
+    ([node_offline("pve1", 0.0)], "node pve1 is in maintenance since the plan was made", True),
+    ([node_offline("pve2", 0.0)], "node pve1 is offline since the plan was made", False),  # another node
+    ([], "node pve1 is offline since the plan was made", False),  # no node went offline
+], ids=["offline", "maintenance", "another-node-offline", "no-fault"])
+def test_a_disk_move_skipped_for_its_guests_node_is_explained_only_by_that_node_going_away(
+        faults: list[Injected], message: str, explained: bool) -> None:
+    now = time.time()
+    for fault in faults:
+        fault.at, fault.until = now - 3.0, now + 3.0
+    job = a_job(JobState.SKIPPED, "nfs-c", now - 1.0, message=message)
+    assert (DiskExplainer(faults, [], {job.id: job}).why_not(job, now) is None) is explained
