@@ -181,11 +181,15 @@ class Explainer:
     def checks(self, job: Job, start: float, end: float) -> list[tuple[str, bool]]:
         """(a pattern of the job's reason, whether a fault that causes it hit the job), first match counts."""
         vmid, target = job.job.vmid, job.job.target
+        # the node a reason says was away: a migration's target ("target node X is ..."), or the node of
+        # a disk move's guest ("node X is ... since the plan was made", the planner's skip); it must
+        # really have been away
+        away = re.search(r"\bnode (\S+) is (?:offline|in maintenance)", job.message)
         return [
             (r"guest \d+ no longer exists", self.happened(("guest_delete",), 0, end, vmid)),
             (r"is already on (\S+)", self.happened(("guest_move",), 0, end, vmid)),
             (r"was moved to \S+ since the plan", self.happened(("guest_move",), 0, end, vmid)),
-            (r"target node (\S+) is (offline|in maintenance)", self._offline(target, start, end)),
+            (r"\bnode \S+ is (offline|in maintenance)", away is not None and self._offline(away.group(1), start, end)),
             (r"Proxmox does not allow", self._offline(target, start, end)),
             (r"no longer has room", self.happened(("guest_move",), start, end, node=target)),
             (r"stayed locked|VM is locked \((backup|snapshot)\)|CT is locked",

@@ -19,7 +19,6 @@ their events); never through pvebalance's parsers.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -79,12 +78,7 @@ class DiskExplainer(Explainer):
         vmid, target = job.job.vmid, job.job.target
         filled = any(f.node == target and start <= f.at <= end for f in self.fills)
         elsewhere = self.happened(("guest_move", "guest_delete"), 0, end, vmid) or self.migrated(vmid, end)
-        # the planner skips a disk move not yet started whose guest's node went offline (or into
-        # maintenance): the reason names that node, which must really have been away
-        named = re.search(r"^node (\S+) is (?:offline|in maintenance) since the plan", job.message)
         return [
-            (r"^node \S+ is (offline|in maintenance) since the plan",
-             named is not None and self._offline(named.group(1), start, end)),
             (r"guest \d+ is no longer on \S+", elsewhere),
             (r"has no disk \S+ any more", self.happened(("guest_delete",), 0, end, vmid)),
             (r"no longer has room", filled),
