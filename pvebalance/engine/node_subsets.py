@@ -13,7 +13,8 @@ kept when that order ends balanced with fewer migrations; the next neighbourhood
 The neighbourhoods are tried in turn (the nodes the plan's moves touch most first), again from the
 start after a pass that found something, then (from `WIDER_FROM` nodes) `SPAN` + 1 nodes at a time
 the same way, up to `SOLVES` solves (`WIDER_SOLVES` more with the wider ones; from 7 nodes, 5 and
-then 6 at a time after them, with solves of their own: `FURTHER`) of at most
+then 6 at a time after them, and on 6 nodes the 5-node model that frees the fewest guests, with
+solves of their own: `FURTHER`) of at most
 `NODE_LIMIT` HiGHS branch-and-bound nodes each (`WIDER_CLUSTER_NODE_LIMIT` in the 3-node passes from
 `BRANCH_FURTHER_FROM` nodes, FURTHER's own in its passes): bounded by work, never by the clock. A
 whole-cluster model of several dimensions finds its first placement only after many nodes of a
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from itertools import combinations
+from typing import NamedTuple
 
 import numpy as np
 
@@ -67,21 +69,40 @@ NODE_LIMIT = 10  # HiGHS branch-and-bound nodes per solve ...
 # 4-node passes reach the four seeds' minima above all the same, and groups' plans cost less.
 WIDER_CLUSTER_NODE_LIMIT = 30
 BRANCH_FURTHER_FROM = 7
-# After the 4-node passes, wider ones, each with solves of its own (the passes before end where they
-# ended without them): (nodes at a time, from clusters of this many nodes, solves, HiGHS nodes per
-# solve). 5 nodes at a time from 7 nodes: of the 104 held-out seeds of 7-8 nodes in 0-329, 15 ended
-# one or two migrations fewer, none more; 227, 232 and 325 reached their proven minima and 275 came
-# within 1.05x of its own; each gain came within the first 42 solves; plans 1.56x as long there. In
-# place of the 3-node passes (4 and 5 nodes at a time) they left 325 one above its minimum. From 6
-# nodes, they took 122 to its minimum (and 99, 226 one fewer) but groups' memory,cpu plan from 0.6 to
-# 2.6 s, past the issue's 1.5 s. Then 6 nodes at a time: 216, 182, 253 and 96 reached their minima;
-# every gain came within the first 36 solves, all but 96's second step (30 -> 29) within 24 (session
-# 22). A model of 6 nodes of 7-8 is most of the cluster: within NODE_LIMIT's 10 HiGHS nodes it mostly
-# neither finds a placement nor proves there is none (held-out seed 289's 15: each of its 7 ended so,
-# about a second each); within 200, 4 are proven empty and one finds 289's 14 (session 23). Of the 104
-# seeds, 96, 166 and 289 reached their minima and 236 one fewer, none more, plans 1.15x as long; 200
-# in the 5-node passes too took 182 from its minimum, 19, to 20.
-FURTHER: tuple[tuple[int, int, int, int], ...] = ((SPAN + 2, 7, 50, NODE_LIMIT), (SPAN + 3, 7, 25, 200))
+
+
+class Pass(NamedTuple):
+    """One pass of the search: its neighbourhoods in turn, again while one found something."""
+    span: int  # nodes at a time
+    least: int  # on clusters of this many nodes ...
+    most: int | None  # ... up to this many (None: any more)
+    solves: int | None  # of its own (the passes before end where they ended without it); None: the module's budget
+    node_limit: int  # HiGHS nodes per solve
+    smallest_first: bool = False  # the neighbourhoods that free the fewest guests first, not the most touched
+
+
+# 5 nodes at a time from 7 nodes: of the 104 held-out seeds of 7-8 nodes in 0-329, 15 ended one or
+# two migrations fewer, none more; 227, 232 and 325 reached their proven minima and 275 came within
+# 1.05x of its own; each gain came within the first 42 solves; plans 1.56x as long there. In place of
+# the 3-node passes (4 and 5 nodes at a time) they left 325 one above its minimum. Then 6 nodes at a
+# time: 216, 182, 253 and 96 reached their minima; every gain came within the first 36 solves, all but
+# 96's second step (30 -> 29) within 24 (session 22). A model of 6 nodes of 7-8 is most of the
+# cluster: within NODE_LIMIT's 10 HiGHS nodes it mostly neither finds a placement nor proves there is
+# none (held-out seed 289's 15: each of its 7 ended so, about a second each); within 200, 4 are proven
+# empty and one finds 289's 14 (session 23). Of the 104 seeds, 96, 166 and 289 reached their minima
+# and 236 one fewer, none more, plans 1.15x as long; 200 in the 5-node passes too took 182 from its
+# minimum, 19, to 20.
+# On 6 nodes, a 5-node model frees most of the cluster, and its root alone may take seconds: every
+# 5-node model of groups' 34 (its minimum) is proven empty, two of them after 1-2 s of cuts at the
+# root, so a whole 5-node pass took groups' memory,cpu plan 1.07 -> 3.9 s in the process. One solve,
+# the model that frees the fewest guests (the cheapest: 0.02 s on groups), took 122 16 -> 15, its
+# minimum; of the 68 held-out seeds of 6 nodes in 0-329 no other changed, plans 1.02x as long (session
+# 24). The whole pass took 99 and 226 one fewer as well.
+FURTHER: tuple[Pass, ...] = (  # after the 4-node passes
+    Pass(SPAN + 2, 6, 6, 1, NODE_LIMIT, smallest_first=True),
+    Pass(SPAN + 2, 7, None, 50, NODE_LIMIT),
+    Pass(SPAN + 3, 7, None, 25, 200),
+)
 # Solves for the second start (by_subsets: the plan the whole model improved on, unproven). Held-out
 # seeds 0-119 (session 17): 16 took it, 3 ended one migration fewer (29, 92 and 106, each within 40
 # solves), none with more; it adds up to ~7 s on 8 nodes and 144-160 guests (49, 85), where a solve is slow.
@@ -142,24 +163,23 @@ def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Con
     current = plan
     solves = 0
     n = len(start.targets)
-    # nodes at a time, solves of its own, HiGHS nodes per solve
-    spans: list[tuple[int, int | None, int]] = [
-        (SPAN, None, WIDER_CLUSTER_NODE_LIMIT if n >= BRANCH_FURTHER_FROM else NODE_LIMIT)]
+    passes = [Pass(SPAN, 0, None, None, WIDER_CLUSTER_NODE_LIMIT if n >= BRANCH_FURTHER_FROM else NODE_LIMIT)]
     if n >= WIDER_FROM:
-        spans.append((SPAN + 1, None, NODE_LIMIT))
-        spans += [(span, own, limit) for span, least, own, limit in FURTHER if n >= least]  # after the 4-node ones
+        passes.append(Pass(SPAN + 1, 0, None, None, NODE_LIMIT))
+        passes += [p for p in FURTHER if p.least <= n and (p.most is None or n <= p.most)]
     budget = SOLVES + (WIDER_SOLVES if n >= WIDER_FROM else 0) if solves_at_most is None else solves_at_most
-    for span, own, limit in spans:
-        if own is not None and solves_at_most is None:
-            budget = solves + own
+    for one_pass in passes:
+        if one_pass.solves is not None:  # its own, within `solves_at_most` where given
+            own = solves + one_pass.solves
+            budget = own if solves_at_most is None else min(own, solves_at_most)
         found = True
         while found and solves < budget:
             found = False
-            for freed, nodes in _neighbourhoods(start, current, movable, span):
+            for freed, nodes in _neighbourhoods(start, current, movable, one_pass.span, one_pass.smallest_first):
                 if solves == budget:
                     break
                 solves += 1
-                placement = _one_solve(constraints, start.where, current, freed, nodes, node_limit=limit)
+                placement = _one_solve(constraints, start.where, current, freed, nodes, node_limit=one_pass.node_limit)
                 if placement is None:
                     continue
                 found = True
@@ -226,10 +246,11 @@ def _placed(start: PlanState, placement: dict[int, str]) -> PlanState:
     return state
 
 
-def _neighbourhoods(start: PlanState, plan: PlanState, movable: set[int],
-                    span: int = SPAN) -> list[tuple[set[int], frozenset[str]]]:
+def _neighbourhoods(start: PlanState, plan: PlanState, movable: set[int], span: int = SPAN,
+                    smallest_first: bool = False) -> list[tuple[set[int], frozenset[str]]]:
     """Every `span` of the nodes, those the plan's moves touch most first (a cluster of `span` nodes
-    or fewer: the whole cluster, once), with the guests that start or end the plan on them."""
+    or fewer: the whole cluster, once), with the guests that start or end the plan on them;
+    `smallest_first`: those that free the fewest guests first (in that order where as many)."""
     home = start.where
     touched = Counter(n for m in plan.moves for n in (m.source, m.target))
     ranked = sorted(start.targets, key=lambda n: (-touched[n], n))
@@ -237,6 +258,8 @@ def _neighbourhoods(start: PlanState, plan: PlanState, movable: set[int],
     for nodes in combinations(ranked, min(span, len(ranked))):
         freed = whole_units(plan, {v for v in movable if plan.where[v] in nodes or home[v] in nodes}, movable)
         out.append((freed, frozenset(nodes)))
+    if smallest_first:
+        out.sort(key=lambda one: len(one[0]))  # stable: the most touched first among as many
     return out
 
 
