@@ -153,6 +153,11 @@ def diagnose(h: Harness, r: Redis) -> list[str]:
     return lines
 
 
+# The node a reason says was away: a migration's target ("target node X is ..."), or the node of a disk
+# move's guest ("node X is ... since the plan was made", the planner's skip); it must really have been away
+_AWAY = r"\bnode (\S+) is (?:offline|in maintenance)"
+
+
 class Explainer:
     """Does a failed or skipped job's reason name something that really happened to its guest?"""
 
@@ -181,15 +186,12 @@ class Explainer:
     def checks(self, job: Job, start: float, end: float) -> list[tuple[str, bool]]:
         """(a pattern of the job's reason, whether a fault that causes it hit the job), first match counts."""
         vmid, target = job.job.vmid, job.job.target
-        # the node a reason says was away: a migration's target ("target node X is ..."), or the node of
-        # a disk move's guest ("node X is ... since the plan was made", the planner's skip); it must
-        # really have been away
-        away = re.search(r"\bnode (\S+) is (?:offline|in maintenance)", job.message)
+        away = re.search(_AWAY, job.message)
         return [
             (r"guest \d+ no longer exists", self.happened(("guest_delete",), 0, end, vmid)),
             (r"is already on (\S+)", self.happened(("guest_move",), 0, end, vmid)),
             (r"was moved to \S+ since the plan", self.happened(("guest_move",), 0, end, vmid)),
-            (r"\bnode \S+ is (offline|in maintenance)", away is not None and self._offline(away.group(1), start, end)),
+            (_AWAY, away is not None and self._offline(away.group(1), start, end)),
             (r"Proxmox does not allow", self._offline(target, start, end)),
             (r"no longer has room", self.happened(("guest_move",), start, end, node=target)),
             (r"stayed locked|VM is locked \((backup|snapshot)\)|CT is locked",
