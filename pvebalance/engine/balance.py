@@ -26,7 +26,7 @@ from pvebalance.shared.models import (
 
 from .band import apply_in_order, band_plan, clone
 from .closest import let_go, score, squeeze
-from .exact_phase import exact_if_fewer, exact_work, few_nodes_model, whole_then_subsets
+from .exact_phase import again_applies, capped_again, exact_if_fewer, exact_work, few_nodes_model, whole_then_subsets
 from .explain import costly_moves, held_back, held_out_nodes, room_held
 from .heap import alive_before_frozen
 from .load import Vector, initial_loads, spread_in, summarize
@@ -142,7 +142,8 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
              notes: list[str], thorough: bool = True, room_first: bool = False) -> PlanState:
     """The balance phase on the state after the repairs: the heuristics, the exact model where it is
     small enough, the local search where it is not (or found nothing that balances), then the search
-    a few nodes at a time (and after it, exact_phase.few_nodes_model, the whole model). `thorough`:
+    a few nodes at a time (and after it the whole model: exact_phase.few_nodes_model where it was not
+    searched before, exact_phase.capped_again where it was and proved nothing). `thorough`:
     the exact search of several dimensions as exact_phase.exact_if_fewer says (else as for one)."""
     policy = state.policy
     repaired = clone(state) if _searches(state) else None  # the local search's start (improve.py)
@@ -173,6 +174,8 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
         if not modelled and state.moves and state.balanced() and _exact_applies(snapshot, policy) \
                 and few_nodes_model(state):
             state = whole_then_subsets(snapshot, policy, constraints, state, notes)
+        elif exact and state.moves and state.balanced() and again_applies(state):
+            state = capped_again(snapshot, policy, constraints, state, notes)
     return state
 
 
