@@ -54,11 +54,14 @@ def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_bala
 
 # Each part of the search that takes a held-out seed to the minimum the independent checker proves,
 # where the search without it stops above: (seed, the module and knob that turn the part off, its value
-# then, migrations with the part, without it). Seeds 14, 137, 106, 120, 325, 182, 289, 122 and 403 are proven in
+# then, migrations with the part, without it). Seeds 14, 137, 120, 325, 182, 289, 122 and 403 are proven in
 # test_dimensions_heldout.py. The 3-node solves' 30 HiGHS nodes from 7 nodes (WIDER_CLUSTER_NODE_LIMIT)
 # had their seed here, 65 (8 nodes: 25 without them, 23 its minimum, proven by the bench in 151 s at
 # 120,000 nodes); since session 22 the 5- and 6-node passes reach 23 without them, so no seed shows
-# that part now (docs/benchmarks.md).
+# that part now (docs/benchmarks.md). So had the search's second start from the heuristics' plan
+# (node_subsets.SECOND_START_SOLVES), 106 (6 nodes: 20 without it, 19 its minimum); since session 25
+# the whole model searched again after the search, capped below its 20, finds 19 as well (the second
+# start's own path is still tested below).
 PARTS = [
     # 7 nodes, 56 guests: 3 nodes at a time end at 17 (18 from the whole model's plan alone); the
     # 4-node passes after them reach 15
@@ -80,15 +83,13 @@ PARTS = [
     # fewest guests, 15
     pytest.param(122, node_subsets, "FURTHER", tuple(p for p in node_subsets.FURTHER if p.least > 6), 15, 16,
                  id="5-nodes-at-a-time-on-6-nodes-the-smallest-model"),
-    # 6 nodes, 84 guests: the whole model takes the heuristics' 24 to 20 unproven and the search ends
-    # there; started from the heuristics' plan as well, at 19
-    pytest.param(106, node_subsets, "SECOND_START_SOLVES", 0, 19, 20, id="second-start-from-the-heuristics-plan"),
     # 7 nodes, 133 guests (past the whole model's first gate): the search 3 to 6 nodes at a time ends
     # at 37; with the whole model after it, 36. (223, the seed this part was made for, 25 -> 22, is
     # reached by the 5-node passes too since session 22; 288, 28 -> 27, is the other seed it gains on.)
     pytest.param(120, exact_phase, "FEW_NODES", 0, 36, 37, id="few-nodes-the-whole-model-after-the-search"),
     # 5 nodes, 75 guests: the heuristics' 18, which neither the uncapped whole model (unproven) nor the
-    # search a few nodes at a time improves; the whole model again, capped below 18, 17
+    # search a few nodes at a time improves; the whole model again, capped below 18, 17 (so 510 on 6
+    # nodes, 17 -> 16: test_dimensions_heldout)
     pytest.param(403, exact_phase, "AGAIN_NODES_AT_MOST", 0, 17, 18, id="the-whole-model-again-capped-below-the-plan"),
 ]
 
