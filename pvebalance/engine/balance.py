@@ -171,11 +171,11 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
     if repaired is not None and thorough and not rules_unmet and not proven and policy.exact_seconds > 0 \
             and exact_work(state) <= SUBSETS_MAX_WORK:
         state = _by_subsets(snapshot, policy, constraints, state, notes, before_exact)
-        if not modelled and state.moves and state.balanced() and _exact_applies(snapshot, policy) \
-                and few_nodes_model(state):
-            state = whole_then_subsets(snapshot, policy, constraints, state, notes)
-        elif exact and state.moves and state.balanced() and again_applies(state):
-            state = capped_again(snapshot, policy, constraints, state, notes)
+        if state.moves and state.balanced():  # the whole model after it: searched before it or not
+            if not modelled and _exact_applies(snapshot, policy) and few_nodes_model(state):
+                state = whole_then_subsets(snapshot, policy, constraints, state, notes)
+            elif exact and again_applies(state):
+                state = capped_again(snapshot, policy, constraints, state, notes)
     return state
 
 
