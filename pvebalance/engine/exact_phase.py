@@ -152,12 +152,21 @@ def whole_then_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: C
     has fewer migrations, and, unproven, that plan searched a few nodes at a time again."""
     from .node_subsets import by_subsets  # it imports this module
 
-    told: list[str] = []  # nothing said where the plan stays as it is
-    found, proven = exact_if_fewer(snapshot, policy, constraints, plan, told)
-    if found is plan:
-        return plan
-    notes += told
-    return found if proven else by_subsets(snapshot, policy, constraints, found, notes)
+    found, proven = _told_if_replaced(snapshot, policy, constraints, plan, notes)
+    if found is plan or proven:
+        return found
+    return by_subsets(snapshot, policy, constraints, found, notes)
+
+
+def _told_if_replaced(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,
+                      notes: list[str], again: bool = False) -> tuple[PlanState, bool]:
+    """`exact_if_fewer` after the search a few nodes at a time: its notes kept only where its plan
+    replaces `plan` (nothing is said where the plan stays as it is)."""
+    told: list[str] = []
+    found, proven = exact_if_fewer(snapshot, policy, constraints, plan, told, again=again)
+    if found is not plan:
+        notes += told
+    return found, proven
 
 
 def again_applies(state: PlanState) -> bool:
@@ -171,11 +180,7 @@ def capped_again(snapshot: ClusterSnapshot, policy: Policy, constraints: Constra
     """The whole model once more after the search a few nodes at a time, where it had been searched
     before that search and proved nothing (balance._planned): capped below the plan in hand, which the
     first search was not, over AGAIN_TIMES as many nodes. Its plan where it has fewer migrations."""
-    told: list[str] = []  # nothing said where the plan stays as it is
-    found, _ = exact_if_fewer(snapshot, policy, constraints, plan, told, again=True)
-    if found is not plan:
-        notes += told
-    return found
+    return _told_if_replaced(snapshot, policy, constraints, plan, notes, again=True)[0]
 
 
 # Held-out seed 403 (5 nodes, 75 guests, model size 660): 18 from the heuristics, which neither the
