@@ -43,11 +43,17 @@ def main() -> None:
     parser.add_argument("--seeds", default="0-29",
                         help="heldout: the seeds, FIRST-LAST (0-29 chose the engine's constants; 30-59 never did); "
                              "other than 0-29, written to results/heldout-FIRST-LAST.json")
+    parser.add_argument("--shape", default=None, metavar="NODESxGUESTS",
+                        help="heldout: every seed's cluster drawn at this size (e.g. 6x300) in place of its own")
     args = parser.parse_args()
     first, _, last = args.seeds.partition("-")
     if not (first.isdigit() and (last or first).isdigit()) or int(last or first) < int(first):
         parser.error(f"--seeds {args.seeds!r}: FIRST-LAST, two whole numbers, FIRST not above LAST (0-29)")
     seeds = list(range(int(first), int(last or first) + 1))
+    nodes, _, guests = (args.shape or "").partition("x")
+    if args.shape is not None and not (nodes.isdigit() and guests.isdigit() and int(nodes) >= 2 and int(guests) >= 1):
+        parser.error(f"--shape {args.shape!r}: NODESxGUESTS, two whole numbers, at least 2 nodes (6x300)")
+    shape = (int(nodes), int(guests)) if args.shape is not None else None
     console = Console(width=220)
     RESULTS.mkdir(exist_ok=True)
     meta = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
@@ -65,7 +71,7 @@ def main() -> None:
                     lambda: _module("storage_bench").run(), lambda: _module("storage_bench").COLUMNS),
         # part of `bench engine`: memory and CPU at once on clusters drawn by tests/heldout.py
         "heldout": ("pvebalance engine, memory and CPU at once on held-out clusters (5 pp each), against an "
-                    "independent minimum", lambda: _module("heldout_bench").run(seeds),
+                    "independent minimum", lambda: _module("heldout_bench").run(seeds, shape=shape),
                     lambda: _module("heldout_bench").COLUMNS),
         "collector": ("collector: API requests and time per snapshot",
                       lambda: _module("collector_bench").run(), lambda: _module("collector_bench").COLUMNS),
@@ -93,7 +99,8 @@ def main() -> None:
                                   f"(vmid, source, target): {row['ordered_moves']}")
             # held-out seeds other than the default get their own file: two ranges run at once keep both
             other = args.seeds != parser.get_default("seeds")
-            stem = f"{name}-{seeds[0]}-{seeds[-1]}" if name == "heldout" and other else name
+            stem = f"{name}-{seeds[0]}-{seeds[-1]}" if name == "heldout" and (other or shape) else name
+            stem += f"-{args.shape}" if name == "heldout" and shape else ""
             (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     console.print(f"JSON written to {RESULTS}/")
 

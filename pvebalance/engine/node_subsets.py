@@ -114,20 +114,23 @@ OPTIONS: dict[str, float | bool] = {"mip_allow_restart": False}
 
 
 def by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,
-               notes: list[str], before_exact: tuple[PlanState, int] | None = None) -> PlanState:
+               notes: list[str], before_exact: tuple[PlanState, int] | None = None,
+               solves_at_most: int | None = None) -> PlanState:
     """The plan this search makes of `plan`: one with fewer migrations (and preferred:
     balancing.objective), or a balanced one where `plan` leaves a dimension above its band; `plan`
     itself where it finds neither. A note says what it found.
 
     `before_exact`: the plan the whole model improved on without proving its own the fewest, and
     how many notes there were then. The search ends where its start leads, so it starts from that
-    plan too (with SECOND_START_SOLVES), and the better end is kept."""
-    found = _from_one_start(snapshot, policy, constraints, plan, notes)
+    plan too (with SECOND_START_SOLVES), and the better end is kept. `solves_at_most`: the budget of
+    solves from each start, of each kind (elastic, for fewer), in place of the module's."""
+    found = _from_one_start(snapshot, policy, constraints, plan, notes, solves_at_most)
     if before_exact is None:
         return found
     start, said = before_exact
     told: list[str] = []
-    other = _from_one_start(snapshot, policy, constraints, start, told, SECOND_START_SOLVES)
+    second = SECOND_START_SOLVES if solves_at_most is None else min(SECOND_START_SOLVES, solves_at_most)
+    other = _from_one_start(snapshot, policy, constraints, start, told, second)
     if not other.balanced() or (found.balanced() and not _better(other, found, policy, constraints)):
         return found
     notes[said:] = told  # the notes since `start` told of the whole model's plan, not kept
@@ -197,17 +200,18 @@ def balanced_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: 
     The same neighbourhoods, each model with the bands made elastic (a slack per dimension on its
     band, weighed so that a band's width of excess outweighs moving every guest it frees): each
     step takes the placement that leaves the least excess, while a pass lowers it, up to
-    `ELASTIC_SOLVES` solves. A placement within every band is ordered through PlanState and then
-    searched for fewer migrations (`fewer_by_subsets`, with `solves_at_most`)."""
+    `ELASTIC_SOLVES` solves (`solves_at_most` where fewer). A placement within every band is ordered
+    through PlanState and then searched for fewer migrations (`fewer_by_subsets`, `solves_at_most`)."""
     start = PlanState(snapshot, policy, constraints)
     movable = set(_candidates(start))
     current = plan
     solves = 0
+    budget = ELASTIC_SOLVES if solves_at_most is None else min(ELASTIC_SOLVES, solves_at_most)
     lowered = True
-    while lowered and solves < ELASTIC_SOLVES and not current.balanced():
+    while lowered and solves < budget and not current.balanced():
         lowered = False
         for freed, nodes in _neighbourhoods(start, current, movable):
-            if solves == ELASTIC_SOLVES or current.balanced():
+            if solves == budget or current.balanced():
                 break
             solves += 1
             placement = _one_solve(constraints, start.where, current, freed, nodes, elastic=True)

@@ -46,6 +46,7 @@ def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_bala
     snap = snapshot_from_api(api, cluster="held-out-17")
     planned = plan_balance(snap, both())
     monkeypatch.setattr(balance_module, "SUBSETS_MAX_WORK", 0)
+    monkeypatch.setattr(balance_module, "SHORT_SUBSETS_MAX_WORK", 0)
     without = plan_balance(snap, both())
     assert len(planned.migrations) < len(without.migrations)
     assert any(n.startswith("exact solver over a few nodes at a time") for n in planned.notes)
@@ -106,6 +107,31 @@ def test_each_part_of_the_search_takes_a_held_out_seed_to_its_minimum_balanced_a
     assert_balanced_and_safe(api, snap, planned)
 
 
+def test_past_the_searchs_size_its_first_solves_take_a_dense_cluster_within_1_05x_of_its_minimum(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held-out seed 2001 drawn at 6 nodes and 300 guests (3,600 of model size: past SUBSETS_MAX_WORK,
+    within SHORT_SUBSETS_MAX_WORK): the local search ends at 72 migrations, where the checker proves 65
+    (test_dimensions_heldout); the search's first solves, one for each MOVES_A_SOLVE of those 72 moves
+    (14, within SHORT_SUBSETS_SOLVES), reach 67."""
+    api = held_out_cluster(2001, 6, 300)["api"]
+    snap = snapshot_from_api(api, cluster="held-out-2001-6x300")
+    solves: list[frozenset[str]] = []
+    one_solve = node_subsets._one_solve
+
+    def counted(*args: Any, **kwargs: Any) -> dict[int, str] | None:
+        solves.append(args[4])  # the neighbourhood's nodes
+        return one_solve(*args, **kwargs)
+
+    monkeypatch.setattr(node_subsets, "_one_solve", counted)
+    planned = plan_balance(snap, both())
+    assert len(solves) == min(balance_module.SHORT_SUBSETS_SOLVES, 72 // balance_module.MOVES_A_SOLVE) == 14
+    assert {len(nodes) for nodes in solves} == {3}  # the 3-node pass: the budget ends within it
+    monkeypatch.setattr(balance_module, "SHORT_SUBSETS_MAX_WORK", 0)
+    assert (len(planned.migrations), len(plan_balance(snap, both()).migrations)) == (67, 72)
+    assert any(n == "exact solver over a few nodes at a time: 67 migrations instead of 72" for n in planned.notes)
+    assert_balanced_and_safe(api, snap, planned)
+
+
 def test_a_plan_from_the_second_start_tells_its_own_path_not_the_one_left() -> None:
     """Seed 106 (PARTS): the notes say the search took 24 migrations to 19, and nothing of the whole
     model's 20 that the plan did not keep."""
@@ -160,5 +186,6 @@ def test_where_nothing_before_it_balances_both_the_elastic_search_does(monkeypat
                for n in planned.notes), planned.notes
     assert_balanced_and_safe(api, snap, planned)
     monkeypatch.setattr(balance_module, "SUBSETS_MAX_WORK", 0)
+    monkeypatch.setattr(balance_module, "SHORT_SUBSETS_MAX_WORK", 0)
     without = plan_balance(snap, both())
     assert [u.rule for u in without.unmet if u.rule.startswith("balance ")], without.unmet
