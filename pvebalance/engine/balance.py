@@ -280,13 +280,15 @@ EXACT_MAX_WORK_UNBALANCED = 2500
 # The size of the whole model (as EXACT_MAX_WORK) up to which a balanced plan of several dimensions
 # is then searched a few nodes at a time (node_subsets.py).
 SUBSETS_MAX_WORK = 2500
-# ... and past it, up to this size, with its first SHORT_SUBSETS_SOLVES solves only. Held-out clusters
-# of 6-8 nodes with 250-300 guests (tests/heldout.py drawn at that shape, 30-50 a node) ended 1.07-1.11x
-# their minimum without any search (6 nodes, 300 guests: 72 where 65 balance both, 60 where 54; 8 nodes:
-# 63 where 59, 72 where 65); the search finds most of what it finds within its first solves there
-# (those the plan's moves touch most), each 0.2-0.6 s on such a cluster: 15 took all of them within
-# 1.05x, plans 1.4-8.3 s. mid-300 (8 nodes, 300 guests, 4,800 with two dimensions) spends 0.3 s on them;
-# with three dimensions (7,200) it is past the gate, its plan already 1.3 s of the issue's 1.5.
+# ... and past it, up to this size, with its first solves only: one for each MOVES_A_SOLVE of the plan's
+# moves, at most SHORT_SUBSETS_SOLVES. Held-out clusters of 6-8 nodes with 250-300 guests (tests/heldout.py
+# drawn at that shape, 30-50 a node) ended 1.07-1.12x their minimum without any search (6 nodes, 300
+# guests: 72 where 65 balance both, 60 where 54; 8 nodes: 63 where 59, 72 where 65; 7 nodes, 250: 48
+# where 43); the search finds most of what it finds there within its first solves (those the plan's
+# moves touch most), each 0.2-0.6 s on such a cluster: with them 67, 55, 61, 66 and 45, plans 1.5-8 s
+# (the whole search: 12-113 s). A plan of few moves has few to spare, and a budget that follows them
+# keeps mid-300's plans (8 nodes, 300 guests, 4,800 with two dimensions, 18-25 moves: 3-5 solves of
+# about 0.04 s) within the issue's 1.5 s; with three dimensions (7,200) it is past the gate.
 SHORT_SUBSETS_MAX_WORK = 5000
 SHORT_SUBSETS_SOLVES = 15
 MOVES_A_SOLVE = 5
