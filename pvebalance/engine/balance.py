@@ -169,9 +169,9 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
             modelled = True
             state, proven, before_exact = _exact(snapshot, policy, constraints, state, notes, thorough)
     work = exact_work(state)
+    solves = None if work <= SUBSETS_MAX_WORK else min(SHORT_SUBSETS_SOLVES, len(state.moves) // MOVES_A_SOLVE)
     if repaired is not None and thorough and not rules_unmet and not proven and policy.exact_seconds > 0 \
-            and work <= SHORT_SUBSETS_MAX_WORK:
-        solves = None if work <= SUBSETS_MAX_WORK else min(SHORT_SUBSETS_SOLVES, len(state.moves) // MOVES_A_SOLVE)
+            and work <= SHORT_SUBSETS_MAX_WORK and solves != 0:
         state = _by_subsets(snapshot, policy, constraints, state, notes, before_exact, solves)
         if state.moves and state.balanced():  # the whole model after it: searched before it or not
             if not modelled and _exact_applies(snapshot, policy) and few_nodes_model(state):
