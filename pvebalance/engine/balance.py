@@ -168,10 +168,9 @@ def _planned(snapshot: ClusterSnapshot, state: PlanState, constraints: Constrain
                 and exact_work(state) <= EXACT_MAX_WORK_UNBALANCED:
             modelled = True
             state, proven, before_exact = _exact(snapshot, policy, constraints, state, notes, thorough)
-    work = exact_work(state)
-    solves = None if work <= SUBSETS_MAX_WORK else min(SHORT_SUBSETS_SOLVES, len(state.moves) // MOVES_A_SOLVE)
-    if repaired is not None and thorough and not rules_unmet and not proven and policy.exact_seconds > 0 \
-            and work <= SHORT_SUBSETS_MAX_WORK and solves != 0:
+    searched = repaired is not None and thorough and not rules_unmet and not proven and policy.exact_seconds > 0
+    solves = _subsets_solves(state) if searched else 0
+    if solves != 0:
         state = _by_subsets(snapshot, policy, constraints, state, notes, before_exact, solves)
         if state.moves and state.balanced():  # the whole model after it: searched before it or not
             if not modelled and _exact_applies(snapshot, policy) and few_nodes_model(state):
@@ -202,6 +201,16 @@ def _nearby(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints,
     notes.append(f"exact solver over the plan's neighbourhood: {len(found.moves)} migrations instead of "
                  f"{len(plan.moves)}")
     return found
+
+
+def _subsets_solves(state: PlanState) -> int | None:
+    """The search a few nodes at a time's budget of solves for this plan: None (the module's own) for a
+    whole model up to SUBSETS_MAX_WORK, past it one for each MOVES_A_SOLVE of the plan's moves (at most
+    SHORT_SUBSETS_SOLVES), 0 (no search) past SHORT_SUBSETS_MAX_WORK."""
+    work = exact_work(state)
+    if work <= SUBSETS_MAX_WORK:
+        return None
+    return min(SHORT_SUBSETS_SOLVES, len(state.moves) // MOVES_A_SOLVE) if work <= SHORT_SUBSETS_MAX_WORK else 0
 
 
 def _by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constraints, plan: PlanState,

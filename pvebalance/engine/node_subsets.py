@@ -129,8 +129,7 @@ def by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Constrain
         return found
     start, said = before_exact
     told: list[str] = []
-    second = SECOND_START_SOLVES if solves_at_most is None else min(SECOND_START_SOLVES, solves_at_most)
-    other = _from_one_start(snapshot, policy, constraints, start, told, second)
+    other = _from_one_start(snapshot, policy, constraints, start, told, _capped(SECOND_START_SOLVES, solves_at_most))
     if not other.balanced() or (found.balanced() and not _better(other, found, policy, constraints)):
         return found
     notes[said:] = told  # the notes since `start` told of the whole model's plan, not kept
@@ -174,7 +173,7 @@ def fewer_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: Con
     for one_pass in passes:
         if one_pass.solves is not None:  # its own, within `solves_at_most` where given
             own = solves + one_pass.solves
-            budget = own if solves_at_most is None else min(own, solves_at_most)
+            budget = _capped(own, solves_at_most)
         found = True
         while found and solves < budget:
             found = False
@@ -206,7 +205,7 @@ def balanced_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: 
     movable = set(_candidates(start))
     current = plan
     solves = 0
-    budget = ELASTIC_SOLVES if solves_at_most is None else min(ELASTIC_SOLVES, solves_at_most)
+    budget = _capped(ELASTIC_SOLVES, solves_at_most)
     lowered = True
     while lowered and solves < budget and not current.balanced():
         lowered = False
@@ -230,6 +229,11 @@ def balanced_by_subsets(snapshot: ClusterSnapshot, policy: Policy, constraints: 
 
 
 _LOWER = 1e-6  # excess, in band widths, that a step must take off to count
+
+
+def _capped(own: int, solves_at_most: int | None) -> int:
+    """A part's own budget of solves, within `solves_at_most` where given."""
+    return own if solves_at_most is None else min(own, solves_at_most)
 
 
 def _excess(state: PlanState) -> float:
