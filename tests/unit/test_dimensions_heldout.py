@@ -15,25 +15,20 @@ import ast
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 
 import pytest
 
 from pvebalance.cli.render import plan_to_json
-from pvebalance.engine import Policy, plan_balance
-from pvebalance.shared.apidump import snapshot_from_api
-from pvebalance.shared.config import BalancingSettings
-from pvebalance.shared.models import ClusterSnapshot, Plan
-from tests.heldout import held_out_cluster
+from pvebalance.engine import plan_balance
+from pvebalance.shared.models import Plan
+from tests.heldout_plans import BAND, both, cluster, minimum, planned
 from tests.oracle_balance import Move, spreads_after
-from tests.oracle_minimum import Minimum, minimum_migrations
 from tests.unit.test_engine_determinism import one_core_shared
 from tests.unit.test_rules import replay_checking_rules
 
 pytestmark = pytest.mark.long  # minutes in all: run first (tests/conftest.py)
 
-BAND = 5.0
 # (seed, nodes, guests): 3 to 8 nodes, 20 to 400 guests. Seeds 20, 18 and 22 cannot be balanced
 # (proven); on seeds 44 and 25 two guests kept apart must trade nodes, one of them through a third
 # (parking). Seeds 6, 12, 11, 4, 16, 29 and 13 (bench heldout's own shapes) were met from issue 19's
@@ -76,29 +71,6 @@ SEEDS = [(44, 3, 20), (20, 3, 24), (25, 4, 32), (9, 4, 32), (6, 5, 40), (42, 4, 
          (510, 6, 90), (34, 4, 400), (2001, 6, 300)]
 INFEASIBLE = {20, 18, 22, 42}
 PARKING = [(44, 3, 20), (25, 4, 32)]
-NODE_LIMIT = 20_000  # the checker's work bound: every seed above is proven well within it
-
-
-@cache
-def cluster(seed: int, nodes: int, guests: int) -> tuple[ClusterSnapshot, dict[str, object]]:
-    doc = held_out_cluster(seed, nodes, guests)
-    return snapshot_from_api(doc["api"], cluster=doc["name"]), doc["api"]
-
-
-@cache
-def planned(seed: int, nodes: int, guests: int) -> Plan:
-    snap, _ = cluster(seed, nodes, guests)
-    return plan_balance(snap, both())
-
-
-@cache
-def minimum(seed: int, nodes: int, guests: int) -> Minimum:
-    _, api = cluster(seed, nodes, guests)
-    return minimum_migrations(api, band=BAND, node_limit=NODE_LIMIT)
-
-
-def both() -> Policy:
-    return Policy.from_settings(BalancingSettings(method=["memory", "cpu"], balanciness=BAND))
 
 
 def document(plan: Plan) -> str:

@@ -9,24 +9,18 @@ from typing import Any
 
 import pytest
 
-from pvebalance.engine import Policy, exact_phase, node_subsets, plan_balance
 from pvebalance.engine import balance as balance_module
+from pvebalance.engine import exact_phase, node_subsets, plan_balance
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
-from pvebalance.shared.config import BalancingSettings
 from pvebalance.shared.models import ClusterSnapshot, Plan
+from tests import heldout_plans
 from tests.heldout import held_out_cluster
+from tests.heldout_plans import BAND, both, cluster
 from tests.helpers import REPO
 from tests.oracle_balance import Move, spreads_after
 from tests.unit.test_rules import replay_checking_rules
 
 pytestmark = pytest.mark.long  # minutes in all: run first (tests/conftest.py)
-
-BAND = 5.0
-
-
-def both() -> Policy:
-    return Policy.from_settings(BalancingSettings(method=["memory", "cpu"], balanciness=BAND))
-
 
 def assert_balanced_and_safe(api: dict[str, Any], snap: ClusterSnapshot, planned: Plan) -> None:
     """Both spreads within the band by the independent checker, and every rule and the room on each
@@ -37,14 +31,14 @@ def assert_balanced_and_safe(api: dict[str, Any], snap: ClusterSnapshot, planned
     assert planned.violations == [] and planned.unmet == []
 
 
+@pytest.mark.parametrize("seed", [17])
 def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_balanced_and_safe(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Held-out seed 17 (6 nodes, 108 guests: past the whole model's gate): the local search ends at
     21 migrations, the search a few nodes at a time at 19, the minimum the independent checker
     proves (tests/unit/test_dimensions_heldout.py)."""
-    api = held_out_cluster(17)["api"]
-    snap = snapshot_from_api(api, cluster="held-out-17")
-    planned = plan_balance(snap, both())
+    snap, api = cluster(seed)
+    planned = heldout_plans.planned(seed)
     monkeypatch.setattr(balance_module, "SUBSETS_MAX_WORK", 0)
     monkeypatch.setattr(balance_module, "SHORT_SUBSETS_MAX_WORK", 0)
     without = plan_balance(snap, both())
@@ -99,9 +93,8 @@ PARTS = [
 def test_each_part_of_the_search_takes_a_held_out_seed_to_its_minimum_balanced_and_safe(
         seed: int, module: ModuleType, knob: str, off: object, found: int, without: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    api = held_out_cluster(seed)["api"]
-    snap = snapshot_from_api(api, cluster=f"held-out-{seed}")
-    planned = plan_balance(snap, both())
+    snap, api = cluster(seed)
+    planned = heldout_plans.planned(seed)  # the plan test_dimensions_heldout judges, made once
     monkeypatch.setattr(module, knob, off)
     assert (len(planned.migrations), len(plan_balance(snap, both()).migrations)) == (found, without)
     assert_balanced_and_safe(api, snap, planned)
@@ -132,11 +125,11 @@ def test_past_the_searchs_size_its_first_solves_take_a_dense_cluster_within_1_05
     assert_balanced_and_safe(api, snap, planned)
 
 
-def test_a_plan_from_the_second_start_tells_its_own_path_not_the_one_left() -> None:
+@pytest.mark.parametrize("seed", [106])
+def test_a_plan_from_the_second_start_tells_its_own_path_not_the_one_left(seed: int) -> None:
     """Seed 106 (PARTS): the notes say the search took 24 migrations to 19, and nothing of the whole
     model's 20 that the plan did not keep."""
-    snap = snapshot_from_api(held_out_cluster(106)["api"], cluster="held-out-106")
-    notes = plan_balance(snap, both()).notes
+    notes = heldout_plans.planned(seed).notes
     assert "exact solver over a few nodes at a time: 19 migrations instead of 24" in notes
     assert not any(n.startswith("exact solver:") for n in notes), notes
 
