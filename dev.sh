@@ -72,7 +72,7 @@ shift || true
 case "$cmd" in
   demo)  setup; exec "$VENV/bin/pvebalance" demo "$@" ;;
   test)  setup; test_needs; "$VENV/bin/ruff" check . && typecheck &&
-         exec "$VENV/bin/python" -m pytest -q -n "${PVEBALANCE_TEST_WORKERS:-4}" --dist loadgroup --no-loadscope-reorder "$@" ;;
+         exec "$VENV/bin/python" -m pytest -q -n "${PVEBALANCE_TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
   lint)  setup; "$VENV/bin/ruff" check . && typecheck ;;
   soak)  setup

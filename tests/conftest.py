@@ -27,37 +27,15 @@ from tests.helpers import REPO, OwnRedis, SimFactory
 logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its own hook of the same name)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long tests first: those of unit files marked `long` (minutes of planning each), then the
-    integration tests (most of their time is waiting on the simulator's tasks, a worker's death, a
-    minute of Redis outage), then the rest. `./dev.sh test` hands each group (`work_unit`) to one
-    test worker in this order (--dist loadgroup --no-loadscope-reorder): xdist's own order, the files
-    with the most tests first, left the few long ones running alone at the end (measured:
-    docs/development.md)."""
+    """The long files first: unit files marked `long` (minutes of planning each), then the integration
+    tests (most of their time is waiting on the simulator's tasks, a worker's death, a minute of Redis
+    outage), then the rest. `./dev.sh test` hands each file to one test worker in this order (--dist
+    loadfile --no-loadscope-reorder): xdist's own order, the files with the most tests first, left the
+    few long ones running alone at the end (measured: docs/development.md)."""
     def rank(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("long") else 1 if item.get_closest_marker("integration") else 2
     items.sort(key=rank)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(work_unit(item)))
-
-
-# Chains of held-out seeds (work_unit): as many as CI's cores. One group a seed spread the long files'
-# planning over all four workers, the two cores shared four ways: the suite no faster (794 s, the old
-# layout 790 s in the same hour; the two files alone used more CPU than as files, 810 s against 680).
-HELD_OUT_CHAINS = 2
-
-
-def work_unit(item: pytest.Item) -> str:
-    """What one test worker runs together: a file (its module fixtures, a server it starts, made
-    once), but the long files' tests of held-out seeds in HELD_OUT_CHAINS chains by seed, wherever
-    they are: each seed's plan and checker made once in its chain (tests/heldout_plans.py), the chains
-    about as long (one file of them had been a chain of ~9 min, the suite's last to end)."""
-    seed = item.callspec.params.get("seed") if isinstance(item, pytest.Function) and hasattr(item, "callspec") \
-        else None
-    if isinstance(seed, int) and item.get_closest_marker("long"):
-        return f"held-out-seeds-{seed % HELD_OUT_CHAINS}"
-    return item.nodeid.split("::")[0]
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Held-out clusters (tests/heldout.py), each one's plan for memory and CPU within 5 pp, and the
-independent checker's minimum for it, each made once in a test process: test_dimensions_heldout and
-test_engine_subsets judge the same plans, and the suite hands every test of a seed to one test worker
-(tests/conftest.py), so a seed is planned and checked once however many tests read it."""
+independent checker's minimum for it: one definition for test_dimensions_heldout and
+test_engine_subsets, which judge the same plans, each made once in a test process however many of
+its tests read it."""
 
 from __future__ import annotations
 

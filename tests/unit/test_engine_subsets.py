@@ -14,7 +14,6 @@ from pvebalance.engine import exact_phase, node_subsets, plan_balance
 from pvebalance.shared.apidump import load_dump, snapshot_from_api
 from pvebalance.shared.models import ClusterSnapshot, Plan
 from tests import heldout_plans
-from tests.heldout import held_out_cluster
 from tests.heldout_plans import BAND, both, cluster
 from tests.helpers import REPO
 from tests.oracle_balance import Move, spreads_after
@@ -31,14 +30,13 @@ def assert_balanced_and_safe(api: dict[str, Any], snap: ClusterSnapshot, planned
     assert planned.violations == [] and planned.unmet == []
 
 
-@pytest.mark.parametrize("seed", [17])
 def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_balanced_and_safe(
-        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Held-out seed 17 (6 nodes, 108 guests: past the whole model's gate): the local search ends at
     21 migrations, the search a few nodes at a time at 19, the minimum the independent checker
     proves (tests/unit/test_dimensions_heldout.py)."""
-    snap, api = cluster(seed)
-    planned = heldout_plans.planned(seed)
+    snap, api = cluster(17)
+    planned = heldout_plans.planned(17)
     monkeypatch.setattr(balance_module, "SUBSETS_MAX_WORK", 0)
     monkeypatch.setattr(balance_module, "SHORT_SUBSETS_MAX_WORK", 0)
     without = plan_balance(snap, both())
@@ -94,7 +92,7 @@ def test_each_part_of_the_search_takes_a_held_out_seed_to_its_minimum_balanced_a
         seed: int, module: ModuleType, knob: str, off: object, found: int, without: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
     snap, api = cluster(seed)
-    planned = heldout_plans.planned(seed)  # the plan test_dimensions_heldout judges, made once
+    planned = heldout_plans.planned(seed)  # made as test_dimensions_heldout makes it
     monkeypatch.setattr(module, knob, off)
     assert (len(planned.migrations), len(plan_balance(snap, both()).migrations)) == (found, without)
     assert_balanced_and_safe(api, snap, planned)
@@ -106,8 +104,7 @@ def test_past_the_searchs_size_its_first_solves_take_a_dense_cluster_within_1_05
     within SHORT_SUBSETS_MAX_WORK): the local search ends at 72 migrations, where the checker proves 65
     (test_dimensions_heldout); the search's first solves, one for each MOVES_A_SOLVE of those 72 moves
     (14, within SHORT_SUBSETS_SOLVES), reach 67."""
-    api = held_out_cluster(2001, 6, 300)["api"]
-    snap = snapshot_from_api(api, cluster="held-out-2001-6x300")
+    snap, api = cluster(2001, 6, 300)
     solves: list[frozenset[str]] = []
     one_solve = node_subsets._one_solve
 
@@ -125,11 +122,10 @@ def test_past_the_searchs_size_its_first_solves_take_a_dense_cluster_within_1_05
     assert_balanced_and_safe(api, snap, planned)
 
 
-@pytest.mark.parametrize("seed", [106])
-def test_a_plan_from_the_second_start_tells_its_own_path_not_the_one_left(seed: int) -> None:
+def test_a_plan_from_the_second_start_tells_its_own_path_not_the_one_left() -> None:
     """Seed 106 (PARTS): the notes say the search took 24 migrations to 19, and nothing of the whole
     model's 20 that the plan did not keep."""
-    notes = heldout_plans.planned(seed).notes
+    notes = heldout_plans.planned(106).notes
     assert "exact solver over a few nodes at a time: 19 migrations instead of 24" in notes
     assert not any(n.startswith("exact solver:") for n in notes), notes
 
@@ -171,8 +167,7 @@ def test_where_nothing_before_it_balances_both_the_elastic_search_does(monkeypat
     the exact model is then not built where the heuristics leave a dimension above its band): the
     search a few nodes at a time with elastic bands brings both within 5 pp, safe at every step,
     where without it the plan gives a dimension up."""
-    api = held_out_cluster(13)["api"]
-    snap = snapshot_from_api(api, cluster="held-out-13")
+    snap, api = cluster(13)
     monkeypatch.setattr(balance_module, "EXACT_MAX_WORK_UNBALANCED", 0)
     planned = plan_balance(snap, both())
     assert any(n.startswith("exact solver over a few nodes at a time") and n.endswith("above its band")
