@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import fakeredis
 import pytest
 from redis import Redis
+from xdist.remote import Producer
+from xdist.scheduler import LoadFileScheduling
 
 from pvebalance.shared.apidump import load_dump
 from pvebalance.simulator.server import Simulator
@@ -30,12 +33,42 @@ logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The long files first: unit files marked `long` (minutes of planning each), then the integration
     tests (most of their time is waiting on the simulator's tasks, a worker's death, a minute of Redis
-    outage), then the rest. `./dev.sh test` hands each file to one test worker in this order (--dist
-    loadfile --no-loadscope-reorder): xdist's own order, the files with the most tests first, left the
-    few long ones running alone at the end (measured: docs/development.md)."""
+    outage), then the rest. `./dev.sh test` hands the work units (`work_unit`) to the test workers in
+    this order (--dist loadfile --no-loadscope-reorder): xdist's own order, the files with the most
+    tests first, left the few long ones running alone at the end (measured: docs/development.md)."""
     def rank(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("long") else 1 if item.get_closest_marker("integration") else 2
     items.sort(key=rank)
+
+
+# The files whose tests judge held-out seeds (tests/heldout_plans.py makes a seed's plan and checker
+# minimum once in a test process, however many of its tests read them). One of them whole on one worker
+# was the suite's longest chain (test_dimensions_heldout: 604 of the suite's 630 s); a seed's tests
+# together are a few seconds to a minute.
+HELD_OUT_FILES = ("tests/unit/test_dimensions_heldout.py", "tests/unit/test_engine_subsets.py")
+_SEED_FIRST = re.compile(r"[^[]*\[(\d+)[-\]]")  # test_name[SEED-... or test_name[SEED]
+
+
+def work_unit(nodeid: str) -> str:
+    """The tests one worker runs together, one after the other: a file's, but in HELD_OUT_FILES a
+    held-out seed's (the tests whose parameters' id starts with it, from either file), and any other
+    test of theirs on its own."""
+    path, _, test = nodeid.partition("::")
+    if path not in HELD_OUT_FILES:
+        return path
+    seed = _SEED_FIRST.match(test)
+    return f"held-out seed {seed.group(1)}" if seed else nodeid
+
+
+class ByWorkUnit(LoadFileScheduling):
+    def _split_scope(self, nodeid: str) -> str:  # xdist's override point: LoadFileScheduling's own is the file
+        return work_unit(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, absent where it is not loaded
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadFileScheduling | None:
+    """`--dist loadfile` by `work_unit`: a file on one worker, the held-out seeds each on one."""
+    return ByWorkUnit(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 @pytest.fixture

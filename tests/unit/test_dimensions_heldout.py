@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +24,9 @@ import pytest
 from pvebalance.cli.render import plan_to_json
 from pvebalance.engine import plan_balance
 from pvebalance.shared.models import Plan
+from tests.conftest import HELD_OUT_FILES, work_unit
 from tests.heldout_plans import BAND, both, cluster, minimum, planned
+from tests.helpers import REPO
 from tests.oracle_balance import Move, spreads_after
 from tests.unit.test_engine_determinism import one_core_shared
 from tests.unit.test_rules import replay_checking_rules
@@ -200,3 +204,18 @@ def test_the_generator_and_the_checker_never_import_pvebalance() -> None:
         imported = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
         imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
         assert not [m for m in imported if m.split(".")[0] == "pvebalance"], (name, imported)
+
+
+def test_every_test_of_a_held_out_seed_runs_in_that_seeds_work_unit() -> None:
+    """conftest.work_unit: a test of HELD_OUT_FILES that takes a seed runs beside the seed's other tests,
+    in either file, so that its plan and minimum are made once (tests/heldout_plans.py caches them per
+    process): its parameters' id starts with the seed. Read from pytest's own collection of the files."""
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                                *HELD_OUT_FILES], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    nodeids = [line for line in collected.splitlines() if "::" in line]
+    units = {nodeid: work_unit(nodeid) for nodeid in nodeids}
+    by_seed = {seed: {n.partition("::")[0] for n, unit in units.items() if unit == f"held-out seed {seed}"}
+               for seed, _, _ in SEEDS}
+    assert all(files >= {HELD_OUT_FILES[0]} for files in by_seed.values())  # each seed of this file, one unit
+    shared = {unit for n, unit in units.items() if n.startswith(HELD_OUT_FILES[1]) and unit.startswith("held-out")}
+    assert len(shared) >= 10 and all(int(unit.rpartition(" ")[2]) in by_seed for unit in shared)  # PARTS, 17, 106

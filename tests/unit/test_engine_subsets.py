@@ -30,13 +30,14 @@ def assert_balanced_and_safe(api: dict[str, Any], snap: ClusterSnapshot, planned
     assert planned.violations == [] and planned.unmet == []
 
 
+@pytest.mark.parametrize("seed", [17])  # the id, the seed: its tests run together (conftest.work_unit)
 def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_balanced_and_safe(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Held-out seed 17 (6 nodes, 108 guests: past the whole model's gate): the local search ends at
     21 migrations, the search a few nodes at a time at 19, the minimum the independent checker
     proves (tests/unit/test_dimensions_heldout.py)."""
-    snap, api = cluster(17)
-    planned = heldout_plans.planned(17)
+    snap, api = cluster(seed)
+    planned = heldout_plans.planned(seed)
     monkeypatch.setattr(balance_module, "SUBSETS_MAX_WORK", 0)
     monkeypatch.setattr(balance_module, "SHORT_SUBSETS_MAX_WORK", 0)
     without = plan_balance(snap, both())
@@ -47,43 +48,44 @@ def test_a_few_nodes_at_a_time_finds_fewer_migrations_than_the_local_search_bala
 
 # Each part of the search that takes a held-out seed to the minimum the independent checker proves,
 # where the search without it stops above: (seed, the module and knob that turn the part off, its value
-# then, migrations with the part, without it). Seeds 14, 137, 120, 325, 182, 289, 122 and 403 are proven in
-# test_dimensions_heldout.py. The 3-node solves' 30 HiGHS nodes from 7 nodes (WIDER_CLUSTER_NODE_LIMIT)
-# had their seed here, 65 (8 nodes: 25 without them, 23 its minimum, proven by the bench in 151 s at
-# 120,000 nodes); since session 22 the 5- and 6-node passes reach 23 without them, so no seed shows
-# that part now (docs/benchmarks.md). So had the search's second start from the heuristics' plan
-# (node_subsets.SECOND_START_SOLVES), 106 (6 nodes: 20 without it, 19 its minimum); since session 25
-# the whole model searched again after the search, capped below its 20, finds 19 as well (the second
-# start's own path is still tested below).
+# then, migrations with the part, without it; the id starts with the seed: conftest.work_unit). Seeds
+# 14, 137, 120, 325, 182, 289, 122 and 403 are proven in test_dimensions_heldout.py. The 3-node solves'
+# 30 HiGHS nodes from 7 nodes (WIDER_CLUSTER_NODE_LIMIT) had their seed here, 65 (8 nodes: 25 without
+# them, 23 its minimum, proven by the bench in 151 s at 120,000 nodes); since session 22 the 5- and
+# 6-node passes reach 23 without them, so no seed shows that part now (docs/benchmarks.md). So had the
+# search's second start from the heuristics' plan (node_subsets.SECOND_START_SOLVES), 106 (6 nodes: 20
+# without it, 19 its minimum); since session 25 the whole model searched again after the search, capped
+# below its 20, finds 19 as well (the second start's own path is still tested below).
 PARTS = [
     # 7 nodes, 56 guests: 3 nodes at a time end at 17 (18 from the whole model's plan alone); the
     # 4-node passes after them reach 15
-    pytest.param(14, node_subsets, "WIDER_FROM", 99, 15, 17, id="4-nodes-at-a-time-on-7-nodes"),
+    pytest.param(14, node_subsets, "WIDER_FROM", 99, 15, 17, id="14-4-nodes-at-a-time-on-7-nodes"),
     # 6 nodes, 102 guests: the 3-node passes find nothing below 20; the 4-node passes (from 6 nodes
     # since session 21) reach 19
-    pytest.param(137, node_subsets, "WIDER_FROM", 99, 19, 20, id="4-nodes-at-a-time-on-6-nodes"),
+    pytest.param(137, node_subsets, "WIDER_FROM", 99, 19, 20, id="137-4-nodes-at-a-time-on-6-nodes"),
     # 7 nodes, 77 guests: the 3- and 4-node passes end at 17; 5 nodes at a time after them, 15
-    pytest.param(325, node_subsets, "FURTHER", (), 15, 17, id="5-nodes-at-a-time-on-7-nodes"),
+    pytest.param(325, node_subsets, "FURTHER", (), 15, 17, id="325-5-nodes-at-a-time-on-7-nodes"),
     # 8 nodes, 88 guests: the 5-node passes end at 20; 6 nodes at a time after them, 19
     pytest.param(182, node_subsets, "FURTHER", tuple(p for p in node_subsets.FURTHER if p.span < 6), 19, 20,
-                 id="6-nodes-at-a-time-on-8-nodes"),
+                 id="182-6-nodes-at-a-time-on-8-nodes"),
     # 7 nodes, 105 guests: every 6-node model of the 15-migration plan ends at 10 HiGHS nodes with
     # neither a placement nor a proof; with the 6-node passes' own node limit, one finds 14
     pytest.param(289, node_subsets, "FURTHER",
                  tuple(p._replace(node_limit=node_subsets.NODE_LIMIT) for p in node_subsets.FURTHER),
-                 14, 15, id="6-node-solves-searched-past-10-highs-nodes"),
+                 14, 15, id="289-6-node-solves-searched-past-10-highs-nodes"),
     # 6 nodes, 102 guests: the 3- and 4-node passes end at 16; the one 5-node model that frees the
     # fewest guests, 15
     pytest.param(122, node_subsets, "FURTHER", tuple(p for p in node_subsets.FURTHER if p.least > 6), 15, 16,
-                 id="5-nodes-at-a-time-on-6-nodes-the-smallest-model"),
+                 id="122-5-nodes-at-a-time-on-6-nodes-the-smallest-model"),
     # 7 nodes, 133 guests (past the whole model's first gate): the search 3 to 6 nodes at a time ends
     # at 37; with the whole model after it, 36. (223, the seed this part was made for, 25 -> 22, is
     # reached by the 5-node passes too since session 22; 288, 28 -> 27, is the other seed it gains on.)
-    pytest.param(120, exact_phase, "FEW_NODES", 0, 36, 37, id="few-nodes-the-whole-model-after-the-search"),
+    pytest.param(120, exact_phase, "FEW_NODES", 0, 36, 37, id="120-few-nodes-the-whole-model-after-the-search"),
     # 5 nodes, 75 guests: the heuristics' 18, which neither the uncapped whole model (unproven) nor the
     # search a few nodes at a time improves; the whole model again, capped below 18, 17 (so 510 on 6
     # nodes, 17 -> 16: test_dimensions_heldout)
-    pytest.param(403, exact_phase, "AGAIN_NODES_AT_MOST", 0, 17, 18, id="the-whole-model-again-capped-below-the-plan"),
+    pytest.param(403, exact_phase, "AGAIN_NODES_AT_MOST", 0, 17, 18,
+                 id="403-the-whole-model-again-capped-below-the-plan"),
 ]
 
 
@@ -122,10 +124,11 @@ def test_past_the_searchs_size_its_first_solves_take_a_dense_cluster_within_1_05
     assert_balanced_and_safe(api, snap, planned)
 
 
-def test_a_plan_from_the_second_start_tells_its_own_path_not_the_one_left() -> None:
+@pytest.mark.parametrize("seed", [106])  # as above
+def test_a_plan_from_the_second_start_tells_its_own_path_not_the_one_left(seed: int) -> None:
     """Seed 106 (PARTS): the notes say the search took 24 migrations to 19, and nothing of the whole
     model's 20 that the plan did not keep."""
-    notes = heldout_plans.planned(106).notes
+    notes = heldout_plans.planned(seed).notes
     assert "exact solver over a few nodes at a time: 19 migrations instead of 24" in notes
     assert not any(n.startswith("exact solver:") for n in notes), notes
 
