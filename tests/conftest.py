@@ -19,6 +19,7 @@ import pytest
 from redis import Redis
 from xdist.remote import Producer
 from xdist.scheduler import LoadFileScheduling
+from xdist.workermanage import WorkerController
 
 from pvebalance.shared.apidump import load_dump
 from pvebalance.simulator.server import Simulator
@@ -32,10 +33,10 @@ logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The long files first: unit files marked `long` (minutes of planning each), then the integration
-    tests (most of their time is waiting on the simulator's tasks, a worker's death, a minute of Redis
-    outage), then the rest. `./dev.sh test` hands the work units (`work_unit`) to the test workers in
-    this order (--dist loadfile --no-loadscope-reorder): xdist's own order, the files with the most
-    tests first, left the few long ones running alone at the end (measured: docs/development.md)."""
+    tests, then the rest. `./dev.sh test` hands the work units (`work_unit`) to the test workers in
+    this order (--dist loadfile --no-loadscope-reorder), each worker its lane's first (`ByWorkUnit`):
+    xdist's own order, the files with the most tests first, left the few long ones running alone at
+    the end (measured: docs/development.md)."""
     def rank(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("long") else 1 if item.get_closest_marker("integration") else 2
     items.sort(key=rank)
@@ -61,8 +62,22 @@ def work_unit(nodeid: str) -> str:
 
 
 class ByWorkUnit(LoadFileScheduling):
+    """xdist's loadfile scheduling by `work_unit`, in two lanes: the first half of the workers take
+    the next integration test file while one is left, the others the next of the rest (the long
+    files' units first), then either takes what is left. The integration tests mostly wait (on the
+    simulator's tasks, a worker's death, a minute of Redis outage), the long files plan, a core each:
+    in one queue, three of the four workers were waiting in integration tests at once for minutes, the
+    two cores half idle (docs/development.md)."""
+
     def _split_scope(self, nodeid: str) -> str:  # xdist's override point: LoadFileScheduling's own is the file
         return work_unit(nodeid)
+
+    def _assign_work_unit(self, node: WorkerController) -> None:
+        waiting_lane = int(node.gateway.id.removeprefix("gw")) < max(1, self.numnodes // 2)
+        first = next((unit for unit in self.workqueue if unit.startswith("tests/integration/") == waiting_lane), None)
+        if first is not None:
+            self.workqueue.move_to_end(first, last=False)
+        super()._assign_work_unit(node)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, absent where it is not loaded
