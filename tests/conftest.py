@@ -67,7 +67,7 @@ class ByWorkUnit(LoadFileScheduling):
     files' units first), then either takes what is left. The integration tests mostly wait (on the
     simulator's tasks, a worker's death, a minute of Redis outage), the long files plan, a core each:
     in one queue, three of the four workers were waiting in integration tests at once for minutes, the
-    two cores half idle (docs/development.md)."""
+    two cores a third idle (docs/development.md)."""
 
     def _split_scope(self, nodeid: str) -> str:  # xdist's override point: LoadFileScheduling's own is the file
         return work_unit(nodeid)
@@ -82,7 +82,7 @@ class ByWorkUnit(LoadFileScheduling):
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, absent where it is not loaded
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadFileScheduling | None:
-    """`--dist loadfile` by `work_unit`: a file on one worker, the held-out seeds each on one."""
+    """`--dist loadfile` by `work_unit` (a file on one worker, the held-out seeds each on one), in two lanes."""
     return ByWorkUnit(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
