@@ -73,7 +73,8 @@ class ByWorkUnit(LoadFileScheduling):
         return work_unit(nodeid)
 
     def _assign_work_unit(self, node: WorkerController) -> None:
-        waiting_lane = int(node.gateway.id.removeprefix("gw")) < max(1, self.numnodes // 2)
+        number = node.gateway.id.removeprefix("gw")  # gw0, gw1, ... unless named by --tx id=NAME
+        waiting_lane = number.isdigit() and int(number) < max(1, self.numnodes // 2)
         first = next((unit for unit in self.workqueue if unit.startswith("tests/integration/") == waiting_lane), None)
         if first is not None:
             self.workqueue.move_to_end(first, last=False)
