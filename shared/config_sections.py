@@ -180,6 +180,13 @@ class PlannerSettings(Section):
     interval: float = Field(
         0.0, ge=0, description="seconds between balancing rounds: a balancing plan at most this often (0: on "
         "every settled snapshot); drains and operator requests are never held back (ProxLB's schedule)")
+    # A plan is bounded by work, not by the clock: seconds on most clusters, but a minute or more for several
+    # dimensions on 7-8 nodes (held-out clusters of 8 nodes and 64-160 guests, memory and CPU: up to ~70 s of
+    # CPU here), more on a slower machine. The heartbeat (30 s) is kept alive through such a step.
+    max_step_seconds: float = Field(
+        900.0, gt=0, description="seconds one step of the planner (a plan and its enqueueing) may run and still "
+        "count as alive; past that it is taken as hung: its heartbeat lapses, `pvebalance health planner` fails "
+        "and the orchestrator restarts it")
 
 
 class MigratorSettings(Section):

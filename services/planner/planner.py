@@ -24,7 +24,7 @@ from pvebalance.engine import Policy, plan_balance
 from pvebalance.engine.cluster_plan import plan_cluster
 from pvebalance.shared import keys, snapshots
 from pvebalance.shared.config import Settings
-from pvebalance.shared.heartbeat import INSTANCE, beat
+from pvebalance.shared.heartbeat import INSTANCE, beat, kept_alive
 from pvebalance.shared.holds import round_made, round_wait
 from pvebalance.shared.jobqueue import end_overdue, enqueue_job
 from pvebalance.shared.jobrecord import STARTABLE
@@ -363,9 +363,10 @@ class Planner:
                     self.operator.ensure_group()
                     ready = True
                     group.ok()
-                beat(self.redis, "planner")
-                self.publish_mode()
-                self._step()
+                self.beat()
+                with kept_alive(self.beat, self.settings.planner.max_step_seconds, "planner",
+                                "planner.max_step_seconds"):
+                    self._step()
                 outage.ok()
             except NotLeader:  # another planner leads now: this one goes back to waiting
                 return
@@ -378,6 +379,11 @@ class Planner:
             except Exception:  # a bad message or a bug: say where, keep planning
                 log.exception("planning failed")
                 stop.wait(2)
+
+    def beat(self) -> None:
+        """Say this planner is alive, and the mode it plans in (both expire with the heartbeat)."""
+        beat(self.redis, "planner")
+        self.publish_mode()
 
     def publish_mode(self) -> None:
         """The mode this (leading) planner plans in, for `pvebalance status` and the page, which may
