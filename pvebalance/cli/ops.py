@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pvebalance.shared import keys
 from pvebalance.shared.jobrecord import JobRecord
 from pvebalance.shared.jobs import JobState, job_ids
 from pvebalance.shared.models import Plan
@@ -32,7 +33,11 @@ if TYPE_CHECKING:
     from redis import Redis
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the request's final status as JSON")]
-ANSWER_TIMEOUT = 30.0  # seconds the planner has to take a request on
+ANSWER_TIMEOUT = 30.0  # seconds the planner has to take a request on ...
+# ... unless it says it is in a long step (a plan of a large cluster takes a minute or more, and the request is
+# taken on after it): then up to this long, the default planner.max_step_seconds, past which a planner in one
+# step counts as hung and stops beating anyway.
+BUSY_TIMEOUT = 900.0
 
 
 def who() -> str:
@@ -51,18 +56,42 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
-def ask(redis: Redis, request: OperatorRequest, timeout: float = ANSWER_TIMEOUT) -> RequestStatus:
-    """Submit the request and wait until the planner has answered it (any state but pending)."""
+def ask(redis: Redis, request: OperatorRequest, timeout: float = ANSWER_TIMEOUT,
+        busy_timeout: float = BUSY_TIMEOUT) -> RequestStatus:
+    """Submit the request and wait until the planner has answered it (any state but pending): `timeout`
+    seconds, or up to `busy_timeout` while the planner says it is in a long step (it takes the request on
+    after that plan; a line on stderr says so)."""
     store = RequestStore(redis)
     store.submit(request)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    said = False
+    while True:
         status = store.status(request.request_id)
         if status is not None and status.state != RequestState.PENDING:
             return status
+        waited = time.monotonic() - started
+        if waited >= timeout:
+            busy_since = _planner_busy_since(redis)
+            if waited >= busy_timeout or busy_since is None:
+                break
+            if not said:
+                err.print(f"the planner has been planning for {max(time.time() - busy_since, 0):.0f} s; the "
+                          "request is taken on after that plan: waiting")
+                said = True
         time.sleep(0.2)
-    raise UserError(f"the planner did not answer within {timeout:g} s (is it running?); request "
-                    f"{request.request_id} stays queued and will be handled when it starts")
+    raise UserError(f"the planner did not answer within {time.monotonic() - started:.0f} s (is it running?); "
+                    f"request {request.request_id} stays queued and will be handled when it starts")
+
+
+def _planner_busy_since(redis: Redis) -> float | None:
+    """When the leading planner's step under way began, if it says it is in a long one (it publishes that
+    with its mode while the step outlasts a third of its heartbeat's life: services/planner)."""
+    raw = redis.get(keys.PLANNER_MODE)
+    try:
+        since = json.loads(raw).get("busy_since") if raw else None
+    except (ValueError, AttributeError):
+        return None
+    return float(since) if isinstance(since, int | float) else None
 
 
 def answered(status: RequestStatus, as_json: bool) -> RequestStatus:

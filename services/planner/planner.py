@@ -58,6 +58,7 @@ class Planner:
         self.operator = RequestHandler(self)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
         self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
+        self._step_began: float | None = None  # time.time() at the start of the step under way (beat_mid_step)
         self._unknown_plan_seen = ""  # the digest of the last unreadable latest plan logged (logged once)
         self.unreadable_snapshots = False  # said once until a readable snapshot arrives
 
@@ -364,7 +365,7 @@ class Planner:
                     ready = True
                     group.ok()
                 self.beat()
-                with kept_alive(self.beat, self.settings.planner.max_step_seconds, "planner",
+                with kept_alive(self.beat_mid_step, self.settings.planner.max_step_seconds, "planner",
                                 "planner.max_step_seconds"):
                     self._step()
                 outage.ok()
@@ -380,20 +381,26 @@ class Planner:
                 log.exception("planning failed")
                 stop.wait(2)
 
-    def beat(self) -> None:
+    def beat(self, busy_since: float | None = None) -> None:
         """Say this planner is alive, and the mode it plans in (both expire with the heartbeat)."""
         beat(self.redis, "planner")
-        self.publish_mode()
+        self.publish_mode(busy_since)
 
-    def publish_mode(self) -> None:
+    def beat_mid_step(self) -> None:
+        """The beat of a step that outlasts a third of the heartbeat's life (kept_alive's): also when it
+        began, so that an operator's command waits for the plan instead of calling the planner gone."""
+        self.beat(busy_since=self._step_began)
+
+    def publish_mode(self, busy_since: float | None = None) -> None:
         """The mode this (leading) planner plans in, for `pvebalance status` and the page, which may
-        read another config than the planner's."""
+        read another config than the planner's; `busy_since`: the start of a long step under way."""
         bal = self.settings.balancing
         self.redis.set(keys.PLANNER_MODE, json.dumps({
             "mode_of_operation": bal.mode_of_operation, "enable": bal.enable, "instance": INSTANCE,
-            "at": time.time()}), ex=keys.HEARTBEAT_TTL)
+            "at": time.time(), "busy_since": busy_since}), ex=keys.HEARTBEAT_TTL)
 
     def _step(self) -> None:
+        self._step_began = time.time()
         self.finish_enqueueing()
         self.operator.poll()
         try:

@@ -93,7 +93,10 @@ def test_a_plan_that_outlasts_the_heartbeat_leaves_the_planner_alive_and_its_mod
     runner.join(10)
     assert fake_redis.get(keys.PLAN_LATEST) is not None, "the plan was made and stored"
     assert seen["alive"] == [INSTANCE], "alive all through the plan"
-    assert seen["mode"] is not None and json.loads(seen["mode"])["instance"] == INSTANCE
+    mode = json.loads(seen["mode"])
+    assert mode["instance"] == INSTANCE
+    assert mode["busy_since"] is not None and STEP <= time.time() - mode["busy_since"] < 60, \
+        "says when its step began (an operator's command waits for it: test_cli_busy_planner)"
 
 
 def _until(done: Callable[[], object], seconds: float = 20.0) -> None:
