@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pvebalance.shared import keys
+from pvebalance.shared.heartbeat import alive
 from pvebalance.shared.jobrecord import JobRecord
 from pvebalance.shared.jobs import JobState, job_ids
 from pvebalance.shared.models import Plan
@@ -60,7 +61,8 @@ def ask(redis: Redis, request: OperatorRequest, timeout: float = ANSWER_TIMEOUT,
         busy_timeout: float = BUSY_TIMEOUT) -> RequestStatus:
     """Submit the request and wait until the planner has answered it (any state but pending): `timeout`
     seconds, or up to `busy_timeout` while the planner says it is in a long step (it takes the request on
-    after that plan; a line on stderr says so)."""
+    after that plan; a line on stderr says so). A planner that beats says so within a third of its
+    heartbeat's life of the step's start, so one that beats is given that long past `timeout` to say it."""
     store = RequestStore(redis)
     store.submit(request)
     started = time.monotonic()
@@ -72,9 +74,12 @@ def ask(redis: Redis, request: OperatorRequest, timeout: float = ANSWER_TIMEOUT,
         waited = time.monotonic() - started
         if waited >= timeout:
             busy_since = _planner_busy_since(redis)
-            if waited >= busy_timeout or busy_since is None:
+            if busy_since is None:
+                if waited >= timeout + keys.HEARTBEAT_TTL / 3 or not alive(redis, "planner"):
+                    break
+            elif waited >= busy_timeout:
                 break
-            if not said:
+            elif not said:
                 err.print(f"the planner has been planning for {max(time.time() - busy_since, 0):.0f} s; the "
                           "request is taken on after that plan: waiting")
                 said = True
