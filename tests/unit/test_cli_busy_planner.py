@@ -2,7 +2,8 @@
 takes a minute or more, and the request is taken on after it), and says so; it gives up in one line
 when no planner is alive, when one is alive but not in a step a beat after the answer timeout, or
 after the busy bound (pvebalance/cli/ops.ask). The planner's side: test_heartbeat_long_step. The
-heartbeat lives 1 s here (30 s in service), so a beat comes every third of a second."""
+heartbeat lives 3 s here (30 s in service), so a planner that beats is given 1 s past the answer
+timeout to say it is in a step."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestSt
 
 @pytest.fixture(autouse=True)
 def short_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(keys, "HEARTBEAT_TTL", 1)
+    monkeypatch.setattr(keys, "HEARTBEAT_TTL", 3)
 
 
 def _pause() -> OperatorRequest:
@@ -62,7 +63,7 @@ def test_a_request_waits_past_the_answer_timeout_while_the_planner_is_in_a_long_
 
 @pytest.mark.parametrize(("planner", "busy_timeout", "gives_up_after"), [
     (None, 20.0, 0.3),  # no planner beats: gone, at the answer timeout
-    ("not in a step", 20.0, 0.3 + 1 / 3),  # alive, yet not taking the request on: a beat later
+    ("not in a step", 20.0, 0.3 + 1.0),  # alive, yet not taking the request on: a beat later
     ("busy", 1.0, 1.0),  # in a long step past the busy bound
 ], ids=["no-planner", "planner-not-in-a-step", "busy-past-its-bound"])
 def test_a_request_no_planner_takes_on_ends_in_one_line_and_stays_queued(
