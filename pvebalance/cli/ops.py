@@ -24,6 +24,7 @@ from pvebalance.shared.heartbeat import alive
 from pvebalance.shared.jobrecord import JobRecord
 from pvebalance.shared.jobs import JobState, job_ids
 from pvebalance.shared.models import Plan
+from pvebalance.shared.planner_mode import published
 from pvebalance.shared.requests import OperatorRequest, RequestAction, RequestState, RequestStatus, RequestStore
 from pvebalance.shared.words import actions_in_words
 
@@ -89,14 +90,9 @@ def ask(redis: Redis, request: OperatorRequest, timeout: float = ANSWER_TIMEOUT,
 
 
 def _planner_busy_since(redis: Redis) -> float | None:
-    """When the leading planner's step under way began, if it says it is in a long one (it publishes that
-    with its mode while the step outlasts a third of its heartbeat's life: services/planner)."""
-    raw = redis.get(keys.PLANNER_MODE)
-    try:
-        since = json.loads(raw).get("busy_since") if raw else None
-    except (ValueError, AttributeError):
-        return None
-    return float(since) if isinstance(since, int | float) else None
+    """When the leading planner's step under way began, if it says it is in a long one."""
+    mode = published(redis)
+    return mode.busy_since if mode is not None else None
 
 
 def answered(status: RequestStatus, as_json: bool) -> RequestStatus:

@@ -41,14 +41,14 @@ def gather(redis: Redis, settings: Settings) -> dict[str, Any]:
 
     from pvebalance.shared.heartbeat import alive
     from pvebalance.shared.jobstore import JobStore
+    from pvebalance.shared.planner_mode import published
     from pvebalance.shared.plans import PlanStore
     from pvebalance.shared.redisconn import redact
 
-    published = _json(redis, keys.PLANNER_MODE)
-    mode = ({"mode_of_operation": published.get("mode_of_operation"), "enable": published.get("enable"),
-             "from": "planner"} if published else
-            {"mode_of_operation": settings.balancing.mode_of_operation, "enable": settings.balancing.enable,
-             "from": "config"})
+    planner = published(redis)
+    mode = ({"mode_of_operation": planner.mode_of_operation, "enable": planner.enable, "from": "planner"} if planner
+            else {"mode_of_operation": settings.balancing.mode_of_operation, "enable": settings.balancing.enable,
+                  "from": "config"})
     snapshot = parse_known(ClusterSnapshot, redis.get(keys.SNAPSHOT_LATEST))
     pause = _json(redis, keys.PAUSED)
     drained = [{"node": (k.decode() if isinstance(k, bytes) else k), **json.loads(v)}

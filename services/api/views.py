@@ -30,6 +30,7 @@ from pvebalance.shared.jobs import (
 from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.message import guest_id
 from pvebalance.shared.models import ClusterSnapshot, DiskMove, GuestType, Migration, MigrationReason, Plan
+from pvebalance.shared.planner_mode import published
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.policy_now import policy_now
 from pvebalance.shared.retention import Retention
@@ -263,10 +264,10 @@ class ReadSide:
 
     def operation(self) -> dict[str, Any]:
         """The mode of operation the running planner publishes (services/planner), else this config's."""
-        published = self._json(keys.PLANNER_MODE)
-        if published and isinstance(published.get("mode_of_operation"), str):
-            return {"mode_of_operation": published["mode_of_operation"],
-                    "balancing_enabled": bool(published.get("enable", True)), "mode_from": "planner"}
+        planner = published(self.redis)
+        if planner is not None:
+            return {"mode_of_operation": planner.mode_of_operation, "balancing_enabled": planner.enable,
+                    "mode_from": "planner"}
         bal = self.settings.balancing
         return {"mode_of_operation": bal.mode_of_operation, "balancing_enabled": bal.enable, "mode_from": "config"}
 

@@ -8,7 +8,6 @@ claimed by its job (shared/jobstore.py), so it can never have two jobs at once.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from pvebalance.shared.jobstore import JobStore
 from pvebalance.shared.leader import Leader, NotLeader
 from pvebalance.shared.logging import get_logger
 from pvebalance.shared.models import ClusterSnapshot, Plan, parse_known, utcnow
+from pvebalance.shared.planner_mode import PlannerMode, publish
 from pvebalance.shared.plans import PlanState, PlanStatus, PlanStore
 from pvebalance.shared.policy_now import drained_nodes, policy_now, with_in_flight
 from pvebalance.shared.redisconn import Outage, connect_waiting
@@ -395,9 +395,8 @@ class Planner:
         """The mode this (leading) planner plans in, for `pvebalance status` and the page, which may
         read another config than the planner's; `busy_since`: the start of a long step under way."""
         bal = self.settings.balancing
-        self.redis.set(keys.PLANNER_MODE, json.dumps({
-            "mode_of_operation": bal.mode_of_operation, "enable": bal.enable, "instance": INSTANCE,
-            "at": time.time(), "busy_since": busy_since}), ex=keys.HEARTBEAT_TTL)
+        publish(self.redis, PlannerMode(mode_of_operation=bal.mode_of_operation, enable=bal.enable, instance=INSTANCE,
+                                        at=time.time(), busy_since=busy_since))
 
     def _step(self) -> None:
         self._step_began = time.time()

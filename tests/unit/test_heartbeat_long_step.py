@@ -24,6 +24,7 @@ from pvebalance.shared.config import load_settings
 from pvebalance.shared.heartbeat import INSTANCE, alive, beat, kept_alive
 from pvebalance.shared.logging import configure_logging
 from pvebalance.shared.models import Plan
+from pvebalance.shared.planner_mode import published
 from tests.helpers import REPO
 
 STEP = 3.0  # seconds: longer than the heartbeat's life
@@ -78,7 +79,7 @@ def test_a_plan_that_outlasts_the_heartbeat_leaves_the_planner_alive_and_its_mod
     def slow_plan(*args: Any, **kwargs: Any) -> Plan:  # the real plan, after as long as a large cluster's
         time.sleep(STEP)
         seen["alive"] = alive(fake_redis, "planner")
-        seen["mode"] = fake_redis.get(keys.PLANNER_MODE)
+        seen["mode"] = published(fake_redis)
         return plan_cluster(*args, **kwargs)
 
     monkeypatch.setattr(planner_module, "plan_cluster", slow_plan)
@@ -94,9 +95,9 @@ def test_a_plan_that_outlasts_the_heartbeat_leaves_the_planner_alive_and_its_mod
     runner.join(10)
     assert fake_redis.get(keys.PLAN_LATEST) is not None, "the plan was made and stored"
     assert seen["alive"] == [INSTANCE], "alive all through the plan"
-    mode = json.loads(seen["mode"])
-    assert mode["instance"] == INSTANCE
-    assert mode["busy_since"] is not None and STEP <= time.time() - mode["busy_since"] < 60, \
+    mode = seen["mode"]
+    assert mode is not None and mode.instance == INSTANCE
+    assert mode.busy_since is not None and STEP <= time.time() - mode.busy_since < 60, \
         "says when its step began (an operator's command waits for it: test_cli_busy_planner)"
 
 
