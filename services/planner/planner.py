@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -58,7 +59,6 @@ class Planner:
         self.operator = RequestHandler(self)
         self.queue = Queue(keys.MIGRATION_QUEUE, connection=redis)
         self.fence: Callable[[], None] = lambda: None  # run_planner: raise NotLeader unless leading
-        self._step_began: float | None = None  # time.time() at the start of the step under way (beat_mid_step)
         self._unknown_plan_seen = ""  # the digest of the last unreadable latest plan logged (logged once)
         self.unreadable_snapshots = False  # said once until a readable snapshot arrives
 
@@ -365,8 +365,10 @@ class Planner:
                     ready = True
                     group.ok()
                 self.beat()
-                with kept_alive(self.beat_mid_step, self.settings.planner.max_step_seconds, "planner",
-                                "planner.max_step_seconds"):
+                # a beat within the step also says when it began: an operator's command waits for the plan
+                # instead of calling the planner gone (cli/ops.ask)
+                with kept_alive(partial(self.beat, busy_since=time.time()), self.settings.planner.max_step_seconds,
+                                "planner", "planner.max_step_seconds"):
                     self._step()
                 outage.ok()
             except NotLeader:  # another planner leads now: this one goes back to waiting
@@ -386,11 +388,6 @@ class Planner:
         beat(self.redis, "planner")
         self.publish_mode(busy_since)
 
-    def beat_mid_step(self) -> None:
-        """The beat of a step that outlasts a third of the heartbeat's life (kept_alive's): also when it
-        began, so that an operator's command waits for the plan instead of calling the planner gone."""
-        self.beat(busy_since=self._step_began)
-
     def publish_mode(self, busy_since: float | None = None) -> None:
         """The mode this (leading) planner plans in, for `pvebalance status` and the page, which may
         read another config than the planner's; `busy_since`: the start of a long step under way."""
@@ -399,7 +396,6 @@ class Planner:
                                         at=time.time(), busy_since=busy_since))
 
     def _step(self) -> None:
-        self._step_began = time.time()
         self.finish_enqueueing()
         self.operator.poll()
         try:
