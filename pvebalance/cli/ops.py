@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pvebalance.shared import keys
+from pvebalance.shared.config import PlannerSettings
 from pvebalance.shared.heartbeat import alive
 from pvebalance.shared.jobrecord import JobRecord
 from pvebalance.shared.jobs import JobState, job_ids
@@ -37,9 +38,9 @@ if TYPE_CHECKING:
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the request's final status as JSON")]
 ANSWER_TIMEOUT = 30.0  # seconds the planner has to take a request on ...
 # ... unless it says it is in a long step (a plan of a large cluster takes a minute or more, and the request is
-# taken on after it): then up to this long, the default planner.max_step_seconds, past which a planner in one
-# step counts as hung and stops beating anyway.
-BUSY_TIMEOUT = 900.0
+# taken on after it): then up to planner.max_step_seconds's default, past which a planner in one step counts as
+# hung and stops beating anyway.
+BUSY_TIMEOUT: float = PlannerSettings.model_fields["max_step_seconds"].default
 
 
 def who() -> str:

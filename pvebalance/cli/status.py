@@ -46,9 +46,11 @@ def gather(redis: Redis, settings: Settings) -> dict[str, Any]:
     from pvebalance.shared.redisconn import redact
 
     planner = published(redis)
-    mode = ({"mode_of_operation": planner.mode_of_operation, "enable": planner.enable, "from": "planner"} if planner
-            else {"mode_of_operation": settings.balancing.mode_of_operation, "enable": settings.balancing.enable,
-                  "from": "config"})
+    if planner is not None:
+        mode = {"mode_of_operation": planner.mode_of_operation, "enable": planner.enable, "from": "planner"}
+    else:
+        mode = {"mode_of_operation": settings.balancing.mode_of_operation, "enable": settings.balancing.enable,
+                "from": "config"}
     snapshot = parse_known(ClusterSnapshot, redis.get(keys.SNAPSHOT_LATEST))
     pause = _json(redis, keys.PAUSED)
     drained = [{"node": (k.decode() if isinstance(k, bytes) else k), **json.loads(v)}
